@@ -1,0 +1,1 @@
+//! `gemba doctor`: what this machine can run.

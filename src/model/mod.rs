@@ -1,0 +1,31 @@
+//! The model stage: an onnxruntime-genai bundle → ONNX Runtime sessions → generation → a stream
+//! of sentences.
+//!
+//! What flows through: a prompt (text, later images and audio) goes in; [`Event`]s come out —
+//! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
+//! the provider every component actually ran on.
+
+pub mod sample;
+pub mod stream;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One finished sentence of a reply, as it leaves the splitter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sentence {
+    /// 0-based position of the sentence in the reply.
+    pub index: usize,
+    /// The sentence text, trimmed of surrounding whitespace.
+    pub text: String,
+    /// Generated-token indices `[start, end)` whose text makes up this sentence.
+    pub token_span: (usize, usize),
+    /// Time since generation started when the sentence became final.
+    #[serde(serialize_with = "ser_ms")]
+    pub at: Duration,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,1 @@
+//! Sampling: pick the next token from one position's logits.
