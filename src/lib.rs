@@ -10,5 +10,6 @@
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
 
+pub mod capture;
 pub mod doctor;
 pub mod model;

@@ -1,0 +1,34 @@
+//! Capture sources: cameras (V4L2, replay) and microphones (cpal, WAV replay).
+//!
+//! What flows out: each camera publishes its latest [`Frame`] (a `tokio::sync::watch` channel —
+//! a slow consumer skips frames, never stalls capture); each microphone sends [`AudioClip`]
+//! chunks on a bounded channel (a full channel drops the chunk and counts it).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One decoded camera frame: packed RGB8, row-major, no padding.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The camera's configured name (e.g. `press-2`), as used in prompts and `[cam:NAME]` citations.
+    pub camera: String,
+    /// Monotonic per-camera sequence number (gaps = frames dropped before publishing).
+    pub seq: u64,
+    /// Wall-clock time the frame was captured.
+    pub captured_at: SystemTime,
+    pub width: u32,
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub rgb: Arc<Vec<u8>>,
+}
+
+/// A piece of mono audio.
+#[derive(Debug, Clone)]
+pub struct AudioClip {
+    /// Where it came from (microphone name, file path).
+    pub source: String,
+    pub started_at: SystemTime,
+    pub sample_rate: u32,
+    /// Mono samples in [-1, 1].
+    pub samples: Arc<Vec<f32>>,
+}
