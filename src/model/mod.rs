@@ -5,6 +5,8 @@
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
 //! the provider every component actually ran on.
 
+pub mod genai_config;
+pub mod runtime;
 pub mod sample;
 pub mod stream;
 
