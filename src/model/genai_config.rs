@@ -256,18 +256,20 @@ pub struct Decoder {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // accepted-but-unused keys are parsed so that they are not "unknown"
 pub struct DecoderInputs {
-    #[serde(default)]
-    pub input_ids: Option<String>,
-    #[serde(default)]
-    pub inputs_embeds: Option<String>,
-    #[serde(default)]
-    pub attention_mask: Option<String>,
-    #[serde(default)]
-    pub position_ids: Option<String>,
-    #[serde(default)]
-    pub past_key_names: Option<String>,
-    #[serde(default)]
-    pub past_value_names: Option<String>,
+    // Names default as in ORT-GenAI (config.h `Defaults`); which of them the graph really has
+    // decides what is fed (checked in bundle.rs).
+    #[serde(default = "default_input_ids")]
+    pub input_ids: String,
+    #[serde(default = "default_inputs_embeds")]
+    pub inputs_embeds: String,
+    #[serde(default = "default_attention_mask")]
+    pub attention_mask: String,
+    #[serde(default = "default_position_ids")]
+    pub position_ids: String,
+    #[serde(default = "default_past_key")]
+    pub past_key_names: String,
+    #[serde(default = "default_past_value")]
+    pub past_value_names: String,
     // Known to ORT-GenAI, not implemented by gemba.
     #[serde(default)]
     past_names: Option<IgnoredAny>,
@@ -323,10 +325,10 @@ pub struct DecoderInputs {
 pub struct DecoderOutputs {
     #[serde(default = "default_logits")]
     pub logits: String,
-    #[serde(default)]
-    pub present_key_names: Option<String>,
-    #[serde(default)]
-    pub present_value_names: Option<String>,
+    #[serde(default = "default_present_key")]
+    pub present_key_names: String,
+    #[serde(default = "default_present_value")]
+    pub present_value_names: String,
     #[serde(default)]
     present_names: Option<IgnoredAny>,
     #[serde(default)]
@@ -349,6 +351,24 @@ pub struct DecoderOutputs {
 
 fn default_logits() -> String {
     "logits".into()
+}
+fn default_attention_mask() -> String {
+    "attention_mask".into()
+}
+fn default_position_ids() -> String {
+    "position_ids".into()
+}
+fn default_past_key() -> String {
+    "past_key_values.%d.key".into()
+}
+fn default_past_value() -> String {
+    "past_key_values.%d.value".into()
+}
+fn default_present_key() -> String {
+    "present.%d.key".into()
+}
+fn default_present_value() -> String {
+    "present.%d.value".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -781,30 +801,14 @@ impl GenaiConfig {
                 return Err(unsupported(key, "a decoder output of another model family"));
             }
         }
-        match (&di.input_ids, &di.inputs_embeds) {
-            (None, None) => {
-                return Err(bad("model.decoder.inputs", "names neither input_ids nor inputs_embeds".into()))
-            }
-            (Some(_), Some(_)) if m.embedding.is_none() => {
-                return Err(bad(
-                    "model.decoder.inputs",
-                    "names both input_ids and inputs_embeds; a decoder takes one of them".into(),
-                ))
-            }
-            _ => {}
-        }
         for (name, key) in [
             (&di.past_key_names, "model.decoder.inputs.past_key_names"),
             (&di.past_value_names, "model.decoder.inputs.past_value_names"),
             (&o.present_key_names, "model.decoder.outputs.present_key_names"),
             (&o.present_value_names, "model.decoder.outputs.present_value_names"),
         ] {
-            match name {
-                None => return Err(bad(key, "missing: the KV cache names are required".into())),
-                Some(n) if n.matches("%d").count() != 1 => {
-                    return Err(bad(key, format!("\"{n}\" must contain exactly one %d (the layer index)")))
-                }
-                _ => {}
+            if name.matches("%d").count() != 1 {
+                return Err(bad(key, format!("\"{name}\" must contain exactly one %d (the layer index)")));
             }
         }
         if d.num_hidden_layers == 0 || d.head_size == 0 || d.num_key_value_heads == 0 {
@@ -829,9 +833,6 @@ impl GenaiConfig {
         if MULTIMODAL_TYPES.contains(&t) {
             if m.embedding.is_none() {
                 return Err(bad("model.embedding", format!("required for model type {t}")));
-            }
-            if di.inputs_embeds.is_none() {
-                return Err(bad("model.decoder.inputs.inputs_embeds", format!("required for model type {t}")));
             }
             if let Some(v) = &m.vision {
                 if v.filename.is_empty() != v.config_filename.is_empty() {

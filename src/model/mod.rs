@@ -6,8 +6,10 @@
 //! the provider every component actually ran on.
 
 pub mod genai_config;
+pub mod providers;
 pub mod runtime;
 pub mod sample;
+pub mod tokenizer;
 pub mod stream;
 
 use std::time::Duration;
