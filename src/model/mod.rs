@@ -8,6 +8,9 @@
 pub mod sample;
 pub mod stream;
 
+#[cfg(test)]
+mod alloc_count;
+
 use std::time::Duration;
 
 use serde::Serialize;
