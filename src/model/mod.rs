@@ -12,6 +12,9 @@ pub mod sample;
 pub mod tokenizer;
 pub mod stream;
 
+#[cfg(test)]
+mod alloc_count;
+
 use std::time::Duration;
 
 use serde::Serialize;
