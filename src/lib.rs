@@ -11,5 +11,6 @@
 //! prints, and picks the exit code.
 
 pub mod capture;
+pub mod conformance;
 pub mod doctor;
 pub mod model;

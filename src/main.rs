@@ -1,1 +1,267 @@
-fn main() {}
+//! The `gemba` command: parse, call into the library, print, pick the exit code.
+//!
+//! Errors are printed as one line (`gemba: error: …` with the cause chain joined by `: `) and
+//! exit non-zero; a panic anywhere is a bug, so the panic hook prints one line too, without a
+//! backtrace unless `RUST_BACKTRACE` asks for one.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use gemba::model::providers::ProviderPolicy;
+use gemba::model::{runtime, CancelToken, Engine, Event};
+
+#[derive(Parser)]
+#[command(name = "gemba", version, about = "An omni-modal model on the factory floor")]
+struct Cli {
+    /// ONNX Runtime shared library (default: ORT_DYLIB_PATH, then scripts/setup's .ort/, then system places).
+    #[arg(long, global = true, value_name = "PATH")]
+    onnxruntime: Option<PathBuf>,
+    /// More logging on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask the model once; prints each sentence as soon as it is final.
+    Ask(AskArgs),
+    /// What this machine can run, and what a bundle runs on.
+    Doctor(DoctorArgs),
+    /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
+    #[command(subcommand, hide = true)]
+    Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Greedy generation from prompt ids: CASES_JSON as genai_greedy.py's `greedy` mode.
+    Greedy { cases: PathBuf },
+    /// Tokenize prompts plain and with the chat template.
+    Tokenize { bundle: PathBuf, prompts: PathBuf },
+}
+
+#[derive(Args)]
+struct AskArgs {
+    /// The model bundle directory (genai_config.json + ONNX + tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Stop after this many generated tokens.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<usize>,
+    /// Skip the chat template: tokenize the prompt as it is.
+    #[arg(long)]
+    raw: bool,
+    /// Print the events (token, sentence, done) as JSON lines.
+    #[arg(long)]
+    json: bool,
+    /// A system message (through the chat template).
+    #[arg(long)]
+    system: Option<String>,
+    /// Sample instead of greedy search.
+    #[arg(long)]
+    sample: bool,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the reply contains this text (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+    /// Give up after this long (e.g. 30s, 2m); a running step is terminated.
+    #[arg(long, value_parser = parse_duration)]
+    deadline: Option<Duration>,
+    #[command(flatten)]
+    providers: ProviderArgs,
+    /// The question.
+    prompt: String,
+}
+
+#[derive(Args)]
+struct ProviderArgs {
+    /// Provider order for every component, e.g. `cuda,cpu` (overrides the bundle).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    providers: Option<Vec<gemba::model::providers::ProviderKind>>,
+    /// Fail instead of falling back when a provider cannot be used.
+    #[arg(long)]
+    strict_providers: bool,
+    /// Intra-op threads per session.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+impl ProviderArgs {
+    fn policy(&self) -> ProviderPolicy {
+        ProviderPolicy {
+            order: self.providers.clone(),
+            strict: self.strict_providers,
+            intra_op_threads: self.threads,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Also load this bundle and show the provider each component runs on.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    providers: ProviderArgs,
+}
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("gemba: internal error (a bug, please report it): {msg}{loc}");
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("gemba: error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().filter_or("GEMBA_LOG", level))
+        .format_timestamp_millis()
+        .try_init();
+    if verbose > 0 {
+        // ort reports through `tracing`; show its messages too when asked.
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(if verbose > 1 { "ort=debug" } else { "ort=info" }))
+            .try_init();
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Debug(DebugCmd::Greedy { cases }) => {
+            println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
+            println!("{}", gemba::conformance::tokenize(&bundle, &prompts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(d) => {
+            let report = gemba::doctor::examine(cli.onnxruntime.as_deref(), d.model.as_deref(), &d.providers.policy());
+            if d.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            let ok = report.onnxruntime.error.is_none() && report.bundle_error.is_none();
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
+    let rt = runtime::init(ort.as_deref())?;
+    let mut engine = Engine::load(rt, &a.model, &a.providers.policy())?;
+    let mut params = engine.default_params();
+    if a.sample {
+        params.sampling.do_sample = true;
+    }
+    if let Some(t) = a.temperature {
+        params.sampling.temperature = t;
+    }
+    if let Some(k) = a.top_k {
+        params.sampling.top_k = k;
+    }
+    if let Some(p) = a.top_p {
+        params.sampling.top_p = p;
+    }
+    if let Some(r) = a.repetition_penalty {
+        params.sampling.repetition_penalty = r;
+    }
+    if let Some(s) = a.seed {
+        params.sampling.seed = s;
+    }
+    params.max_new_tokens = a.max_tokens;
+    params.stop_strings = a.stop.clone();
+    params.deadline = a.deadline;
+    let ids = engine
+        .prompt_ids(&a.prompt, a.system.as_deref(), a.raw)
+        .with_context(|| format!("preparing the prompt for {}", a.model.display()))?;
+    let cancel = CancelToken::new();
+    let stdout = std::io::stdout();
+    let mut io_err: Option<std::io::Error> = None;
+    let json = a.json;
+    let done = engine.generate_ids(ids, &params, &cancel, &mut |ev: Event| {
+        let mut out = stdout.lock();
+        let r = if json {
+            serde_json::to_string(&ev).map_err(std::io::Error::other).and_then(|s| writeln!(out, "{s}"))
+        } else if let Event::Sentence(s) = &ev {
+            writeln!(out, "{}", s.text)
+        } else {
+            Ok(())
+        };
+        // A closed stdout (e.g. `| head`) stops the generation instead of failing every write.
+        if let Err(e) = r.and_then(|_| out.flush()) {
+            io_err.get_or_insert(e);
+            cancel.cancel();
+        }
+    })?;
+    if let Some(e) = io_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing to stdout");
+        }
+    }
+    if !json {
+        let ttfs = done.time_to_first_sentence_ms.map(|t| format!("{t:.0} ms")).unwrap_or_else(|| "-".into());
+        let prov: Vec<String> = done.providers.iter().map(|(c, p)| format!("{c}={p}")).collect();
+        eprintln!(
+            "[{} prompt + {} generated tokens, stop: {:?}; first token {:.0} ms, first sentence {ttfs}; prefill {:.1} tok/s, decode {:.1} tok/s; {}]",
+            done.prompt_tokens,
+            done.generated_tokens,
+            done.stop,
+            done.time_to_first_token_ms,
+            done.prefill_tokens_per_s,
+            done.decode_tokens_per_s,
+            prov.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -5,6 +5,9 @@
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
 //! the provider every component actually ran on.
 
+pub mod bundle;
+pub mod engine;
+pub mod generate;
 pub mod genai_config;
 pub mod providers;
 pub mod runtime;
@@ -14,6 +17,9 @@ pub mod stream;
 
 #[cfg(test)]
 mod alloc_count;
+
+pub use engine::Engine;
+pub use generate::{CancelToken, Done, Event, GenerateParams, StopReason};
 
 use std::time::Duration;
 

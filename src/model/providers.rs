@@ -54,6 +54,13 @@ impl std::fmt::Display for ProviderKind {
     }
 }
 
+impl std::str::FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ProviderKind::from_genai_name(s).ok_or_else(|| format!("unknown provider \"{s}\" (tensorrt, cuda, cpu)"))
+    }
+}
+
 impl ProviderKind {
     /// Maps an ORT-GenAI provider name (`cuda`, `CUDA`, `tensorrt`, `TensorRT`, `cpu`).
     pub fn from_genai_name(name: &str) -> Option<ProviderKind> {

@@ -1,0 +1,144 @@
+//! `gemba debug …`: the gemba side of the conformance checks against onnxruntime-genai.
+//!
+//! Each mode reads the same JSON as `tests/conformance/genai_greedy.py` (the ORT-GenAI side) and
+//! prints the same JSON shape, so a test (or a person) can diff the two outputs directly:
+//! `greedy` generates from given prompt ids, `tokenize` tokenizes prompts plain and through the
+//! chat template. Running them as a separate process lets one test compare several ONNX Runtime
+//! versions (one library per process).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::providers::ProviderPolicy;
+use crate::model::tokenizer::ChatMessage;
+use crate::model::{runtime, CancelToken, Engine, StopReason};
+
+#[derive(Deserialize)]
+struct GreedyCases {
+    bundle: PathBuf,
+    #[serde(default)]
+    share_buffer: Option<bool>,
+    cases: Vec<GreedyCase>,
+}
+
+#[derive(Deserialize)]
+struct GreedyCase {
+    name: String,
+    input_ids: Vec<u32>,
+    #[serde(default)]
+    max_length: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct GreedyOut {
+    onnxruntime_version: String,
+    share_buffer: bool,
+    cases: Vec<GreedyCaseOut>,
+}
+
+#[derive(Serialize)]
+struct GreedyCaseOut {
+    name: String,
+    output_ids: Vec<u32>,
+    finish: &'static str,
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.exists() || p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Greedy generation from prompt ids, as `genai_greedy.py greedy` does it. Like ORT-GenAI's
+/// sequence, the output leaves out a final eos id.
+pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(cases_file).with_context(|| format!("reading {}", cases_file.display()))?;
+    let cases: GreedyCases =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", cases_file.display()))?;
+    let rt = runtime::init(ort)?;
+    let dir = resolve(cases_file, &cases.bundle);
+    let mut engine = Engine::load(rt, &dir, &ProviderPolicy::default())?;
+    if let Some(sb) = cases.share_buffer {
+        engine.decoder.set_share_buffer(sb);
+    }
+    let mut out = GreedyOut {
+        onnxruntime_version: rt.version.clone(),
+        share_buffer: engine.decoder.shares_buffer(),
+        cases: Vec::new(),
+    };
+    for c in cases.cases {
+        let mut params = engine.default_params();
+        params.sampling.do_sample = false;
+        if let Some(m) = c.max_length {
+            params.max_length = m;
+        }
+        let mut ids = Vec::new();
+        let done = engine.generate_ids(c.input_ids, &params, &CancelToken::new(), &mut |ev| {
+            if let crate::model::Event::Token(t) = ev {
+                ids.push(t.id);
+            }
+        })?;
+        let finish = match done.stop {
+            StopReason::Eos => {
+                ids.pop();
+                "eos"
+            }
+            _ => "length",
+        };
+        out.cases.push(GreedyCaseOut { name: c.name, output_ids: ids, finish });
+    }
+    Ok(serde_json::to_string_pretty(&out)?)
+}
+
+#[derive(Deserialize)]
+struct Prompts {
+    prompts: Vec<Prompt>,
+}
+
+#[derive(Deserialize)]
+struct Prompt {
+    name: String,
+    user: String,
+    #[serde(default)]
+    system: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TokenizeOut {
+    prompts: Vec<TokenizeCase>,
+}
+
+#[derive(Serialize)]
+struct TokenizeCase {
+    name: String,
+    plain_ids: Vec<u32>,
+    chat_text: String,
+    chat_ids: Vec<u32>,
+}
+
+/// Tokenization of each prompt, plain and through the chat template.
+pub fn tokenize(bundle_dir: &Path, prompts_file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(prompts_file).with_context(|| format!("reading {}", prompts_file.display()))?;
+    let prompts: Prompts = serde_json::from_str(&text).with_context(|| format!("parsing {}", prompts_file.display()))?;
+    let bundle = crate::model::bundle::Bundle::open(bundle_dir)?;
+    let tok = &bundle.tokenizer;
+    let mut out = TokenizeOut { prompts: Vec::new() };
+    for p in prompts.prompts {
+        let mut messages = Vec::new();
+        if let Some(s) = &p.system {
+            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        messages.push(ChatMessage::user(p.user.clone()));
+        out.prompts.push(TokenizeCase {
+            name: p.name,
+            plain_ids: tok.encode(&p.user)?,
+            chat_text: tok.apply_chat_template(&messages, true)?,
+            chat_ids: tok.prompt_ids(&messages, false)?,
+        });
+    }
+    Ok(serde_json::to_string_pretty(&out)?)
+}

@@ -1,0 +1,782 @@
+//! Generation: prefill, then one decoder run per token with the KV cache, streamed as events.
+//!
+//! The KV cache is never copied by gemba. With `past_present_share_buffer` each layer's key and
+//! value live in one buffer of `[1, kv_heads, capacity, head_size]`, bound through an
+//! `IoBinding` as both the past input and the present output, so the attention op appends in
+//! place (the buffer is allocated once per engine and grown only when a longer generation needs
+//! it). Without it, each step's present outputs are bound as the next step's past inputs (moved,
+//! not copied). On a GPU provider the cache is allocated on the device; only the last position's
+//! logits come back to the CPU for sampling.
+//!
+//! Feeding follows ORT-GenAI's decoder-only model for batch 1 (`position_inputs.cpp`,
+//! `kv_cache.cpp`): attention_mask is ones over the whole sequence so far, position_ids count up
+//! from the past length, and generation stops at `search.max_length` total tokens, at an eos id,
+//! at `max_new_tokens`, at a stop string, on cancellation between tokens, or at a hard deadline
+//! that terminates the running step.
+//!
+//! What flows out: [`Event`]s through a callback — every token, every sentence as soon as it is
+//! final, and [`Done`] with the timings and the providers that actually ran.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{RunOptions, Session};
+use ort::value::{DynTensor, DynValue, Tensor};
+use serde::Serialize;
+
+use super::bundle::{Bundle, BundleError, DecoderIo, FloatType, IntType, TokenInput};
+use super::providers::{build_session, ProviderKind, ProviderPolicy, ProviderReport};
+use super::runtime::Runtime;
+use super::sample::{SamplingParams, Sampler};
+use super::stream::{SentenceSplitter, SplitterConfig, TokenDecoder};
+use super::Sentence;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens, but the bundle allows {max} in total (search.max_length / model.context_length)")]
+    PromptTooLong { prompt: usize, max: usize },
+    #[error("decoder step {step} failed: {reason}")]
+    Run { step: usize, reason: String },
+    #[error("decoder output {name}: {reason}")]
+    Output { name: String, reason: String },
+    #[error("cannot allocate the KV cache ({layers} layers × [1, {kv_heads}, {capacity}, {head_size}]): {reason}")]
+    KvAlloc { layers: usize, kv_heads: usize, capacity: usize, head_size: usize, reason: String },
+    #[error("invalid generation settings: {0}")]
+    Params(String),
+    #[error("token stream: {0}")]
+    Stream(String),
+}
+
+/// Per-request generation settings; defaults come from the bundle's `search` section.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub sampling: SamplingParams,
+    /// Total tokens (prompt + generated) at which generation stops, as ORT-GenAI's max_length.
+    pub max_length: usize,
+    /// Eos is suppressed until the sequence (prompt + generated) is this long.
+    pub min_length: usize,
+    pub max_new_tokens: Option<usize>,
+    pub stop_strings: Vec<String>,
+    /// Generation is terminated, mid-step if need be, once this much time has passed.
+    pub deadline: Option<Duration>,
+    pub splitter: SplitterConfig,
+}
+
+impl GenerateParams {
+    /// The bundle's search defaults.
+    pub fn from_bundle(bundle: &Bundle) -> GenerateParams {
+        let s = &bundle.config.search;
+        GenerateParams {
+            sampling: SamplingParams {
+                do_sample: s.do_sample,
+                temperature: s.temperature,
+                top_k: s.top_k as usize,
+                top_p: if s.top_p <= 0.0 { 1.0 } else { s.top_p },
+                repetition_penalty: s.repetition_penalty,
+                seed: if s.random_seed < 0 { 0 } else { s.random_seed as u64 },
+            },
+            max_length: s.max_length as usize,
+            min_length: s.min_length as usize,
+            max_new_tokens: None,
+            stop_strings: Vec::new(),
+            deadline: None,
+            splitter: SplitterConfig::default(),
+        }
+    }
+}
+
+/// Cancels a generation between tokens; cheap to clone and share with another thread.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+pub enum StopReason {
+    Eos,
+    MaxLength,
+    MaxNewTokens,
+    StopString(String),
+    Cancelled,
+    Deadline,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenEvent {
+    pub index: usize,
+    pub id: u32,
+    /// Text that became final with this token (may be empty: a character split across tokens,
+    /// or text held back while it may still be the start of a stop string).
+    pub text: String,
+    #[serde(serialize_with = "ser_ms")]
+    pub at: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Done {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop: StopReason,
+    pub text: String,
+    pub sentences: usize,
+    /// Milliseconds from the start of `generate` (prefill included).
+    pub time_to_first_token_ms: f64,
+    pub time_to_first_sentence_ms: Option<f64>,
+    pub prefill_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    /// Tokens after the first, over the time after the first.
+    pub decode_tokens_per_s: f64,
+    pub total_ms: f64,
+    /// component → provider that actually ran it.
+    pub providers: BTreeMap<String, String>,
+}
+
+/// What a generation streams out.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Token(TokenEvent),
+    Sentence(Sentence),
+    Done(Done),
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// What the first decoder run consumes: token ids, or embeddings made by an embedding session.
+pub enum PromptInput {
+    Ids(Vec<u32>),
+    /// `[1, n, hidden]` embeddings and the ids they came from (for repetition penalty and length).
+    Embeds { ids: Vec<u32>, embeds: DynValue },
+}
+
+impl PromptInput {
+    pub fn ids(&self) -> &[u32] {
+        match self {
+            PromptInput::Ids(ids) => ids,
+            PromptInput::Embeds { ids, .. } => ids,
+        }
+    }
+}
+
+/// Produces embeddings for generated tokens when the decoder takes `inputs_embeds`.
+pub trait Embedder {
+    fn embed(&mut self, ids: &[u32]) -> Result<DynValue, GenerateError>;
+}
+
+/// The KV cache.
+enum Kv {
+    /// One buffer per tensor, bound as past and present.
+    Shared { keys: Vec<DynTensor>, values: Vec<DynTensor>, capacity: usize },
+    /// Presents of the last step, to be bound as the next step's pasts.
+    Moving { keys: Vec<DynValue>, values: Vec<DynValue> },
+}
+
+/// The decoder session and everything it needs to run token by token.
+pub struct Decoder {
+    pub session: Session,
+    pub io: DecoderIo,
+    pub report: ProviderReport,
+    share_buffer: bool,
+    kv_alloc: Allocator,
+    kv_on_device: bool,
+    shared: Option<Kv>,
+    logits_buf: Vec<f32>,
+    run_options: Arc<RunOptions>,
+}
+
+impl Decoder {
+    pub fn load(rt: &Runtime, bundle: &Bundle, policy: &ProviderPolicy) -> Result<Decoder, BundleError> {
+        let d = &bundle.config.model.decoder;
+        let file = bundle.file(&d.filename);
+        let (session, report) =
+            build_session(rt, "decoder", &file, &bundle.config.decoder_session_options(), "model.decoder", policy)?;
+        let io = DecoderIo::from_session(&session, &bundle.config, &file)?;
+        let gpu = matches!(report.actual(), ProviderKind::Cuda | ProviderKind::Tensorrt);
+        let kv_alloc = if gpu {
+            let info = MemoryInfo::new(AllocationDevice::CUDA, policy.cuda.device_id, AllocatorType::Device, MemoryType::Default)
+                .and_then(|mi| Allocator::new(&session, mi));
+            match info {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("decoder: cannot allocate the KV cache on the GPU ({e}); keeping it in host memory");
+                    Allocator::default()
+                }
+            }
+        } else {
+            Allocator::default()
+        };
+        let kv_on_device = !kv_alloc.memory_info().is_cpu_accessible();
+        let run_options = Arc::new(RunOptions::new().map_err(|e| BundleError::Graph {
+            file: file.clone(),
+            msg: format!("cannot create run options: {e}"),
+        })?);
+        Ok(Decoder {
+            session,
+            io,
+            report,
+            share_buffer: bundle.config.search.past_present_share_buffer,
+            kv_alloc,
+            kv_on_device,
+            shared: None,
+            logits_buf: Vec::new(),
+            run_options,
+        })
+    }
+
+    /// Whether the cache is one shared buffer (`past_present_share_buffer`).
+    pub fn shares_buffer(&self) -> bool {
+        self.share_buffer
+    }
+
+    /// Overrides the bundle's `past_present_share_buffer` (tests compare both layouts).
+    pub fn set_share_buffer(&mut self, on: bool) {
+        self.share_buffer = on;
+        self.shared = None;
+    }
+
+    /// A handle that terminates the step running now (from any thread).
+    pub fn terminator(&self) -> Arc<RunOptions> {
+        Arc::clone(&self.run_options)
+    }
+
+    fn kv_shape(&self, seq: usize) -> [i64; 4] {
+        [1, self.io.kv_heads as i64, seq as i64, self.io.head_size as i64]
+    }
+
+    fn alloc_kv(&self, seq: usize) -> Result<DynTensor, GenerateError> {
+        DynTensor::new(&self.kv_alloc, self.io.kv_type.ort(), self.kv_shape(seq)).map_err(|e| GenerateError::KvAlloc {
+            layers: self.io.layers,
+            kv_heads: self.io.kv_heads,
+            capacity: seq,
+            head_size: self.io.head_size,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Resets the cache for a new sequence of at most `capacity` tokens.
+    fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
+        if self.share_buffer {
+            // Reuse the engine's buffers when they are large enough: a new query must not cost a
+            // fresh allocation of the whole cache.
+            if let Some(Kv::Shared { capacity: have, .. }) = &self.shared {
+                if *have >= capacity {
+                    return Ok(self.shared.take().expect("checked"));
+                }
+            }
+            self.shared = None;
+            let mut keys = Vec::with_capacity(self.io.layers);
+            let mut values = Vec::with_capacity(self.io.layers);
+            for _ in 0..self.io.layers {
+                keys.push(self.alloc_kv(capacity)?);
+                values.push(self.alloc_kv(capacity)?);
+            }
+            Ok(Kv::Shared { keys, values, capacity })
+        } else {
+            let mut keys = Vec::with_capacity(self.io.layers);
+            let mut values = Vec::with_capacity(self.io.layers);
+            for _ in 0..self.io.layers {
+                keys.push(self.alloc_kv(0)?.into_dyn());
+                values.push(self.alloc_kv(0)?.into_dyn());
+            }
+            Ok(Kv::Moving { keys, values })
+        }
+    }
+
+    /// One decoder run over `n` new positions after `past` cached ones. Returns the logits of the
+    /// last position (as f32, in a buffer reused across steps).
+    fn step(
+        &mut self,
+        kv: &mut Kv,
+        tokens: StepTokens<'_>,
+        past: usize,
+        step: usize,
+    ) -> Result<&mut [f32], GenerateError> {
+        let run_err = |e: ort::Error| GenerateError::Run { step, reason: e.to_string() };
+        let n = tokens.len();
+        let total = past + n;
+        let mut binding = self.session.create_binding().map_err(run_err)?;
+        match (&self.io.token, tokens) {
+            (TokenInput::Ids { name, ty }, StepTokens::Ids(ids)) => {
+                let v = int_tensor(*ty, [1, n as i64], ids.iter().map(|&i| i as i64)).map_err(run_err)?;
+                binding.bind_input(name.as_str(), &v).map_err(run_err)?;
+            }
+            (TokenInput::Embeds { name, .. }, StepTokens::Embeds(v)) => {
+                binding.bind_input(name.as_str(), v).map_err(run_err)?;
+            }
+            (TokenInput::Ids { .. }, StepTokens::Embeds(_)) => {
+                return Err(GenerateError::Params("this decoder takes input_ids, not embeddings".into()))
+            }
+            (TokenInput::Embeds { .. }, StepTokens::Ids(_)) => {
+                return Err(GenerateError::Params("this decoder takes inputs_embeds; an embedding session is needed".into()))
+            }
+        }
+        if let Some((name, ty)) = &self.io.attention_mask {
+            let v = int_tensor(*ty, [1, total as i64], std::iter::repeat_n(1i64, total)).map_err(run_err)?;
+            binding.bind_input(name.as_str(), &v).map_err(run_err)?;
+        }
+        if let Some((name, ty)) = &self.io.position_ids {
+            let v = int_tensor(*ty, [1, n as i64], (past as i64)..(total as i64)).map_err(run_err)?;
+            binding.bind_input(name.as_str(), &v).map_err(run_err)?;
+        }
+        let cpu = MemoryInfo::default();
+        let kv_mem = self.kv_alloc.memory_info().clone();
+        match kv {
+            Kv::Shared { keys, values, .. } => {
+                for i in 0..self.io.layers {
+                    binding.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(run_err)?;
+                    binding.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
+                    binding.bind_output(self.io.present_key[i].as_str(), keys[i].view_mut()).map_err(run_err)?;
+                    binding.bind_output(self.io.present_value[i].as_str(), values[i].view_mut()).map_err(run_err)?;
+                }
+            }
+            Kv::Moving { keys, values } => {
+                for i in 0..self.io.layers {
+                    binding.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(run_err)?;
+                    binding.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
+                    binding.bind_output_to_device(self.io.present_key[i].as_str(), &kv_mem).map_err(run_err)?;
+                    binding.bind_output_to_device(self.io.present_value[i].as_str(), &kv_mem).map_err(run_err)?;
+                }
+            }
+        }
+        binding.bind_output_to_device(self.io.logits.as_str(), &cpu).map_err(run_err)?;
+
+        let mut outputs = self.session.run_binding_with_options(&binding, &self.run_options).map_err(run_err)?;
+        if let Kv::Moving { keys, values } = kv {
+            for i in 0..self.io.layers {
+                keys[i] = take_output(&mut outputs, &self.io.present_key[i])?;
+                values[i] = take_output(&mut outputs, &self.io.present_value[i])?;
+            }
+        }
+        let logits = take_output(&mut outputs, &self.io.logits)?;
+        drop(outputs);
+        last_row_f32(&logits, self.io.logits_type, &self.io.logits, &mut self.logits_buf)?;
+        Ok(&mut self.logits_buf)
+    }
+
+    /// Where the KV cache lives, for status: `host` or `device`.
+    pub fn kv_location(&self) -> &'static str {
+        if self.kv_on_device {
+            "device"
+        } else {
+            "host"
+        }
+    }
+}
+
+enum StepTokens<'a> {
+    Ids(&'a [u32]),
+    Embeds(&'a DynValue),
+}
+
+impl StepTokens<'_> {
+    fn len(&self) -> usize {
+        match self {
+            StepTokens::Ids(ids) => ids.len(),
+            StepTokens::Embeds(v) => v.shape().get(1).copied().unwrap_or(0).max(0) as usize,
+        }
+    }
+}
+
+fn int_tensor(ty: IntType, shape: [i64; 2], values: impl Iterator<Item = i64>) -> ort::Result<DynValue> {
+    Ok(match ty {
+        IntType::I64 => Tensor::from_array((shape, values.collect::<Vec<i64>>()))?.into_dyn(),
+        IntType::I32 => Tensor::from_array((shape, values.map(|v| v as i32).collect::<Vec<i32>>()))?.into_dyn(),
+    })
+}
+
+fn take_output(outputs: &mut ort::session::SessionOutputs<'_>, name: &str) -> Result<DynValue, GenerateError> {
+    outputs
+        .remove(name)
+        .ok_or_else(|| GenerateError::Output { name: name.into(), reason: "missing from the run's outputs".into() })
+}
+
+/// Copies the last position of `[1, seq, vocab]` logits into `out` as f32.
+fn last_row_f32(v: &DynValue, ty: FloatType, name: &str, out: &mut Vec<f32>) -> Result<(), GenerateError> {
+    let err = |reason: String| GenerateError::Output { name: name.into(), reason };
+    let shape = v.shape().to_vec();
+    if shape.len() != 3 || shape[0] != 1 {
+        return Err(err(format!("expected [1, seq, vocab], got {shape:?}")));
+    }
+    let (seq, vocab) = (shape[1] as usize, shape[2] as usize);
+    if seq == 0 || vocab == 0 {
+        return Err(err(format!("empty logits {shape:?}")));
+    }
+    let start = (seq - 1) * vocab;
+    out.clear();
+    match ty {
+        FloatType::F32 => {
+            let (_, data) = v.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
+            out.extend_from_slice(&data[start..start + vocab]);
+        }
+        FloatType::F16 => {
+            let (_, data) = v.try_extract_tensor::<half::f16>().map_err(|e| err(e.to_string()))?;
+            out.extend(data[start..start + vocab].iter().map(|x| x.to_f32()));
+        }
+        FloatType::Bf16 => {
+            let (_, data) = v.try_extract_tensor::<half::bf16>().map_err(|e| err(e.to_string()))?;
+            out.extend(data[start..start + vocab].iter().map(|x| x.to_f32()));
+        }
+    }
+    Ok(())
+}
+
+/// Holds back text that may be the beginning of a stop string.
+#[derive(Debug, Default)]
+struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    /// Returns (text safe to emit now, the stop string if one completed).
+    fn push(&mut self, text: &str) -> (String, Option<String>) {
+        if self.stops.is_empty() {
+            return (text.to_string(), None);
+        }
+        self.pending.push_str(text);
+        // The earliest complete stop string wins.
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.pending.find(s.as_str()).map(|i| (i, s.clone())))
+            .min_by_key(|(i, _)| *i);
+        if let Some((i, s)) = hit {
+            let out = self.pending[..i].to_string();
+            self.pending.clear();
+            return (out, Some(s));
+        }
+        // Keep the longest suffix that is a proper prefix of some stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (k, _) in s.char_indices().skip(1) {
+                if k > keep && self.pending.ends_with(&s[..k]) {
+                    keep = k;
+                }
+            }
+        }
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, None)
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Suppresses eos ids until the sequence reaches `min_length` (ORT-GenAI's ApplyMinLength).
+fn apply_min_length(logits: &mut [f32], seq_len: usize, min_length: usize, eos: &[u32]) {
+    if seq_len < min_length {
+        for &e in eos {
+            if let Some(l) = logits.get_mut(e as usize) {
+                *l = f32::MIN;
+            }
+        }
+    }
+}
+
+/// Runs a whole generation. `embedder` turns generated ids into embeddings when the decoder takes
+/// `inputs_embeds`.
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    decoder: &mut Decoder,
+    bundle: &Bundle,
+    prompt: PromptInput,
+    mut embedder: Option<&mut dyn Embedder>,
+    params: &GenerateParams,
+    cancel: &CancelToken,
+    extra_providers: &[ProviderReport],
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Done, GenerateError> {
+    let start = Instant::now();
+    params.sampling.validate().map_err(|e| GenerateError::Params(e.to_string()))?;
+    let prompt_len = prompt.ids().len();
+    if prompt_len == 0 {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let max_length = params.max_length.min(bundle.config.model.context_length as usize).max(1);
+    if prompt_len >= max_length {
+        return Err(GenerateError::PromptTooLong { prompt: prompt_len, max: max_length });
+    }
+    let capacity = match params.max_new_tokens {
+        Some(n) => (prompt_len + n).min(max_length),
+        None => max_length,
+    };
+    let eos = bundle.eos_ids();
+
+    // The hard deadline: a watcher terminates the running step when time is up.
+    let deadline_hit = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = params.deadline.map(|limit| {
+        let term = decoder.terminator();
+        let hit = Arc::clone(&deadline_hit);
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(limit) {
+                hit.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                let _ = term.terminate();
+            }
+        })
+    });
+    let result = run_loop(
+        decoder,
+        bundle,
+        prompt,
+        &mut embedder,
+        params,
+        cancel,
+        &deadline_hit,
+        extra_providers,
+        on_event,
+        start,
+        capacity,
+        &eos,
+    );
+    drop(done_tx);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let _ = decoder.run_options.unterminate();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop(
+    decoder: &mut Decoder,
+    bundle: &Bundle,
+    prompt: PromptInput,
+    embedder: &mut Option<&mut dyn Embedder>,
+    params: &GenerateParams,
+    cancel: &CancelToken,
+    deadline_hit: &AtomicBool,
+    extra_providers: &[ProviderReport],
+    on_event: &mut dyn FnMut(Event),
+    start: Instant,
+    capacity: usize,
+    eos: &[u32],
+) -> Result<Done, GenerateError> {
+    let prompt_len = prompt.ids().len();
+    let mut kv = decoder.reset(capacity)?;
+    let mut sampler = Sampler::new(params.sampling.clone());
+    let mut detok = TokenDecoder::new(Arc::clone(bundle.tokenizer.inner()));
+    let mut splitter = SentenceSplitter::new(params.splitter.clone());
+    let mut stops = StopMatcher { stops: params.stop_strings.clone(), pending: String::new() };
+    let mut history: Vec<u32> = prompt.ids().to_vec();
+    let mut text = String::new();
+    let mut n_sentences = 0usize;
+    let mut first_sentence: Option<Duration> = None;
+    let mut first_token: Option<Duration> = None;
+    let mut prefill_time = Duration::ZERO;
+    let stop;
+
+    let was_terminated = |e: &GenerateError| deadline_hit.load(Ordering::SeqCst) && matches!(e, GenerateError::Run { .. });
+    let mut emit_text = |piece: &str,
+                         index: usize,
+                         at: Duration,
+                         text: &mut String,
+                         n_sentences: &mut usize,
+                         first_sentence: &mut Option<Duration>,
+                         on_event: &mut dyn FnMut(Event)| {
+        text.push_str(piece);
+        for s in splitter.push(piece, index, at) {
+            *n_sentences += 1;
+            first_sentence.get_or_insert(at);
+            on_event(Event::Sentence(s));
+        }
+    };
+
+    let mut step = 0usize;
+    let mut past = 0usize;
+    // Prefill.
+    let first_logits = {
+        let r = match &prompt {
+            PromptInput::Ids(ids) => decoder.step(&mut kv, StepTokens::Ids(ids), 0, step),
+            PromptInput::Embeds { embeds, .. } => decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step),
+        };
+        match r {
+            Ok(l) => l,
+            Err(e) if was_terminated(&e) => {
+                decoder.shared = Some(kv).filter(|_| decoder.share_buffer);
+                return Ok(finish_done(
+                    start, prompt_len, 0, StopReason::Deadline, String::new(), 0, None, None, Duration::ZERO,
+                    start.elapsed(), decoder, extra_providers, on_event,
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let _ = first_logits;
+    prefill_time = start.elapsed().max(prefill_time);
+    past += prompt_len;
+    let mut generated = 0usize;
+    let mut last_token_at;
+    loop {
+        // Sample from the logits of the step just run.
+        let logits = &mut decoder.logits_buf;
+        apply_min_length(logits, history.len(), params.min_length, eos);
+        let id = sampler.sample(logits, &history);
+        history.push(id);
+        generated += 1;
+        let at = start.elapsed();
+        last_token_at = at;
+        first_token.get_or_insert(at);
+        let is_eos = eos.contains(&id);
+        let piece = if is_eos { String::new() } else { detok.push(id).map_err(|e| GenerateError::Stream(e.to_string()))? };
+        let (safe, hit) = stops.push(&piece);
+        on_event(Event::Token(TokenEvent { index: generated - 1, id, text: safe.clone(), at }));
+        emit_text(&safe, generated - 1, at, &mut text, &mut n_sentences, &mut first_sentence, on_event);
+        if is_eos {
+            stop = StopReason::Eos;
+            break;
+        }
+        if let Some(s) = hit {
+            stop = StopReason::StopString(s);
+            break;
+        }
+        if history.len() >= capacity {
+            stop = if history.len() >= params.max_length.min(bundle.config.model.context_length as usize) {
+                StopReason::MaxLength
+            } else {
+                StopReason::MaxNewTokens
+            };
+            break;
+        }
+        if cancel.is_cancelled() {
+            stop = if deadline_hit.load(Ordering::SeqCst) { StopReason::Deadline } else { StopReason::Cancelled };
+            break;
+        }
+        step += 1;
+        let r = match embedder {
+            Some(emb) => {
+                let e = emb.embed(&[id])?;
+                decoder.step(&mut kv, StepTokens::Embeds(&e), past, step).map(|_| ())
+            }
+            None => decoder.step(&mut kv, StepTokens::Ids(&[id]), past, step).map(|_| ()),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if was_terminated(&e) => {
+                stop = StopReason::Deadline;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        past += 1;
+    }
+    // Flush what the decoder and the stop matcher held back, then the last sentence.
+    if !matches!(stop, StopReason::StopString(_)) {
+        let mut rest = detok.finish().map_err(|e| GenerateError::Stream(e.to_string()))?;
+        let (safe, _) = stops.push(&rest);
+        rest = safe + &stops.finish();
+        if !rest.is_empty() {
+            emit_text(&rest, generated.saturating_sub(1), start.elapsed(), &mut text, &mut n_sentences, &mut first_sentence, on_event);
+        }
+    }
+    let at = start.elapsed();
+    if let Some(s) = splitter.finish(generated, at) {
+        n_sentences += 1;
+        first_sentence.get_or_insert(at);
+        on_event(Event::Sentence(s));
+    }
+    if decoder.share_buffer {
+        decoder.shared = Some(kv);
+    }
+    Ok(finish_done(
+        start, prompt_len, generated, stop, text, n_sentences, first_token, first_sentence, prefill_time,
+        last_token_at, decoder, extra_providers, on_event,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_done(
+    start: Instant,
+    prompt_tokens: usize,
+    generated: usize,
+    stop: StopReason,
+    text: String,
+    sentences: usize,
+    first_token: Option<Duration>,
+    first_sentence: Option<Duration>,
+    prefill: Duration,
+    last_token_at: Duration,
+    decoder: &Decoder,
+    extra_providers: &[ProviderReport],
+    on_event: &mut dyn FnMut(Event),
+) -> Done {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ft = first_token.unwrap_or(prefill);
+    let decode_secs = (last_token_at.saturating_sub(ft)).as_secs_f64();
+    let mut providers = BTreeMap::new();
+    for r in extra_providers.iter().chain(std::iter::once(&decoder.report)) {
+        providers.insert(r.component.clone(), r.actual().to_string());
+    }
+    let done = Done {
+        prompt_tokens,
+        generated_tokens: generated,
+        stop,
+        text,
+        sentences,
+        time_to_first_token_ms: ms(ft),
+        time_to_first_sentence_ms: first_sentence.map(ms),
+        prefill_ms: ms(prefill),
+        prefill_tokens_per_s: if prefill.as_secs_f64() > 0.0 { prompt_tokens as f64 / prefill.as_secs_f64() } else { 0.0 },
+        decode_tokens_per_s: if generated > 1 && decode_secs > 0.0 { (generated - 1) as f64 / decode_secs } else { 0.0 },
+        total_ms: ms(start.elapsed()),
+        providers,
+    };
+    on_event(Event::Done(done.clone()));
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_matcher_holds_back_prefixes() {
+        let mut m = StopMatcher { stops: vec!["<END>".into()], pending: String::new() };
+        assert_eq!(m.push("Hello <E"), ("Hello ".into(), None));
+        assert_eq!(m.push("N"), ("".into(), None));
+        assert_eq!(m.push("X more"), ("<ENX more".into(), None));
+        assert_eq!(m.push(" done<EN"), (" done".into(), None));
+        assert_eq!(m.push("D>tail"), ("".into(), Some("<END>".into())));
+    }
+
+    #[test]
+    fn stop_matcher_without_stops_passes_through() {
+        let mut m = StopMatcher::default();
+        assert_eq!(m.push("abc"), ("abc".into(), None));
+        assert_eq!(m.finish(), "");
+    }
+
+    #[test]
+    fn min_length_suppresses_eos() {
+        let mut l = vec![0.0, 5.0, 1.0];
+        apply_min_length(&mut l, 3, 5, &[1]);
+        assert_eq!(l[1], f32::MIN);
+        let mut l = vec![0.0, 5.0, 1.0];
+        apply_min_length(&mut l, 5, 5, &[1]);
+        assert_eq!(l[1], 5.0);
+    }
+}
