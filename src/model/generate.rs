@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{RunOptions, Session};
+use ort::session::{IoBinding, RunOptions, Session};
 use ort::value::{DynTensor, DynValue, Tensor};
 use serde::Serialize;
 
@@ -181,12 +181,13 @@ pub trait Embedder {
     fn embed(&mut self, ids: &[u32]) -> Result<DynValue, GenerateError>;
 }
 
-/// The KV cache.
+/// The KV cache, and the binding that feeds it (one binding per generation: the cache and the
+/// logits output are bound once, only the per-token inputs change between steps).
 enum Kv {
     /// One buffer per tensor, bound as past and present.
-    Shared { keys: Vec<DynTensor>, values: Vec<DynTensor>, capacity: usize },
-    /// Presents of the last step, to be bound as the next step's pasts.
-    Moving { keys: Vec<DynValue>, values: Vec<DynValue> },
+    Shared { keys: Vec<DynTensor>, values: Vec<DynTensor>, capacity: usize, binding: Option<IoBinding> },
+    /// The pasts for the next step (the last step's presents, moved).
+    Moving { keys: Vec<DynValue>, values: Vec<DynValue>, binding: Option<IoBinding> },
 }
 
 /// The decoder session and everything it needs to run token by token.
@@ -271,24 +272,27 @@ impl Decoder {
         })
     }
 
-    /// Resets the cache for a new sequence of at most `capacity` tokens.
+    /// Resets the cache for a new sequence of at most `capacity` tokens and binds what stays
+    /// bound for the whole generation.
     fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
-        if self.share_buffer {
+        let bind_err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("binding: {e}") };
+        let mut kv = if self.share_buffer {
             // Reuse the engine's buffers when they are large enough: a new query must not cost a
             // fresh allocation of the whole cache.
-            if let Some(Kv::Shared { capacity: have, .. }) = &self.shared {
-                if *have >= capacity {
-                    return Ok(self.shared.take().expect("checked"));
+            match self.shared.take() {
+                Some(Kv::Shared { keys, values, capacity: have, .. }) if have >= capacity => {
+                    Kv::Shared { keys, values, capacity: have, binding: None }
+                }
+                _ => {
+                    let mut keys = Vec::with_capacity(self.io.layers);
+                    let mut values = Vec::with_capacity(self.io.layers);
+                    for _ in 0..self.io.layers {
+                        keys.push(self.alloc_kv(capacity)?);
+                        values.push(self.alloc_kv(capacity)?);
+                    }
+                    Kv::Shared { keys, values, capacity, binding: None }
                 }
             }
-            self.shared = None;
-            let mut keys = Vec::with_capacity(self.io.layers);
-            let mut values = Vec::with_capacity(self.io.layers);
-            for _ in 0..self.io.layers {
-                keys.push(self.alloc_kv(capacity)?);
-                values.push(self.alloc_kv(capacity)?);
-            }
-            Ok(Kv::Shared { keys, values, capacity })
         } else {
             let mut keys = Vec::with_capacity(self.io.layers);
             let mut values = Vec::with_capacity(self.io.layers);
@@ -296,7 +300,34 @@ impl Decoder {
                 keys.push(self.alloc_kv(0)?.into_dyn());
                 values.push(self.alloc_kv(0)?.into_dyn());
             }
-            Ok(Kv::Moving { keys, values })
+            Kv::Moving { keys, values, binding: None }
+        };
+        let mut b = self.session.create_binding().map_err(bind_err)?;
+        match &mut kv {
+            Kv::Shared { keys, values, binding, .. } => {
+                for i in 0..self.io.layers {
+                    b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(bind_err)?;
+                    b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(bind_err)?;
+                    b.bind_output(self.io.present_key[i].as_str(), keys[i].view_mut()).map_err(bind_err)?;
+                    b.bind_output(self.io.present_value[i].as_str(), values[i].view_mut()).map_err(bind_err)?;
+                }
+                *binding = Some(b);
+            }
+            Kv::Moving { keys, values, binding } => {
+                for i in 0..self.io.layers {
+                    b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(bind_err)?;
+                    b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(bind_err)?;
+                }
+                *binding = Some(b);
+            }
+        }
+        Ok(kv)
+    }
+
+    /// Keeps a shared cache for the next generation (its binding is per generation).
+    fn keep(&mut self, kv: Kv) {
+        if let Kv::Shared { keys, values, capacity, .. } = kv {
+            self.shared = Some(Kv::Shared { keys, values, capacity, binding: None });
         }
     }
 
@@ -312,7 +343,10 @@ impl Decoder {
         let run_err = |e: ort::Error| GenerateError::Run { step, reason: e.to_string() };
         let n = tokens.len();
         let total = past + n;
-        let mut binding = self.session.create_binding().map_err(run_err)?;
+        let moving = matches!(kv, Kv::Moving { .. });
+        let binding = match kv {
+            Kv::Shared { binding, .. } | Kv::Moving { binding, .. } => binding.as_mut().expect("bound in reset"),
+        };
         match (&self.io.token, tokens) {
             (TokenInput::Ids { name, ty }, StepTokens::Ids(ids)) => {
                 let v = int_tensor(*ty, [1, n as i64], ids.iter().map(|&i| i as i64)).map_err(run_err)?;
@@ -336,37 +370,38 @@ impl Decoder {
             let v = int_tensor(*ty, [1, n as i64], (past as i64)..(total as i64)).map_err(run_err)?;
             binding.bind_input(name.as_str(), &v).map_err(run_err)?;
         }
+        // After a run, ONNX Runtime keeps the outputs it allocated bound as pre-allocated
+        // values; outputs whose shape changes from step to step are bound to the device again.
         let cpu = MemoryInfo::default();
-        let kv_mem = self.kv_alloc.memory_info().clone();
-        match kv {
-            Kv::Shared { keys, values, .. } => {
-                for i in 0..self.io.layers {
-                    binding.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(run_err)?;
-                    binding.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
-                    binding.bind_output(self.io.present_key[i].as_str(), keys[i].view_mut()).map_err(run_err)?;
-                    binding.bind_output(self.io.present_value[i].as_str(), values[i].view_mut()).map_err(run_err)?;
-                }
-            }
-            Kv::Moving { keys, values } => {
-                for i in 0..self.io.layers {
-                    binding.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(run_err)?;
-                    binding.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
-                    binding.bind_output_to_device(self.io.present_key[i].as_str(), &kv_mem).map_err(run_err)?;
-                    binding.bind_output_to_device(self.io.present_value[i].as_str(), &kv_mem).map_err(run_err)?;
-                }
-            }
-        }
         binding.bind_output_to_device(self.io.logits.as_str(), &cpu).map_err(run_err)?;
-
-        let mut outputs = self.session.run_binding_with_options(&binding, &self.run_options).map_err(run_err)?;
-        if let Kv::Moving { keys, values } = kv {
+        if moving {
+            let kv_mem = self.kv_alloc.memory_info();
             for i in 0..self.io.layers {
-                keys[i] = take_output(&mut outputs, &self.io.present_key[i])?;
-                values[i] = take_output(&mut outputs, &self.io.present_value[i])?;
+                binding.bind_output_to_device(self.io.present_key[i].as_str(), kv_mem).map_err(run_err)?;
+                binding.bind_output_to_device(self.io.present_value[i].as_str(), kv_mem).map_err(run_err)?;
             }
         }
+        let mut outputs = self.session.run_binding_with_options(binding, &self.run_options).map_err(run_err)?;
         let logits = take_output(&mut outputs, &self.io.logits)?;
+        let mut presents = Vec::new();
+        if moving {
+            for i in 0..self.io.layers {
+                presents.push(take_output(&mut outputs, &self.io.present_key[i])?);
+                presents.push(take_output(&mut outputs, &self.io.present_value[i])?);
+            }
+        }
         drop(outputs);
+        if let Kv::Moving { keys, values, binding } = kv {
+            // This step's presents are the next step's pasts: moved, never copied.
+            let b = binding.as_mut().expect("bound in reset");
+            let mut it = presents.into_iter();
+            for i in 0..self.io.layers {
+                keys[i] = it.next().expect("pushed above");
+                values[i] = it.next().expect("pushed above");
+                b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(run_err)?;
+                b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
+            }
+        }
         last_row_f32(&logits, self.io.logits_type, &self.io.logits, &mut self.logits_buf)?;
         Ok(&mut self.logits_buf)
     }
@@ -617,7 +652,7 @@ fn run_loop(
         match r {
             Ok(l) => l,
             Err(e) if was_terminated(&e) => {
-                decoder.shared = Some(kv).filter(|_| decoder.share_buffer);
+                decoder.keep(kv);
                 return Ok(finish_done(
                     start, prompt_len, 0, StopReason::Deadline, String::new(), 0, None, None, Duration::ZERO,
                     start.elapsed(), decoder, extra_providers, on_event,
@@ -699,9 +734,7 @@ fn run_loop(
         first_sentence.get_or_insert(at);
         on_event(Event::Sentence(s));
     }
-    if decoder.share_buffer {
-        decoder.shared = Some(kv);
-    }
+    decoder.keep(kv);
     Ok(finish_done(
         start, prompt_len, generated, stop, text, n_sentences, first_token, first_sentence, prefill_time,
         last_token_at, decoder, extra_providers, on_event,
