@@ -10,6 +10,7 @@
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
 
+pub mod bench;
 pub mod capture;
 pub mod conformance;
 pub mod doctor;

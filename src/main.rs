@@ -34,9 +34,35 @@ enum Command {
     Ask(AskArgs),
     /// What this machine can run, and what a bundle runs on.
     Doctor(DoctorArgs),
+    /// Benchmarks against a peer measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
+    Decode {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Intra-op threads for every contender (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Skip ORT-GenAI (e.g. on a board without Python).
+        #[arg(long)]
+        no_genai: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +202,18 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
+            let rt = runtime::init(cli.onnxruntime.as_deref())?;
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            anyhow::ensure!(gen_tokens >= 2 && repeat >= 1 && prompt_tokens >= 1, "need --gen-tokens >= 2, --repeat >= 1, --prompt-tokens >= 1");
+            let r = gemba::bench::decode(rt, &model, prompt_tokens, gen_tokens, threads, repeat, !no_genai)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Debug(DebugCmd::Greedy { cases }) => {
             println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,325 @@
+//! `gemba bench …`: performance against a peer measured in the same run.
+//!
+//! `decode` times prefill and decode tokens/s of three things on the same bundle, prompt length,
+//! generated-token count and thread count:
+//! - gemba's engine (the whole path a query takes: binding, sampler, detokenizer, splitter),
+//! - ORT-GenAI (pip `onnxruntime-genai`, through scripts/bench/genai_decode.py) — the peer,
+//! - a raw loop of decoder runs with everything pre-bound (KV buffers, masks, the next-token
+//!   tensor written in place, argmax only) — the limit of what any runtime on this session can do.
+//!
+//! It prints the ratios gemba/ORT-GenAI and gemba's overhead over the raw loop.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ort::memory::MemoryInfo;
+use ort::value::{DynTensor, DynValue, Tensor};
+use serde::Serialize;
+
+use crate::model::bundle::{Bundle, DecoderIo, IntType, TokenInput};
+use crate::model::providers::{build_session, ProviderPolicy};
+use crate::model::runtime::Runtime;
+use crate::model::{CancelToken, Engine};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Speed {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    pub prefill_s: Vec<f64>,
+    pub decode_s: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return 0.0;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+impl Speed {
+    fn from_runs(prompt: usize, gen: usize, prefill: Vec<f64>, decode: Vec<f64>) -> Speed {
+        Speed {
+            prefill_tok_s: prompt as f64 / median(&prefill),
+            decode_tok_s: (gen - 1) as f64 / median(&decode),
+            prefill_s: prefill,
+            decode_s: decode,
+        }
+    }
+}
+
+/// A fixed prompt of `n` ids (the content does not matter for speed; ids below 256 exist in
+/// every byte-level vocabulary).
+pub fn bench_prompt(n: usize) -> Vec<u32> {
+    let mut x: u32 = 0x9E37_79B9;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            32 + x % 200
+        })
+        .collect()
+}
+
+/// gemba's engine, forced to generate exactly `gen` tokens.
+pub fn gemba_engine(engine: &mut Engine, prompt: &[u32], gen: usize, repeat: usize, warmup: usize) -> Result<Speed> {
+    let mut params = engine.default_params();
+    params.sampling.do_sample = false;
+    params.max_new_tokens = Some(gen);
+    params.min_length = prompt.len() + gen;
+    params.max_length = params.max_length.max(prompt.len() + gen);
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    for r in 0..warmup + repeat {
+        let done = engine.generate_ids(prompt.to_vec(), &params, &CancelToken::new(), &mut |_| {})?;
+        if done.generated_tokens != gen {
+            bail!("gemba generated {} tokens, expected {gen}", done.generated_tokens);
+        }
+        if r >= warmup {
+            pre.push(done.prefill_ms / 1000.0);
+            dec.push((gen - 1) as f64 / done.decode_tokens_per_s);
+        }
+    }
+    Ok(Speed::from_runs(prompt.len(), gen, pre, dec))
+}
+
+fn ids_tensor(ty: IntType, ids: &[i64]) -> ort::Result<DynValue> {
+    let shape = [1i64, ids.len() as i64];
+    Ok(match ty {
+        IntType::I64 => Tensor::from_array((shape, ids.to_vec()))?.into_dyn(),
+        IntType::I32 => Tensor::from_array((shape, ids.iter().map(|&v| v as i32).collect::<Vec<_>>()))?.into_dyn(),
+    })
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The limit: decoder runs with everything bound beforehand. Shared-buffer KV as the bundle says
+/// (or presents handed to the next step without copies), masks for every length made before the
+/// clock starts, the next token written into a bound tensor, argmax instead of a sampler.
+pub struct RawLoop {
+    session: ort::session::Session,
+    io: DecoderIo,
+    share: bool,
+}
+
+impl RawLoop {
+    pub fn new(rt: &Runtime, bundle: &Bundle, policy: &ProviderPolicy) -> Result<RawLoop> {
+        let d = &bundle.config.model.decoder;
+        let file = bundle.file(&d.filename);
+        let (session, _) =
+            build_session(rt, "decoder", &file, &bundle.config.decoder_session_options(), "model.decoder", policy)?;
+        let io = DecoderIo::from_session(&session, &bundle.config, &file)?;
+        Ok(RawLoop { session, io, share: bundle.config.search.past_present_share_buffer })
+    }
+
+    /// One generation of exactly `gen` tokens; returns (prefill seconds, decode seconds).
+    pub fn run(&mut self, prompt: &[u32], gen: usize) -> Result<(f64, f64)> {
+        let io = &self.io;
+        let TokenInput::Ids { name: ids_name, ty: ids_ty } = io.token.clone() else {
+            bail!("the raw loop needs a decoder that takes input_ids");
+        };
+        let total = prompt.len() + gen;
+        let cpu = MemoryInfo::default();
+        let alloc = ort::memory::Allocator::default();
+        let kv_shape = |seq: usize| [1i64, io.kv_heads as i64, seq as i64, io.head_size as i64];
+        let mask_ty = io.attention_mask.as_ref().map(|(_, t)| *t).unwrap_or(IntType::I64);
+        let masks: Vec<DynValue> = (0..=total).map(|n| ids_tensor(mask_ty, &vec![1i64; n])).collect::<ort::Result<_>>()?;
+        let positions: Vec<DynValue> = (0..total).map(|p| ids_tensor(mask_ty, &[p as i64])).collect::<ort::Result<_>>()?;
+        let prompt_positions = ids_tensor(mask_ty, &(0..prompt.len() as i64).collect::<Vec<_>>())?;
+        let prompt_ids = ids_tensor(ids_ty, &prompt.iter().map(|&i| i as i64).collect::<Vec<_>>())?;
+        let mut next = ids_tensor(ids_ty, &[0])?;
+        let mut keys: Vec<DynTensor> = Vec::new();
+        let mut values: Vec<DynTensor> = Vec::new();
+        let mut pasts: Vec<DynValue> = Vec::new();
+        let mut b = self.session.create_binding()?;
+        for i in 0..io.layers {
+            if self.share {
+                keys.push(DynTensor::new(&alloc, io.kv_type.ort(), kv_shape(total))?);
+                values.push(DynTensor::new(&alloc, io.kv_type.ort(), kv_shape(total))?);
+                b.bind_input(io.past_key[i].as_str(), &keys[i])?;
+                b.bind_input(io.past_value[i].as_str(), &values[i])?;
+                b.bind_output(io.present_key[i].as_str(), keys[i].view_mut())?;
+                b.bind_output(io.present_value[i].as_str(), values[i].view_mut())?;
+            } else {
+                pasts.push(DynTensor::new(&alloc, io.kv_type.ort(), kv_shape(0))?.into_dyn());
+                pasts.push(DynTensor::new(&alloc, io.kv_type.ort(), kv_shape(0))?.into_dyn());
+                b.bind_input(io.past_key[i].as_str(), &pasts[2 * i])?;
+                b.bind_input(io.past_value[i].as_str(), &pasts[2 * i + 1])?;
+            }
+        }
+        let t0 = Instant::now();
+        let mut t_first = Duration::ZERO;
+        for step in 0..gen {
+            let past = if step == 0 { 0 } else { prompt.len() + step - 1 };
+            b.bind_input(ids_name.as_str(), if step == 0 { &prompt_ids } else { &next })?;
+            let n = if step == 0 { prompt.len() } else { 1 };
+            if let Some((m, _)) = &io.attention_mask {
+                b.bind_input(m.as_str(), &masks[past + n])?;
+            }
+            if let Some((p, _)) = &io.position_ids {
+                b.bind_input(p.as_str(), if step == 0 { &prompt_positions } else { &positions[past] })?;
+            }
+            b.bind_output_to_device(io.logits.as_str(), &cpu)?;
+            if !self.share {
+                for i in 0..io.layers {
+                    b.bind_output_to_device(io.present_key[i].as_str(), &cpu)?;
+                    b.bind_output_to_device(io.present_value[i].as_str(), &cpu)?;
+                }
+            }
+            let mut out = self.session.run_binding(&b)?;
+            let logits = out.remove(io.logits.as_str()).context("no logits")?;
+            let mut fresh = Vec::new();
+            if !self.share {
+                for i in 0..io.layers {
+                    fresh.push(out.remove(io.present_key[i].as_str()).context("no present")?);
+                    fresh.push(out.remove(io.present_value[i].as_str()).context("no present")?);
+                }
+            }
+            drop(out);
+            if !self.share {
+                pasts = fresh;
+                for i in 0..io.layers {
+                    b.bind_input(io.past_key[i].as_str(), &pasts[2 * i])?;
+                    b.bind_input(io.past_value[i].as_str(), &pasts[2 * i + 1])?;
+                }
+            }
+            let (shape, data) = logits.try_extract_tensor::<f32>()?;
+            let vocab = shape[2] as usize;
+            let tok = argmax(&data[data.len() - vocab..]) as i64;
+            match ids_ty {
+                IntType::I64 => next.try_extract_tensor_mut::<i64>()?.1[0] = tok,
+                IntType::I32 => next.try_extract_tensor_mut::<i32>()?.1[0] = tok as i32,
+            }
+            if step == 0 {
+                t_first = t0.elapsed();
+            }
+        }
+        let t_end = t0.elapsed();
+        Ok((t_first.as_secs_f64(), (t_end - t_first).as_secs_f64()))
+    }
+}
+
+/// ORT-GenAI through scripts/bench/genai_decode.py and the project's venv.
+pub fn genai(bundle: &Path, prompt: usize, gen: usize, threads: usize, repeat: usize) -> Result<Speed> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let py = root.join(".venv/bin/python");
+    if !py.exists() {
+        bail!("{} is missing: run scripts/setup test (ORT-GenAI is the peer)", py.display());
+    }
+    let out = std::process::Command::new(&py)
+        .arg(root.join("scripts/bench/genai_decode.py"))
+        .arg(bundle)
+        .args(["--prompt-tokens", &prompt.to_string(), "--gen-tokens", &gen.to_string()])
+        .args(["--threads", &threads.to_string(), "--repeat", &repeat.to_string()])
+        .output()
+        .context("running scripts/bench/genai_decode.py")?;
+    if !out.status.success() {
+        bail!("genai_decode.py failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("genai_decode.py output")?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let list = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    Ok(Speed { prefill_tok_s: f("prefill_tok_s"), decode_tok_s: f("decode_tok_s"), prefill_s: list("prefill_s"), decode_s: list("decode_s") })
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecodeBench {
+    pub bundle: String,
+    pub onnxruntime: String,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub threads: usize,
+    pub repeat: usize,
+    pub share_buffer: bool,
+    pub gemba: Speed,
+    pub raw_loop: Speed,
+    pub ort_genai: Option<Speed>,
+}
+
+impl std::fmt::Display for DecodeBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "decode bench: {} (ORT {}), prompt {} + {} generated tokens, {} threads, median of {}, shared KV buffer: {}",
+            self.bundle, self.onnxruntime, self.prompt_tokens, self.gen_tokens, self.threads, self.repeat, self.share_buffer
+        )?;
+        writeln!(f, "{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s")?;
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &Speed| {
+            writeln!(f, "{name:<22}{:>16.1}{:>16.1}", s.prefill_tok_s, s.decode_tok_s)
+        };
+        row(f, "raw loop (the limit)", &self.raw_loop)?;
+        row(f, "gemba", &self.gemba)?;
+        if let Some(g) = &self.ort_genai {
+            row(f, "ORT-GenAI", g)?;
+            writeln!(
+                f,
+                "gemba / ORT-GenAI:    prefill {:.3}×, decode {:.3}×",
+                self.gemba.prefill_tok_s / g.prefill_tok_s,
+                self.gemba.decode_tok_s / g.decode_tok_s
+            )?;
+        }
+        writeln!(
+            f,
+            "gemba overhead over the raw loop: prefill {:+.2} %, decode {:+.2} %",
+            (self.raw_loop.prefill_tok_s / self.gemba.prefill_tok_s - 1.0) * 100.0,
+            (self.raw_loop.decode_tok_s / self.gemba.decode_tok_s - 1.0) * 100.0
+        )
+    }
+}
+
+/// Runs the three in the same process (gemba and the raw loop) and ORT-GenAI beside it.
+pub fn decode(
+    rt: &Runtime,
+    dir: &Path,
+    prompt_tokens: usize,
+    gen: usize,
+    threads: usize,
+    repeat: usize,
+    with_genai: bool,
+) -> Result<DecodeBench> {
+    let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
+    let prompt = bench_prompt(prompt_tokens);
+    let mut engine = Engine::load(rt, dir, &policy)?;
+    let bundle = Bundle::open(dir)?;
+    let mut raw = RawLoop::new(rt, &bundle, &policy)?;
+    // Warm both up, then alternate single runs so drift on a shared machine hits both alike.
+    gemba_engine(&mut engine, &prompt, gen, 0, 1)?;
+    raw.run(&prompt, gen)?;
+    let (mut gp, mut gd, mut rp, mut rd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        let g = gemba_engine(&mut engine, &prompt, gen, 1, 0)?;
+        gp.extend(g.prefill_s);
+        gd.extend(g.decode_s);
+        let (p, d) = raw.run(&prompt, gen)?;
+        rp.push(p);
+        rd.push(d);
+    }
+    let ort_genai = if with_genai { Some(genai(dir, prompt_tokens, gen, threads, repeat)?) } else { None };
+    Ok(DecodeBench {
+        bundle: dir.display().to_string(),
+        onnxruntime: rt.version.clone(),
+        prompt_tokens,
+        gen_tokens: gen,
+        threads,
+        repeat,
+        share_buffer: bundle.config.search.past_present_share_buffer,
+        gemba: Speed::from_runs(prompt_tokens, gen, gp, gd),
+        raw_loop: Speed::from_runs(prompt_tokens, gen, rp, rd),
+        ort_genai,
+    })
+}
