@@ -7,9 +7,11 @@
 //! ended). Both are pure and synchronous: the generation loop owns them and forwards what they
 //! return to every consumer at once.
 //!
-//! - [`detok`]: incremental, UTF-8-safe detokenization over a `tokenizer.json`.
-//! - [`split`]: sentence segmentation for speech and reports, with guards for decimals,
-//!   abbreviations, list numbers, ellipses and CJK punctuation, and a fast first fragment.
+//! - `detok` ([`TokenDecoder`], [`DecodeTable`]): incremental, UTF-8-safe detokenization over
+//!   a `tokenizer.json`.
+//! - `split` ([`SentenceSplitter`]): sentence segmentation for speech and reports, with guards
+//!   for decimals, abbreviations, list numbers, ellipses and CJK punctuation, and a fast first
+//!   fragment.
 
 mod detok;
 mod split;

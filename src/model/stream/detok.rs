@@ -154,24 +154,16 @@ impl DecodeTable {
             .unwrap_or(0);
         table.kinds.reserve(n);
         table.offsets.reserve(n);
+        let mut bytes = std::mem::take(&mut table.bytes);
         for id in 0..n as u32 {
             let kind = match table.tokenizer.id_to_token(id) {
                 None => MISSING,
-                Some(content) => match table.piece_of(&content, false) {
-                    Piece::Special => SPECIAL,
-                    Piece::Byte(b) => {
-                        table.bytes.push(b);
-                        BYTE
-                    }
-                    Piece::Text(bytes) => {
-                        table.bytes.extend_from_slice(&bytes);
-                        TEXT
-                    }
-                },
+                Some(content) => table.piece_into(&content, false, &mut bytes),
             };
             table.kinds.push(kind);
-            table.offsets.push(table.bytes.len() as u32);
+            table.offsets.push(bytes.len() as u32);
         }
+        table.bytes = bytes;
         table.kinds.shrink_to_fit();
         table.bytes.shrink_to_fit();
         table
@@ -193,17 +185,21 @@ impl DecodeTable {
         self.tokenizer.get_vocab_size(true)
     }
 
-    /// What one token string decodes to under the byte-wise plans.
-    fn piece_of<'a>(&self, content: &'a str, first: bool) -> Piece<'a> {
+    /// Appends what one token string decodes to under the byte-wise plans to `out` (one byte
+    /// for a byte-fallback token) and returns its kind.
+    fn piece_into(&self, content: &str, first: bool, out: &mut Vec<u8>) -> u8 {
         if self
             .tokenizer
             .get_added_vocabulary()
             .is_special_token(content)
         {
-            return Piece::Special;
+            return SPECIAL;
         }
         match &self.plan {
-            Plan::ByteLevel => Piece::Text(byte_level_bytes(content)),
+            Plan::ByteLevel => {
+                push_byte_level(content, out);
+                TEXT
+            }
             Plan::Pieces {
                 steps,
                 byte_fallback,
@@ -214,11 +210,14 @@ impl DecodeTable {
                     s = apply_step(step, s, first);
                 }
                 match byte_token(&s) {
-                    Some(b) if *byte_fallback => Piece::Byte(b),
-                    _ => Piece::Text(match s {
-                        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-                        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-                    }),
+                    Some(b) if *byte_fallback => {
+                        out.push(b);
+                        BYTE
+                    }
+                    _ => {
+                        out.extend_from_slice(s.as_bytes());
+                        TEXT
+                    }
                 }
             }
             Plan::Window => unreachable!("the window plan has no per-token pieces"),
@@ -241,10 +240,11 @@ impl DecodeTable {
                     id,
                     vocab_size: self.vocab_size(),
                 })?;
-            return Ok(match self.piece_of(&content, first) {
-                Piece::Text(b) => Piece::Text(Cow::Owned(b.into_owned())),
-                Piece::Byte(b) => Piece::Byte(b),
-                Piece::Special => Piece::Special,
+            let mut bytes = Vec::new();
+            return Ok(match self.piece_into(&content, first, &mut bytes) {
+                SPECIAL => Piece::Special,
+                BYTE => Piece::Byte(bytes[0]),
+                _ => Piece::Text(Cow::Owned(bytes)),
             });
         }
         let bytes = &self.bytes[self.offsets[i] as usize..self.offsets[i + 1] as usize];
@@ -394,14 +394,19 @@ fn byte_level_byte(c: char) -> Option<u8> {
     }
 }
 
-/// A byte-level token's bytes; a token with any char outside the alphabet (an added token such
-/// as `<think>` with a space) is taken as its UTF-8, as the `ByteLevel` decoder does.
-fn byte_level_bytes(content: &str) -> Cow<'_, [u8]> {
-    let mapped: Option<Vec<u8>> = content.chars().map(byte_level_byte).collect();
-    match mapped {
-        Some(bytes) if bytes == content.as_bytes() => Cow::Borrowed(content.as_bytes()),
-        Some(bytes) => Cow::Owned(bytes),
-        None => Cow::Borrowed(content.as_bytes()),
+/// Appends a byte-level token's bytes; a token with any char outside the alphabet (an added
+/// token such as `<think>` with a space) is taken as its UTF-8, as the `ByteLevel` decoder does.
+fn push_byte_level(content: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    for c in content.chars() {
+        match byte_level_byte(c) {
+            Some(b) => out.push(b),
+            None => {
+                out.truncate(start);
+                out.extend_from_slice(content.as_bytes());
+                return;
+            }
+        }
     }
 }
 

@@ -65,9 +65,7 @@ fn word_pieces(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for c in text.chars() {
         match out.last_mut() {
-            Some(last) if !c.is_whitespace() || last.ends_with(char::is_whitespace) => {
-                last.push(c)
-            }
+            Some(last) if !c.is_whitespace() || last.ends_with(char::is_whitespace) => last.push(c),
             _ => out.push(c.to_string()),
         }
     }
