@@ -76,7 +76,9 @@ impl GenerateParams {
                 do_sample: s.do_sample,
                 temperature: s.temperature,
                 top_k: s.top_k as usize,
-                top_p: if s.top_p <= 0.0 { 1.0 } else { s.top_p },
+                // Passed through as ORT-GenAI has it (0 by default): the sampler applies the
+                // same top_k/top_p combination rules.
+                top_p: s.top_p,
                 repetition_penalty: s.repetition_penalty,
                 seed: if s.random_seed < 0 { 0 } else { s.random_seed as u64 },
             },
@@ -614,7 +616,7 @@ fn run_loop(
     let prompt_len = prompt.ids().len();
     let mut kv = decoder.reset(capacity)?;
     let mut sampler = Sampler::new(params.sampling.clone());
-    let mut detok = TokenDecoder::new(Arc::clone(bundle.tokenizer.inner()));
+    let mut detok = TokenDecoder::with_table(bundle.tokenizer.decode_table());
     let mut splitter = SentenceSplitter::new(params.splitter.clone());
     let mut stops = StopMatcher { stops: params.stop_strings.clone(), pending: String::new() };
     let mut history: Vec<u32> = prompt.ids().to_vec();

@@ -44,6 +44,8 @@ impl ChatMessage {
 
 pub struct TextTokenizer {
     inner: Arc<tokenizers::Tokenizer>,
+    /// Every token's bytes, built once per bundle for the stream decoder.
+    table: Arc<super::stream::DecodeTable>,
     template: Option<String>,
     config_path: PathBuf,
     bos_token: String,
@@ -108,7 +110,9 @@ impl TextTokenizer {
                 }
             };
         }
-        let tok = TextTokenizer { inner: Arc::new(inner), template, config_path, bos_token, eos_token };
+        let inner = Arc::new(inner);
+        let table = Arc::new(super::stream::DecodeTable::new(Arc::clone(&inner)));
+        let tok = TextTokenizer { inner, table, template, config_path, bos_token, eos_token };
         if let Some(t) = &tok.template {
             tok.environment(t)?;
         }
@@ -117,6 +121,11 @@ impl TextTokenizer {
 
     pub fn inner(&self) -> &Arc<tokenizers::Tokenizer> {
         &self.inner
+    }
+
+    /// The per-bundle table the incremental decoder uses.
+    pub fn decode_table(&self) -> Arc<super::stream::DecodeTable> {
+        Arc::clone(&self.table)
     }
 
     pub fn has_chat_template(&self) -> bool {
