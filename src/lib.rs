@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod config;
 pub mod conformance;
 pub mod doctor;
 pub mod model;

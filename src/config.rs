@@ -1,0 +1,589 @@
+//! The daemon's configuration: a TOML file (default `/etc/gemba/gemba.toml`) merged over a board
+//! profile (`board/<name>.toml`), validated into [`Settings`].
+//!
+//! Each file is first checked on its own against the schema, so an unknown key is reported with
+//! the file it is in and its full path (`cameras[1].fsp`). The profile is then deep-merged under
+//! the config (tables merge, values and arrays from the config win) and the result is validated:
+//! durations and sizes in human units (`"30s"`, `"2GiB"`), unique camera names, sources that make
+//! sense. Defaults live here, in one place. [`Settings`] is what the rest of gemba consumes; an
+//! invalid state cannot be represented in it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::providers::{CudaSettings, ProviderKind, ProviderPolicy, TensorRtSettings};
+
+pub const DEFAULT_CONFIG: &str = "/etc/gemba/gemba.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not valid TOML: {msg}")]
+    Syntax { path: PathBuf, msg: String },
+    #[error("{path}: {key}: {msg}")]
+    Key { path: PathBuf, key: String, msg: String },
+    #[error("board profile \"{name}\" not found (looked for {tried}); known profiles: {known}")]
+    NoBoard { name: String, tried: String, known: String },
+}
+
+/// A duration in human units (`"500ms"`, `"30s"`, `"10m"`, `"30d"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("\"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\", \"7d\"")))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// A size in human units (`"512MiB"`, `"2GiB"`, `"100 MB"`) or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(HumanSize(n)),
+            Raw::S(s) => s.parse::<bytesize::ByteSize>().map(|b| HumanSize(b.as_u64())).map_err(|e| {
+                serde::de::Error::custom(format!("\"{s}\" is not a size ({e}); write e.g. \"512MiB\", \"2GiB\""))
+            }),
+        }
+    }
+}
+
+impl Serialize for HumanSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&bytesize::ByteSize(self.0).display().iec().to_string())
+    }
+}
+
+// ---- The file schema (every field optional, so a profile and a config can each give part) ----
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Board profile name (`board/<name>.toml`); default: detected from the device tree.
+    pub board: Option<String>,
+    /// The report store.
+    pub data_dir: Option<PathBuf>,
+    /// Where the daemon writes status.json and its pid (default: data_dir).
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub onnxruntime: RawOnnxRuntime,
+    #[serde(default)]
+    pub model: RawModel,
+    #[serde(default)]
+    pub providers: RawProviders,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub monitor: RawMonitor,
+    #[serde(default)]
+    pub cameras: Vec<RawCamera>,
+    #[serde(default)]
+    pub daemon: RawDaemon,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnnxRuntime {
+    pub library: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The bundle directory (for fleet installs: `<models>/current`).
+    pub path: Option<PathBuf>,
+    pub system_prompt: Option<String>,
+    pub max_new_tokens: Option<usize>,
+    pub deadline: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProviders {
+    pub order: Option<Vec<ProviderKind>>,
+    pub decoder: Option<Vec<ProviderKind>>,
+    pub embedding: Option<Vec<ProviderKind>>,
+    pub vision: Option<Vec<ProviderKind>>,
+    pub speech: Option<Vec<ProviderKind>>,
+    pub strict: Option<bool>,
+    pub intra_op_threads: Option<usize>,
+    pub inter_op_threads: Option<usize>,
+    #[serde(default)]
+    pub tensorrt: RawTensorRt,
+    #[serde(default)]
+    pub cuda: RawCuda,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTensorRt {
+    pub fp16: Option<bool>,
+    pub workspace: Option<HumanSize>,
+    pub cache_dir: Option<PathBuf>,
+    pub builder_optimization_level: Option<u8>,
+    pub profile_min_shapes: Option<String>,
+    pub profile_opt_shapes: Option<String>,
+    pub profile_max_shapes: Option<String>,
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCuda {
+    pub device_id: Option<i32>,
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub max_bytes: Option<HumanSize>,
+    pub max_age: Option<HumanDuration>,
+    pub check_every: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    /// Queries waiting for the model; beyond this new ones are dropped and counted.
+    pub queue: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// How long SIGTERM waits for the report in flight before marking it incomplete.
+    pub drain_deadline: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCamera {
+    pub name: String,
+    /// `v4l2` or `replay`.
+    pub kind: String,
+    // v4l2
+    pub device: Option<PathBuf>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub formats: Option<Vec<String>>,
+    // replay
+    pub source: Option<String>,
+    #[serde(rename = "loop")]
+    pub looped: Option<bool>,
+    // both
+    pub fps: Option<f64>,
+    /// How often the monitor looks (0s: never on a timer, only on change).
+    pub interval: Option<HumanDuration>,
+    /// Mean absolute difference of downscaled grey frames (0–1) that counts as a change.
+    pub change_threshold: Option<f32>,
+    /// Look again after this long even when nothing changed.
+    pub max_interval: Option<HumanDuration>,
+    pub prompt: Option<String>,
+    /// Off: captured (for voice questions and the API) but never monitored.
+    pub monitor: Option<bool>,
+}
+
+// ---- Validated settings ----
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub board: String,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub onnxruntime: Option<PathBuf>,
+    pub model: ModelSettings,
+    pub providers: ProviderPolicy,
+    pub store: StoreSettings,
+    pub monitor_queue: usize,
+    pub cameras: Vec<CameraSettings>,
+    pub drain_deadline: HumanDuration,
+    /// The files this came from, for status and `config check`.
+    pub sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSettings {
+    pub path: PathBuf,
+    pub system_prompt: Option<String>,
+    pub max_new_tokens: usize,
+    pub deadline: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreSettings {
+    pub max_bytes: HumanSize,
+    pub max_age: HumanDuration,
+    pub check_every: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CameraSource {
+    V4l2 { device: PathBuf, width: u32, height: u32, formats: Vec<String> },
+    Replay { source: String, looped: bool },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraSettings {
+    pub name: String,
+    pub source: CameraSource,
+    pub fps: f64,
+    pub interval: HumanDuration,
+    pub change_threshold: f32,
+    pub max_interval: HumanDuration,
+    pub prompt: String,
+    pub monitor: bool,
+}
+
+/// Reads one TOML file and checks it against the schema on its own.
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    parse_table(&text, path)
+}
+
+fn parse_table(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), msg: one_line(&e.to_string()) })?;
+    to_raw(&table, path)?;
+    Ok(table)
+}
+
+fn to_raw(table: &toml::Table, path: &Path) -> Result<RawConfig, ConfigError> {
+    let de = toml::Value::Table(table.clone());
+    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        let key = e.path().to_string();
+        let msg = e.inner().to_string();
+        let msg = if msg.starts_with("unknown field") {
+            format!("unknown key ({})", one_line(&msg))
+        } else {
+            one_line(&msg)
+        };
+        ConfigError::Key { path: path.into(), key, msg }
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Deep-merges `over` into `base`: tables merge, anything else from `over` replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Where board profiles are looked for: `$GEMBA_BOARD_DIR`, `/etc/gemba/board`,
+/// `/usr/share/gemba/board`, and the source tree's `board/`.
+pub fn board_dirs() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os("GEMBA_BOARD_DIR") {
+        v.push(PathBuf::from(d));
+    }
+    v.push(PathBuf::from("/etc/gemba/board"));
+    v.push(PathBuf::from("/usr/share/gemba/board"));
+    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("board"));
+    v
+}
+
+/// The board this runs on, from the device tree (`x86-dev` off a Jetson).
+pub fn detect_board() -> String {
+    let model = crate::doctor::board_model().unwrap_or_default().to_lowercase();
+    if model.contains("orin nano") {
+        "orin-nano".into()
+    } else if model.contains("orin nx") {
+        "orin-nx".into()
+    } else if model.contains("agx orin") || model.contains("jetson agx") {
+        "agx-orin".into()
+    } else {
+        "x86-dev".into()
+    }
+}
+
+fn find_board(name: &str) -> Result<PathBuf, ConfigError> {
+    let mut tried = Vec::new();
+    let mut known = std::collections::BTreeSet::new();
+    for d in board_dirs() {
+        let p = d.join(format!("{name}.toml"));
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p.display().to_string());
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if let Some(stem) = e.path().file_stem().and_then(|s| s.to_str()) {
+                    if e.path().extension().is_some_and(|x| x == "toml") {
+                        known.insert(stem.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Err(ConfigError::NoBoard {
+        name: name.into(),
+        tried: tried.join(", "),
+        known: known.into_iter().collect::<Vec<_>>().join(", "),
+    })
+}
+
+impl Settings {
+    /// Loads `config` (TOML) over its board profile. `base_dir` resolves relative paths in the
+    /// config (the config file's directory).
+    pub fn load(config: &Path) -> Result<Settings, ConfigError> {
+        let table = read_table(config)?;
+        let base = config.parent().unwrap_or(Path::new("."));
+        Self::from_table(table, config, base)
+    }
+
+    /// As [`Settings::load`], from text (named `path` in errors).
+    pub fn from_str(text: &str, path: &Path, base_dir: &Path) -> Result<Settings, ConfigError> {
+        let table = parse_table(text, path)?;
+        Self::from_table(table, path, base_dir)
+    }
+
+    fn from_table(table: toml::Table, path: &Path, base_dir: &Path) -> Result<Settings, ConfigError> {
+        let board = match table.get("board") {
+            Some(toml::Value::String(b)) => b.clone(),
+            _ => detect_board(),
+        };
+        let board_path = find_board(&board)?;
+        let mut merged = read_table(&board_path)?;
+        if merged.contains_key("board") || merged.contains_key("cameras") {
+            return Err(ConfigError::Key {
+                path: board_path,
+                key: if merged.contains_key("board") { "board" } else { "cameras" }.into(),
+                msg: "a board profile describes the board; this key belongs in the config".into(),
+            });
+        }
+        merge(&mut merged, table);
+        let raw = to_raw(&merged, path)?;
+        Self::validate(raw, board, vec![board_path, path.to_path_buf()], path, base_dir)
+    }
+
+    fn validate(raw: RawConfig, board: String, sources: Vec<PathBuf>, path: &Path, base: &Path) -> Result<Settings, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::Key { path: path.into(), key: key.into(), msg };
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let data_dir = abs(raw.data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/gemba")));
+        let state_dir = raw.state_dir.map(abs).unwrap_or_else(|| data_dir.clone());
+        let model_path = abs(raw.model.path.unwrap_or_else(|| PathBuf::from("/var/lib/gemba/models/current")));
+        let max_new_tokens = raw.model.max_new_tokens.unwrap_or(128);
+        if max_new_tokens == 0 {
+            return Err(bad("model.max_new_tokens", "must be at least 1".into()));
+        }
+        let p = raw.providers;
+        let mut per_component = std::collections::BTreeMap::new();
+        for (name, order) in [("decoder", p.decoder), ("embedding", p.embedding), ("vision", p.vision), ("speech", p.speech)] {
+            if let Some(o) = order {
+                if o.is_empty() {
+                    return Err(bad(&format!("providers.{name}"), "an empty provider list; name at least one".into()));
+                }
+                per_component.insert(name.to_string(), o);
+            }
+        }
+        let defaults = TensorRtSettings::default();
+        let providers = ProviderPolicy {
+            order: p.order,
+            per_component,
+            strict: p.strict.unwrap_or(false),
+            intra_op_threads: p.intra_op_threads,
+            inter_op_threads: p.inter_op_threads,
+            tensorrt: TensorRtSettings {
+                fp16: p.tensorrt.fp16.unwrap_or(defaults.fp16),
+                workspace_bytes: p.tensorrt.workspace.map(|s| s.0),
+                cache_dir: Some(abs(p.tensorrt.cache_dir.unwrap_or_else(|| PathBuf::from("/var/cache/gemba/tensorrt")))),
+                builder_optimization_level: p.tensorrt.builder_optimization_level,
+                profile_min_shapes: p.tensorrt.profile_min_shapes,
+                profile_opt_shapes: p.tensorrt.profile_opt_shapes,
+                profile_max_shapes: p.tensorrt.profile_max_shapes,
+                options: p.tensorrt.options,
+            },
+            cuda: CudaSettings { device_id: p.cuda.device_id.unwrap_or(0), options: p.cuda.options },
+        };
+        if let Some(l) = providers.tensorrt.builder_optimization_level {
+            if l > 5 {
+                return Err(bad("providers.tensorrt.builder_optimization_level", format!("{l} is out of range 0–5")));
+            }
+        }
+        let store = StoreSettings {
+            max_bytes: raw.store.max_bytes.unwrap_or(HumanSize(2 << 30)),
+            max_age: raw.store.max_age.unwrap_or(HumanDuration(Duration::from_secs(30 * 86_400))),
+            check_every: raw.store.check_every.unwrap_or(HumanDuration(Duration::from_secs(300))),
+        };
+        if store.max_bytes.0 < (1 << 20) {
+            return Err(bad("store.max_bytes", "must be at least 1MiB".into()));
+        }
+        let mut cameras: Vec<CameraSettings> = Vec::new();
+        for (i, c) in raw.cameras.into_iter().enumerate() {
+            let key = |k: &str| format!("cameras[{i}].{k}");
+            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                return Err(bad(&key("name"), format!("\"{}\" must be letters, digits, '-' or '_' (it appears in prompts and [cam:NAME] citations)", c.name)));
+            }
+            if cameras.iter().any(|o| o.name == c.name) {
+                return Err(bad(&key("name"), format!("\"{}\" is used by another camera", c.name)));
+            }
+            let source = match c.kind.as_str() {
+                "v4l2" => CameraSource::V4l2 {
+                    device: c.device.ok_or_else(|| bad(&key("device"), "a v4l2 camera needs a device (e.g. /dev/video0)".into()))?,
+                    width: c.width.unwrap_or(1280),
+                    height: c.height.unwrap_or(720),
+                    formats: c.formats.unwrap_or_else(|| vec!["mjpeg".into(), "yuyv".into(), "nv12".into(), "rgb24".into()]),
+                },
+                "replay" => CameraSource::Replay {
+                    source: {
+                        let s = c.source.ok_or_else(|| bad(&key("source"), "a replay camera needs a source (a directory or glob of images)".into()))?;
+                        if Path::new(&s).is_absolute() { s } else { base.join(s).display().to_string() }
+                    },
+                    looped: c.looped.unwrap_or(true),
+                },
+                other => return Err(bad(&key("kind"), format!("\"{other}\" is not a camera kind (v4l2, replay)"))),
+            };
+            let fps = c.fps.unwrap_or(match source { CameraSource::V4l2 { .. } => 15.0, CameraSource::Replay { .. } => 1.0 });
+            if !(fps > 0.0 && fps <= 240.0) {
+                return Err(bad(&key("fps"), format!("{fps} is out of range (0, 240]")));
+            }
+            let change_threshold = c.change_threshold.unwrap_or(0.04);
+            if !(0.0..=1.0).contains(&change_threshold) {
+                return Err(bad(&key("change_threshold"), format!("{change_threshold} is out of range 0–1")));
+            }
+            cameras.push(CameraSettings {
+                name: c.name,
+                source,
+                fps,
+                interval: c.interval.unwrap_or(HumanDuration(Duration::from_secs(30))),
+                change_threshold,
+                max_interval: c.max_interval.unwrap_or(HumanDuration(Duration::from_secs(600))),
+                prompt: c.prompt.unwrap_or_else(|| "Give me a status report.".into()),
+                monitor: c.monitor.unwrap_or(true),
+            });
+        }
+        let monitor_queue = raw.monitor.queue.unwrap_or(4).max(1);
+        Ok(Settings {
+            board,
+            data_dir,
+            state_dir,
+            onnxruntime: raw.onnxruntime.library.map(abs),
+            model: ModelSettings {
+                path: model_path,
+                system_prompt: raw.model.system_prompt,
+                max_new_tokens,
+                deadline: raw.model.deadline.unwrap_or(HumanDuration(Duration::from_secs(120))),
+            },
+            providers,
+            store,
+            monitor_queue,
+            cameras,
+            drain_deadline: raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
+            sources,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_str(text, Path::new("/etc/gemba/gemba.toml"), Path::new("/etc/gemba"))
+    }
+
+    const GOOD: &str = r#"
+board = "orin-nano"
+data_dir = "/var/lib/gemba"
+[model]
+path = "/var/lib/gemba/models/current"
+max_new_tokens = 64
+[store]
+max_bytes = "1GiB"
+max_age = "7d"
+[[cameras]]
+name = "press-2"
+kind = "v4l2"
+device = "/dev/video0"
+interval = "30s"
+[[cameras]]
+name = "belt-1"
+kind = "replay"
+source = "frames/*.jpg"
+fps = 2.0
+"#;
+
+    #[test]
+    fn config_merges_over_the_board_profile() {
+        let s = load(GOOD).unwrap();
+        assert_eq!(s.board, "orin-nano");
+        assert_eq!(s.store.max_bytes.0, 1 << 30, "config wins over the profile");
+        assert_eq!(s.store.max_age.0, Duration::from_secs(7 * 86_400));
+        // From board/orin-nano.toml: the encoders on TensorRT, a small workspace.
+        assert_eq!(s.providers.per_component["vision"][0], ProviderKind::Tensorrt);
+        assert!(s.providers.tensorrt.workspace_bytes.unwrap() <= 512 << 20);
+        assert_eq!(s.cameras.len(), 2);
+        assert_eq!(s.cameras[0].interval.0, Duration::from_secs(30));
+        assert_eq!(
+            s.cameras[1].source,
+            CameraSource::Replay { source: "/etc/gemba/frames/*.jpg".into(), looped: true }
+        );
+        assert_eq!(s.sources.len(), 2);
+    }
+
+    #[test]
+    fn every_board_profile_parses() {
+        for b in ["orin-nano", "orin-nx", "agx-orin", "x86-dev"] {
+            let s = load(&format!("board = \"{b}\"\n")).unwrap_or_else(|e| panic!("{b}: {e}"));
+            assert_eq!(s.board, b);
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_file_and_key() {
+        let cases: &[(&str, &str)] = &[
+            ("board = \"x86-dev\"\n[model]\nmax_new_tokenz = 3\n", "model.max_new_tokenz: unknown key"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"x\"\nfsp = 3\n", "cameras[0].fsp: unknown key"),
+            ("board = \"x86-dev\"\n[store]\nmax_bytes = \"lots\"\n", "store.max_bytes"),
+            ("board = \"x86-dev\"\n[store]\nmax_age = \"forever\"\n", "store.max_age"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"usb\"\n", "cameras[0].kind"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"v4l2\"\n", "cameras[0].device"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a b\"\nkind = \"replay\"\nsource = \"x\"\n", "cameras[0].name"),
+            (
+                "board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"x\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"y\"\n",
+                "cameras[1].name",
+            ),
+            ("board = \"x86-dev\"\n[providers]\norder = [\"dml\"]\n", "providers.order"),
+            ("board = \"moon-base\"\n", "board profile \"moon-base\" not found"),
+            ("board = \"x86-dev\"\n[model\n", "not valid TOML"),
+        ];
+        for (text, want) in cases {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+            assert!(e.contains("gemba.toml") || e.contains("board profile"), "names the file: {e}");
+        }
+    }
+}
