@@ -16,3 +16,4 @@ pub mod config;
 pub mod conformance;
 pub mod doctor;
 pub mod model;
+pub mod systemd;
