@@ -4,6 +4,9 @@
 //! a slow consumer skips frames, never stalls capture); each microphone sends [`AudioClip`]
 //! chunks on a bounded channel (a full channel drops the chunk and counts it).
 
+pub mod negotiate;
+pub mod pixel;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
