@@ -370,3 +370,114 @@ pub fn sleep_until(deadline: Instant, cancel: &CancellationToken) -> bool {
         std::thread::sleep((deadline - now).min(SLICE));
     }
 }
+
+/// Exponential backoff between reconnect attempts: `initial`, doubling, capped at `max`;
+/// [`Backoff::reset`] after a success.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The wait before the next attempt; each call doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Whether an I/O error means the device went away (unplugged, node removed): the capture loop
+/// then reconnects with backoff instead of treating it as a bad frame.
+pub fn is_unplugged(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ENXIO)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(2));
+        let got: Vec<u64> = (0..6).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(got, [250, 500, 1000, 2000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unplug_errors_are_told_apart() {
+        use std::io::Error;
+        assert!(is_unplugged(&Error::from_raw_os_error(libc::ENODEV)));
+        assert!(is_unplugged(&Error::from_raw_os_error(libc::ENOENT)));
+        assert!(!is_unplugged(&Error::from_raw_os_error(libc::EIO)));
+        assert!(!is_unplugged(&Error::from_raw_os_error(libc::ENOTTY)));
+        assert!(!is_unplugged(&Error::new(
+            std::io::ErrorKind::TimedOut,
+            "VIDIOC_DQBUF"
+        )));
+    }
+
+    /// A source that publishes a scripted sequence, for the publisher's bookkeeping.
+    struct Scripted(Vec<Result<u64, &'static str>>);
+
+    impl CameraSource for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn run(self: Box<Self>, mut out: FramePublisher, _cancel: CancellationToken) {
+            for step in self.0 {
+                match step {
+                    Ok(skipped) => {
+                        out.publish(1, 1, Arc::new(vec![0, 0, 0]), skipped);
+                    }
+                    Err(cause) => out.bad_frame(cause, &format!("bad: {cause}")),
+                }
+            }
+            out.reconnected();
+        }
+    }
+
+    #[test]
+    fn publisher_counts_device_gaps_bad_frames_and_reconnects() {
+        let script = vec![
+            Ok(0),
+            Ok(2),
+            Err("corrupt JPEG"),
+            Ok(0),
+            Err("corrupt JPEG"),
+            Err("truncated buffer"),
+        ];
+        let cam = spawn_camera(Box::new(Scripted(script)), CancellationToken::new()).unwrap();
+        let mut rx = cam.subscribe();
+        let stats = cam.shared_stats();
+        cam.join();
+        let s = stats.snapshot();
+        assert_eq!(
+            (s.frames, s.device_dropped, s.decode_errors, s.reconnects),
+            (3, 2, 3, 1)
+        );
+        assert_eq!(s.last_error.as_deref(), Some("bad: truncated buffer"));
+        // Seqs 1, 4 (two skipped by the device), 5; nobody took the first two.
+        assert_eq!(s.dropped, 2);
+        assert_eq!(rx.latest().unwrap().seq, 5);
+    }
+}

@@ -8,6 +8,8 @@ pub mod camera;
 pub mod negotiate;
 pub mod pixel;
 pub mod replay;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
 
 pub use camera::{
     spawn_camera, Camera, CameraError, CameraSource, CameraStats, CameraStatsSnapshot,
