@@ -271,6 +271,11 @@ impl FrameReceiver {
         }
     }
 
+    /// Whether the camera has stopped (no frame will ever come again).
+    pub fn is_closed(&self) -> bool {
+        self.rx.has_changed().is_err()
+    }
+
     /// The camera's counters.
     pub fn stats(&self) -> CameraStatsSnapshot {
         self.stats.snapshot()
