@@ -814,4 +814,80 @@ mod tests {
         }
         assert!(decode_image_file(b"GIF89a", (64, 64)).is_err());
     }
+
+    /// A stable-toolchain stand-in for `fuzz/` (same function, same checks as the
+    /// `jpeg_to_rgb` target): the committed seed JPEGs, mutated deterministically (bit flips,
+    /// byte overwrites with marker-ish values, truncation, duplicated and deleted spans) must
+    /// each decode to a consistent image or an error — never a panic.
+    #[test]
+    fn jpeg_decoder_survives_mutated_inputs() {
+        let seeds_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&seeds_dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(
+            seeds.len() >= 4,
+            "seed JPEGs missing from {}",
+            seeds_dir.display()
+        );
+        seeds.push(encode_jpeg(&test_card(40, 30), 40, 30, 70));
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        let (mut decoded, mut rejected) = (0, 0);
+        for round in 0..3000 {
+            let mut data = seeds[round % seeds.len()].clone();
+            for _ in 0..1 + next(4) {
+                let len = data.len();
+                match next(6) {
+                    0 => data[next(len)] ^= 1 << next(8),
+                    1 => {
+                        data[next(len)] = [0xFF, 0x00, 0xD8, 0xD9, 0xDA, 0xC4, 0xDB, 0xC0][next(8)]
+                    }
+                    2 => data.truncate(next(len) + 1),
+                    3 => {
+                        let (a, n) = (next(len), 1 + next(64));
+                        let span: Vec<u8> = data[a..(a + n).min(len)].to_vec();
+                        let at = next(len);
+                        data.splice(at..at, span);
+                    }
+                    4 => {
+                        let a = next(len);
+                        let b = (a + 1 + next(32)).min(len);
+                        data.drain(a..b);
+                    }
+                    _ => {
+                        // Size fields are where decoders go wrong: poke the bytes after a marker.
+                        if let Some(p) = (0..len.saturating_sub(4))
+                            .map(|_| next(len - 4))
+                            .find(|&p| data[p] == 0xFF)
+                        {
+                            data[p + 2 + next(2)] = next(256) as u8;
+                        }
+                    }
+                }
+                if data.is_empty() {
+                    data.push(0xFF);
+                }
+            }
+            match decode_jpeg(&data, (512, 512)) {
+                Ok(img) => {
+                    assert_eq!(img.rgb.len(), img.width as usize * img.height as usize * 3);
+                    decoded += 1;
+                }
+                Err(_) => rejected += 1,
+            }
+            let _ = mjpeg_to_rgb(&data, 64, 48).map(|rgb| assert_eq!(rgb.len(), 64 * 48 * 3));
+        }
+        // Both outcomes occur: the mutations are neither all harmless nor all fatal.
+        assert!(
+            decoded > 100 && rejected > 100,
+            "decoded {decoded}, rejected {rejected}"
+        );
+    }
 }

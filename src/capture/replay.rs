@@ -272,7 +272,7 @@ pub(crate) mod tests {
         let mut rx = camera.subscribe();
         let mut colours = Vec::new();
         let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(1000) {
+        while started.elapsed() < Duration::from_millis(1300) {
             let f = tokio::time::timeout(Duration::from_secs(2), rx.next())
                 .await
                 .unwrap()
@@ -283,7 +283,7 @@ pub(crate) mod tests {
         let elapsed = started.elapsed().as_secs_f64();
         cancel.cancel();
         let stats = camera.stats();
-        // 40 fps over ~1 s: generous bounds, this is not a timing test.
+        // 40 fps over ~1.3 s (past the first 1 s fps window): generous bounds, not a timing test.
         let rate = stats.frames as f64 / elapsed;
         assert!(
             (20.0..=60.0).contains(&rate),
