@@ -183,9 +183,10 @@ impl FramePublisher {
             height,
             rgb,
         };
+        // Counted before it is visible, so a consumer holding frame N reads `frames >= N`.
+        stats.frames.fetch_add(1, Ordering::Relaxed);
         // send_replace: publish even while nobody subscribes (a receiver may come later).
         self.tx.send_replace(Some(frame));
-        stats.frames.fetch_add(1, Ordering::Relaxed);
 
         let now = Instant::now();
         self.window_frames += 1;
