@@ -3,6 +3,9 @@
 //! The data path is the architecture: `Frame` / `AudioClip` → `Query` → tokens → `Sentence` →
 //! `ReportSegment`. Each stage has one home:
 //!
+//! - [`capture`]: camera sources (V4L2, replay) publishing their latest frame, microphones
+//!   (cpal, WAV replay) sending audio chunks.
+//! - [`monitor`]: when to look — per camera an interval and a change gate → `Query`.
 //! - [`model`]: bundles, ONNX Runtime sessions and providers, pre-processing, generation, the
 //!   token → sentence stream, the worker thread that owns the sessions.
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
@@ -17,3 +20,4 @@ pub mod conformance;
 pub mod doctor;
 pub mod model;
 pub mod systemd;
+pub mod monitor;
