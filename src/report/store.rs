@@ -96,6 +96,10 @@ pub const INDEX_PAGE_REPORTS: usize = 200;
 /// writes (and the index's own growth) do not hit the wall again at once.
 const DISK_FULL_HEADROOM: u64 = 256 * 1024;
 
+/// Room kept under the byte budget beyond each write, for what grows without asking: the index
+/// (its WAL grows by a few pages per commit) and the pages rewritten when a report closes.
+const BUDGET_MARGIN: u64 = 64 * 1024;
+
 /// Reports fetched per retention round.
 const EVICTION_BATCH: usize = 64;
 
@@ -984,6 +988,7 @@ impl Inner {
 
     fn add_text(&mut self, id: &ReportId, index: u32, row: &SegmentRow, unknown: u32) -> Result<()> {
         self.check_writable("adding a segment")?;
+        self.make_room(id, row.text.as_ref().map_or(0, |t| t.len() as u64))?;
         self.insert_segment(id, index, row, None, Some(unknown))
             .map_err(|e| self.db_failure(e, "adding a segment", self.index_path(), 0))
     }
@@ -1052,6 +1057,13 @@ impl Inner {
         // Pages are derived and refreshable: failing to write one must not fail the report.
         self.write_page_logged(id);
         self.write_index_page_logged();
+        // The pages took space the budget did not ask for; give it back now, not at the next write.
+        if let Some(max) = self.policy.max_bytes {
+            let over = self.total_bytes().saturating_sub(max.saturating_sub(BUDGET_MARGIN));
+            if over > 0 {
+                self.evict(Timestamp::now(), None, over)?;
+            }
+        }
         Ok(())
     }
 
@@ -1118,12 +1130,13 @@ impl Inner {
         self.media_bytes + self.html_bytes + self.index_bytes()
     }
 
-    /// Before writing `needed` bytes: keep within the byte budget (hard) and above the free-space
-    /// floor (soft: the write is still tried).
+    /// Before writing `needed` bytes: keep within the byte budget, with [`BUDGET_MARGIN`] to
+    /// spare where old reports can give it (the write itself must fit: hard), and above the
+    /// free-space floor (soft: the write is still tried).
     fn make_room(&mut self, id: &ReportId, needed: u64) -> Result<()> {
         let mut deficit = 0;
         if let Some(max) = self.policy.max_bytes {
-            deficit = (self.total_bytes() + needed).saturating_sub(max);
+            deficit = (self.total_bytes() + needed + BUDGET_MARGIN).saturating_sub(max);
         }
         if self.policy.min_free_bytes > 0 {
             if let Ok(free) = durable::free_bytes(&self.dir) {
