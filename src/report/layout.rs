@@ -5,6 +5,7 @@
 //! ```text
 //! <store>/index.sqlite            the index (SQLite, WAL: -wal and -shm beside it)
 //! <store>/lock                    held (flock) by the process that writes the store
+//! <store>/reserve                 space held back for the index, given up when the disk is full
 //! <store>/media/YYYY/MM/DD/<id>/<n>.jpg|wav    segment n's media, dated by the report's start
 //! <store>/html/YYYY/MM/DD/<id>.html            the report's page
 //! <store>/html/index.html                      newest reports first
@@ -15,6 +16,7 @@ use super::ReportId;
 
 pub const INDEX_FILE: &str = "index.sqlite";
 pub const LOCK_FILE: &str = "lock";
+pub const RESERVE_FILE: &str = "reserve";
 pub const MEDIA_DIR: &str = "media";
 pub const HTML_DIR: &str = "html";
 pub const INDEX_PAGE: &str = "html/index.html";

@@ -334,7 +334,7 @@ pub enum ReportError {
     #[error(
         "disk full writing {path} ({needed} bytes); evicted {evicted} old report(s) freeing \
          {freed} bytes{hint}",
-        hint = if *evicted > 0 { " — retry the write" } else { "; nothing finished is left to evict" }
+        hint = if *evicted > 0 { " — retry the write" } else { "; nothing could be evicted" }
     )]
     DiskFull { path: PathBuf, needed: u64, evicted: usize, freed: u64 },
     #[error(

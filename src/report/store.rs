@@ -96,6 +96,12 @@ pub const INDEX_PAGE_REPORTS: usize = 200;
 /// writes (and the index's own growth) do not hit the wall again at once.
 const DISK_FULL_HEADROOM: u64 = 256 * 1024;
 
+/// Space held in `<store>/reserve` for the index. On a full disk SQLite cannot even record an
+/// eviction (the WAL must grow to delete rows); removing the reserve first lets it, and the
+/// reserve is taken again once reports are evicted. 256 KiB covers dozens of delete transactions
+/// and the checkpoint that follows them.
+const RESERVE_BYTES: u64 = 256 * 1024;
+
 /// Room kept under the byte budget beyond each write, for what grows without asking: the index
 /// (its WAL grows by a few pages per commit) and the pages rewritten when a report closes.
 const BUDGET_MARGIN: u64 = 64 * 1024;
@@ -128,6 +134,9 @@ struct Inner {
     recovery: RecoveryReport,
     /// Causes already logged (page writes failing, say): log once, not per report.
     warned: HashSet<&'static str>,
+    /// Inside a full-disk eviction (which rewrites the index page): page writes must not start
+    /// another one.
+    freeing_space: bool,
 }
 
 /// What recovery found and fixed when the store was opened.
@@ -230,7 +239,7 @@ pub struct Usage {
     pub segments: u64,
     pub media_bytes: u64,
     pub html_bytes: u64,
-    /// index.sqlite and its WAL.
+    /// index.sqlite, its WAL and the space held in reserve for it.
     pub index_bytes: u64,
     /// What the byte budget counts: media + html + index.
     pub total_bytes: u64,
@@ -263,10 +272,12 @@ impl Store {
             html_bytes: 0,
             recovery: RecoveryReport::default(),
             warned: HashSet::new(),
+            freeing_space: false,
         };
         inner.migrate()?;
         inner.recover()?;
         inner.enforce_retention()?;
+        inner.take_reserve();
         Ok(Store { shared: Arc::new(Shared { dir, inner: Mutex::new(inner) }) })
     }
 
@@ -289,6 +300,7 @@ impl Store {
             html_bytes: 0,
             recovery: RecoveryReport::default(),
             warned: HashSet::new(),
+            freeing_space: false,
         };
         let version = inner.schema_version()?;
         if version == 0 {
@@ -1088,8 +1100,10 @@ impl Inner {
     /// The disk is full: evict the oldest finished reports until the file system has room for
     /// the write plus headroom (or nothing is left), and say so.
     fn disk_full(&mut self, path: PathBuf, needed: u64) -> ReportError {
-        let target = needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM);
+        let target = needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM) + RESERVE_BYTES;
         let mut total = Eviction::default();
+        self.freeing_space = true;
+        self.release_reserve();
         loop {
             let free = durable::free_bytes(&self.dir).unwrap_or(0);
             if free >= target {
@@ -1107,6 +1121,8 @@ impl Inner {
                 }
             }
         }
+        self.freeing_space = false;
+        self.take_reserve();
         log::warn!(
             "store {}: disk full writing {}; evicted {} report(s), {} bytes",
             self.dir.display(),
@@ -1117,13 +1133,38 @@ impl Inner {
         ReportError::DiskFull { path, needed, evicted: total.evicted.len(), freed: total.freed_bytes }
     }
 
+    fn reserve_path(&self) -> PathBuf {
+        self.dir.join(layout::RESERVE_FILE)
+    }
+
+    /// Makes sure the reserve file holds its space (best effort: on a disk already full it stays
+    /// missing until evictions make room).
+    fn take_reserve(&mut self) {
+        let path = self.reserve_path();
+        if fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+            return;
+        }
+        // Real zeros, not a sparse file: the point is that the blocks are allocated.
+        if let Err(e) = durable::write_atomic(&path, &vec![0u8; RESERVE_BYTES as usize]) {
+            self.warn_once("reserve", format!("store {}: holding {RESERVE_BYTES} bytes in {} failed: {e}", self.dir.display(), path.display()));
+        }
+    }
+
+    fn release_reserve(&mut self) {
+        match fs::remove_file(self.reserve_path()) {
+            Ok(()) => log::info!("store {}: disk full, released the index reserve", self.dir.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("store {}: releasing the reserve failed: {e}", self.dir.display()),
+        }
+    }
+
     // ---- retention ----
 
     fn index_bytes(&self) -> u64 {
         let size = |suffix: &str| {
             fs::metadata(self.dir.join(format!("{}{suffix}", layout::INDEX_FILE))).map(|m| m.len()).unwrap_or(0)
         };
-        size("") + size("-wal")
+        size("") + size("-wal") + fs::metadata(self.reserve_path()).map(|m| m.len()).unwrap_or(0)
     }
 
     fn total_bytes(&self) -> u64 {
@@ -1394,9 +1435,17 @@ impl Inner {
         let path = self.dir.join(rel);
         let dir_rel = rel.rsplit_once('/').map_or("", |(d, _)| d);
         let old = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        durable::create_dirs(&self.dir, dir_rel)
-            .and_then(|()| durable::write_atomic(&path, content.as_bytes()))
-            .map_err(|source| ReportError::Io { op: "writing", path: path.clone(), source })?;
+        let write = |root: &Path| {
+            durable::create_dirs(root, dir_rel).and_then(|()| durable::write_atomic(&path, content.as_bytes()))
+        };
+        let mut result = write(&self.dir);
+        // Pages are not worth failing for, but worth one eviction: a report without its page is
+        // only reachable from the CLI. (Not while already evicting for space: no recursion.)
+        if matches!(&result, Err(e) if durable::is_disk_full(e)) && !self.freeing_space {
+            let _ = self.disk_full(path.clone(), content.len() as u64);
+            result = write(&self.dir);
+        }
+        result.map_err(|source| ReportError::Io { op: "writing", path: path.clone(), source })?;
         self.html_bytes = self.html_bytes.saturating_sub(old) + content.len() as u64;
         Ok(path)
     }
