@@ -37,6 +37,7 @@ p.text .at{font-size:.8rem;color:#777;margin-left:.4rem}
 table{border-collapse:collapse;font-size:.92rem}
 td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 tr.incomplete td{background:#fdf0ef}
+table.reports td:not(:last-child){white-space:nowrap}
 ";
 
 /// Marks frames whose file did not load, so the page says so instead of showing nothing.

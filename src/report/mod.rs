@@ -313,8 +313,9 @@ fn ser_opt_ts<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
+/// Milliseconds from nanoseconds in one division, so whole milliseconds print without float noise.
 fn ser_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
+    s.serialize_f64(d.as_nanos() as f64 / 1e6)
 }
 
 /// Everything that can go wrong in the report module, each with the report, file or store it is

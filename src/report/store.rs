@@ -438,7 +438,7 @@ impl ReportWriter {
         let row = SegmentRow {
             kind: "text",
             text: Some(text.to_string()),
-            at_ms: Some(timings.at.as_secs_f64() * 1000.0),
+            at_ms: Some(timings.at.as_nanos() as f64 / 1e6),
             token_start: timings.token_span.map(|s| s.0 as i64),
             token_end: timings.token_span.map(|s| s.1 as i64),
             ..SegmentRow::default()
@@ -1516,7 +1516,7 @@ fn row_to_segment(r: &rusqlite::Row<'_>, index: u32) -> std::result::Result<Segm
             Segment::Text(TextSegment {
                 index,
                 text: col(r, 2, "text")?,
-                at: std::time::Duration::from_secs_f64(col::<f64>(r, 4, "at_ms")?.max(0.0) / 1000.0),
+                at: std::time::Duration::from_nanos((col::<f64>(r, 4, "at_ms")?.max(0.0) * 1e6).round() as u64),
                 token_span: span,
             })
         }
