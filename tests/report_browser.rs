@@ -76,7 +76,11 @@ fn dump_dom(page: &Path) -> String {
     };
     let dom = out.join().unwrap().unwrap();
     let err = err.join().unwrap();
-    assert!(status.success() && dom.contains("</html>"), "chromium failed ({status}) on {}:\n{err}", page.display());
+    assert!(
+        status.success() && dom.contains("</html>"),
+        "chromium failed ({status}) on {}:\n{err}",
+        page.display()
+    );
     dom
 }
 
@@ -93,7 +97,9 @@ fn attr_values<'a>(dom: &'a str, attr: &str) -> Vec<&'a str> {
 
 /// Every `<img …>` tag.
 fn img_tags(dom: &str) -> Vec<&str> {
-    dom.match_indices("<img ").map(|(i, _)| &dom[i..i + dom[i..].find('>').unwrap() + 1]).collect()
+    dom.match_indices("<img ")
+        .map(|(i, _)| &dom[i..i + dom[i..].find('>').unwrap() + 1])
+        .collect()
 }
 
 #[test]
@@ -102,8 +108,11 @@ fn pages_load_in_chromium_with_every_frame_and_sentences_in_order() {
     let store = Store::open(tmp.path(), RetentionPolicy::default()).unwrap();
     let frames = [frame("press-2", 320, 240, 11), frame("belt", 200, 150, 12)];
 
-    let mut w = store.begin(meta(Trigger::Voice, &["press-2", "belt"])).unwrap();
-    w.add_audio(&clip(1.0, 3), Some("what is going on at press 2")).unwrap();
+    let mut w = store
+        .begin(meta(Trigger::Voice, &["press-2", "belt"]))
+        .unwrap();
+    w.add_audio(&clip(1.0, 3), Some("what is going on at press 2"))
+        .unwrap();
     let sentences = [
         "The guard [cam:press-2] of press 2 is open.",
         "An operator stands <close> to it & waits.",
@@ -111,27 +120,49 @@ fn pages_load_in_chromium_with_every_frame_and_sentences_in_order() {
         "Nothing else [cam:roof] moves.",
     ];
     for (i, s) in sentences.iter().enumerate() {
-        w.add_sentence(s, at(600 + 400 * i as u64), &frames).unwrap();
+        w.add_sentence(s, at(600 + 400 * i as u64), &frames)
+            .unwrap();
     }
-    let full = w.finish(ReportStats { prompt_tokens: 900, generated_tokens: 40, ..Default::default() }).unwrap();
+    let full = w
+        .finish(ReportStats {
+            prompt_tokens: 900,
+            generated_tokens: 40,
+            ..Default::default()
+        })
+        .unwrap();
 
     let mut cut = store.begin(meta(Trigger::Api, &["belt"])).unwrap();
-    cut.add_sentence("The belt [cam:belt] starts", at(300), &frames).unwrap();
+    cut.add_sentence("The belt [cam:belt] starts", at(300), &frames)
+        .unwrap();
     let cut = cut.abort("shutdown").unwrap();
 
     // --- a complete report: every frame decodes, segments and sentences in report order.
     let report = store.get(&full).unwrap();
     let dom = dump_dom(&store.page_path(&full));
     let imgs = img_tags(&dom);
-    let image_segments = report.segments.iter().filter(|s| matches!(s, Segment::Image(_))).count();
+    let image_segments = report
+        .segments
+        .iter()
+        .filter(|s| matches!(s, Segment::Image(_)))
+        .count();
     assert_eq!(imgs.len(), image_segments, "{dom}");
     for tag in &imgs {
-        assert!(tag.contains("data-loaded=\"yes\""), "a frame did not load: {tag}");
+        assert!(
+            tag.contains("data-loaded=\"yes\""),
+            "a frame did not load: {tag}"
+        );
     }
-    assert_eq!(attr_values(&dom, "data-images"), [format!("{image_segments} images, 0 missing")]);
+    assert_eq!(
+        attr_values(&dom, "data-images"),
+        [format!("{image_segments} images, 0 missing")]
+    );
     let kinds: Vec<&str> = report.segments.iter().map(|s| s.kind()).collect();
     assert_eq!(attr_values(&dom, "data-kind"), kinds);
-    let indices: Vec<String> = report.segments.iter().map(|s| s.index().to_string()).collect();
+    let indices: Vec<String> = report
+        .segments
+        .iter()
+        .map(|s| s.index().to_string())
+        .collect();
     assert_eq!(attr_values(&dom, "data-index"), indices);
     let expected = [
         "The guard of press 2 is open.",
@@ -141,15 +172,23 @@ fn pages_load_in_chromium_with_every_frame_and_sentences_in_order() {
     ];
     let mut last = 0;
     for s in expected {
-        let pos = dom[last..].find(&format!("<span class=\"sentence\">{s}</span>")).map(|p| p + last);
+        let pos = dom[last..]
+            .find(&format!("<span class=\"sentence\">{s}</span>"))
+            .map(|p| p + last);
         last = pos.unwrap_or_else(|| panic!("sentence {s:?} missing or out of order in\n{dom}"));
     }
-    assert!(!dom.contains("[cam:"), "citation markers must not reach the page");
+    assert!(
+        !dom.contains("[cam:"),
+        "citation markers must not reach the page"
+    );
     assert_eq!(dom.matches("<audio ").count(), 1);
 
     // --- the cut-off report is marked as such.
     let dom = dump_dom(&store.page_path(&cut));
-    assert!(dom.contains("<p class=\"banner incomplete\">Incomplete: aborted: shutdown</p>"), "{dom}");
+    assert!(
+        dom.contains("<p class=\"banner incomplete\">Incomplete: aborted: shutdown</p>"),
+        "{dom}"
+    );
     assert!(dom.contains("<body class=\"status-incomplete\""), "{dom}");
 
     // --- a frame whose file is gone shows as missing (the check can fail).
@@ -163,15 +202,22 @@ fn pages_load_in_chromium_with_every_frame_and_sentences_in_order() {
     // --- the index: newest first, links that open the pages.
     let index = store.write_index_html().unwrap();
     let dom = dump_dom(&index);
-    let listed: Vec<String> =
-        store.list(&ListFilter::default()).unwrap().into_iter().map(|s| s.id.to_string()).collect();
+    let listed: Vec<String> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
     assert_eq!(attr_values(&dom, "data-id"), listed, "{dom}");
     assert_eq!(listed, [cut.to_string(), full.to_string()]);
     let links = attr_values(&dom, "href");
     assert_eq!(links.len(), 2, "{dom}");
     for (link, id) in links.iter().zip(&listed) {
         assert!(link.ends_with(&format!("{id}.html")));
-        assert!(index.parent().unwrap().join(link).is_file(), "index links to missing {link}");
+        assert!(
+            index.parent().unwrap().join(link).is_file(),
+            "index links to missing {link}"
+        );
     }
     assert!(dom.contains("<tr class=\"incomplete\""), "{dom}");
 }

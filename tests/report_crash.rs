@@ -42,7 +42,12 @@ struct Expected {
 }
 
 /// One child run: lines it printed completely before it died.
-fn run_child(bin: &str, dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (Vec<String>, &'static str) {
+fn run_child(
+    bin: &str,
+    dir: &std::path::Path,
+    seed: u64,
+    rng: &mut Rng,
+) -> (Vec<String>, &'static str) {
     let mut child = Command::new(bin)
         .arg(dir)
         .args(["--seed", &seed.to_string()])
@@ -83,7 +88,9 @@ fn run_child(bin: &str, dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (Vec
                     acks += l.starts_with("ACK ") as usize;
                     lines.push(l);
                 }
-                Err(_) => panic!("torture child made no progress for 20 s (lines so far: {lines:?})"),
+                Err(_) => {
+                    panic!("torture child made no progress for 20 s (lines so far: {lines:?})")
+                }
             }
         }
         std::thread::sleep(Duration::from_micros(rng.below(3_000)));
@@ -91,7 +98,10 @@ fn run_child(bin: &str, dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (Vec
     };
     child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     let status = child.wait().unwrap();
-    assert!(status.code().is_none(), "child exited on its own ({status}) instead of being killed");
+    assert!(
+        status.code().is_none(),
+        "child exited on its own ({status}) instead of being killed"
+    );
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     (lines, how)
@@ -108,7 +118,12 @@ fn record(exp: &mut Expected, lines: &[String]) -> Vec<String> {
             }
             "ACK" => {
                 let key = (f[1].to_string(), f[2].parse().unwrap());
-                assert!(exp.acked.insert(key, (f[3].to_string(), f[4].to_string())).is_none(), "acked twice: {l}");
+                assert!(
+                    exp.acked
+                        .insert(key, (f[3].to_string(), f[4].to_string()))
+                        .is_none(),
+                    "acked twice: {l}"
+                );
             }
             "FINISH" => {
                 exp.finished.insert(f[1].to_string());
@@ -116,7 +131,10 @@ fn record(exp: &mut Expected, lines: &[String]) -> Vec<String> {
             "ABORT" => {
                 exp.aborted.insert(f[1].to_string());
             }
-            "OPENED" => assert!(l.ends_with("integrity=ok"), "child saw a damaged index: {l}"),
+            "OPENED" => assert!(
+                l.ends_with("integrity=ok"),
+                "child saw a damaged index: {l}"
+            ),
             "RETRY" | "DONE" => {}
             _ => panic!("unexpected line {l:?}"),
         }
@@ -127,7 +145,10 @@ fn record(exp: &mut Expected, lines: &[String]) -> Vec<String> {
 #[test]
 fn acknowledged_segments_survive_kill_9() {
     let bin = env!("CARGO_BIN_EXE_gemba-store-torture");
-    let seed: u64 = std::env::var("GEMBA_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_CAFE);
+    let seed: u64 = std::env::var("GEMBA_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_CAFE);
     eprintln!("crash test seed {seed} (replay with GEMBA_CRASH_SEED={seed})");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().unwrap();
@@ -147,39 +168,70 @@ fn acknowledged_segments_survive_kill_9() {
 
         let store = Store::open(&dir, RetentionPolicy::default()).expect("reopening after kill -9");
         let rec = store.recovery();
-        assert!(rec.integrity_ok(), "run {runs}: integrity {:?}", rec.integrity);
-        assert!(rec.media_fixed.is_empty(), "run {runs}: acknowledged media damaged: {:?}", rec.media_fixed);
+        assert!(
+            rec.integrity_ok(),
+            "run {runs}: integrity {:?}",
+            rec.integrity
+        );
+        assert!(
+            rec.media_fixed.is_empty(),
+            "run {runs}: acknowledged media damaged: {:?}",
+            rec.media_fixed
+        );
         recovered_orphans += rec.orphans_removed.len() + rec.temp_removed.len();
         let reports = common::assert_consistent(&store);
         let by_id: HashMap<String, _> = reports.iter().map(|r| (r.id.to_string(), r)).collect();
 
         for ((id, index), (kind, sha)) in &exp.acked {
-            let r = by_id.get(id).unwrap_or_else(|| panic!("run {runs}: acknowledged report {id} is gone"));
+            let r = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("run {runs}: acknowledged report {id} is gone"));
             let s = r
                 .segments
                 .iter()
                 .find(|s| s.index() == *index)
                 .unwrap_or_else(|| panic!("run {runs}: acknowledged segment {id}/{index} is gone"));
             assert_eq!(s.kind(), kind, "run {runs}: kind of {id}/{index}");
-            assert_eq!(s.media().map_or("-", |m| m.sha256.as_str()), sha, "run {runs}: media of {id}/{index}");
+            assert_eq!(
+                s.media().map_or("-", |m| m.sha256.as_str()),
+                sha,
+                "run {runs}: media of {id}/{index}"
+            );
         }
         for r in &reports {
             let id = r.id.to_string();
             // Segments are written one after another: no gaps.
             let indices: Vec<u32> = r.segments.iter().map(|s| s.index()).collect();
-            assert_eq!(indices, (0..indices.len() as u32).collect::<Vec<_>>(), "run {runs}: {id} has gaps");
+            assert_eq!(
+                indices,
+                (0..indices.len() as u32).collect::<Vec<_>>(),
+                "run {runs}: {id} has gaps"
+            );
             if exp.finished.contains(&id) {
-                assert_eq!(r.status, ReportStatus::Complete, "run {runs}: finished {id}");
+                assert_eq!(
+                    r.status,
+                    ReportStatus::Complete,
+                    "run {runs}: finished {id}"
+                );
             } else if exp.aborted.contains(&id) {
-                assert!(matches!(&r.status, ReportStatus::Incomplete { reason } if reason.starts_with("aborted")));
+                assert!(
+                    matches!(&r.status, ReportStatus::Incomplete { reason } if reason.starts_with("aborted"))
+                );
             }
         }
         // The report the kill interrupted: cut off (or, if the kill fell between the commit of
         // finish/abort and its line, closed as said — never open).
-        for id in begun_now.iter().filter(|id| !exp.finished.contains(*id) && !exp.aborted.contains(*id)) {
-            let r = by_id.get(id).unwrap_or_else(|| panic!("run {runs}: begun report {id} is gone"));
+        for id in begun_now
+            .iter()
+            .filter(|id| !exp.finished.contains(*id) && !exp.aborted.contains(*id))
+        {
+            let r = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("run {runs}: begun report {id} is gone"));
             match &r.status {
-                ReportStatus::Incomplete { reason } if reason == CUT_OFF_REASON => cut_off_seen += 1,
+                ReportStatus::Incomplete { reason } if reason == CUT_OFF_REASON => {
+                    cut_off_seen += 1
+                }
                 ReportStatus::Complete => {}
                 ReportStatus::Incomplete { reason } if reason.starts_with("aborted") => {}
                 other => panic!("run {runs}: interrupted report {id} is {other}"),
@@ -196,5 +248,8 @@ fn acknowledged_segments_survive_kill_9() {
         elapsed.as_secs_f64()
     );
     // The test means something only if kills really landed inside reports.
-    assert!(cut_off_seen * 2 >= runs as usize, "only {cut_off_seen} of {runs} kills cut a report off");
+    assert!(
+        cut_off_seen * 2 >= runs as usize,
+        "only {cut_off_seen} of {runs} kills cut a report off"
+    );
 }

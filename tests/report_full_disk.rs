@@ -9,7 +9,9 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use common::{assert_consistent, at, clip, frame, meta};
-use gemba::report::{ListFilter, ReportError, ReportId, ReportStats, ReportStatus, RetentionPolicy, Store, Trigger};
+use gemba::report::{
+    ListFilter, ReportError, ReportId, ReportStats, ReportStatus, RetentionPolicy, Store, Trigger,
+};
 
 /// A size-limited tmpfs, unmounted on drop (even when the test panics).
 struct Tmpfs {
@@ -55,14 +57,31 @@ impl Drop for Tmpfs {
 }
 
 /// Runs a write, retrying after DiskFull as the daemon does; counts the full-disk events.
-fn retry<T>(what: &str, dir: &Path, full: &mut Vec<(u64, usize)>, mut f: impl FnMut() -> Result<T, ReportError>) -> T {
+fn retry<T>(
+    what: &str,
+    dir: &Path,
+    full: &mut Vec<(u64, usize)>,
+    mut f: impl FnMut() -> Result<T, ReportError>,
+) -> T {
     for _ in 0..5 {
         match f() {
             Ok(v) => return v,
             Err(e @ ReportError::DiskFull { .. }) => {
                 eprintln!("{what}: {e}");
-                let ReportError::DiskFull { path, needed, evicted, .. } = e else { unreachable!() };
-                assert!(path.starts_with(dir), "{what}: DiskFull names {}", path.display());
+                let ReportError::DiskFull {
+                    path,
+                    needed,
+                    evicted,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert!(
+                    path.starts_with(dir),
+                    "{what}: DiskFull names {}",
+                    path.display()
+                );
                 assert!(evicted > 0, "{what}: disk full and nothing evicted");
                 full.push((needed, evicted));
             }
@@ -81,13 +100,26 @@ fn full_disk_evicts_old_reports_and_writing_goes_on() {
     let mut written: Vec<ReportId> = Vec::new();
     let mut full = Vec::new();
     for n in 0..60u64 {
-        let frames = [frame("press-2", 160, 120, n * 2), frame("belt", 160, 120, n * 2 + 1)];
-        let mut w = retry("begin", &dir, &mut full, || store.begin(meta(Trigger::Voice, &["press-2", "belt"])));
-        retry("audio", &dir, &mut full, || w.add_audio(&clip(0.5, n), Some("what is the press doing")));
-        retry("sentence", &dir, &mut full, || w.add_sentence("The press [cam:press-2] is idle.", at(700), &frames));
-        retry("sentence", &dir, &mut full, || w.add_sentence("The belt [cam:belt] moves.", at(900), &frames));
+        let frames = [
+            frame("press-2", 160, 120, n * 2),
+            frame("belt", 160, 120, n * 2 + 1),
+        ];
+        let mut w = retry("begin", &dir, &mut full, || {
+            store.begin(meta(Trigger::Voice, &["press-2", "belt"]))
+        });
+        retry("audio", &dir, &mut full, || {
+            w.add_audio(&clip(0.5, n), Some("what is the press doing"))
+        });
+        retry("sentence", &dir, &mut full, || {
+            w.add_sentence("The press [cam:press-2] is idle.", at(700), &frames)
+        });
+        retry("sentence", &dir, &mut full, || {
+            w.add_sentence("The belt [cam:belt] moves.", at(900), &frames)
+        });
         retry("image", &dir, &mut full, || w.add_image(&frames[0]));
-        written.push(retry("finish", &dir, &mut full, || w.finish(ReportStats::default())));
+        written.push(retry("finish", &dir, &mut full, || {
+            w.finish(ReportStats::default())
+        }));
         assert_eq!(store.integrity_check().unwrap(), ["ok"], "after report {n}");
     }
     eprintln!(
@@ -97,13 +129,28 @@ fn full_disk_evicts_old_reports_and_writing_goes_on() {
         full.len(),
         full.iter().map(|f| f.1).collect::<Vec<_>>()
     );
-    assert!(full.len() >= 3, "the disk filled only {} time(s): the test is not testing", full.len());
+    assert!(
+        full.len() >= 3,
+        "the disk filled only {} time(s): the test is not testing",
+        full.len()
+    );
 
     let kept = assert_consistent(&store);
     let kept_ids: Vec<ReportId> = kept.iter().rev().map(|r| r.id.clone()).collect();
-    assert!(kept_ids.len() < written.len() / 2, "kept {} of {}", kept_ids.len(), written.len());
-    assert_eq!(kept_ids, written[written.len() - kept_ids.len()..], "oldest evicted first");
-    assert!(kept.iter().all(|r| r.status == ReportStatus::Complete && r.segments.len() == 6));
+    assert!(
+        kept_ids.len() < written.len() / 2,
+        "kept {} of {}",
+        kept_ids.len(),
+        written.len()
+    );
+    assert_eq!(
+        kept_ids,
+        written[written.len() - kept_ids.len()..],
+        "oldest evicted first"
+    );
+    assert!(kept
+        .iter()
+        .all(|r| r.status == ReportStatus::Complete && r.segments.len() == 6));
     drop(store);
 
     // A restart finds nothing to repair, and the store keeps taking reports.
@@ -111,8 +158,19 @@ fn full_disk_evicts_old_reports_and_writing_goes_on() {
     let rec = store.recovery();
     assert!(rec.is_clean(), "{rec:?}");
     let mut w = store.begin(meta(Trigger::Cli, &[])).unwrap();
-    retry("after reopen", &dir, &mut full, || w.add_image(&frame("belt", 160, 120, 999)));
+    retry("after reopen", &dir, &mut full, || {
+        w.add_image(&frame("belt", 160, 120, 999))
+    });
     let id = w.finish(ReportStats::default()).unwrap();
-    assert_eq!(store.list(&ListFilter { limit: Some(1), ..Default::default() }).unwrap()[0].id, id);
+    assert_eq!(
+        store
+            .list(&ListFilter {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .unwrap()[0]
+            .id,
+        id
+    );
     assert_consistent(&store);
 }

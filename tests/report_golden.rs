@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use gemba::report::cli::{list_table, show_text};
 use gemba::report::{
-    export_json, html, AudioSegment, ImageSegment, MediaRef, Report, ReportId, ReportMeta, ReportStats,
-    ReportStatus, ReportSummary, Segment, TextSegment, Trigger,
+    export_json, html, AudioSegment, ImageSegment, MediaRef, Report, ReportId, ReportMeta,
+    ReportStats, ReportStatus, ReportSummary, Segment, TextSegment, Trigger,
 };
 use jiff::Timestamp;
 
@@ -114,7 +114,9 @@ fn summaries(r: &Report) -> Vec<ReportSummary> {
             id: ReportId::parse("20261124T101545Z-77e0").unwrap(),
             created_at: ts("2026-11-24T10:15:45.300Z"),
             trigger: "api".into(),
-            status: ReportStatus::Incomplete { reason: gemba::report::CUT_OFF_REASON.into() },
+            status: ReportStatus::Incomplete {
+                reason: gemba::report::CUT_OFF_REASON.into(),
+            },
             segments: 1,
             first_sentence: None,
             media_bytes: 0,
@@ -132,7 +134,9 @@ fn summaries(r: &Report) -> Vec<ReportSummary> {
 }
 
 fn check(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("GEMBA_BLESS").is_some() {
         std::fs::write(&path, actual).unwrap();
         return;
@@ -144,7 +148,9 @@ fn check(name: &str, actual: &str) {
         panic!(
             "{name} differs from {} (- golden, + now; GEMBA_BLESS=1 rewrites it):\n{}",
             path.display(),
-            diff.unified_diff().context_radius(2).header("golden", "now")
+            diff.unified_diff()
+                .context_radius(2)
+                .header("golden", "now")
         );
     }
 }
@@ -157,7 +163,9 @@ fn report_page_matches_golden() {
 #[test]
 fn incomplete_report_page_matches_golden() {
     let mut r = fixed_report();
-    r.status = ReportStatus::Incomplete { reason: gemba::report::CUT_OFF_REASON.into() };
+    r.status = ReportStatus::Incomplete {
+        reason: gemba::report::CUT_OFF_REASON.into(),
+    };
     r.finished_at = None;
     r.stats = None;
     r.segments.truncate(3);
@@ -177,6 +185,9 @@ fn show_text_matches_golden() {
 #[test]
 fn index_page_and_list_match_golden() {
     let r = fixed_report();
-    check("index.html", &html::index_page(&summaries(&r), 5, ts("2026-11-24T10:20:00Z")));
+    check(
+        "index.html",
+        &html::index_page(&summaries(&r), 5, ts("2026-11-24T10:20:00Z")),
+    );
     check("list.txt", &list_table(&summaries(&r)));
 }

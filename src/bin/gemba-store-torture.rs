@@ -57,16 +57,26 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let dir = it.next().ok_or(USAGE)?;
-    let mut a = Args { dir: dir.into(), reports: 0, seed: 1, max_bytes: None, frame: (48, 32) };
+    let mut a = Args {
+        dir: dir.into(),
+        reports: 0,
+        seed: 1,
+        max_bytes: None,
+        frame: (48, 32),
+    };
     while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v:?}: {e}"));
         match flag.as_str() {
             "--reports" => a.reports = num(&value)?,
             "--seed" => a.seed = num(&value)?,
             "--max-bytes" => a.max_bytes = Some(num(&value)?),
             "--frame" => {
-                let (w, h) = value.split_once('x').ok_or_else(|| format!("--frame {value:?}: expected WxH"))?;
+                let (w, h) = value
+                    .split_once('x')
+                    .ok_or_else(|| format!("--frame {value:?}: expected WxH"))?;
                 a.frame = (num(w)? as u32, num(h)? as u32);
             }
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
@@ -126,13 +136,23 @@ fn clip(rng: &mut Rng) -> AudioClip {
     }
 }
 
-const WORDS: &[&str] = &["the", "press", "guard", "is", "open", "belt", "stopped", "operator", "near", "line", "two"];
+const WORDS: &[&str] = &[
+    "the", "press", "guard", "is", "open", "belt", "stopped", "operator", "near", "line", "two",
+];
 
 fn sentence(rng: &mut Rng, cameras: &[&str]) -> String {
     let n = 3 + rng.below(8) as usize;
-    let mut words: Vec<String> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize].to_string()).collect();
+    let mut words: Vec<String> = (0..n)
+        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize].to_string())
+        .collect();
     match rng.below(6) {
-        0 | 1 => words.insert(1, format!("[cam:{}]", cameras[rng.below(cameras.len() as u64) as usize])),
+        0 | 1 => words.insert(
+            1,
+            format!(
+                "[cam:{}]",
+                cameras[rng.below(cameras.len() as u64) as usize]
+            ),
+        ),
         2 => words.push("[cam:roof]".into()),
         _ => {}
     }
@@ -140,7 +160,10 @@ fn sentence(rng: &mut Rng, cameras: &[&str]) -> String {
 }
 
 fn run(a: Args) -> Result<(), ReportError> {
-    let policy = RetentionPolicy { max_bytes: a.max_bytes, ..Default::default() };
+    let policy = RetentionPolicy {
+        max_bytes: a.max_bytes,
+        ..Default::default()
+    };
     let store = Store::open(&a.dir, policy)?;
     let r = store.recovery();
     say(format_args!(
@@ -157,7 +180,9 @@ fn run(a: Args) -> Result<(), ReportError> {
     while a.reports == 0 || n < a.reports {
         n += 1;
         let trigger = match rng.below(4) {
-            0 => Trigger::Monitor { camera: "press-2".into() },
+            0 => Trigger::Monitor {
+                camera: "press-2".into(),
+            },
             1 => Trigger::Voice,
             2 => Trigger::Api,
             _ => Trigger::Cli,
@@ -173,10 +198,16 @@ fn run(a: Args) -> Result<(), ReportError> {
         let mut w = retrying("-", || store.begin(meta.clone()))?;
         let id = w.id().to_string();
         say(format_args!("BEGIN {id}"));
-        let frames: Vec<Frame> = cameras.iter().map(|c| frame(&mut rng, c, a.frame)).collect();
+        let frames: Vec<Frame> = cameras
+            .iter()
+            .map(|c| frame(&mut rng, c, a.frame))
+            .collect();
         if trigger == Trigger::Voice {
             let c = clip(&mut rng);
-            ack(&id, &retrying(&id, || w.add_audio(&c, Some("is the guard closed")))?);
+            ack(
+                &id,
+                &retrying(&id, || w.add_audio(&c, Some("is the guard closed")))?,
+            );
         }
         if rng.below(2) == 0 {
             ack(&id, &retrying(&id, || w.add_image(&frames[0]))?);
@@ -184,7 +215,10 @@ fn run(a: Args) -> Result<(), ReportError> {
         let sentences = 1 + rng.below(6);
         for i in 0..sentences {
             let s = sentence(&mut rng, &cameras);
-            let t = TextTimings { at: Duration::from_millis(300 + 250 * i), token_span: Some((i as usize * 8, i as usize * 8 + 8)) };
+            let t = TextTimings {
+                at: Duration::from_millis(300 + 250 * i),
+                token_span: Some((i as usize * 8, i as usize * 8 + 8)),
+            };
             let placed = retrying(&id, || w.add_sentence(&s, t, &frames))?;
             for a in placed.images.iter().chain(&placed.text) {
                 ack(&id, a);
@@ -198,7 +232,11 @@ fn run(a: Args) -> Result<(), ReportError> {
             retrying(&id, || w.abort("operator cancelled"))?;
             say(format_args!("ABORT {id}"));
         } else {
-            let stats = ReportStats { prompt_tokens: 100, generated_tokens: sentences * 8, ..Default::default() };
+            let stats = ReportStats {
+                prompt_tokens: 100,
+                generated_tokens: sentences * 8,
+                ..Default::default()
+            };
             retrying(&id, || w.finish(stats.clone()))?;
             say(format_args!("FINISH {id}"));
         }

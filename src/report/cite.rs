@@ -87,7 +87,10 @@ fn push_once(list: &mut Vec<String>, name: &str) {
 }
 
 fn is_closing(c: char) -> bool {
-    matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | ')' | ']' | '}' | '…' | '。' | '，' | '！' | '？')
+    matches!(
+        c,
+        '.' | ',' | ';' | ':' | '!' | '?' | ')' | ']' | '}' | '…' | '。' | '，' | '！' | '？'
+    )
 }
 
 #[cfg(test)]
@@ -137,12 +140,18 @@ mod tests {
         assert_eq!((got.text.as_str(), got.cameras.len()), ("See.", 0));
         assert_eq!(got.unknown, vec!["Belt".to_string()]);
         // An exact spelling still wins.
-        assert_eq!(cite("See [cam:BELT].", &["belt", "BELT"]).cameras, vec!["BELT".to_string()]);
+        assert_eq!(
+            cite("See [cam:BELT].", &["belt", "BELT"]).cameras,
+            vec!["BELT".to_string()]
+        );
     }
 
     #[test]
     fn no_cameras_in_query() {
         let got = cite("See [cam:belt].", &[] as &[String]);
-        assert_eq!((got.text.as_str(), got.unknown), ("See.", vec!["belt".to_string()]));
+        assert_eq!(
+            (got.text.as_str(), got.unknown),
+            ("See.", vec!["belt".to_string()])
+        );
     }
 }

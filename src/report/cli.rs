@@ -40,11 +40,23 @@ pub fn run_report_command(data_dir: &Path, cmd: ReportCommand) -> Result<()> {
 }
 
 /// [`run_report_command`] writing to `out` (tests, the API).
-pub fn run_report_command_to(data_dir: &Path, cmd: ReportCommand, out: &mut dyn Write) -> Result<()> {
+pub fn run_report_command_to(
+    data_dir: &Path,
+    cmd: ReportCommand,
+    out: &mut dyn Write,
+) -> Result<()> {
     let store = Store::open_read_only(data_dir)?;
     let text = match cmd {
-        ReportCommand::List { limit, trigger, status } => {
-            let filter = ListFilter { limit: (limit > 0).then_some(limit), trigger, status };
+        ReportCommand::List {
+            limit,
+            trigger,
+            status,
+        } => {
+            let filter = ListFilter {
+                limit: (limit > 0).then_some(limit),
+                trigger,
+                status,
+            };
             list_table(&store.list(&filter)?)
         }
         ReportCommand::Show { id } => show_text(&store.get(&ReportId::parse(&id)?)?),
@@ -56,7 +68,11 @@ pub fn run_report_command_to(data_dir: &Path, cmd: ReportCommand, out: &mut dyn 
     };
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|source| ReportError::Io { op: "printing to", path: "<stdout>".into(), source })
+        .map_err(|source| ReportError::Io {
+            op: "printing to",
+            path: "<stdout>".into(),
+            source,
+        })
 }
 
 const SENTENCE_WIDTH: usize = 60;
@@ -66,7 +82,14 @@ pub fn list_table(reports: &[ReportSummary]) -> String {
     if reports.is_empty() {
         return "no reports\n".to_string();
     }
-    let header = ["ID", "STARTED (UTC)", "TRIGGER", "STATUS", "SEGMENTS", "FIRST SENTENCE"];
+    let header = [
+        "ID",
+        "STARTED (UTC)",
+        "TRIGGER",
+        "STATUS",
+        "SEGMENTS",
+        "FIRST SENTENCE",
+    ];
     let rows: Vec<[String; 6]> = reports
         .iter()
         .map(|r| {
@@ -126,7 +149,10 @@ pub fn show_text(r: &Report) -> String {
     let m = &r.meta;
     let mut field = |k: &str, v: String| o += &format!("{k:<10}{v}\n");
     field("Trigger", m.trigger.to_string());
-    field("Started", r.created_at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string());
+    field(
+        "Started",
+        r.created_at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    );
     if let Some(f) = r.finished_at {
         field("Finished", f.strftime("%Y-%m-%d %H:%M:%S UTC").to_string());
     }
@@ -138,7 +164,11 @@ pub fn show_text(r: &Report) -> String {
     }
     field("Bundle", format!("{} ({})", m.bundle_id, m.bundle_hash));
     if !m.providers.is_empty() {
-        let list: Vec<String> = m.providers.iter().map(|(c, p)| format!("{c}: {p}")).collect();
+        let list: Vec<String> = m
+            .providers
+            .iter()
+            .map(|(c, p)| format!("{c}: {p}"))
+            .collect();
         field("Providers", list.join(", "));
     }
     o.push('\n');
@@ -154,7 +184,12 @@ pub fn show_text(r: &Report) -> String {
                 i.height,
                 i.media.path
             ),
-            Segment::Text(t) => format!("[{}] text   +{:.2} s  {}\n", t.index, t.at.as_secs_f64(), t.text),
+            Segment::Text(t) => format!(
+                "[{}] text   +{:.2} s  {}\n",
+                t.index,
+                t.at.as_secs_f64(),
+                t.text
+            ),
             Segment::Audio(a) => format!(
                 "[{}] audio  {}, {:.2} s, {} → {}{}\n",
                 a.index,
@@ -162,7 +197,10 @@ pub fn show_text(r: &Report) -> String {
                 a.duration.as_secs_f64(),
                 a.started_at.strftime("%H:%M:%S%.3f UTC"),
                 a.media.path,
-                a.transcript.as_deref().map(|t| format!("  “{t}”")).unwrap_or_default()
+                a.transcript
+                    .as_deref()
+                    .map(|t| format!("  “{t}”"))
+                    .unwrap_or_default()
             ),
         };
     }
@@ -179,7 +217,10 @@ pub fn show_text(r: &Report) -> String {
         o += &format!("\nGeneration: {}\n", parts.join(", "));
     }
     if r.unknown_citations > 0 {
-        o += &format!("{} citation(s) named no camera of the query.\n", r.unknown_citations);
+        o += &format!(
+            "{} citation(s) named no camera of the query.\n",
+            r.unknown_citations
+        );
     }
     o
 }

@@ -20,7 +20,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp_name.push(name);
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -101,7 +105,12 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 /// Takes an exclusive lock on `path` without waiting; `Ok(None)` if another process holds it.
 /// The kernel drops the lock when the process dies, kill -9 included.
 pub fn try_lock(path: &Path) -> io::Result<Option<File>> {
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(Some(f));
@@ -125,7 +134,10 @@ mod tests {
         write_atomic(&p, b"first").unwrap();
         write_atomic(&p, b"second").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"second");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.bin")]);
     }
 
@@ -145,10 +157,16 @@ mod tests {
         create_dirs(root.path(), "media/2026/11/24/r2").unwrap();
         fs::write(root.path().join("media/2026/11/24/r1/0.jpg"), b"x").unwrap();
         remove_dir_and_empty_parents(root.path(), "media/2026/11/24/r1").unwrap();
-        assert!(root.path().join("media/2026/11/24/r2").is_dir(), "a sibling keeps the day");
+        assert!(
+            root.path().join("media/2026/11/24/r2").is_dir(),
+            "a sibling keeps the day"
+        );
         remove_dir_and_empty_parents(root.path(), "media/2026/11/24/r2").unwrap();
         assert!(!root.path().join("media/2026").exists());
-        assert!(root.path().join("media").is_dir(), "the top directory stays");
+        assert!(
+            root.path().join("media").is_dir(),
+            "the top directory stays"
+        );
         remove_dir_and_empty_parents(root.path(), "media/2026/11/24/r2").unwrap();
     }
 
@@ -158,7 +176,10 @@ mod tests {
         let p = dir.path().join("lock");
         let held = try_lock(&p).unwrap();
         assert!(held.is_some());
-        assert!(try_lock(&p).unwrap().is_none(), "second open file description must not lock");
+        assert!(
+            try_lock(&p).unwrap().is_none(),
+            "second open file description must not lock"
+        );
         drop(held);
         assert!(try_lock(&p).unwrap().is_some());
     }

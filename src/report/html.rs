@@ -71,11 +71,17 @@ pub fn esc(s: &str) -> String {
 }
 
 fn when(t: Timestamp) -> String {
-    format!("<time datetime=\"{t:.3}\">{}</time>", t.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    format!(
+        "<time datetime=\"{t:.3}\">{}</time>",
+        t.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
 }
 
 fn when_precise(t: Timestamp) -> String {
-    format!("<time datetime=\"{t:.3}\">{}</time>", t.strftime("%H:%M:%S%.3f UTC"))
+    format!(
+        "<time datetime=\"{t:.3}\">{}</time>",
+        t.strftime("%H:%M:%S%.3f UTC")
+    )
 }
 
 fn head(out: &mut String, title: &str) {
@@ -92,16 +98,29 @@ fn head(out: &mut String, title: &str) {
 pub fn report_page(report: &Report) -> String {
     let mut o = String::new();
     let id = report.id.as_str();
-    head(&mut o, &format!("gemba report {id} — {}", report.meta.trigger));
+    head(
+        &mut o,
+        &format!("gemba report {id} — {}", report.meta.trigger),
+    );
     let _ = writeln!(o, "<body class=\"status-{}\">", report.status.word());
-    let _ = writeln!(o, "<nav><a href=\"{PAGE_TO_INDEX}\">All reports</a></nav>\n<header>");
+    let _ = writeln!(
+        o,
+        "<nav><a href=\"{PAGE_TO_INDEX}\">All reports</a></nav>\n<header>"
+    );
     let _ = writeln!(o, "<h1>Report {id}</h1>");
     match &report.status {
         ReportStatus::Incomplete { reason } => {
-            let _ = writeln!(o, "<p class=\"banner incomplete\">Incomplete: {}</p>", esc(reason));
+            let _ = writeln!(
+                o,
+                "<p class=\"banner incomplete\">Incomplete: {}</p>",
+                esc(reason)
+            );
         }
         ReportStatus::Open => {
-            let _ = writeln!(o, "<p class=\"banner open\">Being written: this page shows the report so far.</p>");
+            let _ = writeln!(
+                o,
+                "<p class=\"banner open\">Being written: this page shows the report so far.</p>"
+            );
         }
         ReportStatus::Complete => {}
     }
@@ -122,9 +141,16 @@ pub fn report_page(report: &Report) -> String {
     if !m.cameras.is_empty() {
         row("Cameras", esc(&m.cameras.join(", ")));
     }
-    row("Bundle", format!("{} <code>{}</code>", esc(&m.bundle_id), esc(&m.bundle_hash)));
+    row(
+        "Bundle",
+        format!("{} <code>{}</code>", esc(&m.bundle_id), esc(&m.bundle_hash)),
+    );
     if !m.providers.is_empty() {
-        let list: Vec<String> = m.providers.iter().map(|(c, p)| format!("{c}: {p}")).collect();
+        let list: Vec<String> = m
+            .providers
+            .iter()
+            .map(|(c, p)| format!("{c}: {p}"))
+            .collect();
         row("Providers", esc(&list.join(", ")));
     }
     let _ = writeln!(o, "</dl>\n</header>\n<main>");
@@ -141,10 +167,19 @@ pub fn report_page(report: &Report) -> String {
         };
         stat("Prompt tokens", Some(st.prompt_tokens.to_string()));
         stat("Generated tokens", Some(st.generated_tokens.to_string()));
-        stat("Time to first token", st.time_to_first_token_ms.map(|v| format!("{v:.0} ms")));
-        stat("Time to first sentence", st.time_to_first_sentence_ms.map(|v| format!("{v:.0} ms")));
+        stat(
+            "Time to first token",
+            st.time_to_first_token_ms.map(|v| format!("{v:.0} ms")),
+        );
+        stat(
+            "Time to first sentence",
+            st.time_to_first_sentence_ms.map(|v| format!("{v:.0} ms")),
+        );
         stat("Total time", st.total_ms.map(|v| format!("{v:.0} ms")));
-        stat("Tokens per second", st.tokens_per_s.map(|v| format!("{v:.1}")));
+        stat(
+            "Tokens per second",
+            st.tokens_per_s.map(|v| format!("{v:.1}")),
+        );
         let _ = writeln!(o, "</table>");
     }
     if report.unknown_citations > 0 {
@@ -154,7 +189,10 @@ pub fn report_page(report: &Report) -> String {
             report.unknown_citations
         );
     }
-    let _ = writeln!(o, "</footer>\n<script>\n{CHECK_IMAGES}</script>\n</body>\n</html>");
+    let _ = writeln!(
+        o,
+        "</footer>\n<script>\n{CHECK_IMAGES}</script>\n</body>\n</html>"
+    );
     o
 }
 
@@ -188,7 +226,11 @@ fn segment(o: &mut String, s: &Segment) {
             );
         }
         Segment::Audio(a) => {
-            let transcript = a.transcript.as_deref().map(|t| format!(" — “{}”", esc(t))).unwrap_or_default();
+            let transcript = a
+                .transcript
+                .as_deref()
+                .map(|t| format!(" — “{}”", esc(t)))
+                .unwrap_or_default();
             let _ = writeln!(
                 o,
                 "<figure class=\"segment audio\" data-kind=\"audio\" data-index=\"{}\">\n\
@@ -214,7 +256,11 @@ pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp
         "<p>Newest first: {} of {total} report(s). Written {}.{}</p>",
         reports.len(),
         when(generated_at),
-        if (reports.len() as u64) < total { " Older ones: <code>gemba report list</code>." } else { "" }
+        if (reports.len() as u64) < total {
+            " Older ones: <code>gemba report list</code>."
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         o,
@@ -226,7 +272,10 @@ pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp
         // An open report has no page yet (it is written when the report closes).
         let link = match r.status {
             ReportStatus::Open => format!("{started} (being written)"),
-            _ => format!("<a href=\"{}\">{started}</a>", layout::page_link_from_index(&r.id)),
+            _ => format!(
+                "<a href=\"{}\">{started}</a>",
+                layout::page_link_from_index(&r.id)
+            ),
         };
         let status = match &r.status {
             ReportStatus::Incomplete { reason } => format!("incomplete: {}", esc(reason)),
@@ -252,7 +301,10 @@ mod tests {
 
     #[test]
     fn escapes_markup_and_quotes() {
-        assert_eq!(esc(r#"<b a="1" c='2'>&</b>"#), "&lt;b a=&quot;1&quot; c=&#39;2&#39;&gt;&amp;&lt;/b&gt;");
+        assert_eq!(
+            esc(r#"<b a="1" c='2'>&</b>"#),
+            "&lt;b a=&quot;1&quot; c=&#39;2&#39;&gt;&amp;&lt;/b&gt;"
+        );
         assert_eq!(esc("plain · text ✓"), "plain · text ✓");
     }
 }

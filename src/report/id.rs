@@ -43,7 +43,12 @@ impl ReportId {
     /// Checks `s` character by character and as a calendar date; anything else is rejected with
     /// the reason, so user input never becomes a path.
     pub fn parse(s: &str) -> Result<ReportId, ReportError> {
-        let bad = |why| Err(ReportError::BadId { id: s.to_string(), why });
+        let bad = |why| {
+            Err(ReportError::BadId {
+                id: s.to_string(),
+                why,
+            })
+        };
         if s.len() != LEN {
             return bad("wrong length");
         }
@@ -52,7 +57,10 @@ impl ReportId {
         if !digits(0..8) || b[8] != b'T' || !digits(9..15) || b[15] != b'Z' || b[16] != b'-' {
             return bad("not of the form YYYYMMDDTHHMMSSZ-xxxx");
         }
-        if !b[17..].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        if !b[17..]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return bad("suffix is not 4 lowercase hex digits");
         }
         if time_of(s).is_none() {
@@ -117,7 +125,10 @@ mod tests {
     fn formats_utc_second_and_hex_suffix() {
         let id = ReportId::new(ts("2026-11-24T10:15:30.987Z"), 0x3f2a);
         assert_eq!(id.as_str(), "20261124T101530Z-3f2a");
-        assert_eq!(ReportId::new(ts("2026-01-02T03:04:05Z"), 7).as_str(), "20260102T030405Z-0007");
+        assert_eq!(
+            ReportId::new(ts("2026-01-02T03:04:05Z"), 7).as_str(),
+            "20260102T030405Z-0007"
+        );
         assert_eq!(id.time(), ts("2026-11-24T10:15:30Z"));
         assert_eq!(id.date_dir(), "2026/11/24");
     }
@@ -134,12 +145,30 @@ mod tests {
         let cases = [
             ("", "wrong length"),
             ("20261124T101530Z-3f2", "wrong length"),
-            ("../../etc/passwdxxxxx", "not of the form YYYYMMDDTHHMMSSZ-xxxx"),
-            ("20261124T101530Z/3f2a", "not of the form YYYYMMDDTHHMMSSZ-xxxx"),
-            ("2026112xT101530Z-3f2a", "not of the form YYYYMMDDTHHMMSSZ-xxxx"),
-            ("20261124 101530Z-3f2a", "not of the form YYYYMMDDTHHMMSSZ-xxxx"),
-            ("20261124T101530Z-3F2A", "suffix is not 4 lowercase hex digits"),
-            ("20261124T101530Z-../x", "suffix is not 4 lowercase hex digits"),
+            (
+                "../../etc/passwdxxxxx",
+                "not of the form YYYYMMDDTHHMMSSZ-xxxx",
+            ),
+            (
+                "20261124T101530Z/3f2a",
+                "not of the form YYYYMMDDTHHMMSSZ-xxxx",
+            ),
+            (
+                "2026112xT101530Z-3f2a",
+                "not of the form YYYYMMDDTHHMMSSZ-xxxx",
+            ),
+            (
+                "20261124 101530Z-3f2a",
+                "not of the form YYYYMMDDTHHMMSSZ-xxxx",
+            ),
+            (
+                "20261124T101530Z-3F2A",
+                "suffix is not 4 lowercase hex digits",
+            ),
+            (
+                "20261124T101530Z-../x",
+                "suffix is not 4 lowercase hex digits",
+            ),
             ("20261324T101530Z-3f2a", "not a valid UTC date and time"),
             ("20260230T101530Z-3f2a", "not a valid UTC date and time"),
             ("20261124T251530Z-3f2a", "not a valid UTC date and time"),

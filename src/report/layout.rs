@@ -68,7 +68,10 @@ pub const PAGE_TO_INDEX: &str = "../../../index.html";
 /// The report id of a page path (`html/YYYY/MM/DD/<id>.html`), if it is one and its date
 /// directory matches the id.
 pub fn id_of_page(rel: &str) -> Option<ReportId> {
-    let name = rel.strip_prefix(HTML_DIR)?.strip_prefix('/')?.strip_suffix(".html")?;
+    let name = rel
+        .strip_prefix(HTML_DIR)?
+        .strip_prefix('/')?
+        .strip_suffix(".html")?;
     let (dirs, id) = name.rsplit_once('/')?;
     let id = ReportId::parse(id).ok()?;
     (dirs == id.date_dir()).then_some(id)
@@ -85,10 +88,22 @@ mod tests {
     #[test]
     fn paths_are_dated_by_the_report_start() {
         assert_eq!(media_dir(&id()), "media/2026/11/24/20261124T101530Z-3f2a");
-        assert_eq!(media_path(&id(), 0, MediaKind::Jpeg), "media/2026/11/24/20261124T101530Z-3f2a/0.jpg");
-        assert_eq!(media_path(&id(), 12, MediaKind::Wav), "media/2026/11/24/20261124T101530Z-3f2a/12.wav");
-        assert_eq!(page_path(&id()), "html/2026/11/24/20261124T101530Z-3f2a.html");
-        assert_eq!(page_link_from_index(&id()), "2026/11/24/20261124T101530Z-3f2a.html");
+        assert_eq!(
+            media_path(&id(), 0, MediaKind::Jpeg),
+            "media/2026/11/24/20261124T101530Z-3f2a/0.jpg"
+        );
+        assert_eq!(
+            media_path(&id(), 12, MediaKind::Wav),
+            "media/2026/11/24/20261124T101530Z-3f2a/12.wav"
+        );
+        assert_eq!(
+            page_path(&id()),
+            "html/2026/11/24/20261124T101530Z-3f2a.html"
+        );
+        assert_eq!(
+            page_link_from_index(&id()),
+            "2026/11/24/20261124T101530Z-3f2a.html"
+        );
     }
 
     #[test]
@@ -96,7 +111,10 @@ mod tests {
         // A page at html/Y/M/D/<id>.html sits four directories below the store.
         let page_dir_depth = page_path(&id()).matches('/').count();
         assert_eq!(PAGE_TO_STORE.matches("../").count(), page_dir_depth);
-        assert_eq!(PAGE_TO_INDEX, format!("{}index.html", "../".repeat(page_dir_depth - 1)));
+        assert_eq!(
+            PAGE_TO_INDEX,
+            format!("{}index.html", "../".repeat(page_dir_depth - 1))
+        );
     }
 
     #[test]

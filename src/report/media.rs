@@ -19,7 +19,11 @@ pub const JPEG_QUALITY: u8 = 85;
 const MAX_SIDE: u32 = 65_535;
 
 pub fn encode_jpeg(id: &ReportId, index: u32, frame: &Frame) -> Result<Vec<u8>, ReportError> {
-    let bad = |why: String| ReportError::BadFrame { id: id.clone(), camera: frame.camera.clone(), why };
+    let bad = |why: String| ReportError::BadFrame {
+        id: id.clone(),
+        camera: frame.camera.clone(),
+        why,
+    };
     if frame.width == 0 || frame.height == 0 || frame.width > MAX_SIDE || frame.height > MAX_SIDE {
         return Err(bad(format!(
             "size {}x{} (each side must be 1..={MAX_SIDE})",
@@ -37,8 +41,17 @@ pub fn encode_jpeg(id: &ReportId, index: u32, frame: &Frame) -> Result<Vec<u8>, 
     }
     let mut out = Vec::with_capacity(expected / 8);
     JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY)
-        .encode(&frame.rgb, frame.width, frame.height, ExtendedColorType::Rgb8)
-        .map_err(|source| ReportError::Jpeg { id: id.clone(), index, source })?;
+        .encode(
+            &frame.rgb,
+            frame.width,
+            frame.height,
+            ExtendedColorType::Rgb8,
+        )
+        .map_err(|source| ReportError::Jpeg {
+            id: id.clone(),
+            index,
+            source,
+        })?;
     Ok(out)
 }
 
@@ -52,7 +65,10 @@ pub fn encode_wav(id: &ReportId, index: u32, clip: &AudioClip) -> Result<Vec<u8>
         return Err(ReportError::BadAudio {
             id: id.clone(),
             clip_source: clip.source.clone(),
-            why: format!("sample rate {} Hz (must be 1..={MAX_RATE})", clip.sample_rate),
+            why: format!(
+                "sample rate {} Hz (must be 1..={MAX_RATE})",
+                clip.sample_rate
+            ),
         });
     }
     let spec = hound::WavSpec {
@@ -61,7 +77,11 @@ pub fn encode_wav(id: &ReportId, index: u32, clip: &AudioClip) -> Result<Vec<u8>
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let wav_err = |source| ReportError::Wav { id: id.clone(), index, source };
+    let wav_err = |source| ReportError::Wav {
+        id: id.clone(),
+        index,
+        source,
+    };
     let mut out = Cursor::new(Vec::with_capacity(44 + clip.samples.len() * 2));
     let mut w = hound::WavWriter::new(&mut out, spec).map_err(wav_err)?;
     {
@@ -118,7 +138,10 @@ mod tests {
     #[test]
     fn bad_frames_are_named() {
         for (f, want) in [
-            (frame(32, 24, 10), "10 bytes of RGB for 32x24 (expected 2304)"),
+            (
+                frame(32, 24, 10),
+                "10 bytes of RGB for 32x24 (expected 2304)",
+            ),
             (frame(0, 24, 0), "size 0x24 (each side must be 1..=65535)"),
         ] {
             match encode_jpeg(&id(), 3, &f) {
@@ -140,7 +163,14 @@ mod tests {
         };
         let bytes = encode_wav(&id(), 1, &clip).unwrap();
         let mut r = hound::WavReader::new(Cursor::new(bytes)).unwrap();
-        assert_eq!((r.spec().channels, r.spec().sample_rate, r.spec().bits_per_sample), (1, 16_000, 16));
+        assert_eq!(
+            (
+                r.spec().channels,
+                r.spec().sample_rate,
+                r.spec().bits_per_sample
+            ),
+            (1, 16_000, 16)
+        );
         let got: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
         assert_eq!(got, vec![0, 16384, -32767, 32767, 0]);
         assert_eq!(samples_duration(5, 16_000), Duration::from_nanos(312_500));
@@ -154,6 +184,9 @@ mod tests {
             sample_rate: 0,
             samples: Arc::new(vec![]),
         };
-        assert!(matches!(encode_wav(&id(), 1, &clip), Err(ReportError::BadAudio { .. })));
+        assert!(matches!(
+            encode_wav(&id(), 1, &clip),
+            Err(ReportError::BadAudio { .. })
+        ));
     }
 }

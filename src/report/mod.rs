@@ -76,10 +76,12 @@ impl FromStr for Trigger {
             "api" => Ok(Trigger::Api),
             "cli" => Ok(Trigger::Cli),
             _ => match s.strip_prefix("monitor:") {
-                Some(camera) if !camera.is_empty() => {
-                    Ok(Trigger::Monitor { camera: camera.to_string() })
-                }
-                _ => Err(ReportError::BadTrigger { value: s.to_string() }),
+                Some(camera) if !camera.is_empty() => Ok(Trigger::Monitor {
+                    camera: camera.to_string(),
+                }),
+                _ => Err(ReportError::BadTrigger {
+                    value: s.to_string(),
+                }),
             },
         }
     }
@@ -138,7 +140,10 @@ pub struct TextTimings {
 
 impl From<&Sentence> for TextTimings {
     fn from(s: &Sentence) -> TextTimings {
-        TextTimings { at: s.at, token_span: Some(s.token_span) }
+        TextTimings {
+            at: s.at,
+            token_span: Some(s.token_span),
+        }
     }
 }
 
@@ -296,8 +301,11 @@ pub fn export_json(report: &Report) -> String {
         report: &'a Report,
     }
     // Serializing plain data with string keys cannot fail.
-    serde_json::to_string_pretty(&Export { format: EXPORT_FORMAT, report })
-        .expect("report serializes")
+    serde_json::to_string_pretty(&Export {
+        format: EXPORT_FORMAT,
+        report,
+    })
+    .expect("report serializes")
         + "\n"
 }
 
@@ -329,20 +337,38 @@ pub enum ReportError {
     #[error("report {id} not found in the store at {store}")]
     NotFound { id: ReportId, store: PathBuf },
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("report index {path}: {op}: {source}")]
-    Index { path: PathBuf, op: &'static str, source: rusqlite::Error },
+    Index {
+        path: PathBuf,
+        op: &'static str,
+        source: rusqlite::Error,
+    },
     #[error(
         "disk full writing {path} ({needed} bytes); evicted {evicted} old report(s) freeing \
          {freed} bytes{hint}",
         hint = if *evicted > 0 { " — retry the write" } else { "; nothing could be evicted" }
     )]
-    DiskFull { path: PathBuf, needed: u64, evicted: usize, freed: u64 },
+    DiskFull {
+        path: PathBuf,
+        needed: u64,
+        evicted: usize,
+        freed: u64,
+    },
     #[error(
         "report {id}: writing {needed} bytes would exceed the store quota of {quota} bytes at \
          {store}, and no finished report is left to evict"
     )]
-    QuotaExceeded { id: ReportId, store: PathBuf, needed: u64, quota: u64 },
+    QuotaExceeded {
+        id: ReportId,
+        store: PathBuf,
+        needed: u64,
+        quota: u64,
+    },
     #[error("report store {path} is in use by another gemba process (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
     #[error("report store {path} was opened read-only ({what} needs the daemon's store)")]
@@ -353,17 +379,42 @@ pub enum ReportError {
         "report store {path} has schema version {found}; this gemba knows up to {known} \
          (written by a newer gemba?)"
     )]
-    SchemaTooNew { path: PathBuf, found: i64, known: i64 },
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("report {id}: row for segment {index} in {path} is damaged: {why}")]
-    BadRow { id: ReportId, index: u32, path: PathBuf, why: String },
+    BadRow {
+        id: ReportId,
+        index: u32,
+        path: PathBuf,
+        why: String,
+    },
     #[error("report {id}: frame from camera {camera:?} is unusable: {why}")]
-    BadFrame { id: ReportId, camera: String, why: String },
+    BadFrame {
+        id: ReportId,
+        camera: String,
+        why: String,
+    },
     #[error("report {id}: audio clip from {clip_source:?} is unusable: {why}")]
-    BadAudio { id: ReportId, clip_source: String, why: String },
+    BadAudio {
+        id: ReportId,
+        clip_source: String,
+        why: String,
+    },
     #[error("report {id}: encoding segment {index} as JPEG: {source}")]
-    Jpeg { id: ReportId, index: u32, source: image::ImageError },
+    Jpeg {
+        id: ReportId,
+        index: u32,
+        source: image::ImageError,
+    },
     #[error("report {id}: encoding segment {index} as WAV: {source}")]
-    Wav { id: ReportId, index: u32, source: hound::Error },
+    Wav {
+        id: ReportId,
+        index: u32,
+        source: hound::Error,
+    },
     #[error("report {id} is already {status}; no more segments can be added")]
     Closed { id: ReportId, status: &'static str },
 }

@@ -47,7 +47,8 @@ pub fn plan(
 ) -> Vec<&Candidate> {
     let mut order: Vec<&Candidate> = candidates.iter().filter(|c| !c.open).collect();
     order.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-    let cutoff = max_age.map(|age| now_ms.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64));
+    let cutoff =
+        max_age.map(|age| now_ms.saturating_sub(age.as_millis().min(i64::MAX as u128) as i64));
     let mut freed = 0u64;
     order
         .into_iter()
@@ -67,7 +68,12 @@ mod tests {
     use super::*;
 
     fn c(id: &str, created_ms: i64, bytes: u64, open: bool) -> Candidate {
-        Candidate { id: ReportId::parse(id).unwrap(), created_ms, bytes, open }
+        Candidate {
+            id: ReportId::parse(id).unwrap(),
+            created_ms,
+            bytes,
+            open,
+        }
     }
 
     fn ids(v: Vec<&Candidate>) -> Vec<&str> {
@@ -123,8 +129,15 @@ mod tests {
         // The age limit already frees 200 bytes; 250 needs one more.
         assert_eq!(
             ids(plan(&r, 10_500, age, 250)),
-            ["20261124T100001Z-000b", "20261124T100001Z-000c", "20261124T100003Z-0003"]
+            [
+                "20261124T100001Z-000b",
+                "20261124T100001Z-000c",
+                "20261124T100003Z-0003"
+            ]
         );
-        assert_eq!(ids(plan(&r, 10_500, Some(Duration::from_secs(3600)), 0)), [] as [&str; 0]);
+        assert_eq!(
+            ids(plan(&r, 10_500, Some(Duration::from_secs(3600)), 0)),
+            [] as [&str; 0]
+        );
     }
 }

@@ -51,16 +51,25 @@ pub fn meta(trigger: Trigger, cameras: &[&str]) -> ReportMeta {
         cameras: cameras.iter().map(|c| c.to_string()).collect(),
         bundle_id: "gemba-test".into(),
         bundle_hash: "sha256:1111".into(),
-        providers: [("text".to_string(), "cpu".to_string()), ("vision".to_string(), "cpu".to_string())].into(),
+        providers: [
+            ("text".to_string(), "cpu".to_string()),
+            ("vision".to_string(), "cpu".to_string()),
+        ]
+        .into(),
     }
 }
 
 pub fn at(ms: u64) -> TextTimings {
-    TextTimings { at: Duration::from_millis(ms), token_span: None }
+    TextTimings {
+        at: Duration::from_millis(ms),
+        token_span: None,
+    }
 }
 
 pub fn sha256_file(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))))
+    hex::encode(Sha256::digest(
+        std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+    ))
 }
 
 /// Every regular file under `dir`, as `/`-separated paths relative to `root`.
@@ -68,13 +77,21 @@ pub fn files_under(root: &Path, dir: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.join(dir)];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.push(p.strip_prefix(root).unwrap().to_str().unwrap().replace('\\', "/"));
+                out.push(
+                    p.strip_prefix(root)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .replace('\\', "/"),
+                );
             }
         }
     }
@@ -86,19 +103,34 @@ pub fn files_under(root: &Path, dir: &str) -> Vec<String> {
 /// there with its size and sha256, no other file (orphan or `.tmp-*`) is under `media/`, no
 /// report is left open, and every report has its page. Returns all reports.
 pub fn assert_consistent(store: &Store) -> Vec<Report> {
-    assert_eq!(store.integrity_check().unwrap(), vec!["ok".to_string()], "PRAGMA integrity_check");
+    assert_eq!(
+        store.integrity_check().unwrap(),
+        vec!["ok".to_string()],
+        "PRAGMA integrity_check"
+    );
     let mut reports = Vec::new();
     let mut referenced = HashSet::new();
     for summary in store.list(&ListFilter::default()).unwrap() {
         let r = store.get(&summary.id).unwrap();
         assert_ne!(r.status, ReportStatus::Open, "report {} left open", r.id);
-        assert!(store.page_path(&r.id).is_file(), "report {} has no page", r.id);
+        assert!(
+            store.page_path(&r.id).is_file(),
+            "report {} has no page",
+            r.id
+        );
         for s in &r.segments {
             if let Some(m) = s.media() {
                 let path = store.media_path(m);
-                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or_else(|e| {
-                    panic!("report {} segment {}: {}: {e}", r.id, s.index(), path.display())
-                });
+                let len = std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "report {} segment {}: {}: {e}",
+                            r.id,
+                            s.index(),
+                            path.display()
+                        )
+                    });
                 assert_eq!(len, m.bytes, "size of {}", m.path);
                 assert_eq!(sha256_file(&path), m.sha256, "sha256 of {}", m.path);
                 referenced.insert(m.path.clone());
@@ -107,10 +139,16 @@ pub fn assert_consistent(store: &Store) -> Vec<Report> {
         reports.push(r);
     }
     for f in files_under(store.dir(), "media") {
-        assert!(referenced.contains(&f), "file {f} is in media/ but no segment references it");
+        assert!(
+            referenced.contains(&f),
+            "file {f} is in media/ but no segment references it"
+        );
     }
     for f in files_under(store.dir(), "html") {
-        assert!(!f.rsplit('/').next().unwrap().starts_with(".tmp-"), "temp page {f} left behind");
+        assert!(
+            !f.rsplit('/').next().unwrap().starts_with(".tmp-"),
+            "temp page {f} left behind"
+        );
     }
     reports
 }
