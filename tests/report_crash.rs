@@ -7,6 +7,9 @@
 //! - no orphaned, temporary or half-written media file is left,
 //! - the report cut off by the kill is marked incomplete, and no report is left open.
 //!
+//! A second run does the same with a byte budget, so kills also land inside evictions: there
+//! a report may be gone, but only whole, and only oldest first.
+//!
 //! The kill points come from a seeded generator; the seed is printed, and
 //! `GEMBA_CRASH_SEED=N cargo test --test report_crash` replays a run.
 
@@ -19,8 +22,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gemba::report::{ReportStatus, RetentionPolicy, Store, CUT_OFF_REASON};
-
-const MIN_REPORTS: usize = 200;
 
 struct Rng(u64);
 impl Rng {
@@ -45,12 +46,14 @@ struct Expected {
 fn run_child(
     bin: &str,
     dir: &std::path::Path,
+    extra: &[&str],
     seed: u64,
     rng: &mut Rng,
 ) -> (Vec<String>, &'static str) {
     let mut child = Command::new(bin)
         .arg(dir)
         .args(["--seed", &seed.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -142,14 +145,16 @@ fn record(exp: &mut Expected, lines: &[String]) -> Vec<String> {
     begun_now
 }
 
-#[test]
-fn acknowledged_segments_survive_kill_9() {
+/// Kills the torture child again and again until `min_reports` reports were begun, checking
+/// the store after each kill. `extra` goes to the child; with `evicting`, reports may be gone,
+/// whole and oldest first (the child runs a byte budget); without, nothing may be gone.
+fn kill_again_and_again(name: &str, extra: &[&str], min_reports: usize, evicting: bool) {
     let bin = env!("CARGO_BIN_EXE_gemba-store-torture");
     let seed: u64 = std::env::var("GEMBA_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_CAFE);
-    eprintln!("crash test seed {seed} (replay with GEMBA_CRASH_SEED={seed})");
+    eprintln!("{name}: seed {seed} (replay with GEMBA_CRASH_SEED={seed})");
     let mut rng = Rng(seed | 1);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
@@ -158,14 +163,16 @@ fn acknowledged_segments_survive_kill_9() {
     let mut runs = 0u64;
     let mut cut_off_seen = 0usize;
     let mut recovered_orphans = 0usize;
+    let mut evicted = 0usize;
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
 
-    while exp.begun.len() < MIN_REPORTS {
+    while exp.begun.len() < min_reports {
         runs += 1;
-        let (lines, how) = run_child(bin, &dir, seed.wrapping_add(runs), &mut rng);
+        let (lines, how) = run_child(bin, &dir, extra, seed.wrapping_add(runs), &mut rng);
         *kinds.entry(how).or_default() += 1;
         let begun_now = record(&mut exp, &lines);
 
+        // No budget here: the test's own open must not evict anything.
         let store = Store::open(&dir, RetentionPolicy::default()).expect("reopening after kill -9");
         let rec = store.recovery();
         assert!(
@@ -182,10 +189,30 @@ fn acknowledged_segments_survive_kill_9() {
         let reports = common::assert_consistent(&store);
         let by_id: HashMap<String, _> = reports.iter().map(|r| (r.id.to_string(), r)).collect();
 
+        // Gone reports: none without a budget; with one, only a prefix of the begun order
+        // (oldest first — the child writes one report at a time, so begun order is age order).
+        let gone: Vec<usize> = (0..exp.begun.len())
+            .filter(|&i| !by_id.contains_key(&exp.begun[i]))
+            .collect();
+        if evicting {
+            assert_eq!(
+                gone,
+                (0..gone.len()).collect::<Vec<_>>(),
+                "run {runs}: evicted out of order"
+            );
+            evicted = gone.len();
+        } else {
+            assert!(
+                gone.is_empty(),
+                "run {runs}: reports gone: {:?}",
+                gone.iter().map(|&i| &exp.begun[i]).collect::<Vec<_>>()
+            );
+        }
+
         for ((id, index), (kind, sha)) in &exp.acked {
-            let r = by_id
-                .get(id)
-                .unwrap_or_else(|| panic!("run {runs}: acknowledged report {id} is gone"));
+            // An evicted report is gone whole (checked above); any report still here has every
+            // segment that was acknowledged.
+            let Some(r) = by_id.get(id) else { continue };
             let s = r
                 .segments
                 .iter()
@@ -220,7 +247,8 @@ fn acknowledged_segments_survive_kill_9() {
             }
         }
         // The report the kill interrupted: cut off (or, if the kill fell between the commit of
-        // finish/abort and its line, closed as said — never open).
+        // finish/abort and its line, closed as said — never open). It was open until now, so
+        // retention cannot have taken it.
         for id in begun_now
             .iter()
             .filter(|id| !exp.finished.contains(*id) && !exp.aborted.contains(*id))
@@ -239,17 +267,42 @@ fn acknowledged_segments_survive_kill_9() {
         }
         drop(store);
     }
-    let elapsed = started.elapsed();
     eprintln!(
-        "{runs} kills ({kinds:?}), {} reports begun, {} segments acknowledged, {cut_off_seen} cut off and \
-         recovered, {recovered_orphans} leftover files removed, {:.1} s",
+        "{name}: {runs} kills ({kinds:?}), {} reports begun, {} segments acknowledged, \
+         {cut_off_seen} cut off and recovered, {recovered_orphans} leftover files removed, \
+         {evicted} reports evicted, {:.1} s",
         exp.begun.len(),
         exp.acked.len(),
-        elapsed.as_secs_f64()
+        started.elapsed().as_secs_f64()
     );
-    // The test means something only if kills really landed inside reports.
+    // The test means something only if kills really landed inside reports (and evictions).
     assert!(
         cut_off_seen * 2 >= runs as usize,
         "only {cut_off_seen} of {runs} kills cut a report off"
+    );
+    if evicting {
+        assert!(
+            evicted * 4 >= exp.begun.len(),
+            "only {evicted} of {} reports were evicted",
+            exp.begun.len()
+        );
+    }
+}
+
+#[test]
+fn acknowledged_segments_survive_kill_9() {
+    kill_again_and_again("no budget", &[], 200, false);
+}
+
+#[test]
+fn kill_9_during_evictions_loses_only_whole_oldest_reports() {
+    // ~17 KB per report (media and page) against a 2.2 MB budget of which the index takes
+    // ~1.4 MB once its WAL is at working size (plus its 256 KiB reserve): the store is at its
+    // budget after a few dozen reports and from then on evicts on nearly every frame.
+    kill_again_and_again(
+        "2.2 MB budget",
+        &["--max-bytes", "2200000", "--frame", "96x64"],
+        120,
+        true,
     );
 }

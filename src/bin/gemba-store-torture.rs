@@ -165,6 +165,18 @@ fn run(a: Args) -> Result<(), ReportError> {
         ..Default::default()
     };
     let store = Store::open(&a.dir, policy)?;
+    let result = write_reports(&a, &store);
+    if result.is_err() {
+        // What the store looked like when it gave up helps more than the error alone.
+        eprintln!(
+            "gemba-store-torture: store usage at the error: {:?}",
+            store.usage()
+        );
+    }
+    result
+}
+
+fn write_reports(a: &Args, store: &Store) -> Result<(), ReportError> {
     let r = store.recovery();
     say(format_args!(
         "OPENED cut_off={} fixed={} orphans={} temp={} integrity={}",
@@ -246,6 +258,7 @@ fn run(a: Args) -> Result<(), ReportError> {
 }
 
 fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -935,10 +935,9 @@ impl Inner {
             }
             Err(e) => return Err(self.db_failure(e, "closing a report", self.index_path(), 0)),
         }
-        // Pages are derived and refreshable: failing to write one must not fail the report.
-        self.write_page_logged(id);
-        self.write_index_page_logged();
-        // The pages took space the budget did not ask for; give it back now, not at the next write.
+        // The pages about to be written take space no write asked for: make room for them
+        // (within the margin) before, so the index page written next already leaves out what
+        // goes.
         if let Some(max) = self.policy.max_bytes {
             let over = self
                 .total_bytes()
@@ -947,6 +946,9 @@ impl Inner {
                 self.evict(Timestamp::now(), None, over)?;
             }
         }
+        // Pages are derived and refreshable: failing to write one must not fail the report.
+        self.write_page_logged(id);
+        self.write_index_page_logged();
         Ok(())
     }
 

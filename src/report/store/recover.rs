@@ -180,9 +180,8 @@ impl Inner {
                 rec.pages_written += 1;
             }
         }
-        if !stale.is_empty() || !self.dir.join(layout::INDEX_PAGE).exists() {
-            self.write_index_page_logged();
-        }
+        // Once per start: evictions since the last close may have left it listing dead links.
+        self.write_index_page_logged();
         self.recovery = rec;
         Ok(())
     }

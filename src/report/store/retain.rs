@@ -161,17 +161,27 @@ impl Inner {
     /// spare where old reports can give it (the write itself must fit: hard), and above the
     /// free-space floor (soft: the write is still tried).
     pub(super) fn make_room(&mut self, id: &ReportId, needed: u64) -> Result<()> {
-        let mut deficit = 0;
-        if let Some(max) = self.policy.max_bytes {
-            deficit = (self.total_bytes() + needed + BUDGET_MARGIN).saturating_sub(max);
-        }
-        if self.policy.min_free_bytes > 0 {
-            if let Ok(free) = durable::free_bytes(&self.dir) {
-                deficit = deficit.max((needed + self.policy.min_free_bytes).saturating_sub(free));
+        // Evicting writes to the index too (its WAL can grow while it fills up to its working
+        // size), so check again after each round rather than trusting the sizes freed.
+        loop {
+            let mut deficit = 0;
+            if let Some(max) = self.policy.max_bytes {
+                deficit = (self.total_bytes() + needed + BUDGET_MARGIN).saturating_sub(max);
             }
-        }
-        if deficit > 0 {
-            self.evict(Timestamp::now(), None, deficit)?;
+            if self.policy.min_free_bytes > 0 {
+                if let Ok(free) = durable::free_bytes(&self.dir) {
+                    deficit =
+                        deficit.max((needed + self.policy.min_free_bytes).saturating_sub(free));
+                }
+            }
+            if deficit == 0
+                || self
+                    .evict(Timestamp::now(), None, deficit)?
+                    .evicted
+                    .is_empty()
+            {
+                break;
+            }
         }
         if let Some(max) = self.policy.max_bytes {
             if self.total_bytes() + needed > max {
@@ -192,6 +202,9 @@ impl Inner {
             .max_bytes
             .map_or(0, |max| self.total_bytes().saturating_sub(max));
         let eviction = self.evict(Timestamp::now(), self.policy.max_age, deficit)?;
+        if !eviction.evicted.is_empty() {
+            self.write_index_page_logged();
+        }
         // A reserve given up on a full disk is taken back once there is room for it.
         if !self.reserve_path().exists()
             && durable::free_bytes(&self.dir).unwrap_or(0) >= RESERVE_BYTES + DISK_FULL_HEADROOM
@@ -229,9 +242,8 @@ impl Inner {
                 break;
             }
         }
-        if !out.evicted.is_empty() {
-            self.write_index_page_logged();
-        }
+        // The index page is not rewritten here, per eviction: the report being written rewrites
+        // it when it closes, the timer's `enforce_retention` and recovery do too.
         Ok(out)
     }
 
