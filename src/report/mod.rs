@@ -415,7 +415,7 @@ pub enum ReportError {
         index: u32,
         source: hound::Error,
     },
-    #[error("report {id} is already {status}; no more segments can be added")]
+    #[error("report {id} is {status}; nothing more can be written to it")]
     Closed { id: ReportId, status: &'static str },
 }
 

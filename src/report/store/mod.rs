@@ -136,9 +136,6 @@ struct Inner {
     recovery: RecoveryReport,
     /// Causes already logged (page writes failing, say): log once, not per report.
     warned: HashSet<&'static str>,
-    /// Inside a full-disk eviction (which rewrites the index page): page writes must not start
-    /// another one.
-    freeing_space: bool,
 }
 
 /// What recovery found and fixed when the store was opened.
@@ -274,19 +271,7 @@ impl Store {
                 path: dir.clone(),
                 lock: lock_path,
             })?;
-        let conn = open_index(&dir, true)?;
-        let mut inner = Inner {
-            dir: dir.clone(),
-            conn,
-            policy,
-            writable: true,
-            _lock: Some(lock),
-            media_bytes: 0,
-            html_bytes: 0,
-            recovery: RecoveryReport::default(),
-            warned: HashSet::new(),
-            freeing_space: false,
-        };
+        let mut inner = Inner::new(&dir, policy, Some(lock))?;
         inner.migrate()?;
         inner.recover()?;
         inner.enforce_retention()?; // also takes the index reserve
@@ -306,19 +291,7 @@ impl Store {
         if !dir.join(layout::INDEX_FILE).is_file() {
             return Err(ReportError::NoStore { path: dir });
         }
-        let conn = open_index(&dir, false)?;
-        let mut inner = Inner {
-            dir: dir.clone(),
-            conn,
-            policy: RetentionPolicy::default(),
-            writable: false,
-            _lock: None,
-            media_bytes: 0,
-            html_bytes: 0,
-            recovery: RecoveryReport::default(),
-            warned: HashSet::new(),
-            freeing_space: false,
-        };
+        let mut inner = Inner::new(&dir, RetentionPolicy::default(), None)?;
         let version = inner.schema_version()?;
         if version == 0 {
             return Err(ReportError::NoStore { path: dir });
@@ -364,7 +337,6 @@ impl Store {
             store: self.clone(),
             id,
             cameras_placed: HashSet::new(),
-            unknown_logged: HashSet::new(),
             unknown_citations: 0,
             next: 0,
             closed: false,
@@ -422,7 +394,6 @@ pub struct ReportWriter {
     store: Store,
     id: ReportId,
     cameras_placed: HashSet<String>,
-    unknown_logged: HashSet<String>,
     unknown_citations: u32,
     next: u32,
     closed: bool,
@@ -548,14 +519,8 @@ impl ReportWriter {
         }
         // Counted once the sentence is in, so a retried sentence is not counted twice.
         self.unknown_citations = unknown;
-        for name in cited.unknown {
-            if self.unknown_logged.insert(name.clone()) {
-                log::warn!(
-                    "report {}: the model cited camera {name:?}, which is not in the query \
-                     (cameras: {names:?}); marker removed",
-                    self.id
-                );
-            }
+        for name in &cited.unknown {
+            log_unknown_camera_once(&self.id, name, &names);
         }
         Ok(placed)
     }
@@ -590,7 +555,7 @@ impl ReportWriter {
         if self.closed {
             return Err(ReportError::Closed {
                 id: self.id.clone(),
-                status: "closed",
+                status: "already closed",
             });
         }
         Ok(())
@@ -615,6 +580,23 @@ impl Drop for ReportWriter {
                 );
             }
         }
+    }
+}
+
+/// A model that cites a camera that is not there tends to do it again and again: one cause,
+/// logged once per name and process (each report counts its own in `unknown_citations`).
+fn log_unknown_camera_once(id: &ReportId, name: &str, cameras: &[&str]) {
+    static LOGGED: std::sync::OnceLock<Mutex<HashSet<String>>> = std::sync::OnceLock::new();
+    let mut logged = LOGGED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    // Bounded: a model inventing a new name every time must not grow this forever.
+    if logged.len() < 256 && logged.insert(name.to_string()) {
+        log::warn!(
+            "report {id}: the model cited camera {name:?}, which is not in the query \
+             (cameras: {cameras:?}); marker removed, counted in the report, not logged again"
+        );
     }
 }
 
@@ -688,6 +670,22 @@ fn is_db_full(e: &rusqlite::Error) -> bool {
 }
 
 impl Inner {
+    /// With `lock`, the store's writer; without, a reader (see [`Store::open_read_only`]).
+    fn new(dir: &Path, policy: RetentionPolicy, lock: Option<File>) -> Result<Inner> {
+        let writable = lock.is_some();
+        Ok(Inner {
+            dir: dir.to_path_buf(),
+            conn: open_index(dir, writable)?,
+            policy,
+            writable,
+            _lock: lock,
+            media_bytes: 0,
+            html_bytes: 0,
+            recovery: RecoveryReport::default(),
+            warned: HashSet::new(),
+        })
+    }
+
     fn index_path(&self) -> PathBuf {
         self.dir.join(layout::INDEX_FILE)
     }
@@ -930,7 +928,7 @@ impl Inner {
             Ok(_) => {
                 return Err(ReportError::Closed {
                     id: id.clone(),
-                    status: "not open (evicted?)",
+                    status: "no longer open (evicted?)",
                 })
             }
             Err(e) => return Err(self.db_failure(e, "closing a report", self.index_path(), 0)),
@@ -964,8 +962,8 @@ impl Inner {
         };
         let mut result = write(&self.dir);
         // Pages are not worth failing for, but worth one eviction: a report without its page is
-        // only reachable from the CLI. (Not while already evicting for space: no recursion.)
-        if matches!(&result, Err(e) if durable::is_disk_full(e)) && !self.freeing_space {
+        // only reachable from the CLI. (Only the store's writer evicts, not a CLI reader.)
+        if matches!(&result, Err(e) if durable::is_disk_full(e)) && self.writable {
             let _ = self.disk_full(path.clone(), content.len() as u64);
             result = write(&self.dir);
         }
@@ -1020,5 +1018,19 @@ impl Inner {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_writer_can_move_to_a_blocking_thread() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<Store>();
+        sync::<Store>();
+        send::<ReportWriter>();
     }
 }

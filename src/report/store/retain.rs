@@ -7,7 +7,6 @@ use std::io;
 use std::path::PathBuf;
 
 use jiff::Timestamp;
-use rusqlite::Connection;
 
 use super::{
     is_db_full, Eviction, Inner, BUDGET_MARGIN, DISK_FULL_HEADROOM, EVICTION_BATCH, RESERVE_BYTES,
@@ -60,7 +59,6 @@ impl Inner {
     pub(super) fn disk_full(&mut self, path: PathBuf, needed: u64) -> ReportError {
         let target = needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM) + RESERVE_BYTES;
         let mut total = Eviction::default();
-        self.freeing_space = true;
         self.release_reserve();
         loop {
             let free = durable::free_bytes(&self.dir).unwrap_or(0);
@@ -82,7 +80,6 @@ impl Inner {
                 }
             }
         }
-        self.freeing_space = false;
         // Hold the reserve again only if that leaves room for the write being retried.
         if durable::free_bytes(&self.dir).unwrap_or(0) >= target {
             self.take_reserve();
@@ -291,23 +288,11 @@ impl Inner {
                 |r| r.get(0),
             )
             .map_err(self.db_err("evicting a report"))?;
-        let delete =
-            |conn: &Connection| conn.execute("DELETE FROM reports WHERE id = ?1", [id.as_str()]);
-        if let Err(e) = delete(&self.conn) {
-            if !is_db_full(&e) {
-                return Err(ReportError::Index {
-                    path: self.index_path(),
-                    op: "evicting a report",
-                    source: e,
-                });
-            }
-            // The WAL could not grow. Checkpointing it into the database and truncating it gives
-            // its space back, and the delete fits in what that frees.
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            delete(&self.conn).map_err(self.db_err("evicting a report"))?;
-        }
+        // On a full disk this delete has room in the WAL because `disk_full` released the
+        // reserve first.
+        self.conn
+            .execute("DELETE FROM reports WHERE id = ?1", [id.as_str()])
+            .map_err(self.db_err("evicting a report"))?;
         let page_rel = layout::page_path(id);
         let page = self.dir.join(&page_rel);
         let page_bytes = fs::metadata(&page).map(|m| m.len()).unwrap_or(0);
