@@ -18,10 +18,20 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use gemba::report::{ReportStatus, RetentionPolicy, Store, CUT_OFF_REASON};
+
+/// Held while this process has a store open and while it spawns a child. Both tests run in
+/// one process: a child forked by one test's thread carries a copy of every descriptor open at
+/// that moment — the other test's store lock included — until it execs, and for that instant
+/// the other test's next child would find its store locked.
+static FORK_GUARD: Mutex<()> = Mutex::new(());
+
+fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    FORK_GUARD.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 struct Rng(u64);
 impl Rng {
@@ -50,6 +60,7 @@ fn run_child(
     seed: u64,
     rng: &mut Rng,
 ) -> (Vec<String>, &'static str) {
+    let guard = fork_guard();
     let mut child = Command::new(bin)
         .arg(dir)
         .args(["--seed", &seed.to_string()])
@@ -58,6 +69,7 @@ fn run_child(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawning gemba-store-torture");
+    drop(guard);
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -91,7 +103,11 @@ fn run_child(
                     acks += l.starts_with("ACK ") as usize;
                     lines.push(l);
                 }
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().unwrap();
+                    panic!("torture child exited ({status}) before the kill (lines: {lines:?})")
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     panic!("torture child made no progress for 20 s (lines so far: {lines:?})")
                 }
             }
@@ -173,6 +189,7 @@ fn kill_again_and_again(name: &str, extra: &[&str], min_reports: usize, evicting
         let begun_now = record(&mut exp, &lines);
 
         // No budget here: the test's own open must not evict anything.
+        let guard = fork_guard();
         let store = Store::open(&dir, RetentionPolicy::default()).expect("reopening after kill -9");
         let rec = store.recovery();
         assert!(
@@ -266,6 +283,7 @@ fn kill_again_and_again(name: &str, extra: &[&str], min_reports: usize, evicting
             }
         }
         drop(store);
+        drop(guard);
     }
     eprintln!(
         "{name}: {runs} kills ({kinds:?}), {} reports begun, {} segments acknowledged, \
