@@ -8,6 +8,8 @@
 //! - [`monitor`]: when to look — per camera an interval and a change gate → `Query`.
 //! - [`model`]: bundles, ONNX Runtime sessions and providers, pre-processing, generation, the
 //!   token → sentence stream, the worker thread that owns the sessions.
+//! - [`report`]: reports (frames, sentences, audio in order) and their crash-safe store,
+//!   retention, HTML pages and JSON export.
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
@@ -21,3 +23,4 @@ pub mod doctor;
 pub mod model;
 pub mod systemd;
 pub mod monitor;
+pub mod report;

@@ -34,6 +34,17 @@ enum Command {
     Ask(AskArgs),
     /// What this machine can run, and what a bundle runs on.
     Doctor(DoctorArgs),
+    /// Reports in the store: list, show, html, export.
+    Report {
+        /// The report store (default: the config's data_dir).
+        #[arg(long, alias = "data-dir", env = "GEMBA_DATA_DIR", value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The config whose data_dir to use (default /etc/gemba/gemba.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: gemba::report::ReportCommand,
+    },
     /// Benchmarks against a peer measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -214,6 +225,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report { data, config, cmd } => {
+            let dir = match data {
+                Some(d) => d,
+                None => store_from_config(config)?,
+            };
+            gemba::report::run_report_command(&dir, cmd)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Debug(DebugCmd::Greedy { cases }) => {
             println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
             Ok(ExitCode::SUCCESS)
@@ -233,6 +252,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// The store directory named by a config file (explicit, or the default one when it exists).
+fn store_from_config(config: Option<PathBuf>) -> Result<PathBuf> {
+    let path = config.unwrap_or_else(|| PathBuf::from(gemba::config::DEFAULT_CONFIG));
+    if !path.exists() {
+        anyhow::bail!("no report store given: pass --data DIR, or --config FILE with a data_dir ({} does not exist)", path.display());
+    }
+    Ok(gemba::config::Settings::load(&path)?.data_dir)
 }
 
 fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {

@@ -1,0 +1,310 @@
+//! Static HTML for reports: one page per report and an index page, written into the store
+//! (`html/…`) and opened straight from the file system.
+//!
+//! Media are *relative links* into the store (`../../../../media/…`), not data URIs: the store
+//! runs within a disk budget, and inlining would store every frame twice (and a third bigger, as
+//! base64). The pages work from `file://` and from any server that serves the store directory.
+//! A small script in each page marks frames whose file did not load (`data-loaded="no"`, a visible
+//! label), so a damaged store shows as such instead of as a blank space.
+//!
+//! Pure: a [`Report`] (or summaries) in, a `String` out; the store writes the files.
+
+use std::fmt::Write;
+
+use jiff::Timestamp;
+
+use super::layout::{self, PAGE_TO_INDEX, PAGE_TO_STORE};
+use super::store::ReportSummary;
+use super::{Report, ReportStatus, Segment};
+
+const STYLE: &str = "\
+body{font-family:system-ui,sans-serif;max-width:52rem;margin:1.5rem auto;padding:0 1rem;color:#1b1b1b;line-height:1.45}
+h1{font-size:1.4rem;margin:.2rem 0}
+nav a{font-size:.9rem}
+.banner{padding:.6rem .8rem;border-radius:4px;font-weight:600}
+.banner.incomplete{background:#fde2e1;border:2px solid #c0392b;color:#7b1d13}
+.banner.open{background:#fff4d6;border:2px solid #d69e00}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;font-size:.92rem}
+dl.meta dt{color:#555}
+dl.meta dd{margin:0}
+.segment{margin:.7rem 0}
+figure.segment{margin-left:0;margin-right:0}
+figure img{max-width:100%;height:auto;border:1px solid #ccc;display:block}
+figure.missing img{display:none}
+figure.missing::before{content:\"frame file missing\";display:block;padding:2rem;background:#eee;color:#7b1d13;text-align:center}
+figcaption{font-size:.85rem;color:#555}
+p.text .at{font-size:.8rem;color:#777;margin-left:.4rem}
+table{border-collapse:collapse;font-size:.92rem}
+td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+tr.incomplete td{background:#fdf0ef}
+table.reports td:not(:last-child){white-space:nowrap}
+";
+
+/// Marks frames whose file did not load, so the page says so instead of showing nothing.
+const CHECK_IMAGES: &str = "\
+window.addEventListener('load', function () {
+  var imgs = document.querySelectorAll('img');
+  var missing = 0;
+  imgs.forEach(function (img) {
+    var ok = img.complete && img.naturalWidth > 0;
+    img.setAttribute('data-loaded', ok ? 'yes' : 'no');
+    if (!ok) { missing++; img.closest('figure').classList.add('missing'); }
+  });
+  document.body.setAttribute('data-images', imgs.length + ' images, ' + missing + ' missing');
+});
+";
+
+/// Escapes text for HTML element content and double- or single-quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn when(t: Timestamp) -> String {
+    format!(
+        "<time datetime=\"{t:.3}\">{}</time>",
+        t.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+fn when_precise(t: Timestamp) -> String {
+    format!(
+        "<time datetime=\"{t:.3}\">{}</time>",
+        t.strftime("%H:%M:%S%.3f UTC")
+    )
+}
+
+fn head(out: &mut String, title: &str) {
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{}</title>\n<style>\n{STYLE}</style>\n</head>\n",
+        esc(title)
+    );
+}
+
+/// The page of one report, to be stored at [`layout::page_path`].
+pub fn report_page(report: &Report) -> String {
+    let mut o = String::new();
+    let id = report.id.as_str();
+    head(
+        &mut o,
+        &format!("gemba report {id} — {}", report.meta.trigger),
+    );
+    let _ = writeln!(o, "<body class=\"status-{}\">", report.status.word());
+    let _ = writeln!(
+        o,
+        "<nav><a href=\"{PAGE_TO_INDEX}\">All reports</a></nav>\n<header>"
+    );
+    let _ = writeln!(o, "<h1>Report {id}</h1>");
+    match &report.status {
+        ReportStatus::Incomplete { reason } => {
+            let _ = writeln!(
+                o,
+                "<p class=\"banner incomplete\">Incomplete: {}</p>",
+                esc(reason)
+            );
+        }
+        ReportStatus::Open => {
+            let _ = writeln!(
+                o,
+                "<p class=\"banner open\">Being written: this page shows the report so far.</p>"
+            );
+        }
+        ReportStatus::Complete => {}
+    }
+    let m = &report.meta;
+    let _ = writeln!(o, "<dl class=\"meta\">");
+    let mut row = |label: &str, value: String| {
+        let _ = writeln!(o, "<dt>{label}</dt><dd>{value}</dd>");
+    };
+    row("Trigger", esc(&m.trigger.to_string()));
+    row("Status", esc(report.status.word()));
+    row("Started", when(report.created_at));
+    if let Some(f) = report.finished_at {
+        row("Finished", when(f));
+    }
+    if let Some(p) = &m.prompt {
+        row("Prompt", esc(p));
+    }
+    if !m.cameras.is_empty() {
+        row("Cameras", esc(&m.cameras.join(", ")));
+    }
+    row(
+        "Bundle",
+        format!("{} <code>{}</code>", esc(&m.bundle_id), esc(&m.bundle_hash)),
+    );
+    if !m.providers.is_empty() {
+        let list: Vec<String> = m
+            .providers
+            .iter()
+            .map(|(c, p)| format!("{c}: {p}"))
+            .collect();
+        row("Providers", esc(&list.join(", ")));
+    }
+    let _ = writeln!(o, "</dl>\n</header>\n<main>");
+    for s in &report.segments {
+        segment(&mut o, s);
+    }
+    let _ = writeln!(o, "</main>\n<footer>");
+    if let Some(st) = &report.stats {
+        let _ = writeln!(o, "<h2>Generation</h2>\n<table class=\"stats\">");
+        let mut stat = |label: &str, value: Option<String>| {
+            if let Some(v) = value {
+                let _ = writeln!(o, "<tr><th>{label}</th><td>{v}</td></tr>");
+            }
+        };
+        stat("Prompt tokens", Some(st.prompt_tokens.to_string()));
+        stat("Generated tokens", Some(st.generated_tokens.to_string()));
+        stat(
+            "Time to first token",
+            st.time_to_first_token_ms.map(|v| format!("{v:.0} ms")),
+        );
+        stat(
+            "Time to first sentence",
+            st.time_to_first_sentence_ms.map(|v| format!("{v:.0} ms")),
+        );
+        stat("Total time", st.total_ms.map(|v| format!("{v:.0} ms")));
+        stat(
+            "Tokens per second",
+            st.tokens_per_s.map(|v| format!("{v:.1}")),
+        );
+        let _ = writeln!(o, "</table>");
+    }
+    if report.unknown_citations > 0 {
+        let _ = writeln!(
+            o,
+            "<p class=\"unknown-citations\">{} citation(s) named no camera of the query and were left out.</p>",
+            report.unknown_citations
+        );
+    }
+    let _ = writeln!(
+        o,
+        "</footer>\n<script>\n{CHECK_IMAGES}</script>\n</body>\n</html>"
+    );
+    o
+}
+
+fn segment(o: &mut String, s: &Segment) {
+    match s {
+        Segment::Image(img) => {
+            let _ = writeln!(
+                o,
+                "<figure class=\"segment image\" data-kind=\"image\" data-index=\"{}\">\n\
+                 <img src=\"{PAGE_TO_STORE}{}\" width=\"{}\" height=\"{}\" alt=\"Frame from {} at {}\">\n\
+                 <figcaption>{} · frame {} · {}</figcaption>\n</figure>",
+                img.index,
+                esc(&img.media.path),
+                img.width,
+                img.height,
+                esc(&img.camera),
+                img.captured_at.strftime("%H:%M:%S%.3f UTC"),
+                esc(&img.camera),
+                img.frame_seq,
+                when_precise(img.captured_at),
+            );
+        }
+        Segment::Text(t) => {
+            let _ = writeln!(
+                o,
+                "<p class=\"segment text\" data-kind=\"text\" data-index=\"{}\"><span class=\"sentence\">{}</span>\
+                 <span class=\"at\">+{:.2} s</span></p>",
+                t.index,
+                esc(&t.text),
+                t.at.as_secs_f64(),
+            );
+        }
+        Segment::Audio(a) => {
+            let transcript = a
+                .transcript
+                .as_deref()
+                .map(|t| format!(" — “{}”", esc(t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "<figure class=\"segment audio\" data-kind=\"audio\" data-index=\"{}\">\n\
+                 <audio controls preload=\"metadata\" src=\"{PAGE_TO_STORE}{}\"></audio>\n\
+                 <figcaption>{} · {:.2} s · {}{transcript}</figcaption>\n</figure>",
+                a.index,
+                esc(&a.media.path),
+                esc(&a.source),
+                a.duration.as_secs_f64(),
+                when_precise(a.started_at),
+            );
+        }
+    }
+}
+
+/// The index page (stored at [`layout::INDEX_PAGE`]): `reports` newest first, out of `total`.
+pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp) -> String {
+    let mut o = String::new();
+    head(&mut o, "gemba reports");
+    let _ = writeln!(o, "<body>\n<h1>gemba reports</h1>");
+    let _ = writeln!(
+        o,
+        "<p>Newest first: {} of {total} report(s). Written {}.{}</p>",
+        reports.len(),
+        when(generated_at),
+        if (reports.len() as u64) < total {
+            " Older ones: <code>gemba report list</code>."
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        "<table class=\"reports\">\n<thead><tr><th>Started (UTC)</th><th>Trigger</th><th>Status</th>\
+         <th>Segments</th><th>First sentence</th></tr></thead>\n<tbody>"
+    );
+    for r in reports {
+        let started = r.created_at.strftime("%Y-%m-%d %H:%M:%S").to_string();
+        // An open report has no page yet (it is written when the report closes).
+        let link = match r.status {
+            ReportStatus::Open => format!("{started} (being written)"),
+            _ => format!(
+                "<a href=\"{}\">{started}</a>",
+                layout::page_link_from_index(&r.id)
+            ),
+        };
+        let status = match &r.status {
+            ReportStatus::Incomplete { reason } => format!("incomplete: {}", esc(reason)),
+            other => other.word().to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "<tr class=\"{}\" data-id=\"{}\"><td>{link}</td><td>{}</td><td>{status}</td><td>{}</td><td>{}</td></tr>",
+            r.status.word(),
+            r.id,
+            esc(&r.trigger),
+            r.segments,
+            esc(r.first_sentence.as_deref().unwrap_or("")),
+        );
+    }
+    let _ = writeln!(o, "</tbody>\n</table>\n</body>\n</html>");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            esc(r#"<b a="1" c='2'>&</b>"#),
+            "&lt;b a=&quot;1&quot; c=&#39;2&#39;&gt;&amp;&lt;/b&gt;"
+        );
+        assert_eq!(esc("plain · text ✓"), "plain · text ✓");
+    }
+}

@@ -1,0 +1,223 @@
+//! The pages in a real browser: headless Chromium opens report pages and the index straight
+//! from the store (`file://`), runs them, and dumps the resulting DOM. The page's own script
+//! records for each frame whether it loaded (`naturalWidth > 0`); the test reads that, the
+//! order of the segments and sentences, and the index's links.
+//!
+//! Needs the Debian package `chromium` (scripts/setup installs it).
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{at, clip, frame, meta};
+use gemba::report::{ListFilter, ReportStats, RetentionPolicy, Segment, Store, Trigger};
+
+fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser"] {
+        if let Some(p) = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+        {
+            return p;
+        }
+    }
+    panic!(
+        "headless Chromium not found (looked for `chromium` and `chromium-browser` on PATH): \
+         run scripts/setup, which installs the Debian package `chromium`"
+    );
+}
+
+/// Opens `page` in headless Chromium and returns the DOM after the page's load handlers ran.
+fn dump_dom(page: &Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("file://{}", page.display()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting chromium");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 60 s on {}", page.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let dom = out.join().unwrap().unwrap();
+    let err = err.join().unwrap();
+    assert!(
+        status.success() && dom.contains("</html>"),
+        "chromium failed ({status}) on {}:\n{err}",
+        page.display()
+    );
+    dom
+}
+
+/// The values of `attr` in document order.
+fn attr_values<'a>(dom: &'a str, attr: &str) -> Vec<&'a str> {
+    let needle = format!("{attr}=\"");
+    dom.match_indices(&needle)
+        .map(|(i, _)| {
+            let rest = &dom[i + needle.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect()
+}
+
+/// Every `<img …>` tag.
+fn img_tags(dom: &str) -> Vec<&str> {
+    dom.match_indices("<img ")
+        .map(|(i, _)| &dom[i..i + dom[i..].find('>').unwrap() + 1])
+        .collect()
+}
+
+#[test]
+fn pages_load_in_chromium_with_every_frame_and_sentences_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), RetentionPolicy::default()).unwrap();
+    let frames = [frame("press-2", 320, 240, 11), frame("belt", 200, 150, 12)];
+
+    let mut w = store
+        .begin(meta(Trigger::Voice, &["press-2", "belt"]))
+        .unwrap();
+    w.add_audio(&clip(1.0, 3), Some("what is going on at press 2"))
+        .unwrap();
+    let sentences = [
+        "The guard [cam:press-2] of press 2 is open.",
+        "An operator stands <close> to it & waits.",
+        "The belt [cam:belt] is stopped.",
+        "Nothing else [cam:roof] moves.",
+    ];
+    for (i, s) in sentences.iter().enumerate() {
+        w.add_sentence(s, at(600 + 400 * i as u64), &frames)
+            .unwrap();
+    }
+    let full = w
+        .finish(ReportStats {
+            prompt_tokens: 900,
+            generated_tokens: 40,
+            ..Default::default()
+        })
+        .unwrap();
+
+    let mut cut = store.begin(meta(Trigger::Api, &["belt"])).unwrap();
+    cut.add_sentence("The belt [cam:belt] starts", at(300), &frames)
+        .unwrap();
+    let cut = cut.abort("shutdown").unwrap();
+
+    // --- a complete report: every frame decodes, segments and sentences in report order.
+    let report = store.get(&full).unwrap();
+    let dom = dump_dom(&store.page_path(&full));
+    let imgs = img_tags(&dom);
+    let image_segments = report
+        .segments
+        .iter()
+        .filter(|s| matches!(s, Segment::Image(_)))
+        .count();
+    assert_eq!(imgs.len(), image_segments, "{dom}");
+    for tag in &imgs {
+        assert!(
+            tag.contains("data-loaded=\"yes\""),
+            "a frame did not load: {tag}"
+        );
+    }
+    assert_eq!(
+        attr_values(&dom, "data-images"),
+        [format!("{image_segments} images, 0 missing")]
+    );
+    let kinds: Vec<&str> = report.segments.iter().map(|s| s.kind()).collect();
+    assert_eq!(attr_values(&dom, "data-kind"), kinds);
+    let indices: Vec<String> = report
+        .segments
+        .iter()
+        .map(|s| s.index().to_string())
+        .collect();
+    assert_eq!(attr_values(&dom, "data-index"), indices);
+    let expected = [
+        "The guard of press 2 is open.",
+        "An operator stands &lt;close&gt; to it &amp; waits.",
+        "The belt is stopped.",
+        "Nothing else moves.",
+    ];
+    let mut last = 0;
+    for s in expected {
+        let pos = dom[last..]
+            .find(&format!("<span class=\"sentence\">{s}</span>"))
+            .map(|p| p + last);
+        last = pos.unwrap_or_else(|| panic!("sentence {s:?} missing or out of order in\n{dom}"));
+    }
+    assert!(
+        !dom.contains("[cam:"),
+        "citation markers must not reach the page"
+    );
+    assert_eq!(dom.matches("<audio ").count(), 1);
+
+    // --- the cut-off report is marked as such.
+    let dom = dump_dom(&store.page_path(&cut));
+    assert!(
+        dom.contains("<p class=\"banner incomplete\">Incomplete: aborted: shutdown</p>"),
+        "{dom}"
+    );
+    assert!(dom.contains("<body class=\"status-incomplete\""), "{dom}");
+
+    // --- a frame whose file is gone shows as missing (the check can fail).
+    let broken = store.get(&cut).unwrap();
+    let lost = broken.segments.iter().find_map(|s| s.media()).unwrap();
+    std::fs::remove_file(store.media_path(lost)).unwrap();
+    let dom = dump_dom(&store.page_path(&cut));
+    assert_eq!(attr_values(&dom, "data-images"), ["1 images, 1 missing"]);
+    assert!(img_tags(&dom)[0].contains("data-loaded=\"no\""), "{dom}");
+
+    // --- the index: newest first, links that open the pages.
+    let index = store.write_index_html().unwrap();
+    let dom = dump_dom(&index);
+    let listed: Vec<String> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    assert_eq!(attr_values(&dom, "data-id"), listed, "{dom}");
+    assert_eq!(listed, [cut.to_string(), full.to_string()]);
+    let links = attr_values(&dom, "href");
+    assert_eq!(links.len(), 2, "{dom}");
+    for (link, id) in links.iter().zip(&listed) {
+        assert!(link.ends_with(&format!("{id}.html")));
+        assert!(
+            index.parent().unwrap().join(link).is_file(),
+            "index links to missing {link}"
+        );
+    }
+    assert!(dom.contains("<tr class=\"incomplete\""), "{dom}");
+}

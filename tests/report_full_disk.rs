@@ -1,0 +1,176 @@
+//! A full disk: the store on a real 2 MiB tmpfs (mounted by the test; needs root, as the
+//! project's CI and dev machines run). No byte budget is set, so only the file system says
+//! "full": writes fail with `DiskFull`, old reports are evicted, the retried write succeeds, and
+//! the index and files stay consistent throughout and after a reopen.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use common::{assert_consistent, at, clip, frame, meta};
+use gemba::report::{
+    ListFilter, ReportError, ReportId, ReportStats, ReportStatus, RetentionPolicy, Store, Trigger,
+};
+
+/// A size-limited tmpfs, unmounted on drop (even when the test panics).
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let c = |s: &str| CString::new(s).unwrap();
+        let target = c(path.to_str().unwrap());
+        let opts = c(&format!("size={size},mode=0755"));
+        // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
+        let rc = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            panic!(
+                "mounting a {size} tmpfs at {} failed: {} — this test needs root (CAP_SYS_ADMIN) to \
+                 give the store a small real file system; run the tests as root, as CI does",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Tmpfs { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = CString::new(self.path.to_str().unwrap()).unwrap();
+        // SAFETY: valid path; MNT_DETACH so a leftover open file cannot keep it mounted.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Runs a write, retrying after DiskFull as the daemon does; counts the full-disk events.
+fn retry<T>(
+    what: &str,
+    dir: &Path,
+    full: &mut Vec<(u64, usize)>,
+    mut f: impl FnMut() -> Result<T, ReportError>,
+) -> T {
+    for _ in 0..5 {
+        match f() {
+            Ok(v) => return v,
+            Err(e @ ReportError::DiskFull { .. }) => {
+                eprintln!("{what}: {e}");
+                let ReportError::DiskFull {
+                    path,
+                    needed,
+                    evicted,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert!(
+                    path.starts_with(dir),
+                    "{what}: DiskFull names {}",
+                    path.display()
+                );
+                assert!(evicted > 0, "{what}: disk full and nothing evicted");
+                full.push((needed, evicted));
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: still failing after 5 tries");
+}
+
+#[test]
+fn full_disk_evicts_old_reports_and_writing_goes_on() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let fs = Tmpfs::mount("2m");
+    let dir = fs.path.join("data");
+    let store = Store::open(&dir, RetentionPolicy::default()).unwrap();
+    let mut written: Vec<ReportId> = Vec::new();
+    let mut full = Vec::new();
+    for n in 0..60u64 {
+        let frames = [
+            frame("press-2", 160, 120, n * 2),
+            frame("belt", 160, 120, n * 2 + 1),
+        ];
+        let mut w = retry("begin", &dir, &mut full, || {
+            store.begin(meta(Trigger::Voice, &["press-2", "belt"]))
+        });
+        retry("audio", &dir, &mut full, || {
+            w.add_audio(&clip(0.5, n), Some("what is the press doing"))
+        });
+        retry("sentence", &dir, &mut full, || {
+            w.add_sentence("The press [cam:press-2] is idle.", at(700), &frames)
+        });
+        retry("sentence", &dir, &mut full, || {
+            w.add_sentence("The belt [cam:belt] moves.", at(900), &frames)
+        });
+        retry("image", &dir, &mut full, || w.add_image(&frames[0]));
+        written.push(retry("finish", &dir, &mut full, || {
+            w.finish(ReportStats::default())
+        }));
+        assert_eq!(store.integrity_check().unwrap(), ["ok"], "after report {n}");
+    }
+    eprintln!(
+        "{} reports written on a 2 MiB tmpfs; {} disk-full errors, each retried after evicting \
+         {:?} report(s)",
+        written.len(),
+        full.len(),
+        full.iter().map(|f| f.1).collect::<Vec<_>>()
+    );
+    assert!(
+        full.len() >= 3,
+        "the disk filled only {} time(s): the test is not testing",
+        full.len()
+    );
+
+    let kept = assert_consistent(&store);
+    let kept_ids: Vec<ReportId> = kept.iter().rev().map(|r| r.id.clone()).collect();
+    assert!(
+        kept_ids.len() < written.len() / 2,
+        "kept {} of {}",
+        kept_ids.len(),
+        written.len()
+    );
+    assert_eq!(
+        kept_ids,
+        written[written.len() - kept_ids.len()..],
+        "oldest evicted first"
+    );
+    assert!(kept
+        .iter()
+        .all(|r| r.status == ReportStatus::Complete && r.segments.len() == 6));
+    drop(store);
+
+    // A restart finds nothing to repair, and the store keeps taking reports.
+    let store = Store::open(&dir, RetentionPolicy::default()).unwrap();
+    let rec = store.recovery();
+    assert!(rec.is_clean(), "{rec:?}");
+    let mut w = store.begin(meta(Trigger::Cli, &[])).unwrap();
+    retry("after reopen", &dir, &mut full, || {
+        w.add_image(&frame("belt", 160, 120, 999))
+    });
+    let id = w.finish(ReportStats::default()).unwrap();
+    assert_eq!(
+        store
+            .list(&ListFilter {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .unwrap()[0]
+            .id,
+        id
+    );
+    assert_consistent(&store);
+}
