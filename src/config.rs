@@ -196,9 +196,11 @@ pub struct RawCamera {
     pub looped: Option<bool>,
     // both
     pub fps: Option<f64>,
-    /// How often the monitor looks (0s: never on a timer, only on change).
+    /// How often the monitor looks at the newest frame and runs the change gate (default: every
+    /// frame, so a change is seen within one frame period).
     pub interval: Option<HumanDuration>,
-    /// Mean absolute difference of downscaled grey frames (0–1) that counts as a change.
+    /// Mean absolute difference of downscaled grey frames, in luma levels (0–255), that counts as
+    /// a change (default 6).
     pub change_threshold: Option<f32>,
     /// Look again after this long even when nothing changed.
     pub max_interval: Option<HumanDuration>,
@@ -360,8 +362,10 @@ impl Settings {
     /// config (the config file's directory).
     pub fn load(config: &Path) -> Result<Settings, ConfigError> {
         let table = read_table(config)?;
-        let base = config.parent().unwrap_or(Path::new("."));
-        Self::from_table(table, config, base)
+        // Relative paths in the config are relative to the config file, wherever gemba runs from.
+        let abs = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+        let base = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        Self::from_table(table, config, &base)
     }
 
     /// As [`Settings::load`], from text (named `path` in errors).
@@ -455,7 +459,14 @@ impl Settings {
                     device: c.device.ok_or_else(|| bad(&key("device"), "a v4l2 camera needs a device (e.g. /dev/video0)".into()))?,
                     width: c.width.unwrap_or(1280),
                     height: c.height.unwrap_or(720),
-                    formats: c.formats.unwrap_or_else(|| vec!["mjpeg".into(), "yuyv".into(), "nv12".into(), "rgb24".into()]),
+                    // Empty: the capture module's own preference (cheapest to convert first).
+                    formats: {
+                        let f = c.formats.unwrap_or_default();
+                        if let Some(bad_f) = f.iter().find(|x| !["mjpeg", "yuyv", "nv12", "rgb24"].contains(&x.as_str())) {
+                            return Err(bad(&key("formats"), format!("\"{bad_f}\" is not a format gemba decodes (mjpeg, yuyv, nv12, rgb24)")));
+                        }
+                        f
+                    },
                 },
                 "replay" => CameraSource::Replay {
                     source: {
@@ -470,15 +481,15 @@ impl Settings {
             if !(fps > 0.0 && fps <= 240.0) {
                 return Err(bad(&key("fps"), format!("{fps} is out of range (0, 240]")));
             }
-            let change_threshold = c.change_threshold.unwrap_or(0.04);
-            if !(0.0..=1.0).contains(&change_threshold) {
-                return Err(bad(&key("change_threshold"), format!("{change_threshold} is out of range 0–1")));
+            let change_threshold = c.change_threshold.unwrap_or(6.0);
+            if !(0.0..=255.0).contains(&change_threshold) {
+                return Err(bad(&key("change_threshold"), format!("{change_threshold} is out of range 0–255 (luma levels)")));
             }
             cameras.push(CameraSettings {
                 name: c.name,
                 source,
                 fps,
-                interval: c.interval.unwrap_or(HumanDuration(Duration::from_secs(30))),
+                interval: c.interval.unwrap_or(HumanDuration(Duration::from_secs_f64(1.0 / fps))),
                 change_threshold,
                 max_interval: c.max_interval.unwrap_or(HumanDuration(Duration::from_secs(600))),
                 prompt: c.prompt.unwrap_or_else(|| "Give me a status report.".into()),

@@ -15,6 +15,7 @@
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
 
+pub mod app;
 pub mod bench;
 pub mod capture;
 pub mod config;

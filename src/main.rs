@@ -30,6 +30,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: watch the cameras, ask the model, write reports.
+    Run(RunCmd),
+    /// Check a config file (merged over its board profile) and print the settings.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Ask the model once; prints each sentence as soon as it is final.
     Ask(AskArgs),
     /// What this machine can run, and what a bundle runs on.
@@ -51,6 +56,25 @@ enum Command {
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
+}
+
+#[derive(Args)]
+struct RunCmd {
+    /// The config file (default /etc/gemba/gemba.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Run the built-in demo: replay cameras over demo frames, the demo model, store ./gemba-demo.
+    #[arg(long)]
+    demo: bool,
+    /// The report store (default: the config's data_dir; ./gemba-demo with --demo).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate FILE; print the effective settings as JSON, or the error with file and key.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +237,15 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Run(r) => {
+            gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCmd::Check { file }) => {
+            let s = gemba::config::Settings::load(&file)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

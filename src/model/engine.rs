@@ -46,6 +46,23 @@ impl Engine {
         GenerateParams::from_bundle(&self.bundle)
     }
 
+    /// Answers a question: the text, and — for bundles that can see and hear — its frames and
+    /// audio. A text-only bundle answers from the text alone (its provider report says so).
+    pub fn ask(
+        &mut self,
+        input: &super::worker::AskInput,
+        system: Option<&str>,
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Done, GenerateError> {
+        if !input.frames.is_empty() || !input.audio.is_empty() {
+            log::debug!("{}: a text model; {} frame(s) and {} clip(s) are not shown to it", self.bundle.id(), input.frames.len(), input.audio.len());
+        }
+        let ids = self.prompt_ids(&input.text, system, false).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+        self.generate_ids(ids, params, cancel, on_event)
+    }
+
     /// Generates from token ids, streaming events to `on_event`.
     pub fn generate_ids(
         &mut self,

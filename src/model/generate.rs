@@ -38,6 +38,8 @@ use super::Sentence;
 pub enum GenerateError {
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("preparing the prompt: {0}")]
+    Prompt(String),
     #[error("the prompt has {prompt} tokens, but the bundle allows {max} in total (search.max_length / model.context_length)")]
     PromptTooLong { prompt: usize, max: usize },
     #[error("decoder step {step} failed: {reason}")]
@@ -159,7 +161,7 @@ pub enum Event {
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
+    s.serialize_f64(d.as_micros() as f64 / 1000.0)
 }
 
 /// What the first decoder run consumes: token ids, or embeddings made by an embedding session.

@@ -13,6 +13,7 @@ pub mod providers;
 pub mod runtime;
 pub mod sample;
 pub mod tokenizer;
+pub mod worker;
 pub mod stream;
 
 #[cfg(test)]
@@ -40,5 +41,5 @@ pub struct Sentence {
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
+    s.serialize_f64(d.as_micros() as f64 / 1000.0)
 }

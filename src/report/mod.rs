@@ -14,7 +14,7 @@
 
 pub mod cite;
 pub mod cli;
-mod durable;
+pub mod durable;
 pub mod html;
 mod id;
 pub mod layout;

@@ -1,0 +1,537 @@
+//! The daemon (`gemba run`): builds the pipeline from [`Settings`], spawns the stages, handles
+//! signals, and shuts down in order.
+//!
+//! ```text
+//! cameras (threads, latest frame on watch) ─▶ monitor (interval + change gate) ─▶ queries (bounded)
+//!   ─▶ dispatcher ─▶ model worker (thread owning the sessions) ─▶ events ─▶ report writer (store)
+//! ```
+//! Start-up: open the store (recovery marks cut-off reports incomplete), load ONNX Runtime and
+//! the model, write `status.json`, tell systemd READY, start cameras and monitors. SIGHUP reloads
+//! the config and the model (the old model serves until the new one has loaded). SIGTERM stops
+//! the sources; the query in flight gets `drain_deadline` to finish, after which its generation
+//! is cancelled and its report closed as incomplete; nothing acknowledged is lost.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{spawn_camera, Camera, ReplayCamera, ReplayConfig};
+use crate::config::{CameraSettings, CameraSource, Settings};
+use crate::model::worker::{AskInput, AskSettings, Job, JobEvent, ModelInfo, Worker};
+use crate::model::{runtime, CancelToken, Event};
+use crate::monitor::{CameraWatch, GateConfig, MonitorStats, Query};
+use crate::report::{ReportMeta, ReportStats, RetentionPolicy, Store, TextTimings, Trigger};
+use crate::systemd::{self, Beat, Progress};
+
+/// How `gemba run` was asked to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub demo: bool,
+    pub data: Option<PathBuf>,
+    pub onnxruntime: Option<PathBuf>,
+}
+
+/// The demo's config: replay cameras over the demo frames, the demo model, a local store.
+pub fn demo_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/gemba-demo.toml")
+}
+
+/// Loads the settings `gemba run` would use.
+pub fn settings_for(args: &RunArgs) -> Result<Settings> {
+    let path = match (&args.config, args.demo) {
+        (Some(p), _) => p.clone(),
+        (None, true) => demo_config(),
+        (None, false) => PathBuf::from(crate::config::DEFAULT_CONFIG),
+    };
+    if !path.exists() {
+        anyhow::bail!(
+            "config {} does not exist; pass --config FILE, or try the built-in demo with `gemba run --demo`",
+            path.display()
+        );
+    }
+    let mut s = Settings::load(&path)?;
+    if let Some(d) = &args.data {
+        s.data_dir = d.clone();
+        s.state_dir = d.clone();
+    } else if args.demo && args.config.is_none() {
+        s.data_dir = PathBuf::from("gemba-demo");
+        s.state_dir = s.data_dir.clone();
+    }
+    if args.onnxruntime.is_some() {
+        s.onnxruntime = args.onnxruntime.clone();
+    }
+    Ok(s)
+}
+
+/// Counters the daemon keeps (status, metrics).
+#[derive(Debug, Default)]
+pub struct DaemonStats {
+    pub queries: AtomicU64,
+    pub reports: AtomicU64,
+    pub reports_incomplete: AtomicU64,
+    pub query_errors: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// `status.json`: what the daemon runs now. Written atomically; `gemba model install` reads it
+/// as its health gate (the bundle it installed is loaded and ready).
+#[derive(Debug, Serialize)]
+pub struct StatusFile<'a> {
+    pub pid: u32,
+    pub bundle_dir: &'a Path,
+    pub bundle_id: &'a str,
+    pub bundle_hash: &'a str,
+    pub loaded_at: String,
+    pub ready: bool,
+    pub smoke_ok: Option<bool>,
+    pub error: Option<&'a str>,
+    pub providers: std::collections::BTreeMap<String, String>,
+    pub data_dir: &'a Path,
+}
+
+pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &Path) -> std::io::Result<()> {
+    let loaded_at = jiff::Timestamp::try_from(info.loaded_at).map(|t| t.to_string()).unwrap_or_default();
+    let status = StatusFile {
+        pid: std::process::id(),
+        bundle_dir: &info.bundle_dir,
+        bundle_id: &info.bundle_id,
+        bundle_hash: &info.bundle_hash,
+        loaded_at,
+        ready,
+        smoke_ok: None,
+        error: info.last_error.as_deref(),
+        providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
+        data_dir,
+    };
+    let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
+    crate::report::durable::write_atomic(&state_dir.join("status.json"), &json)
+}
+
+/// Cameras and monitors of one configuration; replaced whole on reload.
+struct Pipeline {
+    cancel: CancellationToken,
+    cameras: Vec<Camera>,
+    monitor: tokio::task::JoinHandle<()>,
+}
+
+fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSource>> {
+    Ok(match &c.source {
+        CameraSource::Replay { source, looped } => {
+            let mut rc = ReplayConfig::new(c.name.clone(), source.clone(), c.fps);
+            rc.looped = *looped;
+            Box::new(ReplayCamera::open(rc).with_context(|| format!("camera {}", c.name))?)
+        }
+        #[cfg(feature = "v4l2")]
+        CameraSource::V4l2 { device, width, height, formats } => {
+            let mut vc = crate::capture::v4l2::V4l2Config::new(c.name.clone(), device.clone(), *width, *height, c.fps);
+            use crate::capture::negotiate::PixelFormat;
+            let prefs: Vec<PixelFormat> = formats
+                .iter()
+                .filter_map(|f| match f.as_str() {
+                    "mjpeg" => Some(PixelFormat::Mjpeg),
+                    "yuyv" => Some(PixelFormat::Yuyv),
+                    "nv12" => Some(PixelFormat::Nv12),
+                    "rgb24" => Some(PixelFormat::Rgb24),
+                    _ => None, // rejected by config validation
+                })
+                .collect();
+            if !prefs.is_empty() {
+                vc.formats = prefs;
+            }
+            Box::new(crate::capture::v4l2::V4l2Camera::new(vc).with_context(|| format!("camera {}", c.name))?)
+        }
+        #[cfg(not(feature = "v4l2"))]
+        CameraSource::V4l2 { .. } => anyhow::bail!("camera {}: this build has no V4L2 support (feature v4l2)", c.name),
+    })
+}
+
+fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
+    let cancel = CancellationToken::new();
+    let mut cameras = Vec::new();
+    let mut watches = Vec::new();
+    for c in &settings.cameras {
+        let source = camera_source(c)?;
+        log::info!("camera {}: starting ({})", c.name, source.name());
+        let cam = spawn_camera(source, cancel.child_token()).with_context(|| format!("camera {}", c.name))?;
+        if c.monitor {
+            let watch = CameraWatch {
+                interval: c.interval.0,
+                gate: GateConfig { threshold: c.change_threshold, max_interval: c.max_interval.0 },
+                prompt: c.prompt.clone(),
+            };
+            watches.push((watch, cam.subscribe()));
+        }
+        cameras.push(cam);
+    }
+    let monitor = tokio::spawn(crate::monitor::run_monitor(watches, queries, stats, cancel.child_token()));
+    Ok(Pipeline { cancel, cameras, monitor })
+}
+
+impl Pipeline {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.monitor.await;
+        let cams = self.cameras;
+        let _ = tokio::task::spawn_blocking(move || cams.into_iter().for_each(Camera::join)).await;
+    }
+}
+
+/// The cancel handle of the generation in flight, so shutdown can stop it.
+type InFlight = Arc<Mutex<Option<CancelToken>>>;
+
+/// Everything one query needs to become a report.
+struct Dispatch {
+    worker: Worker,
+    store: Store,
+    settings: Arc<Mutex<Settings>>,
+    stats: Arc<DaemonStats>,
+    in_flight: InFlight,
+    beat: Beat,
+    /// Listeners for every query's events (API streams, speech).
+    listeners: tokio::sync::broadcast::Sender<(String, Event)>,
+}
+
+impl Dispatch {
+    async fn run(self, mut queries: mpsc::Receiver<Query>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                q = queries.recv() => match q {
+                    Some(q) => self.handle(q).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.beat.alive(),
+            }
+        }
+    }
+
+    async fn handle(&self, q: Query) {
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let info = self.worker.info();
+        let cameras: Vec<String> = q.frames.iter().map(|f| f.camera.clone()).collect();
+        let trigger = match cameras.first() {
+            Some(c) => Trigger::Monitor { camera: c.clone() },
+            None => Trigger::Cli,
+        };
+        log::info!("query ({}): {}", q.trigger, cameras.join(", "));
+        let meta = ReportMeta {
+            trigger,
+            prompt: Some(q.prompt.clone()),
+            cameras: cameras.clone(),
+            bundle_id: info.bundle_id.clone(),
+            bundle_hash: info.bundle_hash.clone(),
+            providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
+        };
+        let store = self.store.clone();
+        let writer = match tokio::task::spawn_blocking(move || store.begin(meta)).await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("cannot start a report: {e}");
+                return;
+            }
+            Err(e) => {
+                log::error!("report task failed: {e}");
+                return;
+            }
+        };
+        let report_id = writer.id().as_str().to_string();
+        let (settings_ask, sees_images) = {
+            let s = self.settings.lock().expect("poisoned");
+            (
+                AskSettings {
+                    system_prompt: s.model.system_prompt.clone(),
+                    max_new_tokens: s.model.max_new_tokens,
+                    deadline: s.model.deadline.0,
+                },
+                info.providers.iter().any(|r| r.component == "vision"),
+            )
+        };
+        let cancel = CancelToken::new();
+        *self.in_flight.lock().expect("poisoned") = Some(cancel.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let job = Job::Ask {
+            input: AskInput { text: q.prompt.clone(), frames: q.frames.clone(), audio: vec![] },
+            settings: settings_ask,
+            cancel: cancel.clone(),
+            events: tx,
+        };
+        let worker = self.worker.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job)).await.unwrap_or_else(|e| Err(e.to_string())) {
+            log::error!("{e}");
+            return;
+        }
+        // The report is written on its own blocking thread, in event order.
+        let (wtx, wrx) = std::sync::mpsc::channel::<JobEvent>();
+        let frames = q.frames.clone();
+        let stats = Arc::clone(&self.stats);
+        let writer_task = tokio::task::spawn_blocking(move || write_report(writer, wrx, frames, sees_images, stats));
+        while let Some(ev) = rx.recv().await {
+            self.beat.alive();
+            if let JobEvent::Event(e) = &ev {
+                let _ = self.listeners.send((report_id.clone(), e.clone()));
+            }
+            if wtx.send(ev).is_err() {
+                break;
+            }
+        }
+        drop(wtx);
+        let _ = writer_task.await;
+        *self.in_flight.lock().expect("poisoned") = None;
+    }
+}
+
+/// Writes one report from its events: cited frames where the model cites them, sentences as they
+/// come, frames nobody cited at the end (before the first sentence for a model that cannot see).
+fn write_report(
+    mut writer: crate::report::ReportWriter,
+    events: std::sync::mpsc::Receiver<JobEvent>,
+    frames: Vec<crate::capture::Frame>,
+    model_sees_images: bool,
+    stats: Arc<DaemonStats>,
+) {
+    let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
+        stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("report {}: {what}: {e}", "in flight");
+    };
+    if !model_sees_images {
+        for f in &frames {
+            if let Err(e) = writer.add_image(f) {
+                fail(&stats, "frame", &e);
+            }
+        }
+    }
+    let mut cited: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut done = None;
+    let mut failed = None;
+    for ev in events {
+        match ev {
+            JobEvent::Event(Event::Sentence(s)) => match writer.add_sentence(&s.text, TextTimings::from(&s), &frames) {
+                Ok(_) => {
+                    cited.extend(crate::report::cite::cite(&s.text, &frames.iter().map(|f| f.camera.as_str()).collect::<Vec<_>>()).cameras);
+                }
+                Err(e) => fail(&stats, "sentence", &e),
+            },
+            JobEvent::Event(Event::Done(d)) => done = Some(d),
+            JobEvent::Event(Event::Token(_)) => {}
+            JobEvent::Failed(e) => failed = Some(e),
+        }
+    }
+    if model_sees_images {
+        for f in frames.iter().filter(|f| !cited.contains(&f.camera)) {
+            if let Err(e) = writer.add_image(f) {
+                fail(&stats, "frame", &e);
+            }
+        }
+    }
+    let closed = match (done, failed) {
+        (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
+            writer.finish(ReportStats {
+                prompt_tokens: d.prompt_tokens as u64,
+                generated_tokens: d.generated_tokens as u64,
+                time_to_first_token_ms: Some(d.time_to_first_token_ms),
+                time_to_first_sentence_ms: d.time_to_first_sentence_ms,
+                total_ms: Some(d.total_ms),
+                tokens_per_s: Some(d.decode_tokens_per_s),
+            })
+        }
+        (Some(d), _) => {
+            stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
+            writer.abort(&format!("generation stopped: {:?}", d.stop))
+        }
+        (None, Some(e)) => {
+            stats.query_errors.fetch_add(1, Ordering::Relaxed);
+            writer.abort(&format!("the model failed: {e}"))
+        }
+        (None, None) => {
+            stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
+            writer.abort("the model worker went away")
+        }
+    };
+    match closed {
+        Ok(id) => {
+            stats.reports.fetch_add(1, Ordering::Relaxed);
+            log::info!("report {id} written");
+        }
+        Err(e) => fail(&stats, "closing", &e),
+    }
+}
+
+fn retention(s: &Settings) -> RetentionPolicy {
+    RetentionPolicy { max_bytes: Some(s.store.max_bytes.0), max_age: Some(s.store.max_age.0), min_free_bytes: 64 << 20 }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(args: RunArgs) -> Result<()> {
+    let settings = settings_for(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gemba-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(daemon(settings, args))
+}
+
+async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
+    systemd::status("starting");
+    for d in [&settings.data_dir, &settings.state_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let data_dir = settings.data_dir.clone();
+    let policy = retention(&settings);
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
+        .await?
+        .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
+    let rec = store.recovery();
+    log::info!("report store {}: {rec:?}", settings.data_dir.display());
+
+    let rt = runtime::init(settings.onnxruntime.as_deref())?;
+    let progress = Progress::new();
+    systemd::status(&format!("loading model {}", settings.model.path.display()));
+    systemd::extend_timeout(Duration::from_secs(600));
+    let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
+    let beat = progress.stage("worker");
+    let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
+        .await?
+        .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+    let info = worker.info();
+    write_status(&settings.state_dir, &info, true, &settings.data_dir).context("writing status.json")?;
+    for r in &info.providers {
+        log::info!("{}", r.summary());
+    }
+    systemd::ready();
+    systemd::status(&format!("serving {} ({} cameras)", info.bundle_id, settings.cameras.len()));
+    eprintln!(
+        "gemba: serving {} on {} camera(s); reports in {} (open {}/index.html)",
+        info.bundle_id,
+        settings.cameras.len(),
+        settings.data_dir.display(),
+        settings.data_dir.join("html").display()
+    );
+
+    let stats = Arc::new(DaemonStats::default());
+    let monitor_stats = Arc::new(MonitorStats::default());
+    let (qtx, qrx) = mpsc::channel::<Query>(settings.monitor_queue);
+    let in_flight: InFlight = Arc::new(Mutex::new(None));
+    let shared_settings = Arc::new(Mutex::new(settings.clone()));
+    let (listeners, _) = tokio::sync::broadcast::channel(256);
+    let dispatch = Dispatch {
+        worker: worker.clone(),
+        store: store.clone(),
+        settings: Arc::clone(&shared_settings),
+        stats: Arc::clone(&stats),
+        in_flight: Arc::clone(&in_flight),
+        beat: progress.stage("dispatcher"),
+        listeners,
+    };
+    let mut pipeline = Some(start_pipeline(&settings, qtx.clone(), Arc::clone(&monitor_stats))?);
+    let dispatcher = tokio::spawn(dispatch.run(qrx));
+
+    let housekeeping = CancellationToken::new();
+    {
+        let store = store.clone();
+        let every = settings.store.check_every.0;
+        let stop = housekeeping.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.tick().await;
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.enforce_retention()).await {
+                    Ok(Ok(ev)) => log::debug!("retention: {ev:?}"),
+                    Ok(Err(e)) => log::warn!("retention: {e}"),
+                    Err(e) => log::warn!("retention task: {e}"),
+                }
+            }
+        });
+    }
+    if let Some(period) = systemd::watchdog_period() {
+        let progress = progress.clone();
+        let stop = housekeeping.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(period / 2);
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
+                progress.feed_watchdog(period);
+            }
+        });
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                systemd::reloading();
+                log::info!("SIGHUP: reloading the config and the model");
+                match settings_for(&args) {
+                    Err(e) => log::error!("reload: the config is invalid, keeping the running one: {e:#}"),
+                    Ok(new) => {
+                        match worker.reload(&new.model.path, &new.providers).await {
+                            Ok(info) => log::info!("reload: now serving {} ({})", info.bundle_id, &info.bundle_hash[..12]),
+                            Err(e) => log::error!("reload: the new model did not load, the old one keeps serving: {e}"),
+                        }
+                        if let Some(p) = pipeline.take() {
+                            p.stop().await;
+                        }
+                        match start_pipeline(&new, qtx.clone(), Arc::clone(&monitor_stats)) {
+                            Ok(p) => pipeline = Some(p),
+                            Err(e) => log::error!("reload: cameras: {e:#}"),
+                        }
+                        *shared_settings.lock().expect("poisoned") = new;
+                    }
+                }
+                let s = shared_settings.lock().expect("poisoned").clone();
+                if let Err(e) = write_status(&s.state_dir, &worker.info(), true, &s.data_dir) {
+                    log::error!("writing status.json: {e}");
+                }
+                systemd::ready();
+            }
+        }
+    }
+
+    // Shutdown: sources first; everything downstream ends when its input closes.
+    systemd::stopping();
+    systemd::status("stopping");
+    log::info!("stopping: sources first, then the query in flight");
+    if let Some(p) = pipeline.take() {
+        p.stop().await;
+    }
+    drop(qtx);
+    let drain = shared_settings.lock().expect("poisoned").drain_deadline.0;
+    let mut dispatcher = dispatcher;
+    if tokio::time::timeout(drain, &mut dispatcher).await.is_err() {
+        log::warn!("the query in flight did not finish within {drain:?}; stopping it (its report is marked incomplete)");
+        if let Some(c) = in_flight.lock().expect("poisoned").as_ref() {
+            c.cancel();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
+    }
+    housekeeping.cancel();
+    progress.retire("worker");
+    progress.retire("dispatcher");
+    let s = shared_settings.lock().expect("poisoned").clone();
+    let _ = write_status(&s.state_dir, &worker.info(), false, &s.data_dir);
+    log::info!(
+        "stopped: {} queries, {} reports ({} incomplete), {} errors",
+        stats.queries.load(Ordering::Relaxed),
+        stats.reports.load(Ordering::Relaxed),
+        stats.reports_incomplete.load(Ordering::Relaxed),
+        stats.query_errors.load(Ordering::Relaxed) + stats.write_errors.load(Ordering::Relaxed)
+    );
+    let _ = SystemTime::now();
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The model worker: one thread that owns the engine (ONNX sessions take `&mut`), takes jobs in
+//! and sends events out.
+//!
+//! Jobs arrive on a bounded channel; each `Ask` carries its own event channel, so a generation
+//! streams to whoever asked (the report writer, speech output, API listeners) while the worker
+//! moves on. `Reload` swaps in a new bundle only once it has loaded: a bundle that fails to load
+//! leaves the old one serving, and the failure is visible in [`ModelInfo::last_error`].
+//!
+//! The worker marks its watchdog stage alive while idle (every second) and between tokens, so a
+//! generation stuck inside ONNX Runtime stops the beats.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::generate::{CancelToken, Done, Event, GenerateError};
+use super::providers::{ProviderPolicy, ProviderReport};
+use super::runtime::Runtime;
+use super::Engine;
+use crate::capture::{AudioClip, Frame};
+use crate::systemd::Beat;
+
+/// What a question holds: text, camera frames (named as the prompt names them) and audio.
+#[derive(Debug, Clone, Default)]
+pub struct AskInput {
+    pub text: String,
+    pub frames: Vec<Frame>,
+    pub audio: Vec<AudioClip>,
+}
+
+/// Per-job generation settings (the rest comes from the bundle).
+#[derive(Debug, Clone)]
+pub struct AskSettings {
+    pub system_prompt: Option<String>,
+    pub max_new_tokens: usize,
+    pub deadline: Duration,
+}
+
+pub enum Job {
+    Ask {
+        input: AskInput,
+        settings: AskSettings,
+        cancel: CancelToken,
+        /// Every event of the generation, then the channel closes. An error ends it without
+        /// `Done`; its text is sent as [`JobEvent::Failed`].
+        events: tokio::sync::mpsc::UnboundedSender<JobEvent>,
+    },
+    Reload {
+        path: PathBuf,
+        policy: ProviderPolicy,
+        reply: tokio::sync::oneshot::Sender<Result<ModelInfo, String>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    Event(Event),
+    Failed(String),
+}
+
+/// The loaded bundle, as the daemon's status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub bundle_dir: PathBuf,
+    pub bundle_id: String,
+    pub bundle_hash: String,
+    pub model_type: String,
+    pub providers: Vec<ProviderReport>,
+    #[serde(with = "crate::model::worker::rfc3339")]
+    pub loaded_at: SystemTime,
+    pub load_ms: f64,
+    /// The last failed (re)load, while the previous bundle keeps serving.
+    pub last_error: Option<String>,
+}
+
+pub(crate) mod rfc3339 {
+    pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let ts = jiff::Timestamp::try_from(*t).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&ts.to_string())
+    }
+}
+
+/// sha256 over every file of the bundle directory (sorted relative paths and contents): the
+/// identity of the exact weights a report was made with.
+pub fn bundle_hash(dir: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut all = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(&f).to_string_lossy().into_owned();
+        let mut h = Sha256::new();
+        let mut file = std::fs::File::open(&f)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        all.update(rel.as_bytes());
+        all.update([0]);
+        all.update(h.finalize());
+    }
+    Ok(hex::encode(all.finalize()))
+}
+
+fn load(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy) -> Result<(Engine, ModelInfo), String> {
+    let t0 = std::time::Instant::now();
+    // Resolve `current` symlinks now: the info names the exact version that was loaded.
+    let dir = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
+    let hash = bundle_hash(&dir).map_err(|e| format!("hashing {}: {e}", dir.display()))?;
+    let info = ModelInfo {
+        bundle_id: engine.bundle.id(),
+        bundle_dir: dir,
+        bundle_hash: hash,
+        model_type: engine.bundle.config.model.model_type.clone(),
+        providers: engine.provider_reports(),
+        loaded_at: SystemTime::now(),
+        load_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        last_error: None,
+    };
+    Ok((engine, info))
+}
+
+/// Handle to the worker thread.
+#[derive(Clone)]
+pub struct Worker {
+    tx: std::sync::mpsc::SyncSender<Job>,
+    info: Arc<RwLock<ModelInfo>>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Worker {
+    /// Loads the bundle at `path` on a new thread and returns once it is loaded (or failed).
+    pub fn spawn(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy, beat: Beat) -> Result<Worker, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        let policy = policy.clone();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy2 = Arc::clone(&busy);
+        std::thread::Builder::new()
+            .name("gemba-model".into())
+            .spawn(move || {
+                let (mut engine, info) = match load(rt, &path, &policy) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let shared = Arc::new(RwLock::new(info));
+                let _ = ready_tx.send(Ok(Arc::clone(&shared)));
+                run(&mut engine, rx, shared, rt, beat, busy2);
+            })
+            .map_err(|e| format!("cannot start the model thread: {e}"))?;
+        let info = ready_rx.recv().map_err(|_| "the model thread died while loading".to_string())??;
+        Ok(Worker { tx, info, busy })
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        self.info.read().expect("poisoned").clone()
+    }
+
+    /// Whether a generation is running now.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues a job; blocks while the worker's queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), String> {
+        self.tx.send(job).map_err(|_| "the model worker has stopped".to_string())
+    }
+
+    /// Loads another bundle; the old one keeps serving if this fails.
+    pub async fn reload(&self, path: &Path, policy: &ProviderPolicy) -> Result<ModelInfo, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let tx = self.tx.clone();
+        let job = Job::Reload { path: path.to_path_buf(), policy: policy.clone(), reply };
+        tokio::task::spawn_blocking(move || tx.send(job))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the model worker has stopped".to_string())?;
+        rx.await.map_err(|_| "the model worker stopped during the reload".to_string())?
+    }
+}
+
+fn run(
+    engine: &mut Engine,
+    rx: std::sync::mpsc::Receiver<Job>,
+    info: Arc<RwLock<ModelInfo>>,
+    rt: &'static Runtime,
+    beat: Beat,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        beat.alive();
+        let job = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(j) => j,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        match job {
+            Job::Ask { input, settings, cancel, events } => {
+                busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                let result = ask(engine, &input, &settings, &cancel, &beat, &events);
+                busy.store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = result {
+                    let _ = events.send(JobEvent::Failed(e.to_string()));
+                }
+            }
+            Job::Reload { path, policy, reply } => {
+                beat.alive();
+                match load(rt, &path, &policy) {
+                    Ok((new, new_info)) => {
+                        *engine = new;
+                        *info.write().expect("poisoned") = new_info.clone();
+                        let _ = reply.send(Ok(new_info));
+                    }
+                    Err(e) => {
+                        info.write().expect("poisoned").last_error = Some(e.clone());
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ask(
+    engine: &mut Engine,
+    input: &AskInput,
+    settings: &AskSettings,
+    cancel: &CancelToken,
+    beat: &Beat,
+    events: &tokio::sync::mpsc::UnboundedSender<JobEvent>,
+) -> Result<Done, GenerateError> {
+    let mut params = engine.default_params();
+    params.max_new_tokens = Some(settings.max_new_tokens);
+    params.deadline = Some(settings.deadline);
+    engine.ask(input, settings.system_prompt.as_deref(), &params, cancel, &mut |ev| {
+        beat.alive();
+        // A listener that went away must not stop the generation (the report still wants it).
+        let _ = events.send(JobEvent::Event(ev));
+    })
+}
