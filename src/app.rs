@@ -297,14 +297,17 @@ fn write_report(
     model_sees_images: bool,
     stats: Arc<DaemonStats>,
 ) {
+    let id = writer.id().as_str().to_string();
     let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
         stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        log::error!("report {}: {what}: {e}", "in flight");
+        log::error!("report {id}: {what}: {e}");
     };
+    let mut acks = AckLog::open(&id);
     if !model_sees_images {
         for f in &frames {
-            if let Err(e) = writer.add_image(f) {
-                fail(&stats, "frame", &e);
+            match writer.add_image(f) {
+                Ok(a) => acks.ack(&a),
+                Err(e) => fail(&stats, "frame", &e),
             }
         }
     }
@@ -314,7 +317,8 @@ fn write_report(
     for ev in events {
         match ev {
             JobEvent::Event(Event::Sentence(s)) => match writer.add_sentence(&s.text, TextTimings::from(&s), &frames) {
-                Ok(_) => {
+                Ok(p) => {
+                    p.images.iter().chain(p.text.iter()).for_each(|a| acks.ack(a));
                     cited.extend(crate::report::cite::cite(&s.text, &frames.iter().map(|f| f.camera.as_str()).collect::<Vec<_>>()).cameras);
                 }
                 Err(e) => fail(&stats, "sentence", &e),
@@ -326,8 +330,9 @@ fn write_report(
     }
     if model_sees_images {
         for f in frames.iter().filter(|f| !cited.contains(&f.camera)) {
-            if let Err(e) = writer.add_image(f) {
-                fail(&stats, "frame", &e);
+            match writer.add_image(f) {
+                Ok(a) => acks.ack(&a),
+                Err(e) => fail(&stats, "frame", &e),
             }
         }
     }
@@ -357,10 +362,42 @@ fn write_report(
     };
     match closed {
         Ok(id) => {
+            acks.closed();
             stats.reports.fetch_add(1, Ordering::Relaxed);
             log::info!("report {id} written");
         }
         Err(e) => fail(&stats, "closing", &e),
+    }
+}
+
+/// With `GEMBA_ACK_LOG=FILE` (a test hook), one line per segment the store acknowledged
+/// (`ID INDEX KIND SHA256|-`) and per closed report (`ID closed`), written after the
+/// acknowledgement: the crash tests check that every line's segment survives kill -9.
+struct AckLog {
+    id: String,
+    file: Option<std::fs::File>,
+}
+
+impl AckLog {
+    fn open(id: &str) -> AckLog {
+        let file = std::env::var_os("GEMBA_ACK_LOG")
+            .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+        let mut log = AckLog { id: id.to_string(), file };
+        log.line(format!("{id} begun\n"));
+        log
+    }
+    fn line(&mut self, l: String) {
+        use std::io::Write;
+        if let Some(f) = &mut self.file {
+            let _ = f.write_all(l.as_bytes());
+        }
+    }
+    fn ack(&mut self, a: &crate::report::Ack) {
+        let sha = a.media.as_ref().map(|m| m.sha256.as_str()).unwrap_or("-");
+        self.line(format!("{} {} {} {sha}\n", self.id, a.index, a.kind));
+    }
+    fn closed(&mut self) {
+        self.line(format!("{} closed\n", self.id));
     }
 }
 
