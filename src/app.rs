@@ -119,6 +119,7 @@ struct Pipeline {
     cancel: CancellationToken,
     cameras: Vec<Camera>,
     monitor: tokio::task::JoinHandle<()>,
+    handles: Vec<CameraHandle>,
 }
 
 fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSource>> {
@@ -156,10 +157,12 @@ fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<
     let cancel = CancellationToken::new();
     let mut cameras = Vec::new();
     let mut watches = Vec::new();
+    let mut handles = Vec::new();
     for c in &settings.cameras {
         let source = camera_source(c)?;
         log::info!("camera {}: starting ({})", c.name, source.name());
         let cam = spawn_camera(source, cancel.child_token()).with_context(|| format!("camera {}", c.name))?;
+        handles.push(CameraHandle { name: c.name.clone(), frames: cam.subscribe(), stats: cam.shared_stats() });
         if c.monitor {
             let watch = CameraWatch {
                 interval: c.interval.0,
@@ -171,7 +174,7 @@ fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<
         cameras.push(cam);
     }
     let monitor = tokio::spawn(crate::monitor::run_monitor(watches, queries, stats, cancel.child_token()));
-    Ok(Pipeline { cancel, cameras, monitor })
+    Ok(Pipeline { cancel, cameras, monitor, handles })
 }
 
 impl Pipeline {
@@ -186,7 +189,90 @@ impl Pipeline {
 /// The cancel handle of the generation in flight, so shutdown can stop it.
 type InFlight = Arc<Mutex<Option<CancelToken>>>;
 
-/// Everything one query needs to become a report.
+/// A question for the model, from any stage: the monitor, the local API, a voice utterance.
+pub struct Request {
+    pub trigger: Trigger,
+    /// Why it was asked (for the log): "scene changed (…)", "POST /ask", "utterance 2.1 s".
+    pub reason: String,
+    pub prompt: String,
+    /// Frames shown to the model; their cameras are the names `[cam:NAME]` may cite.
+    pub frames: Vec<crate::capture::Frame>,
+    /// The spoken question, if any: shown to the model and kept in the report.
+    pub audio: Vec<crate::capture::AudioClip>,
+    /// A transcript of the audio, where one is known.
+    pub audio_transcript: Option<String>,
+    pub cancel: CancelToken,
+    /// Receives this request's events (in order), then `Closed`.
+    pub listener: Option<mpsc::UnboundedSender<RequestEvent>>,
+}
+
+impl Request {
+    pub fn new(trigger: Trigger, prompt: impl Into<String>) -> Request {
+        Request {
+            trigger,
+            reason: String::new(),
+            prompt: prompt.into(),
+            frames: Vec::new(),
+            audio: Vec::new(),
+            audio_transcript: None,
+            cancel: CancelToken::new(),
+            listener: None,
+        }
+    }
+}
+
+/// What a request's listener receives.
+#[derive(Debug, Clone)]
+pub enum RequestEvent {
+    /// The report exists; its id.
+    Started { report_id: String },
+    Event(Event),
+    /// The report is closed: complete, or incomplete with the reason.
+    Closed { report_id: String, complete: bool, error: Option<String> },
+}
+
+/// A camera as other stages see it: its latest frame and its stats.
+#[derive(Clone)]
+pub struct CameraHandle {
+    pub name: String,
+    pub frames: crate::capture::FrameReceiver,
+    pub stats: Arc<crate::capture::camera::CameraStats>,
+}
+
+/// What the other stages (local API, voice) get to reach the running pipeline.
+#[derive(Clone)]
+pub struct AppHandle {
+    /// Bounded: `try_submit` fails when the model's queue is full.
+    pub requests: mpsc::Sender<Request>,
+    pub worker: Worker,
+    pub store: Store,
+    pub stats: Arc<DaemonStats>,
+    pub monitor_stats: Arc<MonitorStats>,
+    /// Replaced on reload.
+    pub cameras: Arc<Mutex<Vec<CameraHandle>>>,
+    pub settings: Arc<Mutex<Settings>>,
+    /// Every request's events, tagged with the report id (dashboards, metrics).
+    pub events: tokio::sync::broadcast::Sender<(String, Event)>,
+    /// Cancelled when the daemon stops.
+    pub shutdown: CancellationToken,
+}
+
+impl AppHandle {
+    /// The newest frame of a camera, if it has one.
+    pub fn latest_frame(&self, camera: &str) -> Option<crate::capture::Frame> {
+        let cams = self.cameras.lock().expect("poisoned");
+        cams.iter().find(|c| c.name == camera).and_then(|c| c.frames.clone().latest())
+    }
+
+    /// Queues a request; `Err` gives it back when the queue is full or the daemon is stopping.
+    pub fn try_submit(&self, req: Request) -> Result<(), Request> {
+        self.requests.try_send(req).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+        })
+    }
+}
+
+/// Everything one request needs to become a report.
 struct Dispatch {
     worker: Worker,
     store: Store,
@@ -194,17 +280,19 @@ struct Dispatch {
     stats: Arc<DaemonStats>,
     in_flight: InFlight,
     beat: Beat,
-    /// Listeners for every query's events (API streams, speech).
-    listeners: tokio::sync::broadcast::Sender<(String, Event)>,
+    events: tokio::sync::broadcast::Sender<(String, Event)>,
 }
 
 impl Dispatch {
-    async fn run(self, mut queries: mpsc::Receiver<Query>) {
+    /// Serves requests one at a time until `stop` (the request in flight is finished first).
+    async fn run(self, mut requests: mpsc::Receiver<Request>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                q = queries.recv() => match q {
-                    Some(q) => self.handle(q).await,
+                biased;
+                _ = stop.cancelled() => return,
+                r = requests.recv() => match r {
+                    Some(r) => self.handle(r).await,
                     None => return,
                 },
                 _ = tick.tick() => self.beat.alive(),
@@ -212,18 +300,20 @@ impl Dispatch {
         }
     }
 
-    async fn handle(&self, q: Query) {
+    async fn handle(&self, req: Request) {
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
-        let info = self.worker.info();
-        let cameras: Vec<String> = q.frames.iter().map(|f| f.camera.clone()).collect();
-        let trigger = match cameras.first() {
-            Some(c) => Trigger::Monitor { camera: c.clone() },
-            None => Trigger::Cli,
+        let listener = req.listener.clone();
+        let tell = |ev: RequestEvent| {
+            if let Some(l) = &listener {
+                let _ = l.send(ev);
+            }
         };
-        log::info!("query ({}): {}", q.trigger, cameras.join(", "));
+        let info = self.worker.info();
+        let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
+        log::info!("request {} ({}): cameras [{}]", req.trigger, req.reason, cameras.join(", "));
         let meta = ReportMeta {
-            trigger,
-            prompt: Some(q.prompt.clone()),
+            trigger: req.trigger.clone(),
+            prompt: Some(req.prompt.clone()),
             cameras: cameras.clone(),
             bundle_id: info.bundle_id.clone(),
             bundle_hash: info.bundle_hash.clone(),
@@ -235,6 +325,7 @@ impl Dispatch {
             Ok(Err(e)) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 log::error!("cannot start a report: {e}");
+                tell(RequestEvent::Closed { report_id: String::new(), complete: false, error: Some(e.to_string()) });
                 return;
             }
             Err(e) => {
@@ -243,6 +334,7 @@ impl Dispatch {
             }
         };
         let report_id = writer.id().as_str().to_string();
+        tell(RequestEvent::Started { report_id: report_id.clone() });
         let (settings_ask, sees_images) = {
             let s = self.settings.lock().expect("poisoned");
             (
@@ -254,37 +346,43 @@ impl Dispatch {
                 info.providers.iter().any(|r| r.component == "vision"),
             )
         };
-        let cancel = CancelToken::new();
-        *self.in_flight.lock().expect("poisoned") = Some(cancel.clone());
+        *self.in_flight.lock().expect("poisoned") = Some(req.cancel.clone());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let job = Job::Ask {
-            input: AskInput { text: q.prompt.clone(), frames: q.frames.clone(), audio: vec![] },
+            input: AskInput { text: req.prompt.clone(), frames: req.frames.clone(), audio: req.audio.clone() },
             settings: settings_ask,
-            cancel: cancel.clone(),
+            cancel: req.cancel.clone(),
             events: tx,
         };
-        let worker = self.worker.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job)).await.unwrap_or_else(|e| Err(e.to_string())) {
-            log::error!("{e}");
-            return;
-        }
         // The report is written on its own blocking thread, in event order.
         let (wtx, wrx) = std::sync::mpsc::channel::<JobEvent>();
-        let frames = q.frames.clone();
+        let frames = req.frames.clone();
+        let audio = req.audio.clone();
+        let transcript = req.audio_transcript.clone();
         let stats = Arc::clone(&self.stats);
-        let writer_task = tokio::task::spawn_blocking(move || write_report(writer, wrx, frames, sees_images, stats));
+        let writer_task =
+            tokio::task::spawn_blocking(move || write_report(writer, wrx, frames, audio, transcript, sees_images, stats));
+        let worker = self.worker.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job)).await.unwrap_or_else(|e| Err(e.to_string())) {
+            let _ = wtx.send(JobEvent::Failed(e));
+        }
         while let Some(ev) = rx.recv().await {
             self.beat.alive();
             if let JobEvent::Event(e) = &ev {
-                let _ = self.listeners.send((report_id.clone(), e.clone()));
+                let _ = self.events.send((report_id.clone(), e.clone()));
+                tell(RequestEvent::Event(e.clone()));
             }
             if wtx.send(ev).is_err() {
                 break;
             }
         }
         drop(wtx);
-        let _ = writer_task.await;
+        let closed = writer_task.await.unwrap_or_else(|e| Err(e.to_string()));
         *self.in_flight.lock().expect("poisoned") = None;
+        match closed {
+            Ok(complete) => tell(RequestEvent::Closed { report_id, complete, error: None }),
+            Err(e) => tell(RequestEvent::Closed { report_id, complete: false, error: Some(e) }),
+        }
     }
 }
 
@@ -294,15 +392,24 @@ fn write_report(
     mut writer: crate::report::ReportWriter,
     events: std::sync::mpsc::Receiver<JobEvent>,
     frames: Vec<crate::capture::Frame>,
+    audio: Vec<crate::capture::AudioClip>,
+    transcript: Option<String>,
     model_sees_images: bool,
     stats: Arc<DaemonStats>,
-) {
+) -> Result<bool, String> {
     let id = writer.id().as_str().to_string();
     let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
         stats.write_errors.fetch_add(1, Ordering::Relaxed);
         log::error!("report {id}: {what}: {e}");
     };
     let mut acks = AckLog::open(&id);
+    // The question first: the spoken clip, as asked.
+    for clip in &audio {
+        match writer.add_audio(clip, transcript.as_deref()) {
+            Ok(a) => acks.ack(&a),
+            Err(e) => fail(&stats, "question audio", &e),
+        }
+    }
     if !model_sees_images {
         for f in &frames {
             match writer.add_image(f) {
@@ -336,6 +443,7 @@ fn write_report(
             }
         }
     }
+    let complete = matches!(&done, Some(d) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline));
     let closed = match (done, failed) {
         (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
             writer.finish(ReportStats {
@@ -365,8 +473,12 @@ fn write_report(
             acks.closed();
             stats.reports.fetch_add(1, Ordering::Relaxed);
             log::info!("report {id} written");
+            Ok(complete)
         }
-        Err(e) => fail(&stats, "closing", &e),
+        Err(e) => {
+            fail(&stats, "closing", &e);
+            Err(e.to_string())
+        }
     }
 }
 
@@ -456,10 +568,12 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
 
     let stats = Arc::new(DaemonStats::default());
     let monitor_stats = Arc::new(MonitorStats::default());
-    let (qtx, qrx) = mpsc::channel::<Query>(settings.monitor_queue);
+    let (rtx, rrx) = mpsc::channel::<Request>(settings.monitor_queue);
+    let (qtx, mut qrx) = mpsc::channel::<Query>(settings.monitor_queue);
     let in_flight: InFlight = Arc::new(Mutex::new(None));
     let shared_settings = Arc::new(Mutex::new(settings.clone()));
-    let (listeners, _) = tokio::sync::broadcast::channel(256);
+    let (events, _) = tokio::sync::broadcast::channel(256);
+    let stop_dispatch = CancellationToken::new();
     let dispatch = Dispatch {
         worker: worker.clone(),
         store: store.clone(),
@@ -467,10 +581,37 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         stats: Arc::clone(&stats),
         in_flight: Arc::clone(&in_flight),
         beat: progress.stage("dispatcher"),
-        listeners,
+        events: events.clone(),
     };
     let mut pipeline = Some(start_pipeline(&settings, qtx.clone(), Arc::clone(&monitor_stats))?);
-    let dispatcher = tokio::spawn(dispatch.run(qrx));
+    let cameras = Arc::new(Mutex::new(pipeline.as_ref().map(|p| p.handles.clone()).unwrap_or_default()));
+    let dispatcher = tokio::spawn(dispatch.run(rrx, stop_dispatch.clone()));
+    // The monitor's looks become requests like any other.
+    {
+        let rtx = rtx.clone();
+        tokio::spawn(async move {
+            while let Some(q) = qrx.recv().await {
+                let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
+                let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
+                r.reason = q.trigger;
+                r.frames = q.frames;
+                if rtx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let handle = AppHandle {
+        requests: rtx,
+        worker: worker.clone(),
+        store: store.clone(),
+        stats: Arc::clone(&stats),
+        monitor_stats: Arc::clone(&monitor_stats),
+        cameras: Arc::clone(&cameras),
+        settings: Arc::clone(&shared_settings),
+        events,
+        shutdown: CancellationToken::new(),
+    };
 
     let housekeeping = CancellationToken::new();
     {
@@ -525,7 +666,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                             p.stop().await;
                         }
                         match start_pipeline(&new, qtx.clone(), Arc::clone(&monitor_stats)) {
-                            Ok(p) => pipeline = Some(p),
+                            Ok(p) => {
+                                *cameras.lock().expect("poisoned") = p.handles.clone();
+                                pipeline = Some(p);
+                            }
                             Err(e) => log::error!("reload: cameras: {e:#}"),
                         }
                         *shared_settings.lock().expect("poisoned") = new;
@@ -544,14 +688,17 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     systemd::stopping();
     systemd::status("stopping");
     log::info!("stopping: sources first, then the query in flight");
+    handle.shutdown.cancel();
     if let Some(p) = pipeline.take() {
         p.stop().await;
     }
     drop(qtx);
+    // The request in flight finishes; queued ones are dropped (their listeners see the end).
+    stop_dispatch.cancel();
     let drain = shared_settings.lock().expect("poisoned").drain_deadline.0;
     let mut dispatcher = dispatcher;
     if tokio::time::timeout(drain, &mut dispatcher).await.is_err() {
-        log::warn!("the query in flight did not finish within {drain:?}; stopping it (its report is marked incomplete)");
+        log::warn!("the request in flight did not finish within {drain:?}; stopping it (its report is marked incomplete)");
         if let Some(c) = in_flight.lock().expect("poisoned").as_ref() {
             c.cancel();
         }
