@@ -5,8 +5,14 @@
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
 //! the provider every component actually ran on.
 
+pub mod npz;
+pub mod processor;
+pub mod resample;
 pub mod sample;
+pub mod speech;
 pub mod stream;
+pub mod tensor;
+pub mod vision;
 
 use std::time::Duration;
 
