@@ -5,6 +5,7 @@
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
 //! the provider every component actually ran on.
 
+pub mod jpeg;
 pub mod npz;
 pub mod processor;
 pub mod resample;

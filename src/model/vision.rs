@@ -24,11 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use zune_jpeg::zune_core::bytestream::ZCursor;
-use zune_jpeg::zune_core::colorspace::ColorSpace;
-use zune_jpeg::zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
-
+use super::jpeg;
 use super::resample::{resize_f32, resize_u8, Filter};
 
 /// Largest accepted width or height (onnxruntime-extensions' decoder limit).
@@ -48,7 +44,7 @@ pub enum VisionError {
     Read { path: PathBuf, err: std::io::Error },
     #[error("image {input}: not a PNG or JPEG (starts with {magic})")]
     UnknownFormat { input: String, magic: String },
-    #[error("image {input}: corrupt or truncated {format}: {detail}")]
+    #[error("image {input}: cannot decode {format}: {detail}")]
     Decode {
         input: String,
         format: &'static str,
@@ -465,7 +461,8 @@ pub fn load_image(path: &Path) -> Result<DecodedImage, VisionError> {
 /// Decode PNG or JPEG bytes to RGB8, refusing oversized images from the header alone.
 ///
 /// Like the reference: 16-bit PNG samples keep their high byte, palettes and grey expand to
-/// RGB, alpha is dropped (not composited); JPEG is decoded to RGB.
+/// RGB, alpha is dropped (not composited); JPEG is decoded with libjpeg 9's arithmetic
+/// ([`super::jpeg`]) to RGB.
 pub fn decode_image(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
     if bytes.starts_with(PNG_SIGNATURE) {
@@ -547,38 +544,14 @@ fn decode_png(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
 }
 
 fn decode_jpeg(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
-    let err = |detail: String| VisionError::Decode {
+    let err = |e: jpeg::JpegError| VisionError::Decode {
         input: input.to_owned(),
         format: "JPEG",
-        detail,
+        detail: e.to_string(),
     };
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_strict_mode(true)
-        // Our own limit is checked below with a clearer message; keep the decoder's above it.
-        .set_max_width(usize::MAX >> 1)
-        .set_max_height(usize::MAX >> 1);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| err(e.to_string()))?;
-    let (width, height) = decoder
-        .dimensions()
-        .ok_or_else(|| err("no frame header".into()))?;
+    let (width, height) = jpeg::read_dimensions(bytes).map_err(err)?;
     check_dimensions(width, height, input)?;
-    // Entropy-coded data never contains FF D9 (a data FF is always followed by 00 or a restart
-    // marker), so a file without EOI after its first scan was cut short; the decoder alone
-    // would fill the missing rows with grey.
-    let first_scan = bytes.windows(2).position(|w| w == [0xFF, 0xDA]);
-    let has_eoi = first_scan.is_some_and(|s| bytes[s..].windows(2).any(|w| w == [0xFF, 0xD9]));
-    if !has_eoi {
-        return Err(err("no end-of-image marker: the file is truncated".into()));
-    }
-    let rgb = decoder.decode().map_err(|e| err(e.to_string()))?;
-    if rgb.len() != width * height * 3 {
-        return Err(err(format!(
-            "decoder returned {} bytes for {width}x{height} RGB",
-            rgb.len()
-        )));
-    }
+    let (width, height, rgb) = jpeg::decode_rgb(bytes, MAX_IMAGE_PIXELS).map_err(err)?;
     Ok(DecodedImage { width, height, rgb })
 }
 
