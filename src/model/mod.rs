@@ -1,6 +1,10 @@
 //! The model stage: an onnxruntime-genai bundle → ONNX Runtime sessions → generation → a stream
 //! of sentences.
 //!
+//! Multimodal pre-processing (phi4mm): [`processor`] turns a prompt with images ([`vision`],
+//! [`jpeg`], [`resample`]) and audio clips ([`speech`]) into the sessions' [`tensor`]s, exactly
+//! as ORT-GenAI's processor does; [`npz`] writes them for inspection (`gemba preprocess`).
+//!
 //! What flows through: a prompt (text, later images and audio) goes in; [`Event`]s come out —
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
 //! the provider every component actually ran on.

@@ -702,28 +702,38 @@ mod tests {
         assert!(e.to_string().contains("empty"), "{e}");
     }
 
-    #[test]
-    fn oversized_png_is_refused_from_its_header() {
-        // A 20000x20000 PNG header with no pixel data: refused before any allocation.
+    /// A PNG signature and IHDR chunk only: no pixel data at all.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
         let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
         let mut ihdr = b"IHDR".to_vec();
-        ihdr.extend_from_slice(&20000u32.to_be_bytes());
-        ihdr.extend_from_slice(&20000u32.to_be_bytes());
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
         ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
         bytes.extend_from_slice(&13u32.to_be_bytes());
         bytes.extend_from_slice(&ihdr);
         bytes.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-        let e = decode_image(&bytes, "huge.png").unwrap_err();
+        bytes
+    }
+
+    #[test]
+    fn oversized_and_empty_pngs_are_refused_from_the_header() {
+        // 20000x20000 would need 1.2 GB decoded: refused before any allocation.
+        let e = decode_image(&png_header(20000, 20000), "huge.png").unwrap_err();
+        let too_large = matches!(
+            e,
+            VisionError::TooLarge {
+                width: 20000,
+                height: 20000,
+                ..
+            }
+        );
+        assert!(too_large && e.to_string().contains("huge.png"), "{e}");
+        let e = decode_image(&png_header(0, 0), "empty.png").unwrap_err();
+        assert!(matches!(e, VisionError::Empty { .. }), "{e}");
+        let e = decode_image(&png_header(16384, 16384), "many.png").unwrap_err();
         assert!(
-            matches!(
-                e,
-                VisionError::TooLarge {
-                    width: 20000,
-                    height: 20000,
-                    ..
-                }
-            ),
-            "{e}"
+            matches!(e, VisionError::TooLarge { .. }),
+            "over 100 MP: {e}"
         );
     }
 
@@ -754,6 +764,10 @@ mod tests {
             ),
             "{e}"
         );
+        let mut empty = TINY_JPEG.to_vec();
+        empty[sof + 5..sof + 9].fill(0);
+        let e = decode_image(&empty, "empty.jpg").unwrap_err();
+        assert!(matches!(e, VisionError::Empty { .. }), "{e}");
 
         for cut in [TINY_JPEG.len() / 2, TINY_JPEG.len() - 10, 7] {
             let e = decode_image(&TINY_JPEG[..cut], "cut.jpg").unwrap_err();

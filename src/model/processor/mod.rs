@@ -472,6 +472,49 @@ fn expand_ids(
 mod tests {
     use super::*;
 
+    fn bundle_with(config: &str, vision_json: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("genai_config.json"), config).unwrap();
+        if let Some(v) = vision_json {
+            std::fs::write(dir.path().join("vision_processor.json"), v).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn bundle_errors_name_the_file_and_key() {
+        let e = Phi4mmProcessor::from_bundle(Path::new("/nonexistent/bundle"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/bundle/genai_config.json"), "{e}");
+
+        let dir = bundle_with(r#"{"model": {"type": "qwen2"}}"#, None);
+        let e = Phi4mmProcessor::from_bundle(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"qwen2\"") && e.contains("phi4mm"), "{e}");
+
+        let config = r#"{"model": {"type": "phi4mm", "vision": {"config_filename": "vision_processor.json"}}}"#;
+        let dir = bundle_with(
+            config,
+            Some(r#"{"processor": {"transforms": [], "colour": 1}}"#),
+        );
+        let e = Phi4mmProcessor::from_bundle(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vision_processor.json") && e.contains("colour"),
+            "{e}"
+        );
+
+        // Settings fine, tokenizer missing: named.
+        let dir = bundle_with(r#"{"model": {"type": "phi4mm"}}"#, None);
+        let e = Phi4mmProcessor::from_bundle(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
     #[test]
     fn placeholders_are_found_by_pattern() {
         let p = "<|user|><|image_1|>a<|audio_12|><|image_|><|image_x|><|audio_3|";
