@@ -204,16 +204,21 @@ pub fn resize_u8(
     let k = vert.fixed_point();
     let stride = tmp_w * channels;
     let mut out = vec![0u8; out_h * stride];
+    // Whole rows at a time (same per-sample summation order, but contiguous memory).
+    let mut acc = vec![0i32; stride];
     for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
         let (start, count) = vert.bounds[yy];
         let start = start - tmp_row0;
         let kk = &k[yy * vert.ksize..yy * vert.ksize + count];
-        for (i, o) in out_row.iter_mut().enumerate() {
-            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-            for (y, &ky) in kk.iter().enumerate() {
-                acc = acc.wrapping_add(i32::from(tmp[(start + y) * stride + i]) * ky);
+        acc.fill(1 << (PRECISION_BITS - 1));
+        for (y, &ky) in kk.iter().enumerate() {
+            let row = &tmp[(start + y) * stride..(start + y + 1) * stride];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a = a.wrapping_add(i32::from(v) * ky);
             }
-            *o = clip8(acc);
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
         }
     }
     out
@@ -274,15 +279,20 @@ pub fn resize_f32(
     }
     let stride = tmp_w * channels;
     let mut out = vec![0f32; out_h * stride];
+    // Whole rows at a time (same per-sample summation order, but contiguous memory).
+    let mut acc = vec![0f64; stride];
     for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
         let (start, kk) = vert.taps(yy);
         let start = start - tmp_row0;
-        for (i, o) in out_row.iter_mut().enumerate() {
-            let mut acc = 0.0f64;
-            for (y, &ky) in kk.iter().enumerate() {
-                acc += f64::from(tmp[(start + y) * stride + i]) * ky;
+        acc.fill(0.0);
+        for (y, &ky) in kk.iter().enumerate() {
+            let row = &tmp[(start + y) * stride..(start + y + 1) * stride];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += f64::from(v) * ky;
             }
-            *o = acc as f32;
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = a as f32;
         }
     }
     out

@@ -281,38 +281,58 @@ pub fn preprocess_rgb(
         plan.resized_height,
         Filter::Bilinear,
     );
-    // 3. Rescale + normalise into the padded HD canvas; padding is white (255) before scaling.
+    // 3. Rescale + normalise into the padded HD canvas, one plane per channel (the layout the
+    //    crops and the global view take); padding is white (255) before scaling.
     let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
         std::array::from_fn(|v| {
             (v as f32 * settings.rescale_factor - settings.mean[c]) / settings.std[c]
         })
     });
-    let mut hd = Vec::with_capacity(hd_w * hd_h * 3);
-    for y in 0..hd_h {
-        for x in 0..hd_w {
-            for (c, table) in lut.iter().enumerate() {
-                let v = if y < plan.resized_height && x < plan.resized_width {
-                    resized[(y * plan.resized_width + x) * 3 + c]
-                } else {
-                    255
-                };
-                hd.push(table[usize::from(v)]);
+    let hd_plane = hd_w * hd_h;
+    let mut hd = vec![0.0f32; 3 * hd_plane];
+    for (c, table) in lut.iter().enumerate() {
+        let plane = &mut hd[c * hd_plane..(c + 1) * hd_plane];
+        for (y, row) in plane.chunks_exact_mut(hd_w).enumerate() {
+            if y < plan.resized_height {
+                let src = &resized[y * plan.resized_width * 3..(y + 1) * plan.resized_width * 3];
+                for (out, px) in row.iter_mut().zip(src.chunks_exact(3)) {
+                    *out = table[usize::from(px[c])];
+                }
+                row[plan.resized_width..].fill(table[255]);
+            } else {
+                row.fill(table[255]);
             }
         }
     }
     drop(resized);
 
-    // 4. Global view (bicubic on floats), then the crops, all channel-first.
+    // 4. Global view (bicubic on floats, each plane on its own as the reference does), then the
+    //    crops, row-major; all channel-first.
     let crops = plan.crops();
-    let plane = base * base;
-    let mut pixel_values = Vec::with_capacity((1 + crops) * 3 * plane);
-    let global = resize_f32(&hd, hd_w, hd_h, 3, base, base, Filter::Bicubic);
-    push_chw(&mut pixel_values, &global, base, base, 0, 0, base);
+    let mut pixel_values = Vec::with_capacity((1 + crops) * 3 * base * base);
+    for c in 0..3 {
+        let plane = &hd[c * hd_plane..(c + 1) * hd_plane];
+        pixel_values.extend(resize_f32(
+            plane,
+            hd_w,
+            hd_h,
+            1,
+            base,
+            base,
+            Filter::Bicubic,
+        ));
+    }
     for r in 0..plan.rows {
-        for c in 0..plan.cols {
-            push_chw(&mut pixel_values, &hd, hd_w, hd_h, c * base, r * base, base);
+        for col in 0..plan.cols {
+            for c in 0..3 {
+                for y in r * base..(r + 1) * base {
+                    let at = c * hd_plane + y * hd_w + col * base;
+                    pixel_values.extend_from_slice(&hd[at..at + base]);
+                }
+            }
         }
     }
+    drop(hd);
 
     // 5. Attention mask over the HD grid: one cell per 14 px, padding cells zeroed.
     let m = settings.mask_resolution();
@@ -357,25 +377,6 @@ pub fn preprocess_rgb(
         crops,
         plan,
     })
-}
-
-/// Append the `side × side` window at `(x0, y0)` of an interleaved RGB float image as three
-/// planes.
-fn push_chw(
-    out: &mut Vec<f32>,
-    hwc: &[f32],
-    w: usize,
-    _h: usize,
-    x0: usize,
-    y0: usize,
-    side: usize,
-) {
-    for c in 0..3 {
-        for y in y0..y0 + side {
-            let row = &hwc[(y * w + x0) * 3..(y * w + x0 + side) * 3];
-            out.extend(row.iter().skip(c).step_by(3));
-        }
-    }
 }
 
 fn check_dimensions(width: usize, height: usize, input: &str) -> Result<(), VisionError> {

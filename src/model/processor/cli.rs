@@ -41,7 +41,7 @@ pub fn run(args: PreprocessArgs) -> anyhow::Result<()> {
     let images: Vec<ImageSource<'_>> = args.images.iter().map(|p| ImageSource::File(p)).collect();
     let audios: Vec<AudioSource<'_>> = args.audios.iter().map(|p| AudioSource::File(p)).collect();
     let processed = processor.process(&args.prompt, &images, &audios)?;
-    let tensors = processed.tensors(InputDtypes::all(args.float_type));
+    let tensors = processed.into_tensors(InputDtypes::all(args.float_type));
     let refs: Vec<(&str, &_)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     npz::write_npz(&args.out, &refs).with_context(|| format!("writing {}", args.out.display()))?;
     for (name, t) in &tensors {
@@ -110,7 +110,7 @@ pub fn bench_preprocess(
     for path in images {
         let samples = time(&mut || {
             let p = processor.process("<|image_1|>Describe.", &[ImageSource::File(path)], &[])?;
-            std::hint::black_box(p.tensors(InputDtypes::default()));
+            std::hint::black_box(p.into_tensors(InputDtypes::default()));
             Ok(())
         })?;
         bench.images.push(timing(path, samples));
@@ -118,7 +118,7 @@ pub fn bench_preprocess(
     for path in audios {
         let samples = time(&mut || {
             let p = processor.process("<|audio_1|>Transcribe.", &[], &[AudioSource::File(path)])?;
-            std::hint::black_box(p.tensors(InputDtypes::default()));
+            std::hint::black_box(p.into_tensors(InputDtypes::default()));
             Ok(())
         })?;
         bench.audios.push(timing(path, samples));

@@ -115,59 +115,49 @@ impl ProcessedInputs {
     /// The tensors by ORT-GenAI's names, floats in the sessions' declared types. Image tensors
     /// appear only with images, audio tensors only with audio.
     pub fn tensors(&self, dtypes: InputDtypes) -> Vec<(&'static str, HostTensor)> {
-        let mut out = vec![(
-            "input_ids",
-            HostTensor::i64(vec![1, self.input_ids.len()], self.input_ids.clone()),
-        )];
-        if let Some(b) = &self.images {
+        self.clone().into_tensors(dtypes)
+    }
+
+    /// As [`Self::tensors`], moving the buffers instead of copying them.
+    pub fn into_tensors(self, dtypes: InputDtypes) -> Vec<(&'static str, HostTensor)> {
+        let n_ids = self.input_ids.len();
+        let mut out = vec![("input_ids", HostTensor::i64(vec![1, n_ids], self.input_ids))];
+        if let Some(b) = self.images {
             let (n, v, base, m) = (b.images, b.views, b.base_resolution, b.mask_resolution);
-            out.push((
-                "pixel_values",
-                HostTensor::float(
-                    vec![n, v, 3, base, base],
-                    b.pixel_values.clone(),
-                    dtypes.pixel_values,
+            let pixels = vec![n, v, 3, base, base];
+            let masks = vec![n, v, m, m];
+            out.extend([
+                (
+                    "pixel_values",
+                    HostTensor::float(pixels, b.pixel_values, dtypes.pixel_values),
                 ),
-            ));
-            out.push((
-                "image_attention_mask",
-                HostTensor::float(
-                    vec![n, v, m, m],
-                    b.attention_mask.clone(),
-                    dtypes.image_attention_mask,
+                (
+                    "image_attention_mask",
+                    HostTensor::float(masks, b.attention_mask, dtypes.image_attention_mask),
                 ),
-            ));
-            out.push((
-                "image_sizes",
-                HostTensor::i64(vec![n, 2], b.image_sizes.clone()),
-            ));
-            out.push((
-                "num_image_tokens",
-                HostTensor::i64(vec![n, 1], b.num_img_tokens.clone()),
-            ));
+                ("image_sizes", HostTensor::i64(vec![n, 2], b.image_sizes)),
+                (
+                    "num_image_tokens",
+                    HostTensor::i64(vec![n, 1], b.num_img_tokens),
+                ),
+            ]);
         }
-        if let Some(a) = &self.audios {
-            out.push((
-                "audio_embeds",
-                HostTensor::float(
-                    vec![a.clips, a.max_frames, a.n_mel],
-                    a.embeds.clone(),
-                    dtypes.audio_embeds,
+        if let Some(a) = self.audios {
+            let (clips, frames) = (a.clips, a.max_frames);
+            out.extend([
+                (
+                    "audio_embeds",
+                    HostTensor::float(vec![clips, frames, a.n_mel], a.embeds, dtypes.audio_embeds),
                 ),
-            ));
-            out.push((
-                "audio_attention_mask",
-                HostTensor::bool(vec![a.clips, a.max_frames], a.attention_mask.clone()),
-            ));
-            out.push((
-                "audio_sizes",
-                HostTensor::i64(vec![a.clips], a.sizes.clone()),
-            ));
+                (
+                    "audio_attention_mask",
+                    HostTensor::bool(vec![clips, frames], a.attention_mask),
+                ),
+                ("audio_sizes", HostTensor::i64(vec![clips], a.sizes)),
+            ]);
         }
-        out.push((
-            "audio_projection_mode",
-            HostTensor::i64(vec![1], vec![self.audio_projection_mode]),
-        ));
+        let mode = vec![self.audio_projection_mode];
+        out.push(("audio_projection_mode", HostTensor::i64(vec![1], mode)));
         out
     }
 }
