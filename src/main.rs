@@ -37,6 +37,8 @@ enum Command {
     Config(ConfigCmd),
     /// Ask the model once; prints each sentence as soon as it is final.
     Ask(AskArgs),
+    /// Write the input tensors a phi4mm bundle's sessions would receive to an .npz file.
+    Preprocess(gemba::model::processor::cli::PreprocessArgs),
     /// What this machine can run, and what a bundle runs on.
     Doctor(DoctorArgs),
     /// Reports in the store: list, show, html, export.
@@ -79,6 +81,8 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
+    Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
     Decode {
         #[arg(long, value_name = "DIR")]
@@ -237,6 +241,14 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Preprocess(args) => {
+            gemba::model::processor::cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCmd::Preprocess(args)) => {
+            gemba::model::processor::cli::run_bench(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(r) => {
             gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime })?;
             Ok(ExitCode::SUCCESS)

@@ -18,7 +18,7 @@ use std::path::Path;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
-use super::bundle::{Bundle, BundleError, FloatType};
+use super::bundle::{Bundle, BundleError};
 use super::generate::{Embedder, GenerateError};
 use super::processor::{AudioSource, ImageSource, InputDtypes, Phi4mmProcessor};
 use super::providers::{build_session, ProviderPolicy, ProviderReport};
@@ -351,6 +351,3 @@ pub fn is_multimodal(dir: &Path) -> bool {
         .and_then(|v| v["model"]["type"].as_str().map(|t| super::genai_config::MULTIMODAL_TYPES.contains(&t)))
         .unwrap_or(false)
 }
-
-#[allow(dead_code)]
-fn _float_type_is_used(_: FloatType) {}
