@@ -1,11 +1,11 @@
 //! `gemba preprocess` against ORT-GenAI's multimodal processor (the reference implementation):
 //! the same bundle, prompts, images and audio clips through both, every tensor compared.
 //!
-//! Inputs are made here (PNG images of many sizes, aspect ratios and colour types, WAV clips at 8 / 16 /
-//! 22.05 / 44.1 / 48 kHz in several sample formats) plus the committed JPEG fixtures. The
-//! reference runs `tests/conformance/reference_preprocess.py` with the venv's
+//! Inputs are made here (PNG images of many sizes, aspect ratios and colour types, WAV clips at
+//! 8 / 11.025 / 16 / 22.05 / 44.1 / 48 kHz in several sample formats) plus the committed JPEG
+//! fixtures. The reference runs `tests/conformance/reference_preprocess.py` with the venv's
 //! onnxruntime-genai (`.venv/bin/python`, see the brief). Integer tensors must be equal, float
-//! tensors within 1e-3 (one half-precision step when the sessions take fp16).
+//! tensors within 1e-3 (one half-precision step when the sessions take fp16 / bf16).
 //!
 //! gemba's side runs the `gemba preprocess` command function in-process, from the same
 //! argument list the binary parses: with `CARGO_TARGET_DIR` shared between worktrees, the
