@@ -1,11 +1,11 @@
 //! `gemba preprocess` against ORT-GenAI's multimodal processor (the reference implementation):
 //! the same bundle, prompts, images and audio clips through both, every tensor compared.
 //!
-//! Inputs are made here (PNG images of many sizes and aspect ratios, WAV clips at 8 / 16 /
-//! 22.05 / 44.1 / 48 kHz in several sample formats) plus the committed JPEG fixtures. The
-//! reference runs `tests/conformance/reference_preprocess.py` with the venv's
+//! Inputs are made here (PNG images of many sizes, aspect ratios and colour types, WAV clips at
+//! 8 / 11.025 / 16 / 22.05 / 44.1 / 48 kHz in several sample formats) plus the committed JPEG
+//! fixtures. The reference runs `tests/conformance/reference_preprocess.py` with the venv's
 //! onnxruntime-genai (`.venv/bin/python`, see the brief). Integer tensors must be equal, float
-//! tensors within 1e-3 (one half-precision step when the sessions take fp16).
+//! tensors within 1e-3 (one half-precision step when the sessions take fp16 / bf16).
 //!
 //! gemba's side runs the `gemba preprocess` command function in-process, from the same
 //! argument list the binary parses: with `CARGO_TARGET_DIR` shared between worktrees, the
@@ -121,6 +121,64 @@ fn write_png(path: &Path, w: u32, h: u32, seed: u64) {
     enc.set_depth(png::BitDepth::Eight);
     enc.set_compression(png::Compression::Fast);
     enc.write_header().unwrap().write_image_data(&data).unwrap();
+}
+
+/// PNG colour types and depths the reference's libpng path expands to RGB: 16-bit RGB (high
+/// byte kept), grey + alpha, RGBA (alpha dropped, not composited), a palette with
+/// transparency, 4-bit grey.
+fn write_png_variants(dir: &Path) -> Vec<PathBuf> {
+    let (w, h) = (300u32, 200u32);
+    let mut rng = Rng(77);
+    let mut bytes = |n: usize| (0..n).map(|_| rng.next() as u8).collect::<Vec<u8>>();
+    let n = (w * h) as usize;
+    let variants: Vec<(&str, png::ColorType, png::BitDepth, Vec<u8>)> = vec![
+        (
+            "rgb16",
+            png::ColorType::Rgb,
+            png::BitDepth::Sixteen,
+            bytes(n * 6),
+        ),
+        (
+            "grey_alpha",
+            png::ColorType::GrayscaleAlpha,
+            png::BitDepth::Eight,
+            bytes(n * 2),
+        ),
+        (
+            "rgba",
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            bytes(n * 4),
+        ),
+        (
+            "palette",
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            bytes(n).iter().map(|b| b % 16).collect(),
+        ),
+        (
+            "grey4",
+            png::ColorType::Grayscale,
+            png::BitDepth::Four,
+            bytes(n / 2),
+        ),
+    ];
+    let palette = bytes(16 * 3);
+    let mut out = Vec::new();
+    for (name, color, depth, data) in variants {
+        let path = dir.join(format!("png_{name}.png"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut enc = png::Encoder::new(file, w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        if color == png::ColorType::Indexed {
+            enc.set_palette(palette.clone());
+            enc.set_trns((0..16u8).map(|i| i * 16).collect::<Vec<_>>());
+        }
+        enc.write_header().unwrap().write_image_data(&data).unwrap();
+        out.push(path);
+    }
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -370,6 +428,7 @@ fn preprocess_matches_ortgenai() {
     ] {
         images.push(fixture(f));
     }
+    images.extend(write_png_variants(dir));
     let clips = [
         ("8k_mono_s16", 8000, 1, 1.3, Sample::I16),
         ("16k_mono_s16", 16000, 1, 2.1, Sample::I16),

@@ -167,8 +167,10 @@ pub fn decode_wav(bytes: &[u8], input: &str) -> Result<Pcm, SpeechError> {
     }
     let declared = reader.len() as usize;
     let truncated = |e: hound::Error, read: usize| {
+        let e = e.to_string();
         derr(format!(
-            "{e} after {read} of {declared} samples (truncated data chunk?)"
+            "{}: read {read} of {declared} samples, the data chunk is truncated",
+            e.trim_end_matches('.')
         ))
     };
     let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {

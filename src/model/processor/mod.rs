@@ -449,7 +449,8 @@ fn expand_ids(
         if used != counts.len() {
             return Err(ProcessorError::Prompt {
                 detail: format!(
-                    "{used} {what} placeholder(s) for {} {what} input(s)",
+                    "{used} {what} placeholder(s) for {} {what} input(s); write one <|{what}_N|> \
+                     per {what}, or none at all to have them put in front",
                     counts.len()
                 ),
             });
