@@ -37,6 +37,8 @@ enum Command {
     /// Benchmarks against a peer measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Signed model bundles: keygen, pack, install (verify, smoke, switch, health gate, rollback), list, status, gc.
+    Model(gemba::update::cli::ModelArgs),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -202,6 +204,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Model(m) => gemba::update::cli::run(m, gemba::update::UpdateConfig::default(), cli.onnxruntime.as_deref()),
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
