@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::fake_daemon::{self, FakeDaemonOptions};
@@ -259,7 +259,7 @@ pub fn run(args: ModelArgs, base: UpdateConfig, onnxruntime: Option<&Path>) -> R
                 return Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
             }
             let file = file.expect("clap requires FILE without --inbox");
-            let outcome = install::install(&file, &ctx).with_context(|| format!("installing {}", file.display()))?;
+            let outcome = install::install(&file, &ctx)?;
             print_outcome(&outcome, gate.json)?;
         }
         ModelCommand::Rollback { gate } => {
@@ -271,7 +271,7 @@ pub fn run(args: ModelArgs, base: UpdateConfig, onnxruntime: Option<&Path>) -> R
                 no_daemon: gate.no_daemon,
                 observer: Some(&print_transition),
             };
-            let outcome = install::rollback(&ctx).context("rolling back")?;
+            let outcome = install::rollback(&ctx)?;
             print_outcome(&outcome, gate.json)?;
         }
         ModelCommand::Recover { json } => {

@@ -144,11 +144,13 @@ mod human_duration {
     }
 }
 
-/// Everything that can go wrong, each with what a person needs to act on it.
+/// Everything that can go wrong, each with what a person needs to act on it. Each message is
+/// complete on its own (it is also the reason recorded in update-state.json), so no variant
+/// exposes a `source()` that a cause chain would print a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("no trusted key: pass --trusted-key PUB (or set update.trusted_keys); bundles are never installed unverified")]
     NoTrustedKey,
     #[error("{path}: not a usable minisign key: {reason}")]
@@ -191,14 +193,14 @@ pub enum UpdateError {
     TooNew { version: String, min: String, ours: String },
     #[error("version {version} is already installed with other content (bundle {installed}, this one {new}); give the new bundle a new version")]
     VersionConflict { version: String, installed: String, new: String },
-    #[error("smoke test: bundle {version} does not load: {source}")]
-    SmokeLoad { version: String, source: crate::model::bundle::BundleError },
+    #[error("smoke test: bundle {version} does not load: {error}")]
+    SmokeLoad { version: String, error: crate::model::bundle::BundleError },
     #[error("smoke test: bundle {version}: {detail}")]
     SmokeRun { version: String, detail: String },
     #[error("smoke test failed: bundle {version}: the reply to {prompt:?} does not contain {expected:?}; it was {reply:?}")]
     SmokeFailed { version: String, prompt: String, expected: String, reply: String },
     #[error("smoke test: {0}")]
-    Runtime(#[from] crate::model::runtime::RuntimeError),
+    Runtime(crate::model::runtime::RuntimeError),
     #[error("no daemon to health-check: {detail}; start gemba.service or pass --no-daemon to install without the health gate")]
     NoDaemon { detail: String },
     #[error("health gate failed after switching to {version}: {reason}; rolled back to {rolled_back_to}")]
@@ -219,7 +221,7 @@ pub enum UpdateError {
 
 impl UpdateError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> UpdateError {
-        UpdateError::Io { path: path.into(), source }
+        UpdateError::Io { path: path.into(), error: source }
     }
 }
 

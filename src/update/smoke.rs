@@ -42,7 +42,7 @@ pub fn smoke_test(
     policy: &ProviderPolicy,
     cache_dir: &Path,
 ) -> Result<SmokeReport, UpdateError> {
-    let rt = runtime::init(onnxruntime)?;
+    let rt = runtime::init(onnxruntime).map_err(UpdateError::Runtime)?;
     let mut policy = policy.clone();
     policy.tensorrt.cache_dir = Some(cache_dir.to_path_buf());
     std::fs::create_dir_all(cache_dir).map_err(|e| UpdateError::io(cache_dir, e))?;
@@ -55,7 +55,7 @@ pub fn smoke_test(
         Ok(e) => e,
         Err(source) => {
             pb.finish_and_clear();
-            return Err(UpdateError::SmokeLoad { version: version.into(), source });
+            return Err(UpdateError::SmokeLoad { version: version.into(), error: source });
         }
     };
     for r in engine.provider_reports() {
