@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::fake_daemon::{self, FakeDaemonOptions};
@@ -68,8 +68,15 @@ pub enum ModelCommand {
     Pack {
         dir: PathBuf,
         /// minisign secret key (password-protected keys read GEMBA_SIGNING_PASSWORD).
-        #[arg(long, value_name = "KEYFILE")]
-        key: PathBuf,
+        #[arg(long, value_name = "KEYFILE", required_unless_present_any = ["signature", "manifest_only"])]
+        key: Option<PathBuf>,
+        /// Use this detached minisign signature of the manifest instead of --key (sign the file
+        /// that --manifest-only wrote with `minisign -Sm`); checked against --trusted-key if given.
+        #[arg(long, value_name = "MINISIG", conflicts_with = "key")]
+        signature: Option<PathBuf>,
+        /// Write only the manifest to --out (to sign it elsewhere).
+        #[arg(long, conflicts_with_all = ["key", "signature"])]
+        manifest_only: bool,
         #[arg(long, value_name = "V")]
         version: String,
         #[arg(short = 'o', long = "out", value_name = "FILE")]
@@ -186,6 +193,8 @@ pub fn run(args: ModelArgs, base: UpdateConfig, onnxruntime: Option<&Path>) -> R
         ModelCommand::Pack {
             dir,
             key,
+            signature,
+            manifest_only,
             version,
             out,
             name,
@@ -196,14 +205,27 @@ pub fn run(args: ModelArgs, base: UpdateConfig, onnxruntime: Option<&Path>) -> R
             smoke_max_tokens,
             zstd_level,
         } => {
-            let key = SigningKey::load(&key)?;
             let smoke = smoke_prompt.map(|prompt| SmokeSpec {
                 prompt,
                 expect_contains: expect_contains.unwrap_or_default(),
                 system: smoke_system,
                 max_tokens: smoke_max_tokens,
             });
-            let s = pack::pack(&dir, &key, &PackOptions { version, name, min_gemba, smoke, zstd_level }, &out)?;
+            let opts = PackOptions { version, name, min_gemba, smoke, zstd_level };
+            if manifest_only {
+                let hash = pack::write_manifest(&dir, &opts, &out)?;
+                println!("wrote {} (bundle {hash}); sign it with `minisign -Sm {}` and pack again with --signature", out.display(), out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let trusted = if cfg.trusted_keys.is_empty() { None } else { Some(TrustedKeys::load(&cfg.trusted_keys)?) };
+            let s = match (key, signature) {
+                (Some(k), _) => pack::pack(&dir, &SigningKey::load(&k)?, &opts, &out)?,
+                (None, Some(sig)) => {
+                    let text = std::fs::read_to_string(&sig).with_context(|| format!("reading {}", sig.display()))?;
+                    pack::pack_signed(&dir, pack::Signer::Detached { signature: text, trusted: trusted.as_ref() }, &opts, &out)?
+                }
+                (None, None) => unreachable!("clap requires --key or --signature"),
+            };
             println!(
                 "packed {} → {}: bundle {} ({} files, {} bytes → {} bytes), signed by {}",
                 dir.display(),

@@ -7,7 +7,7 @@
 //! serving and the reason recorded in `<root>/update-state.json`.
 //!
 //! # The archive
-//! Entry 0 is `gemba-manifest.json` ([`manifest::Manifest`]: every file's path, size and sha256,
+//! Packed by `gemba model pack` (see docs/updates.md for the whole flow). Entry 0 is `gemba-manifest.json` ([`manifest::Manifest`]: every file's path, size and sha256,
 //! the bundle version, the minimum gemba version, the genai model type and a smoke prompt with
 //! the text its reply must contain). Entry 1 is `gemba-manifest.json.minisig`, a minisign
 //! signature of the manifest's exact bytes ([`keys`]). Then the bundle's files, in any order,
@@ -36,6 +36,10 @@
 //!               ▼            ▼          ▼          ▼            │
 //!           Rejected     Rejected   Rejected   RollingBack ◀────┘ ─▶ RolledBack
 //! ```
+//! (`Smoked → RollingBack` too: recovery after a crash between the rename over `current` and
+//! the persisting of `Switched`.) A manual `gemba model rollback` walks the same machine with
+//! `previous` as the target: its files re-verified against its signed manifest (`Verifying`),
+//! smoke-tested, switched, gated.
 //! Each state is persisted (write temp, fsync, rename, fsync the directory) right after the step
 //! it names is complete, and logged. `Rejected` means the bundle was refused before the switch
 //! (the old bundle never stopped being `current`); `RolledBack` means the switch happened and was
@@ -43,7 +47,7 @@
 //! recover` (systemd `ExecStartPre=` of the daemon) or `gemba model install` restores the
 //! layout recorded in the attempt (`current` → the version active before, `previous` as it was),
 //! deletes what the attempt unpacked, and ends in `Rejected` or `RolledBack` with the reason
-//! "interrupted at <state>". Restoring is idempotent, so recovery does not need to know whether
+//! "interrupted at `<state>`". Restoring is idempotent, so recovery does not need to know whether
 //! the switch itself had happened. An unconfirmed update never survives a crash; the inbox
 //! service retries the archive (it stays in the inbox until an install finishes).
 //!

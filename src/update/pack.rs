@@ -106,15 +106,49 @@ pub fn trusted_comment(m: &Manifest) -> String {
     format!("timestamp:{} gemba bundle {} ({})", chrono::Utc::now().timestamp(), m.version, m.model_type)
 }
 
+/// Who signs the manifest.
+pub enum Signer<'a> {
+    /// A secret key on this machine.
+    Key(&'a SigningKey),
+    /// A detached minisign signature of the manifest made elsewhere (`minisign -Sm
+    /// gemba-manifest.json` on an offline machine, over the bytes `--manifest-only` wrote; the
+    /// manifest is deterministic, so packing again reproduces them). Checked against `trusted`
+    /// when given.
+    Detached { signature: String, trusted: Option<&'a super::keys::TrustedKeys> },
+}
+
 /// Packs `dir` into `out`, signed with `key`.
 pub fn pack(dir: &Path, key: &SigningKey, opts: &PackOptions, out: &Path) -> Result<PackSummary, UpdateError> {
+    pack_signed(dir, Signer::Key(key), opts, out)
+}
+
+/// Writes only the manifest `pack` would sign (for signing elsewhere); returns its bundle hash.
+pub fn write_manifest(dir: &Path, opts: &PackOptions, out: &Path) -> Result<String, UpdateError> {
+    let bytes = build_manifest(dir, opts)?.to_bytes();
+    std::fs::write(out, &bytes).at(out)?;
+    Ok(super::manifest::bundle_hash(&bytes))
+}
+
+/// Packs `dir` into `out` with the manifest signed by `signer`.
+pub fn pack_signed(dir: &Path, signer: Signer, opts: &PackOptions, out: &Path) -> Result<PackSummary, UpdateError> {
     let compression = Compression::from_path(out).ok_or_else(|| UpdateError::Pack {
         dir: dir.to_path_buf(),
         detail: format!("{}: the output must end in .tar or .tar.zst", out.display()),
     })?;
     let manifest = build_manifest(dir, opts)?;
     let bytes = manifest.to_bytes();
-    let sig = key.sign(&bytes, &trusted_comment(&manifest));
+    let (sig, key_id) = match signer {
+        Signer::Key(key) => (key.sign(&bytes, &trusted_comment(&manifest)), key.id.clone()),
+        Signer::Detached { signature, trusted } => {
+            let id = match trusted {
+                Some(t) => t.verify(Path::new(MANIFEST_NAME), &bytes, &signature)?,
+                None => minisign::SignatureBox::from_string(&signature)
+                    .map(|b| super::keys::key_id(b.keynum()))
+                    .map_err(|e| UpdateError::Pack { dir: dir.to_path_buf(), detail: format!("--signature: not a minisign signature: {e}") })?,
+            };
+            (signature, id)
+        }
+    };
     let mut entries: Vec<(String, EntrySource)> =
         vec![(MANIFEST_NAME.into(), EntrySource::Bytes(bytes.clone())), (SIGNATURE_NAME.into(), EntrySource::Bytes(sig.into_bytes()))];
     for f in &manifest.files {
@@ -125,7 +159,7 @@ pub fn pack(dir: &Path, key: &SigningKey, opts: &PackOptions, out: &Path) -> Res
         out: out.to_path_buf(),
         version: manifest.version.clone(),
         bundle_hash: super::manifest::bundle_hash(&bytes),
-        key_id: key.id.clone(),
+        key_id,
         files: manifest.files.len(),
         bytes: manifest.total_bytes(),
         archive_bytes: std::fs::metadata(out).at(out)?.len(),

@@ -34,7 +34,7 @@ pub enum State {
     Idle,
     /// The archive is being verified and unpacked into staging/.
     Verifying,
-    /// versions/<v> holds the complete, verified bundle.
+    /// `versions/<v>` holds the complete, verified bundle.
     Unpacked,
     /// The smoke prompt passed on the unpacked bundle.
     Smoked,
@@ -126,7 +126,7 @@ pub struct Attempt {
     /// The signer's key id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
-    /// versions/<version> was created by this attempt (and is deleted if it fails).
+    /// `versions/<version>` was created by this attempt (and is deleted if it fails).
     pub fresh: bool,
     /// `current` before the attempt (what a rollback restores).
     pub from: Option<String>,
