@@ -244,3 +244,33 @@ impl<T> IoAt<T> for std::io::Result<T> {
 pub fn gemba_version() -> semver::Version {
     semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("CARGO_PKG_VERSION is semver")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_section_parses_with_human_durations_and_rejects_unknown_keys() {
+        let c: UpdateConfig = toml::from_str(
+            r#"
+            models_dir = "/data/models"
+            trusted_keys = ["/etc/gemba/update-keys"]
+            health_timeout = "2m"
+            health_hold = "15min"
+            accept_model_types = ["phi4mm"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.models_dir, PathBuf::from("/data/models"));
+        assert_eq!(c.health_timeout, Duration::from_secs(120));
+        assert_eq!(c.health_hold, Duration::from_secs(900));
+        assert_eq!(c.state_dir, UpdateConfig::default().state_dir);
+        assert_eq!(c.keep, 3);
+        let e = toml::from_str::<UpdateConfig>("health_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(e.contains("soon") && e.contains("30s"), "{e}");
+        let e = toml::from_str::<UpdateConfig>("trusted_key = []").unwrap_err().to_string();
+        assert!(e.contains("unknown field `trusted_key`"), "{e}");
+        let round: UpdateConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+    }
+}
