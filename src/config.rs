@@ -100,6 +100,8 @@ pub struct RawConfig {
     pub cameras: Vec<RawCamera>,
     #[serde(default)]
     pub daemon: RawDaemon,
+    /// Fleet updates (`gemba model …`): models root, trusted keys, health gate.
+    pub update: Option<crate::update::UpdateConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -223,6 +225,7 @@ pub struct Settings {
     pub monitor_queue: usize,
     pub cameras: Vec<CameraSettings>,
     pub drain_deadline: HumanDuration,
+    pub update: crate::update::UpdateConfig,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
 }
@@ -513,6 +516,13 @@ impl Settings {
             monitor_queue,
             cameras,
             drain_deadline: raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
+            update: {
+                let mut u = raw.update.unwrap_or_default();
+                u.models_dir = abs(u.models_dir);
+                u.state_dir = abs(u.state_dir);
+                u.trusted_keys = u.trusted_keys.into_iter().map(abs).collect();
+                u
+            },
             sources,
         })
     }

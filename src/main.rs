@@ -55,6 +55,8 @@ enum Command {
     /// Benchmarks against a peer measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Signed model bundles: keygen, pack, install (verify, smoke, switch, health gate, rollback), list, status, gc.
+    Model(gemba::update::cli::ModelArgs),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -257,6 +259,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let s = gemba::config::Settings::load(&file)?;
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Model(m) => {
+            // The config's [update] section and providers, when a config is there.
+            let cfg = std::env::var_os("GEMBA_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(gemba::config::DEFAULT_CONFIG));
+            let (update, policy) = if cfg.exists() {
+                let s = gemba::config::Settings::load(&cfg)?;
+                (s.update, s.providers)
+            } else {
+                (gemba::update::UpdateConfig::default(), ProviderPolicy::default())
+            };
+            gemba::update::cli::run(m, update, policy, cli.onnxruntime.as_deref())
         }
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
