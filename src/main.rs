@@ -112,6 +112,8 @@ enum DebugCmd {
     Greedy { cases: PathBuf },
     /// Tokenize prompts plain and with the chat template.
     Tokenize { bundle: PathBuf, prompts: PathBuf },
+    /// Greedy generation from templated prompts with image/audio files (genai_mm_greedy.py's JSON).
+    GreedyMm { cases: PathBuf },
 }
 
 #[derive(Args)]
@@ -144,6 +146,13 @@ struct AskArgs {
     repetition_penalty: Option<f32>,
     #[arg(long)]
     seed: Option<u64>,
+    /// An image for the model (JPEG or PNG; repeatable). Placeholders `<|image_N|>` in the prompt
+    /// place them; without any, they go before the text.
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// An audio clip for the model (WAV, any rate; repeatable), placed by `<|audio_N|>`.
+    #[arg(long = "audio", value_name = "FILE")]
+    audio: Vec<PathBuf>,
     /// Stop when the reply contains this text (repeatable).
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
@@ -295,6 +304,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Debug(DebugCmd::GreedyMm { cases }) => {
+            println!("{}", gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
             println!("{}", gemba::conformance::tokenize(&bundle, &prompts)?);
             Ok(ExitCode::SUCCESS)
@@ -346,14 +359,12 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     params.max_new_tokens = a.max_tokens;
     params.stop_strings = a.stop.clone();
     params.deadline = a.deadline;
-    let ids = engine
-        .prompt_ids(&a.prompt, a.system.as_deref(), a.raw)
-        .with_context(|| format!("preparing the prompt for {}", a.model.display()))?;
+    let media = gemba::model::engine::MediaFiles { images: a.images.clone(), audio: a.audio.clone() };
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
     let json = a.json;
-    let done = engine.generate_ids(ids, &params, &cancel, &mut |ev: Event| {
+    let done = engine.ask_files(&a.prompt, a.system.as_deref(), a.raw, &media, &params, &cancel, &mut |ev: Event| {
         let mut out = stdout.lock();
         let r = if json {
             serde_json::to_string(&ev).map_err(std::io::Error::other).and_then(|s| writeln!(out, "{s}"))
