@@ -94,9 +94,91 @@ pub struct StatusFile<'a> {
     pub error: Option<&'a str>,
     pub providers: std::collections::BTreeMap<String, String>,
     pub data_dir: &'a Path,
+    /// Live counters, refreshed every few seconds while the daemon runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+/// The daemon's counters as status.json shows them (`gemba bench soak` reads them).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Counters {
+    pub uptime_s: f64,
+    pub requests: u64,
+    pub reports: u64,
+    pub reports_incomplete: u64,
+    pub errors: u64,
+    pub monitor_looks: u64,
+    pub monitor_unchanged: u64,
+    pub monitor_dropped: u64,
+    pub cameras: std::collections::BTreeMap<String, CameraCounters>,
+    pub store_bytes: u64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CameraCounters {
+    pub frames: u64,
+    pub dropped: u64,
+    pub decode_errors: u64,
+    pub reconnects: u64,
+}
+
+/// This process's resident set size and open descriptors (Linux /proc).
+pub fn process_usage(pid: u32) -> (u64, u64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    (rss, fds)
+}
+
+impl AppHandle {
+    /// A snapshot of the counters.
+    pub fn counters(&self, started: std::time::Instant) -> Counters {
+        let m = &self.monitor_stats;
+        let (rss, fds) = process_usage(std::process::id());
+        let cameras = self
+            .cameras
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|c| {
+                let s = c.stats.snapshot();
+                (c.name.clone(), CameraCounters { frames: s.frames, dropped: s.dropped, decode_errors: s.decode_errors, reconnects: s.reconnects })
+            })
+            .collect();
+        Counters {
+            uptime_s: started.elapsed().as_secs_f64(),
+            requests: self.stats.queries.load(Ordering::Relaxed),
+            reports: self.stats.reports.load(Ordering::Relaxed),
+            reports_incomplete: self.stats.reports_incomplete.load(Ordering::Relaxed),
+            errors: self.stats.query_errors.load(Ordering::Relaxed) + self.stats.write_errors.load(Ordering::Relaxed),
+            monitor_looks: m.looks.load(Ordering::Relaxed),
+            monitor_unchanged: m.unchanged.load(Ordering::Relaxed),
+            monitor_dropped: m.dropped_full.load(Ordering::Relaxed),
+            cameras,
+            store_bytes: self.store.usage().map(|u| u.media_bytes + u.html_bytes + u.index_bytes).unwrap_or(0),
+            rss_bytes: rss,
+            open_fds: fds,
+        }
+    }
 }
 
 pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &Path) -> std::io::Result<()> {
+    write_status_with(state_dir, info, ready, data_dir, None)
+}
+
+pub fn write_status_with(
+    state_dir: &Path,
+    info: &ModelInfo,
+    ready: bool,
+    data_dir: &Path,
+    counters: Option<Counters>,
+) -> std::io::Result<()> {
     let loaded_at = jiff::Timestamp::try_from(info.loaded_at).map(|t| t.to_string()).unwrap_or_default();
     let status = StatusFile {
         pid: std::process::id(),
@@ -109,6 +191,7 @@ pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &
         error: info.last_error.as_deref(),
         providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
         data_dir,
+        counters,
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
     crate::report::durable::write_atomic(&state_dir.join("status.json"), &json)
@@ -629,6 +712,27 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     Ok(Err(e)) => log::warn!("retention: {e}"),
                     Err(e) => log::warn!("retention task: {e}"),
                 }
+            }
+        });
+    }
+    // status.json with live counters every few seconds.
+    {
+        let handle = handle.clone();
+        let stop = housekeeping.clone();
+        let worker = worker.clone();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
+                let (h, w) = (handle.clone(), worker.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let s = h.settings.lock().expect("poisoned").clone();
+                    if let Err(e) = write_status_with(&s.state_dir, &w.info(), true, &s.data_dir, Some(h.counters(started))) {
+                        log::warn!("writing status.json: {e}");
+                    }
+                })
+                .await;
             }
         });
     }

@@ -83,6 +83,22 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Runs the daemon for N minutes and reports RSS over time, open fds, reports and drops.
+    Soak {
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Daemon config (default: the built-in demo).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The store (and status.json) directory (default: a fresh temporary one).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Sampling period (e.g. 10s).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        every: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
     Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
@@ -254,6 +270,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ask(a) => ask(cli.onnxruntime, a),
         Command::Preprocess(args) => {
             gemba::model::processor::cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCmd::Soak { minutes, config, data, every, json }) => {
+            let tmp;
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    tmp = std::env::temp_dir().join(format!("gemba-soak-{}", std::process::id()));
+                    tmp.clone()
+                }
+            };
+            let mut args: Vec<String> = match &config {
+                Some(c) => vec!["--config".into(), c.display().to_string()],
+                None => vec!["--demo".into()],
+            };
+            args.extend(["--data".into(), data.display().to_string()]);
+            if let Some(o) = &cli.onnxruntime {
+                args.splice(0..0, ["--onnxruntime".to_string(), o.display().to_string()]);
+            }
+            eprintln!("{:>8} {:>9} {:>5} {:>8} {:>9} {:>9} {:>7}", "t (s)", "RSS MiB", "fds", "reports", "frames", "dropped", "errors");
+            let r = gemba::bench::soak(&args, &data, minutes, every, |s| {
+                eprintln!(
+                    "{:>8.0} {:>9.1} {:>5} {:>8} {:>9} {:>9} {:>7}",
+                    s.t_s, s.rss_mib, s.open_fds, s.reports, s.frames, s.frames_dropped, s.errors
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCmd::Preprocess(args)) => {
