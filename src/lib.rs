@@ -25,3 +25,4 @@ pub mod model;
 pub mod systemd;
 pub mod monitor;
 pub mod report;
+pub mod voice;
