@@ -25,7 +25,7 @@ pub mod tts;
 pub mod vad;
 
 pub use config::{MicSettings, VoiceSettings};
-pub use speak::{Answer, SpokenAnswer, Voice};
+pub use speak::{Answer, Speech, SpokenAnswer, Voice};
 pub use stage::VoiceStage;
 
 #[derive(Debug, thiserror::Error)]

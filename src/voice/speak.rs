@@ -280,6 +280,43 @@ impl Answer {
     }
 }
 
+/// Speech for one generation outside the daemon (`gemba ask --speak`, `--speak-to FILE.wav`):
+/// feed it the generation's events, then [`Speech::finish`] waits for the answer to be spoken.
+pub struct Speech {
+    voice: Voice,
+    answer: Answer,
+}
+
+impl Speech {
+    pub fn open(
+        target: &super::output::OutputTarget,
+        tts: &super::tts::TtsSettings,
+        rt: Option<&crate::model::runtime::Runtime>,
+    ) -> Result<Speech, super::VoiceError> {
+        let tts = super::tts::build(tts, rt)?;
+        let output = Output::open(target, tts.sample_rate())?;
+        let voice = Voice::new(tts, output);
+        let answer = voice.answer(None);
+        Ok(Speech { voice, answer })
+    }
+
+    pub fn on_event(&mut self, ev: &Event) {
+        self.answer.on_event(ev);
+    }
+
+    /// Waits until everything has been synthesized and played; closes the output (a WAV file is
+    /// finalized).
+    pub fn finish(self) -> SpokenAnswer {
+        let spoken = self.answer.finish(Duration::from_secs(300));
+        if let Some(c) = &spoken.clip {
+            let secs = c.samples.len() as u64 / u64::from(c.sample_rate.max(1));
+            self.voice.output().wait_drained(Duration::from_secs(secs + 10));
+        }
+        self.voice.shutdown();
+        spoken
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
