@@ -105,7 +105,7 @@ pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &
         bundle_hash: &info.bundle_hash,
         loaded_at,
         ready,
-        smoke_ok: None,
+        smoke_ok: info.smoke_ok,
         error: info.last_error.as_deref(),
         providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
         data_dir,

@@ -104,6 +104,8 @@ pub struct RawConfig {
     pub microphone: Option<crate::voice::config::RawMicrophone>,
     /// Spoken questions and answers (needs `[microphone]`).
     pub voice: Option<crate::voice::config::RawVoice>,
+    /// Fleet updates (`gemba model …`): models root, trusted keys, health gate.
+    pub update: Option<crate::update::UpdateConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -230,6 +232,7 @@ pub struct Settings {
     pub microphone: Option<crate::voice::MicSettings>,
     /// Present when `[voice]` is there and not `enabled = false`.
     pub voice: Option<crate::voice::VoiceSettings>,
+    pub update: crate::update::UpdateConfig,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
 }
@@ -532,6 +535,13 @@ impl Settings {
             drain_deadline: raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
             microphone,
             voice,
+            update: {
+                let mut u = raw.update.unwrap_or_default();
+                u.models_dir = abs(u.models_dir);
+                u.state_dir = abs(u.state_dir);
+                u.trusted_keys = u.trusted_keys.into_iter().map(abs).collect();
+                u
+            },
             sources,
         })
     }

@@ -11,6 +11,7 @@
 //! - [`report`]: reports (frames, sentences, audio in order) and their crash-safe store,
 //!   retention, HTML pages and JSON export.
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
+//! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
@@ -25,4 +26,5 @@ pub mod model;
 pub mod systemd;
 pub mod monitor;
 pub mod report;
+pub mod update;
 pub mod voice;

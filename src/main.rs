@@ -37,6 +37,8 @@ enum Command {
     Config(ConfigCmd),
     /// Ask the model once; prints each sentence as soon as it is final.
     Ask(AskArgs),
+    /// Write the input tensors a phi4mm bundle's sessions would receive to an .npz file.
+    Preprocess(gemba::model::processor::cli::PreprocessArgs),
     /// What this machine can run, and what a bundle runs on.
     Doctor(DoctorArgs),
     /// Reports in the store: list, show, html, export.
@@ -53,6 +55,8 @@ enum Command {
     /// Benchmarks against a peer measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Signed model bundles: keygen, pack, install (verify, smoke, switch, health gate, rollback), list, status, gc.
+    Model(gemba::update::cli::ModelArgs),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -79,6 +83,8 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
+    Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
     Decode {
         #[arg(long, value_name = "DIR")]
@@ -106,6 +112,8 @@ enum DebugCmd {
     Greedy { cases: PathBuf },
     /// Tokenize prompts plain and with the chat template.
     Tokenize { bundle: PathBuf, prompts: PathBuf },
+    /// Greedy generation from templated prompts with image/audio files (genai_mm_greedy.py's JSON).
+    GreedyMm { cases: PathBuf },
 }
 
 #[derive(Args)]
@@ -138,6 +146,13 @@ struct AskArgs {
     repetition_penalty: Option<f32>,
     #[arg(long)]
     seed: Option<u64>,
+    /// An image for the model (JPEG or PNG; repeatable). Placeholders `<|image_N|>` in the prompt
+    /// place them; without any, they go before the text.
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// An audio clip for the model (WAV, any rate; repeatable), placed by `<|audio_N|>`.
+    #[arg(long = "audio", value_name = "FILE")]
+    audio: Vec<PathBuf>,
     /// Stop when the reply contains this text (repeatable).
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
@@ -278,6 +293,14 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Preprocess(args) => {
+            gemba::model::processor::cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCmd::Preprocess(args)) => {
+            gemba::model::processor::cli::run_bench(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(r) => {
             gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime })?;
             Ok(ExitCode::SUCCESS)
@@ -286,6 +309,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let s = gemba::config::Settings::load(&file)?;
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Model(m) => {
+            // The config's [update] section and providers, when a config is there.
+            let cfg = std::env::var_os("GEMBA_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(gemba::config::DEFAULT_CONFIG));
+            let (update, policy) = if cfg.exists() {
+                let s = gemba::config::Settings::load(&cfg)?;
+                (s.update, s.providers)
+            } else {
+                (gemba::update::UpdateConfig::default(), ProviderPolicy::default())
+            };
+            gemba::update::cli::run(m, update, policy, cli.onnxruntime.as_deref())
         }
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
@@ -309,6 +343,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Debug(DebugCmd::Greedy { cases }) => {
             println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(DebugCmd::GreedyMm { cases }) => {
+            println!("{}", gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
@@ -362,15 +400,13 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     params.max_new_tokens = a.max_tokens;
     params.stop_strings = a.stop.clone();
     params.deadline = a.deadline;
-    let ids = engine
-        .prompt_ids(&a.prompt, a.system.as_deref(), a.raw)
-        .with_context(|| format!("preparing the prompt for {}", a.model.display()))?;
+    let media = gemba::model::engine::MediaFiles { images: a.images.clone(), audio: a.audio.clone() };
     let mut speech = a.speech.open().context("--speak")?;
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
     let json = a.json;
-    let done = engine.generate_ids(ids, &params, &cancel, &mut |ev: Event| {
+    let done = engine.ask_files(&a.prompt, a.system.as_deref(), a.raw, &media, &params, &cancel, &mut |ev: Event| {
         if let Some(s) = &mut speech {
             s.on_event(&ev);
         }

@@ -48,7 +48,8 @@ pub struct RawVoice {
     pub push_to_talk: Option<PathBuf>,
     /// Cameras whose latest frame goes with each question.
     pub cameras: Option<Vec<String>>,
-    /// `{cameras}` → `Camera NAME: <|image_k|>` per frame, `{audio}` → `<|audio_1|>`.
+    /// Text that goes with every spoken question (default none: the question is the audio). The
+    /// engine names the cameras and places the audio in the user turn itself.
     pub prompt: Option<String>,
     pub barge_in: Option<bool>,
     /// `none`, `file:/path.wav`, or an output device name (default `default`).
@@ -154,7 +155,7 @@ pub struct VoiceSettings {
     pub vad: VadSettings,
 }
 
-pub const DEFAULT_PROMPT: &str = "{cameras}{audio}";
+pub const DEFAULT_PROMPT: &str = "";
 
 type KeyError = (String, String);
 
@@ -226,6 +227,9 @@ pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf
         }
     }
     let prompt = raw.prompt.unwrap_or_else(|| DEFAULT_PROMPT.into());
+    if prompt.contains("<|image_") || prompt.contains("<|audio_") {
+        return Err(("voice.prompt".into(), "no <|image_N|> / <|audio_N|> placeholders: the engine places the frames and the question's audio itself".into()));
+    }
     let output_spec = raw.output.unwrap_or_else(|| "default".into());
     let out_format = format_of("voice.output_format", raw.output_format.as_deref())?;
     let out_channels = raw.output_channels.unwrap_or(1);
@@ -293,13 +297,6 @@ pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf
     }))
 }
 
-/// The prompt for one question: `{cameras}` and `{audio}` expanded (the k-th named camera is
-/// `<|image_k|>`, in the order of `cameras`).
-pub fn expand_prompt(template: &str, cameras: &[&str], has_audio: bool) -> String {
-    let cams = cameras.iter().enumerate().map(|(i, c)| format!("Camera {c}: <|image_{}|>", i + 1)).collect::<Vec<_>>().join(" ");
-    template.replace("{cameras}", &cams).replace("{audio}", if has_audio { "<|audio_1|>" } else { "" })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +336,7 @@ mod tests {
             (RawVoice { tts: Some("sam".into()), ..Default::default() }, "voice.tts"),
             (RawVoice { output: Some("file:".into()), ..Default::default() }, "voice.output"),
             (RawVoice { output_format: Some("u8".into()), ..Default::default() }, "voice.output_format"),
+            (RawVoice { prompt: Some("<|audio_1|>".into()), ..Default::default() }, "voice.prompt"),
             (RawVoice { vad: RawVad { threshold: Some(1.5), ..Default::default() }, ..Default::default() }, "voice.vad.threshold"),
             (
                 RawVoice { vad: RawVad { max_utterance: Some(HumanDuration(Duration::from_secs(3600))), ..Default::default() }, ..Default::default() },
@@ -358,15 +356,5 @@ mod tests {
         ] {
             assert_eq!(validate_microphone(raw, &id).unwrap_err().0, key);
         }
-    }
-
-    #[test]
-    fn prompts_name_the_cameras() {
-        assert_eq!(expand_prompt(DEFAULT_PROMPT, &["press-2"], true), "Camera press-2: <|image_1|><|audio_1|>");
-        assert_eq!(
-            expand_prompt("{cameras} {audio}Answer briefly.", &["press-2", "belt-1"], true),
-            "Camera press-2: <|image_1|> Camera belt-1: <|image_2|> <|audio_1|>Answer briefly."
-        );
-        assert_eq!(expand_prompt(DEFAULT_PROMPT, &[], false), "");
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{expand_prompt, MicSettings, MicSource, VoiceSettings};
+use super::config::{MicSettings, MicSource, VoiceSettings};
 use super::listen::{Heard, ListenConfig, Listener, TriggerMode, Utterance};
 use super::output::{Output, OutputTarget};
 use super::speak::{Stopper, Voice};
@@ -268,8 +268,7 @@ async fn run(app: AppHandle, settings: VoiceSettings, voice: Arc<Voice>, mut hea
                         }
                     }
                 }
-                let names: Vec<&str> = frames.iter().map(|f| f.camera.as_str()).collect();
-                let prompt = expand_prompt(&settings.prompt, &names, true);
+                let prompt = settings.prompt.clone();
                 let (tx, rx) = mpsc::unbounded_channel();
                 let (ftx, frx) = std::sync::mpsc::channel();
                 let mut req = Request::new(Trigger::Voice, prompt);
