@@ -83,6 +83,21 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// End of a spoken question → first sentence → first audio sample, against the engine alone.
+    Voice {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// The question, spoken by espeak-ng.
+        #[arg(long, default_value = "What colour is the lamp?")]
+        question: String,
+        /// A camera image to ask about (default: a grey frame).
+        #[arg(long, value_name = "IMAGE")]
+        frame: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
     Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
@@ -320,6 +335,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (gemba::update::UpdateConfig::default(), ProviderPolicy::default())
             };
             gemba::update::cli::run(m, update, policy, cli.onnxruntime.as_deref())
+        }
+        Command::Bench(BenchCmd::Voice { model, question, frame, repeat, json }) => {
+            let rt = runtime::init(cli.onnxruntime.as_deref())?;
+            let r = gemba::voice::bench::run(rt, &model, &question, frame.as_deref(), repeat.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;

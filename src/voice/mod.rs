@@ -10,10 +10,12 @@
 //! - [`speak`] (+ [`tts`], [`output`]): each sentence, the moment it is final, is synthesized
 //!   (espeak-ng by default, a Piper voice when configured) and played (cpal device, WAV file, or
 //!   nowhere) while the model keeps generating; the answer's audio and timings go into the report.
+//! - [`bench`]: `gemba bench voice`.
 //!
 //! In from the rest of gemba: [`crate::capture::mic`] (microphones), [`crate::app`] (requests,
 //! listeners, reports), the ONNX Runtime. Out: requests and report follow-ups.
 
+pub mod bench;
 pub mod config;
 pub mod listen;
 pub mod output;
