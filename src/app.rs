@@ -287,6 +287,17 @@ pub struct Request {
     pub cancel: CancelToken,
     /// Receives this request's events (in order), then `Closed`.
     pub listener: Option<mpsc::UnboundedSender<RequestEvent>>,
+    /// What the requester adds once generation has ended (the spoken answer's audio and voice
+    /// timings); the report waits for it before closing, up to a minute, unless it is dropped.
+    pub follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
+}
+
+/// Segments and figures a requester adds at the end of its report.
+#[derive(Debug, Default)]
+pub struct FollowUp {
+    /// Audio clips (with transcripts), placed after the answer.
+    pub audio: Vec<(crate::capture::AudioClip, Option<String>)>,
+    pub voice: Option<crate::report::VoiceTimings>,
 }
 
 impl Request {
@@ -300,6 +311,7 @@ impl Request {
             audio_transcript: None,
             cancel: CancelToken::new(),
             listener: None,
+            follow_up: None,
         }
     }
 }
@@ -443,8 +455,10 @@ impl Dispatch {
         let audio = req.audio.clone();
         let transcript = req.audio_transcript.clone();
         let stats = Arc::clone(&self.stats);
-        let writer_task =
-            tokio::task::spawn_blocking(move || write_report(writer, wrx, frames, audio, transcript, sees_images, stats));
+        let follow_up = req.follow_up;
+        let writer_task = tokio::task::spawn_blocking(move || {
+            write_report(writer, wrx, frames, audio, transcript, sees_images, stats, follow_up)
+        });
         let worker = self.worker.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job)).await.unwrap_or_else(|e| Err(e.to_string())) {
             let _ = wtx.send(JobEvent::Failed(e));
@@ -470,7 +484,9 @@ impl Dispatch {
 }
 
 /// Writes one report from its events: cited frames where the model cites them, sentences as they
-/// come, frames nobody cited at the end (before the first sentence for a model that cannot see).
+/// come, frames nobody cited at the end (before the first sentence for a model that cannot see),
+/// then what the requester follows up with (the spoken answer).
+#[allow(clippy::too_many_arguments)]
 fn write_report(
     mut writer: crate::report::ReportWriter,
     events: std::sync::mpsc::Receiver<JobEvent>,
@@ -479,6 +495,7 @@ fn write_report(
     transcript: Option<String>,
     model_sees_images: bool,
     stats: Arc<DaemonStats>,
+    follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
 ) -> Result<bool, String> {
     let id = writer.id().as_str().to_string();
     let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
@@ -526,6 +543,19 @@ fn write_report(
             }
         }
     }
+    // The requester's follow-up comes after the end of generation (never after a failure).
+    let mut voice = None;
+    if let (Some(rx), Some(_)) = (follow_up, &done) {
+        if let Ok(f) = rx.recv_timeout(Duration::from_secs(60)) {
+            for (clip, text) in &f.audio {
+                match writer.add_audio(clip, text.as_deref()) {
+                    Ok(a) => acks.ack(&a),
+                    Err(e) => fail(&stats, "answer audio", &e),
+                }
+            }
+            voice = f.voice;
+        }
+    }
     let complete = matches!(&done, Some(d) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline));
     let closed = match (done, failed) {
         (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
@@ -536,6 +566,7 @@ fn write_report(
                 time_to_first_sentence_ms: d.time_to_first_sentence_ms,
                 total_ms: Some(d.total_ms),
                 tokens_per_s: Some(d.decode_tokens_per_s),
+                voice,
             })
         }
         (Some(d), _) => {
@@ -696,6 +727,21 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         shutdown: CancellationToken::new(),
     };
 
+    let voice = match crate::voice::start(&settings, handle.clone()) {
+        Ok(Some(v)) => {
+            log::info!("{}", v.summary);
+            eprintln!("gemba: {}", v.summary);
+            Some(v)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("voice disabled: {e}");
+            eprintln!("gemba: voice disabled: {e}");
+            systemd::status(&format!("serving {} ({} cameras); voice disabled: {e}", info.bundle_id, settings.cameras.len()));
+            None
+        }
+    };
+
     let housekeeping = CancellationToken::new();
     {
         let store = store.clone();
@@ -793,6 +839,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     systemd::status("stopping");
     log::info!("stopping: sources first, then the query in flight");
     handle.shutdown.cancel();
+    if let Some(v) = voice {
+        v.stop().await;
+    }
     if let Some(p) = pipeline.take() {
         p.stop().await;
     }

@@ -27,3 +27,4 @@ pub mod systemd;
 pub mod monitor;
 pub mod report;
 pub mod update;
+pub mod voice;

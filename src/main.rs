@@ -99,6 +99,21 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// End of a spoken question → first sentence → first audio sample, against the engine alone.
+    Voice {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// The question, spoken by espeak-ng.
+        #[arg(long, default_value = "What colour is the lamp?")]
+        question: String,
+        /// A camera image to ask about (default: a grey frame).
+        #[arg(long, value_name = "IMAGE")]
+        frame: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
     Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
@@ -177,8 +192,49 @@ struct AskArgs {
     deadline: Option<Duration>,
     #[command(flatten)]
     providers: ProviderArgs,
+    #[command(flatten)]
+    speech: SpeechArgs,
     /// The question.
     prompt: String,
+}
+
+#[derive(Args)]
+struct SpeechArgs {
+    /// Speak the answer, sentence by sentence as it is generated, on the default sound output.
+    #[arg(long)]
+    speak: bool,
+    /// Speak the answer into this WAV file instead (16-bit mono).
+    #[arg(long, value_name = "FILE.wav")]
+    speak_to: Option<PathBuf>,
+    /// espeak-ng voice (default en-us).
+    #[arg(long, value_name = "VOICE")]
+    espeak_voice: Option<String>,
+    /// Speak with this Piper voice (model.onnx, with model.onnx.json beside it) instead of espeak-ng.
+    #[arg(long, value_name = "MODEL.onnx")]
+    piper: Option<PathBuf>,
+}
+
+impl SpeechArgs {
+    /// The speaker for `ask`, if one was asked for.
+    fn open(&self) -> Result<Option<gemba::voice::Speech>> {
+        use gemba::voice::output::OutputTarget;
+        use gemba::voice::tts::TtsSettings;
+        let target = match (&self.speak_to, self.speak) {
+            (Some(p), _) => OutputTarget::File { path: p.clone(), paced: false, rate: None },
+            (None, true) => OutputTarget::Device {
+                device: "default".into(),
+                format: gemba::capture::mic::SampleFormat::I16,
+                rate: 22_050,
+                channels: 1,
+            },
+            (None, false) => return Ok(None),
+        };
+        let tts = match &self.piper {
+            Some(m) => TtsSettings::Piper { model: m.clone(), speaker: None, espeak_voice: self.espeak_voice.clone() },
+            None => TtsSettings::EspeakNg { voice: self.espeak_voice.clone().unwrap_or_else(|| "en-us".into()), speed: 175 },
+        };
+        Ok(Some(gemba::voice::Speech::open(&target, &tts, runtime::get())?))
+    }
 }
 
 #[derive(Args)]
@@ -327,6 +383,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             gemba::update::cli::run(m, update, policy, cli.onnxruntime.as_deref())
         }
+        Command::Bench(BenchCmd::Voice { model, question, frame, repeat, json }) => {
+            let rt = runtime::init(cli.onnxruntime.as_deref())?;
+            let r = gemba::voice::bench::run(rt, &model, &question, frame.as_deref(), repeat.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -407,11 +473,15 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     params.stop_strings = a.stop.clone();
     params.deadline = a.deadline;
     let media = gemba::model::engine::MediaFiles { images: a.images.clone(), audio: a.audio.clone() };
+    let mut speech = a.speech.open().context("--speak")?;
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
     let json = a.json;
     let done = engine.ask_files(&a.prompt, a.system.as_deref(), a.raw, &media, &params, &cancel, &mut |ev: Event| {
+        if let Some(s) = &mut speech {
+            s.on_event(&ev);
+        }
         let mut out = stdout.lock();
         let r = if json {
             serde_json::to_string(&ev).map_err(std::io::Error::other).and_then(|s| writeln!(out, "{s}"))
@@ -426,6 +496,16 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
             cancel.cancel();
         }
     })?;
+    if let Some(s) = speech {
+        let spoken = s.finish();
+        if let Some(e) = &spoken.error {
+            eprintln!("gemba: part of the answer could not be spoken: {e}");
+        }
+        let t = &spoken.timings;
+        let first = t.first_audio_at_ms.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "-".into());
+        let secs = spoken.clip.as_ref().map(|c| c.samples.len() as f64 / f64::from(c.sample_rate)).unwrap_or(0.0);
+        eprintln!("[spoken: {} sentence(s), {secs:.1} s with {} to {}; first audio {first} after the start]", t.sentences_spoken, t.tts, t.output);
+    }
     if let Some(e) = io_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("writing to stdout");

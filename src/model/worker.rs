@@ -273,7 +273,14 @@ fn ask(
     let mut params = engine.default_params();
     params.max_new_tokens = Some(settings.max_new_tokens);
     params.deadline = Some(settings.deadline);
+    // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
+    // tiny test models decode thousands of tokens per second), so tests can show what overlaps
+    // with generation.
+    let delay = std::env::var("GEMBA_TEST_TOKEN_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
     engine.ask(input, settings.system_prompt.as_deref(), &params, cancel, &mut |ev| {
+        if let (Some(d), Event::Token(_)) = (delay, &ev) {
+            std::thread::sleep(d);
+        }
         beat.alive();
         // A listener that went away must not stop the generation (the report still wants it).
         let _ = events.send(JobEvent::Event(ev));
