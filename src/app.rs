@@ -36,6 +36,8 @@ pub struct RunArgs {
     pub demo: bool,
     pub data: Option<PathBuf>,
     pub onnxruntime: Option<PathBuf>,
+    /// Stop by itself after this long, as if SIGTERM came (demos, soak runs).
+    pub stop_after: Option<Duration>,
 }
 
 /// The demo's config: replay cameras over the demo frames, the demo model, a local store.
@@ -801,6 +803,15 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            _ = async {
+                match args.stop_after {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                log::info!("stopping after {:?} (--stop-after)", args.stop_after.unwrap_or_default());
+                break;
+            }
             _ = int.recv() => break,
             _ = hup.recv() => {
                 systemd::reloading();
@@ -868,6 +879,15 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         stats.reports.load(Ordering::Relaxed),
         stats.reports_incomplete.load(Ordering::Relaxed),
         stats.query_errors.load(Ordering::Relaxed) + stats.write_errors.load(Ordering::Relaxed)
+    );
+    let index = store.write_index_html().unwrap_or_else(|_| s.data_dir.join("html/index.html"));
+    eprintln!(
+        "gemba: stopped; {} reports written ({} incomplete) in {} — open {} in a browser, or run `gemba report --data {} list`",
+        stats.reports.load(Ordering::Relaxed),
+        stats.reports_incomplete.load(Ordering::Relaxed),
+        s.data_dir.display(),
+        index.display(),
+        s.data_dir.display()
     );
     let _ = SystemTime::now();
     Ok(())

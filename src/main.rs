@@ -73,6 +73,9 @@ struct RunCmd {
     /// The report store (default: the config's data_dir; ./gemba-demo with --demo).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Stop by itself after this long (e.g. 90s), as on SIGTERM.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    stop_after: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -364,7 +367,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(r) => {
-            gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime })?;
+            gemba::app::run(gemba::app::RunArgs {
+                config: r.config,
+                demo: r.demo,
+                data: r.data,
+                onnxruntime: cli.onnxruntime,
+                stop_after: r.stop_after,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {
