@@ -152,12 +152,20 @@ struct MmCases {
 #[derive(Deserialize)]
 struct MmCase {
     name: String,
-    prompt: String,
+    /// The full prompt, chat template already applied (conformance) …
+    #[serde(default)]
+    prompt: Option<String>,
+    /// … or the user turn, rendered through the bundle's chat template here (evaluation).
+    #[serde(default)]
+    user: Option<String>,
     #[serde(default)]
     images: Vec<PathBuf>,
     #[serde(default)]
     audios: Vec<PathBuf>,
-    max_length: usize,
+    #[serde(default)]
+    max_length: Option<usize>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -172,6 +180,8 @@ struct MmCaseOut {
     prompt_tokens: usize,
     output_ids: Vec<u32>,
     finish: &'static str,
+    /// The decoded reply (markers such as `[cam:NAME]` included).
+    text: String,
 }
 
 /// Greedy generation from a full (already templated) prompt with image and audio files, as
@@ -185,13 +195,21 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
     for c in cases.cases {
         let mut params = engine.default_params();
         params.sampling.do_sample = false;
-        params.max_length = c.max_length;
+        if let Some(m) = c.max_length {
+            params.max_length = m;
+        }
+        params.max_new_tokens = c.max_new_tokens;
         let media = crate::model::engine::MediaFiles {
             images: c.images.iter().map(|p| resolve(cases_file, p)).collect(),
             audio: c.audios.iter().map(|p| resolve(cases_file, p)).collect(),
         };
         let mut ids = Vec::new();
-        let done = engine.ask_files(&c.prompt, None, true, &media, &params, &CancelToken::new(), &mut |ev| {
+        let (prompt, raw) = match (&c.prompt, &c.user) {
+            (Some(p), _) => (p.clone(), true),
+            (None, Some(u)) => (u.clone(), false),
+            (None, None) => anyhow::bail!("case {}: give \"prompt\" or \"user\"", c.name),
+        };
+        let done = engine.ask_files(&prompt, None, raw, &media, &params, &CancelToken::new(), &mut |ev| {
             if let crate::model::Event::Token(t) = ev {
                 ids.push(t.id);
             }
@@ -203,7 +221,7 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
             }
             _ => "length",
         };
-        out.cases.push(MmCaseOut { name: c.name, prompt_tokens: done.prompt_tokens, output_ids: ids, finish });
+        out.cases.push(MmCaseOut { name: c.name, prompt_tokens: done.prompt_tokens, output_ids: ids, finish, text: done.text });
     }
     Ok(serde_json::to_string_pretty(&out)?)
 }
