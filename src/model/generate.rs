@@ -634,6 +634,7 @@ fn run_loop(
     let mut splitter = SentenceSplitter::new(params.splitter.clone());
     let mut stops = StopMatcher { stops: params.stop_strings.clone(), pending: String::new() };
     let mut history: Vec<u32> = prompt.ids().to_vec();
+    let mut warned_unknown = false;
     let mut text = String::new();
     let mut n_sentences = 0usize;
     let mut first_sentence: Option<Duration> = None;
@@ -693,7 +694,23 @@ fn run_loop(
         last_token_at = at;
         first_token.get_or_insert(at);
         let is_eos = eos.contains(&id);
-        let piece = if is_eos { String::new() } else { detok.push(id).map_err(|e| GenerateError::Stream(e.to_string()))? };
+        let piece = if is_eos {
+            String::new()
+        } else {
+            match detok.push(id) {
+                Ok(p) => p,
+                // Models often have more logits than the tokenizer has ids (padded vocabularies);
+                // such a token has no text. Say so once, keep generating.
+                Err(super::stream::StreamError::UnknownToken { id, vocab_size }) => {
+                    if !warned_unknown {
+                        log::warn!("token {id} is outside the tokenizer's {vocab_size} ids; it has no text");
+                        warned_unknown = true;
+                    }
+                    String::new()
+                }
+                Err(e) => return Err(GenerateError::Stream(e.to_string())),
+            }
+        };
         let (safe, hit) = stops.push(&piece);
         on_event(Event::Token(TokenEvent { index: generated - 1, id, text: safe.clone(), at }));
         emit_text(&safe, generated - 1, at, &mut text, &mut n_sentences, &mut first_sentence, on_event);
