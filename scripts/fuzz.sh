@@ -13,7 +13,8 @@ for t in jpeg_to_rgb model_jpeg config_parse; do
   mkdir -p "corpus/$t"
   log=$(mktemp)
   if cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[$t]}" -- -max_total_time="$secs" >"$log" 2>&1; then r=ok; else r=CRASH; status=1; fi
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || grep -o '#[0-9]* *DONE' "$log" | grep -o '[0-9]*' | head -1)
+  # libFuzzer ends with "Done N runs in S second(s)".
+  execs=$(grep -o 'Done [0-9]* runs' "$log" | grep -o '[0-9]*' | tail -1 || true)
   echo "$t: $r, ${execs:-?} executions in ${secs}s (log: $log)"
 done
 exit $status
