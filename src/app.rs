@@ -36,6 +36,8 @@ pub struct RunArgs {
     pub demo: bool,
     pub data: Option<PathBuf>,
     pub onnxruntime: Option<PathBuf>,
+    /// Overrides the config's `[api] listen`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The demo's config: replay cameras over the demo frames, the demo model, a local store.
@@ -67,6 +69,10 @@ pub fn settings_for(args: &RunArgs) -> Result<Settings> {
     if args.onnxruntime.is_some() {
         s.onnxruntime = args.onnxruntime.clone();
     }
+    if let Some(l) = args.listen {
+        s.api.listen = l;
+        crate::api::check_exposure(&s.api)?;
+    }
     Ok(s)
 }
 
@@ -94,6 +100,8 @@ pub struct StatusFile<'a> {
     pub error: Option<&'a str>,
     pub providers: std::collections::BTreeMap<String, String>,
     pub data_dir: &'a Path,
+    /// Where the local API serves (the address actually bound).
+    pub api_addr: Option<String>,
 }
 
 pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &Path) -> std::io::Result<()> {
@@ -109,6 +117,7 @@ pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &
         error: info.last_error.as_deref(),
         providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
         data_dir,
+        api_addr: crate::api::bound_addr().map(|a| a.to_string()),
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
     crate::report::durable::write_atomic(&state_dir.join("status.json"), &json)
@@ -308,6 +317,16 @@ impl Dispatch {
                 let _ = l.send(ev);
             }
         };
+        // Unloaded (through the API): no report for a question nobody can answer.
+        if !self.worker.is_loaded() {
+            self.stats.query_errors.fetch_add(1, Ordering::Relaxed);
+            tell(RequestEvent::Closed {
+                report_id: String::new(),
+                complete: false,
+                error: Some(crate::model::worker::NOT_LOADED.into()),
+            });
+            return;
+        }
         let info = self.worker.info();
         let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
         log::info!("request {} ({}): cameras [{}]", req.trigger, req.reason, cameras.join(", "));
@@ -542,6 +561,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     let rec = store.recovery();
     log::info!("report store {}: {rec:?}", settings.data_dir.display());
 
+    // Bound before the model loads, so a taken port is reported at once.
+    let api = crate::api::bind(&settings.api).await?;
     let rt = runtime::init(settings.onnxruntime.as_deref())?;
     let progress = Progress::new();
     systemd::status(&format!("loading model {}", settings.model.path.display()));
@@ -612,6 +633,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         events,
         shutdown: CancellationToken::new(),
     };
+    let api_task = crate::api::serve(api, handle.clone());
 
     let housekeeping = CancellationToken::new();
     {
@@ -676,7 +698,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     }
                 }
                 let s = shared_settings.lock().expect("poisoned").clone();
-                if let Err(e) = write_status(&s.state_dir, &worker.info(), true, &s.data_dir) {
+                // Not ready if the model was unloaded (API) and the reload failed.
+                if let Err(e) = write_status(&s.state_dir, &worker.info(), worker.is_loaded(), &s.data_dir) {
                     log::error!("writing status.json: {e}");
                 }
                 systemd::ready();
@@ -703,6 +726,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
             c.cancel();
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
+    }
+    // The API stopped accepting at shutdown; its event streams have ended with their asks.
+    if tokio::time::timeout(Duration::from_secs(5), api_task).await.is_err() {
+        log::warn!("api: connections still open after 5 s; closing them");
     }
     housekeeping.cancel();
     progress.retire("worker");

@@ -69,6 +69,9 @@ struct RunCmd {
     /// The report store (default: the config's data_dir; ./gemba-demo with --demo).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Serve the local API on IP:PORT instead of the config's `[api] listen` (port 0: any free).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -238,7 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
         Command::Run(r) => {
-            gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime })?;
+            gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime, listen: r.listen })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {
