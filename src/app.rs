@@ -38,6 +38,8 @@ pub struct RunArgs {
     pub onnxruntime: Option<PathBuf>,
     /// Overrides the config's `[api] listen`.
     pub listen: Option<std::net::SocketAddr>,
+    /// Stop by itself after this long, as if SIGTERM came (demos, soak runs).
+    pub stop_after: Option<Duration>,
 }
 
 /// The demo's config: replay cameras over the demo frames, the demo model, a local store.
@@ -102,9 +104,91 @@ pub struct StatusFile<'a> {
     pub data_dir: &'a Path,
     /// Where the local API serves (the address actually bound).
     pub api_addr: Option<String>,
+    /// Live counters, refreshed every few seconds while the daemon runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+/// The daemon's counters as status.json shows them (`gemba bench soak` reads them).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Counters {
+    pub uptime_s: f64,
+    pub requests: u64,
+    pub reports: u64,
+    pub reports_incomplete: u64,
+    pub errors: u64,
+    pub monitor_looks: u64,
+    pub monitor_unchanged: u64,
+    pub monitor_dropped: u64,
+    pub cameras: std::collections::BTreeMap<String, CameraCounters>,
+    pub store_bytes: u64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CameraCounters {
+    pub frames: u64,
+    pub dropped: u64,
+    pub decode_errors: u64,
+    pub reconnects: u64,
+}
+
+/// This process's resident set size and open descriptors (Linux /proc).
+pub fn process_usage(pid: u32) -> (u64, u64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    (rss, fds)
+}
+
+impl AppHandle {
+    /// A snapshot of the counters.
+    pub fn counters(&self, started: std::time::Instant) -> Counters {
+        let m = &self.monitor_stats;
+        let (rss, fds) = process_usage(std::process::id());
+        let cameras = self
+            .cameras
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|c| {
+                let s = c.stats.snapshot();
+                (c.name.clone(), CameraCounters { frames: s.frames, dropped: s.dropped, decode_errors: s.decode_errors, reconnects: s.reconnects })
+            })
+            .collect();
+        Counters {
+            uptime_s: started.elapsed().as_secs_f64(),
+            requests: self.stats.queries.load(Ordering::Relaxed),
+            reports: self.stats.reports.load(Ordering::Relaxed),
+            reports_incomplete: self.stats.reports_incomplete.load(Ordering::Relaxed),
+            errors: self.stats.query_errors.load(Ordering::Relaxed) + self.stats.write_errors.load(Ordering::Relaxed),
+            monitor_looks: m.looks.load(Ordering::Relaxed),
+            monitor_unchanged: m.unchanged.load(Ordering::Relaxed),
+            monitor_dropped: m.dropped_full.load(Ordering::Relaxed),
+            cameras,
+            store_bytes: self.store.usage().map(|u| u.media_bytes + u.html_bytes + u.index_bytes).unwrap_or(0),
+            rss_bytes: rss,
+            open_fds: fds,
+        }
+    }
 }
 
 pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &Path) -> std::io::Result<()> {
+    write_status_with(state_dir, info, ready, data_dir, None)
+}
+
+pub fn write_status_with(
+    state_dir: &Path,
+    info: &ModelInfo,
+    ready: bool,
+    data_dir: &Path,
+    counters: Option<Counters>,
+) -> std::io::Result<()> {
     let loaded_at = jiff::Timestamp::try_from(info.loaded_at).map(|t| t.to_string()).unwrap_or_default();
     let status = StatusFile {
         pid: std::process::id(),
@@ -113,11 +197,12 @@ pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &
         bundle_hash: &info.bundle_hash,
         loaded_at,
         ready,
-        smoke_ok: None,
+        smoke_ok: info.smoke_ok,
         error: info.last_error.as_deref(),
         providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
         data_dir,
         api_addr: crate::api::bound_addr().map(|a| a.to_string()),
+        counters,
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
     crate::report::durable::write_atomic(&state_dir.join("status.json"), &json)
@@ -213,6 +298,17 @@ pub struct Request {
     pub cancel: CancelToken,
     /// Receives this request's events (in order), then `Closed`.
     pub listener: Option<mpsc::UnboundedSender<RequestEvent>>,
+    /// What the requester adds once generation has ended (the spoken answer's audio and voice
+    /// timings); the report waits for it before closing, up to a minute, unless it is dropped.
+    pub follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
+}
+
+/// Segments and figures a requester adds at the end of its report.
+#[derive(Debug, Default)]
+pub struct FollowUp {
+    /// Audio clips (with transcripts), placed after the answer.
+    pub audio: Vec<(crate::capture::AudioClip, Option<String>)>,
+    pub voice: Option<crate::report::VoiceTimings>,
 }
 
 impl Request {
@@ -226,6 +322,7 @@ impl Request {
             audio_transcript: None,
             cancel: CancelToken::new(),
             listener: None,
+            follow_up: None,
         }
     }
 }
@@ -379,8 +476,10 @@ impl Dispatch {
         let audio = req.audio.clone();
         let transcript = req.audio_transcript.clone();
         let stats = Arc::clone(&self.stats);
-        let writer_task =
-            tokio::task::spawn_blocking(move || write_report(writer, wrx, frames, audio, transcript, sees_images, stats));
+        let follow_up = req.follow_up;
+        let writer_task = tokio::task::spawn_blocking(move || {
+            write_report(writer, wrx, frames, audio, transcript, sees_images, stats, follow_up)
+        });
         let worker = self.worker.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job)).await.unwrap_or_else(|e| Err(e.to_string())) {
             let _ = wtx.send(JobEvent::Failed(e));
@@ -406,7 +505,9 @@ impl Dispatch {
 }
 
 /// Writes one report from its events: cited frames where the model cites them, sentences as they
-/// come, frames nobody cited at the end (before the first sentence for a model that cannot see).
+/// come, frames nobody cited at the end (before the first sentence for a model that cannot see),
+/// then what the requester follows up with (the spoken answer).
+#[allow(clippy::too_many_arguments)]
 fn write_report(
     mut writer: crate::report::ReportWriter,
     events: std::sync::mpsc::Receiver<JobEvent>,
@@ -415,6 +516,7 @@ fn write_report(
     transcript: Option<String>,
     model_sees_images: bool,
     stats: Arc<DaemonStats>,
+    follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
 ) -> Result<bool, String> {
     let id = writer.id().as_str().to_string();
     let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
@@ -462,6 +564,19 @@ fn write_report(
             }
         }
     }
+    // The requester's follow-up comes after the end of generation (never after a failure).
+    let mut voice = None;
+    if let (Some(rx), Some(_)) = (follow_up, &done) {
+        if let Ok(f) = rx.recv_timeout(Duration::from_secs(60)) {
+            for (clip, text) in &f.audio {
+                match writer.add_audio(clip, text.as_deref()) {
+                    Ok(a) => acks.ack(&a),
+                    Err(e) => fail(&stats, "answer audio", &e),
+                }
+            }
+            voice = f.voice;
+        }
+    }
     let complete = matches!(&done, Some(d) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline));
     let closed = match (done, failed) {
         (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
@@ -472,6 +587,7 @@ fn write_report(
                 time_to_first_sentence_ms: d.time_to_first_sentence_ms,
                 total_ms: Some(d.total_ms),
                 tokens_per_s: Some(d.decode_tokens_per_s),
+                voice,
             })
         }
         (Some(d), _) => {
@@ -549,6 +665,12 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
+    // Signals are taken from the start: a SIGTERM while the model loads or the stages start is
+    // served once they are up (a clean stop), instead of killing the process half way.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     systemd::status("starting");
     for d in [&settings.data_dir, &settings.state_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -635,6 +757,21 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     };
     let api_task = crate::api::serve(api, handle.clone());
 
+    let voice = match crate::voice::start(&settings, handle.clone()) {
+        Ok(Some(v)) => {
+            log::info!("{}", v.summary);
+            eprintln!("gemba: {}", v.summary);
+            Some(v)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("voice disabled: {e}");
+            eprintln!("gemba: voice disabled: {e}");
+            systemd::status(&format!("serving {} ({} cameras); voice disabled: {e}", info.bundle_id, settings.cameras.len()));
+            None
+        }
+    };
+
     let housekeeping = CancellationToken::new();
     {
         let store = store.clone();
@@ -654,6 +791,27 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
             }
         });
     }
+    // status.json with live counters every few seconds.
+    {
+        let handle = handle.clone();
+        let stop = housekeeping.clone();
+        let worker = worker.clone();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
+                let (h, w) = (handle.clone(), worker.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let s = h.settings.lock().expect("poisoned").clone();
+                    if let Err(e) = write_status_with(&s.state_dir, &w.info(), w.is_loaded(), &s.data_dir, Some(h.counters(started))) {
+                        log::warn!("writing status.json: {e}");
+                    }
+                })
+                .await;
+            }
+        });
+    }
     if let Some(period) = systemd::watchdog_period() {
         let progress = progress.clone();
         let stop = housekeeping.clone();
@@ -666,13 +824,18 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         });
     }
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            _ = async {
+                match args.stop_after {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                log::info!("stopping after {:?} (--stop-after)", args.stop_after.unwrap_or_default());
+                break;
+            }
             _ = int.recv() => break,
             _ = hup.recv() => {
                 systemd::reloading();
@@ -712,6 +875,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     systemd::status("stopping");
     log::info!("stopping: sources first, then the query in flight");
     handle.shutdown.cancel();
+    if let Some(v) = voice {
+        v.stop().await;
+    }
     if let Some(p) = pipeline.take() {
         p.stop().await;
     }
@@ -742,6 +908,15 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         stats.reports.load(Ordering::Relaxed),
         stats.reports_incomplete.load(Ordering::Relaxed),
         stats.query_errors.load(Ordering::Relaxed) + stats.write_errors.load(Ordering::Relaxed)
+    );
+    let index = store.write_index_html().unwrap_or_else(|_| s.data_dir.join("html/index.html"));
+    eprintln!(
+        "gemba: stopped; {} reports written ({} incomplete) in {} — open {} in a browser, or run `gemba report --data {} list`",
+        stats.reports.load(Ordering::Relaxed),
+        stats.reports_incomplete.load(Ordering::Relaxed),
+        s.data_dir.display(),
+        index.display(),
+        s.data_dir.display()
     );
     let _ = SystemTime::now();
     Ok(())

@@ -323,3 +323,131 @@ pub fn decode(
         ort_genai,
     })
 }
+
+/// One sample of a soak run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSample {
+    pub t_s: f64,
+    pub rss_mib: f64,
+    pub open_fds: u64,
+    pub reports: u64,
+    pub requests: u64,
+    pub frames: u64,
+    pub frames_dropped: u64,
+    pub monitor_dropped: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SoakReport {
+    pub minutes: f64,
+    pub samples: Vec<SoakSample>,
+    pub rss_first_mib: f64,
+    pub rss_max_mib: f64,
+    pub rss_last_mib: f64,
+    /// Least-squares slope over the second half of the run (the first half includes warm-up).
+    pub rss_slope_mib_per_hour: f64,
+    pub fds_first: u64,
+    pub fds_last: u64,
+    pub reports: u64,
+    pub frames: u64,
+    pub frames_dropped: u64,
+    pub errors: u64,
+    pub exit_ok: bool,
+}
+
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// Runs `gemba run` (the same binary) for `minutes` and samples its status.json counters.
+pub fn soak(run_args: &[String], state_dir: &Path, minutes: f64, every: Duration, mut on_sample: impl FnMut(&SoakSample)) -> Result<SoakReport> {
+    let exe = std::env::current_exe().context("locating the gemba binary")?;
+    let _ = std::fs::remove_file(state_dir.join("status.json"));
+    let mut child = std::process::Command::new(exe)
+        .arg("run")
+        .args(run_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting gemba run")?;
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(minutes * 60.0);
+    let mut samples = Vec::new();
+    while Instant::now() < end {
+        std::thread::sleep(every.min(end.saturating_duration_since(Instant::now())).max(Duration::from_millis(100)));
+        if let Some(st) = child.try_wait()? {
+            bail!("the daemon exited during the soak: {st}");
+        }
+        let Ok(text) = std::fs::read_to_string(state_dir.join("status.json")) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let c = &v["counters"];
+        if c.is_null() {
+            continue;
+        }
+        let u = |k: &str| c[k].as_u64().unwrap_or(0);
+        let cams = c["cameras"].as_object().cloned().unwrap_or_default();
+        let s = SoakSample {
+            t_s: t0.elapsed().as_secs_f64(),
+            rss_mib: u("rss_bytes") as f64 / (1024.0 * 1024.0),
+            open_fds: u("open_fds"),
+            reports: u("reports"),
+            requests: u("requests"),
+            frames: cams.values().map(|x| x["frames"].as_u64().unwrap_or(0)).sum(),
+            frames_dropped: cams.values().map(|x| x["dropped"].as_u64().unwrap_or(0)).sum(),
+            monitor_dropped: u("monitor_dropped"),
+            errors: u("errors"),
+        };
+        on_sample(&s);
+        samples.push(s);
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let exit_ok = child.wait().map(|s| s.success()).unwrap_or(false);
+    let Some(first) = samples.first().cloned() else { bail!("no status.json counters were read from the daemon") };
+    let last = samples.last().cloned().expect("non-empty");
+    let half = samples.len() / 2;
+    let tail: Vec<(f64, f64)> = samples[half..].iter().map(|s| (s.t_s / 3600.0, s.rss_mib)).collect();
+    Ok(SoakReport {
+        minutes,
+        rss_first_mib: first.rss_mib,
+        rss_max_mib: samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max),
+        rss_last_mib: last.rss_mib,
+        rss_slope_mib_per_hour: slope(&tail),
+        fds_first: first.open_fds,
+        fds_last: last.open_fds,
+        reports: last.reports,
+        frames: last.frames,
+        frames_dropped: last.frames_dropped,
+        errors: last.errors,
+        exit_ok,
+        samples,
+    })
+}
+
+impl std::fmt::Display for SoakReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "soak: {:.1} min, {} samples", self.minutes, self.samples.len())?;
+        writeln!(
+            f,
+            "RSS: {:.1} MiB first, {:.1} MiB max, {:.1} MiB last; trend over the second half {:+.2} MiB/hour",
+            self.rss_first_mib, self.rss_max_mib, self.rss_last_mib, self.rss_slope_mib_per_hour
+        )?;
+        writeln!(f, "open fds: {} first, {} last", self.fds_first, self.fds_last)?;
+        writeln!(
+            f,
+            "reports written: {}; frames captured: {} ({} replaced before use — keep-latest); errors: {}; clean exit on SIGTERM: {}",
+            self.reports, self.frames, self.frames_dropped, self.errors, self.exit_ok
+        )
+    }
+}

@@ -102,6 +102,12 @@ pub struct RawConfig {
     pub daemon: RawDaemon,
     #[serde(default)]
     pub api: RawApi,
+    /// The microphone the voice stage listens on.
+    pub microphone: Option<crate::voice::config::RawMicrophone>,
+    /// Spoken questions and answers (needs `[microphone]`).
+    pub voice: Option<crate::voice::config::RawVoice>,
+    /// Fleet updates (`gemba model …`): models root, trusted keys, health gate.
+    pub update: Option<crate::update::UpdateConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -244,6 +250,10 @@ pub struct Settings {
     pub cameras: Vec<CameraSettings>,
     pub drain_deadline: HumanDuration,
     pub api: ApiSettings,
+    pub microphone: Option<crate::voice::MicSettings>,
+    /// Present when `[voice]` is there and not `enabled = false`.
+    pub voice: Option<crate::voice::VoiceSettings>,
+    pub update: crate::update::UpdateConfig,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
 }
@@ -539,6 +549,16 @@ impl Settings {
         }
         let monitor_queue = raw.monitor.queue.unwrap_or(4).max(1);
         let api = api_settings(raw.api, &bad, &abs)?;
+        let key_err = |(key, msg): (String, String)| bad(&key, msg);
+        let microphone = raw.microphone.map(|m| crate::voice::config::validate_microphone(m, &abs)).transpose().map_err(key_err)?;
+        let names: Vec<&str> = cameras.iter().map(|c| c.name.as_str()).collect();
+        let voice = match raw.voice {
+            Some(v) => crate::voice::config::validate_voice(v, &names, &abs).map_err(key_err)?,
+            None => None,
+        };
+        if voice.is_some() && microphone.is_none() {
+            return Err(bad("voice", "voice needs a [microphone] section (kind = \"cpal\" with a device, or kind = \"wav\" with a path)".into()));
+        }
         Ok(Settings {
             board,
             data_dir,
@@ -556,6 +576,15 @@ impl Settings {
             cameras,
             drain_deadline: raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
             api,
+            microphone,
+            voice,
+            update: {
+                let mut u = raw.update.unwrap_or_default();
+                u.models_dir = abs(u.models_dir);
+                u.state_dir = abs(u.state_dir);
+                u.trusted_keys = u.trusted_keys.into_iter().map(abs).collect();
+                u
+            },
             sources,
         })
     }

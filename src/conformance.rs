@@ -142,3 +142,86 @@ pub fn tokenize(bundle_dir: &Path, prompts_file: &Path) -> Result<String> {
     }
     Ok(serde_json::to_string_pretty(&out)?)
 }
+
+#[derive(Deserialize)]
+struct MmCases {
+    bundle: PathBuf,
+    cases: Vec<MmCase>,
+}
+
+#[derive(Deserialize)]
+struct MmCase {
+    name: String,
+    /// The full prompt, chat template already applied (conformance) …
+    #[serde(default)]
+    prompt: Option<String>,
+    /// … or the user turn, rendered through the bundle's chat template here (evaluation).
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    images: Vec<PathBuf>,
+    #[serde(default)]
+    audios: Vec<PathBuf>,
+    #[serde(default)]
+    max_length: Option<usize>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct MmOut {
+    onnxruntime_version: String,
+    cases: Vec<MmCaseOut>,
+}
+
+#[derive(Serialize)]
+struct MmCaseOut {
+    name: String,
+    prompt_tokens: usize,
+    output_ids: Vec<u32>,
+    finish: &'static str,
+    /// The decoded reply (markers such as `[cam:NAME]` included).
+    text: String,
+}
+
+/// Greedy generation from a full (already templated) prompt with image and audio files, as
+/// `genai_mm_greedy.py` does it.
+pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(cases_file).with_context(|| format!("reading {}", cases_file.display()))?;
+    let cases: MmCases = serde_json::from_str(&text).with_context(|| format!("parsing {}", cases_file.display()))?;
+    let rt = runtime::init(ort)?;
+    let mut engine = Engine::load(rt, &resolve(cases_file, &cases.bundle), &ProviderPolicy::default())?;
+    let mut out = MmOut { onnxruntime_version: rt.version.clone(), cases: Vec::new() };
+    for c in cases.cases {
+        let mut params = engine.default_params();
+        params.sampling.do_sample = false;
+        if let Some(m) = c.max_length {
+            params.max_length = m;
+        }
+        params.max_new_tokens = c.max_new_tokens;
+        let media = crate::model::engine::MediaFiles {
+            images: c.images.iter().map(|p| resolve(cases_file, p)).collect(),
+            audio: c.audios.iter().map(|p| resolve(cases_file, p)).collect(),
+        };
+        let mut ids = Vec::new();
+        let (prompt, raw) = match (&c.prompt, &c.user) {
+            (Some(p), _) => (p.clone(), true),
+            (None, Some(u)) => (u.clone(), false),
+            (None, None) => anyhow::bail!("case {}: give \"prompt\" or \"user\"", c.name),
+        };
+        let done = engine.ask_files(&prompt, None, raw, &media, &params, &CancelToken::new(), &mut |ev| {
+            if let crate::model::Event::Token(t) = ev {
+                ids.push(t.id);
+            }
+        })?;
+        let finish = match done.stop {
+            StopReason::Eos => {
+                ids.pop();
+                "eos"
+            }
+            _ => "length",
+        };
+        out.cases.push(MmCaseOut { name: c.name, prompt_tokens: done.prompt_tokens, output_ids: ids, finish, text: done.text });
+    }
+    Ok(serde_json::to_string_pretty(&out)?)
+}

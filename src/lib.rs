@@ -12,6 +12,7 @@
 //!   retention, HTML pages and JSON export.
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
+//! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
@@ -27,3 +28,5 @@ pub mod model;
 pub mod systemd;
 pub mod monitor;
 pub mod report;
+pub mod update;
+pub mod voice;

@@ -37,6 +37,8 @@ enum Command {
     Config(ConfigCmd),
     /// Ask the model once; prints each sentence as soon as it is final.
     Ask(AskArgs),
+    /// Write the input tensors a phi4mm bundle's sessions would receive to an .npz file.
+    Preprocess(gemba::model::processor::cli::PreprocessArgs),
     /// What this machine can run, and what a bundle runs on.
     Doctor(DoctorArgs),
     /// Reports in the store: list, show, html, export.
@@ -53,6 +55,8 @@ enum Command {
     /// Benchmarks against a peer measured in the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Signed model bundles: keygen, pack, install (verify, smoke, switch, health gate, rollback), list, status, gc.
+    Model(gemba::update::cli::ModelArgs),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -72,6 +76,9 @@ struct RunCmd {
     /// Serve the local API on IP:PORT instead of the config's `[api] listen` (port 0: any free).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// Stop by itself after this long (e.g. 90s), as on SIGTERM.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    stop_after: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +89,39 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Runs the daemon for N minutes and reports RSS over time, open fds, reports and drops.
+    Soak {
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Daemon config (default: the built-in demo).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The store (and status.json) directory (default: a fresh temporary one).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Sampling period (e.g. 10s).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        every: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End of a spoken question → first sentence → first audio sample, against the engine alone.
+    Voice {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// The question, spoken by espeak-ng.
+        #[arg(long, default_value = "What colour is the lamp?")]
+        question: String,
+        /// A camera image to ask about (default: a grey frame).
+        #[arg(long, value_name = "IMAGE")]
+        frame: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
+    Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
     Decode {
         #[arg(long, value_name = "DIR")]
@@ -109,6 +149,8 @@ enum DebugCmd {
     Greedy { cases: PathBuf },
     /// Tokenize prompts plain and with the chat template.
     Tokenize { bundle: PathBuf, prompts: PathBuf },
+    /// Greedy generation from templated prompts with image/audio files (genai_mm_greedy.py's JSON).
+    GreedyMm { cases: PathBuf },
 }
 
 #[derive(Args)]
@@ -141,6 +183,13 @@ struct AskArgs {
     repetition_penalty: Option<f32>,
     #[arg(long)]
     seed: Option<u64>,
+    /// An image for the model (JPEG or PNG; repeatable). Placeholders `<|image_N|>` in the prompt
+    /// place them; without any, they go before the text.
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// An audio clip for the model (WAV, any rate; repeatable), placed by `<|audio_N|>`.
+    #[arg(long = "audio", value_name = "FILE")]
+    audio: Vec<PathBuf>,
     /// Stop when the reply contains this text (repeatable).
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
@@ -149,8 +198,49 @@ struct AskArgs {
     deadline: Option<Duration>,
     #[command(flatten)]
     providers: ProviderArgs,
+    #[command(flatten)]
+    speech: SpeechArgs,
     /// The question.
     prompt: String,
+}
+
+#[derive(Args)]
+struct SpeechArgs {
+    /// Speak the answer, sentence by sentence as it is generated, on the default sound output.
+    #[arg(long)]
+    speak: bool,
+    /// Speak the answer into this WAV file instead (16-bit mono).
+    #[arg(long, value_name = "FILE.wav")]
+    speak_to: Option<PathBuf>,
+    /// espeak-ng voice (default en-us).
+    #[arg(long, value_name = "VOICE")]
+    espeak_voice: Option<String>,
+    /// Speak with this Piper voice (model.onnx, with model.onnx.json beside it) instead of espeak-ng.
+    #[arg(long, value_name = "MODEL.onnx")]
+    piper: Option<PathBuf>,
+}
+
+impl SpeechArgs {
+    /// The speaker for `ask`, if one was asked for.
+    fn open(&self) -> Result<Option<gemba::voice::Speech>> {
+        use gemba::voice::output::OutputTarget;
+        use gemba::voice::tts::TtsSettings;
+        let target = match (&self.speak_to, self.speak) {
+            (Some(p), _) => OutputTarget::File { path: p.clone(), paced: false, rate: None },
+            (None, true) => OutputTarget::Device {
+                device: "default".into(),
+                format: gemba::capture::mic::SampleFormat::I16,
+                rate: 22_050,
+                channels: 1,
+            },
+            (None, false) => return Ok(None),
+        };
+        let tts = match &self.piper {
+            Some(m) => TtsSettings::Piper { model: m.clone(), speaker: None, espeak_voice: self.espeak_voice.clone() },
+            None => TtsSettings::EspeakNg { voice: self.espeak_voice.clone().unwrap_or_else(|| "en-us".into()), speed: 175 },
+        };
+        Ok(Some(gemba::voice::Speech::open(&target, &tts, runtime::get())?))
+    }
 }
 
 #[derive(Args)]
@@ -240,13 +330,80 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
+        Command::Preprocess(args) => {
+            gemba::model::processor::cli::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCmd::Soak { minutes, config, data, every, json }) => {
+            let tmp;
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    tmp = std::env::temp_dir().join(format!("gemba-soak-{}", std::process::id()));
+                    tmp.clone()
+                }
+            };
+            let mut args: Vec<String> = match &config {
+                Some(c) => vec!["--config".into(), c.display().to_string()],
+                None => vec!["--demo".into()],
+            };
+            args.extend(["--data".into(), data.display().to_string()]);
+            if let Some(o) = &cli.onnxruntime {
+                args.splice(0..0, ["--onnxruntime".to_string(), o.display().to_string()]);
+            }
+            eprintln!("{:>8} {:>9} {:>5} {:>8} {:>9} {:>9} {:>7}", "t (s)", "RSS MiB", "fds", "reports", "frames", "dropped", "errors");
+            let r = gemba::bench::soak(&args, &data, minutes, every, |s| {
+                eprintln!(
+                    "{:>8.0} {:>9.1} {:>5} {:>8} {:>9} {:>9} {:>7}",
+                    s.t_s, s.rss_mib, s.open_fds, s.reports, s.frames, s.frames_dropped, s.errors
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCmd::Preprocess(args)) => {
+            gemba::model::processor::cli::run_bench(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(r) => {
-            gemba::app::run(gemba::app::RunArgs { config: r.config, demo: r.demo, data: r.data, onnxruntime: cli.onnxruntime, listen: r.listen })?;
+            gemba::app::run(gemba::app::RunArgs {
+                config: r.config,
+                demo: r.demo,
+                data: r.data,
+                onnxruntime: cli.onnxruntime,
+                stop_after: r.stop_after,
+                listen: r.listen,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {
             let s = gemba::config::Settings::load(&file)?;
             println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model(m) => {
+            // The config's [update] section and providers, when a config is there.
+            let cfg = std::env::var_os("GEMBA_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(gemba::config::DEFAULT_CONFIG));
+            let (update, policy) = if cfg.exists() {
+                let s = gemba::config::Settings::load(&cfg)?;
+                (s.update, s.providers)
+            } else {
+                (gemba::update::UpdateConfig::default(), ProviderPolicy::default())
+            };
+            gemba::update::cli::run(m, update, policy, cli.onnxruntime.as_deref())
+        }
+        Command::Bench(BenchCmd::Voice { model, question, frame, repeat, json }) => {
+            let rt = runtime::init(cli.onnxruntime.as_deref())?;
+            let r = gemba::voice::bench::run(rt, &model, &question, frame.as_deref(), repeat.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
@@ -271,6 +428,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Debug(DebugCmd::Greedy { cases }) => {
             println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(DebugCmd::GreedyMm { cases }) => {
+            println!("{}", gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
@@ -324,14 +485,16 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     params.max_new_tokens = a.max_tokens;
     params.stop_strings = a.stop.clone();
     params.deadline = a.deadline;
-    let ids = engine
-        .prompt_ids(&a.prompt, a.system.as_deref(), a.raw)
-        .with_context(|| format!("preparing the prompt for {}", a.model.display()))?;
+    let media = gemba::model::engine::MediaFiles { images: a.images.clone(), audio: a.audio.clone() };
+    let mut speech = a.speech.open().context("--speak")?;
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
     let json = a.json;
-    let done = engine.generate_ids(ids, &params, &cancel, &mut |ev: Event| {
+    let done = engine.ask_files(&a.prompt, a.system.as_deref(), a.raw, &media, &params, &cancel, &mut |ev: Event| {
+        if let Some(s) = &mut speech {
+            s.on_event(&ev);
+        }
         let mut out = stdout.lock();
         let r = if json {
             serde_json::to_string(&ev).map_err(std::io::Error::other).and_then(|s| writeln!(out, "{s}"))
@@ -346,6 +509,16 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
             cancel.cancel();
         }
     })?;
+    if let Some(s) = speech {
+        let spoken = s.finish();
+        if let Some(e) = &spoken.error {
+            eprintln!("gemba: part of the answer could not be spoken: {e}");
+        }
+        let t = &spoken.timings;
+        let first = t.first_audio_at_ms.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "-".into());
+        let secs = spoken.clip.as_ref().map(|c| c.samples.len() as f64 / f64::from(c.sample_rate)).unwrap_or(0.0);
+        eprintln!("[spoken: {} sentence(s), {secs:.1} s with {} to {}; first audio {first} after the start]", t.sentences_spoken, t.tts, t.output);
+    }
     if let Some(e) = io_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("writing to stdout");

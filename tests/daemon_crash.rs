@@ -153,7 +153,7 @@ fn kill_9_during_report_writes_loses_nothing_acknowledged() {
         // A kill between the store's begin and the log line leaves one report the log lacks.
         assert!(total <= begun.len() + kills, "reports the daemon never began: {total} in the store, {} begun", begun.len());
         eprintln!("kill {kills}: {} reports begun, {} in the store, {} acknowledged segments", begun.len(), total, expected.len());
-        if total >= 200 {
+        if total >= 200 && kills >= 10 {
             assert!(closed.len() >= 100, "most reports complete between kills ({} of {})", closed.len(), begun.len());
             break;
         }

@@ -47,6 +47,7 @@ fn fixed_report() -> Report {
             time_to_first_sentence_ms: Some(841.0),
             total_ms: Some(3105.5),
             tokens_per_s: Some(18.24),
+            voice: None,
         }),
         unknown_citations: 1,
         segments: vec![

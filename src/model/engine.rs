@@ -1,8 +1,14 @@
 //! The engine: a loaded bundle and its sessions, ready to answer.
 //!
 //! One [`Engine`] owns every ONNX session of a bundle (runs take `&mut`, so one owner — the model
-//! worker thread in the daemon, the command itself in `gemba ask`). It turns a prompt into token
-//! ids (chat template unless raw) and streams a generation through `generate`.
+//! worker thread in the daemon, the command itself in `gemba ask`). It turns a question into the
+//! decoder's first input — token ids through the chat template for a text bundle; for phi4mm the
+//! chat template, the processor and the vision / speech / embedding sessions — and streams a
+//! generation through `generate`.
+//!
+//! Camera frames are named in the prompt the way the demo model and interleaved reports expect:
+//! `Camera press-2: <|image_1|>` per frame, then the question (or `<|audio_1|>` for a spoken one),
+//! so the model can cite a frame as `[cam:press-2]`.
 
 use std::path::Path;
 
@@ -10,25 +16,133 @@ use super::bundle::{Bundle, BundleError};
 use super::generate::{generate, CancelToken, Decoder, Done, Event, GenerateError, GenerateParams, PromptInput};
 use super::providers::{ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
+use super::multimodal::Multimodal;
+use super::processor::{AudioSource, ImageSource};
+use super::speech::Pcm;
 use super::tokenizer::{ChatMessage, TokenizerError};
 
 pub struct Engine {
     pub bundle: Bundle,
     pub decoder: Decoder,
+    /// The phi4mm front end, for multimodal bundles.
+    pub multimodal: Option<Multimodal>,
+}
+
+/// Media given as files (the command line): decoded by the pre-processing itself, as ORT-GenAI
+/// decodes them.
+#[derive(Debug, Clone, Default)]
+pub struct MediaFiles {
+    pub images: Vec<std::path::PathBuf>,
+    pub audio: Vec<std::path::PathBuf>,
 }
 
 impl Engine {
     /// Opens and checks the bundle at `dir`, then builds its sessions on the planned providers.
     pub fn load(rt: &Runtime, dir: &Path, policy: &ProviderPolicy) -> Result<Engine, BundleError> {
         let bundle = Bundle::open(dir)?;
+        let multimodal = if super::genai_config::MULTIMODAL_TYPES.contains(&bundle.config.model.model_type.as_str()) {
+            Some(Multimodal::load(rt, &bundle, policy)?)
+        } else {
+            None
+        };
         let decoder = Decoder::load(rt, &bundle, policy)?;
-        log::info!("{}", decoder.report.summary());
-        Ok(Engine { bundle, decoder })
+        let engine = Engine { bundle, decoder, multimodal };
+        for r in engine.provider_reports() {
+            log::info!("{}", r.summary());
+        }
+        Ok(engine)
     }
 
     /// Every component's provider report.
     pub fn provider_reports(&self) -> Vec<ProviderReport> {
-        vec![self.decoder.report.clone()]
+        let mut v = self.multimodal.as_ref().map(|m| m.reports()).unwrap_or_default();
+        v.push(self.decoder.report.clone());
+        v
+    }
+
+    /// Whether the bundle takes images / audio.
+    pub fn sees(&self) -> bool {
+        self.multimodal.as_ref().is_some_and(|m| m.vision.is_some())
+    }
+    pub fn hears(&self) -> bool {
+        self.multimodal.as_ref().is_some_and(|m| m.speech.is_some())
+    }
+
+    /// The user turn for camera frames and audio: `Camera NAME: <|image_k|>` lines, the question,
+    /// `<|audio_k|>` for each clip.
+    pub fn user_content(text: &str, cameras: &[&str], audio_clips: usize) -> String {
+        let mut parts: Vec<String> = cameras
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("Camera {c}: <|image_{}|>", i + 1))
+            .collect();
+        if !text.trim().is_empty() {
+            parts.push(text.trim().to_string());
+        }
+        for k in 1..=audio_clips {
+            parts.push(format!("<|audio_{k}|>"));
+        }
+        parts.join("\n")
+    }
+
+    fn render(&self, content: &str, system: Option<&str>, raw: bool) -> Result<String, GenerateError> {
+        if raw {
+            return Ok(content.to_string());
+        }
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(ChatMessage { role: "system".into(), content: s.into() });
+        }
+        messages.push(ChatMessage::user(content));
+        self.bundle.tokenizer.apply_chat_template(&messages, true).map_err(|e| GenerateError::Prompt(e.to_string()))
+    }
+
+    /// Runs a multimodal prompt (already rendered) with its media.
+    fn generate_multimodal(
+        &mut self,
+        rendered: &str,
+        images: &[ImageSource<'_>],
+        audio: &[AudioSource<'_>],
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Done, GenerateError> {
+        let mm = self.multimodal.as_mut().expect("checked by the caller");
+        let p = mm.prompt(rendered, images, audio)?;
+        let adapter = mm.adapter_for(p.images, p.audios);
+        self.decoder.set_adapter(adapter)?;
+        let reports = mm.reports();
+        let prompt = PromptInput::Embeds { ids: p.ids, embeds: p.embeds };
+        generate(&mut self.decoder, &self.bundle, prompt, Some(&mut mm.embedding), params, cancel, &reports, on_event)
+    }
+
+    /// `gemba ask`: a prompt with media from files. Placeholders in the prompt are kept as the
+    /// user wrote them; without any, the processor puts them before the text.
+    pub fn ask_files(
+        &mut self,
+        prompt: &str,
+        system: Option<&str>,
+        raw: bool,
+        media: &MediaFiles,
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Done, GenerateError> {
+        if self.multimodal.is_none() {
+            if !media.images.is_empty() || !media.audio.is_empty() {
+                return Err(GenerateError::Prompt(format!(
+                    "{} is a text model (type {}); it cannot take images or audio",
+                    self.bundle.id(),
+                    self.bundle.config.model.model_type
+                )));
+            }
+            let ids = self.prompt_ids(prompt, system, raw).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+            return self.generate_ids(ids, params, cancel, on_event);
+        }
+        let rendered = self.render(prompt, system, raw)?;
+        let images: Vec<ImageSource<'_>> = media.images.iter().map(|p| ImageSource::File(p)).collect();
+        let audio: Vec<AudioSource<'_>> = media.audio.iter().map(|p| AudioSource::File(p)).collect();
+        self.generate_multimodal(&rendered, &images, &audio, params, cancel, on_event)
     }
 
     /// Token ids for a user prompt: through the chat template unless `raw`.
@@ -56,14 +170,39 @@ impl Engine {
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Done, GenerateError> {
-        if !input.frames.is_empty() || !input.audio.is_empty() {
-            log::debug!("{}: a text model; {} frame(s) and {} clip(s) are not shown to it", self.bundle.id(), input.frames.len(), input.audio.len());
+        if self.multimodal.is_none() {
+            if !input.frames.is_empty() || !input.audio.is_empty() {
+                log::debug!(
+                    "{}: a text model; {} frame(s) and {} clip(s) are not shown to it",
+                    self.bundle.id(),
+                    input.frames.len(),
+                    input.audio.len()
+                );
+            }
+            let ids = self.prompt_ids(&input.text, system, false).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+            return self.generate_ids(ids, params, cancel, on_event);
         }
-        let ids = self.prompt_ids(&input.text, system, false).map_err(|e| GenerateError::Prompt(e.to_string()))?;
-        self.generate_ids(ids, params, cancel, on_event)
+        // What this bundle cannot take is left out of the prompt rather than failing the query.
+        let frames: Vec<&crate::capture::Frame> = if self.sees() { input.frames.iter().collect() } else { Vec::new() };
+        let clips: Vec<&crate::capture::AudioClip> = if self.hears() { input.audio.iter().collect() } else { Vec::new() };
+        let cameras: Vec<&str> = frames.iter().map(|f| f.camera.as_str()).collect();
+        let content = Self::user_content(&input.text, &cameras, clips.len());
+        let rendered = self.render(&content, system, false)?;
+        let pcms: Vec<Pcm> = clips
+            .iter()
+            .map(|c| Pcm { samples: c.samples.to_vec(), sample_rate: c.sample_rate, channels: 1 })
+            .collect();
+        let images: Vec<ImageSource<'_>> = frames
+            .iter()
+            .map(|f| ImageSource::Rgb { width: f.width as usize, height: f.height as usize, data: &f.rgb, name: &f.camera })
+            .collect();
+        let audio: Vec<AudioSource<'_>> =
+            pcms.iter().zip(&clips).map(|(p, c)| AudioSource::Pcm { pcm: p, name: &c.source }).collect();
+        self.generate_multimodal(&rendered, &images, &audio, params, cancel, on_event)
     }
 
-    /// Generates from token ids, streaming events to `on_event`.
+    /// Generates from token ids, streaming events to `on_event`. For a multimodal bundle the ids
+    /// go through the embedding session (text only: empty image and audio features).
     pub fn generate_ids(
         &mut self,
         ids: Vec<u32>,
@@ -71,6 +210,24 @@ impl Engine {
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Done, GenerateError> {
-        generate(&mut self.decoder, &self.bundle, PromptInput::Ids(ids), None, params, cancel, &[], on_event)
+        match &mut self.multimodal {
+            None => generate(&mut self.decoder, &self.bundle, PromptInput::Ids(ids), None, params, cancel, &[], on_event),
+            Some(mm) => {
+                use super::generate::Embedder;
+                let embeds = mm.embedding.embed(&ids)?;
+                self.decoder.set_adapter(None)?;
+                let reports = mm.reports();
+                generate(
+                    &mut self.decoder,
+                    &self.bundle,
+                    PromptInput::Embeds { ids, embeds },
+                    Some(&mut mm.embedding),
+                    params,
+                    cancel,
+                    &reports,
+                    on_event,
+                )
+            }
+        }
     }
 }

@@ -257,6 +257,18 @@ impl Decoder {
         self.shared = None;
     }
 
+    /// Activates a LoRA adapter for the next generations (`None`: the base weights). The run
+    /// options are made fresh, since ONNX Runtime adds adapters to them and cannot remove one.
+    pub fn set_adapter(&mut self, adapter: Option<&ort::session::Adapter>) -> Result<(), GenerateError> {
+        let err = |e: ort::Error| GenerateError::Params(format!("run options: {e}"));
+        let mut ro = RunOptions::new().map_err(err)?;
+        if let Some(a) = adapter {
+            ro.add_adapter(a).map_err(err)?;
+        }
+        self.run_options = Arc::new(ro);
+        Ok(())
+    }
+
     /// A handle that terminates the step running now (from any thread).
     pub fn terminator(&self) -> Arc<RunOptions> {
         Arc::clone(&self.run_options)

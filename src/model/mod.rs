@@ -1,6 +1,10 @@
 //! The model stage: an onnxruntime-genai bundle → ONNX Runtime sessions → generation → a stream
 //! of sentences.
 //!
+//! Multimodal pre-processing (phi4mm): [`processor`] turns a prompt with images ([`vision`],
+//! [`jpeg`], [`resample`]) and audio clips ([`speech`]) into the sessions' [`tensor`]s, exactly
+//! as ORT-GenAI's processor does; [`npz`] writes them for inspection (`gemba preprocess`).
+//!
 //! What flows through: a prompt (text, later images and audio) goes in; [`Event`]s come out —
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
 //! the provider every component actually ran on.
@@ -9,12 +13,20 @@ pub mod bundle;
 pub mod engine;
 pub mod generate;
 pub mod genai_config;
+pub mod jpeg;
+pub mod multimodal;
+pub mod npz;
+pub mod processor;
 pub mod providers;
+pub mod resample;
 pub mod runtime;
 pub mod sample;
+pub mod speech;
 pub mod tokenizer;
 pub mod worker;
 pub mod stream;
+pub mod tensor;
+pub mod vision;
 
 #[cfg(test)]
 mod alloc_count;

@@ -112,6 +112,13 @@ impl TextTokenizer {
         }
         let inner = Arc::new(inner);
         let table = Arc::new(super::stream::DecodeTable::new(Arc::clone(&inner)));
+        // Newer Hugging Face exports keep the template beside the config, in chat_template.jinja.
+        let jinja = dir.join("chat_template.jinja");
+        if template.is_none() && jinja.is_file() {
+            template = Some(
+                std::fs::read_to_string(&jinja).map_err(|e| TokenizerError::Load { path: jinja.clone(), reason: e.to_string() })?,
+            );
+        }
         let tok = TextTokenizer { inner, table, template, config_path, bos_token, eos_token };
         if let Some(t) = &tok.template {
             tok.environment(t)?;

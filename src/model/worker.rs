@@ -78,6 +78,9 @@ pub struct ModelInfo {
     #[serde(with = "crate::model::worker::rfc3339")]
     pub loaded_at: SystemTime,
     pub load_ms: f64,
+    /// The bundle's own smoke test (from its signed manifest), run after loading; `None` for a
+    /// bundle without a manifest.
+    pub smoke_ok: Option<bool>,
     /// The last failed (re)load, while the previous bundle keeps serving.
     pub last_error: Option<String>,
 }
@@ -131,12 +134,27 @@ fn load(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy) -> Result<(E
     let t0 = std::time::Instant::now();
     // Resolve `current` symlinks now: the info names the exact version that was loaded.
     let dir = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
-    let hash = bundle_hash(&dir).map_err(|e| format!("hashing {}: {e}", dir.display()))?;
+    let mut engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
+    // An installed bundle is identified by its signed manifest (the id and hash `gemba model
+    // install` waits for), and proves itself with the manifest's smoke prompt.
+    let (id, hash, smoke_ok) = match crate::update::identify(&dir) {
+        Ok(ident) => {
+            let smoke = crate::update::smoke::run_smoke(&mut engine, &ident.manifest.smoke, &mut |_| {});
+            if let Err(e) = &smoke {
+                log::error!("{}: smoke test failed: {e}", ident.id);
+            }
+            (ident.id, ident.hash, Some(smoke.is_ok()))
+        }
+        Err(_) => {
+            let hash = bundle_hash(&dir).map_err(|e| format!("hashing {}: {e}", dir.display()))?;
+            (engine.bundle.id(), hash, None)
+        }
+    };
     let info = ModelInfo {
-        bundle_id: engine.bundle.id(),
+        bundle_id: id,
         bundle_dir: dir,
         bundle_hash: hash,
+        smoke_ok,
         model_type: engine.bundle.config.model.model_type.clone(),
         providers: engine.provider_reports(),
         loaded_at: SystemTime::now(),
@@ -292,7 +310,14 @@ fn ask(
     let mut params = engine.default_params();
     params.max_new_tokens = Some(settings.max_new_tokens);
     params.deadline = Some(settings.deadline);
+    // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
+    // tiny test models decode thousands of tokens per second), so tests can show what overlaps
+    // with generation.
+    let delay = std::env::var("GEMBA_TEST_TOKEN_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
     engine.ask(input, settings.system_prompt.as_deref(), &params, cancel, &mut |ev| {
+        if let (Some(d), Event::Token(_)) = (delay, &ev) {
+            std::thread::sleep(d);
+        }
         beat.alive();
         // A listener that went away must not stop the generation (the report still wants it).
         let _ = events.send(JobEvent::Event(ev));

@@ -128,6 +128,35 @@ pub struct ReportStats {
     pub time_to_first_sentence_ms: Option<f64>,
     pub total_ms: Option<f64>,
     pub tokens_per_s: Option<f64>,
+    /// A spoken question's latencies (voice reports only; absent from other reports and from
+    /// their golden files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<VoiceTimings>,
+}
+
+/// Latencies of a spoken exchange. `*_after_speech_ms` count from the moment the end of the
+/// question was decided (after `end_silence_ms` of silence); `*_at_ms` are on the generation's
+/// clock, like the sentences' `at_ms` and `total_ms`, so `first_audio_at_ms < total_ms` shows
+/// the answer was heard while the model was still generating.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VoiceTimings {
+    /// The question's speech, first to last voiced window.
+    pub speech_ms: f64,
+    /// Silence waited after the speech before the question counted as finished.
+    pub end_silence_ms: f64,
+    pub request_after_speech_ms: Option<f64>,
+    pub first_sentence_after_speech_ms: Option<f64>,
+    pub first_audio_after_speech_ms: Option<f64>,
+    pub done_after_speech_ms: Option<f64>,
+    pub first_audio_at_ms: Option<f64>,
+    /// The synthesizer (`espeak-ng:en-us`, `piper:…`) and the output (`default`, `file:…`).
+    pub tts: String,
+    pub output: String,
+    pub sentences_spoken: u32,
+    /// The technician spoke again and the answer was stopped.
+    pub barged_in: bool,
+    /// The question reached `voice.vad.max_utterance` and was cut there.
+    pub capped: bool,
 }
 
 /// When a sentence became final, relative to the start of generation.

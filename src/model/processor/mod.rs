@@ -1,0 +1,552 @@
+//! The phi4mm multimodal processor: a prompt with images and audio clips → the named tensors
+//! ORT-GenAI's `PhiMultiModalProcessor` feeds the vision, speech and embedding sessions.
+//!
+//! In: a bundle directory (`genai_config.json` naming `vision_processor.json` /
+//! `speech_processor.json`, and `tokenizer.json`), a prompt, images and clips from files,
+//! encoded bytes or decoded frames. Out: [`ProcessedInputs`] — `input_ids` with each
+//! `<|image_N|>` / `<|audio_N|>` placeholder expanded to its token count, the image and audio
+//! batches, `audio_projection_mode` — and, through [`ProcessedInputs::tensors`], the tensors by
+//! ORT-GenAI's names in the element types the sessions declare.
+//!
+//! Prompt rules, as ORT-GenAI applies them: placeholders are matched by pattern (their number is
+//! not used — the k-th placeholder takes the k-th image), replaced by `<|endoftext10|>` /
+//! `<|endoftext11|>`, tokenized, and each id 200010 / 200011 repeated `num_img_tokens[k]` /
+//! `audio_sizes[k]` times; a placeholder count that differs from the media count is an error.
+//! One addition: a prompt with no placeholders at all gets `<|image_1|>\n…<|audio_1|>\n…` in
+//! front of its text, images first — the order ORT-GenAI's own phi4mm example builds.
+
+pub mod cli;
+pub mod config;
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::Tokenizer;
+
+use super::speech::{self, AudioBatch, AudioInput, Pcm, SpeechError, SpeechProcessor};
+use super::tensor::{FloatDtype, HostTensor};
+use super::vision::{self, ImageBatch, ImageInput, VisionError, VisionSettings};
+pub use config::ConfigError;
+
+/// Token id an image placeholder becomes (`<|endoftext10|>` in Phi-4's vocabulary).
+pub const IMAGE_TOKEN_ID: u32 = 200_010;
+/// Token id an audio placeholder becomes (`<|endoftext11|>`).
+pub const AUDIO_TOKEN_ID: u32 = 200_011;
+const IMAGE_TOKEN: &str = "<|endoftext10|>";
+const AUDIO_TOKEN: &str = "<|endoftext11|>";
+
+/// Everything that can go wrong turning a prompt and its media into tensors.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("bundle {dir}: {detail}")]
+    Bundle { dir: PathBuf, detail: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("tokenizer {path}: {detail}")]
+    Tokenizer { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+    #[error(transparent)]
+    Speech(#[from] SpeechError),
+    #[error("prompt: {detail}")]
+    Prompt { detail: String },
+}
+
+/// Element types the sessions declare for the float inputs (ORT-GenAI reads them from the
+/// vision and speech graphs; the model worker passes them here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputDtypes {
+    pub pixel_values: FloatDtype,
+    pub image_attention_mask: FloatDtype,
+    pub audio_embeds: FloatDtype,
+}
+
+impl InputDtypes {
+    /// The same type for all three.
+    pub fn all(dtype: FloatDtype) -> Self {
+        InputDtypes {
+            pixel_values: dtype,
+            image_attention_mask: dtype,
+            audio_embeds: dtype,
+        }
+    }
+}
+
+/// An image to process.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageSource<'a> {
+    /// A PNG or JPEG file.
+    File(&'a Path),
+    /// PNG or JPEG bytes; `name` labels errors.
+    Encoded { bytes: &'a [u8], name: &'a str },
+    /// A decoded frame: `height` rows of `width` RGB8 pixels.
+    Rgb {
+        width: usize,
+        height: usize,
+        data: &'a [u8],
+        name: &'a str,
+    },
+}
+
+/// An audio clip to process.
+#[derive(Debug, Clone, Copy)]
+pub enum AudioSource<'a> {
+    /// A WAV file.
+    File(&'a Path),
+    /// WAV bytes; `name` labels errors.
+    Wav { bytes: &'a [u8], name: &'a str },
+    /// Decoded interleaved PCM at any rate.
+    Pcm { pcm: &'a Pcm, name: &'a str },
+}
+
+/// The processor's output for one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedInputs {
+    /// The prompt after placeholder insertion and replacement, as tokenized.
+    pub text: String,
+    /// Token ids with each placeholder repeated to its media's token count.
+    pub input_ids: Vec<i64>,
+    pub images: Option<ImageBatch>,
+    pub audios: Option<AudioBatch>,
+    /// 0 text only, 1 with images, 2 with audio, 3 with both.
+    pub audio_projection_mode: i64,
+}
+
+impl ProcessedInputs {
+    /// The tensors by ORT-GenAI's names, floats in the sessions' declared types. Image tensors
+    /// appear only with images, audio tensors only with audio.
+    pub fn tensors(&self, dtypes: InputDtypes) -> Vec<(&'static str, HostTensor)> {
+        self.clone().into_tensors(dtypes)
+    }
+
+    /// As [`Self::tensors`], moving the buffers instead of copying them.
+    pub fn into_tensors(self, dtypes: InputDtypes) -> Vec<(&'static str, HostTensor)> {
+        let n_ids = self.input_ids.len();
+        let mut out = vec![("input_ids", HostTensor::i64(vec![1, n_ids], self.input_ids))];
+        if let Some(b) = self.images {
+            let (n, v, base, m) = (b.images, b.views, b.base_resolution, b.mask_resolution);
+            let pixels = vec![n, v, 3, base, base];
+            let masks = vec![n, v, m, m];
+            out.extend([
+                (
+                    "pixel_values",
+                    HostTensor::float(pixels, b.pixel_values, dtypes.pixel_values),
+                ),
+                (
+                    "image_attention_mask",
+                    HostTensor::float(masks, b.attention_mask, dtypes.image_attention_mask),
+                ),
+                ("image_sizes", HostTensor::i64(vec![n, 2], b.image_sizes)),
+                (
+                    "num_image_tokens",
+                    HostTensor::i64(vec![n, 1], b.num_img_tokens),
+                ),
+            ]);
+        }
+        if let Some(a) = self.audios {
+            let (clips, frames) = (a.clips, a.max_frames);
+            out.extend([
+                (
+                    "audio_embeds",
+                    HostTensor::float(vec![clips, frames, a.n_mel], a.embeds, dtypes.audio_embeds),
+                ),
+                (
+                    "audio_attention_mask",
+                    HostTensor::bool(vec![clips, frames], a.attention_mask),
+                ),
+                ("audio_sizes", HostTensor::i64(vec![clips], a.sizes)),
+            ]);
+        }
+        let mode = vec![self.audio_projection_mode];
+        out.push(("audio_projection_mode", HostTensor::i64(vec![1], mode)));
+        out
+    }
+}
+
+/// Pre-processing for one phi4mm bundle. Cheap to share: processing takes `&self`.
+pub struct Phi4mmProcessor {
+    dir: PathBuf,
+    tokenizer: Tokenizer,
+    vision: Option<VisionSettings>,
+    speech: Option<SpeechProcessor>,
+}
+
+impl std::fmt::Debug for Phi4mmProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phi4mmProcessor")
+            .field("dir", &self.dir)
+            .field("vision", &self.vision)
+            .field("speech", &self.speech)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Phi4mmProcessor {
+    /// Load the processor settings and tokenizer of a phi4mm bundle.
+    pub fn from_bundle(dir: &Path) -> Result<Self, ProcessorError> {
+        let bundle_err = |detail: String| ProcessorError::Bundle {
+            dir: dir.to_owned(),
+            detail,
+        };
+        let config_path = dir.join("genai_config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| bundle_err(format!("reading {}: {e}", config_path.display())))?;
+        // Only the fields this module needs; the bundle module validates the whole file.
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bundle_err(format!("{}: {e}", config_path.display())))?;
+        let model = &config["model"];
+        match model["type"].as_str() {
+            Some("phi4mm") => {}
+            other => {
+                return Err(bundle_err(format!(
+                    "model.type is {other:?}, expected \"phi4mm\""
+                )))
+            }
+        }
+        let file_of = |section: &str| -> Option<PathBuf> {
+            model[section]["config_filename"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(|s| dir.join(s))
+        };
+        let vision = file_of("vision")
+            .map(|p| config::parse_vision(&p))
+            .transpose()?;
+        let speech = file_of("speech")
+            .map(|p| config::parse_speech(&p).map(SpeechProcessor::new))
+            .transpose()?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| ProcessorError::Tokenizer {
+            path: tok_path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Phi4mmProcessor {
+            dir: dir.to_owned(),
+            tokenizer,
+            vision,
+            speech,
+        })
+    }
+
+    /// The image settings, if the bundle has a vision component.
+    pub fn vision_settings(&self) -> Option<&VisionSettings> {
+        self.vision.as_ref()
+    }
+
+    /// The audio processor, if the bundle has a speech component.
+    pub fn speech(&self) -> Option<&SpeechProcessor> {
+        self.speech.as_ref()
+    }
+
+    /// Pre-process one image.
+    pub fn process_image(&self, image: ImageSource<'_>) -> Result<ImageInput, ProcessorError> {
+        let settings = self.vision.as_ref().ok_or_else(|| ProcessorError::Bundle {
+            dir: self.dir.clone(),
+            detail: "an image was given but the bundle has no vision.config_filename".into(),
+        })?;
+        Ok(match image {
+            ImageSource::File(path) => {
+                let img = vision::load_image(path)?;
+                vision::preprocess_rgb(
+                    settings,
+                    img.width,
+                    img.height,
+                    &img.rgb,
+                    &path.display().to_string(),
+                )?
+            }
+            ImageSource::Encoded { bytes, name } => {
+                let img = vision::decode_image(bytes, name)?;
+                vision::preprocess_rgb(settings, img.width, img.height, &img.rgb, name)?
+            }
+            ImageSource::Rgb {
+                width,
+                height,
+                data,
+                name,
+            } => vision::preprocess_rgb(settings, width, height, data, name)?,
+        })
+    }
+
+    /// Pre-process one audio clip.
+    pub fn process_audio(&self, audio: AudioSource<'_>) -> Result<AudioInput, ProcessorError> {
+        let speech = self.speech.as_ref().ok_or_else(|| ProcessorError::Bundle {
+            dir: self.dir.clone(),
+            detail: "audio was given but the bundle has no speech.config_filename".into(),
+        })?;
+        Ok(match audio {
+            AudioSource::File(path) => {
+                speech.process(&speech::load_wav(path)?, &path.display().to_string())?
+            }
+            AudioSource::Wav { bytes, name } => {
+                speech.process(&speech::decode_wav(bytes, name)?, name)?
+            }
+            AudioSource::Pcm { pcm, name } => speech.process(pcm, name)?,
+        })
+    }
+
+    /// Turn a prompt and its media into the sessions' inputs.
+    pub fn process(
+        &self,
+        prompt: &str,
+        images: &[ImageSource<'_>],
+        audios: &[AudioSource<'_>],
+    ) -> Result<ProcessedInputs, ProcessorError> {
+        let image_inputs = images
+            .iter()
+            .map(|&i| self.process_image(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let audio_inputs = audios
+            .iter()
+            .map(|&a| self.process_audio(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let image_tokens: Vec<i64> = image_inputs.iter().map(|i| i.num_img_tokens).collect();
+        let audio_tokens: Vec<i64> = audio_inputs.iter().map(|a| a.audio_size).collect();
+        let (text, input_ids) = self.expand_prompt(prompt, &image_tokens, &audio_tokens)?;
+        let images = match (&self.vision, image_inputs.is_empty()) {
+            (Some(settings), false) => Some(ImageBatch::stack(&image_inputs, settings)),
+            _ => None,
+        };
+        let audios = (!audio_inputs.is_empty()).then(|| AudioBatch::stack(&audio_inputs));
+        let audio_projection_mode = match (images.is_some(), audios.is_some()) {
+            (false, false) => 0,
+            (true, false) => 1,
+            (false, true) => 2,
+            (true, true) => 3,
+        };
+        Ok(ProcessedInputs {
+            text,
+            input_ids,
+            images,
+            audios,
+            audio_projection_mode,
+        })
+    }
+
+    /// Tokenize a prompt with its placeholders expanded to the given token counts.
+    pub fn expand_prompt(
+        &self,
+        prompt: &str,
+        image_tokens: &[i64],
+        audio_tokens: &[i64],
+    ) -> Result<(String, Vec<i64>), ProcessorError> {
+        let text = placeholder_text(prompt, image_tokens.len(), audio_tokens.len());
+        for (count, token, id) in [
+            (image_tokens.len(), IMAGE_TOKEN, IMAGE_TOKEN_ID),
+            (audio_tokens.len(), AUDIO_TOKEN, AUDIO_TOKEN_ID),
+        ] {
+            if count > 0 && self.tokenizer.token_to_id(token) != Some(id) {
+                return Err(ProcessorError::Tokenizer {
+                    path: self.dir.join("tokenizer.json"),
+                    detail: format!("{token} must be token {id} for phi4mm placeholders"),
+                });
+            }
+        }
+        let encoding =
+            self.tokenizer
+                .encode(text.as_str(), true)
+                .map_err(|e| ProcessorError::Tokenizer {
+                    path: self.dir.join("tokenizer.json"),
+                    detail: e.to_string(),
+                })?;
+        let ids = expand_ids(encoding.get_ids(), image_tokens, audio_tokens)?;
+        Ok((text, ids))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholder {
+    Image,
+    Audio,
+}
+
+/// `<|image_N|>` / `<|audio_N|>` occurrences: byte range and kind.
+fn find_placeholders(prompt: &str) -> Vec<(std::ops::Range<usize>, Placeholder)> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while let Some(off) = prompt[i..].find("<|") {
+        let start = i + off;
+        let rest = &prompt[start + 2..];
+        let kind = if rest.starts_with("image_") {
+            Some(Placeholder::Image)
+        } else if rest.starts_with("audio_") {
+            Some(Placeholder::Audio)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            let digits = rest[6..].bytes().take_while(u8::is_ascii_digit).count();
+            if digits > 0 && rest[6 + digits..].starts_with("|>") {
+                let end = start + 2 + 6 + digits + 2;
+                found.push((start..end, kind));
+                i = end;
+                continue;
+            }
+        }
+        i = start + 2;
+    }
+    found
+}
+
+/// The prompt text to tokenize: placeholders inserted when there are none, then replaced by the
+/// tokens that stand for them.
+fn placeholder_text(prompt: &str, images: usize, audios: usize) -> String {
+    let found = find_placeholders(prompt);
+    let prompt = if found.is_empty() && images + audios > 0 {
+        let mut tags = String::new();
+        for i in 1..=images {
+            tags.push_str(&format!("<|image_{i}|>\n"));
+        }
+        for i in 1..=audios {
+            tags.push_str(&format!("<|audio_{i}|>\n"));
+        }
+        tags + prompt
+    } else {
+        prompt.to_owned()
+    };
+    let mut out = String::with_capacity(prompt.len());
+    let mut last = 0;
+    for (range, kind) in find_placeholders(&prompt) {
+        out.push_str(&prompt[last..range.start]);
+        out.push_str(match kind {
+            Placeholder::Image => IMAGE_TOKEN,
+            Placeholder::Audio => AUDIO_TOKEN,
+        });
+        last = range.end;
+    }
+    out.push_str(&prompt[last..]);
+    out
+}
+
+/// Repeat each placeholder id by its media's token count; counts must match exactly.
+fn expand_ids(
+    ids: &[u32],
+    image_tokens: &[i64],
+    audio_tokens: &[i64],
+) -> Result<Vec<i64>, ProcessorError> {
+    let mut out = Vec::with_capacity(
+        ids.len() + image_tokens.iter().chain(audio_tokens).sum::<i64>() as usize,
+    );
+    let (mut img, mut aud) = (0, 0);
+    for &id in ids {
+        let (counts, next, what) = match id {
+            IMAGE_TOKEN_ID => (image_tokens, &mut img, "image"),
+            AUDIO_TOKEN_ID => (audio_tokens, &mut aud, "audio"),
+            _ => {
+                out.push(i64::from(id));
+                continue;
+            }
+        };
+        let n = *counts.get(*next).ok_or_else(|| ProcessorError::Prompt {
+            detail: format!(
+                "more {what} placeholders than the {} {what} input(s) given",
+                counts.len()
+            ),
+        })?;
+        out.extend(std::iter::repeat_n(i64::from(id), n as usize));
+        *next += 1;
+    }
+    for (used, counts, what) in [(img, image_tokens, "image"), (aud, audio_tokens, "audio")] {
+        if used != counts.len() {
+            return Err(ProcessorError::Prompt {
+                detail: format!(
+                    "{used} {what} placeholder(s) for {} {what} input(s); write one <|{what}_N|> \
+                     per {what}, or none at all to have them put in front",
+                    counts.len()
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(config: &str, vision_json: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("genai_config.json"), config).unwrap();
+        if let Some(v) = vision_json {
+            std::fs::write(dir.path().join("vision_processor.json"), v).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn bundle_errors_name_the_file_and_key() {
+        let e = Phi4mmProcessor::from_bundle(Path::new("/nonexistent/bundle"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/bundle/genai_config.json"), "{e}");
+
+        let dir = bundle_with(r#"{"model": {"type": "qwen2"}}"#, None);
+        let e = Phi4mmProcessor::from_bundle(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"qwen2\"") && e.contains("phi4mm"), "{e}");
+
+        let config = r#"{"model": {"type": "phi4mm", "vision": {"config_filename": "vision_processor.json"}}}"#;
+        let dir = bundle_with(
+            config,
+            Some(r#"{"processor": {"transforms": [], "colour": 1}}"#),
+        );
+        let e = Phi4mmProcessor::from_bundle(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vision_processor.json") && e.contains("colour"),
+            "{e}"
+        );
+
+        // Settings fine, tokenizer missing: named.
+        let dir = bundle_with(r#"{"model": {"type": "phi4mm"}}"#, None);
+        let e = Phi4mmProcessor::from_bundle(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
+    #[test]
+    fn placeholders_are_found_by_pattern() {
+        let p = "<|user|><|image_1|>a<|audio_12|><|image_|><|image_x|><|audio_3|";
+        let found: Vec<_> = find_placeholders(p)
+            .into_iter()
+            .map(|(r, k)| (&p[r], k))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("<|image_1|>", Placeholder::Image),
+                ("<|audio_12|>", Placeholder::Audio)
+            ]
+        );
+    }
+
+    #[test]
+    fn placeholder_text_replaces_or_prepends() {
+        assert_eq!(
+            placeholder_text("<|image_2|>x<|audio_1|>", 1, 1),
+            "<|endoftext10|>x<|endoftext11|>"
+        );
+        assert_eq!(
+            placeholder_text("Describe.", 2, 1),
+            "<|endoftext10|>\n<|endoftext10|>\n<|endoftext11|>\nDescribe."
+        );
+        assert_eq!(placeholder_text("plain", 0, 0), "plain");
+    }
+
+    #[test]
+    fn ids_expand_by_token_counts_and_counts_must_match() {
+        let ids = [5, IMAGE_TOKEN_ID, 6, AUDIO_TOKEN_ID, IMAGE_TOKEN_ID];
+        let out = expand_ids(&ids, &[2, 3], &[1]).unwrap();
+        let i = i64::from(IMAGE_TOKEN_ID);
+        let a = i64::from(AUDIO_TOKEN_ID);
+        assert_eq!(out, vec![5, i, i, 6, a, i, i, i]);
+        let e = expand_ids(&ids, &[2], &[1]).unwrap_err().to_string();
+        assert!(e.contains("more image placeholders"), "{e}");
+        let e = expand_ids(&ids, &[2, 3, 4], &[1]).unwrap_err().to_string();
+        assert!(e.contains("2 image placeholder(s) for 3"), "{e}");
+        let e = expand_ids(&[5], &[], &[7]).unwrap_err().to_string();
+        assert!(e.contains("0 audio placeholder(s) for 1"), "{e}");
+    }
+}
