@@ -478,15 +478,17 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "cameras": camera_errors,
             "reports": failed_reports,
         },
-        "update": update_state(&settings.model.path),
+        "update": update_state(&[settings.update.models_dir.clone(), settings.model.path.parent().map(Into::into).unwrap_or_default()]),
     })))
 }
 
-/// `<models>/update-state.json` when the update module keeps one (`<models>` holds `current`,
-/// which the config's model path names); `null` otherwise. Only the last few transitions.
-fn update_state(model_path: &std::path::Path) -> Value {
-    let Some(root) = model_path.parent() else { return Value::Null };
-    let path = root.join("update-state.json");
+/// `<models>/update-state.json` when the update module keeps one — `<models>` being
+/// `[update] models_dir`, else the directory holding the config's model path (`…/current`);
+/// `null` when neither has one. Only the last few transitions.
+fn update_state(roots: &[std::path::PathBuf]) -> Value {
+    let Some(path) = roots.iter().map(|r| r.join("update-state.json")).find(|p| p.exists()) else {
+        return Value::Null;
+    };
     match std::fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
         Err(e) => json!({ "error": format!("{}: {e}", path.display()) }),
