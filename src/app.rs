@@ -36,6 +36,8 @@ pub struct RunArgs {
     pub demo: bool,
     pub data: Option<PathBuf>,
     pub onnxruntime: Option<PathBuf>,
+    /// Overrides the config's `[api] listen`.
+    pub listen: Option<std::net::SocketAddr>,
     /// Stop by itself after this long, as if SIGTERM came (demos, soak runs).
     pub stop_after: Option<Duration>,
 }
@@ -69,6 +71,10 @@ pub fn settings_for(args: &RunArgs) -> Result<Settings> {
     if args.onnxruntime.is_some() {
         s.onnxruntime = args.onnxruntime.clone();
     }
+    if let Some(l) = args.listen {
+        s.api.listen = l;
+        crate::api::check_exposure(&s.api)?;
+    }
     Ok(s)
 }
 
@@ -96,6 +102,8 @@ pub struct StatusFile<'a> {
     pub error: Option<&'a str>,
     pub providers: std::collections::BTreeMap<String, String>,
     pub data_dir: &'a Path,
+    /// Where the local API serves (the address actually bound).
+    pub api_addr: Option<String>,
     /// Live counters, refreshed every few seconds while the daemon runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,
@@ -193,6 +201,7 @@ pub fn write_status_with(
         error: info.last_error.as_deref(),
         providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
         data_dir,
+        api_addr: crate::api::bound_addr().map(|a| a.to_string()),
         counters,
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
@@ -405,6 +414,16 @@ impl Dispatch {
                 let _ = l.send(ev);
             }
         };
+        // Unloaded (through the API): no report for a question nobody can answer.
+        if !self.worker.is_loaded() {
+            self.stats.query_errors.fetch_add(1, Ordering::Relaxed);
+            tell(RequestEvent::Closed {
+                report_id: String::new(),
+                complete: false,
+                error: Some(crate::model::worker::NOT_LOADED.into()),
+            });
+            return;
+        }
         let info = self.worker.info();
         let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
         log::info!("request {} ({}): cameras [{}]", req.trigger, req.reason, cameras.join(", "));
@@ -646,6 +665,12 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
+    // Signals are taken from the start: a SIGTERM while the model loads or the stages start is
+    // served once they are up (a clean stop), instead of killing the process half way.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     systemd::status("starting");
     for d in [&settings.data_dir, &settings.state_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -658,6 +683,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     let rec = store.recovery();
     log::info!("report store {}: {rec:?}", settings.data_dir.display());
 
+    // Bound before the model loads, so a taken port is reported at once.
+    let api = crate::api::bind(&settings.api).await?;
     let rt = runtime::init(settings.onnxruntime.as_deref())?;
     let progress = Progress::new();
     systemd::status(&format!("loading model {}", settings.model.path.display()));
@@ -728,6 +755,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         events,
         shutdown: CancellationToken::new(),
     };
+    let api_task = crate::api::serve(api, handle.clone());
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
@@ -776,7 +804,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 let (h, w) = (handle.clone(), worker.clone());
                 let _ = tokio::task::spawn_blocking(move || {
                     let s = h.settings.lock().expect("poisoned").clone();
-                    if let Err(e) = write_status_with(&s.state_dir, &w.info(), true, &s.data_dir, Some(h.counters(started))) {
+                    if let Err(e) = write_status_with(&s.state_dir, &w.info(), w.is_loaded(), &s.data_dir, Some(h.counters(started))) {
                         log::warn!("writing status.json: {e}");
                     }
                 })
@@ -796,10 +824,6 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         });
     }
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -837,7 +861,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     }
                 }
                 let s = shared_settings.lock().expect("poisoned").clone();
-                if let Err(e) = write_status(&s.state_dir, &worker.info(), true, &s.data_dir) {
+                // Not ready if the model was unloaded (API) and the reload failed.
+                if let Err(e) = write_status(&s.state_dir, &worker.info(), worker.is_loaded(), &s.data_dir) {
                     log::error!("writing status.json: {e}");
                 }
                 systemd::ready();
@@ -867,6 +892,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
             c.cancel();
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
+    }
+    // The API stopped accepting at shutdown; its event streams have ended with their asks.
+    if tokio::time::timeout(Duration::from_secs(5), api_task).await.is_err() {
+        log::warn!("api: connections still open after 5 s; closing them");
     }
     housekeeping.cancel();
     progress.retire("worker");

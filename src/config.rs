@@ -100,6 +100,8 @@ pub struct RawConfig {
     pub cameras: Vec<RawCamera>,
     #[serde(default)]
     pub daemon: RawDaemon,
+    #[serde(default)]
+    pub api: RawApi,
     /// The microphone the voice stage listens on.
     pub microphone: Option<crate::voice::config::RawMicrophone>,
     /// Spoken questions and answers (needs `[microphone]`).
@@ -185,6 +187,24 @@ pub struct RawDaemon {
     pub drain_deadline: Option<HumanDuration>,
 }
 
+/// The local HTTP API (see docs/api.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// `IP:PORT` to listen on (default 127.0.0.1:8470; port 0 picks a free one).
+    pub listen: Option<String>,
+    /// Bearer token every request must carry; required to listen on a non-loopback address.
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted (default 16MiB).
+    pub max_body: Option<HumanSize>,
+    /// API questions queued or answered at once; beyond it `POST /ask` answers 429 (default 4).
+    pub max_asks: Option<usize>,
+    /// Events buffered per live-stream client before its token events are dropped (default 256).
+    pub sse_buffer: Option<usize>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCamera {
@@ -229,12 +249,33 @@ pub struct Settings {
     pub monitor_queue: usize,
     pub cameras: Vec<CameraSettings>,
     pub drain_deadline: HumanDuration,
+    pub api: ApiSettings,
     pub microphone: Option<crate::voice::MicSettings>,
     /// Present when `[voice]` is there and not `enabled = false`.
     pub voice: Option<crate::voice::VoiceSettings>,
     pub update: crate::update::UpdateConfig,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
+}
+
+/// The local HTTP API's settings; the exposure rule (a non-loopback address needs a token) is
+/// checked by [`crate::api::check_exposure`], here and again after `--listen`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiSettings {
+    pub listen: std::net::SocketAddr,
+    /// Never printed: `config check` shows whether one is set.
+    #[serde(serialize_with = "redacted")]
+    pub token: Option<String>,
+    pub max_body: HumanSize,
+    pub max_asks: usize,
+    pub sse_buffer: usize,
+}
+
+fn redacted<S: serde::Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -507,6 +548,7 @@ impl Settings {
             });
         }
         let monitor_queue = raw.monitor.queue.unwrap_or(4).max(1);
+        let api = api_settings(raw.api, &bad, &abs)?;
         let key_err = |(key, msg): (String, String)| bad(&key, msg);
         let microphone = raw.microphone.map(|m| crate::voice::config::validate_microphone(m, &abs)).transpose().map_err(key_err)?;
         let names: Vec<&str> = cameras.iter().map(|c| c.name.as_str()).collect();
@@ -533,6 +575,7 @@ impl Settings {
             monitor_queue,
             cameras,
             drain_deadline: raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
+            api,
             microphone,
             voice,
             update: {
@@ -545,6 +588,46 @@ impl Settings {
             sources,
         })
     }
+}
+
+fn api_settings(
+    raw: RawApi,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<ApiSettings, ConfigError> {
+    let listen_text = raw.listen.unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    let listen = listen_text.parse().map_err(|_| {
+        bad("api.listen", format!("\"{listen_text}\" is not an IP:PORT address (e.g. \"127.0.0.1:8470\", \"[::1]:8470\")"))
+    })?;
+    let token = match (raw.token, raw.token_file) {
+        (Some(_), Some(_)) => return Err(bad("api.token_file", "set api.token or api.token_file, not both".into())),
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => {
+            let f = abs(f);
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| bad("api.token_file", format!("cannot read {}: {e}", f.display())))?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        if let Err(why) = crate::api::check_token(t) {
+            return Err(bad("api.token", why));
+        }
+    }
+    let max_body = raw.max_body.unwrap_or(HumanSize(16 << 20));
+    if max_body.0 < 1024 {
+        return Err(bad("api.max_body", "must be at least 1KiB".into()));
+    }
+    let api = ApiSettings {
+        listen,
+        token,
+        max_body,
+        max_asks: raw.max_asks.unwrap_or(4).max(1),
+        sse_buffer: raw.sse_buffer.unwrap_or(256).max(4),
+    };
+    crate::api::check_exposure(&api).map_err(|e| bad("api.listen", e.to_string()))?;
+    Ok(api)
 }
 
 #[cfg(test)]
@@ -595,6 +678,19 @@ fps = 2.0
     }
 
     #[test]
+    fn the_api_defaults_to_loopback_with_bounds() {
+        let s = load("board = \"x86-dev\"\n").unwrap();
+        assert_eq!(s.api.listen, crate::api::DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!((s.api.max_body.0, s.api.max_asks, s.api.sse_buffer), (16 << 20, 4, 256));
+        assert!(s.api.token.is_none());
+        let s = load("board = \"x86-dev\"\n[api]\nlisten = \"[::]:0\"\ntoken = \"0123456789abcdef0123\"\nmax_body = \"1MiB\"\nmax_asks = 2\n").unwrap();
+        assert_eq!(s.api.listen.port(), 0);
+        assert_eq!((s.api.max_body.0, s.api.max_asks), (1 << 20, 2));
+        let shown = serde_json::to_string(&s.api).unwrap();
+        assert!(shown.contains("\"token\":\"(set)\"") && !shown.contains("0123456789abcdef0123"), "{shown}");
+    }
+
+    #[test]
     fn every_board_profile_parses() {
         for b in ["orin-nano", "orin-nx", "agx-orin", "x86-dev"] {
             let s = load(&format!("board = \"{b}\"\n")).unwrap_or_else(|e| panic!("{b}: {e}"));
@@ -619,6 +715,13 @@ fps = 2.0
             ("board = \"x86-dev\"\n[providers]\norder = [\"dml\"]\n", "providers.order"),
             ("board = \"moon-base\"\n", "board profile \"moon-base\" not found"),
             ("board = \"x86-dev\"\n[model\n", "not valid TOML"),
+            ("board = \"x86-dev\"\n[api]\nlisten = \"0.0.0.0:8470\"\n", "api.listen: refusing to serve the API on 0.0.0.0:8470"),
+            ("board = \"x86-dev\"\n[api]\nlisten = \"localhost\"\n", "api.listen: \"localhost\" is not an IP:PORT address"),
+            ("board = \"x86-dev\"\n[api]\ntoken = \"0123456789abcdef\"\ntoken_file = \"t\"\n", "api.token_file: set api.token or api.token_file, not both"),
+            ("board = \"x86-dev\"\n[api]\ntoken_file = \"/nonexistent/token\"\n", "api.token_file: cannot read /nonexistent/token"),
+            ("board = \"x86-dev\"\n[api]\ntoken = \"short\"\n", "api.token: the token is 5 characters"),
+            ("board = \"x86-dev\"\n[api]\nmax_body = \"100B\"\n", "api.max_body"),
+            ("board = \"x86-dev\"\n[api]\nport = 8470\n", "api.port: unknown key"),
         ];
         for (text, want) in cases {
             let e = load(text).unwrap_err().to_string();

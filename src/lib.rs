@@ -10,12 +10,14 @@
 //!   token → sentence stream, the worker thread that owns the sessions.
 //! - [`report`]: reports (frames, sentences, audio in order) and their crash-safe store,
 //!   retention, HTML pages and JSON export.
+//! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
 //! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
 
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod capture;

@@ -73,6 +73,9 @@ struct RunCmd {
     /// The report store (default: the config's data_dir; ./gemba-demo with --demo).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Serve the local API on IP:PORT instead of the config's `[api] listen` (port 0: any free).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
     /// Stop by itself after this long (e.g. 90s), as on SIGTERM.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     stop_after: Option<Duration>,
@@ -373,6 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 data: r.data,
                 onnxruntime: cli.onnxruntime,
                 stop_after: r.stop_after,
+                listen: r.listen,
             })?;
             Ok(ExitCode::SUCCESS)
         }

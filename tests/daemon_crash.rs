@@ -44,6 +44,9 @@ path = "{model}"
 max_new_tokens = 40
 [providers]
 order = ["cpu"]
+# Any free port: the default one may be taken by another daemon on this machine.
+[api]
+listen = "127.0.0.1:0"
 [[cameras]]
 name = "press-1"
 kind = "replay"

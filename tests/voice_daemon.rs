@@ -154,6 +154,9 @@ path = "{model}"
 max_new_tokens = 40
 [providers]
 order = ["cpu"]
+# Any free port for the local API: tests run daemons side by side.
+[api]
+listen = "127.0.0.1:0"
 [[cameras]]
 name = "press-2"
 kind = "replay"

@@ -5,6 +5,8 @@
 //! streams to whoever asked (the report writer, speech output, API listeners) while the worker
 //! moves on. `Reload` swaps in a new bundle only once it has loaded: a bundle that fails to load
 //! leaves the old one serving, and the failure is visible in [`ModelInfo::last_error`].
+//! `Unload` drops the sessions (their memory goes back) until the next `Reload`; asks meanwhile
+//! fail at once with [`NOT_LOADED`], and [`Worker::is_loaded`] says so to readiness checks.
 //!
 //! The worker marks its watchdog stage alive while idle (every second) and between tokens, so a
 //! generation stuck inside ONNX Runtime stops the beats.
@@ -52,7 +54,12 @@ pub enum Job {
         policy: ProviderPolicy,
         reply: tokio::sync::oneshot::Sender<Result<ModelInfo, String>>,
     },
+    /// Drops the engine; answered once it is gone.
+    Unload { reply: tokio::sync::oneshot::Sender<()> },
 }
+
+/// Why an ask fails while the model is unloaded.
+pub const NOT_LOADED: &str = "no model loaded (it was unloaded; a reload loads it again)";
 
 #[derive(Debug, Clone)]
 pub enum JobEvent {
@@ -163,6 +170,7 @@ pub struct Worker {
     tx: std::sync::mpsc::SyncSender<Job>,
     info: Arc<RwLock<ModelInfo>>,
     busy: Arc<std::sync::atomic::AtomicBool>,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -174,10 +182,12 @@ impl Worker {
         let policy = policy.clone();
         let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let busy2 = Arc::clone(&busy);
+        let loaded = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let loaded2 = Arc::clone(&loaded);
         std::thread::Builder::new()
             .name("gemba-model".into())
             .spawn(move || {
-                let (mut engine, info) = match load(rt, &path, &policy) {
+                let (engine, info) = match load(rt, &path, &policy) {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -186,11 +196,11 @@ impl Worker {
                 };
                 let shared = Arc::new(RwLock::new(info));
                 let _ = ready_tx.send(Ok(Arc::clone(&shared)));
-                run(&mut engine, rx, shared, rt, beat, busy2);
+                run(Some(engine), rx, shared, rt, beat, busy2, loaded2);
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
         let info = ready_rx.recv().map_err(|_| "the model thread died while loading".to_string())??;
-        Ok(Worker { tx, info, busy })
+        Ok(Worker { tx, info, busy, loaded })
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -200,6 +210,22 @@ impl Worker {
     /// Whether a generation is running now.
     pub fn is_busy(&self) -> bool {
         self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a bundle is loaded (false after [`Worker::unload`] until the next reload).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops the loaded bundle once the generation in flight (if any) has finished.
+    pub async fn unload(&self) -> Result<(), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(Job::Unload { reply }))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the model worker has stopped".to_string())?;
+        rx.await.map_err(|_| "the model worker stopped during the unload".to_string())
     }
 
     /// Queues a job; blocks while the worker's queue is full.
@@ -221,12 +247,13 @@ impl Worker {
 }
 
 fn run(
-    engine: &mut Engine,
+    mut engine: Option<Engine>,
     rx: std::sync::mpsc::Receiver<Job>,
     info: Arc<RwLock<ModelInfo>>,
     rt: &'static Runtime,
     beat: Beat,
     busy: Arc<std::sync::atomic::AtomicBool>,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
         beat.alive();
@@ -237,6 +264,10 @@ fn run(
         };
         match job {
             Job::Ask { input, settings, cancel, events } => {
+                let Some(engine) = engine.as_mut() else {
+                    let _ = events.send(JobEvent::Failed(NOT_LOADED.to_string()));
+                    continue;
+                };
                 busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 let result = ask(engine, &input, &settings, &cancel, &beat, &events);
                 busy.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -244,11 +275,17 @@ fn run(
                     let _ = events.send(JobEvent::Failed(e.to_string()));
                 }
             }
+            Job::Unload { reply } => {
+                loaded.store(false, std::sync::atomic::Ordering::Relaxed);
+                engine = None;
+                let _ = reply.send(());
+            }
             Job::Reload { path, policy, reply } => {
                 beat.alive();
                 match load(rt, &path, &policy) {
                     Ok((new, new_info)) => {
-                        *engine = new;
+                        engine = Some(new);
+                        loaded.store(true, std::sync::atomic::Ordering::Relaxed);
                         *info.write().expect("poisoned") = new_info.clone();
                         let _ = reply.send(Ok(new_info));
                     }

@@ -56,6 +56,7 @@ pub fn run_report_command_to(
                 limit: (limit > 0).then_some(limit),
                 trigger,
                 status,
+                ..Default::default()
             };
             list_table(&store.list(&filter)?)
         }

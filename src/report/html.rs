@@ -15,7 +15,7 @@ use jiff::Timestamp;
 
 use super::layout::{self, PAGE_TO_INDEX, PAGE_TO_STORE};
 use super::store::ReportSummary;
-use super::{Report, ReportStatus, Segment};
+use super::{MediaRef, Report, ReportStatus, Segment};
 
 const STYLE: &str = "\
 body{font-family:system-ui,sans-serif;max-width:52rem;margin:1.5rem auto;padding:0 1rem;color:#1b1b1b;line-height:1.45}
@@ -96,6 +96,14 @@ fn head(out: &mut String, title: &str) {
 
 /// The page of one report, to be stored at [`layout::page_path`].
 pub fn report_page(report: &Report) -> String {
+    let media = |_: u32, m: &MediaRef| format!("{PAGE_TO_STORE}{}", m.path);
+    report_page_linked(report, &media, Some(PAGE_TO_INDEX))
+}
+
+/// The page of one report with its links pointing elsewhere than the store's directory (the
+/// local API serves media by report id and segment index): `media` gives a media file's
+/// address from its segment index (unescaped), `index` the "All reports" link, if any.
+pub fn report_page_linked(report: &Report, media: &dyn Fn(u32, &MediaRef) -> String, index: Option<&str>) -> String {
     let mut o = String::new();
     let id = report.id.as_str();
     head(
@@ -103,10 +111,14 @@ pub fn report_page(report: &Report) -> String {
         &format!("gemba report {id} — {}", report.meta.trigger),
     );
     let _ = writeln!(o, "<body class=\"status-{}\">", report.status.word());
-    let _ = writeln!(
-        o,
-        "<nav><a href=\"{PAGE_TO_INDEX}\">All reports</a></nav>\n<header>"
-    );
+    match index {
+        Some(index) => {
+            let _ = writeln!(o, "<nav><a href=\"{}\">All reports</a></nav>\n<header>", esc(index));
+        }
+        None => {
+            let _ = writeln!(o, "<header>");
+        }
+    }
     let _ = writeln!(o, "<h1>Report {id}</h1>");
     match &report.status {
         ReportStatus::Incomplete { reason } => {
@@ -155,7 +167,7 @@ pub fn report_page(report: &Report) -> String {
     }
     let _ = writeln!(o, "</dl>\n</header>\n<main>");
     for s in &report.segments {
-        segment(&mut o, s);
+        segment(&mut o, s, media);
     }
     let _ = writeln!(o, "</main>\n<footer>");
     if let Some(st) = &report.stats {
@@ -196,16 +208,16 @@ pub fn report_page(report: &Report) -> String {
     o
 }
 
-fn segment(o: &mut String, s: &Segment) {
+fn segment(o: &mut String, s: &Segment, media: &dyn Fn(u32, &MediaRef) -> String) {
     match s {
         Segment::Image(img) => {
             let _ = writeln!(
                 o,
                 "<figure class=\"segment image\" data-kind=\"image\" data-index=\"{}\">\n\
-                 <img src=\"{PAGE_TO_STORE}{}\" width=\"{}\" height=\"{}\" alt=\"Frame from {} at {}\">\n\
+                 <img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"Frame from {} at {}\">\n\
                  <figcaption>{} · frame {} · {}</figcaption>\n</figure>",
                 img.index,
-                esc(&img.media.path),
+                esc(&media(img.index, &img.media)),
                 img.width,
                 img.height,
                 esc(&img.camera),
@@ -234,10 +246,10 @@ fn segment(o: &mut String, s: &Segment) {
             let _ = writeln!(
                 o,
                 "<figure class=\"segment audio\" data-kind=\"audio\" data-index=\"{}\">\n\
-                 <audio controls preload=\"metadata\" src=\"{PAGE_TO_STORE}{}\"></audio>\n\
+                 <audio controls preload=\"metadata\" src=\"{}\"></audio>\n\
                  <figcaption>{} · {:.2} s · {}{transcript}</figcaption>\n</figure>",
                 a.index,
-                esc(&a.media.path),
+                esc(&media(a.index, &a.media)),
                 esc(&a.source),
                 a.duration.as_secs_f64(),
                 when_precise(a.started_at),

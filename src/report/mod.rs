@@ -35,7 +35,7 @@ pub use cli::{run_report_command, ReportCommand};
 pub use id::ReportId;
 pub use retention::RetentionPolicy;
 pub use store::{
-    Ack, Eviction, ListFilter, MediaProblem, RecoveryReport, ReportSummary, ReportWriter,
+    Ack, Eviction, Evictions, ListFilter, MediaProblem, RecoveryReport, ReportSummary, ReportWriter,
     SentencePlacement, Store, Usage,
 };
 

@@ -133,6 +133,8 @@ struct Inner {
     /// Sums kept in step with the index and the html directory, for the byte budget.
     media_bytes: u64,
     html_bytes: u64,
+    /// Reports and bytes evicted since the store was opened (metrics).
+    evicted: Evictions,
     recovery: RecoveryReport,
     /// Causes already logged (page writes failing, say): log once, not per report.
     warned: HashSet<&'static str>,
@@ -215,6 +217,23 @@ pub struct ListFilter {
     pub trigger: Option<String>,
     /// `open`, `complete` or `incomplete`.
     pub status: Option<String>,
+    /// Begun at or after this time.
+    pub since: Option<Timestamp>,
+    /// Begun before this time.
+    pub until: Option<Timestamp>,
+    /// With a frame of this camera in the query.
+    pub camera: Option<String>,
+    /// Keyset paging: only reports after this position in the listing order (a report's
+    /// `created_at`, to the millisecond, and id — the last of the previous page), so pages stay
+    /// consistent while reports arrive or are evicted.
+    pub after: Option<(Timestamp, String)>,
+}
+
+/// Evictions since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Evictions {
+    pub reports: u64,
+    pub bytes: u64,
 }
 
 /// One line of a listing.
@@ -354,6 +373,11 @@ impl Store {
 
     pub fn usage(&self) -> Result<Usage> {
         self.lock().usage()
+    }
+
+    /// Reports and bytes retention has evicted since the store was opened.
+    pub fn evictions(&self) -> Evictions {
+        self.lock().evicted
     }
 
     /// Applies the retention policy now (age and bytes); the daemon calls this on a timer.
@@ -683,6 +707,7 @@ impl Inner {
             html_bytes: 0,
             recovery: RecoveryReport::default(),
             warned: HashSet::new(),
+            evicted: Evictions::default(),
         })
     }
 

@@ -106,13 +106,28 @@ impl Inner {
                  FROM reports r
                  WHERE (?1 IS NULL OR r.trigger = ?1 OR substr(r.trigger, 1, length(?1) + 1) = ?1 || ':')
                    AND (?2 IS NULL OR r.status = ?2)
+                   AND (?4 IS NULL OR r.created_ms >= ?4)
+                   AND (?5 IS NULL OR r.created_ms < ?5)
+                   AND (?6 IS NULL OR EXISTS (SELECT 1 FROM json_each(r.meta_json, '$.cameras') c WHERE c.value = ?6))
+                   AND (?7 IS NULL OR r.created_ms < ?7 OR (r.created_ms = ?7 AND r.id < ?8))
                  ORDER BY r.created_ms DESC, r.id DESC
                  LIMIT ?3",
             )
             .map_err(self.db_err("listing reports"))?;
         let limit = filter.limit.map_or(-1, |l| l as i64);
         let rows = stmt
-            .query_map(params![filter.trigger, filter.status, limit], |r| {
+            .query_map(
+                params![
+                    filter.trigger,
+                    filter.status,
+                    limit,
+                    filter.since.map(|t| t.as_millisecond()),
+                    filter.until.map(|t| t.as_millisecond()),
+                    filter.camera,
+                    filter.after.as_ref().map(|(t, _)| t.as_millisecond()),
+                    filter.after.as_ref().map(|(_, id)| id.as_str()),
+                ],
+                |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
@@ -123,7 +138,8 @@ impl Inner {
                     r.get::<_, u32>(6)?,
                     r.get::<_, Option<String>>(7)?,
                 ))
-            })
+            },
+            )
             .map_err(self.db_err("listing reports"))?;
         let mut out = Vec::new();
         for row in rows {

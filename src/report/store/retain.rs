@@ -231,7 +231,10 @@ impl Inner {
             .map(|c| c.id.clone())
             .collect();
             for id in &plan {
-                out.freed_bytes += self.evict_one(id)?;
+                let freed = self.evict_one(id)?;
+                out.freed_bytes += freed;
+                self.evicted.reports += 1;
+                self.evicted.bytes += freed;
             }
             let done = plan.len() < batch.len() || batch.is_empty();
             out.evicted.extend(plan);
