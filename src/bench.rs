@@ -451,3 +451,76 @@ impl std::fmt::Display for SoakReport {
         )
     }
 }
+
+/// Time to first token / sentence and decode speed for a prompt with media (the omni path).
+#[derive(Debug, Serialize)]
+pub struct MediaBench {
+    pub bundle: String,
+    pub images: usize,
+    pub audio: usize,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub repeat: usize,
+    pub time_to_first_token_ms: f64,
+    pub time_to_first_sentence_ms: Option<f64>,
+    pub decode_tokens_per_s: f64,
+    pub total_ms: f64,
+    pub providers: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Display for MediaBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "omni bench: {} — {} image(s), {} audio clip(s); {} prompt tokens (placeholders expanded), {} generated; median of {}",
+            self.bundle, self.images, self.audio, self.prompt_tokens, self.generated_tokens, self.repeat
+        )?;
+        writeln!(
+            f,
+            "time to first token {:.1} ms (pre-processing + encoders + prefill), first sentence {}, decode {:.1} tok/s, total {:.1} ms",
+            self.time_to_first_token_ms,
+            self.time_to_first_sentence_ms.map(|t| format!("{t:.1} ms")).unwrap_or_else(|| "-".into()),
+            self.decode_tokens_per_s,
+            self.total_ms
+        )?;
+        let p: Vec<String> = self.providers.iter().map(|(c, p)| format!("{c}={p}")).collect();
+        writeln!(f, "providers: {}", p.join(" "))
+    }
+}
+
+/// Runs `prompt` with image and audio files `repeat` times (after one warm-up) through the engine.
+pub fn media(engine: &mut Engine, prompt: &str, media: &crate::model::engine::MediaFiles, max_new_tokens: usize, repeat: usize) -> Result<MediaBench> {
+    let mut params = engine.default_params();
+    params.sampling.do_sample = false;
+    params.max_new_tokens = Some(max_new_tokens);
+    let (mut ttft, mut ttfs, mut tps, mut total) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for r in 0..=repeat {
+        // The engine's clock starts before pre-processing (decoding and pre-processing the
+        // media, the encoders, prefill).
+        let done = engine.ask_files(prompt, None, false, media, &params, &CancelToken::new(), &mut |_| {})?;
+        if r > 0 {
+            ttft.push(done.time_to_first_token_ms);
+            if let Some(s) = done.time_to_first_sentence_ms {
+                ttfs.push(s);
+            }
+            tps.push(done.decode_tokens_per_s);
+            total.push(done.total_ms);
+        }
+        last = Some(done);
+    }
+    let d = last.expect("ran");
+    Ok(MediaBench {
+        bundle: engine.bundle.dir.display().to_string(),
+        images: media.images.len(),
+        audio: media.audio.len(),
+        prompt_tokens: d.prompt_tokens,
+        generated_tokens: d.generated_tokens,
+        repeat,
+        time_to_first_token_ms: median(&ttft),
+        time_to_first_sentence_ms: (!ttfs.is_empty()).then(|| median(&ttfs)),
+        decode_tokens_per_s: median(&tps),
+        total_ms: median(&total),
+        providers: d.providers,
+    })
+}

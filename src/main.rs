@@ -138,6 +138,16 @@ enum BenchCmd {
         /// Skip ORT-GenAI (e.g. on a board without Python).
         #[arg(long)]
         no_genai: bool,
+        /// Instead: time a prompt with these images (repeatable) through the omni path
+        /// (pre-processing, encoders, prefill): time to first token / sentence, tokens/s.
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+        /// … and/or these audio clips.
+        #[arg(long = "audio", value_name = "FILE")]
+        audio: Vec<PathBuf>,
+        /// The question for --image/--audio runs.
+        #[arg(long, default_value = "Give me a status report.")]
+        prompt: String,
         #[arg(long)]
         json: bool,
     },
@@ -406,9 +416,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, json }) => {
+        Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, images, audio, prompt, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            if !images.is_empty() || !audio.is_empty() {
+                let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
+                let mut engine = Engine::load(rt, &model, &policy)?;
+                let media = gemba::model::engine::MediaFiles { images, audio };
+                let r = gemba::bench::media(&mut engine, &prompt, &media, gen_tokens, repeat)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{r}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             anyhow::ensure!(gen_tokens >= 2 && repeat >= 1 && prompt_tokens >= 1, "need --gen-tokens >= 2, --repeat >= 1, --prompt-tokens >= 1");
             let r = gemba::bench::decode(rt, &model, prompt_tokens, gen_tokens, threads, repeat, !no_genai)?;
             if json {

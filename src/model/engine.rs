@@ -107,6 +107,10 @@ impl Engine {
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Done, GenerateError> {
+        // Timings count from here: pre-processing and the encoders are part of the answer's wait.
+        let mut params = params.clone();
+        params.started.get_or_insert_with(std::time::Instant::now);
+        let params = &params;
         let mm = self.multimodal.as_mut().expect("checked by the caller");
         let p = mm.prompt(rendered, images, audio)?;
         let adapter = mm.adapter_for(p.images, p.audios);

@@ -67,6 +67,9 @@ pub struct GenerateParams {
     /// Generation is terminated, mid-step if need be, once this much time has passed.
     pub deadline: Option<Duration>,
     pub splitter: SplitterConfig,
+    /// Where the clock starts for the reported timings (e.g. before pre-processing and the
+    /// encoders of a multimodal prompt); default: when the decoder starts.
+    pub started: Option<Instant>,
 }
 
 impl GenerateParams {
@@ -90,6 +93,7 @@ impl GenerateParams {
             stop_strings: Vec::new(),
             deadline: None,
             splitter: SplitterConfig::default(),
+            started: None,
         }
     }
 }
@@ -559,7 +563,7 @@ pub fn generate(
     extra_providers: &[ProviderReport],
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Done, GenerateError> {
-    let start = Instant::now();
+    let start = params.started.unwrap_or_else(Instant::now);
     params.sampling.validate().map_err(|e| GenerateError::Params(e.to_string()))?;
     let prompt_len = prompt.ids().len();
     if prompt_len == 0 {
