@@ -3,7 +3,7 @@
 //! On a mismatch the test prints a unified diff; `GEMBA_BLESS=1 cargo test --test report_golden`
 //! rewrites the files after an intended change (review the diff in git).
 
-use std::path::PathBuf;
+mod common;
 use std::time::Duration;
 
 use gemba::report::cli::{list_table, show_text};
@@ -135,25 +135,7 @@ fn summaries(r: &Report) -> Vec<ReportSummary> {
 }
 
 fn check(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("GEMBA_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (GEMBA_BLESS=1 writes it)", path.display()));
-    if expected != actual {
-        let diff = similar::TextDiff::from_lines(expected.as_str(), actual);
-        panic!(
-            "{name} differs from {} (- golden, + now; GEMBA_BLESS=1 rewrites it):\n{}",
-            path.display(),
-            diff.unified_diff()
-                .context_radius(2)
-                .header("golden", "now")
-        );
-    }
+    common::check_golden(name, actual)
 }
 
 #[test]

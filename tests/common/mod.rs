@@ -205,3 +205,114 @@ pub fn assert_consistent(store: &Store) -> Vec<Report> {
     }
     reports
 }
+
+// ---- Headless Chromium (Debian package `chromium`, installed by scripts/setup test) ----
+
+pub fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser"] {
+        if let Some(p) = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+        {
+            return p;
+        }
+    }
+    panic!(
+        "headless Chromium not found (looked for `chromium` and `chromium-browser` on PATH): \
+         run scripts/setup, which installs the Debian package `chromium`"
+    );
+}
+
+/// Opens `page` in headless Chromium and returns the DOM after the page's load handlers ran.
+pub fn dump_dom(page: &Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &format!("file://{}", page.display()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting chromium");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 60 s on {}", page.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let dom = out.join().unwrap().unwrap();
+    let err = err.join().unwrap();
+    assert!(
+        status.success() && dom.contains("</html>"),
+        "chromium failed ({status}) on {}:\n{err}",
+        page.display()
+    );
+    dom
+}
+
+/// The values of `attr` in document order.
+pub fn attr_values<'a>(dom: &'a str, attr: &str) -> Vec<&'a str> {
+    let needle = format!("{attr}=\"");
+    dom.match_indices(&needle)
+        .map(|(i, _)| {
+            let rest = &dom[i + needle.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect()
+}
+
+/// Every `<img …>` tag.
+pub fn img_tags(dom: &str) -> Vec<&str> {
+    dom.match_indices("<img ")
+        .map(|(i, _)| &dom[i..i + dom[i..].find('>').unwrap() + 1])
+        .collect()
+}
+
+
+/// Compares `actual` with `tests/golden/<name>`; on a mismatch panics with a unified diff.
+/// `GEMBA_BLESS=1` (re)writes the golden file instead.
+pub fn check_golden(name: &str, actual: &str) {
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("GEMBA_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (GEMBA_BLESS=1 writes it)", path.display()));
+    if expected != actual {
+        let diff = similar::TextDiff::from_lines(expected.as_str(), actual);
+        panic!(
+            "{name} differs from {} (- golden, + now; GEMBA_BLESS=1 rewrites it):\n{}",
+            path.display(),
+            diff.unified_diff().context_radius(2).header("golden", "now")
+        );
+    }
+}
