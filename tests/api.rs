@@ -3,6 +3,7 @@
 //! browsing reports, metrics as strict OpenMetrics text, readiness across unload and reload.
 
 mod api_common;
+mod common;
 
 use std::collections::BTreeMap;
 

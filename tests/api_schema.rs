@@ -14,6 +14,7 @@
 //! its author already had in mind.
 
 mod api_common;
+mod common;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

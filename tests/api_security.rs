@@ -7,6 +7,7 @@
 //! whatever the address.
 
 mod api_common;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

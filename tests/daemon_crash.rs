@@ -20,19 +20,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use gemba::report::{ListFilter, ReportStatus, RetentionPolicy, Store};
 
-fn write_frames(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..6u32 {
-        let img = image::RgbImage::from_fn(64, 48, |x, y| {
-            let v = ((x * (i + 1) + y * 7 + i * 40) % 256) as u8;
-            image::Rgb([v, 255 - v, (i * 40) as u8])
-        });
-        img.save(dir.join(format!("f{i}.jpg"))).unwrap();
-    }
-}
-
 fn config(dir: &Path) -> std::path::PathBuf {
-    write_frames(&dir.join("frames"));
+    write_replay_frames(&dir.join("frames"), 6);
     let cfg = dir.join("gemba.toml");
     std::fs::write(
         &cfg,

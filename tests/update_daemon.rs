@@ -14,14 +14,6 @@ use std::time::{Duration, Instant};
 use gemba::report::{ListFilter, ReportStatus, RetentionPolicy, Store};
 use update_support::Fleet;
 
-fn write_frames(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..4u32 {
-        let img = image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([((x * 5 + i * 60) % 256) as u8, (y * 7) as u8, (i * 50) as u8]));
-        img.save(dir.join(format!("f{i}.jpg"))).unwrap();
-    }
-}
-
 fn reports(store_dir: &Path) -> Vec<gemba::report::Report> {
     let store = Store::open_read_only(store_dir).unwrap();
     let mut v: Vec<_> = store.list(&ListFilter::default()).unwrap().into_iter().map(|s| store.get(&s.id).unwrap()).collect();
@@ -44,7 +36,7 @@ fn reports_switch_bundles_cleanly_when_an_update_lands_under_the_running_daemon(
     let (root, state, store_dir) = (tmp.path().join("models"), tmp.path().join("state"), tmp.path().join("store"));
     let out = fleet.model(&root, &state).arg("install").arg(&fleet.v1).arg("--no-daemon").output().unwrap();
     assert!(out.status.success(), "installing version 1: {}", String::from_utf8_lossy(&out.stderr));
-    write_frames(&tmp.path().join("frames"));
+    common::write_replay_frames(&tmp.path().join("frames"), 4);
     let cfg = tmp.path().join("gemba.toml");
     std::fs::write(
         &cfg,

@@ -27,14 +27,6 @@ use gemba::voice::tts::{Espeak, Synthesizer};
 
 const RATE: usize = 16_000;
 
-fn write_frames(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..3u32 {
-        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, (i * 80) as u8]));
-        img.save(dir.join(format!("f{i}.jpg"))).unwrap();
-    }
-}
-
 /// A spoken question at 16 kHz.
 fn question(text: &str) -> Vec<f32> {
     let mut e = Espeak::new("en-us", 170).unwrap();
@@ -129,7 +121,7 @@ impl Setup {
 /// A config with one replay camera (not monitored), the FIFO microphone and `voice` extras.
 fn setup(mic_device: &str, monitor: bool, voice_extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    write_frames(&dir.path().join("frames"));
+    write_replay_frames(&dir.path().join("frames"), 2);
     let fifo = dir.path().join("mic.fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let alsa = dir.path().join("asound.conf");

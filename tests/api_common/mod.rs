@@ -23,14 +23,7 @@ pub fn gemba() -> Command {
 }
 
 pub fn write_frames(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..4u32 {
-        let img = image::RgbImage::from_fn(64, 48, |x, y| {
-            let v = ((x * (i + 1) + y * 5 + i * 60) % 256) as u8;
-            image::Rgb([v, 255 - v, (i * 50) as u8])
-        });
-        img.save(dir.join(format!("f{i}.jpg"))).unwrap();
-    }
+    crate::common::write_replay_frames(dir, 4);
 }
 
 /// The config the daemon tests run with: one replay camera that is captured but not

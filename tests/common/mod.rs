@@ -316,3 +316,16 @@ pub fn check_golden(name: &str, actual: &str) {
         );
     }
 }
+
+/// Writes `n` small JPEG frames (`f0.jpg` …) for a replay camera, each different enough from the
+/// last for the change gate to fire.
+pub fn write_replay_frames(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| {
+            let v = ((x * (i + 1) + y * 7 + i * 40) % 256) as u8;
+            image::Rgb([v, 255 - v, (i * 40) as u8])
+        });
+        img.save(dir.join(format!("f{i}.jpg"))).unwrap();
+    }
+}
