@@ -128,6 +128,24 @@ pub struct Doctor {
     /// Present when a bundle was given: per component, the providers it actually registered.
     pub components: Vec<crate::model::providers::ProviderReport>,
     pub bundle_error: Option<String>,
+    /// V4L2 capture nodes and what they offer.
+    pub cameras: Vec<String>,
+    /// Audio input devices as ALSA lists them.
+    pub microphones: Vec<String>,
+}
+
+#[cfg(feature = "v4l2")]
+fn cameras() -> Vec<String> {
+    crate::capture::v4l2::list_devices()
+        .into_iter()
+        .filter(|d| !d.formats.is_empty())
+        .map(|d| format!("{} ({}, {}): {}", d.path.display(), d.card, d.bus, crate::capture::negotiate::describe_offers(&d.formats)))
+        .collect()
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn cameras() -> Vec<String> {
+    Vec::new()
 }
 
 /// Gathers everything; never fails — each problem is reported in its place.
@@ -169,6 +187,8 @@ pub fn examine(
         gpu: gpu_facts(),
         components,
         bundle_error,
+        cameras: cameras(),
+        microphones: crate::capture::mic::list_input_devices(),
     }
 }
 
@@ -203,6 +223,17 @@ impl std::fmt::Display for Doctor {
                     )?;
                 }
             }
+        }
+        if self.cameras.is_empty() {
+            writeln!(f, "cameras: no V4L2 capture device")?;
+        }
+        for c in &self.cameras {
+            writeln!(f, "camera: {c}")?;
+        }
+        if self.microphones.is_empty() {
+            writeln!(f, "microphones: no audio input device")?;
+        } else {
+            writeln!(f, "microphones: {}", self.microphones.join(", "))?;
         }
         if let Some(e) = &self.bundle_error {
             writeln!(f, "bundle: {e}")?;
