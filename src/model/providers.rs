@@ -263,6 +263,10 @@ pub fn build_session(
     for (k, v) in &bundle.config_entries {
         b = b.with_config_entry(k, v).map_err(|e| opt_err(k, e.into()))?;
     }
+    if let Some(prefix) = &bundle.enable_profiling {
+        // As in ORT-GenAI: the value is the file prefix; ONNX Runtime appends a timestamp.
+        b = b.with_profiling(prefix).map_err(|e| opt_err("enable_profiling", e.into()))?;
+    }
 
     let mut report = ProviderReport {
         component: component.into(),
