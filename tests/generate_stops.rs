@@ -78,7 +78,9 @@ fn every_way_a_generation_ends() {
     assert_eq!((d.stop.clone(), d.generated_tokens), (StopReason::Cancelled, 4));
     assert!(d.generated_tokens < full);
 
-    // A hard deadline terminates the step that is running (here: already in the prefill).
+    // A hard deadline: a watcher terminates the step running when time is up, and between steps
+    // the engine checks it itself (a deadline shorter than the prefill stops at the first token
+    // even when the watcher thread is not scheduled in time on a busy machine).
     let mut p = base.clone();
     p.deadline = Some(Duration::from_micros(1));
     let (d, _) = run(&mut e, &p, &CancelToken::new(), |_| {});

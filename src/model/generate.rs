@@ -631,6 +631,10 @@ fn run_loop(
     capacity: usize,
     eos: &[u32],
 ) -> Result<Done, GenerateError> {
+    // The watcher (started just before) terminates a step that runs past the deadline; between
+    // steps the deadline is checked here too, so it holds even when the watcher thread has not
+    // been scheduled yet (a busy machine, a deadline shorter than a step).
+    let deadline_at = params.deadline.map(|limit| Instant::now() + limit);
     let prompt_len = prompt.ids().len();
     let mut kv = decoder.reset(capacity)?;
     let mut sampler = Sampler::new(params.sampling.clone());
@@ -732,6 +736,11 @@ fn run_loop(
             } else {
                 StopReason::MaxNewTokens
             };
+            break;
+        }
+        if deadline_at.is_some_and(|d| Instant::now() >= d) {
+            deadline_hit.store(true, Ordering::SeqCst);
+            stop = StopReason::Deadline;
             break;
         }
         if cancel.is_cancelled() {
