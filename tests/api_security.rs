@@ -291,7 +291,9 @@ fn a_flood_of_a_thousand_asks_is_bounded_and_the_daemon_stays_healthy() {
 
 #[test]
 fn a_stalled_event_stream_does_not_hold_up_the_model() {
-    let d = Daemon::start("sse_buffer = 4");
+    // 50 ms a token: the first answer (~20 tokens) streams for about a second, so its stalled
+    // client is seen connected (the tiny model alone answers in a millisecond or two).
+    let d = Daemon::start_slow("sse_buffer = 4", 50);
     let id = d.ask("What is the pressure on press 1?", &[]);
     // A client that asks for the stream and never reads a byte of it.
     let mut stalled = TcpStream::connect(&d.addr).unwrap();

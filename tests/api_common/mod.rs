@@ -84,6 +84,16 @@ impl Daemon {
 
     /// `prepare` gets the daemon's directory before start and returns the model path.
     pub fn start_with(api: &str, prepare: impl FnOnce(&Path) -> PathBuf) -> Daemon {
+        Self::start_full(api, prepare, &[])
+    }
+
+    /// The tiny model decoding at `ms` per token (a board's pace), so an answer's stream stays
+    /// open long enough to be seen open.
+    pub fn start_slow(api: &str, ms: u64) -> Daemon {
+        Self::start_full(api, |_| tiny_model(), &[("GEMBA_TEST_TOKEN_DELAY_MS", &ms.to_string())])
+    }
+
+    pub fn start_full(api: &str, prepare: impl FnOnce(&Path) -> PathBuf, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let model = prepare(dir.path());
         let cfg = write_config(dir.path(), api, &model);
@@ -96,6 +106,7 @@ impl Daemon {
             .arg(&cfg)
             .args(["--listen", "127.0.0.1:0"])
             .env("GEMBA_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
