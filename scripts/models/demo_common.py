@@ -360,8 +360,11 @@ def build_tokenizer(out_dir: Path, seed: int = 1234):
     tok.train_from_iterator(tokenizer_corpus(rng), trainer=trainer)
     assert tok.get_vocab_size() <= VOCAB_SIZE, tok.get_vocab_size()
     data = json.loads(tok.to_str())
-    # The placeholders live far above the BPE vocabulary, at the ids ORT-GenAI hard-codes.
+    # The placeholders live far above the BPE vocabulary, at the ids ORT-GenAI hard-codes. They are
+    # entered in the BPE vocab too: Hugging Face `tokenizers` (Python and the Rust crate) renumbers
+    # an added token whose id is not in the model's vocab to the next free id.
     for content, tid in ((IMAGE_TOKEN, IMAGE_TOKEN_ID), (AUDIO_TOKEN, AUDIO_TOKEN_ID)):
+        data["model"]["vocab"][content] = tid
         data["added_tokens"].append({"id": tid, "content": content, "single_word": False, "lstrip": False,
                                      "rstrip": False, "normalized": False, "special": True})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -467,3 +470,36 @@ def check_answer(answer: str, intent: str | None, cameras: list[tuple[str | None
 
 def facts_json(f: SceneFacts) -> dict:
     return asdict(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Python replica of the processor's global view (for training data; checked against ORT-GenAI)
+# ---------------------------------------------------------------------------------------------
+def global_view(img) -> "np.ndarray":
+    """PIL RGB image -> the processor's 448x448 global view, float32 [3, 448, 448] in [-1, 1].
+
+    Aspect-preserving bilinear resize into whole 448 crops, white padding, rescale + normalise
+    (mean = std = 0.5), then a bicubic resize of the whole padded image to 448x448 per channel.
+    """
+    import numpy as np
+    from PIL import Image
+    w, h = img.size
+    wc, hc, nw, nh = phi4_layout(w, h)
+    r = img.convert("RGB").resize((nw, nh), Image.BILINEAR)
+    canvas = Image.new("RGB", (wc * BASE, hc * BASE), (255, 255, 255))
+    canvas.paste(r, (0, 0))
+    a = (np.asarray(canvas).astype(np.float32) / 255.0 - 0.5) / 0.5
+    out = np.empty((3, BASE, BASE), np.float32)
+    for c in range(3):
+        out[c] = np.asarray(Image.fromarray(np.ascontiguousarray(a[:, :, c]), mode="F").resize((BASE, BASE),
+                                                                                                Image.BICUBIC))
+    return out
+
+
+def pooled_view(img, pool: int = 2) -> "np.ndarray":
+    """The vision encoder's actual input: global view average-pooled by `pool`, as uint8 [3, s, s]."""
+    import numpy as np
+    g = global_view(img)
+    s = BASE // pool
+    g = g.reshape(3, s, pool, s, pool).mean(axis=(2, 4))
+    return np.clip(np.round((g + 1.0) * 127.5), 0, 255).astype(np.uint8)
