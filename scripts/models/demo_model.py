@@ -152,23 +152,28 @@ class SpeechBackbone(nn.Module):
     def __init__(self):
         super().__init__()
         d = 128
-        self.convs = nn.Sequential(
+        self.convs = nn.ModuleList([
             conv_bn(N_MEL, d, 5, 2, dims=1),
             conv_bn(d, d, 5, 2, dims=1),
             conv_bn(d, d, 5, 2, dims=1),
             conv_bn(d, d, 5, 1, dims=1),
             conv_bn(d, d, 5, 1, dims=1),
-        )
+        ])
+        self.strides = [2, 2, 2, 1, 1]
         self.att = nn.Linear(d, 1)
         self.fc = nn.Sequential(nn.Linear(2 * d, SPEECH_FEAT), nn.ReLU(inplace=True))
 
     def forward(self, mel, mask):
         x = (mel - MEL_MEAN) / MEL_STD
         m = mask.to(x.dtype)
-        x = x * m.unsqueeze(2)
-        h = self.convs(x.transpose(1, 2))  # [n, d, T/8]
-        # frame mask at the reduced rate: a reduced step is valid if its first source frame is
-        mr = m[:, 0::8]  # ceil(T / 8) steps, as the three stride-2 convs give
+        h = (x * m.unsqueeze(2)).transpose(1, 2)
+        # re-mask after every layer so that padding (several audios in one batch) never leaks into
+        # valid steps: an utterance gives the same vector alone or padded
+        mr = m
+        for conv, s in zip(self.convs, self.strides):
+            if s == 2:
+                mr = mr[:, 0::2]  # a reduced step is valid if its first source frame is
+            h = conv(h) * mr.unsqueeze(1)  # ceil(T / 2) steps per stride-2 conv
         a = self.att(h.transpose(1, 2)).squeeze(2) + (mr - 1.0) * 1e4
         w = torch.softmax(a, dim=1)
         pooled = (h * w.unsqueeze(1)).sum(2)

@@ -111,13 +111,17 @@ def _draw_panel(img, rng, box, lamp: str):
     cx, cy = px + pw // 2 + rng.randint(-pw // 10, pw // 10), py + int(ph * rng.uniform(0.2, 0.3))
     d.ellipse([cx - r - r // 4, cy - r - r // 4, cx + r + r // 4, cy + r + r // 4], fill=(35, 35, 38))
     color = _jitter(LAMP_RGB[lamp], rng, 15)
-    if lamp != "off":
-        glow = Image.new("RGBA", img.size, (0, 0, 0, 0))
-        gd = ImageDraw.Draw(glow)
+    if lamp != "off":  # a soft glow, composited in a window around the lamp only
         gr = int(r * rng.uniform(1.6, 2.3))
-        gd.ellipse([cx - gr, cy - gr, cx + gr, cy + gr], fill=color + (rng.randint(70, 140),))
+        m = gr + 2 * max(1, r // 2) + 2
+        x0w, y0w = max(0, cx - m), max(0, cy - m)
+        x1w, y1w = min(img.size[0], cx + m), min(img.size[1], cy + m)
+        win = img.crop((x0w, y0w, x1w, y1w)).convert("RGBA")
+        glow = Image.new("RGBA", win.size, (0, 0, 0, 0))
+        ImageDraw.Draw(glow).ellipse([cx - gr - x0w, cy - gr - y0w, cx + gr - x0w, cy + gr - y0w],
+                                     fill=color + (rng.randint(70, 140),))
         glow = glow.filter(ImageFilter.GaussianBlur(max(1, r // 2)))
-        img.paste(Image.alpha_composite(img.convert("RGBA"), glow).convert("RGB"))
+        img.paste(Image.alpha_composite(win, glow).convert("RGB"), (x0w, y0w))
         d = ImageDraw.Draw(img)
     d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
     hl = max(1, r // 3)  # specular highlight
@@ -235,9 +239,11 @@ def render_scene(rng: random.Random, facts: SceneFacts, size: tuple[int, int]) -
     gain = rng.uniform(0.6, 1.25)
     tint = np.array([rng.uniform(0.88, 1.12) for _ in range(3)], np.float32)
     gx = np.linspace(rng.uniform(0.75, 1.1), rng.uniform(0.75, 1.1), w, dtype=np.float32)
-    a = a * gain * tint[None, None, :] * gx[None, :, None]
+    a *= (gain * gx[:, None] * tint[None, :])[None, :, :]
     nprng = np.random.default_rng(rng.randrange(1 << 30))
-    a = a + nprng.normal(0, rng.uniform(0, 10), a.shape)
+    sigma = rng.uniform(0, 10)
+    if sigma > 0.5:
+        a += nprng.standard_normal(a.shape, dtype=np.float32) * np.float32(sigma)
     img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
@@ -306,10 +312,12 @@ def make_scene_set(out: Path, n: int, seed: int) -> list[dict]:
 EVAL_SEED = 900_001  # scenes, voices and names of the evaluation set; training never uses it
 
 
-def make_eval_set(out: Path, n_cases: int = 120, seed: int = EVAL_SEED, frame_sizes=None) -> dict:
+def make_eval_set(out: Path, n_cases: int = 120, seed: int = EVAL_SEED, n_clips: int | None = None) -> dict:
     """n_cases held-out cases: a frame (or two) + a spoken question in a held-out voice/speed.
 
     Writes frames/*.jpg, audio/*.wav and cases.json (the format is described in its "format" key).
+    n_clips: speak only that many questions (balanced over intents) and let cases share them, to keep
+    the committed fixture small; None = one fresh clip per case.
     """
     rng = random.Random(seed)
     if out.exists():
@@ -317,8 +325,17 @@ def make_eval_set(out: Path, n_cases: int = 120, seed: int = EVAL_SEED, frame_si
     (out / "frames").mkdir(parents=True)
     (out / "audio").mkdir(parents=True)
     cases, frames, clips = [], {}, {}
-    sizes = frame_sizes or FRAME_SIZES
+    sizes = FRAME_SIZES
     with tempfile.TemporaryDirectory() as td:
+        pool = {k: [] for k in INTENTS}
+        for j in range(n_clips or 0):
+            intent = INTENTS[j % len(INTENTS)]
+            text = QUESTIONS[intent][(j // len(INTENTS)) % len(QUESTIONS[intent])]
+            voice = sample_voice(rng, held_out=True)
+            aname = f"audio/q{len(clips):03d}.wav"
+            speak(text, voice, out / aname, Path(td))
+            clips[aname] = True
+            pool[intent].append((aname, text, voice))
         for i in range(n_cases):
             intent = INTENTS[i % len(INTENTS)]
             n_cams = 2 if i % 6 == 5 else 1
@@ -328,16 +345,19 @@ def make_eval_set(out: Path, n_cases: int = 120, seed: int = EVAL_SEED, frame_si
                 size = rng.choice(sizes)
                 img = render_scene(rng, facts, size)
                 fname = f"frames/f{len(frames):03d}.jpg"
-                img.save(out / fname, format="JPEG", quality=rng.randint(55, 85))
+                img.save(out / fname, format="JPEG", quality=rng.randint(35, 65))
                 frames[fname] = True
                 name = camera_name(rng, held_out=True) if (n_cams > 1 or rng.random() < 0.7) else None
                 cams.append({"name": name, "frame": fname, "width": size[0], "height": size[1],
                              "facts": {"lamp": facts.lamp, "gauge": facts.gauge, "boxes": facts.boxes}})
-            text = rng.choice(QUESTIONS[intent])
-            voice = sample_voice(rng, held_out=True)
-            aname = f"audio/q{len(clips):03d}.wav"
-            speak(text, voice, out / aname, Path(td))
-            clips[aname] = True
+            if n_clips:
+                aname, text, voice = pool[intent][(i // len(INTENTS)) % len(pool[intent])]
+            else:
+                text = rng.choice(QUESTIONS[intent])
+                voice = sample_voice(rng, held_out=True)
+                aname = f"audio/q{len(clips):03d}.wav"
+                speak(text, voice, out / aname, Path(td))
+                clips[aname] = True
             cases.append({"id": f"case{i:03d}", "intent": intent, "question_text": text, "audio": aname,
                           "voice": voice.espeak_voice, "speed": voice.speed, "pitch": voice.pitch, "cameras": cams})
     doc = {
@@ -401,7 +421,8 @@ def main():
     p.add_argument("--seed", type=int, default=4242)
     p = sub.add_parser("fixtures")
     p.add_argument("--seed", type=int, default=EVAL_SEED)
-    p.add_argument("--n", type=int, default=120)
+    p.add_argument("--n", type=int, default=108)
+    p.add_argument("--clips", type=int, default=32)
     p.add_argument("--out", type=Path, default=REPO / "tests/fixtures/demo_eval")
     a = ap.parse_args()
     if a.cmd == "scenes":
@@ -411,7 +432,7 @@ def main():
     elif a.cmd == "demo":
         make_demo_assets(a.seed)
     elif a.cmd == "fixtures":
-        make_eval_set(a.out, a.n, a.seed)
+        make_eval_set(a.out, a.n, a.seed, a.clips)
 
 
 if __name__ == "__main__":
