@@ -78,6 +78,20 @@ SPEECH_PROCESSOR = {
 }
 
 
+def set_hidden_dim(path: Path, output: str):
+    """The tracer leaves the feature width symbolic; state it (HIDDEN) so readers of the graph's
+    metadata see [tokens, 128] like the embedding graph's matching inputs."""
+    import onnx
+    m = onnx.load(str(path))
+    for o in m.graph.output:
+        if o.name == output:
+            d = o.type.tensor_type.shape.dim[1]
+            d.ClearField("dim_param")
+            d.dim_value = HIDDEN
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
 def export_vision(enc: VisionEncoder, path: Path):
     enc.eval()
     pv = torch.randn(2, 3, 3, 448, 448)
@@ -90,6 +104,7 @@ def export_vision(enc: VisionEncoder, path: Path):
                                     "image_attention_mask": {0: "num_images", 1: "num_crops"},
                                     "image_sizes": {0: "num_images"},
                                     "image_features": {0: "num_image_tokens"}})
+    set_hidden_dim(path, "image_features")
 
 
 def export_speech(enc: SpeechEncoder, path: Path):
@@ -105,6 +120,7 @@ def export_speech(enc: SpeechEncoder, path: Path):
                                     "audio_attention_mask": {0: "num_audios", 1: "num_frames"},
                                     "audio_sizes": {0: "num_audios"},
                                     "audio_features": {0: "num_audio_tokens"}})
+    set_hidden_dim(path, "audio_features")
 
 
 def export_embedding(emb: Embedding, path: Path):
