@@ -350,14 +350,23 @@ def tokenizer_corpus(rng: random.Random, n: int = 6000) -> list[str]:
 def build_tokenizer(out_dir: Path, seed: int = 1234):
     """Train the byte-level BPE and write tokenizer.json + tokenizer_config.json into out_dir."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
+    from tokenizers import Regex
     rng = random.Random(seed)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Merges are learned with whitespace isolated, so no token joins a space to a word: " press"
+    # encodes as "Ġ" + "press", the same "press" as in "[cam:press-2]". The model then copies a
+    # camera name from the prompt into its marker token by token, instead of having to re-spell
+    # it. The saved pre-tokenizer is plain GPT-2 byte-level (read alike by HF tokenizers and
+    # ORT-extensions); only the merges differ.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(tokenizer_corpus(rng), trainer=trainer)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     assert tok.get_vocab_size() <= VOCAB_SIZE, tok.get_vocab_size()
     data = json.loads(tok.to_str())
     # The placeholders live far above the BPE vocabulary, at the ids ORT-GenAI hard-codes. They are

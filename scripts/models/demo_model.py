@@ -36,8 +36,11 @@ import torch.nn.functional as F
 from demo_common import AUDIO_TOKEN_ID, IMAGE_TOKEN_ID, VOCAB_SIZE
 
 HIDDEN = 128
+# rope_theta 500000 (as Llama 3) rather than Phi3's 10000: the answer copies the camera name from
+# 500..3700 positions back, across the image's placeholder rows; with a larger base more of the
+# rotary frequency pairs stay nearly constant over that distance, so content matching still works.
 DECODER = dict(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=384, num_hidden_layers=4,
-               num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
+               num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0, rms_norm_eps=1e-5,
                max_position_embeddings=8192)
 VISION_INFO_ROWS = 8
 AUDIO_INFO_ROWS = 2

@@ -143,7 +143,8 @@ def build_decoder(dec: Phi3Decoder, tok_dir: Path, out: Path, work: Path) -> dic
     import onnx
     ids = special_ids(tok_dir)
     hf_dir, b_out = work / "hf", work / "built"
-    cfg = hf_config(eos=(ids["<|end|>"], ids["<|endoftext|>"]), pad=ids["<|endoftext|>"], bos=ids["<|endoftext|>"])
+    cfg = hf_config(dec.c, eos=(ids["<|end|>"], ids["<|endoftext|>"]), pad=ids["<|endoftext|>"],
+                    bos=ids["<|endoftext|>"])
     hf = Phi3ForCausalLM(cfg)
     missing, unexpected = hf.load_state_dict(dec.state_dict(), strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
@@ -251,7 +252,7 @@ def main():
     if not (a.work and a.out):
         ap.error("give --untrained OUT, or --work WORK --out OUT")
     ck = torch.load(a.work / "decoder_stage.pt", map_location="cpu")
-    dec = Phi3Decoder()
+    dec = Phi3Decoder(ck.get("config", DECODER))
     dec.load_state_dict(ck["decoder"])
     vb, vp, sb, sp = VisionBackbone(), VisionProjector(), SpeechBackbone(), SpeechProjector()
     vb.load_state_dict(torch.load(a.work / "vision_stage.pt", map_location="cpu")["backbone"])

@@ -467,7 +467,24 @@ def split_segs(segs):
     return segs[:i], segs[i + 1:]
 
 
-def batch_loss(model: DemoModel, batch, answer_starts_tok):
+def marker_weights(tgt: torch.Tensor, marker_ids: tuple[set, set], w: float) -> torch.Tensor:
+    """Loss weight per target: `w` for the tokens of a [cam:NAME] marker (from the token holding
+    '[' to the one holding ']'), 1 elsewhere. Copying the name is the slowest skill to learn."""
+    open_ids, close_ids = marker_ids
+    wt = torch.ones(tgt.shape)
+    for j in range(tgt.shape[0]):
+        inside = False
+        for i, t in enumerate(tgt[j].tolist()):
+            if t in open_ids:
+                inside = True
+            if inside:
+                wt[j, i] = w
+            if t in close_ids:
+                inside = False
+    return wt
+
+
+def batch_loss(model: DemoModel, batch, answer_starts_tok, marker_ids=None, name_weight=1.0):
     """batch: (n_cams or None, [(segs, asst_index)]). Returns (loss, n_tokens, n_correct)."""
     n_cams, items = batch
     assistant, end_id = answer_starts_tok
@@ -497,8 +514,14 @@ def batch_loss(model: DemoModel, batch, answer_starts_tok):
     logits, _ = model.dec(x, past=past, offset=offset)
     m = tgt != -100
     lg = logits[m]
-    loss = F.cross_entropy(lg, tgt[m])
-    return loss, int(m.sum()), int((lg.argmax(-1) == tgt[m]).sum())
+    hit = lg.argmax(-1) == tgt[m]
+    mk = marker_weights(tgt, marker_ids, 2.0)[m] > 1 if marker_ids else torch.zeros_like(hit)
+    if name_weight != 1.0 and marker_ids:
+        w = torch.where(mk, name_weight, 1.0)
+        loss = (F.cross_entropy(lg, tgt[m], reduction="none") * w).sum() / w.sum()
+    else:
+        loss = F.cross_entropy(lg, tgt[m])
+    return loss, int(m.sum()), int(hit.sum()), int(mk.sum()), int((hit & mk).sum())
 
 
 def precompute_features(work: Path):
@@ -518,7 +541,7 @@ def precompute_features(work: Path):
     return vfeat, sfeat
 
 
-def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int):
+def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int, name_weight: float):
     torch.manual_seed(seed)
     vfeat, sfeat = precompute_features(work)
     log(f"features: vision {tuple(vfeat.shape)} std {vfeat.std():.3f}, speech {tuple(sfeat.shape)} std {sfeat.std():.3f}")
@@ -526,6 +549,8 @@ def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int)
     model.feat_noise = 0.05 * float(vfeat.std())
     sampler = Sampler(work, seed)
     toks = (sampler.ids["<|assistant|>"], sampler.ids["<|end|>"])
+    vocab = sampler.tok.get_vocab()
+    marker_ids = ({i for t, i in vocab.items() if "[" in t}, {i for t, i in vocab.items() if "]" in t})
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "embed" in n or "pad" in n or "mode" in n else decay).append(p)
@@ -538,12 +563,12 @@ def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     eta = Eta(steps, "decoder")
-    run_loss, run_acc, run_n = 0.0, 0, 0
+    run_loss, run_acc, run_n, run_m, run_mc = 0.0, 0, 0, 0, 0
     for step in range(1, steps + 1):
         short = step <= short_frac * steps
         r = sampler.rng.random()
         batch = sampler.text_batch(bs) if r < 0.1 else sampler.image_batch(bs, short)
-        loss, n, c = batch_loss(model, batch, toks)
+        loss, n, c, nm, cm = batch_loss(model, batch, toks, marker_ids, name_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -552,12 +577,13 @@ def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int)
         run_loss += loss.item() * n
         run_acc += c
         run_n += n
+        run_m, run_mc = run_m + nm, run_mc + cm
         if step % 50 == 0 or step == steps:
             eta.tick(step, f"{'short' if short else 'full '} loss {run_loss / run_n:.4f} tok-acc {run_acc / run_n:.4f} "
-                           f"lr {sched.get_last_lr()[0]:.2e}", every=60.0)
-            run_loss, run_acc, run_n = 0.0, 0, 0
+                           f"marker-acc {run_mc / max(1, run_m):.4f} lr {sched.get_last_lr()[0]:.2e}", every=60.0)
+            run_loss, run_acc, run_n, run_m, run_mc = 0.0, 0, 0, 0, 0
         if step % 1000 == 0 or step == steps:
-            torch.save({"decoder": model.dec.state_dict(), "vision_proj": model.vproj.state_dict(),
+            torch.save({"decoder": model.dec.state_dict(), "config": model.dec.c, "vision_proj": model.vproj.state_dict(),
                         "speech_proj": model.sproj.state_dict(), "step": step}, work / "decoder_stage.pt.tmp")
             (work / "decoder_stage.pt.tmp").replace(work / ("decoder_stage.pt" if step == steps else "decoder_ckpt.pt"))
 
@@ -574,6 +600,7 @@ def main():
     ap.add_argument("--dec-steps", type=int, default=3000)
     ap.add_argument("--dec-batch", type=int, default=24)
     ap.add_argument("--short-frac", type=float, default=0.3)
+    ap.add_argument("--name-weight", type=float, default=3.0, help="loss weight of [cam:NAME] marker tokens")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -601,7 +628,8 @@ def main():
         # 1 thread: the small conv1d/batch-norm layers ran >10x slower with 2 threads on a busy machine
         ("speech_stage.pt", lambda p: (torch.set_num_threads(1), train_speech(a.work, a.seed, a.speech_epochs),
                                        torch.set_num_threads(a.threads))),
-        ("decoder_stage.pt", lambda p: train_decoder(a.work, a.seed, a.dec_steps, a.short_frac, a.dec_batch)),
+        ("decoder_stage.pt", lambda p: train_decoder(a.work, a.seed, a.dec_steps, a.short_frac, a.dec_batch,
+                                                         a.name_weight)),
     ]:
         p = a.work / name
         if p.exists():
