@@ -363,6 +363,14 @@ class Sampler:
         return None, out
 
     def image_batch(self, bs, short: bool):
+        """Short phase: independent samples (own names, frames, pad-block lengths), no shared prefix,
+        so every step shows bs different camera names to copy. Full phase: phi4mm's real block
+        lengths, one prefix shared by the batch (see the module doc)."""
+        if short:
+            return None, [self._image_batch(1, True)[1][0] for _ in range(bs)]
+        return self._image_batch(bs, False)
+
+    def _image_batch(self, bs, short: bool):
         rng = self.rng
         n_cams = 1 if rng.random() < 0.72 else 2
         system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.2 else None
