@@ -182,8 +182,11 @@ def camera_name(rng: random.Random, held_out: bool = False) -> str:
     r = rng.random()
     if held_out:
         word = rng.choice(EVAL_NAME_WORDS + NAME_WORDS)
-    elif r < 0.25:  # pseudo-words force general copying rather than a memorised list
+    elif r < 0.2:  # pseudo-words force general copying rather than a memorised list
         word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7)))
+    elif r < 0.4:  # pronounceable pseudo-words: tokenised into multi-letter pieces like real words
+        word = "".join(rng.choice("bcdfghklmnprstvwz") + rng.choice("aeiou") + rng.choice(["", "", "l", "n", "r", "s"])
+                       for _ in range(rng.randint(1, 3)))
     else:
         word = rng.choice(NAME_WORDS)
     style = rng.random()

@@ -19,8 +19,9 @@ row is one learned pad vector. All samples of a decoder batch share the prompt u
 image's info rows (system prompt, camera names, earlier frames, the pad rows), so that prefix is
 run once per step and its keys/values are broadcast to the batch; only the last frame's info rows,
 the question and the answer are per sample. The encoders' features are pre-computed (frozen after
-their own stages). A curriculum starts with short pad blocks (8..128 rows) and switches to the
-real lengths, so the decoder is trained on exactly the positions it sees at inference.
+their own stages). A curriculum starts with short pad blocks (8..96 rows, independent samples, so
+every step copies many different camera names) and then trains on the real lengths (mixed with
+such short batches), so the decoder is trained on exactly the positions it sees at inference.
 
 Every stage writes its result into WORK and is skipped when that file exists (delete it to redo).
 Progress with ETA goes to stdout and WORK/train.log.
@@ -384,7 +385,7 @@ class Sampler:
         first = [rng.randrange(len(self.labels)) for _ in range(n_cams - 1)]
         key = rng.choice(self.ntok_keys)
         last = [rng.choice(self.by_ntok[key]) for _ in range(bs)]
-        pad_override = [rng.randint(8, 128) for _ in range(n_cams)] if short else None
+        pad_override = [rng.randint(8, 96) for _ in range(n_cams)] if short else None
         multi_status = n_cams > 1 and rng.random() < 0.5
         out = []
         for s in last:
@@ -549,7 +550,8 @@ def precompute_features(work: Path):
     return vfeat, sfeat
 
 
-def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int, name_weight: float):
+def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int, name_weight: float,
+                  mix_short: float):
     torch.manual_seed(seed)
     vfeat, sfeat = precompute_features(work)
     log(f"features: vision {tuple(vfeat.shape)} std {vfeat.std():.3f}, speech {tuple(sfeat.shape)} std {sfeat.std():.3f}")
@@ -573,8 +575,10 @@ def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int,
     eta = Eta(steps, "decoder")
     run_loss, run_acc, run_n, run_m, run_mc = 0.0, 0, 0, 0, 0
     for step in range(1, steps + 1):
-        short = step <= short_frac * steps
+        # curriculum: short pad blocks first; afterwards the real block lengths, still mixed with
+        # short independent batches (`mix_short`) so copying keeps seeing many different names
         r = sampler.rng.random()
+        short = step <= short_frac * steps or sampler.rng.random() < mix_short
         batch = sampler.text_batch(bs) if r < 0.1 else sampler.image_batch(bs, short)
         loss, n, c, nm, cm = batch_loss(model, batch, toks, marker_ids, name_weight)
         opt.zero_grad()
@@ -608,6 +612,8 @@ def main():
     ap.add_argument("--dec-steps", type=int, default=3000)
     ap.add_argument("--dec-batch", type=int, default=24)
     ap.add_argument("--short-frac", type=float, default=0.3)
+    ap.add_argument("--mix-short", type=float, default=0.35,
+                    help="share of short independent image batches after the short phase")
     ap.add_argument("--name-weight", type=float, default=3.0, help="loss weight of [cam:NAME] marker tokens")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -637,7 +643,7 @@ def main():
         ("speech_stage.pt", lambda p: (torch.set_num_threads(1), train_speech(a.work, a.seed, a.speech_epochs),
                                        torch.set_num_threads(a.threads))),
         ("decoder_stage.pt", lambda p: train_decoder(a.work, a.seed, a.dec_steps, a.short_frac, a.dec_batch,
-                                                         a.name_weight)),
+                                                         a.name_weight, a.mix_short)),
     ]:
         p = a.work / name
         if p.exists():
