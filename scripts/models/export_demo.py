@@ -251,7 +251,10 @@ def main():
         return
     if not (a.work and a.out):
         ap.error("give --untrained OUT, or --work WORK --out OUT")
-    ck = torch.load(a.work / "decoder_stage.pt", map_location="cpu")
+    # the last decoder stage (names_stage.pt, the copy fine-tune) when it has run
+    final = next(p for p in (a.work / "names_stage.pt", a.work / "decoder_stage.pt") if p.exists())
+    print(f"decoder from {final.name}")
+    ck = torch.load(final, map_location="cpu")
     dec = Phi3Decoder(ck.get("config", DECODER))
     dec.load_state_dict(ck["decoder"])
     vb, vp, sb, sp = VisionBackbone(), VisionProjector(), SpeechBackbone(), SpeechProjector()
