@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gemba::report::{ListFilter, ReportStatus, RetentionPolicy, Store};
+use gemba::update::manifest::SmokeSpec;
 use update_support::Fleet;
 
 fn reports(store_dir: &Path) -> Vec<gemba::report::Report> {
@@ -29,14 +30,73 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// One fleet update under the running daemon: version 1 serves and reports, version 2 lands
+/// through the real health gate, the daemon keeps reporting. Every report must hold `expect`.
+struct Scenario<'a> {
+    fleet: Fleet,
+    /// Writes the replay camera's frames into the given directory.
+    frames: &'a dyn Fn(&Path),
+    camera: &'a str,
+    prompt: &'a str,
+    /// Extra camera settings (e.g. `max_interval` for a scene that never changes).
+    camera_extra: &'a str,
+    expect: &'a str,
+}
+
 #[test]
 fn reports_switch_bundles_cleanly_when_an_update_lands_under_the_running_daemon() {
-    let fleet = Fleet::new();
+    run(Scenario {
+        fleet: Fleet::new(),
+        frames: &|dir| common::write_replay_frames(dir, 4),
+        camera: "press-1",
+        prompt: update_support::PROMPT,
+        camera_extra: "",
+        expect: update_support::EXPECT,
+    });
+}
+
+/// The same with the demo bundle (models/demo): a new version of the omni model lands while the
+/// daemon reports on the demo camera; every report, before and after, is right about the scene.
+#[test]
+fn a_new_version_of_the_demo_bundle_lands_under_the_running_daemon() {
+    let demo = common::root().join("models/demo");
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1_dir, v2_dir) = (tmp.path().join("demo-v1"), tmp.path().join("demo-v2"));
+    common::copy_bundle(&demo, &v1_dir);
+    common::copy_bundle(&demo, &v2_dir);
+    // Version 2 differs in its files too (a longer answer limit), not only in its manifest.
+    let cfg = v2_dir.join("genai_config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c["search"]["max_length"] = serde_json::json!(c["search"]["max_length"].as_u64().unwrap() - 1);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let smoke = SmokeSpec {
+        prompt: "What colour is the lamp?".into(),
+        expect_contains: "camera image".into(),
+        system: None,
+        max_tokens: 32,
+    };
+    let fleet = Fleet::with(&v1_dir, &v2_dir, Some(smoke));
+    let frame = demo.join("frames/press-2_00.jpg");
+    run(Scenario {
+        fleet,
+        frames: &|dir| {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(&frame, dir.join("press-2_00.jpg")).unwrap();
+        },
+        camera: "press-2",
+        prompt: "What colour is the lamp?",
+        camera_extra: "max_interval = \"1s\"",
+        expect: "The lamp is amber.",
+    });
+}
+
+fn run(sc: Scenario) {
+    let fleet = &sc.fleet;
     let tmp = tempfile::tempdir().unwrap();
     let (root, state, store_dir) = (tmp.path().join("models"), tmp.path().join("state"), tmp.path().join("store"));
     let out = fleet.model(&root, &state).arg("install").arg(&fleet.v1).arg("--no-daemon").output().unwrap();
     assert!(out.status.success(), "installing version 1: {}", String::from_utf8_lossy(&out.stderr));
-    common::write_replay_frames(&tmp.path().join("frames"), 4);
+    (sc.frames)(&tmp.path().join("frames"));
     let cfg = tmp.path().join("gemba.toml");
     std::fs::write(
         &cfg,
@@ -52,13 +112,14 @@ order = ["cpu"]
 [api]
 listen = "127.0.0.1:0"
 [[cameras]]
-name = "press-1"
+name = "{}"
 kind = "replay"
 source = "frames"
 fps = 8.0
 prompt = "{}"
+{}
 "#,
-            update_support::PROMPT
+            sc.camera, sc.prompt, sc.camera_extra
         ),
     )
     .unwrap();
@@ -126,6 +187,6 @@ prompt = "{}"
             })
             .collect::<Vec<_>>()
             .join(" ");
-        assert!(text.contains(update_support::EXPECT), "report {} answers right: {text}", r.id);
+        assert!(text.contains(sc.expect), "report {} answers right: {text}", r.id);
     }
 }

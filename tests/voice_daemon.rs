@@ -6,9 +6,10 @@
 //! segments are in order: the question's audio, the frame, the answer's sentences, the spoken
 //! answer.
 //!
-//! The model here is the tiny text bundle (`models/tiny-qwen2`): it cannot hear, so the prompt
+//! Most tests here use the tiny text bundle (`models/tiny-qwen2`): it cannot hear, so the prompt
 //! template carries the question's text and the answer is checked against what that model was
-//! trained to say. `GEMBA_TEST_TOKEN_DELAY_MS` slows its decoding to a board's pace (it decodes
+//! trained to say. One test runs the demo model (`models/demo`), which hears the question and
+//! looks at the frame. `GEMBA_TEST_TOKEN_DELAY_MS` slows its decoding to a board's pace (it decodes
 //! ~10k tokens/s here), so the report can show speech starting while generation goes on.
 
 mod common;
@@ -118,10 +119,24 @@ impl Setup {
     }
 }
 
-/// A config with one replay camera (not monitored), the FIFO microphone and `voice` extras.
+/// A config with one replay camera (not monitored), the FIFO microphone and `voice` extras, on
+/// the tiny text bundle.
 fn setup(mic_device: &str, monitor: bool, voice_extra: &str) -> Setup {
+    let tiny = root().join("models/tiny-qwen2/fp32");
+    setup_with(&tiny, None, Some("What is the pressure on press 1?"), mic_device, monitor, voice_extra)
+}
+
+/// The same with any model, the replay camera showing `frame` (default: synthetic frames) and
+/// `voice.prompt` (default: none, the question is the audio alone).
+fn setup_with(model: &Path, frame: Option<&Path>, voice_prompt: Option<&str>, mic_device: &str, monitor: bool, voice_extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    write_replay_frames(&dir.path().join("frames"), 2);
+    match frame {
+        Some(f) => {
+            std::fs::create_dir_all(dir.path().join("frames")).unwrap();
+            std::fs::copy(f, dir.path().join("frames").join(f.file_name().unwrap())).unwrap();
+        }
+        None => write_replay_frames(&dir.path().join("frames"), 2),
+    }
     let fifo = dir.path().join("mic.fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let alsa = dir.path().join("asound.conf");
@@ -165,13 +180,14 @@ rate = 16000
 channels = 1
 [voice]
 cameras = ["press-2"]
-prompt = "What is the pressure on press 1?"
+{voice_prompt}
 output = "file:spoken.wav"
 {voice_extra}
 [voice.vad]
 end_silence = "500ms"
 "#,
-            model = root().join("models/tiny-qwen2/fp32").display()
+            model = model.display(),
+            voice_prompt = voice_prompt.map(|p| format!("prompt = \"{p}\"")).unwrap_or_default(),
         ),
     )
     .unwrap();
@@ -326,6 +342,39 @@ fn a_spoken_question_is_answered_aloud_sentence_by_sentence_and_reported() {
     // And the store is consistent.
     let store = Store::open(s.store(), RetentionPolicy::default()).unwrap();
     assert_eq!(store.integrity_check().unwrap(), vec!["ok".to_string()]);
+}
+
+/// The omni path: the demo model hears the question (no text prompt at all) and looks at the
+/// replay camera's frame — press-2_00.jpg shows an amber lamp (models/demo/frames/facts.json).
+#[test]
+fn the_demo_model_hears_the_question_and_answers_about_the_cameras_frame() {
+    let demo = root().join("models/demo");
+    let facts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(demo.join("frames/facts.json")).unwrap()).unwrap();
+    let scene = facts.as_array().unwrap().iter().find(|f| f["file"] == "press-2_00.jpg").expect("facts.json lists press-2_00.jpg");
+    let lamp = scene["lamp"].as_str().expect("press-2_00.jpg shows a lamp").to_string();
+    let s = setup_with(&demo, Some(&demo.join("frames/press-2_00.jpg")), None, "gemba_voice_mic", false, "");
+    let feeder = Feeder::start(&s.fifo);
+    let mut d = Daemon::start(&s, 0);
+    d.wait_for("gemba: voice: listening on floor-mic", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    feeder.say.send(question("What colour is the lamp?")).unwrap();
+    let reports = wait_reports(&s.store(), "voice", 1, Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(4));
+    drop(feeder);
+    let stderr = d.stop();
+    let r = &reports[0];
+    assert_eq!(r.status, ReportStatus::Complete, "{r:?}\n{}", stderr.join("\n"));
+    let kinds: Vec<&str> = r.segments.iter().map(|s| s.kind()).collect();
+    assert_eq!(kinds.first(), Some(&"audio"), "the question first: {kinds:?}");
+    assert_eq!(kinds.last(), Some(&"audio"), "the spoken answer last: {kinds:?}");
+    assert!(kinds.contains(&"image"), "the frame the model looked at: {kinds:?}");
+    let texts: Vec<&str> = r.segments.iter().filter_map(|s| if let Segment::Text(t) = s { Some(t.text.as_str()) } else { None }).collect();
+    let answer = texts.join(" ");
+    assert!(answer.contains(&format!("The lamp is {lamp}.")), "the lamp is {lamp}; the model said {answer:?}");
+    let Segment::Audio(spoken) = r.segments.last().unwrap() else { unreachable!() };
+    assert_eq!(spoken.transcript.as_deref(), Some(answer.as_str()));
+    let (_, played) = gemba::voice::output::read_wav(&s.spoken()).unwrap();
+    assert!(!played.is_empty(), "the answer was spoken into the WAV");
 }
 
 #[test]

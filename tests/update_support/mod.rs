@@ -53,14 +53,20 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new() -> Fleet {
+        Self::with(&fp32(), &int4(), Some(smoke()))
+    }
+
+    /// Version 1 and 2 from these bundle directories, with this smoke test.
+    pub fn with(v1_dir: &Path, v2_dir: &Path, smoke: Option<SmokeSpec>) -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
         let (_, key, pubkey) = keygen(&tmp.path().join("fleet"), false).unwrap();
         let (_, rogue_key, _) = keygen(&tmp.path().join("rogue"), false).unwrap();
         let k = SigningKey::load(&key).unwrap();
         let v1 = tmp.path().join("v1.tar");
         let v2 = tmp.path().join("v2.tar.zst");
-        pack(&fp32(), &k, &opts("1"), &v1).unwrap();
-        pack(&int4(), &k, &opts("2"), &v2).unwrap();
+        let o = |v: &str| PackOptions { version: v.into(), smoke: smoke.clone(), ..Default::default() };
+        pack(v1_dir, &k, &o("1"), &v1).unwrap();
+        pack(v2_dir, &k, &o("2"), &v2).unwrap();
         Fleet { tmp, key, pubkey, rogue_key, v1, v2 }
     }
 
