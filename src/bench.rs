@@ -215,26 +215,71 @@ impl RawLoop {
 }
 
 /// ORT-GenAI through scripts/bench/genai_decode.py and the project's venv.
-pub fn genai(bundle: &Path, prompt: usize, gen: usize, threads: usize, repeat: usize) -> Result<Speed> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let py = root.join(".venv/bin/python");
-    if !py.exists() {
-        bail!("{} is missing: run scripts/setup test (ORT-GenAI is the peer)", py.display());
+/// ORT-GenAI as a peer process (scripts/bench/genai_decode.py --serve): the model is loaded and
+/// warmed up once, then each [`GenaiPeer::run`] times one generation, so the caller can alternate
+/// it with its own runs.
+pub struct GenaiPeer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl GenaiPeer {
+    pub fn start(bundle: &Path, prompt: usize, gen: usize, threads: usize) -> Result<GenaiPeer> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let py = root.join(".venv/bin/python");
+        if !py.exists() {
+            bail!("{} is missing: run scripts/setup test (ORT-GenAI is the peer)", py.display());
+        }
+        let mut child = std::process::Command::new(&py)
+            .arg(root.join("scripts/bench/genai_decode.py"))
+            .arg(bundle)
+            .args(["--prompt-tokens", &prompt.to_string(), "--gen-tokens", &gen.to_string()])
+            .args(["--threads", &threads.to_string(), "--serve"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting scripts/bench/genai_decode.py")?;
+        let stdin = child.stdin.take().context("genai_decode.py stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("genai_decode.py stdout")?);
+        let mut peer = GenaiPeer { child, stdin, stdout };
+        let ready = peer.line()?;
+        if ready["ready"] != serde_json::Value::Bool(true) {
+            bail!("genai_decode.py: unexpected first line {ready}");
+        }
+        Ok(peer)
     }
-    let out = std::process::Command::new(&py)
-        .arg(root.join("scripts/bench/genai_decode.py"))
-        .arg(bundle)
-        .args(["--prompt-tokens", &prompt.to_string(), "--gen-tokens", &gen.to_string()])
-        .args(["--threads", &threads.to_string(), "--repeat", &repeat.to_string()])
-        .output()
-        .context("running scripts/bench/genai_decode.py")?;
-    if !out.status.success() {
-        bail!("genai_decode.py failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+
+    fn line(&mut self) -> Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("genai_decode.py stopped: {}", err.lines().last().unwrap_or("(no message)"));
+        }
+        serde_json::from_str(&line).with_context(|| format!("genai_decode.py printed {line:?}"))
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("genai_decode.py output")?;
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    let list = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
-    Ok(Speed { prefill_tok_s: f("prefill_tok_s"), decode_tok_s: f("decode_tok_s"), prefill_s: list("prefill_s"), decode_s: list("decode_s") })
+
+    /// One timed generation: (prefill seconds, decode seconds).
+    pub fn run(&mut self) -> Result<(f64, f64)> {
+        use std::io::Write;
+        self.stdin.write_all(b"run\n")?;
+        self.stdin.flush()?;
+        let v = self.line()?;
+        let f = |k: &str| v[k].as_f64().with_context(|| format!("genai_decode.py: no {k} in {v}"));
+        Ok((f("prefill_s")?, f("decode_s")?))
+    }
+}
+
+impl Drop for GenaiPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -297,10 +342,14 @@ pub fn decode(
     let mut engine = Engine::load(rt, dir, &policy)?;
     let bundle = Bundle::open(dir)?;
     let mut raw = RawLoop::new(rt, &bundle, &policy)?;
-    // Warm both up, then alternate single runs so drift on a shared machine hits both alike.
+    let mut peer = if with_genai { Some(GenaiPeer::start(dir, prompt_tokens, gen, threads)?) } else { None };
+    // Warm up, then alternate single runs (gemba, raw loop, ORT-GenAI) round by round: memory
+    // bandwidth on a shared machine drifts by tens of percent over a minute, and run in blocks
+    // one contender would get the good minute and another the bad one.
     gemba_engine(&mut engine, &prompt, gen, 0, 1)?;
     raw.run(&prompt, gen)?;
-    let (mut gp, mut gd, mut rp, mut rd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gp, mut gd, mut rp, mut rd, mut op, mut od) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat {
         let g = gemba_engine(&mut engine, &prompt, gen, 1, 0)?;
         gp.extend(g.prefill_s);
@@ -308,8 +357,14 @@ pub fn decode(
         let (p, d) = raw.run(&prompt, gen)?;
         rp.push(p);
         rd.push(d);
+        if let Some(peer) = peer.as_mut() {
+            let (p, d) = peer.run()?;
+            op.push(p);
+            od.push(d);
+        }
     }
-    let ort_genai = if with_genai { Some(genai(dir, prompt_tokens, gen, threads, repeat)?) } else { None };
+    drop(peer);
+    let ort_genai = with_genai.then(|| Speed::from_runs(prompt_tokens, gen, op, od));
     Ok(DecodeBench {
         bundle: dir.display().to_string(),
         onnxruntime: rt.version.clone(),

@@ -15,6 +15,9 @@ What is measured (ORT-GenAI 0.18, greedy, batch 1)
   eos is suppressed (checked afterwards). Each run uses a fresh Generator on one loaded Model;
   W warm-up runs (default 1) come first and are not counted. Reported figures are medians over
   R runs; the per-run seconds are listed too.
+  --serve: load and warm up, print {"ready": true, ...}, then time one run for each line "run" on
+  stdin and print {"prefill_s", "decode_s", "past_present_share_buffer"} per run (one JSON line,
+  flushed) until stdin closes. `gemba bench decode` uses this to alternate its contenders.
   Threads: model.decoder.session_options.intra_op_num_threads = T, set with og.Config.overlay
   (the bundle on disk is not touched). Prompt ids: a fixed seeded sequence of byte-level token
   ids (0..255), the same every run; the content does not matter for speed.
@@ -59,6 +62,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, required=True, help="intra-op threads of the decoder session")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--serve", action="store_true",
+                    help="after the warm-up print a ready line, then time one run per 'run' line on stdin")
     args = ap.parse_args()
 
     bundle = Path(args.bundle)
@@ -90,10 +95,7 @@ def main() -> int:
     rng = random.Random(1234)
     prompt = np.array([rng.randrange(256) for _ in range(n)], dtype=np.int32)
 
-    prefill_s: list[float] = []
-    decode_s: list[float] = []
-    share = None
-    for run in range(args.warmup + args.repeat):
+    def one_run() -> tuple[float, float, object]:
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=total, min_length=total)
         share = params.get_search_options().get("past_present_share_buffer")
@@ -108,14 +110,37 @@ def main() -> int:
         t3 = time.perf_counter()
         made = len(gen.get_sequence(0)) - n
         if made != m:
-            print(f"error: generated {made} tokens, expected {m} (min_length did not hold)", file=sys.stderr)
-            return 1
+            raise RuntimeError(f"generated {made} tokens, expected {m} (min_length did not hold)")
         del gen
-        label = "warm-up" if run < args.warmup else f"run {run - args.warmup + 1}/{args.repeat}"
-        print(f"{label}: prefill {n / (t1 - t0):.1f} tok/s, decode {(m - 1) / (t3 - t2):.1f} tok/s", file=sys.stderr)
-        if run >= args.warmup:
-            prefill_s.append(t1 - t0)
-            decode_s.append(t3 - t2)
+        return t1 - t0, t3 - t2, share
+
+    prefill_s: list[float] = []
+    decode_s: list[float] = []
+    share = None
+    try:
+        for run in range(args.warmup):
+            p, d, share = one_run()
+            print(f"warm-up: prefill {n / p:.1f} tok/s, decode {(m - 1) / d:.1f} tok/s", file=sys.stderr)
+        if args.serve:
+            # One run per "run" line on stdin, one JSON line back: the caller interleaves these
+            # with its own runs so that drift on a shared machine hits every contender alike.
+            print(json.dumps({"ready": True, "ort_genai_version": og.__version__,
+                              "onnxruntime_version": ort_version(og)}), flush=True)
+            for line in sys.stdin:
+                if line.strip() != "run":
+                    continue
+                p, d, share = one_run()
+                print(json.dumps({"prefill_s": p, "decode_s": d, "past_present_share_buffer": share}), flush=True)
+            return 0
+        for run in range(args.repeat):
+            p, d, share = one_run()
+            print(f"run {run + 1}/{args.repeat}: prefill {n / p:.1f} tok/s, decode {(m - 1) / d:.1f} tok/s",
+                  file=sys.stderr)
+            prefill_s.append(p)
+            decode_s.append(d)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     result = {
         "bundle": str(bundle),
