@@ -32,50 +32,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_common import SPECIAL_TOKENS, VOCAB_SIZE, build_tokenizer, special_ids  # noqa: E402
+from demo_common import (SPECIAL_TOKENS, SPEECH_PROCESSOR, VISION_PROCESSOR, VOCAB_SIZE,  # noqa: E402
+                         build_tokenizer, special_ids)
 from demo_model import (DECODER, HIDDEN, Embedding, Phi3Decoder, SpeechBackbone, SpeechEncoder,  # noqa: E402
                         SpeechProjector, VisionBackbone, VisionEncoder, VisionProjector, hf_config)
 
 OPSET = 17
 CONTEXT = DECODER["max_position_embeddings"]
 
-VISION_PROCESSOR = {
-    "processor": {
-        "name": "phi_4_vision_processor",
-        "transforms": [
-            {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
-            {"operation": {"name": "phi4_vision_dynamic_preprocess", "type": "Phi4VisionDynamicPreprocess",
-                           "attrs": {"dynamic_hd": 36, "dyhd_base_resolution": 448}}},
-            {"operation": {"name": "rescale", "type": "Rescale", "inputs": [":0"]}},
-            {"operation": {"name": "normalize", "type": "Normalize",
-                           "attrs": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}},
-            {"operation": {"name": "phi4_vision_processor", "type": "Phi4VisionProcessor",
-                           "inputs": [":0", "phi4_vision_dynamic_preprocess:1"],
-                           "attrs": {"dyhd_base_resolution": 448, "interpolation": "CUBIC"}}},
-        ],
-        "output_aligner": "phi4-vision-aligner",
-    }
-}
-
-SPEECH_PROCESSOR = {
-    "feature_extraction": {
-        "sequence": [
-            {"operation": {"name": "audio_decoder", "type": "AudioDecoderEx",
-                           "attrs": {"target_sample_rates": [8000, 16000]}}},
-            {"operation": {"name": "phi_4_audio_embed", "type": "Phi4AudioEmbed", "attrs": {
-                "audio_compression_rate": 8,
-                "stft_normal/n_fft": 512, "stft_normal/frame_length": 400, "stft_normal/hop_length": 160,
-                "stft_normal/win_fn": "hamming",
-                "logmel/chunk_size": 30, "logmel/hop_length": 160, "logmel/n_fft": 512, "logmel/n_mel": 80,
-                "logmel/feature_first": 0, "logmel/no_padding": 1,
-                "stft_normal_8k/n_fft": 256, "stft_normal_8k/frame_length": 200, "stft_normal_8k/hop_length": 80,
-                "stft_normal_8k/win_fn": "hamming",
-                "logmel_8k/chunk_size": 30, "logmel_8k/hop_length": 80, "logmel_8k/n_fft": 512, "logmel_8k/n_mel": 80,
-                "logmel_8k/feature_first": 0, "logmel_8k/no_padding": 1}}},
-        ],
-        "output_aligner": "phi4-audio-aligner",
-    }
-}
 
 
 def set_hidden_dim(path: Path, output: str):

@@ -12,6 +12,7 @@ which <|endoftext10|> / <|endoftext11|> are ids 200010 / 200011.
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import onnx
@@ -20,30 +21,11 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+# Phi-4-multimodal's processor settings, the same the demo bundle ships
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "models"))
+from demo_common import SPEECH_PROCESSOR, VISION_PROCESSOR  # noqa: E402
+
 H, V, KV, HD = 16, 600, 1, 16
-VISION = {"processor": {"name": "phi_4_vision_processor", "transforms": [
-    {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
-    {"operation": {"name": "phi4_vision_dynamic_preprocess", "type": "Phi4VisionDynamicPreprocess",
-                   "attrs": {"dynamic_hd": 36, "dyhd_base_resolution": 448}}},
-    {"operation": {"name": "rescale", "type": "Rescale", "inputs": [":0"]}},
-    {"operation": {"name": "normalize", "type": "Normalize",
-                   "attrs": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}},
-    {"operation": {"name": "phi4_vision_processor", "type": "Phi4VisionProcessor",
-                   "inputs": [":0", "phi4_vision_dynamic_preprocess:1"],
-                   "attrs": {"dyhd_base_resolution": 448, "interpolation": "CUBIC"}}}],
-    "output_aligner": "phi4-vision-aligner"}}
-SPEECH_ATTRS = {"audio_compression_rate": 8}
-for prefix, (n_fft, frame, hop) in {"": (512, 400, 160), "_8k": (256, 200, 80)}.items():
-    SPEECH_ATTRS.update({f"stft_normal{prefix}/n_fft": n_fft, f"stft_normal{prefix}/frame_length": frame,
-                         f"stft_normal{prefix}/hop_length": hop, f"stft_normal{prefix}/win_fn": "hamming",
-                         f"logmel{prefix}/chunk_size": 30, f"logmel{prefix}/hop_length": hop,
-                         f"logmel{prefix}/n_fft": 512, f"logmel{prefix}/n_mel": 80,
-                         f"logmel{prefix}/feature_first": 0, f"logmel{prefix}/no_padding": 1})
-SPEECH = {"feature_extraction": {"sequence": [
-    {"operation": {"name": "audio_decoder", "type": "AudioDecoderEx",
-                   "attrs": {"target_sample_rates": [8000, 16000]}}},
-    {"operation": {"name": "phi_4_audio_embed", "type": "Phi4AudioEmbed", "attrs": SPEECH_ATTRS}}],
-    "output_aligner": "phi4-audio-aligner"}}
 
 
 def save(out, graph, name):
@@ -167,7 +149,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     build_graphs(args.out, {"f32": TP.FLOAT, "f16": TP.FLOAT16, "bf16": TP.BFLOAT16}[args.float_type])
     build_tokenizer(args.out)
-    for name, spec in [("vision_processor.json", VISION), ("speech_processor.json", SPEECH)]:
+    for name, spec in [("vision_processor.json", VISION_PROCESSOR), ("speech_processor.json", SPEECH_PROCESSOR)]:
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(spec, f, indent=2)
     config = {
