@@ -146,6 +146,44 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// One row of the 8-bit horizontal pass for `C` channels: the taps of an output pixel are read as
+/// one slice (no per-sample bounds checks) and all channels accumulate together. Integer sums,
+/// so the result is the generic loop's exactly.
+fn horizontal_u8<const C: usize>(in_row: &[u8], out_row: &mut [u8], horiz: &Coefficients, k: &[i32]) {
+    for (xx, out_px) in out_row.chunks_exact_mut(C).enumerate() {
+        let (start, count) = horiz.bounds[xx];
+        let kk = &k[xx * horiz.ksize..xx * horiz.ksize + count];
+        let px = &in_row[start * C..(start + count) * C];
+        let mut acc = [1i32 << (PRECISION_BITS - 1); C];
+        for (p, &kx) in px.chunks_exact(C).zip(kk) {
+            for c in 0..C {
+                acc[c] = acc[c].wrapping_add(i32::from(p[c]) * kx);
+            }
+        }
+        for c in 0..C {
+            out_px[c] = clip8(acc[c]);
+        }
+    }
+}
+
+/// One row of the float horizontal pass for `C` channels. Each channel still sums its taps in
+/// order, in f64, so the result is bit-identical to the generic loop (and to the reference).
+fn horizontal_f32<const C: usize>(in_row: &[f32], out_row: &mut [f32], horiz: &Coefficients) {
+    for (xx, out_px) in out_row.chunks_exact_mut(C).enumerate() {
+        let (start, kk) = horiz.taps(xx);
+        let px = &in_row[start * C..(start + kk.len()) * C];
+        let mut acc = [0.0f64; C];
+        for (p, &kx) in px.chunks_exact(C).zip(kk) {
+            for c in 0..C {
+                acc[c] += f64::from(p[c]) * kx;
+            }
+        }
+        for c in 0..C {
+            out_px[c] = acc[c] as f32;
+        }
+    }
+}
+
 /// Resize interleaved 8-bit pixels (`channels` per pixel, row-major) from `w × h` to
 /// `out_w × out_h`, as Pillow's `ImagingResample` does for an 8-bit image.
 pub fn resize_u8(
@@ -179,17 +217,24 @@ pub fn resize_u8(
     let (tmp, tmp_w, tmp_row0): (&[u8], usize, usize) = if need_h {
         let k = horiz.fixed_point();
         let mut out = vec![0u8; (row1 - row0) * out_w * channels];
-        for (yy, out_row) in out.chunks_exact_mut(out_w * channels).enumerate() {
-            let in_row = &src[(yy + row0) * w * channels..(yy + row0 + 1) * w * channels];
-            for xx in 0..out_w {
-                let (start, count) = horiz.bounds[xx];
-                let kk = &k[xx * horiz.ksize..xx * horiz.ksize + count];
-                for c in 0..channels {
-                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                    for (x, &kx) in kk.iter().enumerate() {
-                        acc = acc.wrapping_add(i32::from(in_row[(start + x) * channels + c]) * kx);
+        let rows = src[row0 * w * channels..row1 * w * channels].chunks_exact(w * channels);
+        for (in_row, out_row) in rows.zip(out.chunks_exact_mut(out_w * channels)) {
+            match channels {
+                1 => horizontal_u8::<1>(in_row, out_row, &horiz, &k),
+                3 => horizontal_u8::<3>(in_row, out_row, &horiz, &k),
+                4 => horizontal_u8::<4>(in_row, out_row, &horiz, &k),
+                _ => {
+                    for xx in 0..out_w {
+                        let (start, count) = horiz.bounds[xx];
+                        let kk = &k[xx * horiz.ksize..xx * horiz.ksize + count];
+                        for c in 0..channels {
+                            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                            for (x, &kx) in kk.iter().enumerate() {
+                                acc = acc.wrapping_add(i32::from(in_row[(start + x) * channels + c]) * kx);
+                            }
+                            out_row[xx * channels + c] = clip8(acc);
+                        }
                     }
-                    out_row[xx * channels + c] = clip8(acc);
                 }
             }
         }
@@ -256,16 +301,22 @@ pub fn resize_f32(
     let tmp_owned;
     let (tmp, tmp_w, tmp_row0): (&[f32], usize, usize) = if need_h {
         let mut out = vec![0f32; (row1 - row0) * out_w * channels];
-        for (yy, out_row) in out.chunks_exact_mut(out_w * channels).enumerate() {
-            let in_row = &src[(yy + row0) * w * channels..(yy + row0 + 1) * w * channels];
-            for xx in 0..out_w {
-                let (start, kk) = horiz.taps(xx);
-                for c in 0..channels {
-                    let mut acc = 0.0f64;
-                    for (x, &kx) in kk.iter().enumerate() {
-                        acc += f64::from(in_row[(start + x) * channels + c]) * kx;
+        let rows = src[row0 * w * channels..row1 * w * channels].chunks_exact(w * channels);
+        for (in_row, out_row) in rows.zip(out.chunks_exact_mut(out_w * channels)) {
+            match channels {
+                1 => horizontal_f32::<1>(in_row, out_row, &horiz),
+                3 => horizontal_f32::<3>(in_row, out_row, &horiz),
+                _ => {
+                    for xx in 0..out_w {
+                        let (start, kk) = horiz.taps(xx);
+                        for c in 0..channels {
+                            let mut acc = 0.0f64;
+                            for (x, &kx) in kk.iter().enumerate() {
+                                acc += f64::from(in_row[(start + x) * channels + c]) * kx;
+                            }
+                            out_row[xx * channels + c] = acc as f32;
+                        }
                     }
-                    out_row[xx * channels + c] = acc as f32;
                 }
             }
         }
