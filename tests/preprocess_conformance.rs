@@ -11,8 +11,8 @@
 //! argument list the binary parses: with `CARGO_TARGET_DIR` shared between worktrees, the
 //! `gemba` executable can be replaced by another checkout's build while this test runs.
 //!
-//! The bundle comes from one place, [`bundle_dir`]: `GEMBA_CONFORMANCE_BUNDLE` if set, else
-//! [`DEMO_BUNDLE`] when it is set, else a minimal phi4mm bundle built by
+//! The bundle comes from one place, [`bundle_dir`]: for fp32 inputs `GEMBA_CONFORMANCE_BUNDLE`
+//! if set, else [`DEMO_BUNDLE`]; for fp16 / bf16 inputs a minimal phi4mm bundle built by
 //! `tests/conformance/make_processor_bundle.py` (the processor only needs the configs, the
 //! session input types and the tokenizer).
 
@@ -25,7 +25,7 @@ use gemba::model::processor::cli::PreprocessArgs;
 use gemba::model::tensor::{HostTensor, TensorData};
 
 /// The committed demo bundle: the fp32 cases run on the real thing.
-const DEMO_BUNDLE: Option<&str> = Some("models/demo");
+const DEMO_BUNDLE: &str = "models/demo";
 const BUNDLE_ENV: &str = "GEMBA_CONFORMANCE_BUNDLE";
 const TOLERANCE: f64 = 1e-3;
 
@@ -63,9 +63,7 @@ fn bundle_dir(scratch: &Path, float_type: &str) -> PathBuf {
         if let Some(dir) = std::env::var_os(BUNDLE_ENV) {
             return PathBuf::from(dir);
         }
-        if let Some(dir) = DEMO_BUNDLE {
-            return repo().join(dir);
-        }
+        return repo().join(DEMO_BUNDLE);
     }
     let out = scratch.join(format!("bundle-{float_type}"));
     run(Command::new(python())

@@ -184,7 +184,7 @@ fn horizontal_f32<const C: usize>(in_row: &[f32], out_row: &mut [f32], horiz: &C
     }
 }
 
-/// Resize interleaved 8-bit pixels (`channels` per pixel, row-major) from `w × h` to
+/// Resize interleaved 8-bit pixels (`channels` per pixel, 1 to 4, row-major) from `w × h` to
 /// `out_w × out_h`, as Pillow's `ImagingResample` does for an 8-bit image.
 pub fn resize_u8(
     src: &[u8],
@@ -200,6 +200,7 @@ pub fn resize_u8(
         w * h * channels,
         "resize_u8: buffer does not match its size"
     );
+    assert!((1..=4).contains(&channels), "resize_u8: 1 to 4 channels, not {channels}");
     let horiz = Coefficients::new(w, out_w, filter);
     let vert = Coefficients::new(h, out_h, filter);
     let need_h = out_w != w;
@@ -221,21 +222,10 @@ pub fn resize_u8(
         for (in_row, out_row) in rows.zip(out.chunks_exact_mut(out_w * channels)) {
             match channels {
                 1 => horizontal_u8::<1>(in_row, out_row, &horiz, &k),
+                2 => horizontal_u8::<2>(in_row, out_row, &horiz, &k),
                 3 => horizontal_u8::<3>(in_row, out_row, &horiz, &k),
                 4 => horizontal_u8::<4>(in_row, out_row, &horiz, &k),
-                _ => {
-                    for xx in 0..out_w {
-                        let (start, count) = horiz.bounds[xx];
-                        let kk = &k[xx * horiz.ksize..xx * horiz.ksize + count];
-                        for c in 0..channels {
-                            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                            for (x, &kx) in kk.iter().enumerate() {
-                                acc = acc.wrapping_add(i32::from(in_row[(start + x) * channels + c]) * kx);
-                            }
-                            out_row[xx * channels + c] = clip8(acc);
-                        }
-                    }
-                }
+                _ => unreachable!("channels checked above"),
             }
         }
         tmp_owned = out;
@@ -270,8 +260,8 @@ pub fn resize_u8(
 }
 
 /// Resize interleaved `f32` pixels as Pillow does for a 32-bit float (`"F"`) image: `f64`
-/// sums, `f32` stored after each pass. Channels are independent, exactly as resizing each
-/// plane on its own.
+/// sums, `f32` stored after each pass. Channels (1 to 4) are independent, exactly as resizing
+/// each plane on its own.
 pub fn resize_f32(
     src: &[f32],
     w: usize,
@@ -286,6 +276,7 @@ pub fn resize_f32(
         w * h * channels,
         "resize_f32: buffer does not match its size"
     );
+    assert!((1..=4).contains(&channels), "resize_f32: 1 to 4 channels, not {channels}");
     let horiz = Coefficients::new(w, out_w, filter);
     let vert = Coefficients::new(h, out_h, filter);
     let need_h = out_w != w;
@@ -305,19 +296,10 @@ pub fn resize_f32(
         for (in_row, out_row) in rows.zip(out.chunks_exact_mut(out_w * channels)) {
             match channels {
                 1 => horizontal_f32::<1>(in_row, out_row, &horiz),
+                2 => horizontal_f32::<2>(in_row, out_row, &horiz),
                 3 => horizontal_f32::<3>(in_row, out_row, &horiz),
-                _ => {
-                    for xx in 0..out_w {
-                        let (start, kk) = horiz.taps(xx);
-                        for c in 0..channels {
-                            let mut acc = 0.0f64;
-                            for (x, &kx) in kk.iter().enumerate() {
-                                acc += f64::from(in_row[(start + x) * channels + c]) * kx;
-                            }
-                            out_row[xx * channels + c] = acc as f32;
-                        }
-                    }
-                }
+                4 => horizontal_f32::<4>(in_row, out_row, &horiz),
+                _ => unreachable!("channels checked above"),
             }
         }
         tmp_owned = out;
