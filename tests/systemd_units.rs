@@ -1,6 +1,6 @@
 //! `systemd-analyze verify` accepts every unit under systemd/, with no warning at all.
 //!
-//! The units name `/usr/local/bin/gemba`; verify checks that each command exists, so the test
+//! The units name `/usr/bin/gemba`; verify checks that each command exists, so the test
 //! builds a throw-away root with this build's binary at that path, the other commands the units
 //! run, and a copy of the system's own units (targets the service refers to).
 

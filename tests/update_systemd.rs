@@ -1,10 +1,10 @@
 //! The update units: `systemd-analyze verify` accepts them, and the service's own command line,
 //! run as written (paths moved into a temp dir), drains the inbox the path unit watches.
 //!
-//! How verify finds `/usr/local/bin/gemba`: `systemd-analyze verify --root=DIR` resolves unit
+//! How verify finds `/usr/bin/gemba`: `systemd-analyze verify --root=DIR` resolves unit
 //! files and executables inside DIR, so the test builds a throw-away root holding a copy of this
 //! machine's unit directory (for sysinit.target and friends), the two units, and the built
-//! binary at usr/local/bin/gemba (a hard link, or a copy across file systems). Nothing is
+//! binary at usr/bin/gemba (a hard link, or a copy across file systems). Nothing is
 //! installed on the machine itself, and it works without root. Removing the binary from that
 //! root must make verify fail, so the check is known to be real.
 
@@ -27,7 +27,7 @@ fn key(text: &str, k: &str) -> String {
 fn fake_root() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let r = t.path().to_path_buf();
-    for d in ["usr/lib/systemd", "etc/systemd/system", "usr/local/bin"] {
+    for d in ["usr/lib/systemd", "etc/systemd/system", "usr/bin"] {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     let sys = Path::new("/usr/lib/systemd/system");
@@ -37,7 +37,7 @@ fn fake_root() -> (tempfile::TempDir, PathBuf) {
     for u in ["gemba-update.path", "gemba-update.service"] {
         std::fs::copy(root_dir().join("systemd").join(u), r.join("etc/systemd/system").join(u)).unwrap();
     }
-    let bin = r.join("usr/local/bin/gemba");
+    let bin = r.join("usr/bin/gemba");
     if std::fs::hard_link(env!("CARGO_BIN_EXE_gemba"), &bin).is_err() {
         std::fs::copy(env!("CARGO_BIN_EXE_gemba"), &bin).unwrap();
     }
@@ -61,9 +61,9 @@ fn systemd_analyze_verify_accepts_the_update_units() {
     assert!(ok, "systemd-analyze verify failed:\n{out}");
     assert!(!out.contains("gemba-update"), "verify warned about our units:\n{out}");
     // Without the binary the same check fails: verify really looks for ExecStart's executable.
-    std::fs::remove_file(r.join("usr/local/bin/gemba")).unwrap();
+    std::fs::remove_file(r.join("usr/bin/gemba")).unwrap();
     let (ok, out) = verify(&r);
-    assert!(!ok && out.contains("/usr/local/bin/gemba is not executable"), "{out}");
+    assert!(!ok && out.contains("/usr/bin/gemba is not executable"), "{out}");
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn the_service_command_line_installs_the_inbox_and_sorts_done_from_failed() {
     std::fs::copy(&f.v2, inbox.join("v2.tar.zst")).unwrap();
 
     let exec = key(&unit("gemba-update.service"), "ExecStart")
-        .replace("/usr/local/bin/gemba", env!("CARGO_BIN_EXE_gemba"))
+        .replace("/usr/bin/gemba", env!("CARGO_BIN_EXE_gemba"))
         .replace("/var/lib/gemba", &var.to_string_lossy())
         .replace("/etc/gemba", &etc.to_string_lossy());
     let argv: Vec<&str> = exec.split_whitespace().collect();
