@@ -275,10 +275,13 @@ impl Phi4mmProcessor {
         })?;
         Ok(match audio {
             AudioSource::File(path) => {
-                speech.process(&speech::load_wav(path)?, &path.display().to_string())?
+                // Read only what the model will hear: a long recording costs no more memory.
+                let pcm = speech::load_wav_within(path, &|rate| speech.max_input_frames(rate))?;
+                speech.process(&pcm, &path.display().to_string())?
             }
             AudioSource::Wav { bytes, name } => {
-                speech.process(&speech::decode_wav(bytes, name)?, name)?
+                let pcm = speech::decode_wav_within(bytes, name, &|rate| speech.max_input_frames(rate))?;
+                speech.process(&pcm, name)?
             }
             AudioSource::Pcm { pcm, name } => speech.process(pcm, name)?,
         })
