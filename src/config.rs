@@ -203,6 +203,18 @@ pub struct RawApi {
     pub max_asks: Option<usize>,
     /// Events buffered per live-stream client before its token events are dropped (default 256).
     pub sse_buffer: Option<usize>,
+    /// Most pixels an uploaded image may have, checked from its header before it is decoded
+    /// (default 16777216 = 4096², at most 100000000, the model processor's own limit).
+    pub max_image_pixels: Option<u64>,
+    /// Largest uploaded image or WAV file, in bytes once base64 is undone (default 8MiB).
+    pub max_media_bytes: Option<HumanSize>,
+    /// Open connections at once; further ones get 503 and are closed (default 64).
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a request's headers, and that an idle connection stays open
+    /// (default "10s").
+    pub header_timeout: Option<HumanDuration>,
+    /// Time a client has to send a request's body (default "60s").
+    pub body_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +281,11 @@ pub struct ApiSettings {
     pub max_body: HumanSize,
     pub max_asks: usize,
     pub sse_buffer: usize,
+    pub max_image_pixels: u64,
+    pub max_media_bytes: HumanSize,
+    pub max_connections: usize,
+    pub header_timeout: HumanDuration,
+    pub body_timeout: HumanDuration,
 }
 
 fn redacted<S: serde::Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -590,6 +607,9 @@ impl Settings {
     }
 }
 
+/// `api.max_image_pixels` unless set: 4096 × 4096, 48 MiB decoded.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
+
 fn api_settings(
     raw: RawApi,
     bad: &dyn Fn(&str, String) -> ConfigError,
@@ -619,12 +639,41 @@ fn api_settings(
     if max_body.0 < 1024 {
         return Err(bad("api.max_body", "must be at least 1KiB".into()));
     }
+    let max_image_pixels = raw.max_image_pixels.unwrap_or(DEFAULT_MAX_IMAGE_PIXELS);
+    if !(1..=crate::model::vision::MAX_IMAGE_PIXELS as u64).contains(&max_image_pixels) {
+        return Err(bad(
+            "api.max_image_pixels",
+            format!("{max_image_pixels} is out of range: 1 to {} pixels", crate::model::vision::MAX_IMAGE_PIXELS),
+        ));
+    }
+    let max_media_bytes = raw.max_media_bytes.unwrap_or(HumanSize(8 << 20));
+    if !(1024..=1 << 30).contains(&max_media_bytes.0) {
+        return Err(bad("api.max_media_bytes", "must be between 1KiB and 1GiB".into()));
+    }
+    let max_connections = raw.max_connections.unwrap_or(64);
+    if !(1..=65_536).contains(&max_connections) {
+        return Err(bad("api.max_connections", format!("{max_connections} is out of range: 1 to 65536")));
+    }
+    let timeout = |key: &str, v: Option<HumanDuration>, default: u64| {
+        let d = v.unwrap_or(HumanDuration(Duration::from_secs(default)));
+        if d.0 < Duration::from_millis(100) || d.0 > Duration::from_secs(3600) {
+            return Err(bad(key, format!("{:?} is out of range: 100ms to 1h", d.0)));
+        }
+        Ok(d)
+    };
+    let header_timeout = timeout("api.header_timeout", raw.header_timeout, 10)?;
+    let body_timeout = timeout("api.body_timeout", raw.body_timeout, 60)?;
     let api = ApiSettings {
         listen,
         token,
         max_body,
         max_asks: raw.max_asks.unwrap_or(4).max(1),
         sse_buffer: raw.sse_buffer.unwrap_or(256).max(4),
+        max_image_pixels,
+        max_media_bytes,
+        max_connections,
+        header_timeout,
+        body_timeout,
     };
     crate::api::check_exposure(&api).map_err(|e| bad("api.listen", e.to_string()))?;
     Ok(api)

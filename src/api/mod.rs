@@ -597,6 +597,11 @@ mod tests {
             max_body: crate::config::HumanSize(1 << 20),
             max_asks: 4,
             sse_buffer: 16,
+            max_image_pixels: 1 << 20,
+            max_media_bytes: crate::config::HumanSize(1 << 20),
+            max_connections: 8,
+            header_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(1)),
+            body_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(1)),
         }
     }
 

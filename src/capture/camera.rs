@@ -40,7 +40,8 @@ pub enum CameraError {
         path: std::path::PathBuf,
         err: std::io::Error,
     },
-    #[error("camera {camera}: {path}: {err}")]
+    /// `err` names the file.
+    #[error("camera {camera}: {err}")]
     BadImage {
         camera: String,
         path: std::path::PathBuf,

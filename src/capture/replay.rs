@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::camera::{sleep_until, CameraError, CameraSource, FramePublisher};
 use super::pixel::{decode_image_file, PixelError, RgbImage};
 
-/// Largest image side a replay file may have (bounds the decode allocation).
-const MAX_SIDE: u32 = 8192;
+/// Most pixels a replay file may have (8K UHD, 7680×4320: about 100 MB decoded), checked from
+/// the file's header before it is decoded, so a decompression bomb in the directory costs
+/// nothing but a counted bad frame.
+pub const MAX_PIXELS: usize = 7680 * 4320;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayConfig {
@@ -143,7 +145,7 @@ impl ReplayCamera {
         }
         let path = &self.files[index];
         let bytes = std::fs::read(path).map_err(|e| LoadError::Io(path.clone(), e))?;
-        let RgbImage { width, height, rgb } = decode_image_file(&bytes, (MAX_SIDE, MAX_SIDE))
+        let RgbImage { width, height, rgb } = decode_image_file(&bytes, &path.display().to_string(), MAX_PIXELS)
             .map_err(|e| LoadError::Pixel(path.clone(), e))?;
         let img = CachedImage {
             width,
@@ -163,7 +165,8 @@ impl ReplayCamera {
 pub enum LoadError {
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("{0}: {1}")]
+    /// The pixel error names the file itself.
+    #[error("{1}")]
     Pixel(PathBuf, PixelError),
 }
 
@@ -431,7 +434,7 @@ pub(crate) mod tests {
             .unwrap();
         assert!(
             e.to_string()
-                .starts_with(&format!("camera broken: {src}/a.png: PNG decode failed")),
+                .starts_with(&format!("camera broken: image {src}/a.png: cannot decode PNG")),
             "{e}"
         );
         let e = ReplayCamera::open(ReplayConfig::new("fast", &src, 0.0))
