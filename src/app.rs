@@ -498,7 +498,8 @@ impl Dispatch {
         let closed = writer_task.await.unwrap_or_else(|e| Err(e.to_string()));
         *self.in_flight.lock().expect("poisoned") = None;
         match closed {
-            Ok(complete) => tell(RequestEvent::Closed { report_id, complete, error: None }),
+            // An incomplete report's `closed` event carries why (the reason it was closed with).
+            Ok((complete, why)) => tell(RequestEvent::Closed { report_id, complete, error: why }),
             Err(e) => tell(RequestEvent::Closed { report_id, complete: false, error: Some(e) }),
         }
     }
@@ -517,7 +518,7 @@ fn write_report(
     model_sees_images: bool,
     stats: Arc<DaemonStats>,
     follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
-) -> Result<bool, String> {
+) -> Result<(bool, Option<String>), String> {
     let id = writer.id().as_str().to_string();
     let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
         stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -578,6 +579,15 @@ fn write_report(
         }
     }
     let complete = matches!(&done, Some(d) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline));
+    // Why the report is incomplete (None when it is complete).
+    let mut why = None;
+    let mut abort = |stats: &DaemonStats, reason: String| {
+        // Every report closed incomplete is counted as such, a failed model run included.
+        stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
+        let r = writer.abort(&reason);
+        why = Some(reason);
+        r
+    };
     let closed = match (done, failed) {
         (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
             writer.finish(ReportStats {
@@ -590,25 +600,19 @@ fn write_report(
                 voice,
             })
         }
-        (Some(d), _) => {
-            stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
-            writer.abort(&format!("generation stopped: {:?}", d.stop))
-        }
+        (Some(d), _) => abort(&stats, format!("generation stopped: {:?}", d.stop)),
         (None, Some(e)) => {
             stats.query_errors.fetch_add(1, Ordering::Relaxed);
-            writer.abort(&format!("the model failed: {e}"))
+            abort(&stats, format!("the model failed: {e}"))
         }
-        (None, None) => {
-            stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
-            writer.abort("the model worker went away")
-        }
+        (None, None) => abort(&stats, "the model worker went away".into()),
     };
     match closed {
         Ok(id) => {
             acks.closed();
             stats.reports.fetch_add(1, Ordering::Relaxed);
             log::info!("report {id} written");
-            Ok(complete)
+            Ok((complete, why))
         }
         Err(e) => {
             fail(&stats, "closing", &e);
