@@ -52,6 +52,11 @@ pub struct Metrics {
     ttft: Histogram,
     /// Events the metrics listener missed (the broadcast ran ahead of it).
     events_lagged: Counter,
+    /// Connections open now, refused past `api.max_connections`, closed for not sending their
+    /// headers within `api.header_timeout`.
+    pub connections: Gauge,
+    pub connections_refused: Counter,
+    pub connections_timed_out: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +76,9 @@ impl Metrics {
             asks_accepted: Counter::default(),
             asks_rejected: Family::default(),
             api_unauthorized: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Counter::default(),
             sse_clients: Gauge::default(),
             sse_overflow: Counter::default(),
             sse_log_dropped: Counter::default(),
@@ -119,6 +127,17 @@ impl Metrics {
             self.api_unauthorized.clone(),
         );
         r.register("api_sse_clients", "Event streams open now", self.sse_clients.clone());
+        r.register("api_connections", "HTTP connections open now", self.connections.clone());
+        r.register(
+            "api_connections_refused",
+            "Connections answered 503 and closed because api.max_connections were open",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "api_connections_timed_out",
+            "Connections closed for not sending a request's headers within api.header_timeout",
+            self.connections_timed_out.clone(),
+        );
         r.register(
             "api_sse_overflow_events",
             "Events dropped from a slow event-stream client's buffer (re-read from the ask's log when it catches up)",

@@ -26,6 +26,7 @@
 pub mod ask;
 pub mod metrics;
 mod reports;
+pub mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -149,13 +150,12 @@ pub fn serve(bound: Bound, app: AppHandle) -> tokio::task::JoinHandle<()> {
     let api = Api::new(app, &bound.settings, bound.addr);
     let router = router(api.clone());
     let shutdown = api.inner.app.shutdown.clone();
-    tokio::spawn(async move {
-        let server =
-            axum::serve(bound.listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = server.await {
-            log::error!("api: the server stopped: {e}");
-        }
-    })
+    let limits = serve::Limits {
+        max_connections: bound.settings.max_connections,
+        header_timeout: bound.settings.header_timeout.0,
+    };
+    let metrics = Arc::clone(&api.inner.metrics);
+    tokio::spawn(serve::serve(bound.listener, router, shutdown, limits, metrics))
 }
 
 /// State shared by every handler.
@@ -229,8 +229,8 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| digest(t.trim()));
+            .and_then(bearer_token)
+            .map(digest);
         let ok = given.is_some_and(|g| bool::from(subtle::ConstantTimeEq::ct_eq(&g[..], &want[..])));
         if !ok {
             api.inner.metrics.api_unauthorized.inc();
@@ -244,6 +244,13 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme name is case-insensitive
+/// (RFC 7235 §2.1: `bearer`, `BEARER` are the same scheme); the token is taken as sent.
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Errors from axum's extractors and the body limit come as plain text; every error this API
@@ -307,7 +314,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[derive(Serialize)]
 struct CameraHealth {
     name: String,
-    /// `ok`, `waiting` (no frame yet) or `stalled` (no frame for 2 s).
+    /// `ok`, `waiting` (no frame yet) or `stalled` (no frame for three of the camera's own frame
+    /// intervals, at least 2 s).
     state: &'static str,
     frames: u64,
     fps: f64,
@@ -321,10 +329,10 @@ fn camera_health(app: &AppHandle) -> Vec<CameraHealth> {
             let s = c.stats.snapshot();
             let state = if s.frames == 0 {
                 "waiting"
-            } else if s.fps > 0.0 {
-                "ok"
-            } else {
+            } else if s.stalled {
                 "stalled"
+            } else {
+                "ok"
             };
             CameraHealth { name: c.name.clone(), state, frames: s.frames, fps: s.fps, last_error: s.last_error }
         })
@@ -625,6 +633,17 @@ mod tests {
         }
         let e = check_exposure(&settings("0.0.0.0:8470", None)).unwrap_err().to_string();
         assert!(e.contains("0.0.0.0:8470") && e.contains("api.token"), "{e}");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        for h in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr   abc ", "Bearer\tabc"] {
+            assert_eq!(bearer_token(h), Some("abc"), "{h:?}");
+        }
+        assert_eq!(bearer_token("Bearer ABC"), Some("ABC"));
+        for h in ["Basic abc", "Bearerabc", "Bearer", "", "Token abc"] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
     }
 
     #[test]

@@ -184,6 +184,10 @@ impl CameraSource for ReplayCamera {
         &self.config.name
     }
 
+    fn frame_interval(&self) -> Option<Duration> {
+        Some(self.period)
+    }
+
     fn run(mut self: Box<Self>, mut out: FramePublisher, cancel: CancellationToken) {
         // Frames are due at start + n·period. If decoding falls behind by more than a period,
         // the schedule restarts from now rather than bursting to catch up.

@@ -385,6 +385,11 @@ impl CameraSource for V4l2Camera {
         &self.config.name
     }
 
+    fn frame_interval(&self) -> Option<Duration> {
+        (self.config.fps.is_finite() && self.config.fps > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / self.config.fps))
+    }
+
     fn run(self: Box<Self>, mut out: FramePublisher, cancel: CancellationToken) {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut failed_before = false;
