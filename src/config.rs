@@ -208,7 +208,7 @@ pub struct RawApi {
     pub max_image_pixels: Option<u64>,
     /// Largest uploaded image or WAV file, in bytes once base64 is undone (default 8MiB).
     pub max_media_bytes: Option<HumanSize>,
-    /// Open connections at once; further ones get 503 and are closed (default 64).
+    /// Open connections at once; further ones get 503 and are closed (default 256).
     pub max_connections: Option<usize>,
     /// Time a client has to send a request's headers, and that an idle connection stays open
     /// (default "10s").
@@ -650,7 +650,7 @@ fn api_settings(
     if !(1024..=1 << 30).contains(&max_media_bytes.0) {
         return Err(bad("api.max_media_bytes", "must be between 1KiB and 1GiB".into()));
     }
-    let max_connections = raw.max_connections.unwrap_or(64);
+    let max_connections = raw.max_connections.unwrap_or(256);
     if !(1..=65_536).contains(&max_connections) {
         return Err(bad("api.max_connections", format!("{max_connections} is out of range: 1 to 65536")));
     }

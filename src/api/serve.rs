@@ -101,9 +101,13 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    // Answer, then read what the client is still sending for a moment before closing: closing
+    // with unread input would reset the connection and lose the answer on the client's side.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
 }
