@@ -79,6 +79,22 @@ fn slowloris_connections_are_closed_after_the_header_timeout_and_counted() {
 }
 
 #[test]
+fn a_body_that_does_not_arrive_within_the_body_timeout_gets_a_json_408() {
+    let d = Daemon::start("body_timeout = \"1s\"");
+    let mut s = TcpStream::connect(&d.addr).unwrap();
+    s.write_all(b"POST /ask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"text\": \"Wh")
+        .unwrap();
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "after {:?}: {text}", t.elapsed());
+    assert!(json_body(&text)["error"].as_str().unwrap().contains("api.body_timeout"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
 fn connections_past_the_cap_get_a_json_503_and_are_counted() {
     let d = Daemon::start("max_connections = 8\nheader_timeout = \"30s\"");
     // Hold the cap's 8 slots with idle connections (the test client's pooled connection, if

@@ -312,7 +312,14 @@ fn a_pixel_budget_in_the_config_is_applied_from_the_header() {
     let (code, v) = d.post_json("/ask", &image_json(&png(40, 25)));
     assert_eq!(code, 202, "{v}");
     // Out-of-range budgets are config errors naming the key.
-    for bad in ["max_image_pixels = 0", "max_image_pixels = 100000001", "max_media_bytes = \"1GiB1B\""] {
+    for bad in [
+        "max_image_pixels = 0",
+        "max_image_pixels = 100000001",
+        "max_media_bytes = 100",
+        "max_connections = 0",
+        "header_timeout = \"0s\"",
+        "body_timeout = \"2h\"",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = api_common::write_config(dir.path(), bad, &api_common::tiny_model());
         let out = common::gemba().args(["config", "check"]).arg(&cfg).output().unwrap();
@@ -377,4 +384,33 @@ fn a_chat_template_with_unbounded_output_fails_fast_naming_its_file() {
     // minijinja builds the first expression's 100 MB string (and copies it into a value) before
     // it is written, and refused; nothing more: no 200 MB prompt, no tokenizing it (19.6 GB).
     assert!(r.peak_kib < 512 * 1024, "peak {} KiB", r.peak_kib);
+}
+
+#[test]
+fn a_bomb_among_a_replay_cameras_files_is_a_counted_bad_frame_not_a_gigabyte() {
+    let f = fixtures();
+    // A second replay camera over a directory with one good frame and the PNG bomb.
+    let d = Daemon::start_with(
+        "[[cameras]]\nname = \"yard\"\nkind = \"replay\"\nsource = \"yard\"\nfps = 10.0\nmonitor = false\nprompt = \"x\"",
+        |dir| {
+            let yard = dir.join("yard");
+            std::fs::create_dir_all(&yard).unwrap();
+            std::fs::write(yard.join("a.jpg"), jpeg(64, 48, false)).unwrap();
+            std::fs::copy(&f.png_bomb, yard.join("b.png")).unwrap();
+            api_common::tiny_model()
+        },
+    );
+    let yard = |d: &Daemon| {
+        let (_, v) = d.get_json("/status");
+        v["cameras"].as_array().unwrap().iter().find(|c| c["name"] == "yard").unwrap().clone()
+    };
+    // Looping at 10 fps, the bomb comes round every other frame.
+    d.wait_until(Duration::from_secs(20), |d| yard(d)["decode_errors"].as_u64() >= Some(5));
+    let c = yard(&d);
+    let e = c["last_error"].as_str().unwrap();
+    assert!(e.contains("b.png") && e.contains("20000x20000") && !e.contains("JPEG"), "{e}");
+    assert!(c["frames"].as_u64() >= Some(3), "{c}");
+    let (peak_kib, _) = d.memory_kib();
+    eprintln!("daemon with a PNG bomb in a replay directory: peak RSS {peak_kib} KiB");
+    assert!(peak_kib < PEAK_LIMIT_KIB, "peak {peak_kib} KiB");
 }

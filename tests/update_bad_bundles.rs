@@ -184,6 +184,16 @@ fn cases() -> Vec<Case> {
             pack(&d, &f.signing_key(), &opts("2"), &p).unwrap();
             p
         }),
+        case("chat template with unbounded output", &["smoke test", "tokenizer_config.json", "renders more than"], |f| {
+            let d = int4_copy(f, "template-bomb");
+            let cfg = d.join("tokenizer_config.json");
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+            v["chat_template"] = "{{ 'a' * 100000000 }}{{ 'b' * 100000000 }}".into();
+            std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+            let p = f.path("template-bomb.tar.zst");
+            pack(&d, &f.signing_key(), &opts("2"), &p).unwrap();
+            p
+        }),
         case("loads but fails the smoke test", &["smoke test failed", "9.9 bar", "8.4 bar"], |f| {
             let p = f.path("bad-smoke.tar.zst");
             let smoke = gemba::update::SmokeSpec { expect_contains: "9.9 bar".into(), ..smoke() };

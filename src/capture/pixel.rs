@@ -732,6 +732,24 @@ mod tests {
     }
 
     #[test]
+    fn an_mjpeg_frame_claiming_a_huge_size_is_refused_from_its_header() {
+        let (w, h) = (16u32, 16u32);
+        let claiming = |side: u16| {
+            let mut jpeg = encode_jpeg(&test_card(w, h), w, h, 90);
+            let sof = jpeg.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+            jpeg[sof + 5..sof + 7].copy_from_slice(&side.to_be_bytes());
+            jpeg[sof + 7..sof + 9].copy_from_slice(&side.to_be_bytes());
+            jpeg
+        };
+        // Over the negotiated size: our check, between the header and any pixel buffer.
+        let e = mjpeg_to_rgb(&claiming(8000), w, h).unwrap_err();
+        assert!(matches!(e, PixelError::JpegTooLarge { actual_w: 8000, actual_h: 8000, .. }), "{e}");
+        // Over zune-jpeg's own 16384 per side: its header check refuses it first.
+        let e = mjpeg_to_rgb(&claiming(60000), w, h).unwrap_err();
+        assert!(e.to_string().contains("60000"), "{e}");
+    }
+
+    #[test]
     fn png_files_decode_to_rgb() {
         let (w, h) = (5u32, 3u32);
         let card = test_card(w, h);
