@@ -138,11 +138,12 @@ impl CameraStats {
     pub fn snapshot(&self) -> CameraStatsSnapshot {
         let slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
         // The camera's own interval: as configured, else as measured.
-        let interval = slow.expected_interval.or_else(|| {
-            (slow.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / slow.fps))
+        let interval = slow
+            .expected_interval
+            .or_else(|| (slow.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / slow.fps)));
+        let limit = interval.map_or(MIN_STALL, |i| {
+            i.saturating_mul(STALL_INTERVALS).max(MIN_STALL)
         });
-        let limit = interval
-            .map_or(MIN_STALL, |i| i.saturating_mul(STALL_INTERVALS).max(MIN_STALL));
         let stale = slow.last_frame_at.is_none_or(|t| t.elapsed() > limit);
         CameraStatsSnapshot {
             frames: self.frames.load(Ordering::Relaxed),

@@ -332,10 +332,18 @@ pub fn mjpeg_to_rgb(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, Pix
 ///
 /// (`model::vision` and `model::jpeg` are pure pixel code with no ONNX Runtime in them; they
 /// are the `media/` layer of the module map in all but their path.)
-pub fn decode_image_file(data: &[u8], input: &str, max_pixels: usize) -> Result<RgbImage, PixelError> {
+pub fn decode_image_file(
+    data: &[u8],
+    input: &str,
+    max_pixels: usize,
+) -> Result<RgbImage, PixelError> {
     let img = crate::model::vision::decode_image_within(data, input, max_pixels)?;
     let side = |v: usize| u32::try_from(v).expect("sides are at most 16384");
-    Ok(RgbImage { width: side(img.width), height: side(img.height), rgb: img.rgb })
+    Ok(RgbImage {
+        width: side(img.width),
+        height: side(img.height),
+        rgb: img.rgb,
+    })
 }
 
 // ITU-T T.81 Annex K.3 example Huffman tables, as one DHT segment payload: for each table
@@ -743,7 +751,17 @@ mod tests {
         };
         // Over the negotiated size: our check, between the header and any pixel buffer.
         let e = mjpeg_to_rgb(&claiming(8000), w, h).unwrap_err();
-        assert!(matches!(e, PixelError::JpegTooLarge { actual_w: 8000, actual_h: 8000, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                PixelError::JpegTooLarge {
+                    actual_w: 8000,
+                    actual_h: 8000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Over zune-jpeg's own 16384 per side: its header check refuses it first.
         let e = mjpeg_to_rgb(&claiming(60000), w, h).unwrap_err();
         assert!(e.to_string().contains("60000"), "{e}");
@@ -787,7 +805,10 @@ mod tests {
             let e = decode_image_file(&file[..file.len() - 20], "cut.png", 64 * 64).unwrap_err();
             assert_eq!(e.cause(), "corrupt PNG");
             let msg = e.to_string();
-            assert!(msg.contains("PNG") && msg.contains("cut.png") && !msg.contains("JPEG"), "{msg}");
+            assert!(
+                msg.contains("PNG") && msg.contains("cut.png") && !msg.contains("JPEG"),
+                "{msg}"
+            );
             // Over the pixel budget: refused from the header.
             let e = decode_image_file(&file, "card.png", 14).unwrap_err();
             assert_eq!(e.cause(), "image too large");

@@ -145,8 +145,9 @@ impl ReplayCamera {
         }
         let path = &self.files[index];
         let bytes = std::fs::read(path).map_err(|e| LoadError::Io(path.clone(), e))?;
-        let RgbImage { width, height, rgb } = decode_image_file(&bytes, &path.display().to_string(), MAX_PIXELS)
-            .map_err(|e| LoadError::Pixel(path.clone(), e))?;
+        let RgbImage { width, height, rgb } =
+            decode_image_file(&bytes, &path.display().to_string(), MAX_PIXELS)
+                .map_err(|e| LoadError::Pixel(path.clone(), e))?;
         let img = CachedImage {
             width,
             height,
@@ -437,8 +438,9 @@ pub(crate) mod tests {
             .err()
             .unwrap();
         assert!(
-            e.to_string()
-                .starts_with(&format!("camera broken: image {src}/a.png: cannot decode PNG")),
+            e.to_string().starts_with(&format!(
+                "camera broken: image {src}/a.png: cannot decode PNG"
+            )),
             "{e}"
         );
         let e = ReplayCamera::open(ReplayConfig::new("fast", &src, 0.0))

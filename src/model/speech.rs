@@ -205,8 +205,9 @@ fn decode_wav_from<R: std::io::Read>(
     let declared = reader.len() as usize;
     // Samples kept: whole frames up to the caller's cap. The allocation follows what is kept,
     // never a length the header merely claims.
-    let keep = max_frames(spec.sample_rate)
-        .map_or(declared, |f| f.saturating_mul(usize::from(spec.channels)).min(declared));
+    let keep = max_frames(spec.sample_rate).map_or(declared, |f| {
+        f.saturating_mul(usize::from(spec.channels)).min(declared)
+    });
     let truncated = |e: hound::Error, read: usize| {
         let e = e.to_string();
         derr(format!(
@@ -414,10 +415,7 @@ impl SpeechProcessor {
         let mono: Vec<f32> = match ch {
             1 => heard.to_vec(),
             _ if !self.settings.stereo_to_mono => heard.to_vec(),
-            2 => heard
-                .chunks_exact(2)
-                .map(|p| (p[0] + p[1]) / 2.0)
-                .collect(),
+            2 => heard.chunks_exact(2).map(|p| (p[0] + p[1]) / 2.0).collect(),
             _ => heard
                 .chunks_exact(ch)
                 .map(|f| f.iter().sum::<f32>() / ch as f32)
@@ -851,7 +849,13 @@ mod tests {
             max_samples: 4000,
             ..SpeechSettings::default()
         });
-        for (rate, channels) in [(44_100u32, 2u16), (48_000, 1), (22_050, 1), (11_025, 3), (16_000, 1)] {
+        for (rate, channels) in [
+            (44_100u32, 2u16),
+            (48_000, 1),
+            (22_050, 1),
+            (11_025, 3),
+            (16_000, 1),
+        ] {
             // Three times longer than what the model hears, with content up to the end.
             let frames = 3 * p.max_input_frames(rate).unwrap();
             let samples: Vec<f32> = (0..frames * usize::from(channels))
@@ -867,13 +871,28 @@ mod tests {
             let ch = usize::from(channels);
             let mono: Vec<f32> = match ch {
                 1 => pcm.samples.clone(),
-                2 => pcm.samples.chunks_exact(2).map(|p| (p[0] + p[1]) / 2.0).collect(),
-                _ => pcm.samples.chunks_exact(ch).map(|f| f.iter().sum::<f32>() / ch as f32).collect(),
+                2 => pcm
+                    .samples
+                    .chunks_exact(2)
+                    .map(|p| (p[0] + p[1]) / 2.0)
+                    .collect(),
+                _ => pcm
+                    .samples
+                    .chunks_exact(ch)
+                    .map(|f| f.iter().sum::<f32>() / ch as f32)
+                    .collect(),
             };
-            let mut full = if target == rate { mono } else { downsample(&mono, rate, target) };
+            let mut full = if target == rate {
+                mono
+            } else {
+                downsample(&mono, rate, target)
+            };
             full.truncate(4000);
             assert_eq!(cut.len(), 4000, "{rate} Hz");
-            assert!(cut == full, "{rate} Hz x{channels}: the early cut changed samples");
+            assert!(
+                cut == full,
+                "{rate} Hz x{channels}: the early cut changed samples"
+            );
         }
         // Without a limit nothing is cut.
         let all = SpeechProcessor::new(SpeechSettings {
@@ -903,7 +922,10 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let from_file = load_wav_within(&path, &|r| p.max_input_frames(r)).unwrap();
         assert_eq!(from_file, pcm);
-        assert_eq!(decode_wav(&bytes, "long.wav").unwrap().samples.len(), 48_000 * 40 * 2);
+        assert_eq!(
+            decode_wav(&bytes, "long.wav").unwrap().samples.len(),
+            48_000 * 40 * 2
+        );
     }
 
     #[test]

@@ -380,7 +380,12 @@ pub fn preprocess_rgb(
     })
 }
 
-fn check_dimensions(width: usize, height: usize, max_pixels: usize, input: &str) -> Result<(), VisionError> {
+fn check_dimensions(
+    width: usize,
+    height: usize,
+    max_pixels: usize,
+    input: &str,
+) -> Result<(), VisionError> {
     if width == 0 || height == 0 {
         return Err(VisionError::Empty {
             input: input.to_owned(),
@@ -389,7 +394,10 @@ fn check_dimensions(width: usize, height: usize, max_pixels: usize, input: &str)
         });
     }
     let max_pixels = max_pixels.min(MAX_IMAGE_PIXELS);
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || width.saturating_mul(height) > max_pixels {
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || width.saturating_mul(height) > max_pixels
+    {
         return Err(VisionError::TooLarge {
             input: input.to_owned(),
             width,
@@ -488,7 +496,11 @@ pub fn read_header(bytes: &[u8], input: &str) -> Result<ImageHeader, VisionError
         match bytes.get(12..24) {
             Some(ihdr) if &ihdr[..4] == b"IHDR" => {
                 let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                Ok(ImageHeader { format: "PNG", width: be(&ihdr[4..8]), height: be(&ihdr[8..12]) })
+                Ok(ImageHeader {
+                    format: "PNG",
+                    width: be(&ihdr[4..8]),
+                    height: be(&ihdr[8..12]),
+                })
             }
             _ => Err(VisionError::Decode {
                 input: input.to_owned(),
@@ -502,7 +514,11 @@ pub fn read_header(bytes: &[u8], input: &str) -> Result<ImageHeader, VisionError
             format: "JPEG",
             detail: e.to_string(),
         })?;
-        Ok(ImageHeader { format: "JPEG", width, height })
+        Ok(ImageHeader {
+            format: "JPEG",
+            width,
+            height,
+        })
     } else {
         let magic = bytes
             .iter()
@@ -564,11 +580,15 @@ fn decode_png(bytes: &[u8], input: &str, max_pixels: usize) -> Result<DecodedIma
         png::ColorType::Indexed => return Err(err("palette was not expanded".into())),
     };
     if depth != png::BitDepth::Eight {
-        return Err(err(format!("unexpected bit depth {depth:?} after expansion")));
+        return Err(err(format!(
+            "unexpected bit depth {depth:?} after expansion"
+        )));
     }
     let mut rgb = Vec::with_capacity(width * height * 3);
     let push_row = |row: &[u8], rgb: &mut Vec<u8>| -> Result<(), VisionError> {
-        let px = row.get(..width * channels).ok_or_else(|| err("short row".into()))?;
+        let px = row
+            .get(..width * channels)
+            .ok_or_else(|| err("short row".into()))?;
         for px in px.chunks_exact(channels) {
             match channels {
                 1 | 2 => rgb.extend_from_slice(&[px[0]; 3]),
@@ -583,7 +603,9 @@ fn decode_png(bytes: &[u8], input: &str, max_pixels: usize) -> Result<DecodedIma
             .output_buffer_size()
             .ok_or_else(|| err("image too large to buffer".into()))?;
         let mut buf = vec![0u8; size];
-        let frame = reader.next_frame(&mut buf).map_err(|e| err(e.to_string()))?;
+        let frame = reader
+            .next_frame(&mut buf)
+            .map_err(|e| err(e.to_string()))?;
         for row in buf[..frame.buffer_size()].chunks_exact(frame.line_size) {
             push_row(row, &mut rgb)?;
         }
