@@ -648,8 +648,15 @@ impl AckLog {
     }
 }
 
+/// The store's policy; the free-space floor is resolved against the size of the file system
+/// the store is on (`store.min_free`).
 fn retention(s: &Settings) -> RetentionPolicy {
-    RetentionPolicy { max_bytes: Some(s.store.max_bytes.0), max_age: Some(s.store.max_age.0), min_free_bytes: 64 << 20 }
+    let fs_bytes = crate::report::durable::fs_bytes(&s.data_dir).unwrap_or(0);
+    RetentionPolicy {
+        max_bytes: Some(s.store.max_bytes.0),
+        max_age: Some(s.store.max_age.0),
+        min_free_bytes: s.store.min_free.bytes_on(fs_bytes),
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -755,7 +762,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         events,
         shutdown: CancellationToken::new(),
     };
-    let api_task = crate::api::serve(api, handle.clone());
+    let mut api_server = crate::api::serve(api, handle.clone());
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
@@ -842,13 +849,25 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 log::info!("SIGHUP: reloading the config and the model");
                 match settings_for(&args) {
                     Err(e) => log::error!("reload: the config is invalid, keeping the running one: {e:#}"),
-                    Ok(new) => {
+                    Ok(mut new) => {
                         match worker.reload(&new.model.path, &new.providers).await {
                             Ok(info) => log::info!("reload: now serving {} ({})", info.bundle_id, &info.bundle_hash[..12]),
                             Err(e) => log::error!("reload: the new model did not load, the old one keeps serving: {e}"),
                         }
                         if let Some(p) = pipeline.take() {
                             p.stop().await;
+                        }
+                        match api_server.apply(&new.api).await {
+                            Ok(changed) if changed.is_empty() => {}
+                            Ok(changed) => {
+                                for c in changed {
+                                    log::info!("reload: api: {c}");
+                                }
+                            }
+                            Err(e) => {
+                                log::error!("reload: api: refused, keeping the running listener and token: {e}");
+                                new.api = api_server.settings().clone();
+                            }
                         }
                         match start_pipeline(&new, qtx.clone(), Arc::clone(&monitor_stats)) {
                             Ok(p) => {
@@ -894,7 +913,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
     }
     // The API stopped accepting at shutdown; its event streams have ended with their asks.
-    if tokio::time::timeout(Duration::from_secs(5), api_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), api_server.stopped()).await.is_err() {
         log::warn!("api: connections still open after 5 s; closing them");
     }
     housekeeping.cancel();

@@ -75,6 +75,65 @@ impl Serialize for HumanSize {
     }
 }
 
+/// `store.min_free`: free space the store leaves on its file system for everything else (logs,
+/// engine caches, the OS). `"auto"` (the default): 5 % of the file system, at most 64 MiB — so a
+/// 50 MB card keeps 2.5 MB free, not more than it holds; `"N%"` of the file system; or a size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Auto,
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl MinFree {
+    /// The floor in bytes on a file system of `fs_bytes`.
+    pub fn bytes_on(self, fs_bytes: u64) -> u64 {
+        match self {
+            MinFree::Auto => (fs_bytes / 20).min(64 << 20),
+            MinFree::Percent(p) => (fs_bytes as f64 * p / 100.0) as u64,
+            MinFree::Bytes(b) => b,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MinFree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(MinFree::Bytes(n)),
+            Raw::S(s) if s == "auto" => Ok(MinFree::Auto),
+            Raw::S(s) => match s.strip_suffix('%') {
+                Some(p) => match p.trim().parse::<f64>() {
+                    Ok(p) if p.is_finite() && (0.0..=50.0).contains(&p) => Ok(MinFree::Percent(p)),
+                    _ => Err(serde::de::Error::custom(format!(
+                        "\"{s}\" is not a share of the file system from 0% to 50%"
+                    ))),
+                },
+                None => s.parse::<bytesize::ByteSize>().map(|b| MinFree::Bytes(b.as_u64())).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "\"{s}\" is not \"auto\", a percentage (\"5%\") or a size ({e}); write e.g. \"64MiB\""
+                    ))
+                }),
+            },
+        }
+    }
+}
+
+impl Serialize for MinFree {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MinFree::Auto => s.serialize_str("auto"),
+            MinFree::Percent(p) => s.serialize_str(&format!("{p}%")),
+            MinFree::Bytes(b) => HumanSize(*b).serialize(s),
+        }
+    }
+}
+
 // ---- The file schema (every field optional, so a profile and a config can each give part) ----
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -171,6 +230,8 @@ pub struct RawStore {
     pub max_bytes: Option<HumanSize>,
     pub max_age: Option<HumanDuration>,
     pub check_every: Option<HumanDuration>,
+    /// Free space to leave on the file system: "auto" (5 %, at most 64 MiB), "N%" or a size.
+    pub min_free: Option<MinFree>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -291,6 +352,7 @@ pub struct StoreSettings {
     pub max_bytes: HumanSize,
     pub max_age: HumanDuration,
     pub check_every: HumanDuration,
+    pub min_free: MinFree,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -492,6 +554,7 @@ impl Settings {
             max_bytes: raw.store.max_bytes.unwrap_or(HumanSize(2 << 30)),
             max_age: raw.store.max_age.unwrap_or(HumanDuration(Duration::from_secs(30 * 86_400))),
             check_every: raw.store.check_every.unwrap_or(HumanDuration(Duration::from_secs(300))),
+            min_free: raw.store.min_free.unwrap_or(MinFree::Auto),
         };
         if store.max_bytes.0 < (1 << 20) {
             return Err(bad("store.max_bytes", "must be at least 1MiB".into()));
