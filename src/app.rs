@@ -25,7 +25,8 @@ use crate::capture::{spawn_camera, Camera, ReplayCamera, ReplayConfig};
 use crate::config::{CameraSettings, CameraSource, Settings};
 use crate::model::worker::{AskInput, AskSettings, Job, JobEvent, ModelInfo, Worker};
 use crate::model::{runtime, CancelToken, Event};
-use crate::monitor::{CameraWatch, GateConfig, MonitorStats, Query};
+use crate::daemon::queue::{Class, Pushed, Refused, RequestQueue};
+use crate::monitor::{CameraWatch, GateConfig, Looks, MonitorStats, Offer, Query};
 use crate::report::{ReportMeta, ReportStats, RetentionPolicy, Store, TextTimings, Trigger};
 use crate::systemd::{self, Beat, Progress};
 
@@ -82,6 +83,10 @@ pub fn settings_for(args: &RunArgs) -> Result<Settings> {
 #[derive(Debug, Default)]
 pub struct DaemonStats {
     pub queries: AtomicU64,
+    /// Queued looks replaced by a newer look at the same camera.
+    pub looks_replaced: AtomicU64,
+    /// Waiting requests dropped from a full queue for one that ranks higher.
+    pub requests_bumped: AtomicU64,
     pub reports: AtomicU64,
     pub reports_incomplete: AtomicU64,
     pub query_errors: AtomicU64,
@@ -247,7 +252,7 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
     })
 }
 
-fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
+fn start_pipeline(settings: &Settings, queries: Arc<dyn Looks>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
     let cancel = CancellationToken::new();
     let mut cameras = Vec::new();
     let mut watches = Vec::new();
@@ -286,6 +291,8 @@ type InFlight = Arc<Mutex<Option<CancelToken>>>;
 /// A question for the model, from any stage: the monitor, the local API, a voice utterance.
 pub struct Request {
     pub trigger: Trigger,
+    /// Its precedence in the queue (from the trigger: a person's question before looks).
+    pub class: Class,
     /// Why it was asked (for the log): "scene changed (…)", "POST /ask", "utterance 2.1 s".
     pub reason: String,
     pub prompt: String,
@@ -303,6 +310,28 @@ pub struct Request {
     pub follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
 }
 
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("trigger", &self.trigger.to_string())
+            .field("class", &self.class)
+            .field("reason", &self.reason)
+            .field("prompt", &self.prompt)
+            .field("frames", &self.frames.len())
+            .field("audio", &self.audio.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    /// Tells the requester this request will not be answered (dropped from the queue).
+    fn drop_unanswered(self, why: &str) {
+        if let Some(l) = &self.listener {
+            let _ = l.send(RequestEvent::Closed { report_id: String::new(), complete: false, error: Some(why.to_string()) });
+        }
+    }
+}
+
 /// Segments and figures a requester adds at the end of its report.
 #[derive(Debug, Default)]
 pub struct FollowUp {
@@ -314,6 +343,7 @@ pub struct FollowUp {
 impl Request {
     pub fn new(trigger: Trigger, prompt: impl Into<String>) -> Request {
         Request {
+            class: Class::of(&trigger),
             trigger,
             reason: String::new(),
             prompt: prompt.into(),
@@ -348,8 +378,9 @@ pub struct CameraHandle {
 /// What the other stages (local API, voice) get to reach the running pipeline.
 #[derive(Clone)]
 pub struct AppHandle {
-    /// Bounded: `try_submit` fails when the model's queue is full.
-    pub requests: mpsc::Sender<Request>,
+    /// Bounded, with classes (see [`RequestQueue`]): `try_submit` fails when it is full of
+    /// requests that rank as high as the new one.
+    pub requests: RequestQueue,
     pub worker: Worker,
     pub store: Store,
     pub stats: Arc<DaemonStats>,
@@ -372,9 +403,51 @@ impl AppHandle {
 
     /// Queues a request; `Err` gives it back when the queue is full or the daemon is stopping.
     pub fn try_submit(&self, req: Request) -> Result<(), Request> {
-        self.requests.try_send(req).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-        })
+        submit(&self.requests, &self.stats, req)
+    }
+}
+
+/// Queues a request, counting (and telling the listener of) whatever the queue dropped for it.
+fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(), Request> {
+    match queue.try_push(req) {
+        Ok(Pushed::Queued) => Ok(()),
+        Ok(Pushed::Replaced(old)) => {
+            stats.looks_replaced.fetch_add(1, Ordering::Relaxed);
+            old.drop_unanswered("replaced by a newer look at the same camera");
+            Ok(())
+        }
+        Ok(Pushed::Bumped(old)) => {
+            stats.requests_bumped.fetch_add(1, Ordering::Relaxed);
+            log::info!("queue full: dropped a waiting {} ({}) for a {}", old.class.word(), old.trigger, "request that ranks higher");
+            old.drop_unanswered("dropped from a full queue for a request that ranks higher");
+            Ok(())
+        }
+        Err(refused) => Err(refused.into_request()),
+    }
+}
+
+/// The monitor's looks go straight into the request queue as routine looks.
+struct MonitorLooks {
+    queue: RequestQueue,
+    stats: Arc<DaemonStats>,
+}
+
+impl Looks for MonitorLooks {
+    fn offer(&self, q: Query) -> Offer {
+        let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
+        let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
+        r.reason = q.trigger;
+        r.frames = q.frames;
+        match self.queue.try_push(r) {
+            Err(Refused::Full(_)) => Offer::Full,
+            Err(Refused::Closed(_)) => Offer::Closed,
+            Ok(p) => {
+                if let Pushed::Replaced(_) = p {
+                    self.stats.looks_replaced.fetch_add(1, Ordering::Relaxed);
+                }
+                Offer::Taken
+            }
+        }
     }
 }
 
@@ -391,13 +464,13 @@ struct Dispatch {
 
 impl Dispatch {
     /// Serves requests one at a time until `stop` (the request in flight is finished first).
-    async fn run(self, mut requests: mpsc::Receiver<Request>, stop: CancellationToken) {
+    async fn run(self, requests: RequestQueue, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                r = requests.recv() => match r {
+                r = requests.pop() => match r {
                     Some(r) => self.handle(r).await,
                     None => return,
                 },
@@ -718,8 +791,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
 
     let stats = Arc::new(DaemonStats::default());
     let monitor_stats = Arc::new(MonitorStats::default());
-    let (rtx, rrx) = mpsc::channel::<Request>(settings.monitor_queue);
-    let (qtx, mut qrx) = mpsc::channel::<Query>(settings.monitor_queue);
+    let requests = RequestQueue::new(settings.monitor_queue);
+    let looks: Arc<dyn Looks> = Arc::new(MonitorLooks { queue: requests.clone(), stats: Arc::clone(&stats) });
     let in_flight: InFlight = Arc::new(Mutex::new(None));
     let shared_settings = Arc::new(Mutex::new(settings.clone()));
     let (events, _) = tokio::sync::broadcast::channel(256);
@@ -733,26 +806,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         beat: progress.stage("dispatcher"),
         events: events.clone(),
     };
-    let mut pipeline = Some(start_pipeline(&settings, qtx.clone(), Arc::clone(&monitor_stats))?);
+    let mut pipeline = Some(start_pipeline(&settings, Arc::clone(&looks), Arc::clone(&monitor_stats))?);
     let cameras = Arc::new(Mutex::new(pipeline.as_ref().map(|p| p.handles.clone()).unwrap_or_default()));
-    let dispatcher = tokio::spawn(dispatch.run(rrx, stop_dispatch.clone()));
-    // The monitor's looks become requests like any other.
-    {
-        let rtx = rtx.clone();
-        tokio::spawn(async move {
-            while let Some(q) = qrx.recv().await {
-                let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
-                let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
-                r.reason = q.trigger;
-                r.frames = q.frames;
-                if rtx.send(r).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let dispatcher = tokio::spawn(dispatch.run(requests.clone(), stop_dispatch.clone()));
     let handle = AppHandle {
-        requests: rtx,
+        requests: requests.clone(),
         worker: worker.clone(),
         store: store.clone(),
         stats: Arc::clone(&stats),
@@ -869,7 +927,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                                 new.api = api_server.settings().clone();
                             }
                         }
-                        match start_pipeline(&new, qtx.clone(), Arc::clone(&monitor_stats)) {
+                        match start_pipeline(&new, Arc::clone(&looks), Arc::clone(&monitor_stats)) {
                             Ok(p) => {
                                 *cameras.lock().expect("poisoned") = p.handles.clone();
                                 pipeline = Some(p);
@@ -900,8 +958,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     if let Some(p) = pipeline.take() {
         p.stop().await;
     }
-    drop(qtx);
-    // The request in flight finishes; queued ones are dropped (their listeners see the end).
+    // The request in flight finishes; queued ones are dropped (their listeners are told).
+    for r in requests.close() {
+        r.drop_unanswered("the daemon is stopping");
+    }
     stop_dispatch.cancel();
     let drain = shared_settings.lock().expect("poisoned").drain_deadline.0;
     let mut dispatcher = dispatcher;

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod conformance;
+pub mod daemon;
 pub mod doctor;
 pub mod model;
 pub mod sys;

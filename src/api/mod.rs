@@ -488,7 +488,8 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
     };
     let st = &app.stats;
     let ms = &app.monitor_stats;
-    let queue_capacity = app.requests.max_capacity();
+    let queue_capacity = app.requests.capacity();
+    let [by_person, by_alert, by_look] = app.requests.depths();
     let camera_errors: serde_json::Map<String, Value> = cameras
         .iter()
         .filter(|c| !c["last_error"].is_null())
@@ -523,8 +524,11 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
         },
         "cameras": cameras,
         "queue": {
-            "depth": queue_capacity - app.requests.capacity(),
+            "depth": by_person + by_alert + by_look,
             "capacity": queue_capacity,
+            "by_class": { "person": by_person, "alert": by_alert, "look": by_look },
+            "looks_replaced": st.looks_replaced.load(Ordering::Relaxed),
+            "dropped_for_higher": st.requests_bumped.load(Ordering::Relaxed),
             "api_asks": api.inner.asks.in_flight(),
             "api_max_asks": settings.api.max_asks,
         },
