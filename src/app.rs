@@ -247,13 +247,21 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
     })
 }
 
-fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
+/// Opens every camera's source (a replay camera lists and decodes its first image; a V4L2
+/// camera is set up), so a camera that cannot work stops start-up before the model loads.
+type Opened = Vec<(CameraSettings, Box<dyn crate::capture::CameraSource>)>;
+
+fn open_cameras(settings: &Settings) -> Result<Opened> {
+    settings.cameras.iter().map(|c| Ok((c.clone(), camera_source(c)?))).collect()
+}
+
+fn start_pipeline(opened: Opened, queries: mpsc::Sender<Query>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
     let cancel = CancellationToken::new();
     let mut cameras = Vec::new();
     let mut watches = Vec::new();
     let mut handles = Vec::new();
-    for c in &settings.cameras {
-        let source = camera_source(c)?;
+    for (c, source) in opened {
+        let c = &c;
         log::info!("camera {}: starting ({})", c.name, source.name());
         let cam = spawn_camera(source, cancel.child_token()).with_context(|| format!("camera {}", c.name))?;
         handles.push(CameraHandle { name: c.name.clone(), frames: cam.subscribe(), stats: cam.shared_stats() });
@@ -267,7 +275,7 @@ fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<
         }
         cameras.push(cam);
     }
-    let monitor = tokio::spawn(crate::monitor::run_monitor(watches, queries, stats, cancel.child_token()));
+    let monitor = tokio::spawn(crate::stage::run("monitor", crate::monitor::run_monitor(watches, queries, stats, cancel.child_token())));
     Ok(Pipeline { cancel, cameras, monitor, handles })
 }
 
@@ -661,7 +669,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(daemon(settings, args))
+    crate::stage::install_panic_hook();
+    let result = rt.block_on(daemon(settings, args));
+    // A SIGTERM during the model load returns while the load still runs on a blocking thread;
+    // do not wait for it (nothing of the store's is in flight then).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
@@ -686,14 +699,26 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     // Bound before the model loads, so a taken port is reported at once.
     let api = crate::api::bind(&settings.api).await?;
     let rt = runtime::init(settings.onnxruntime.as_deref())?;
+    // Cameras are opened and checked before the model loads (minutes on a board), so a camera
+    // that cannot work stops start-up at once, and READY means the cameras are open.
+    let opened = tokio::task::spawn_blocking({
+        let s = settings.clone();
+        move || open_cameras(&s)
+    })
+    .await??;
     let progress = Progress::new();
     systemd::status(&format!("loading model {}", settings.model.path.display()));
     systemd::extend_timeout(Duration::from_secs(600));
     let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
     let beat = progress.stage("worker");
-    let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
-        .await?
-        .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+    let load = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat));
+    // SIGTERM is honoured during the load too: nothing is in flight yet, so the daemon stops at
+    // once instead of after a load that may take minutes (or hang on a stuck file system).
+    let worker = tokio::select! {
+        r = load => r?.map_err(|e| anyhow::anyhow!("loading the model: {e}"))?,
+        _ = term.recv() => return stopped_during_load("SIGTERM"),
+        _ = int.recv() => return stopped_during_load("SIGINT"),
+    };
     let info = worker.info();
     write_status(&settings.state_dir, &info, true, &settings.data_dir).context("writing status.json")?;
     for r in &info.providers {
@@ -726,13 +751,13 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         beat: progress.stage("dispatcher"),
         events: events.clone(),
     };
-    let mut pipeline = Some(start_pipeline(&settings, qtx.clone(), Arc::clone(&monitor_stats))?);
+    let mut pipeline = Some(start_pipeline(opened, qtx.clone(), Arc::clone(&monitor_stats))?);
     let cameras = Arc::new(Mutex::new(pipeline.as_ref().map(|p| p.handles.clone()).unwrap_or_default()));
-    let dispatcher = tokio::spawn(dispatch.run(rrx, stop_dispatch.clone()));
+    let dispatcher = tokio::spawn(crate::stage::run_until_stop("dispatcher", dispatch.run(rrx, stop_dispatch.clone())));
     // The monitor's looks become requests like any other.
     {
         let rtx = rtx.clone();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run("queries", async move {
             while let Some(q) = qrx.recv().await {
                 let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
                 let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
@@ -742,7 +767,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     return;
                 }
             }
-        });
+        }));
     }
     let handle = AppHandle {
         requests: rtx,
@@ -777,7 +802,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let store = store.clone();
         let every = settings.store.check_every.0;
         let stop = housekeeping.clone();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run_until_stop("retention", async move {
             let mut t = tokio::time::interval(every);
             t.tick().await;
             loop {
@@ -789,7 +814,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     Err(e) => log::warn!("retention task: {e}"),
                 }
             }
-        });
+        }));
     }
     // status.json with live counters every few seconds.
     {
@@ -797,7 +822,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let stop = housekeeping.clone();
         let worker = worker.clone();
         let started = std::time::Instant::now();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run_until_stop("status", async move {
             let mut t = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
@@ -810,7 +835,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 })
                 .await;
             }
-        });
+        }));
     }
     if let Some(period) = systemd::watchdog_period() {
         let progress = progress.clone();
@@ -824,9 +849,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         });
     }
 
+    let failed = crate::stage::stages().failed();
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            _ = failed.cancelled() => break,
             _ = async {
                 match args.stop_after {
                     Some(d) => tokio::time::sleep(d).await,
@@ -850,7 +877,15 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                         if let Some(p) = pipeline.take() {
                             p.stop().await;
                         }
-                        match start_pipeline(&new, qtx.clone(), Arc::clone(&monitor_stats)) {
+                        match tokio::task::spawn_blocking({
+                            let s = new.clone();
+                            move || open_cameras(&s)
+                        })
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r)
+                        .and_then(|opened| start_pipeline(opened, qtx.clone(), Arc::clone(&monitor_stats)))
+                        {
                             Ok(p) => {
                                 *cameras.lock().expect("poisoned") = p.handles.clone();
                                 pipeline = Some(p);
@@ -871,6 +906,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     }
 
     // Shutdown: sources first; everything downstream ends when its input closes.
+    crate::stage::stages().stopping();
     systemd::stopping();
     systemd::status("stopping");
     log::info!("stopping: sources first, then the query in flight");
@@ -919,5 +955,16 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         s.data_dir.display()
     );
     let _ = SystemTime::now();
+    // A stage that died stopped the daemon; exit non-zero so that systemd restarts it.
+    match crate::stage::stages().first_failure() {
+        Some(f) => Err(anyhow::anyhow!("{f}; the daemon stopped (it must not run on without the stage)")),
+        None => Ok(()),
+    }
+}
+
+fn stopped_during_load(signal: &str) -> Result<()> {
+    log::info!("{signal} while the model was loading: stopping without waiting for the load");
+    systemd::stopping();
+    eprintln!("gemba: {signal} while the model was loading; stopped");
     Ok(())
 }

@@ -28,5 +28,6 @@ pub mod model;
 pub mod systemd;
 pub mod monitor;
 pub mod report;
+pub mod stage;
 pub mod update;
 pub mod voice;

@@ -149,13 +149,13 @@ pub fn serve(bound: Bound, app: AppHandle) -> tokio::task::JoinHandle<()> {
     let api = Api::new(app, &bound.settings, bound.addr);
     let router = router(api.clone());
     let shutdown = api.inner.app.shutdown.clone();
-    tokio::spawn(async move {
+    tokio::spawn(crate::stage::run_until_stop("api", async move {
         let server =
             axum::serve(bound.listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = server.await {
             log::error!("api: the server stopped: {e}");
         }
-    })
+    }))
 }
 
 /// State shared by every handler.
@@ -452,6 +452,8 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "providers": providers,
         },
         "cameras": cameras,
+        // Every stage's state (running, stopped, failed with the error): see crate::stage.
+        "stages": crate::stage::stages().snapshot(),
         "queue": {
             "depth": queue_capacity - app.requests.capacity(),
             "capacity": queue_capacity,

@@ -195,8 +195,10 @@ impl Worker {
                     }
                 };
                 let shared = Arc::new(RwLock::new(info));
+                let stage = crate::stage::enter("model worker");
                 let _ = ready_tx.send(Ok(Arc::clone(&shared)));
                 run(Some(engine), rx, shared, rt, beat, busy2, loaded2);
+                stage.finish();
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
         let info = ready_rx.recv().map_err(|_| "the model thread died while loading".to_string())??;

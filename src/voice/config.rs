@@ -284,6 +284,17 @@ pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf
     if vad.pre_roll.0 > Duration::from_secs(5) {
         return Err(("voice.vad.pre_roll".into(), "must be at most 5s".into()));
     }
+    if vad.end_silence.0 > Duration::from_secs(10) {
+        return Err(("voice.vad.end_silence".into(), "must be at most 10s".into()));
+    }
+    if vad.min_speech.0 < Duration::from_millis(32) || vad.min_speech.0 > Duration::from_secs(10) {
+        return Err(("voice.vad.min_speech".into(), format!("{:?} is out of range 32ms–10s (one VAD window at least)", vad.min_speech.0)));
+    }
+    if let TtsSettings::Piper { speaker: Some(s), .. } = &tts {
+        if !(0..=65_535).contains(s) {
+            return Err(("voice.piper_speaker".into(), format!("{s} is out of range 0–65535")));
+        }
+    }
     Ok(Some(VoiceSettings {
         trigger,
         push_to_talk: raw.push_to_talk.map(abs),
