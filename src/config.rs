@@ -534,8 +534,9 @@ impl Settings {
             max_age: raw.store.max_age.unwrap_or(HumanDuration(Duration::from_secs(30 * 86_400))),
             check_every: raw.store.check_every.unwrap_or(HumanDuration(Duration::from_secs(300))),
         };
-        range.size("store.max_bytes", store.max_bytes, 1 << 20, 1 << 50)?;
-        range.duration("store.max_age", store.max_age, Duration::from_secs(60), 36_500 * DAY)?;
+        // At least 16MiB: the index and a few reports' frames must fit (with 1MiB every write failed).
+        range.size("store.max_bytes", store.max_bytes, 16 << 20, 1 << 50)?;
+        range.duration("store.max_age", store.max_age, Duration::from_secs(60), 100 * YEAR)?;
         range.duration("store.check_every", store.check_every, Duration::from_secs(1), DAY)?;
         let mut cameras: Vec<CameraSettings> = Vec::new();
         for (i, c) in raw.cameras.into_iter().enumerate() {
@@ -658,6 +659,8 @@ impl Settings {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
+/// humantime's year (365.25 days), so that the bound prints as "100years".
+const YEAR: Duration = Duration::from_secs(31_557_600);
 
 /// Range checks that name the key (and, through `bad`, the file) of a value out of bounds.
 struct Ranges<'a> {
@@ -684,7 +687,7 @@ impl Ranges<'_> {
         if d.0 < lo || d.0 > hi {
             let show = |d: Duration| humantime::format_duration(d).to_string();
             let why = if d.0.is_zero() { " (zero would mean nothing happens)" } else { "" };
-            return Err((self.bad)(key, format!("\"{}\" is out of range {}–{}{why}", show(d.0), show(lo), show(hi))));
+            return Err((self.bad)(key, format!("\"{}\" is out of range \"{}\"–\"{}\"{why}", show(d.0), show(lo), show(hi))));
         }
         Ok(d)
     }
@@ -692,7 +695,7 @@ impl Ranges<'_> {
     fn size(&self, key: &str, s: HumanSize, lo: u64, hi: u64) -> Result<HumanSize, ConfigError> {
         if s.0 < lo || s.0 > hi {
             let show = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
-            return Err((self.bad)(key, format!("{} is out of range {}–{}", show(s.0), show(lo), show(hi))));
+            return Err((self.bad)(key, format!("\"{}\" is out of range \"{}\"–\"{}\"", show(s.0), show(lo), show(hi))));
         }
         Ok(s)
     }

@@ -242,7 +242,12 @@ impl V4l2Camera {
             )));
         }
         if !super::FPS_RANGE.contains(&config.fps) {
-            return Err(bad(format!("fps must be in {}–{}, got {}", super::FPS_RANGE.start(), super::FPS_RANGE.end(), config.fps)));
+            return Err(bad(format!(
+                "fps must be in {}–{}, got {}",
+                super::FPS_RANGE.start(),
+                super::FPS_RANGE.end(),
+                config.fps
+            )));
         }
         if config.formats.is_empty() {
             return Err(bad("no acceptable pixel formats".into()));
