@@ -566,3 +566,27 @@ fn a_stage_that_panics_stops_the_daemon_loudly() {
         assert!(last.contains(&format!("stage {stage}: panicked: injected fault")), "{stage}: {last}");
     }
 }
+
+/// A bad value from the board profile is reported in the profile, by key; the same key set in
+/// the config is reported in the config (the config wins the merge).
+#[test]
+fn a_bad_value_is_reported_in_the_file_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let boards = dir.path().join("board");
+    std::fs::create_dir(&boards).unwrap();
+    std::fs::write(boards.join("tiny-board.toml"), "[store]\ncheck_every = \"0s\"\n[monitor]\nqueue = 4\n").unwrap();
+    let cfg = dir.path().join("gemba.toml");
+    let check = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        let out = gemba().args(["config", "check"]).arg(&cfg).env("GEMBA_BOARD_DIR", &boards).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = check("board = \"tiny-board\"\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{}: store.check_every: \"0s\" is out of range", boards.join("tiny-board.toml").display())), "{err}");
+    let (code, err) = check("board = \"tiny-board\"\n[store]\ncheck_every = \"1m\"\n[monitor]\nqueue = 0\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{}: monitor.queue: 0 is out of range 1–1024", cfg.display())), "{err}");
+    let (code, err) = check("board = \"tiny-board\"\n[store]\ncheck_every = \"1m\"\n");
+    assert_eq!(code, Some(0), "{err}");
+}
