@@ -5,8 +5,11 @@
 //! cameras (threads, latest frame on watch) ─▶ monitor (interval + change gate) ─▶ queries (bounded)
 //!   ─▶ dispatcher ─▶ model worker (thread owning the sessions) ─▶ events ─▶ report writer (store)
 //! ```
-//! Start-up: open the store (recovery marks cut-off reports incomplete), load ONNX Runtime and
-//! the model, write `status.json`, tell systemd READY, start cameras and monitors. SIGHUP reloads
+//! Start-up: open the store (recovery marks cut-off reports incomplete), bind the API, load ONNX
+//! Runtime, open the cameras (a camera that cannot work stops start-up before the model loads),
+//! load the model, write `status.json`, tell systemd READY, start the cameras' threads and the
+//! monitors. SIGTERM during start-up stops it at once. Every stage is supervised
+//! ([`crate::stage`]): one that dies stops the daemon with an error. SIGHUP reloads
 //! the config and the model (the old model serves until the new one has loaded). SIGTERM stops
 //! the sources; the query in flight gets `drain_deadline` to finish, after which its generation
 //! is cancelled and its report closed as incomplete; nothing acknowledged is lost.
@@ -678,8 +681,8 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
-    // Signals are taken from the start: a SIGTERM while the model loads or the stages start is
-    // served once they are up (a clean stop), instead of killing the process half way.
+    // Signals are taken from the start: a SIGTERM during start-up stops it (below); once the
+    // stages run, it is a clean, ordered stop.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -688,36 +691,47 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     for d in [&settings.data_dir, &settings.state_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let data_dir = settings.data_dir.clone();
-    let policy = retention(&settings);
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
-        .await?
-        .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
-    let rec = store.recovery();
-    log::info!("report store {}: {rec:?}", settings.data_dir.display());
-
-    // Bound before the model loads, so a taken port is reported at once.
-    let api = crate::api::bind(&settings.api).await?;
-    let rt = runtime::init(settings.onnxruntime.as_deref())?;
-    // Cameras are opened and checked before the model loads (minutes on a board), so a camera
-    // that cannot work stops start-up at once, and READY means the cameras are open.
-    let opened = tokio::task::spawn_blocking({
-        let s = settings.clone();
-        move || open_cameras(&s)
-    })
-    .await??;
+    // Start-up (store recovery, API bind, cameras, the model load) races SIGTERM/SIGINT: nothing
+    // is in flight yet, so a stop request ends the process at once instead of after a load that
+    // may take minutes (or hang on a stuck file system). A recovery cut short is as safe as one
+    // cut by kill -9 (tests/report_crash.rs).
+    let phase = std::cell::Cell::new("opening the report store");
     let progress = Progress::new();
-    systemd::status(&format!("loading model {}", settings.model.path.display()));
-    systemd::extend_timeout(Duration::from_secs(600));
-    let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
-    let beat = progress.stage("worker");
-    let load = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat));
-    // SIGTERM is honoured during the load too: nothing is in flight yet, so the daemon stops at
-    // once instead of after a load that may take minutes (or hang on a stuck file system).
-    let worker = tokio::select! {
-        r = load => r?.map_err(|e| anyhow::anyhow!("loading the model: {e}"))?,
-        _ = term.recv() => return stopped_during_load("SIGTERM"),
-        _ = int.recv() => return stopped_during_load("SIGINT"),
+    let startup = async {
+        let data_dir = settings.data_dir.clone();
+        let policy = retention(&settings);
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
+            .await?
+            .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
+        let rec = store.recovery();
+        log::info!("report store {}: {rec:?}", settings.data_dir.display());
+
+        // Bound before the model loads, so a taken port is reported at once.
+        phase.set("binding the API");
+        let api = crate::api::bind(&settings.api).await?;
+        let rt = runtime::init(settings.onnxruntime.as_deref())?;
+        // Cameras are opened and checked before the model loads (minutes on a board), so a
+        // camera that cannot work stops start-up at once, and READY means the cameras are open.
+        phase.set("opening the cameras");
+        let opened = tokio::task::spawn_blocking({
+            let s = settings.clone();
+            move || open_cameras(&s)
+        })
+        .await??;
+        phase.set("loading the model");
+        systemd::status(&format!("loading model {}", settings.model.path.display()));
+        systemd::extend_timeout(Duration::from_secs(600));
+        let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
+        let beat = progress.stage("worker");
+        let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
+            .await?
+            .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+        anyhow::Ok((store, api, opened, worker))
+    };
+    let (store, api, opened, worker) = tokio::select! {
+        r = startup => r?,
+        _ = term.recv() => return stopped_during_start("SIGTERM", phase.get()),
+        _ = int.recv() => return stopped_during_start("SIGINT", phase.get()),
     };
     let info = worker.info();
     write_status(&settings.state_dir, &info, true, &settings.data_dir).context("writing status.json")?;
@@ -757,7 +771,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     // The monitor's looks become requests like any other.
     {
         let rtx = rtx.clone();
-        tokio::spawn(crate::stage::run("queries", async move {
+        tokio::spawn(crate::stage::run_until_stop("queries", async move {
             while let Some(q) = qrx.recv().await {
                 let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
                 let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
@@ -790,6 +804,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         }
         Ok(None) => None,
         Err(e) => {
+            crate::stage::stages().disabled("voice", e.to_string());
             log::warn!("voice disabled: {e}");
             eprintln!("gemba: voice disabled: {e}");
             systemd::status(&format!("serving {} ({} cameras); voice disabled: {e}", info.bundle_id, settings.cameras.len()));
@@ -962,9 +977,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     }
 }
 
-fn stopped_during_load(signal: &str) -> Result<()> {
-    log::info!("{signal} while the model was loading: stopping without waiting for the load");
+fn stopped_during_start(signal: &str, phase: &str) -> Result<()> {
+    log::info!("{signal} during start-up ({phase}): stopping without waiting for it");
     systemd::stopping();
-    eprintln!("gemba: {signal} while the model was loading; stopped");
+    eprintln!("gemba: {signal} during start-up ({phase}); stopped");
     Ok(())
 }

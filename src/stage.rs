@@ -33,6 +33,8 @@ pub enum StageState {
     Stopped,
     /// Panicked or ended while it should still run.
     Failed { error: String },
+    /// Configured but not started, by design (the voice stage without its microphone).
+    Disabled { reason: String },
 }
 
 /// The registry of stages (see the module docs).
@@ -104,6 +106,11 @@ impl Stages {
     /// `stage NAME: WHAT` of the first failure.
     pub fn first_failure(&self) -> Option<String> {
         self.first_failure.lock().expect("poisoned").clone()
+    }
+
+    /// Records a configured stage that start-up left out, with why.
+    pub fn disabled(&self, name: impl Into<String>, reason: impl Into<String>) {
+        self.states.lock().expect("poisoned").insert(name.into(), StageState::Disabled { reason: reason.into() });
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, StageState> {
@@ -198,6 +205,15 @@ mod tests {
         assert!(matches!(&snap["bad"], StageState::Failed { error } if error.contains("boom")), "{snap:?}");
         assert!(s.failed().is_cancelled());
         assert!(s.first_failure().unwrap().starts_with("stage bad: panicked: boom"));
+    }
+
+    #[test]
+    fn a_disabled_stage_is_shown_with_its_reason() {
+        let s = Arc::new(Stages::default());
+        s.disabled("voice", "no microphone");
+        assert_eq!(s.snapshot()["voice"], StageState::Disabled { reason: "no microphone".into() });
+        assert_eq!(serde_json::to_value(&s.snapshot()["voice"]).unwrap(), serde_json::json!({"state": "disabled", "reason": "no microphone"}));
+        assert!(!s.failed().is_cancelled());
     }
 
     #[test]

@@ -149,6 +149,11 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
             &["genai_config.json", "model.decoder.num_key_value_heads", "more than num_attention_heads"],
         ),
         (
+            "thousands of threads",
+            |d| edit_config(d, |v| v["model"]["decoder"]["session_options"]["intra_op_num_threads"] = 100_000.into()),
+            &["decoder", "intra_op_num_threads", "100000 threads is more than"],
+        ),
+        (
             "temperature not finite",
             |d| edit_config(d, |v| v["search"]["temperature"] = (-1.0).into()),
             &["genai_config.json", "search.temperature"],

@@ -544,7 +544,7 @@ fn sigterm_during_the_model_load_stops_the_daemon() {
     let status = d.wait_exit(Duration::from_secs(60)).expect("the daemon exits during the load, not after it");
     let lines = d.lines();
     assert_eq!(status.code(), Some(0), "a clean stop: {lines:?}");
-    assert!(lines.iter().any(|l| l.contains("SIGTERM while the model was loading")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("gemba: SIGTERM during start-up (loading the model); stopped")), "{lines:?}");
     assert!(!lines.iter().any(|l| l.starts_with("gemba: serving")), "{lines:?}");
     assert!(!base.path().join("store/status.json").exists(), "never READY");
 }
