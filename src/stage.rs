@@ -77,10 +77,11 @@ pub async fn run_until_stop<F: std::future::Future>(name: impl Into<String>, fut
     fut.await
 }
 
-/// A test hook: `GEMBA_FAULT_PANIC=NAME` makes the stage NAME panic as it starts, so the tests
+/// A test hook: `GEMBA_FAULT_PANIC=NAME` makes the stage NAME panic as it starts (async stages
+/// through [`run`] / [`run_until_stop`]; threads call it after [`enter`]), so the tests
 /// can check what a stage's death does to the daemon (the config errors that once made stages
 /// panic are refused now).
-fn injected_fault(name: &str) {
+pub fn injected_fault(name: &str) {
     if std::env::var("GEMBA_FAULT_PANIC").is_ok_and(|v| v == name) {
         panic!("injected fault (GEMBA_FAULT_PANIC={name})");
     }

@@ -556,7 +556,7 @@ fn sigterm_during_the_model_load_stops_the_daemon() {
 fn a_stage_that_panics_stops_the_daemon_loudly() {
     let base = Base::new();
     let cfg = base.path().join("gemba.toml");
-    for stage in ["monitor", "retention", "dispatcher"] {
+    for stage in ["monitor", "retention", "dispatcher", "camera press-1", "model worker"] {
         std::fs::write(&cfg, toml::to_string(&base.table()).unwrap()).unwrap();
         let mut d = spawn(&cfg, &[("GEMBA_FAULT_PANIC", stage)]);
         let status = d.wait_exit(Duration::from_secs(180)).unwrap_or_else(|| panic!("{stage}: the daemon ran on without its stage"));

@@ -352,6 +352,7 @@ pub fn spawn_camera(
             // A camera thread that panics fails the daemon (crate::stage); one that returns
             // (cancelled, or a replay that ran out) has stopped.
             let stage = crate::stage::enter(format!("camera {}", source.name()));
+            crate::stage::injected_fault(&format!("camera {}", source.name()));
             source.run(publisher, cancel);
             stage.finish();
         })

@@ -202,6 +202,7 @@ impl Worker {
                 let shared = Arc::new(RwLock::new(info));
                 let stage = crate::stage::enter("model worker");
                 let _ = ready_tx.send(Ok(Arc::clone(&shared)));
+                crate::stage::injected_fault("model worker");
                 run(Some(engine), rx, shared, rt, beat, busy2, loaded2);
                 stage.finish();
             })
