@@ -5,8 +5,11 @@
 //! cameras (threads, latest frame on watch) ─▶ monitor (interval + change gate) ─▶ queries (bounded)
 //!   ─▶ dispatcher ─▶ model worker (thread owning the sessions) ─▶ events ─▶ report writer (store)
 //! ```
-//! Start-up: open the store (recovery marks cut-off reports incomplete), load ONNX Runtime and
-//! the model, write `status.json`, tell systemd READY, start cameras and monitors. SIGHUP reloads
+//! Start-up: open the store (recovery marks cut-off reports incomplete), bind the API, load ONNX
+//! Runtime, open the cameras (a camera that cannot work stops start-up before the model loads),
+//! load the model, write `status.json`, tell systemd READY, start the cameras' threads and the
+//! monitors. SIGTERM during start-up stops it at once. Every stage is supervised
+//! ([`crate::stage`]): one that dies stops the daemon with an error. SIGHUP reloads
 //! the config and the model (the old model serves until the new one has loaded). SIGTERM stops
 //! the sources; the query in flight gets `drain_deadline` to finish, after which its generation
 //! is cancelled and its report closed as incomplete; nothing acknowledged is lost.
@@ -252,13 +255,21 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
     })
 }
 
-fn start_pipeline(settings: &Settings, queries: Arc<dyn Looks>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
+/// Opens every camera's source (a replay camera lists and decodes its first image; a V4L2
+/// camera is set up), so a camera that cannot work stops start-up before the model loads.
+type Opened = Vec<(CameraSettings, Box<dyn crate::capture::CameraSource>)>;
+
+fn open_cameras(settings: &Settings) -> Result<Opened> {
+    settings.cameras.iter().map(|c| Ok((c.clone(), camera_source(c)?))).collect()
+}
+
+fn start_pipeline(opened: Opened, queries: Arc<dyn Looks>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
     let cancel = CancellationToken::new();
     let mut cameras = Vec::new();
     let mut watches = Vec::new();
     let mut handles = Vec::new();
-    for c in &settings.cameras {
-        let source = camera_source(c)?;
+    for (c, source) in opened {
+        let c = &c;
         log::info!("camera {}: starting ({})", c.name, source.name());
         let cam = spawn_camera(source, cancel.child_token()).with_context(|| format!("camera {}", c.name))?;
         handles.push(CameraHandle { name: c.name.clone(), frames: cam.subscribe(), stats: cam.shared_stats() });
@@ -272,7 +283,7 @@ fn start_pipeline(settings: &Settings, queries: Arc<dyn Looks>, stats: Arc<Monit
         }
         cameras.push(cam);
     }
-    let monitor = tokio::spawn(crate::monitor::run_monitor(watches, queries, stats, cancel.child_token()));
+    let monitor = tokio::spawn(crate::stage::run("monitor", crate::monitor::run_monitor(watches, queries, stats, cancel.child_token())));
     Ok(Pipeline { cancel, cameras, monitor, handles })
 }
 
@@ -741,12 +752,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(daemon(settings, args))
+    crate::stage::install_panic_hook();
+    let result = rt.block_on(daemon(settings, args));
+    // A SIGTERM during the model load returns while the load still runs on a blocking thread;
+    // do not wait for it (nothing of the store's is in flight then).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
-    // Signals are taken from the start: a SIGTERM while the model loads or the stages start is
-    // served once they are up (a clean stop), instead of killing the process half way.
+    // Signals are taken from the start: a SIGTERM during start-up stops it (below); once the
+    // stages run, it is a clean, ordered stop.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -755,25 +771,48 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     for d in [&settings.data_dir, &settings.state_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let data_dir = settings.data_dir.clone();
-    let policy = retention(&settings);
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
-        .await?
-        .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
-    let rec = store.recovery();
-    log::info!("report store {}: {rec:?}", settings.data_dir.display());
-
-    // Bound before the model loads, so a taken port is reported at once.
-    let api = crate::api::bind(&settings.api).await?;
-    let rt = runtime::init(settings.onnxruntime.as_deref())?;
+    // Start-up (store recovery, API bind, cameras, the model load) races SIGTERM/SIGINT: nothing
+    // is in flight yet, so a stop request ends the process at once instead of after a load that
+    // may take minutes (or hang on a stuck file system). A recovery cut short is as safe as one
+    // cut by kill -9 (tests/report_crash.rs).
+    let phase = std::cell::Cell::new("opening the report store");
     let progress = Progress::new();
-    systemd::status(&format!("loading model {}", settings.model.path.display()));
-    systemd::extend_timeout(Duration::from_secs(600));
-    let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
-    let beat = progress.stage("worker");
-    let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
-        .await?
-        .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+    let startup = async {
+        let data_dir = settings.data_dir.clone();
+        let policy = retention(&settings);
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
+            .await?
+            .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
+        let rec = store.recovery();
+        log::info!("report store {}: {rec:?}", settings.data_dir.display());
+
+        // Bound before the model loads, so a taken port is reported at once.
+        phase.set("binding the API");
+        let api = crate::api::bind(&settings.api).await?;
+        let rt = runtime::init(settings.onnxruntime.as_deref())?;
+        // Cameras are opened and checked before the model loads (minutes on a board), so a
+        // camera that cannot work stops start-up at once, and READY means the cameras are open.
+        phase.set("opening the cameras");
+        let opened = tokio::task::spawn_blocking({
+            let s = settings.clone();
+            move || open_cameras(&s)
+        })
+        .await??;
+        phase.set("loading the model");
+        systemd::status(&format!("loading model {}", settings.model.path.display()));
+        systemd::extend_timeout(Duration::from_secs(600));
+        let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
+        let beat = progress.stage("worker");
+        let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
+            .await?
+            .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+        anyhow::Ok((store, api, opened, worker))
+    };
+    let (store, api, opened, worker) = tokio::select! {
+        r = startup => r?,
+        _ = term.recv() => return stopped_during_start("SIGTERM", phase.get()),
+        _ = int.recv() => return stopped_during_start("SIGINT", phase.get()),
+    };
     let info = worker.info();
     write_status(&settings.state_dir, &info, true, &settings.data_dir).context("writing status.json")?;
     for r in &info.providers {
@@ -806,9 +845,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         beat: progress.stage("dispatcher"),
         events: events.clone(),
     };
-    let mut pipeline = Some(start_pipeline(&settings, Arc::clone(&looks), Arc::clone(&monitor_stats))?);
+    let mut pipeline = Some(start_pipeline(opened, Arc::clone(&looks), Arc::clone(&monitor_stats))?);
     let cameras = Arc::new(Mutex::new(pipeline.as_ref().map(|p| p.handles.clone()).unwrap_or_default()));
-    let dispatcher = tokio::spawn(dispatch.run(requests.clone(), stop_dispatch.clone()));
+    let dispatcher = tokio::spawn(crate::stage::run_until_stop("dispatcher", dispatch.run(requests.clone(), stop_dispatch.clone())));
     let handle = AppHandle {
         requests: requests.clone(),
         worker: worker.clone(),
@@ -830,6 +869,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         }
         Ok(None) => None,
         Err(e) => {
+            crate::stage::stages().disabled("voice", e.to_string());
             log::warn!("voice disabled: {e}");
             eprintln!("gemba: voice disabled: {e}");
             systemd::status(&format!("serving {} ({} cameras); voice disabled: {e}", info.bundle_id, settings.cameras.len()));
@@ -842,7 +882,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let store = store.clone();
         let every = settings.store.check_every.0;
         let stop = housekeeping.clone();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run_until_stop("retention", async move {
             let mut t = tokio::time::interval(every);
             t.tick().await;
             loop {
@@ -854,7 +894,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     Err(e) => log::warn!("retention task: {e}"),
                 }
             }
-        });
+        }));
     }
     // status.json with live counters every few seconds.
     {
@@ -862,7 +902,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let stop = housekeeping.clone();
         let worker = worker.clone();
         let started = std::time::Instant::now();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run_until_stop("status", async move {
             let mut t = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
@@ -875,7 +915,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 })
                 .await;
             }
-        });
+        }));
     }
     if let Some(period) = systemd::watchdog_period() {
         let progress = progress.clone();
@@ -889,9 +929,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         });
     }
 
+    let failed = crate::stage::stages().failed();
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            _ = failed.cancelled() => break,
             _ = async {
                 match args.stop_after {
                     Some(d) => tokio::time::sleep(d).await,
@@ -927,7 +969,15 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                                 new.api = api_server.settings().clone();
                             }
                         }
-                        match start_pipeline(&new, Arc::clone(&looks), Arc::clone(&monitor_stats)) {
+                        match tokio::task::spawn_blocking({
+                            let s = new.clone();
+                            move || open_cameras(&s)
+                        })
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r)
+                        .and_then(|opened| start_pipeline(opened, Arc::clone(&looks), Arc::clone(&monitor_stats)))
+                        {
                             Ok(p) => {
                                 *cameras.lock().expect("poisoned") = p.handles.clone();
                                 pipeline = Some(p);
@@ -948,6 +998,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     }
 
     // Shutdown: sources first; everything downstream ends when its input closes.
+    crate::stage::stages().stopping();
     systemd::stopping();
     systemd::status("stopping");
     log::info!("stopping: sources first, then the query in flight");
@@ -998,5 +1049,16 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         s.data_dir.display()
     );
     let _ = SystemTime::now();
+    // A stage that died stopped the daemon; exit non-zero so that systemd restarts it.
+    match crate::stage::stages().first_failure() {
+        Some(f) => Err(anyhow::anyhow!("{f}; the daemon stopped (it must not run on without the stage)")),
+        None => Ok(()),
+    }
+}
+
+fn stopped_during_start(signal: &str, phase: &str) -> Result<()> {
+    log::info!("{signal} during start-up ({phase}): stopping without waiting for it");
+    systemd::stopping();
+    eprintln!("gemba: {signal} during start-up ({phase}); stopped");
     Ok(())
 }

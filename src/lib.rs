@@ -31,5 +31,6 @@ pub mod sys;
 pub mod systemd;
 pub mod monitor;
 pub mod report;
+pub mod stage;
 pub mod update;
 pub mod voice;

@@ -155,22 +155,31 @@ pub fn serve(bound: Bound, app: AppHandle) -> Server {
 }
 
 /// One listener's accept loop, stopped by its own token (a child of the daemon's shutdown, so
-/// shutdown stops it too).
+/// shutdown stops it too). It is the stage `api` (crate::stage): ending while the daemon runs
+/// is a failure, unless a reload replaced it with a listener on the new address.
 struct Listening {
     stop: CancellationToken,
+    replaced: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 fn spawn_listener(listener: tokio::net::TcpListener, router: Router, api: &Api) -> Listening {
     let stop = api.inner.app.shutdown.child_token();
     let until = stop.clone();
+    let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let was_replaced = Arc::clone(&replaced);
     let task = tokio::spawn(async move {
+        let guard = crate::stage::enter("api");
+        crate::stage::injected_fault("api");
         let server = axum::serve(listener, router).with_graceful_shutdown(async move { until.cancelled().await });
         if let Err(e) = server.await {
             log::error!("api: the server stopped: {e}");
         }
+        if was_replaced.load(Ordering::SeqCst) {
+            guard.replaced();
+        }
     });
-    Listening { stop, task }
+    Listening { stop, replaced, task }
 }
 
 /// The running API: served until shutdown, and changed in place by a reload (SIGHUP).
@@ -207,6 +216,7 @@ impl Server {
         }
         if let Some(b) = rebound {
             let old = std::mem::replace(&mut self.listening, spawn_listener(b.listener, self.router.clone(), &self.api));
+            old.replaced.store(true, Ordering::SeqCst);
             old.stop.cancel();
             *self.api.inner.addr.write().expect("poisoned") = b.addr;
         }
@@ -523,6 +533,8 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "providers": providers,
         },
         "cameras": cameras,
+        // Every stage's state (running, stopped, failed with the error): see crate::stage.
+        "stages": crate::stage::stages().snapshot(),
         "queue": {
             "depth": by_person + by_alert + by_look,
             "capacity": queue_capacity,
