@@ -13,6 +13,7 @@
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
 //! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
+//! - [`sys`]: owned directory trees that sweeps and gc can never leave (no link is followed).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
@@ -23,10 +24,13 @@ pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod conformance;
+pub mod daemon;
 pub mod doctor;
 pub mod model;
+pub mod sys;
 pub mod systemd;
 pub mod monitor;
 pub mod report;
+pub mod stage;
 pub mod update;
 pub mod voice;

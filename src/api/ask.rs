@@ -461,7 +461,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
         check_image_header(bytes, limits.max_image_pixels)?;
     }
 
-    let queued = app.requests.max_capacity() - app.requests.capacity();
+    let queued = app.requests.len();
     let Ok(permit) = Arc::clone(&reg.permits).try_acquire_owned() else {
         inner.metrics.asks_rejected("busy");
         return Err(HttpError::new(

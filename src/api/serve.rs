@@ -5,8 +5,9 @@
 //! - a **header timeout** (`api.header_timeout`): a client must send each request's headers
 //!   within it, and an idle keep-alive connection is closed after it (hyper's
 //!   `header_read_timeout`; slowloris connections that drip headers are closed and counted);
-//! - a **connection cap** (`api.max_connections`): a connection past it gets a `503` JSON answer
-//!   and is closed at once (counted), so idle sockets cannot exhaust the daemon's descriptors;
+//! - a **connection cap** (`api.max_connections`): a connection past it waits up to 250 ms for a
+//!   slot (one whose client just closed may not have given it back yet), then gets a `503` JSON
+//!   answer and is closed (counted), so idle sockets cannot exhaust the daemon's descriptors;
 //! - **JSON for hyper's own answers**: a request hyper cannot parse (URI over 64 KiB, headers
 //!   over its buffer, a malformed request line) is answered by hyper itself with an empty body;
 //!   [`JsonParseErrors`] rewrites that answer into the API's `{"error": …}` form on its way out.
@@ -29,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::metrics::Metrics;
+
+/// How long a new connection waits for a slot before it is refused.
+const SLOT_WAIT: Duration = Duration::from_millis(250);
 
 /// What [`serve`] needs from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -60,24 +64,28 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics.connections_refused.inc();
-            tokio::spawn(refuse(stream, limits.max_connections));
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        metrics.connections.inc();
-        let service = TowerToHyperService::new(
-            router.clone().map_request(|req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
-        );
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), service);
-        let conn = graceful.watch(conn);
+        let slots = Arc::clone(&slots);
+        let router = router.clone();
         let metrics = Arc::clone(&metrics);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // A connection closed by its client a moment ago may not have given its slot back
+            // yet: a new one waits briefly for a slot before it is refused.
+            let Ok(Ok(slot)) = tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await else {
+                metrics.connections_refused.inc();
+                refuse(stream, limits.max_connections).await;
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            metrics.connections.inc();
+            let service = TowerToHyperService::new(
+                router.map_request(|req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(JsonParseErrors::new(stream)), service);
+            if let Err(e) = watcher.watch(conn).await {
                 if e.is_timeout() {
                     metrics.connections_timed_out.inc();
                 }
