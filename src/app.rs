@@ -682,6 +682,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
     let rec = store.recovery();
     log::info!("report store {}: {rec:?}", settings.data_dir.display());
+    if let Some(m) = &settings.mqtt {
+        crate::publish::install_outbox(&store, m)?;
+    }
 
     // Bound before the model loads, so a taken port is reported at once.
     let api = crate::api::bind(&settings.api).await?;
@@ -756,6 +759,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         shutdown: CancellationToken::new(),
     };
     let api_task = crate::api::serve(api, handle.clone());
+    let publisher = settings.mqtt.as_ref().map(|m| crate::publish::start(m, handle.clone())).transpose()?;
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
@@ -896,6 +900,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     // The API stopped accepting at shutdown; its event streams have ended with their asks.
     if tokio::time::timeout(Duration::from_secs(5), api_task).await.is_err() {
         log::warn!("api: connections still open after 5 s; closing them");
+    }
+    if let Some(p) = publisher {
+        p.stop().await;
     }
     housekeeping.cancel();
     progress.retire("worker");

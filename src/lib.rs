@@ -12,6 +12,8 @@
 //!   retention, HTML pages and JSON export.
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
+//! - [`publish`]: leaving the board — MQTT (status, reports, live sentences, questions) through
+//!   the store's outbox, and `gemba fleet status`.
 //! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
@@ -27,6 +29,7 @@ pub mod doctor;
 pub mod model;
 pub mod systemd;
 pub mod monitor;
+pub mod publish;
 pub mod report;
 pub mod update;
 pub mod voice;
