@@ -301,6 +301,8 @@ pub struct Request {
     /// What the requester adds once generation has ended (the spoken answer's audio and voice
     /// timings); the report waits for it before closing, up to a minute, unless it is dropped.
     pub follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
+    /// Generation choices of this request (the OpenAI-compatible API's parameters).
+    pub overrides: crate::model::worker::GenOverrides,
 }
 
 /// Segments and figures a requester adds at the end of its report.
@@ -323,6 +325,7 @@ impl Request {
             cancel: CancelToken::new(),
             listener: None,
             follow_up: None,
+            overrides: Default::default(),
         }
     }
 }
@@ -458,6 +461,7 @@ impl Dispatch {
                     system_prompt: s.model.system_prompt.clone(),
                     max_new_tokens: s.model.max_new_tokens,
                     deadline: s.model.deadline.0,
+                    overrides: req.overrides.clone(),
                 },
                 info.providers.iter().any(|r| r.component == "vision"),
             )

@@ -478,6 +478,7 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "cameras": camera_errors,
             "reports": failed_reports,
         },
+        "mqtt": crate::publish::status_json(),
         "update": update_state(&[settings.update.models_dir.clone(), settings.model.path.parent().map(Into::into).unwrap_or_default()]),
     })))
 }

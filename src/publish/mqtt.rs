@@ -30,6 +30,8 @@ const TICK: Duration = Duration::from_millis(200);
 /// The retained status is refreshed this often, and at most this often after reports.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 const STATUS_MIN_GAP: Duration = Duration::from_secs(3);
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest question taken over MQTT, in characters (as `POST /ask`).
 const MAX_ASK_TEXT: usize = crate::api::ask::MAX_TEXT;
 
@@ -168,13 +170,15 @@ impl Ctx {
 fn describe(e: &rumqttc::ConnectionError, s: &MqttSettings) -> String {
     use rumqttc::ConnectReturnCode as C;
     match e {
-        rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword) => format!(
-            "the broker refused the user name or password{} (check mqtt.username and mqtt.password)",
-            s.username.as_deref().map(|u| format!(" of user \"{u}\"")).unwrap_or_default()
-        ),
-        rumqttc::ConnectionError::ConnectionRefused(C::NotAuthorized) => {
-            "the broker refused this client: not authorized (credentials or client certificate, mqtt.username / mqtt.client_cert)".into()
-        }
+        // Mosquitto 2 answers a wrong password with "not authorized" (5), others with 4.
+        rumqttc::ConnectionError::ConnectionRefused(code @ (C::BadUserNamePassword | C::NotAuthorized)) => match &s.username {
+            Some(u) => format!(
+                "the broker refused the user name or password of user \"{u}\" ({code:?}); check mqtt.username and mqtt.password"
+            ),
+            None => format!(
+                "the broker refused this client ({code:?}): it needs credentials (mqtt.username / mqtt.password) or a client certificate"
+            ),
+        },
         rumqttc::ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
         rumqttc::ConnectionError::NetworkTimeout => "no answer within 5 s".into(),
         other => other.to_string(),
@@ -222,7 +226,7 @@ pub(super) async fn run(ctx: Ctx, stop: CancellationToken) {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff + jitter) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         }
