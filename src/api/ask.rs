@@ -194,6 +194,11 @@ impl Registry {
         }
     }
 
+    /// A slot among the `max_asks` API questions at once (the OpenAI-compatible endpoint's too).
+    pub(super) fn try_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
     /// API asks queued or being answered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -325,7 +330,7 @@ async fn read_parts(req: Request) -> Result<AskParts, HttpError> {
 }
 
 /// A WAV file in memory → mono samples (integer PCM of 8–32 bits or 32-bit float).
-fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
+pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
     let bad = |e: String| unprocessable(format!("audio: not a usable WAV file: {e}"));
     let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
     let spec = reader.spec();
@@ -359,7 +364,7 @@ fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
     })
 }
 
-fn decode_image(bytes: &[u8]) -> Result<Frame, HttpError> {
+pub(super) fn decode_image(bytes: &[u8]) -> Result<Frame, HttpError> {
     let img = crate::capture::pixel::decode_image_file(bytes, (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
         .map_err(|e| unprocessable(format!("image: {e}")))?;
     Ok(Frame {
