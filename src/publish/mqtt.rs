@@ -189,6 +189,17 @@ fn describe(e: &rumqttc::ConnectionError, s: &MqttSettings) -> String {
 pub(super) async fn run(ctx: Ctx, stop: CancellationToken) {
     let ctx = Arc::new(ctx);
     tokio::spawn(watch_updates(Arc::clone(&ctx), stop.clone()));
+    // The outbox's figures stay current while disconnected too (backoff sleeps up to 30 s).
+    {
+        let (ctx, stop) = (Arc::clone(&ctx), stop.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
+                ctx.refresh_outbox_stats().await;
+            }
+        });
+    }
     let mut backoff = Duration::from_millis(500);
     let mut logged: Option<String> = None;
     loop {
@@ -420,7 +431,6 @@ impl<'a> Session<'a> {
                 _ = tick.tick() => {
                     self.flush_acks().await;
                     self.fill_window().await?;
-                    ctx.refresh_outbox_stats().await;
                     let due = self.last_status.elapsed() >= STATUS_EVERY
                         || (self.reports_since_status && self.last_status.elapsed() >= STATUS_MIN_GAP);
                     if due {
@@ -532,7 +542,8 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
     while let Some(ev) = lrx.recv().await {
         match ev {
             RequestEvent::Started { report_id: id } => report_id = Some(id),
-            RequestEvent::Event(ModelEvent::Sentence(s)) => sentences.push(s.text),
+            // Citation markers out, as in the report.
+            RequestEvent::Event(ModelEvent::Sentence(s)) => sentences.push(crate::report::cite::cite(&s.text, &[] as &[&str]).text),
             RequestEvent::Event(_) => {}
             RequestEvent::Closed { report_id: id, complete, error } => {
                 if !id.is_empty() {
@@ -544,7 +555,8 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
         }
     }
     let (complete, error) = result.unwrap_or((false, Some("the daemon stopped before the question was answered".into())));
-    let answer = crate::report::cite::cite(&sentences.join(" "), &[] as &[&str]).text;
+    sentences.retain(|s| !s.is_empty());
+    let answer = sentences.join(" ");
     let body = json!({
         "format": payload::FORMAT,
         "id": q.id,
