@@ -163,7 +163,10 @@ fn demo_reports_arrive_through_a_broker_outage_and_a_kill_9_and_the_last_will_sa
 fn a_question_over_mqtt_is_answered_under_its_correlation_id_and_malformed_ones_get_an_error() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), &format!("broker = \"{}\"\nboard_id = \"asker\"\nsite = \"lab\"", broker.url()));
+    let cfg = tiny_config(
+        dir.path(),
+        &format!("broker = \"{}\"\nboard_id = \"asker\"\nsite = \"lab\"\n[update]\nmodels_dir = \"models\"", broker.url()),
+    );
     let prefix = "gemba/lab/asker";
     let sub = Sub::new(broker.port, &format!("{prefix}/#"));
     let d = Daemon::start(&cfg);
@@ -203,6 +206,23 @@ fn a_question_over_mqtt_is_answered_under_its_correlation_id_and_malformed_ones_
     }
     let st = d.get_json("/status")["mqtt"].clone();
     assert!(st["ask_errors"].as_u64().unwrap() >= bad.len() as u64, "{st}");
+    // Update transitions recorded while the daemon runs are published, in order.
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let history = json!([
+        { "at": "2026-12-05T04:00:00.000Z", "state": "verifying", "version": "2026.12.1" },
+        { "at": "2026-12-05T04:00:01.000Z", "state": "switched", "version": "2026.12.1" },
+    ]);
+    std::fs::write(
+        models.join("update-state.json"),
+        json!({ "schema": 1, "state": "switched", "attempt": null, "updated_at": "2026-12-05T04:00:01.000Z", "history": history }).to_string(),
+    )
+    .unwrap();
+    sub.wait_for("two update messages", Duration::from_secs(20), |_| sub.on(&format!("{prefix}/update")).len() >= 2);
+    let states: Vec<String> =
+        sub.on(&format!("{prefix}/update")).iter().map(|m| m.json()["state"].as_str().unwrap().to_string()).collect();
+    assert_eq!(states, ["verifying", "switched"]);
+
     // Still answering.
     sub.publish(&ask, json!({ "id": "q-6", "text": "What is the pressure on press 1?", "cameras": ["press-1"] }).to_string().as_bytes());
     sub.wait_for("answers/q-6", Duration::from_secs(60), |_| {

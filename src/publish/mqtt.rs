@@ -578,12 +578,17 @@ async fn watch_updates(ctx: Arc<Ctx>, stop: CancellationToken) {
         let s = ctx.app.settings.lock().expect("poisoned");
         vec![s.update.models_dir.clone(), s.model.path.parent().map(Into::into).unwrap_or_default()]
     };
+    // Read leniently (only `history`), as GET /status does: a record this version does not fully
+    // know still has its transitions published.
     let read = move || -> Vec<crate::update::state::HistoryEntry> {
         roots
             .iter()
-            .find(|r| r.join("update-state.json").is_file())
-            .and_then(|r| crate::update::state::read_record(r).ok())
-            .map(|r| r.history)
+            .map(|r| r.join("update-state.json"))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|mut v| v.get_mut("history").map(Value::take))
+            .and_then(|h| serde_json::from_value(h).ok())
             .unwrap_or_default()
     };
     // Transitions from before this start were either published by the previous run or are old news.
