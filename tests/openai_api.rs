@@ -15,7 +15,9 @@ use api_common::*;
 #[test]
 fn the_official_openai_client_gets_answers_and_well_formed_chunks() {
     let token = "7f3a9c0e5b2d4f6a8c1e3b5d7f9a0c2e";
-    let d = Daemon::start_with(&format!("token = \"{token}\""), |_| root().join("models/demo"));
+    let d = Daemon::start_with(&format!("token = \"{token}\""), |_| {
+        root().join("models/demo")
+    });
     let out = Command::new(common::python())
         .arg(root().join("tests/openai/client.py"))
         .arg(d.url("/v1"))
@@ -24,7 +26,11 @@ fn the_official_openai_client_gets_answers_and_well_formed_chunks() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     eprintln!("{seen}");
     // Every call made a report with trigger `api` (5 answered questions, the URL one refused).

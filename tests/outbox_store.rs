@@ -13,11 +13,20 @@ use gemba::report::store::OutboxMessage;
 use gemba::report::{RetentionPolicy, Store, Trigger};
 
 fn hook() -> gemba::report::store::OutboxHook {
-    Arc::new(|r| vec![OutboxMessage { topic: "reports".into(), payload: format!("{{\"id\":\"{}\",\"status\":\"{}\"}}", r.id, r.status.word()) }])
+    Arc::new(|r| {
+        vec![OutboxMessage {
+            topic: "reports".into(),
+            payload: format!("{{\"id\":\"{}\",\"status\":\"{}\"}}", r.id, r.status.word()),
+        }]
+    })
 }
 
 fn policy() -> RetentionPolicy {
-    RetentionPolicy { max_bytes: None, max_age: None, min_free_bytes: 0 }
+    RetentionPolicy {
+        max_bytes: None,
+        max_age: None,
+        min_free_bytes: 0,
+    }
 }
 
 #[test]
@@ -45,11 +54,31 @@ fn closed_reports_queue_their_message_which_survives_reopening_and_leaves_on_ack
         }
         ids.push(w.id().as_str().to_string());
     }
-    store.outbox_push(&OutboxMessage { topic: "answers/q-1".into(), payload: "{\"id\":\"q-1\"}".into() }, None).unwrap();
+    store
+        .outbox_push(
+            &OutboxMessage {
+                topic: "answers/q-1".into(),
+                payload: "{\"id\":\"q-1\"}".into(),
+            },
+            None,
+        )
+        .unwrap();
     let rows = store.outbox_peek(0, 10).unwrap();
-    assert_eq!(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["reports", "reports", "reports", "answers/q-1"]);
-    assert_eq!(rows.iter().filter_map(|r| r.report_id.clone()).collect::<Vec<_>>(), ids);
-    assert!(rows[1].payload.contains("incomplete"), "{}", rows[1].payload);
+    assert_eq!(
+        rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(),
+        ["reports", "reports", "reports", "answers/q-1"]
+    );
+    assert_eq!(
+        rows.iter()
+            .filter_map(|r| r.report_id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert!(
+        rows[1].payload.contains("incomplete"),
+        "{}",
+        rows[1].payload
+    );
     assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
     drop(store);
 
@@ -59,8 +88,15 @@ fn closed_reports_queue_their_message_which_survives_reopening_and_leaves_on_ack
     assert_eq!(again, rows);
     store.outbox_ack(&[rows[0].seq, rows[3].seq]).unwrap();
     let left = store.outbox_peek(0, 10).unwrap();
-    assert_eq!(left.iter().map(|r| r.seq).collect::<Vec<_>>(), [rows[1].seq, rows[2].seq]);
-    assert_eq!(store.outbox_peek(rows[1].seq, 10).unwrap().len(), 1, "peek after a seq");
+    assert_eq!(
+        left.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [rows[1].seq, rows[2].seq]
+    );
+    assert_eq!(
+        store.outbox_peek(rows[1].seq, 10).unwrap().len(),
+        1,
+        "peek after a seq"
+    );
     assert_eq!(store.outbox_stats().unwrap().pending, 2);
 }
 
@@ -69,7 +105,11 @@ fn evicted_reports_take_their_waiting_messages_along_counted_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         dir.path(),
-        RetentionPolicy { max_bytes: None, max_age: Some(Duration::from_millis(300)), min_free_bytes: 0 },
+        RetentionPolicy {
+            max_bytes: None,
+            max_age: Some(Duration::from_millis(300)),
+            min_free_bytes: 0,
+        },
     )
     .unwrap();
     store.set_outbox_hook(hook()).unwrap();

@@ -58,7 +58,10 @@ impl OpenAiError {
         }
     }
     fn bad_json(message: impl Into<String>) -> OpenAiError {
-        OpenAiError { status: StatusCode::BAD_REQUEST, ..Self::invalid(None, message) }
+        OpenAiError {
+            status: StatusCode::BAD_REQUEST,
+            ..Self::invalid(None, message)
+        }
     }
     fn unavailable(message: impl Into<String>) -> OpenAiError {
         OpenAiError {
@@ -87,7 +90,10 @@ impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(s),
+            );
         }
         r
     }
@@ -196,11 +202,14 @@ fn data_uri(url: &str) -> Result<Vec<u8>, OpenAiError> {
             "image_url: only data: URIs (data:image/png;base64,…) are taken; this board does not fetch URLs",
         ));
     };
-    let (head, data) = rest
-        .split_once(',')
-        .ok_or_else(|| OpenAiError::invalid(param, "image_url: a data: URI needs a ',' before its data"))?;
+    let (head, data) = rest.split_once(',').ok_or_else(|| {
+        OpenAiError::invalid(param, "image_url: a data: URI needs a ',' before its data")
+    })?;
     if !head.ends_with(";base64") {
-        return Err(OpenAiError::invalid(param, "image_url: the data: URI must be base64 (data:image/jpeg;base64,…)"));
+        return Err(OpenAiError::invalid(
+            param,
+            "image_url: the data: URI must be base64 (data:image/jpeg;base64,…)",
+        ));
     }
     base64::engine::general_purpose::STANDARD
         .decode(data.trim())
@@ -209,15 +218,24 @@ fn data_uri(url: &str) -> Result<Vec<u8>, OpenAiError> {
 
 fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiError> {
     if req.messages.is_empty() {
-        return Err(OpenAiError::invalid(Some("messages"), "messages: at least one message"));
+        return Err(OpenAiError::invalid(
+            Some("messages"),
+            "messages: at least one message",
+        ));
     }
     let mut system = None;
     let mut turns: Vec<(String, String)> = Vec::new();
     let mut images = Vec::new();
     let mut audio = Vec::new();
-    let last_user = req.messages.iter().rposition(|m| matches!(m.role, Role::User));
+    let last_user = req
+        .messages
+        .iter()
+        .rposition(|m| matches!(m.role, Role::User));
     let Some(last_user) = last_user else {
-        return Err(OpenAiError::invalid(Some("messages"), "messages: no user message to answer"));
+        return Err(OpenAiError::invalid(
+            Some("messages"),
+            "messages: no user message to answer",
+        ));
     };
     for (i, m) in req.messages.into_iter().enumerate() {
         let mut text = String::new();
@@ -233,12 +251,21 @@ fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiEr
                             text.push_str(&t);
                         }
                         // Media of earlier turns is not shown again: the model sees the question's.
-                        Part::ImageUrl { image_url } if i == last_user => images.push(data_uri(&image_url.url)?),
+                        Part::ImageUrl { image_url } if i == last_user => {
+                            images.push(data_uri(&image_url.url)?)
+                        }
                         Part::InputAudio { input_audio } if i == last_user => {
                             let AudioFormat::Wav = input_audio.format;
-                            audio.push(base64::engine::general_purpose::STANDARD.decode(input_audio.data.trim()).map_err(|e| {
-                                OpenAiError::invalid(Some("messages"), format!("input_audio: not base64: {e}"))
-                            })?);
+                            audio.push(
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(input_audio.data.trim())
+                                    .map_err(|e| {
+                                        OpenAiError::invalid(
+                                            Some("messages"),
+                                            format!("input_audio: not base64: {e}"),
+                                        )
+                                    })?,
+                            );
                         }
                         Part::ImageUrl { .. } | Part::InputAudio { .. } => {}
                     }
@@ -256,33 +283,54 @@ fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiEr
         question
     } else {
         let history: Vec<String> = turns.iter().map(|(r, t)| format!("{r}: {t}")).collect();
-        format!("Earlier in this conversation:\n{}\n\n{question}", history.join("\n"))
+        format!(
+            "Earlier in this conversation:\n{}\n\n{question}",
+            history.join("\n")
+        )
     };
     if text.trim().is_empty() && images.is_empty() && audio.is_empty() {
-        return Err(OpenAiError::invalid(Some("messages"), "the user message is empty"));
+        return Err(OpenAiError::invalid(
+            Some("messages"),
+            "the user message is empty",
+        ));
     }
     let chars = text.chars().count();
     if chars > super::ask::MAX_TEXT {
         return Err(OpenAiError::invalid(
             Some("messages"),
-            format!("messages: {chars} characters of text; at most {}", super::ask::MAX_TEXT),
+            format!(
+                "messages: {chars} characters of text; at most {}",
+                super::ask::MAX_TEXT
+            ),
         ));
     }
     if images.len() > 4 || audio.len() > 1 {
-        return Err(OpenAiError::invalid(Some("messages"), "at most 4 images and 1 audio clip per question"));
+        return Err(OpenAiError::invalid(
+            Some("messages"),
+            "at most 4 images and 1 audio clip per question",
+        ));
     }
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     if max_tokens == Some(0) {
-        return Err(OpenAiError::invalid(Some("max_tokens"), "max_tokens: at least 1"));
+        return Err(OpenAiError::invalid(
+            Some("max_tokens"),
+            "max_tokens: at least 1",
+        ));
     }
     if let Some(t) = req.temperature {
         if !(0.0..=2.0).contains(&t) {
-            return Err(OpenAiError::invalid(Some("temperature"), format!("temperature: {t} is not in [0, 2]")));
+            return Err(OpenAiError::invalid(
+                Some("temperature"),
+                format!("temperature: {t} is not in [0, 2]"),
+            ));
         }
     }
     if let Some(p) = req.top_p {
         if !(0.0..=1.0).contains(&p) {
-            return Err(OpenAiError::invalid(Some("top_p"), format!("top_p: {p} is not in [0, 1]")));
+            return Err(OpenAiError::invalid(
+                Some("top_p"),
+                format!("top_p: {p} is not in [0, 1]"),
+            ));
         }
     }
     let stop = match req.stop {
@@ -291,7 +339,10 @@ fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiEr
         Some(Stop::Many(v)) => v,
     };
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(OpenAiError::invalid(Some("stop"), "stop: up to 4 non-empty strings"));
+        return Err(OpenAiError::invalid(
+            Some("stop"),
+            "stop: up to 4 non-empty strings",
+        ));
     }
     Ok(Prepared {
         text,
@@ -307,18 +358,27 @@ fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiEr
             stop,
         },
         stream: req.stream.unwrap_or(false),
-        include_usage: req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: req
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
     })
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn finish_reason(stop: &StopReason) -> &'static str {
     match stop {
         StopReason::Eos | StopReason::StopString(_) => "stop",
-        StopReason::MaxLength | StopReason::MaxNewTokens | StopReason::Deadline | StopReason::Cancelled => "length",
+        StopReason::MaxLength
+        | StopReason::MaxNewTokens
+        | StopReason::Deadline
+        | StopReason::Cancelled => "length",
     }
 }
 
@@ -331,9 +391,15 @@ fn clean(sentence: &str) -> String {
 pub async fn models(State(api): State<Api>) -> Response {
     let app = &api.inner.app;
     let info = app.worker.info();
-    let created = info.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = info
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let data: Vec<Value> = if app.worker.is_loaded() {
-        vec![json!({ "id": info.bundle_id, "object": "model", "created": created, "owned_by": "gemba" })]
+        vec![
+            json!({ "id": info.bundle_id, "object": "model", "created": created, "owned_by": "gemba" }),
+        ]
     } else {
         Vec::new()
     };
@@ -354,7 +420,8 @@ async fn chat(api: Api, body: Bytes) -> Result<Response, OpenAiError> {
     if app.shutdown.is_cancelled() {
         return Err(OpenAiError::unavailable("the daemon is stopping"));
     }
-    let req: ChatRequest = serde_json::from_slice(&body).map_err(|e| OpenAiError::bad_json(format!("not a chat request: {e}")))?;
+    let req: ChatRequest = serde_json::from_slice(&body)
+        .map_err(|e| OpenAiError::bad_json(format!("not a chat request: {e}")))?;
     let max_new = app.settings.lock().expect("poisoned").model.max_new_tokens;
     let p = prepare(req, max_new)?;
     if !app.worker.is_loaded() {
@@ -363,8 +430,14 @@ async fn chat(api: Api, body: Bytes) -> Result<Response, OpenAiError> {
     // Decoding untrusted bytes is CPU work: off the async threads.
     let (images, audio) = (p.images, p.audio);
     let decoded = tokio::task::spawn_blocking(move || {
-        let frames = images.iter().map(|b| super::ask::decode_image(b)).collect::<Result<Vec<_>, _>>()?;
-        let clips = audio.iter().map(|b| super::ask::decode_wav(b)).collect::<Result<Vec<_>, _>>()?;
+        let frames = images
+            .iter()
+            .map(|b| super::ask::decode_image(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let clips = audio
+            .iter()
+            .map(|b| super::ask::decode_wav(b))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, super::HttpError>((frames, clips))
     })
     .await
@@ -378,7 +451,10 @@ async fn chat(api: Api, body: Bytes) -> Result<Response, OpenAiError> {
     }
     let permit = inner.asks.try_permit().ok_or_else(|| {
         inner.metrics.asks_rejected("busy");
-        OpenAiError::busy("too many questions are queued or being answered; try again later", 5)
+        OpenAiError::busy(
+            "too many questions are queued or being answered; try again later",
+            5,
+        )
     })?;
     let (ltx, lrx) = mpsc::unbounded_channel();
     let mut r = AppRequest::new(Trigger::Api, p.text);
@@ -389,11 +465,20 @@ async fn chat(api: Api, body: Bytes) -> Result<Response, OpenAiError> {
     r.overrides = p.overrides;
     if app.try_submit(r).is_err() {
         inner.metrics.asks_rejected("queue_full");
-        return Err(OpenAiError::busy("the model's request queue is full; try again later", 5));
+        return Err(OpenAiError::busy(
+            "the model's request queue is full; try again later",
+            5,
+        ));
     }
     inner.metrics.asks_accepted.inc();
     let model = app.worker.info().bundle_id;
-    let fingerprint = app.worker.info().bundle_hash.chars().take(16).collect::<String>();
+    let fingerprint = app
+        .worker
+        .info()
+        .bundle_hash
+        .chars()
+        .take(16)
+        .collect::<String>();
     if p.stream {
         Ok(stream(lrx, model, fingerprint, p.include_usage, permit))
     } else {
@@ -425,10 +510,16 @@ async fn whole(
         }
     }
     let (Some(d), Some(report_id)) = (done, report_id) else {
-        let why = closed.flatten().unwrap_or_else(|| "the daemon stopped before the question was answered".into());
+        let why = closed
+            .flatten()
+            .unwrap_or_else(|| "the daemon stopped before the question was answered".into());
         return Err(OpenAiError::unavailable(why));
     };
-    let content = sentences.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+    let content = sentences
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     let body = json!({
         "id": format!("chatcmpl-{report_id}"),
         "object": "chat.completion",
@@ -518,13 +609,19 @@ fn stream(
                     if text.is_empty() {
                         continue;
                     }
-                    let text = if st.sentences > 0 { format!(" {text}") } else { text };
+                    let text = if st.sentences > 0 {
+                        format!(" {text}")
+                    } else {
+                        text
+                    };
                     st.sentences += 1;
                     let c = st.chunk(json!({ "content": text }), None);
                     return Some((vec![c.to_string()], st));
                 }
                 RequestEvent::Event(Event::Done(d)) => {
-                    let mut out = vec![st.chunk(json!({}), Some(finish_reason(&d.stop))).to_string()];
+                    let mut out = vec![st
+                        .chunk(json!({}), Some(finish_reason(&d.stop)))
+                        .to_string()];
                     if st.include_usage {
                         let mut u = st.chunk(json!({}), None);
                         u["choices"] = json!([]);
@@ -551,9 +648,15 @@ fn stream(
         }
     });
     use futures_util::StreamExt as _;
-    let sse = events
-        .flat_map(|v| futures_util::stream::iter(v.into_iter().map(|d| Ok::<_, Infallible>(SseEvent::default().data(d)))));
-    Sse::new(sse).keep_alive(KeepAlive::default()).into_response()
+    let sse = events.flat_map(|v| {
+        futures_util::stream::iter(
+            v.into_iter()
+                .map(|d| Ok::<_, Infallible>(SseEvent::default().data(d))),
+        )
+    });
+    Sse::new(sse)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 #[cfg(test)]
@@ -561,7 +664,10 @@ mod tests {
     use super::*;
 
     fn req(v: Value) -> Result<Prepared, OpenAiError> {
-        prepare(serde_json::from_value(v).map_err(|e| OpenAiError::bad_json(e.to_string()))?, 80)
+        prepare(
+            serde_json::from_value(v).map_err(|e| OpenAiError::bad_json(e.to_string()))?,
+            80,
+        )
     }
 
     #[test]
@@ -583,8 +689,14 @@ mod tests {
         assert!(p.text.ends_with("And now?"));
         assert_eq!(p.images, vec![b"\x89PNG\r\n\x1a\n".to_vec()]);
         let o = p.overrides;
-        assert_eq!((o.system_prompt.as_deref(), o.max_new_tokens, o.seed), (Some("Be brief."), Some(80), Some(u64::MAX)));
-        assert_eq!((o.temperature, o.top_p, o.stop), (Some(0.7), Some(0.9), vec!["END".to_string()]));
+        assert_eq!(
+            (o.system_prompt.as_deref(), o.max_new_tokens, o.seed),
+            (Some("Be brief."), Some(80), Some(u64::MAX))
+        );
+        assert_eq!(
+            (o.temperature, o.top_p, o.stop),
+            (Some(0.7), Some(0.9), vec!["END".to_string()])
+        );
     }
 
     #[test]
@@ -592,20 +704,44 @@ mod tests {
         let user = json!([{ "role": "user", "content": "hi" }]);
         let cases = [
             (json!({ "messages": [] }), "at least one message"),
-            (json!({ "messages": [{ "role": "system", "content": "x" }] }), "no user message"),
-            (json!({ "messages": user, "temperature": 3.0 }), "temperature"),
+            (
+                json!({ "messages": [{ "role": "system", "content": "x" }] }),
+                "no user message",
+            ),
+            (
+                json!({ "messages": user, "temperature": 3.0 }),
+                "temperature",
+            ),
             (json!({ "messages": user, "top_p": 1.5 }), "top_p"),
             (json!({ "messages": user, "max_tokens": 0 }), "max_tokens"),
-            (json!({ "messages": user, "stop": ["a", "b", "c", "d", "e"] }), "stop"),
-            (json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "https://x/y.png" } }] }] }), "does not fetch URLs"),
-            (json!({ "messages": [{ "role": "user", "content": "  " }] }), "empty"),
+            (
+                json!({ "messages": user, "stop": ["a", "b", "c", "d", "e"] }),
+                "stop",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "https://x/y.png" } }] }] }),
+                "does not fetch URLs",
+            ),
+            (
+                json!({ "messages": [{ "role": "user", "content": "  " }] }),
+                "empty",
+            ),
         ];
         for (v, why) in cases {
-            let e = req(v.clone()).err().unwrap_or_else(|| panic!("accepted {v}"));
+            let e = req(v.clone())
+                .err()
+                .unwrap_or_else(|| panic!("accepted {v}"));
             assert!(e.message.contains(why), "{v}: {}", e.message);
         }
-        for bad in [json!({ "messages": [{ "role": "tool", "content": "x" }] }), json!({ "messages": [{ "role": "user", "content": [{ "type": "video", "x": 1 }] }] }), json!({ "messages": user, "seed": "x" })] {
-            assert!(serde_json::from_value::<ChatRequest>(bad.clone()).is_err(), "{bad}");
+        for bad in [
+            json!({ "messages": [{ "role": "tool", "content": "x" }] }),
+            json!({ "messages": [{ "role": "user", "content": [{ "type": "video", "x": 1 }] }] }),
+            json!({ "messages": user, "seed": "x" }),
+        ] {
+            assert!(
+                serde_json::from_value::<ChatRequest>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -67,7 +67,9 @@ impl BrokerUrl {
         } else if let Some(r) = s.strip_prefix("mqtt://") {
             (false, r)
         } else {
-            return Err(format!("\"{s}\" is not a broker URL; write mqtt://HOST:1883 or mqtts://HOST:8883"));
+            return Err(format!(
+                "\"{s}\" is not a broker URL; write mqtt://HOST:1883 or mqtts://HOST:8883"
+            ));
         };
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') || rest.contains('@') {
@@ -76,7 +78,9 @@ impl BrokerUrl {
             ));
         }
         let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-            let (h, after) = r.split_once(']').ok_or_else(|| format!("\"{s}\": unclosed [ in the host"))?;
+            let (h, after) = r
+                .split_once(']')
+                .ok_or_else(|| format!("\"{s}\": unclosed [ in the host"))?;
             (h.to_string(), after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -95,7 +99,11 @@ impl BrokerUrl {
                     1883
                 }
             }
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("\"{s}\": \"{p}\" is not a port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("\"{s}\": \"{p}\" is not a port"))?,
         };
         Ok(BrokerUrl { tls, host, port })
     }
@@ -141,19 +149,31 @@ pub fn check_level(what: &str, v: &str) -> Result<(), String> {
     if v.is_empty() || v.len() > 128 {
         return Err(format!("{what} \"{v}\" must be 1–128 characters"));
     }
-    if v.chars().any(|c| matches!(c, '/' | '+' | '#') || c.is_control()) {
+    if v.chars()
+        .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    {
         return Err(format!("{what} \"{v}\" must not contain '/', '+', '#' or control characters (it is a topic level)"));
     }
     Ok(())
 }
 
 /// `[mqtt]` → settings; errors name the key (`(key, message)`, as voice's validation does).
-pub fn validate(raw: RawMqtt, abs: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option<MqttSettings>, (String, String)> {
+pub fn validate(
+    raw: RawMqtt,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<MqttSettings>, (String, String)> {
     let key = |k: &str| format!("mqtt.{k}");
     let Some(broker) = raw.broker else {
-        let others = raw.board_id.is_some() || raw.username.is_some() || raw.topic_prefix.is_some() || raw.site.is_some();
+        let others = raw.board_id.is_some()
+            || raw.username.is_some()
+            || raw.topic_prefix.is_some()
+            || raw.site.is_some();
         if others {
-            return Err((key("broker"), "the [mqtt] section needs a broker (e.g. broker = \"mqtt://127.0.0.1:1883\")".into()));
+            return Err((
+                key("broker"),
+                "the [mqtt] section needs a broker (e.g. broker = \"mqtt://127.0.0.1:1883\")"
+                    .into(),
+            ));
         }
         return Ok(None);
     };
@@ -166,21 +186,36 @@ pub fn validate(raw: RawMqtt, abs: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option
     if client_id.is_empty() || client_id.len() > 128 {
         return Err((key("client_id"), "must be 1–128 characters".into()));
     }
-    let topic_prefix = raw.topic_prefix.unwrap_or_else(|| format!("gemba/{site}/{board_id}"));
+    let topic_prefix = raw
+        .topic_prefix
+        .unwrap_or_else(|| format!("gemba/{site}/{board_id}"));
     if topic_prefix.is_empty()
         || topic_prefix.starts_with('/')
         || topic_prefix.ends_with('/')
         || topic_prefix.contains(['+', '#'])
         || topic_prefix.split('/').any(str::is_empty)
     {
-        return Err((key("topic_prefix"), format!("\"{topic_prefix}\" must be topic levels joined by '/', without wildcards")));
+        return Err((
+            key("topic_prefix"),
+            format!("\"{topic_prefix}\" must be topic levels joined by '/', without wildcards"),
+        ));
     }
     let password = match (raw.password, raw.password_file) {
-        (Some(_), Some(_)) => return Err((key("password_file"), "set mqtt.password or mqtt.password_file, not both".into())),
+        (Some(_), Some(_)) => {
+            return Err((
+                key("password_file"),
+                "set mqtt.password or mqtt.password_file, not both".into(),
+            ))
+        }
         (Some(p), None) => Some(p),
         (None, Some(f)) => {
             let f = abs(f);
-            let text = std::fs::read_to_string(&f).map_err(|e| (key("password_file"), format!("cannot read {}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                (
+                    key("password_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
             Some(text.lines().next().unwrap_or("").trim_end().to_string())
         }
         (None, None) => None,
@@ -190,7 +225,10 @@ pub fn validate(raw: RawMqtt, abs: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option
     }
     let file = |k: &str, p: Option<PathBuf>| -> Result<Option<PathBuf>, (String, String)> {
         match p.map(abs) {
-            Some(p) if !p.is_file() => Err((key(k), format!("{} does not exist or is not a file", p.display()))),
+            Some(p) if !p.is_file() => Err((
+                key(k),
+                format!("{} does not exist or is not a file", p.display()),
+            )),
             p => Ok(p),
         }
     };
@@ -198,12 +236,20 @@ pub fn validate(raw: RawMqtt, abs: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option
     let client_cert = file("client_cert", raw.client_cert)?;
     let client_key = file("client_key", raw.client_key)?;
     if client_cert.is_some() != client_key.is_some() {
-        return Err((key("client_key"), "a client certificate needs its key and the other way round (set both)".into()));
+        return Err((
+            key("client_key"),
+            "a client certificate needs its key and the other way round (set both)".into(),
+        ));
     }
     if !broker.tls && (ca_file.is_some() || client_cert.is_some()) {
-        return Err((key("broker"), "TLS files are set but the broker URL is mqtt://; use mqtts://".into()));
+        return Err((
+            key("broker"),
+            "TLS files are set but the broker URL is mqtt://; use mqtts://".into(),
+        ));
     }
-    let keep_alive = raw.keep_alive.unwrap_or(HumanDuration(Duration::from_secs(15)));
+    let keep_alive = raw
+        .keep_alive
+        .unwrap_or(HumanDuration(Duration::from_secs(15)));
     if keep_alive.0 < Duration::from_secs(1) || keep_alive.0 > Duration::from_secs(65535) {
         return Err((key("keep_alive"), "must be between 1s and 18h".into()));
     }
@@ -238,7 +284,15 @@ mod tests {
             ("mqtt://h:1884/", false, "h", 1884),
         ];
         for (s, tls, host, port) in ok {
-            assert_eq!(BrokerUrl::parse(s).unwrap(), BrokerUrl { tls, host: host.into(), port }, "{s}");
+            assert_eq!(
+                BrokerUrl::parse(s).unwrap(),
+                BrokerUrl {
+                    tls,
+                    host: host.into(),
+                    port
+                },
+                "{s}"
+            );
         }
         for (s, why) in [
             ("tcp://h:1883", "not a broker URL"),
@@ -251,32 +305,85 @@ mod tests {
             let e = BrokerUrl::parse(s).unwrap_err();
             assert!(e.contains(why), "{s}: {e}");
         }
-        assert_eq!(BrokerUrl::parse("mqtts://[::1]:9999").unwrap().to_string(), "mqtts://[::1]:9999");
+        assert_eq!(
+            BrokerUrl::parse("mqtts://[::1]:9999").unwrap().to_string(),
+            "mqtts://[::1]:9999"
+        );
     }
 
     fn raw(broker: &str) -> RawMqtt {
-        RawMqtt { broker: Some(broker.into()), board_id: Some("b1".into()), ..Default::default() }
+        RawMqtt {
+            broker: Some(broker.into()),
+            board_id: Some("b1".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn defaults_follow_the_board_id_and_site() {
         let s = validate(raw("mqtt://h"), &|p| p).unwrap().unwrap();
-        assert_eq!((s.client_id.as_str(), s.topic_prefix.as_str(), s.site.as_str()), ("b1", "gemba/default/b1", "default"));
+        assert_eq!(
+            (
+                s.client_id.as_str(),
+                s.topic_prefix.as_str(),
+                s.site.as_str()
+            ),
+            ("b1", "gemba/default/b1", "default")
+        );
         let mut r = raw("mqtt://h");
         r.site = Some("plant-7".into());
-        assert_eq!(validate(r, &|p| p).unwrap().unwrap().topic_prefix, "gemba/plant-7/b1");
+        assert_eq!(
+            validate(r, &|p| p).unwrap().unwrap().topic_prefix,
+            "gemba/plant-7/b1"
+        );
         assert!(validate(RawMqtt::default(), &|p| p).unwrap().is_none());
     }
 
     #[test]
     fn bad_settings_name_their_key() {
         let cases: Vec<(RawMqtt, &str)> = vec![
-            (RawMqtt { board_id: Some("a/b".into()), ..raw("mqtt://h") }, "mqtt.board_id"),
-            (RawMqtt { site: Some("#".into()), ..raw("mqtt://h") }, "mqtt.site"),
-            (RawMqtt { topic_prefix: Some("a//b".into()), ..raw("mqtt://h") }, "mqtt.topic_prefix"),
-            (RawMqtt { password: Some("p".into()), ..raw("mqtt://h") }, "mqtt.username"),
-            (RawMqtt { ca_file: Some("/nonexistent/ca.pem".into()), ..raw("mqtts://h") }, "mqtt.ca_file"),
-            (RawMqtt { board_id: Some("x".into()), ..RawMqtt::default() }, "mqtt.broker"),
+            (
+                RawMqtt {
+                    board_id: Some("a/b".into()),
+                    ..raw("mqtt://h")
+                },
+                "mqtt.board_id",
+            ),
+            (
+                RawMqtt {
+                    site: Some("#".into()),
+                    ..raw("mqtt://h")
+                },
+                "mqtt.site",
+            ),
+            (
+                RawMqtt {
+                    topic_prefix: Some("a//b".into()),
+                    ..raw("mqtt://h")
+                },
+                "mqtt.topic_prefix",
+            ),
+            (
+                RawMqtt {
+                    password: Some("p".into()),
+                    ..raw("mqtt://h")
+                },
+                "mqtt.username",
+            ),
+            (
+                RawMqtt {
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..raw("mqtts://h")
+                },
+                "mqtt.ca_file",
+            ),
+            (
+                RawMqtt {
+                    board_id: Some("x".into()),
+                    ..RawMqtt::default()
+                },
+                "mqtt.broker",
+            ),
         ];
         for (r, key) in cases {
             let (k, msg) = validate(r, &|p| p).unwrap_err();

@@ -44,11 +44,16 @@ pub struct FleetStatusArgs {
 pub fn run_fleet_command(cmd: FleetCommand) -> anyhow::Result<()> {
     match cmd {
         FleetCommand::Status(a) => {
-            let broker = BrokerUrl::parse(&a.broker).map_err(|m| anyhow::anyhow!("--broker: {m}"))?;
+            let broker =
+                BrokerUrl::parse(&a.broker).map_err(|m| anyhow::anyhow!("--broker: {m}"))?;
             if let Some(s) = &a.site {
-                super::config::check_level("the site", s).map_err(|m| anyhow::anyhow!("--site: {m}"))?;
+                super::config::check_level("the site", s)
+                    .map_err(|m| anyhow::anyhow!("--site: {m}"))?;
             }
-            let creds = a.username.as_deref().map(|u| (u, a.password.as_deref().unwrap_or("")));
+            let creds = a
+                .username
+                .as_deref()
+                .map(|u| (u, a.password.as_deref().unwrap_or("")));
             let rows = collect(&broker, &a.root, a.site.as_deref(), creds, a.wait)?;
             if a.json {
                 for r in &rows {
@@ -99,7 +104,11 @@ async fn collect_async(
     username: Option<(&str, &str)>,
     wait: Duration,
 ) -> Result<Vec<BoardRow>, PublishError> {
-    let id = format!("gemba-fleet-{}-{}", std::process::id(), jiff::Timestamp::now().as_millisecond() % 100_000);
+    let id = format!(
+        "gemba-fleet-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_millisecond() % 100_000
+    );
     let mut o = MqttOptions::new(id, broker.host.clone(), broker.port);
     o.set_clean_session(true);
     o.set_max_packet_size(16 << 20, 16 << 20);
@@ -119,13 +128,25 @@ async fn collect_async(
         let deadline = until.unwrap_or(connect_deadline);
         let ev = match tokio::time::timeout_at(deadline, el.poll()).await {
             Err(_) if until.is_some() => break,
-            Err(_) => return Err(PublishError::Connect { broker: broker.to_string(), msg: "no answer within 10 s".into() }),
-            Ok(Err(e)) => return Err(PublishError::Connect { broker: broker.to_string(), msg: e.to_string() }),
+            Err(_) => {
+                return Err(PublishError::Connect {
+                    broker: broker.to_string(),
+                    msg: "no answer within 10 s".into(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(PublishError::Connect {
+                    broker: broker.to_string(),
+                    msg: e.to_string(),
+                })
+            }
             Ok(Ok(ev)) => ev,
         };
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
-                client.try_subscribe(filter.clone(), QoS::AtLeastOnce).map_err(|e| PublishError::Protocol(e.to_string()))?;
+                client
+                    .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                    .map_err(|e| PublishError::Protocol(e.to_string()))?;
             }
             Event::Incoming(Packet::SubAck(_)) => until = Some(tokio::time::Instant::now() + wait),
             Event::Incoming(Packet::Publish(p)) => {
@@ -166,7 +187,10 @@ pub fn row(site: &str, board: &str, payload: &[u8], now: jiff::Timestamp) -> Opt
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .map(|t| (now.as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0);
     let bundle = v.get("bundle").cloned().unwrap_or(Value::Null);
-    let bundle = match (bundle.get("id").and_then(Value::as_str), bundle.get("version").and_then(Value::as_str)) {
+    let bundle = match (
+        bundle.get("id").and_then(Value::as_str),
+        bundle.get("version").and_then(Value::as_str),
+    ) {
         (Some(id), Some(ver)) => format!("{id} {ver}"),
         (Some(id), None) => id.to_string(),
         _ => String::new(),
@@ -179,7 +203,10 @@ pub fn row(site: &str, board: &str, payload: &[u8], now: jiff::Timestamp) -> Opt
         bundle,
         alerts_raised: v.get("alerts_raised").and_then(Value::as_u64).unwrap_or(0),
         last_report_age_s,
-        outbox_pending: v.pointer("/outbox/pending").and_then(Value::as_u64).unwrap_or(0),
+        outbox_pending: v
+            .pointer("/outbox/pending")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     })
 }
 
@@ -217,10 +244,22 @@ pub fn table(rows: &[BoardRow]) -> String {
             r.outbox_pending.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..8)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for l in &lines {
-        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -240,12 +279,23 @@ mod tests {
         let p = br#"{"online":true,"gemba_version":"0.1.0","bundle":{"id":"demo","version":"3"},"alerts_raised":2,
                      "last_report_at":"2026-12-05T09:59:30.000Z","outbox":{"pending":5}}"#;
         let r = row("plant", "b1", p, now).unwrap();
-        assert_eq!((r.online, r.version.as_str(), r.bundle.as_str(), r.alerts_raised), (true, "0.1.0", "demo 3", 2));
+        assert_eq!(
+            (
+                r.online,
+                r.version.as_str(),
+                r.bundle.as_str(),
+                r.alerts_raised
+            ),
+            (true, "0.1.0", "demo 3", 2)
+        );
         assert_eq!((r.last_report_age_s, r.outbox_pending), (Some(30.0), 5));
         let off = row("plant", "b2", b"offline", now).unwrap();
         assert!(!off.online && off.last_report_age_s.is_none());
         assert!(row("plant", "b3", b"{not json", now).is_none());
         let t = table(&[r, off]);
-        assert!(t.lines().nth(1).unwrap().contains("b1") && t.contains("30s") && t.contains("offline"), "{t}");
+        assert!(
+            t.lines().nth(1).unwrap().contains("b1") && t.contains("30s") && t.contains("offline"),
+            "{t}"
+        );
     }
 }

@@ -40,7 +40,11 @@ use crate::report::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("mqtt: reading {what} {path}: {source}")]
-    ReadFile { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    ReadFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("mqtt: the report store's outbox: {0}")]
     Outbox(#[from] crate::report::ReportError),
     #[error("mqtt: cannot reach the broker {broker}: {msg}")]
@@ -111,7 +115,10 @@ pub fn status_json() -> Value {
 pub fn install_outbox(store: &Store, s: &MqttSettings) -> Result<(), PublishError> {
     let board = s.board_id.clone();
     store.set_outbox_hook(Arc::new(move |r| {
-        vec![OutboxMessage { topic: "reports".into(), payload: payload::report(r, &board).to_string() }]
+        vec![OutboxMessage {
+            topic: "reports".into(),
+            payload: payload::report(r, &board).to_string(),
+        }]
     }))?;
     Ok(())
 }
@@ -127,7 +134,10 @@ impl Publisher {
     /// `offline` (a clean disconnect sends no last will, so it is published).
     pub async fn stop(self) {
         self.stop.cancel();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
             log::warn!("mqtt: the publisher did not stop within 5 s");
         }
     }
@@ -136,10 +146,19 @@ impl Publisher {
 /// Starts the publisher (TLS files are read here, so a missing one is a start-up error).
 pub fn start(s: &MqttSettings, app: AppHandle) -> Result<Publisher, PublishError> {
     let tls = mqtt::tls(s)?;
-    let st = Arc::new(PublishState { broker: s.broker.to_string(), prefix: s.topic_prefix.clone(), ..Default::default() });
+    let st = Arc::new(PublishState {
+        broker: s.broker.to_string(),
+        prefix: s.topic_prefix.clone(),
+        ..Default::default()
+    });
     let st = Arc::clone(STATE.get_or_init(|| st));
     let stop = tokio_util::sync::CancellationToken::new();
-    let ctx = mqtt::Ctx { settings: s.clone(), tls, app, state: st };
+    let ctx = mqtt::Ctx {
+        settings: s.clone(),
+        tls,
+        app,
+        state: st,
+    };
     let task = tokio::spawn(mqtt::run(ctx, stop.clone()));
     log::info!("mqtt: publishing to {} under {}", s.broker, s.topic_prefix);
     Ok(Publisher { stop, task })

@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +50,11 @@ pub(super) fn tls(s: &MqttSettings) -> Result<Option<TlsConfiguration>, PublishE
         return Ok(None);
     }
     let read = |what: &'static str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|source| PublishError::ReadFile { what, path: p.to_path_buf(), source })
+        std::fs::read(p).map_err(|source| PublishError::ReadFile {
+            what,
+            path: p.to_path_buf(),
+            source,
+        })
     };
     let client_auth = match (&s.client_cert, &s.client_key) {
         (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
@@ -76,7 +82,12 @@ impl Ctx {
         o.set_keep_alive(s.keep_alive.0);
         o.set_clean_session(true);
         o.set_max_packet_size(16 << 20, 16 << 20);
-        o.set_last_will(LastWill::new(self.topic("status"), will.to_string(), QoS::AtLeastOnce, true));
+        o.set_last_will(LastWill::new(
+            self.topic("status"),
+            will.to_string(),
+            QoS::AtLeastOnce,
+            true,
+        ));
         if let Some(u) = &s.username {
             o.set_credentials(u.clone(), s.password.clone().unwrap_or_default());
         }
@@ -109,7 +120,10 @@ impl Ctx {
         let store = app.store.clone();
         let (last, outbox) = tokio::task::spawn_blocking(move || {
             let last = store
-                .list(&crate::report::ListFilter { limit: Some(1), ..Default::default() })
+                .list(&crate::report::ListFilter {
+                    limit: Some(1),
+                    ..Default::default()
+                })
                 .ok()
                 .and_then(|l| l.first().map(|r| format!("{:.3}", r.created_at)));
             (last, store.outbox_stats().unwrap_or_default())
@@ -127,7 +141,11 @@ impl Ctx {
             bundle_id: info.bundle_id.clone(),
             bundle_hash: info.bundle_hash.clone(),
             bundle_version: version,
-            providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
+            providers: info
+                .providers
+                .iter()
+                .map(|r| (r.component.clone(), r.actual().to_string()))
+                .collect(),
             cameras,
             health: json!({
                 "ready": loaded && !app.shutdown.is_cancelled(),
@@ -142,14 +160,20 @@ impl Ctx {
     }
 
     fn set_error(&self, msg: Option<String>) {
-        *self.state.last_error.lock().unwrap_or_else(|e| e.into_inner()) = msg;
+        *self
+            .state
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = msg;
     }
 
     async fn refresh_outbox_stats(&self) {
         let store = self.app.store.clone();
         if let Ok(Ok(s)) = tokio::task::spawn_blocking(move || store.outbox_stats()).await {
             self.state.pending.store(s.pending, Ordering::Relaxed);
-            self.state.oldest_pending_ms.store(s.oldest_age_ms, Ordering::Relaxed);
+            self.state
+                .oldest_pending_ms
+                .store(s.oldest_age_ms, Ordering::Relaxed);
             self.state.dropped.store(s.dropped, Ordering::Relaxed);
         }
     }
@@ -157,7 +181,10 @@ impl Ctx {
     /// Queues a message that belongs to no report (answers, update transitions).
     async fn queue(&self, topic: String, payload: Value) {
         let store = self.app.store.clone();
-        let msg = OutboxMessage { topic, payload: payload.to_string() };
+        let msg = OutboxMessage {
+            topic,
+            payload: payload.to_string(),
+        };
         match tokio::task::spawn_blocking(move || store.outbox_push(&msg, None)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => log::error!("mqtt: queueing a message: {e}"),
@@ -221,10 +248,18 @@ pub(super) async fn run(ctx: Ctx, stop: CancellationToken) {
                     Err(e) => describe(&e, &ctx.settings),
                     Ok(ev) => format!("unexpected first packet {ev:?}"),
                 };
-                let msg = format!("cannot connect to {}: {msg}; retrying in {:.1} s", ctx.settings.broker, backoff.as_secs_f64());
+                let msg = format!(
+                    "cannot connect to {}: {msg}; retrying in {:.1} s",
+                    ctx.settings.broker,
+                    backoff.as_secs_f64()
+                );
                 ctx.state.connect_failures.fetch_add(1, Ordering::Relaxed);
                 // Once per cause, not per attempt.
-                let cause = msg.split("; retrying").next().unwrap_or_default().to_string();
+                let cause = msg
+                    .split("; retrying")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 if logged.as_deref() != Some(cause.as_str()) {
                     log::warn!("mqtt: {msg} (logged once until the cause changes)");
                     eprintln!("gemba: mqtt: {msg}");
@@ -246,7 +281,11 @@ pub(super) async fn run(ctx: Ctx, stop: CancellationToken) {
         ctx.set_error(None);
         ctx.state.connects.fetch_add(1, Ordering::Relaxed);
         ctx.state.connected.store(true, Ordering::Relaxed);
-        log::info!("mqtt: connected to {} as {}", ctx.settings.broker, ctx.settings.client_id);
+        log::info!(
+            "mqtt: connected to {} as {}",
+            ctx.settings.broker,
+            ctx.settings.client_id
+        );
         let (etx, erx) = mpsc::unbounded_channel();
         let poller = tokio::spawn(async move {
             loop {
@@ -263,7 +302,10 @@ pub(super) async fn run(ctx: Ctx, stop: CancellationToken) {
         match result {
             Ok(()) => return,
             Err(e) => {
-                log::warn!("mqtt: connection to {} lost: {e}; reconnecting", ctx.settings.broker);
+                log::warn!(
+                    "mqtt: connection to {} lost: {e}; reconnecting",
+                    ctx.settings.broker
+                );
                 ctx.set_error(Some(format!("connection lost: {e}")));
             }
         }
@@ -299,8 +341,18 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: String, row: Option<i64>) -> bool {
-        match self.client.try_publish(topic, qos, retain, payload.into_bytes()) {
+    fn publish(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: String,
+        row: Option<i64>,
+    ) -> bool {
+        match self
+            .client
+            .try_publish(topic, qos, retain, payload.into_bytes())
+        {
             Ok(()) => {
                 self.sent.push_back(row);
                 true
@@ -370,7 +422,9 @@ impl<'a> Session<'a> {
         self.publish_status(true).await;
         let ask_topic = ctx.topic("ask");
         if ctx.settings.ask {
-            self.client.try_subscribe(ask_topic.clone(), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+            self.client
+                .try_subscribe(ask_topic.clone(), QoS::AtLeastOnce)
+                .map_err(|e| e.to_string())?;
         }
         let mut live = ctx.app.events.subscribe();
         let mut tick = tokio::time::interval(TICK);
@@ -483,7 +537,10 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
         let ctx = Arc::clone(&ctx);
         async move {
             ctx.state.ask_errors.fetch_add(1, Ordering::Relaxed);
-            log::info!("mqtt: question {}: refused: {msg}", id.as_deref().unwrap_or("(no id)"));
+            log::info!(
+                "mqtt: question {}: refused: {msg}",
+                id.as_deref().unwrap_or("(no id)")
+            );
             let body = json!({ "format": payload::FORMAT, "id": id, "ok": false, "error": msg });
             ctx.queue(reply_to(id.as_deref()), body).await;
         }
@@ -491,7 +548,11 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
     let q: AskMessage = match serde_json::from_slice(&payload) {
         Ok(q) => q,
         Err(e) => {
-            let what = if std::str::from_utf8(&payload).is_err() { "not UTF-8".to_string() } else { format!("not a question: {e}") };
+            let what = if std::str::from_utf8(&payload).is_err() {
+                "not UTF-8".to_string()
+            } else {
+                format!("not a question: {e}")
+            };
             return fail(
                 correlation_id(&payload),
                 format!("{what} (send {{\"id\": \"ID\", \"text\": \"QUESTION\", \"cameras\": [\"NAME\"]}})"),
@@ -504,7 +565,11 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
     }
     let chars = q.text.chars().count();
     if q.text.trim().is_empty() || chars > MAX_ASK_TEXT {
-        return fail(Some(q.id), format!("text: {chars} characters; send 1 to {MAX_ASK_TEXT}")).await;
+        return fail(
+            Some(q.id),
+            format!("text: {chars} characters; send 1 to {MAX_ASK_TEXT}"),
+        )
+        .await;
     }
     let app = &ctx.app;
     if !app.worker.is_loaded() {
@@ -512,17 +577,29 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
     }
     let mut frames = Vec::new();
     for name in &q.cameras {
-        if frames.iter().any(|f: &crate::capture::Frame| &f.camera == name) {
+        if frames
+            .iter()
+            .any(|f: &crate::capture::Frame| &f.camera == name)
+        {
             continue;
         }
         match app.latest_frame(name) {
             Some(f) => frames.push(f),
             None => {
-                let known: Vec<String> = app.cameras.lock().expect("poisoned").iter().map(|c| c.name.clone()).collect();
+                let known: Vec<String> = app
+                    .cameras
+                    .lock()
+                    .expect("poisoned")
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect();
                 let msg = if known.contains(name) {
                     format!("camera {name} has no frame yet")
                 } else {
-                    format!("cameras: no camera named {name:?} (cameras: {})", known.join(", "))
+                    format!(
+                        "cameras: no camera named {name:?} (cameras: {})",
+                        known.join(", ")
+                    )
                 };
                 return fail(Some(q.id), msg).await;
             }
@@ -534,7 +611,11 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
     r.frames = frames;
     r.listener = Some(ltx);
     if app.try_submit(r).is_err() {
-        return fail(Some(q.id), "the model's request queue is full; ask again later".into()).await;
+        return fail(
+            Some(q.id),
+            "the model's request queue is full; ask again later".into(),
+        )
+        .await;
     }
     let mut report_id = None;
     let mut sentences = Vec::new();
@@ -543,9 +624,15 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
         match ev {
             RequestEvent::Started { report_id: id } => report_id = Some(id),
             // Citation markers out, as in the report.
-            RequestEvent::Event(ModelEvent::Sentence(s)) => sentences.push(crate::report::cite::cite(&s.text, &[] as &[&str]).text),
+            RequestEvent::Event(ModelEvent::Sentence(s)) => {
+                sentences.push(crate::report::cite::cite(&s.text, &[] as &[&str]).text)
+            }
             RequestEvent::Event(_) => {}
-            RequestEvent::Closed { report_id: id, complete, error } => {
+            RequestEvent::Closed {
+                report_id: id,
+                complete,
+                error,
+            } => {
                 if !id.is_empty() {
                     report_id = Some(id);
                 }
@@ -554,7 +641,10 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
             }
         }
     }
-    let (complete, error) = result.unwrap_or((false, Some("the daemon stopped before the question was answered".into())));
+    let (complete, error) = result.unwrap_or((
+        false,
+        Some("the daemon stopped before the question was answered".into()),
+    ));
     sentences.retain(|s| !s.is_empty());
     let answer = sentences.join(" ");
     let body = json!({
@@ -576,7 +666,10 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
 async fn watch_updates(ctx: Arc<Ctx>, stop: CancellationToken) {
     let roots = {
         let s = ctx.app.settings.lock().expect("poisoned");
-        vec![s.update.models_dir.clone(), s.model.path.parent().map(Into::into).unwrap_or_default()]
+        vec![
+            s.update.models_dir.clone(),
+            s.model.path.parent().map(Into::into).unwrap_or_default(),
+        ]
     };
     // Read leniently (only `history`), as GET /status does: a record this version does not fully
     // know still has its transitions published.
@@ -597,8 +690,13 @@ async fn watch_updates(ctx: Arc<Ctx>, stop: CancellationToken) {
     loop {
         tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
         let read = read.clone();
-        let Ok(history) = tokio::task::spawn_blocking(read).await else { continue };
-        let new: Vec<_> = history.into_iter().filter(|h| seen.as_ref().is_none_or(|s| &h.at > s)).collect();
+        let Ok(history) = tokio::task::spawn_blocking(read).await else {
+            continue;
+        };
+        let new: Vec<_> = history
+            .into_iter()
+            .filter(|h| seen.as_ref().is_none_or(|s| &h.at > s))
+            .collect();
         for h in new {
             let body = json!({
                 "format": payload::FORMAT,

@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A Mosquitto process; stopped (SIGTERM, which saves its persistence) on drop.
@@ -45,14 +49,26 @@ impl Broker {
                     if i == 0 {
                         c.arg("-c");
                     }
-                    let st = c.arg(&pw).arg(u).arg(p).status().expect("mosquitto_passwd (Debian package mosquitto)");
+                    let st = c
+                        .arg(&pw)
+                        .arg(u)
+                        .arg(p)
+                        .status()
+                        .expect("mosquitto_passwd (Debian package mosquitto)");
                     assert!(st.success());
                 }
-                conf.push_str(&format!("allow_anonymous false\npassword_file {}\n", pw.display()));
+                conf.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    pw.display()
+                ));
             }
         }
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let mut b = Broker { port, dir, child: None };
+        let mut b = Broker {
+            port,
+            dir,
+            child: None,
+        };
         b.restart();
         b
     }
@@ -74,7 +90,11 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -104,8 +124,13 @@ pub struct Msg {
 
 impl Msg {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload)
-            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", self.topic, String::from_utf8_lossy(&self.payload)))
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
     }
 }
 
@@ -140,7 +165,11 @@ impl Sub {
                             let _ = ready_tx.send(());
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            msgs.lock().unwrap().push(Msg { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain });
+                            msgs.lock().unwrap().push(Msg {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            });
                         }
                         Ok(_) => {}
                         Err(rumqttc::ConnectionError::RequestsDone) => return,
@@ -149,12 +178,20 @@ impl Sub {
                 }
             });
         }
-        ready_rx.recv_timeout(Duration::from_secs(10)).expect("the test subscriber did not subscribe");
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the test subscriber did not subscribe");
         Sub { msgs, client }
     }
 
     pub fn on(&self, topic: &str) -> Vec<Msg> {
-        self.msgs.lock().unwrap().iter().filter(|m| m.topic == topic).cloned().collect()
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
     }
 
     pub fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&[Msg]) -> bool) {
@@ -170,7 +207,16 @@ impl Sub {
                     .lock()
                     .unwrap()
                     .iter()
-                    .map(|m| format!("{} {}", m.topic, String::from_utf8_lossy(&m.payload).chars().take(160).collect::<String>()))
+                    .map(|m| {
+                        format!(
+                            "{} {}",
+                            m.topic,
+                            String::from_utf8_lossy(&m.payload)
+                                .chars()
+                                .take(160)
+                                .collect::<String>()
+                        )
+                    })
                     .collect();
                 panic!("timed out waiting for {what}; seen:\n{}", seen.join("\n"));
             }
@@ -180,7 +226,9 @@ impl Sub {
 
     /// Publishes (QoS 1) from this test client.
     pub fn publish(&self, topic: &str, payload: &[u8]) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
+            .unwrap();
     }
 }
 
@@ -204,10 +252,19 @@ pub fn demo_config(dir: &Path, extra: &str) -> PathBuf {
     let demo = root().join("models/demo");
     let text = std::fs::read_to_string(demo.join("gemba-demo.toml")).unwrap();
     let text = text
-        .replace("data_dir = \"../../gemba-demo\"", &format!("data_dir = \"{}\"", dir.join("store").display()))
+        .replace(
+            "data_dir = \"../../gemba-demo\"",
+            &format!("data_dir = \"{}\"", dir.join("store").display()),
+        )
         .replace("path = \".\"", &format!("path = \"{}\"", demo.display()))
-        .replace("source = \"frames/", &format!("source = \"{}/frames/", demo.display()));
-    assert!(text.contains(&dir.join("store").display().to_string()), "the demo config changed shape");
+        .replace(
+            "source = \"frames/",
+            &format!("source = \"{}/frames/", demo.display()),
+        );
+    assert!(
+        text.contains(&dir.join("store").display().to_string()),
+        "the demo config changed shape"
+    );
     let cfg = dir.join("gemba.toml");
     std::fs::write(&cfg, format!("{text}\n{extra}\n")).unwrap();
     cfg
@@ -267,31 +324,55 @@ impl Daemon {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        Daemon { child: Some(child), addr: addr.expect("API address"), stderr, agent }
+        Daemon {
+            child: Some(child),
+            addr: addr.expect("API address"),
+            stderr,
+            agent,
+        }
     }
 
     pub fn get_json(&self, path: &str) -> serde_json::Value {
-        let mut r = self.agent.get(format!("http://{}{path}", self.addr)).call().unwrap();
+        let mut r = self
+            .agent
+            .get(format!("http://{}{path}", self.addr))
+            .call()
+            .unwrap();
         let text = r.body_mut().read_to_string().unwrap();
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
     }
 
     pub fn get_text(&self, path: &str) -> String {
-        let mut r = self.agent.get(format!("http://{}{path}", self.addr)).call().unwrap();
+        let mut r = self
+            .agent
+            .get(format!("http://{}{path}", self.addr))
+            .call()
+            .unwrap();
         r.body_mut().read_to_string().unwrap()
     }
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let mut r = self.agent.post(format!("http://{}{path}", self.addr)).send_json(body).unwrap();
+        let mut r = self
+            .agent
+            .post(format!("http://{}{path}", self.addr))
+            .send_json(body)
+            .unwrap();
         let code = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub fn wait_until(&self, what: &str, limit: Duration, f: impl Fn(&Daemon) -> bool) {
         let deadline = Instant::now() + limit;
         while !f(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; stderr: {:?}", self.stderr.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stderr: {:?}",
+                self.stderr.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -320,10 +401,17 @@ impl Drop for Daemon {
 /// The store's report ids (opened read-only beside or after the daemon).
 pub fn store_ids(store: &Path) -> Vec<String> {
     let s = gemba::report::Store::open_read_only(store).unwrap();
-    s.list(&gemba::report::ListFilter::default()).unwrap().into_iter().map(|r| r.id.as_str().to_string()).collect()
+    s.list(&gemba::report::ListFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.as_str().to_string())
+        .collect()
 }
 
 /// The ids of the `reports` messages seen.
 pub fn report_ids(sub: &Sub, prefix: &str) -> std::collections::BTreeSet<String> {
-    sub.on(&format!("{prefix}/reports")).iter().map(|m| m.json()["id"].as_str().unwrap().to_string()).collect()
+    sub.on(&format!("{prefix}/reports"))
+        .iter()
+        .map(|m| m.json()["id"].as_str().unwrap().to_string())
+        .collect()
 }
