@@ -433,27 +433,44 @@ impl<'a> Session<'a> {
             tokio::select! {
                 _ = stop.cancelled() => {
                     self.flush_acks().await;
-                    // Give what is in flight a moment, then say goodbye.
+                    // The last reports' messages (closed while the daemon drained) go out now if
+                    // the broker takes them within a moment; else they wait for the next start.
+                    let _ = self.fill_window().await;
                     let deadline = tokio::time::sleep(Duration::from_secs(2));
                     tokio::pin!(deadline);
-                    self.publish_status(false).await;
-                    let _ = self.client.try_disconnect();
-                    loop {
+                    while !self.outstanding.is_empty() {
                         tokio::select! {
                             _ = &mut deadline => break,
                             ev = events.recv() => match ev {
                                 Some(Ok(Event::Incoming(Packet::PubAck(a)))) => {
-                                    if let Some(seq) = self.by_pkid.remove(&a.pkid) { self.acked.push(seq); }
+                                    if let Some(seq) = self.by_pkid.remove(&a.pkid) {
+                                        self.outstanding.remove(&seq);
+                                        self.acked.push(seq);
+                                    }
                                 }
                                 Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                                     if let Some(Some(seq)) = self.sent.pop_front() { self.by_pkid.insert(pkid, seq); }
                                 }
-                                Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | None | Some(Err(_)) => break,
+                                None | Some(Err(_)) => break,
                                 _ => {}
                             }
                         }
                     }
                     self.flush_acks().await;
+                    // A clean disconnect sends no last will: say offline, then disconnect.
+                    self.publish_status(false).await;
+                    let _ = self.client.try_disconnect();
+                    let written = tokio::time::sleep(Duration::from_secs(1));
+                    tokio::pin!(written);
+                    loop {
+                        tokio::select! {
+                            _ = &mut written => break,
+                            ev = events.recv() => match ev {
+                                Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | None | Some(Err(_)) => break,
+                                _ => {}
+                            }
+                        }
+                    }
                     return Ok(());
                 }
                 ev = events.recv() => match ev {

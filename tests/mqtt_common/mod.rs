@@ -20,6 +20,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Started as root, mosquitto drops to the `mosquitto` user, which cannot read the test's private
+/// temporary directory; this keeps the user it was started as (no effect when not root).
+const KEEP_USER: &str = "user root\n";
+
 /// A Mosquitto process; stopped (SIGTERM, which saves its persistence) on drop.
 pub struct Broker {
     pub port: u16,
@@ -36,8 +40,9 @@ impl Broker {
     pub fn start_on(port: u16, users: Option<&[(&str, &str)]>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nlog_dest stderr\n",
-            dir.path().display()
+            "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nlog_dest stderr\n{}",
+            dir.path().display(),
+            KEEP_USER
         );
         match users {
             None => conf.push_str("allow_anonymous true\n"),
@@ -63,6 +68,30 @@ impl Broker {
                 ));
             }
         }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut b = Broker {
+            port,
+            dir,
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    /// A TLS listener on a free port (server certificate for IP 127.0.0.1 signed by `ca`),
+    /// requiring a client certificate signed by the same CA. Returns the broker and its port.
+    pub fn start_tls(certs: &Path) -> Broker {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let c = |n: &str| certs.join(n).display().to_string();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\nuse_identity_as_username true\npersistence false\nlog_dest stderr\n{}",
+            c("ca.pem"),
+            c("server.pem"),
+            c("server.key"),
+            KEEP_USER
+        );
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut b = Broker {
             port,
@@ -414,4 +443,81 @@ pub fn report_ids(sub: &Sub, prefix: &str) -> std::collections::BTreeSet<String>
         .iter()
         .map(|m| m.json()["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate (`CN=board`), made
+/// with the openssl command line in `dir` (ECDSA P-256, valid 2 days).
+pub fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gemba-test-ca",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for (name, cn, ext) in [
+        ("server", "/CN=127.0.0.1", true),
+        ("client", "/CN=board", false),
+    ] {
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                cn,
+            ],
+        ]
+        .concat());
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &*Box::leak(format!("{name}.csr").into_boxed_str()),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &*Box::leak(format!("{name}.pem").into_boxed_str()),
+        ];
+        if ext {
+            args.extend(["-extfile", "san.ext"]);
+        }
+        run(&args);
+    }
 }
