@@ -426,7 +426,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     .await??;
     frames.extend(image);
 
-    let queued = app.requests.max_capacity() - app.requests.capacity();
+    let queued = app.requests.len();
     let Ok(permit) = Arc::clone(&reg.permits).try_acquire_owned() else {
         inner.metrics.asks_rejected("busy");
         return Err(HttpError::new(

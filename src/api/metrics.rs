@@ -301,12 +301,12 @@ impl Collector for Pipeline {
             "Monitor queries dropped because the queue was full.",
             ms.dropped_full.load(Ordering::Relaxed),
         )?;
-        let cap = app.requests.max_capacity();
+        let cap = app.requests.capacity();
         gauge_int(
             &mut e,
             "request_queue_depth",
             "Requests waiting for the model.",
-            (cap - app.requests.capacity()) as i64,
+            app.requests.len() as i64,
         )?;
         gauge_int(&mut e, "request_queue_capacity", "Requests the queue holds at most.", cap as i64)?;
 

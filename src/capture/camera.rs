@@ -348,7 +348,14 @@ pub fn spawn_camera(
     };
     let thread = std::thread::Builder::new()
         .name(format!("cam-{name}"))
-        .spawn(move || source.run(publisher, cancel))
+        .spawn(move || {
+            // A camera thread that panics fails the daemon (crate::stage); one that returns
+            // (cancelled, or a replay that ran out) has stopped.
+            let stage = crate::stage::enter(format!("camera {}", source.name()));
+            crate::stage::injected_fault(&format!("camera {}", source.name()));
+            source.run(publisher, cancel);
+            stage.finish();
+        })
         .map_err(|err| CameraError::Thread {
             camera: name.clone(),
             err,

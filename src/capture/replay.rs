@@ -67,45 +67,57 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
+/// The images a replay source names (a directory's `*.jpg`, `*.jpeg`, `*.png`, or a glob's
+/// matches), sorted; none is an error (`config check` calls this too).
+pub fn list_images(camera: &str, source_text: &str) -> Result<Vec<PathBuf>, CameraError> {
+    let source = Path::new(source_text);
+    let mut files: Vec<PathBuf> = if source.is_dir() {
+        std::fs::read_dir(source)
+            .map_err(|err| CameraError::Io {
+                camera: camera.to_string(),
+                path: source.to_path_buf(),
+                err,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image(p))
+            .collect()
+    } else {
+        glob::glob(source_text)
+            .map_err(|e| CameraError::Glob {
+                camera: camera.to_string(),
+                pattern: source_text.to_string(),
+                err: e.to_string(),
+            })?
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file() && is_image(p))
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(CameraError::NoImages {
+            camera: camera.to_string(),
+            pattern: source_text.to_string(),
+        });
+    }
+    Ok(files)
+}
+
 impl ReplayCamera {
     /// List the images and decode the first; errors name the camera and the file.
     pub fn open(config: ReplayConfig) -> Result<Self, CameraError> {
         let camera = config.name.clone();
-        if !(config.fps.is_finite() && config.fps > 0.0 && config.fps <= 1000.0) {
+        if !super::FPS_RANGE.contains(&config.fps) {
             return Err(CameraError::Config {
                 camera,
-                what: format!("fps must be in (0, 1000], got {}", config.fps),
+                what: format!(
+                    "fps must be in {}–{}, got {}",
+                    super::FPS_RANGE.start(),
+                    super::FPS_RANGE.end(),
+                    config.fps
+                ),
             });
         }
-        let source = Path::new(&config.source);
-        let mut files: Vec<PathBuf> = if source.is_dir() {
-            std::fs::read_dir(source)
-                .map_err(|err| CameraError::Io {
-                    camera: camera.clone(),
-                    path: source.to_path_buf(),
-                    err,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect()
-        } else {
-            glob::glob(&config.source)
-                .map_err(|e| CameraError::Glob {
-                    camera: camera.clone(),
-                    pattern: config.source.clone(),
-                    err: e.to_string(),
-                })?
-                .filter_map(Result::ok)
-                .filter(|p| p.is_file() && is_image(p))
-                .collect()
-        };
-        files.sort();
-        if files.is_empty() {
-            return Err(CameraError::NoImages {
-                camera,
-                pattern: config.source.clone(),
-            });
-        }
+        let files = list_images(&camera, &config.source)?;
         let mut cam = ReplayCamera {
             period: Duration::from_secs_f64(1.0 / config.fps),
             cache: vec![None; files.len()],
@@ -437,7 +449,7 @@ pub(crate) mod tests {
         let e = ReplayCamera::open(ReplayConfig::new("fast", &src, 0.0))
             .err()
             .unwrap();
-        assert!(e.to_string().contains("fps must be in (0, 1000]"), "{e}");
+        assert!(e.to_string().contains("fps must be in 0.001–1000"), "{e}");
         let e = ReplayCamera::open(ReplayConfig::new("glob", "[", 10.0))
             .err()
             .unwrap();

@@ -148,6 +148,11 @@ pub fn bundle_hash(dir: &Path) -> std::io::Result<String> {
 
 fn load(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy) -> Result<(Engine, ModelInfo), String> {
     let t0 = std::time::Instant::now();
+    // Test hook: `GEMBA_TEST_LOAD_DELAY_MS` makes the load take that much longer (a big bundle on
+    // a board, or a stuck file system), so the tests can signal the daemon while it loads.
+    if let Some(ms) = std::env::var("GEMBA_TEST_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     // Resolve `current` symlinks now: the info names the exact version that was loaded.
     let dir = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
@@ -211,8 +216,11 @@ impl Worker {
                     }
                 };
                 let shared = Arc::new(RwLock::new(info));
+                let stage = crate::stage::enter("model worker");
                 let _ = ready_tx.send(Ok(Arc::clone(&shared)));
+                crate::stage::injected_fault("model worker");
                 run(Some(engine), rx, shared, rt, beat, busy2, loaded2);
+                stage.finish();
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
         let info = ready_rx.recv().map_err(|_| "the model thread died while loading".to_string())??;

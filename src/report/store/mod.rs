@@ -38,6 +38,7 @@ use super::{
     ReportStatus, Result, TextTimings,
 };
 use crate::capture::{AudioClip, Frame};
+use crate::sys::tree::Tree;
 
 mod outbox;
 mod read;
@@ -163,6 +164,9 @@ pub struct RecoveryReport {
     pub orphans_removed: Vec<String>,
     /// `.tmp-*` files of interrupted writes, removed.
     pub temp_removed: Vec<String>,
+    /// Entries under `media/` and `html/` the store never writes (other names, symbolic links,
+    /// special files): left alone, since the store deletes only what it can prove it wrote.
+    pub foreign_kept: Vec<String>,
     /// Report pages (re)written because they were missing or the report changed.
     pub pages_written: usize,
 }
@@ -280,13 +284,11 @@ impl Store {
     /// [`RecoveryReport`], [`Store::recovery`]) and applies the retention policy.
     pub fn open(dir: impl AsRef<Path>, policy: RetentionPolicy) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        for sub in ["", layout::MEDIA_DIR, layout::HTML_DIR] {
-            let d = dir.join(sub);
-            fs::create_dir_all(&d).map_err(|source| ReportError::Io {
-                op: "creating",
-                path: d,
-                source,
-            })?;
+        // The store owns media/ and html/ and deletes files in them: a link in their place is
+        // refused here, before anything is swept (see crate::sys::tree for why).
+        let root = Tree::open(&dir, true)?;
+        for sub in [layout::MEDIA_DIR, layout::HTML_DIR] {
+            root.sub(sub, true)?;
         }
         let lock_path = dir.join(layout::LOCK_FILE);
         let lock = durable::try_lock(&lock_path)
@@ -328,7 +330,9 @@ impl Store {
         inner.check_schema(version)?;
         inner.detect_outbox()?;
         inner.media_bytes = inner.sum_media_bytes()?;
-        inner.html_bytes = recover::dir_bytes(&dir.join(layout::HTML_DIR));
+        inner.html_bytes = Tree::open(&dir, false)?
+            .sub(layout::HTML_DIR, false)
+            .map_or(0, |t| t.bytes());
         Ok(Store {
             shared: Arc::new(Shared {
                 dir,
