@@ -319,6 +319,8 @@ pub struct Request {
     /// What the requester adds once generation has ended (the spoken answer's audio and voice
     /// timings); the report waits for it before closing, up to a minute, unless it is dropped.
     pub follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
+    /// Generation choices of this request (the OpenAI-compatible API's parameters).
+    pub overrides: crate::model::worker::GenOverrides,
 }
 
 impl std::fmt::Debug for Request {
@@ -364,6 +366,7 @@ impl Request {
             cancel: CancelToken::new(),
             listener: None,
             follow_up: None,
+            overrides: Default::default(),
         }
     }
 }
@@ -542,6 +545,7 @@ impl Dispatch {
                     system_prompt: s.model.system_prompt.clone(),
                     max_new_tokens: s.model.max_new_tokens,
                     deadline: s.model.deadline.0,
+                    overrides: req.overrides.clone(),
                 },
                 info.providers.iter().any(|r| r.component == "vision"),
             )
@@ -789,6 +793,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
             .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
         let rec = store.recovery();
         log::info!("report store {}: {rec:?}", settings.data_dir.display());
+        if let Some(m) = &settings.mqtt {
+            crate::publish::install_outbox(&store, m)?;
+        }
 
         // Bound before the model loads, so a taken port is reported at once.
         phase.set("binding the API");
@@ -864,6 +871,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         shutdown: CancellationToken::new(),
     };
     let mut api_server = crate::api::serve(api, handle.clone());
+    let publisher = settings.mqtt.as_ref().map(|m| crate::publish::start(m, handle.clone())).transpose()?;
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
@@ -1030,6 +1038,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     // The API stopped accepting at shutdown; its event streams have ended with their asks.
     if tokio::time::timeout(Duration::from_secs(5), api_server.stopped()).await.is_err() {
         log::warn!("api: connections still open after 5 s; closing them");
+    }
+    if let Some(p) = publisher {
+        p.stop().await;
     }
     housekeeping.cancel();
     progress.retire("worker");

@@ -167,6 +167,8 @@ pub struct RawConfig {
     pub voice: Option<crate::voice::config::RawVoice>,
     /// Fleet updates (`gemba model …`): models root, trusted keys, health gate.
     pub update: Option<crate::update::UpdateConfig>,
+    /// Publishing to an MQTT broker (src/publish/, docs/mqtt.md).
+    pub mqtt: Option<crate::publish::RawMqtt>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -327,6 +329,8 @@ pub struct Settings {
     /// Present when `[voice]` is there and not `enabled = false`.
     pub voice: Option<crate::voice::VoiceSettings>,
     pub update: crate::update::UpdateConfig,
+    /// Present when `[mqtt]` names a broker.
+    pub mqtt: Option<crate::publish::MqttSettings>,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
 }
@@ -702,6 +706,10 @@ impl Settings {
             Some(v) => crate::voice::config::validate_voice(v, &names, &abs).map_err(key_err)?,
             None => None,
         };
+        let mqtt = match raw.mqtt {
+            Some(m) => crate::publish::config::validate(m, &abs).map_err(key_err)?,
+            None => None,
+        };
         if voice.is_some() && microphone.is_none() {
             return Err(bad("voice", "voice needs a [microphone] section (kind = \"cpal\" with a device, or kind = \"wav\" with a path)".into()));
         }
@@ -734,6 +742,7 @@ impl Settings {
                 u.trusted_keys = u.trusted_keys.into_iter().map(abs).collect();
                 u
             },
+            mqtt,
             sources,
         })
     }

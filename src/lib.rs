@@ -12,6 +12,8 @@
 //!   retention, HTML pages and JSON export.
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
+//! - [`publish`]: leaving the board — MQTT (status, reports, live sentences, questions) through
+//!   the store's outbox, and `gemba fleet status`.
 //! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
 //! - [`sys`]: owned directory trees that sweeps and gc can never leave (no link is followed).
 //!
@@ -30,6 +32,7 @@ pub mod model;
 pub mod sys;
 pub mod systemd;
 pub mod monitor;
+pub mod publish;
 pub mod report;
 pub mod stage;
 pub mod update;

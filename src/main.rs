@@ -57,6 +57,9 @@ enum Command {
     Bench(BenchCmd),
     /// Signed model bundles: keygen, pack, install (verify, smoke, switch, health gate, rollback), list, status, gc.
     Model(gemba::update::cli::ModelArgs),
+    /// Boards seen on an MQTT broker (docs/mqtt.md).
+    #[command(subcommand)]
+    Fleet(gemba::publish::fleet::FleetCommand),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -483,6 +486,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
             println!("{}", gemba::conformance::tokenize(&bundle, &prompts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet(f) => {
+            gemba::publish::fleet::run_fleet_command(f)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(d) => {

@@ -195,6 +195,11 @@ impl Registry {
         }
     }
 
+    /// A slot among the `max_asks` API questions at once (the OpenAI-compatible endpoint's too).
+    pub(super) fn try_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
     /// API asks queued or being answered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -349,7 +354,7 @@ async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpErro
 
 /// A WAV file in memory → mono samples, decoded as `gemba ask --audio` decodes a file
 /// (dr_wav's scaling), keeping at most [`MAX_AUDIO_SECONDS`].
-fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
+pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
     use crate::model::speech;
     let pcm = speech::decode_wav_within(bytes, UPLOAD_CAMERA, &|rate| Some(rate as usize * MAX_AUDIO_SECONDS))
         .map_err(|e| unprocessable(e.to_string()))?;
@@ -371,7 +376,7 @@ fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
 
 /// The uploaded image's header, checked against `api.max_image_pixels` before anything is
 /// decoded or queued (413 over the budget, 422 when it is not a PNG or JPEG header).
-fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), HttpError> {
+pub(super) fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), HttpError> {
     let h = crate::model::vision::read_header(bytes, UPLOAD_CAMERA).map_err(|e| unprocessable(e.to_string()))?;
     let pixels = h.width as u64 * h.height as u64;
     if pixels > max_pixels {
@@ -389,7 +394,7 @@ fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), HttpError> {
 
 /// Decodes an uploaded PNG or JPEG with the decoder of `gemba ask --image` (JPEG with libjpeg
 /// 9's arithmetic, truncated and CMYK files refused), so the model sees the same pixels.
-fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<Frame, HttpError> {
+pub(super) fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<Frame, HttpError> {
     let img = crate::model::vision::decode_image_within(bytes, UPLOAD_CAMERA, max_pixels as usize)
         .map_err(|e| unprocessable(e.to_string()))?;
     let side = |v: usize| u32::try_from(v).expect("sides are at most 16384");

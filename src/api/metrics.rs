@@ -377,6 +377,19 @@ impl Collector for Pipeline {
         counter(&mut e, "store_evicted_reports", "Reports evicted by retention since start.", ev.reports)?;
         counter(&mut e, "store_evicted_bytes", "Bytes freed by evictions since start.", ev.bytes)?;
 
+        if let Some(m) = crate::publish::state() {
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            gauge_int(&mut e, "mqtt_connected", "1 while connected to the MQTT broker.", i64::from(m.connected.load(Ordering::Relaxed)))?;
+            gauge_int(&mut e, "mqtt_outbox_pending", "Messages in the outbox waiting for the broker's acknowledgement.", get(&m.pending) as i64)?;
+            gauge_int(&mut e, "mqtt_outbox_oldest_pending_seconds", "Age of the oldest waiting message.", (get(&m.oldest_pending_ms) / 1000) as i64)?;
+            counter(&mut e, "mqtt_outbox_dropped", "Messages dropped before delivery (their report evicted, or over the cap).", get(&m.dropped))?;
+            counter(&mut e, "mqtt_delivered", "Outbox messages the broker acknowledged.", get(&m.delivered))?;
+            counter(&mut e, "mqtt_sentences", "Live sentences published (QoS 0).", get(&m.sentences))?;
+            counter(&mut e, "mqtt_connects", "Connections made to the broker.", get(&m.connects))?;
+            counter(&mut e, "mqtt_connect_failures", "Connection attempts that failed.", get(&m.connect_failures))?;
+            counter(&mut e, "mqtt_asks", "Questions received on <prefix>/ask.", get(&m.asks))?;
+            counter(&mut e, "mqtt_ask_errors", "Questions refused as malformed or unanswerable.", get(&m.ask_errors))?;
+        }
         if let Some(rss) = resident_bytes() {
             gauge_int(&mut e, "process_resident_memory_bytes", "Resident memory of the daemon.", rss as i64)?;
         }

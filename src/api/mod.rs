@@ -15,6 +15,7 @@
 //! | `GET /reports`, `/reports/{id}`, `/reports/{id}.html`, `/reports/{id}/media/{n}` | the store |
 //! | `POST /model/reload`, `POST /model/unload` | the worker's bundle |
 //! | `GET /metrics` | OpenMetrics text |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible chat ([`openai`]) |
 //!
 //! Exposure: the server binds loopback by default. Any other address needs a bearer token
 //! ([`check_exposure`]); when a token is set every request must carry it (compared in constant
@@ -25,6 +26,7 @@
 
 pub mod ask;
 pub mod metrics;
+pub mod openai;
 mod reports;
 pub mod serve;
 
@@ -65,6 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/model/reload"),
     ("post", "/model/unload"),
     ("get", "/metrics"),
+    ("post", "/v1/chat/completions"),
+    ("get", "/v1/models"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +304,8 @@ pub fn router(api: Api) -> Router {
         .route("/model/reload", post(model_reload))
         .route("/model/unload", post(model_unload))
         .route("/metrics", get(metrics::handler))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such route (see docs/openapi.yaml)") })
         .layer(DefaultBodyLimit::disable())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
@@ -580,6 +586,7 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "cameras": camera_errors,
             "reports": failed_reports,
         },
+        "mqtt": crate::publish::status_json(),
         "update": update_state(&[settings.update.models_dir.clone(), settings.model.path.parent().map(Into::into).unwrap_or_default()]),
     })))
 }

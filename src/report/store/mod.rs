@@ -40,9 +40,12 @@ use super::{
 use crate::capture::{AudioClip, Frame};
 use crate::sys::tree::Tree;
 
+mod outbox;
 mod read;
 mod recover;
 mod retain;
+
+pub use outbox::{OutboxHook, OutboxMessage, OutboxRow, OutboxStats};
 
 /// Schema version in `PRAGMA user_version`; bump with a migration when the tables change.
 const SCHEMA_VERSION: i64 = 1;
@@ -139,6 +142,12 @@ struct Inner {
     recovery: RecoveryReport,
     /// Causes already logged (page writes failing, say): log once, not per report.
     warned: HashSet<&'static str>,
+    /// Builds a closing report's outbox messages (`None`: no outbox).
+    outbox_hook: Option<OutboxHook>,
+    /// The outbox table exists.
+    outbox_ready: bool,
+    /// Messages dropped since the store was opened (evicted with their report, or over the cap).
+    outbox_dropped: u64,
 }
 
 /// What recovery found and fixed when the store was opened.
@@ -294,6 +303,7 @@ impl Store {
             })?;
         let mut inner = Inner::new(&dir, policy, Some(lock))?;
         inner.migrate()?;
+        inner.detect_outbox()?;
         inner.recover()?;
         inner.enforce_retention()?; // also takes the index reserve
         Ok(Store {
@@ -318,6 +328,7 @@ impl Store {
             return Err(ReportError::NoStore { path: dir });
         }
         inner.check_schema(version)?;
+        inner.detect_outbox()?;
         inner.media_bytes = inner.sum_media_bytes()?;
         inner.html_bytes = Tree::open(&dir, false)?
             .sub(layout::HTML_DIR, false)
@@ -712,6 +723,9 @@ impl Inner {
             recovery: RecoveryReport::default(),
             warned: HashSet::new(),
             evicted: Evictions::default(),
+            outbox_hook: None,
+            outbox_ready: false,
+            outbox_dropped: 0,
         })
     }
 
@@ -939,6 +953,13 @@ impl Inner {
             _ => None,
         };
         let stats_json = stats.map(|s| serde_json::to_string(s).expect("stats serialize"));
+        // With an outbox, the report's messages are written in the transaction that closes it.
+        let queue = self.outbox_hook.is_some();
+        if queue {
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                return Err(self.db_failure(e, "closing a report", self.index_path(), 0));
+            }
+        }
         let updated = self.conn.execute(
             "UPDATE reports SET status = ?2, reason = ?3, finished_ms = ?4, stats_json = ?5,
                                 unknown_citations = ?6
@@ -952,15 +973,24 @@ impl Inner {
                 unknown
             ],
         );
-        match updated {
-            Ok(1) => {}
-            Ok(_) => {
-                return Err(ReportError::Closed {
-                    id: id.clone(),
-                    status: "no longer open (evicted?)",
-                })
+        let updated = match updated {
+            Ok(1) if queue => self.queue_report_messages(id).and_then(|()| {
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(|e| self.db_failure(e, "closing a report", self.index_path(), 0))
+            }),
+            Ok(1) => Ok(()),
+            Ok(_) => Err(ReportError::Closed {
+                id: id.clone(),
+                status: "no longer open (evicted?)",
+            }),
+            Err(e) => Err(self.db_failure(e, "closing a report", self.index_path(), 0)),
+        };
+        if let Err(e) = updated {
+            if queue && !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
             }
-            Err(e) => return Err(self.db_failure(e, "closing a report", self.index_path(), 0)),
+            return Err(e);
         }
         // The pages about to be written take space no write asked for: make room for them
         // (within the margin) before, so the index page written next already leaves out what

@@ -362,6 +362,7 @@ impl Inner {
                 |r| r.get(0),
             )
             .map_err(self.db_err("evicting a report"))?;
+        self.drop_report_messages(id)?;
         // On a full disk this delete has room in the WAL because `disk_full` released the
         // reserve first.
         self.conn
