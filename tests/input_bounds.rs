@@ -222,11 +222,25 @@ fn post_ask_refuses_bombs_before_decoding_and_the_daemon_stays_small() {
     let d = Daemon::start("max_asks = 4");
     let (idle_kib, _) = d.memory_kib();
     // Four PNG bombs as JSON and four JPEG bombs as multipart, all at once.
+    // The OpenAI-compatible endpoint takes the same bombs as data URIs.
+    let chat = |bytes: &[u8], mime: &str| {
+        use base64::Engine as _;
+        let uri = format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes));
+        let (code, v) = d.post_json(
+            "/v1/chat/completions",
+            &serde_json::json!({"model": "gemba", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What colour is the lamp?"},
+                {"type": "image_url", "image_url": {"url": uri}}]}]}),
+        );
+        (code, serde_json::json!({"error": v["error"]["message"]}))
+    };
     let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
         let mut hs = Vec::new();
         for _ in 0..4 {
             hs.push(s.spawn(|| d.post_json("/ask", &image_json(&png_bomb))));
             hs.push(s.spawn(|| post_multipart(&d, "What colour is the lamp?", "image", &jpeg_bomb)));
+            hs.push(s.spawn(|| chat(&png_bomb, "image/png")));
+            hs.push(s.spawn(|| chat(&jpeg_bomb, "image/jpeg")));
         }
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -237,7 +251,7 @@ fn post_ask_refuses_bombs_before_decoding_and_the_daemon_stays_small() {
         assert!(e.contains("20000x20000") || e.contains("60000x60000"), "{e}");
     }
     let (peak_kib, _) = d.memory_kib();
-    eprintln!("daemon: idle peak {idle_kib} KiB, after 4 PNG + 4 JPEG bombs at once {peak_kib} KiB");
+    eprintln!("daemon: idle peak {idle_kib} KiB, after 8 PNG + 8 JPEG bombs at once (POST /ask and /v1/chat/completions) {peak_kib} KiB");
     assert!(peak_kib < PEAK_LIMIT_KIB, "the daemon peaked at {peak_kib} KiB");
     // None of them took a slot: the daemon answers normally.
     let id = d.ask("What is the pressure on press 1?", &[]);
