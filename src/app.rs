@@ -5,8 +5,11 @@
 //! cameras (threads, latest frame on watch) ─▶ monitor (interval + change gate) ─▶ queries (bounded)
 //!   ─▶ dispatcher ─▶ model worker (thread owning the sessions) ─▶ events ─▶ report writer (store)
 //! ```
-//! Start-up: open the store (recovery marks cut-off reports incomplete), load ONNX Runtime and
-//! the model, write `status.json`, tell systemd READY, start cameras and monitors. SIGHUP reloads
+//! Start-up: open the store (recovery marks cut-off reports incomplete), bind the API, load ONNX
+//! Runtime, open the cameras (a camera that cannot work stops start-up before the model loads),
+//! load the model, write `status.json`, tell systemd READY, start the cameras' threads and the
+//! monitors. SIGTERM during start-up stops it at once. Every stage is supervised
+//! ([`crate::stage`]): one that dies stops the daemon with an error. SIGHUP reloads
 //! the config and the model (the old model serves until the new one has loaded). SIGTERM stops
 //! the sources; the query in flight gets `drain_deadline` to finish, after which its generation
 //! is cancelled and its report closed as incomplete; nothing acknowledged is lost.
@@ -25,7 +28,8 @@ use crate::capture::{spawn_camera, Camera, ReplayCamera, ReplayConfig};
 use crate::config::{CameraSettings, CameraSource, Settings};
 use crate::model::worker::{AskInput, AskSettings, Job, JobEvent, ModelInfo, Worker};
 use crate::model::{runtime, CancelToken, Event};
-use crate::monitor::{CameraWatch, GateConfig, MonitorStats, Query};
+use crate::daemon::queue::{Class, Pushed, Refused, RequestQueue};
+use crate::monitor::{CameraWatch, GateConfig, Looks, MonitorStats, Offer, Query};
 use crate::report::{ReportMeta, ReportStats, RetentionPolicy, Store, TextTimings, Trigger};
 use crate::systemd::{self, Beat, Progress};
 
@@ -82,6 +86,10 @@ pub fn settings_for(args: &RunArgs) -> Result<Settings> {
 #[derive(Debug, Default)]
 pub struct DaemonStats {
     pub queries: AtomicU64,
+    /// Queued looks replaced by a newer look at the same camera.
+    pub looks_replaced: AtomicU64,
+    /// Waiting requests dropped from a full queue for one that ranks higher.
+    pub requests_bumped: AtomicU64,
     pub reports: AtomicU64,
     pub reports_incomplete: AtomicU64,
     pub query_errors: AtomicU64,
@@ -247,13 +255,21 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
     })
 }
 
-fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
+/// Opens every camera's source (a replay camera lists and decodes its first image; a V4L2
+/// camera is set up), so a camera that cannot work stops start-up before the model loads.
+type Opened = Vec<(CameraSettings, Box<dyn crate::capture::CameraSource>)>;
+
+fn open_cameras(settings: &Settings) -> Result<Opened> {
+    settings.cameras.iter().map(|c| Ok((c.clone(), camera_source(c)?))).collect()
+}
+
+fn start_pipeline(opened: Opened, queries: Arc<dyn Looks>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
     let cancel = CancellationToken::new();
     let mut cameras = Vec::new();
     let mut watches = Vec::new();
     let mut handles = Vec::new();
-    for c in &settings.cameras {
-        let source = camera_source(c)?;
+    for (c, source) in opened {
+        let c = &c;
         log::info!("camera {}: starting ({})", c.name, source.name());
         let cam = spawn_camera(source, cancel.child_token()).with_context(|| format!("camera {}", c.name))?;
         handles.push(CameraHandle { name: c.name.clone(), frames: cam.subscribe(), stats: cam.shared_stats() });
@@ -267,7 +283,7 @@ fn start_pipeline(settings: &Settings, queries: mpsc::Sender<Query>, stats: Arc<
         }
         cameras.push(cam);
     }
-    let monitor = tokio::spawn(crate::monitor::run_monitor(watches, queries, stats, cancel.child_token()));
+    let monitor = tokio::spawn(crate::stage::run("monitor", crate::monitor::run_monitor(watches, queries, stats, cancel.child_token())));
     Ok(Pipeline { cancel, cameras, monitor, handles })
 }
 
@@ -286,6 +302,8 @@ type InFlight = Arc<Mutex<Option<CancelToken>>>;
 /// A question for the model, from any stage: the monitor, the local API, a voice utterance.
 pub struct Request {
     pub trigger: Trigger,
+    /// Its precedence in the queue (from the trigger: a person's question before looks).
+    pub class: Class,
     /// Why it was asked (for the log): "scene changed (…)", "POST /ask", "utterance 2.1 s".
     pub reason: String,
     pub prompt: String,
@@ -301,6 +319,30 @@ pub struct Request {
     /// What the requester adds once generation has ended (the spoken answer's audio and voice
     /// timings); the report waits for it before closing, up to a minute, unless it is dropped.
     pub follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
+    /// Generation choices of this request (the OpenAI-compatible API's parameters).
+    pub overrides: crate::model::worker::GenOverrides,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("trigger", &self.trigger.to_string())
+            .field("class", &self.class)
+            .field("reason", &self.reason)
+            .field("prompt", &self.prompt)
+            .field("frames", &self.frames.len())
+            .field("audio", &self.audio.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    /// Tells the requester this request will not be answered (dropped from the queue).
+    fn drop_unanswered(self, why: &str) {
+        if let Some(l) = &self.listener {
+            let _ = l.send(RequestEvent::Closed { report_id: String::new(), complete: false, error: Some(why.to_string()) });
+        }
+    }
 }
 
 /// Segments and figures a requester adds at the end of its report.
@@ -314,6 +356,7 @@ pub struct FollowUp {
 impl Request {
     pub fn new(trigger: Trigger, prompt: impl Into<String>) -> Request {
         Request {
+            class: Class::of(&trigger),
             trigger,
             reason: String::new(),
             prompt: prompt.into(),
@@ -323,6 +366,7 @@ impl Request {
             cancel: CancelToken::new(),
             listener: None,
             follow_up: None,
+            overrides: Default::default(),
         }
     }
 }
@@ -348,8 +392,9 @@ pub struct CameraHandle {
 /// What the other stages (local API, voice) get to reach the running pipeline.
 #[derive(Clone)]
 pub struct AppHandle {
-    /// Bounded: `try_submit` fails when the model's queue is full.
-    pub requests: mpsc::Sender<Request>,
+    /// Bounded, with classes (see [`RequestQueue`]): `try_submit` fails when it is full of
+    /// requests that rank as high as the new one.
+    pub requests: RequestQueue,
     pub worker: Worker,
     pub store: Store,
     pub stats: Arc<DaemonStats>,
@@ -372,9 +417,51 @@ impl AppHandle {
 
     /// Queues a request; `Err` gives it back when the queue is full or the daemon is stopping.
     pub fn try_submit(&self, req: Request) -> Result<(), Request> {
-        self.requests.try_send(req).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-        })
+        submit(&self.requests, &self.stats, req)
+    }
+}
+
+/// Queues a request, counting (and telling the listener of) whatever the queue dropped for it.
+fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(), Request> {
+    match queue.try_push(req) {
+        Ok(Pushed::Queued) => Ok(()),
+        Ok(Pushed::Replaced(old)) => {
+            stats.looks_replaced.fetch_add(1, Ordering::Relaxed);
+            old.drop_unanswered("replaced by a newer look at the same camera");
+            Ok(())
+        }
+        Ok(Pushed::Bumped(old)) => {
+            stats.requests_bumped.fetch_add(1, Ordering::Relaxed);
+            log::info!("queue full: dropped a waiting {} ({}) for a {}", old.class.word(), old.trigger, "request that ranks higher");
+            old.drop_unanswered("dropped from a full queue for a request that ranks higher");
+            Ok(())
+        }
+        Err(refused) => Err(refused.into_request()),
+    }
+}
+
+/// The monitor's looks go straight into the request queue as routine looks.
+struct MonitorLooks {
+    queue: RequestQueue,
+    stats: Arc<DaemonStats>,
+}
+
+impl Looks for MonitorLooks {
+    fn offer(&self, q: Query) -> Offer {
+        let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
+        let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
+        r.reason = q.trigger;
+        r.frames = q.frames;
+        match self.queue.try_push(r) {
+            Err(Refused::Full(_)) => Offer::Full,
+            Err(Refused::Closed(_)) => Offer::Closed,
+            Ok(p) => {
+                if let Pushed::Replaced(_) = p {
+                    self.stats.looks_replaced.fetch_add(1, Ordering::Relaxed);
+                }
+                Offer::Taken
+            }
+        }
     }
 }
 
@@ -391,13 +478,13 @@ struct Dispatch {
 
 impl Dispatch {
     /// Serves requests one at a time until `stop` (the request in flight is finished first).
-    async fn run(self, mut requests: mpsc::Receiver<Request>, stop: CancellationToken) {
+    async fn run(self, requests: RequestQueue, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                r = requests.recv() => match r {
+                r = requests.pop() => match r {
                     Some(r) => self.handle(r).await,
                     None => return,
                 },
@@ -458,6 +545,7 @@ impl Dispatch {
                     system_prompt: s.model.system_prompt.clone(),
                     max_new_tokens: s.model.max_new_tokens,
                     deadline: s.model.deadline.0,
+                    overrides: req.overrides.clone(),
                 },
                 info.providers.iter().any(|r| r.component == "vision"),
             )
@@ -498,7 +586,8 @@ impl Dispatch {
         let closed = writer_task.await.unwrap_or_else(|e| Err(e.to_string()));
         *self.in_flight.lock().expect("poisoned") = None;
         match closed {
-            Ok(complete) => tell(RequestEvent::Closed { report_id, complete, error: None }),
+            // An incomplete report's `closed` event carries why (the reason it was closed with).
+            Ok((complete, why)) => tell(RequestEvent::Closed { report_id, complete, error: why }),
             Err(e) => tell(RequestEvent::Closed { report_id, complete: false, error: Some(e) }),
         }
     }
@@ -517,7 +606,7 @@ fn write_report(
     model_sees_images: bool,
     stats: Arc<DaemonStats>,
     follow_up: Option<std::sync::mpsc::Receiver<FollowUp>>,
-) -> Result<bool, String> {
+) -> Result<(bool, Option<String>), String> {
     let id = writer.id().as_str().to_string();
     let fail = |stats: &DaemonStats, what: &str, e: &dyn std::fmt::Display| {
         stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -578,6 +667,15 @@ fn write_report(
         }
     }
     let complete = matches!(&done, Some(d) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline));
+    // Why the report is incomplete (None when it is complete).
+    let mut why = None;
+    let mut abort = |stats: &DaemonStats, reason: String| {
+        // Every report closed incomplete is counted as such, a failed model run included.
+        stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
+        let r = writer.abort(&reason);
+        why = Some(reason);
+        r
+    };
     let closed = match (done, failed) {
         (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
             writer.finish(ReportStats {
@@ -590,25 +688,19 @@ fn write_report(
                 voice,
             })
         }
-        (Some(d), _) => {
-            stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
-            writer.abort(&format!("generation stopped: {:?}", d.stop))
-        }
+        (Some(d), _) => abort(&stats, format!("generation stopped: {:?}", d.stop)),
         (None, Some(e)) => {
             stats.query_errors.fetch_add(1, Ordering::Relaxed);
-            writer.abort(&format!("the model failed: {e}"))
+            abort(&stats, format!("the model failed: {e}"))
         }
-        (None, None) => {
-            stats.reports_incomplete.fetch_add(1, Ordering::Relaxed);
-            writer.abort("the model worker went away")
-        }
+        (None, None) => abort(&stats, "the model worker went away".into()),
     };
     match closed {
         Ok(id) => {
             acks.closed();
             stats.reports.fetch_add(1, Ordering::Relaxed);
             log::info!("report {id} written");
-            Ok(complete)
+            Ok((complete, why))
         }
         Err(e) => {
             fail(&stats, "closing", &e);
@@ -648,8 +740,15 @@ impl AckLog {
     }
 }
 
+/// The store's policy; the free-space floor is resolved against the size of the file system
+/// the store is on (`store.min_free`).
 fn retention(s: &Settings) -> RetentionPolicy {
-    RetentionPolicy { max_bytes: Some(s.store.max_bytes.0), max_age: Some(s.store.max_age.0), min_free_bytes: 64 << 20 }
+    let fs_bytes = crate::report::durable::fs_bytes(&s.data_dir).unwrap_or(0);
+    RetentionPolicy {
+        max_bytes: Some(s.store.max_bytes.0),
+        max_age: Some(s.store.max_age.0),
+        min_free_bytes: s.store.min_free.bytes_on(fs_bytes),
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -661,12 +760,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(daemon(settings, args))
+    crate::stage::install_panic_hook();
+    let result = rt.block_on(daemon(settings, args));
+    // A SIGTERM during the model load returns while the load still runs on a blocking thread;
+    // do not wait for it (nothing of the store's is in flight then).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
-    // Signals are taken from the start: a SIGTERM while the model loads or the stages start is
-    // served once they are up (a clean stop), instead of killing the process half way.
+    // Signals are taken from the start: a SIGTERM during start-up stops it (below); once the
+    // stages run, it is a clean, ordered stop.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -675,25 +779,51 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     for d in [&settings.data_dir, &settings.state_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let data_dir = settings.data_dir.clone();
-    let policy = retention(&settings);
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
-        .await?
-        .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
-    let rec = store.recovery();
-    log::info!("report store {}: {rec:?}", settings.data_dir.display());
-
-    // Bound before the model loads, so a taken port is reported at once.
-    let api = crate::api::bind(&settings.api).await?;
-    let rt = runtime::init(settings.onnxruntime.as_deref())?;
+    // Start-up (store recovery, API bind, cameras, the model load) races SIGTERM/SIGINT: nothing
+    // is in flight yet, so a stop request ends the process at once instead of after a load that
+    // may take minutes (or hang on a stuck file system). A recovery cut short is as safe as one
+    // cut by kill -9 (tests/report_crash.rs).
+    let phase = std::cell::Cell::new("opening the report store");
     let progress = Progress::new();
-    systemd::status(&format!("loading model {}", settings.model.path.display()));
-    systemd::extend_timeout(Duration::from_secs(600));
-    let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
-    let beat = progress.stage("worker");
-    let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
-        .await?
-        .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+    let startup = async {
+        let data_dir = settings.data_dir.clone();
+        let policy = retention(&settings);
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
+            .await?
+            .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
+        let rec = store.recovery();
+        log::info!("report store {}: {rec:?}", settings.data_dir.display());
+        if let Some(m) = &settings.mqtt {
+            crate::publish::install_outbox(&store, m)?;
+        }
+
+        // Bound before the model loads, so a taken port is reported at once.
+        phase.set("binding the API");
+        let api = crate::api::bind(&settings.api).await?;
+        let rt = runtime::init(settings.onnxruntime.as_deref())?;
+        // Cameras are opened and checked before the model loads (minutes on a board), so a
+        // camera that cannot work stops start-up at once, and READY means the cameras are open.
+        phase.set("opening the cameras");
+        let opened = tokio::task::spawn_blocking({
+            let s = settings.clone();
+            move || open_cameras(&s)
+        })
+        .await??;
+        phase.set("loading the model");
+        systemd::status(&format!("loading model {}", settings.model.path.display()));
+        systemd::extend_timeout(Duration::from_secs(600));
+        let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
+        let beat = progress.stage("worker");
+        let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
+            .await?
+            .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+        anyhow::Ok((store, api, opened, worker))
+    };
+    let (store, api, opened, worker) = tokio::select! {
+        r = startup => r?,
+        _ = term.recv() => return stopped_during_start("SIGTERM", phase.get()),
+        _ = int.recv() => return stopped_during_start("SIGINT", phase.get()),
+    };
     let info = worker.info();
     write_status(&settings.state_dir, &info, true, &settings.data_dir).context("writing status.json")?;
     for r in &info.providers {
@@ -711,8 +841,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
 
     let stats = Arc::new(DaemonStats::default());
     let monitor_stats = Arc::new(MonitorStats::default());
-    let (rtx, rrx) = mpsc::channel::<Request>(settings.monitor_queue);
-    let (qtx, mut qrx) = mpsc::channel::<Query>(settings.monitor_queue);
+    let requests = RequestQueue::new(settings.monitor_queue);
+    let looks: Arc<dyn Looks> = Arc::new(MonitorLooks { queue: requests.clone(), stats: Arc::clone(&stats) });
     let in_flight: InFlight = Arc::new(Mutex::new(None));
     let shared_settings = Arc::new(Mutex::new(settings.clone()));
     let (events, _) = tokio::sync::broadcast::channel(256);
@@ -726,26 +856,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         beat: progress.stage("dispatcher"),
         events: events.clone(),
     };
-    let mut pipeline = Some(start_pipeline(&settings, qtx.clone(), Arc::clone(&monitor_stats))?);
+    let mut pipeline = Some(start_pipeline(opened, Arc::clone(&looks), Arc::clone(&monitor_stats))?);
     let cameras = Arc::new(Mutex::new(pipeline.as_ref().map(|p| p.handles.clone()).unwrap_or_default()));
-    let dispatcher = tokio::spawn(dispatch.run(rrx, stop_dispatch.clone()));
-    // The monitor's looks become requests like any other.
-    {
-        let rtx = rtx.clone();
-        tokio::spawn(async move {
-            while let Some(q) = qrx.recv().await {
-                let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
-                let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
-                r.reason = q.trigger;
-                r.frames = q.frames;
-                if rtx.send(r).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let dispatcher = tokio::spawn(crate::stage::run_until_stop("dispatcher", dispatch.run(requests.clone(), stop_dispatch.clone())));
     let handle = AppHandle {
-        requests: rtx,
+        requests: requests.clone(),
         worker: worker.clone(),
         store: store.clone(),
         stats: Arc::clone(&stats),
@@ -755,7 +870,8 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         events,
         shutdown: CancellationToken::new(),
     };
-    let api_task = crate::api::serve(api, handle.clone());
+    let mut api_server = crate::api::serve(api, handle.clone());
+    let publisher = settings.mqtt.as_ref().map(|m| crate::publish::start(m, handle.clone())).transpose()?;
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
@@ -765,6 +881,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         }
         Ok(None) => None,
         Err(e) => {
+            crate::stage::stages().disabled("voice", e.to_string());
             log::warn!("voice disabled: {e}");
             eprintln!("gemba: voice disabled: {e}");
             systemd::status(&format!("serving {} ({} cameras); voice disabled: {e}", info.bundle_id, settings.cameras.len()));
@@ -777,7 +894,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let store = store.clone();
         let every = settings.store.check_every.0;
         let stop = housekeeping.clone();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run_until_stop("retention", async move {
             let mut t = tokio::time::interval(every);
             t.tick().await;
             loop {
@@ -789,7 +906,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                     Err(e) => log::warn!("retention task: {e}"),
                 }
             }
-        });
+        }));
     }
     // status.json with live counters every few seconds.
     {
@@ -797,7 +914,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let stop = housekeeping.clone();
         let worker = worker.clone();
         let started = std::time::Instant::now();
-        tokio::spawn(async move {
+        tokio::spawn(crate::stage::run_until_stop("status", async move {
             let mut t = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
@@ -810,7 +927,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 })
                 .await;
             }
-        });
+        }));
     }
     if let Some(period) = systemd::watchdog_period() {
         let progress = progress.clone();
@@ -824,9 +941,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         });
     }
 
+    let failed = crate::stage::stages().failed();
     loop {
         tokio::select! {
             _ = term.recv() => break,
+            _ = failed.cancelled() => break,
             _ = async {
                 match args.stop_after {
                     Some(d) => tokio::time::sleep(d).await,
@@ -842,7 +961,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 log::info!("SIGHUP: reloading the config and the model");
                 match settings_for(&args) {
                     Err(e) => log::error!("reload: the config is invalid, keeping the running one: {e:#}"),
-                    Ok(new) => {
+                    Ok(mut new) => {
                         match worker.reload(&new.model.path, &new.providers).await {
                             Ok(info) => log::info!("reload: now serving {} ({})", info.bundle_id, &info.bundle_hash[..12]),
                             Err(e) => log::error!("reload: the new model did not load, the old one keeps serving: {e}"),
@@ -850,7 +969,27 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                         if let Some(p) = pipeline.take() {
                             p.stop().await;
                         }
-                        match start_pipeline(&new, qtx.clone(), Arc::clone(&monitor_stats)) {
+                        match api_server.apply(&new.api).await {
+                            Ok(changed) if changed.is_empty() => {}
+                            Ok(changed) => {
+                                for c in changed {
+                                    log::info!("reload: api: {c}");
+                                }
+                            }
+                            Err(e) => {
+                                log::error!("reload: api: refused, keeping the running listener and token: {e}");
+                                new.api = api_server.settings().clone();
+                            }
+                        }
+                        match tokio::task::spawn_blocking({
+                            let s = new.clone();
+                            move || open_cameras(&s)
+                        })
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r)
+                        .and_then(|opened| start_pipeline(opened, Arc::clone(&looks), Arc::clone(&monitor_stats)))
+                        {
                             Ok(p) => {
                                 *cameras.lock().expect("poisoned") = p.handles.clone();
                                 pipeline = Some(p);
@@ -871,6 +1010,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     }
 
     // Shutdown: sources first; everything downstream ends when its input closes.
+    crate::stage::stages().stopping();
     systemd::stopping();
     systemd::status("stopping");
     log::info!("stopping: sources first, then the query in flight");
@@ -881,8 +1021,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     if let Some(p) = pipeline.take() {
         p.stop().await;
     }
-    drop(qtx);
-    // The request in flight finishes; queued ones are dropped (their listeners see the end).
+    // The request in flight finishes; queued ones are dropped (their listeners are told).
+    for r in requests.close() {
+        r.drop_unanswered("the daemon is stopping");
+    }
     stop_dispatch.cancel();
     let drain = shared_settings.lock().expect("poisoned").drain_deadline.0;
     let mut dispatcher = dispatcher;
@@ -894,8 +1036,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
     }
     // The API stopped accepting at shutdown; its event streams have ended with their asks.
-    if tokio::time::timeout(Duration::from_secs(5), api_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), api_server.stopped()).await.is_err() {
         log::warn!("api: connections still open after 5 s; closing them");
+    }
+    if let Some(p) = publisher {
+        p.stop().await;
     }
     housekeeping.cancel();
     progress.retire("worker");
@@ -919,5 +1064,16 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         s.data_dir.display()
     );
     let _ = SystemTime::now();
+    // A stage that died stopped the daemon; exit non-zero so that systemd restarts it.
+    match crate::stage::stages().first_failure() {
+        Some(f) => Err(anyhow::anyhow!("{f}; the daemon stopped (it must not run on without the stage)")),
+        None => Ok(()),
+    }
+}
+
+fn stopped_during_start(signal: &str, phase: &str) -> Result<()> {
+    log::info!("{signal} during start-up ({phase}): stopping without waiting for it");
+    systemd::stopping();
+    eprintln!("gemba: {signal} during start-up ({phase}); stopped");
     Ok(())
 }

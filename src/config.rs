@@ -75,6 +75,65 @@ impl Serialize for HumanSize {
     }
 }
 
+/// `store.min_free`: free space the store leaves on its file system for everything else (logs,
+/// engine caches, the OS). `"auto"` (the default): 5 % of the file system, at most 64 MiB — so a
+/// 50 MB card keeps 2.5 MB free, not more than it holds; `"N%"` of the file system; or a size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Auto,
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl MinFree {
+    /// The floor in bytes on a file system of `fs_bytes`.
+    pub fn bytes_on(self, fs_bytes: u64) -> u64 {
+        match self {
+            MinFree::Auto => (fs_bytes / 20).min(64 << 20),
+            MinFree::Percent(p) => (fs_bytes as f64 * p / 100.0) as u64,
+            MinFree::Bytes(b) => b,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MinFree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(MinFree::Bytes(n)),
+            Raw::S(s) if s == "auto" => Ok(MinFree::Auto),
+            Raw::S(s) => match s.strip_suffix('%') {
+                Some(p) => match p.trim().parse::<f64>() {
+                    Ok(p) if p.is_finite() && (0.0..=50.0).contains(&p) => Ok(MinFree::Percent(p)),
+                    _ => Err(serde::de::Error::custom(format!(
+                        "\"{s}\" is not a share of the file system from 0% to 50%"
+                    ))),
+                },
+                None => s.parse::<bytesize::ByteSize>().map(|b| MinFree::Bytes(b.as_u64())).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "\"{s}\" is not \"auto\", a percentage (\"5%\") or a size ({e}); write e.g. \"64MiB\""
+                    ))
+                }),
+            },
+        }
+    }
+}
+
+impl Serialize for MinFree {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MinFree::Auto => s.serialize_str("auto"),
+            MinFree::Percent(p) => s.serialize_str(&format!("{p}%")),
+            MinFree::Bytes(b) => HumanSize(*b).serialize(s),
+        }
+    }
+}
+
 // ---- The file schema (every field optional, so a profile and a config can each give part) ----
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -108,6 +167,8 @@ pub struct RawConfig {
     pub voice: Option<crate::voice::config::RawVoice>,
     /// Fleet updates (`gemba model …`): models root, trusted keys, health gate.
     pub update: Option<crate::update::UpdateConfig>,
+    /// Publishing to an MQTT broker (src/publish/, docs/mqtt.md).
+    pub mqtt: Option<crate::publish::RawMqtt>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -171,6 +232,8 @@ pub struct RawStore {
     pub max_bytes: Option<HumanSize>,
     pub max_age: Option<HumanDuration>,
     pub check_every: Option<HumanDuration>,
+    /// Free space to leave on the file system: "auto" (5 %, at most 64 MiB), "N%" or a size.
+    pub min_free: Option<MinFree>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -203,6 +266,18 @@ pub struct RawApi {
     pub max_asks: Option<usize>,
     /// Events buffered per live-stream client before its token events are dropped (default 256).
     pub sse_buffer: Option<usize>,
+    /// Most pixels an uploaded image may have, checked from its header before it is decoded
+    /// (default 16777216 = 4096², at most 100000000, the model processor's own limit).
+    pub max_image_pixels: Option<u64>,
+    /// Largest uploaded image or WAV file, in bytes once base64 is undone (default 8MiB).
+    pub max_media_bytes: Option<HumanSize>,
+    /// Open connections at once; further ones get 503 and are closed (default 256).
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a request's headers, and that an idle connection stays open
+    /// (default "10s").
+    pub header_timeout: Option<HumanDuration>,
+    /// Time a client has to send a request's body (default "60s").
+    pub body_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +329,8 @@ pub struct Settings {
     /// Present when `[voice]` is there and not `enabled = false`.
     pub voice: Option<crate::voice::VoiceSettings>,
     pub update: crate::update::UpdateConfig,
+    /// Present when `[mqtt]` names a broker.
+    pub mqtt: Option<crate::publish::MqttSettings>,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
 }
@@ -269,6 +346,11 @@ pub struct ApiSettings {
     pub max_body: HumanSize,
     pub max_asks: usize,
     pub sse_buffer: usize,
+    pub max_image_pixels: u64,
+    pub max_media_bytes: HumanSize,
+    pub max_connections: usize,
+    pub header_timeout: HumanDuration,
+    pub body_timeout: HumanDuration,
 }
 
 fn redacted<S: serde::Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -291,6 +373,7 @@ pub struct StoreSettings {
     pub max_bytes: HumanSize,
     pub max_age: HumanDuration,
     pub check_every: HumanDuration,
+    pub min_free: MinFree,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -439,22 +522,63 @@ impl Settings {
                 msg: "a board profile describes the board; this key belongs in the config".into(),
             });
         }
+        let profile = merged.clone();
+        let config_table = table.clone();
         merge(&mut merged, table);
         let raw = to_raw(&merged, path)?;
-        Self::validate(raw, board, vec![board_path, path.to_path_buf()], path, base_dir)
+        // A bad value is reported in the file it came from: the config, or the profile when the
+        // config does not set that key.
+        let origin = |key: &str| -> PathBuf {
+            if !has_key(&config_table, key) && has_key(&profile, key) {
+                board_path.clone()
+            } else {
+                path.to_path_buf()
+            }
+        };
+        Self::validate(raw, board, vec![board_path.clone(), path.to_path_buf()], &origin, base_dir)
     }
 
-    fn validate(raw: RawConfig, board: String, sources: Vec<PathBuf>, path: &Path, base: &Path) -> Result<Settings, ConfigError> {
-        let bad = |key: &str, msg: String| ConfigError::Key { path: path.into(), key: key.into(), msg };
+    /// The one validation `gemba config check` and the daemon's start-up (and reload) share:
+    /// every key's type (already checked by serde), range and cross-key rule; see the README's
+    /// "Configuration ranges" table, which lists the same bounds.
+    fn validate(
+        raw: RawConfig,
+        board: String,
+        sources: Vec<PathBuf>,
+        origin: &dyn Fn(&str) -> PathBuf,
+        base: &Path,
+    ) -> Result<Settings, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::Key { path: origin(key), key: key.into(), msg };
+        let range = Ranges { bad: &bad };
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let data_dir = abs(raw.data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/gemba")));
         let state_dir = raw.state_dir.map(abs).unwrap_or_else(|| data_dir.clone());
         let model_path = abs(raw.model.path.unwrap_or_else(|| PathBuf::from("/var/lib/gemba/models/current")));
-        let max_new_tokens = raw.model.max_new_tokens.unwrap_or(128);
-        if max_new_tokens == 0 {
-            return Err(bad("model.max_new_tokens", "must be at least 1".into()));
-        }
+        let max_new_tokens = range.int("model.max_new_tokens", raw.model.max_new_tokens.unwrap_or(128), 1, 1 << 20)?;
+        let deadline = range.duration(
+            "model.deadline",
+            raw.model.deadline.unwrap_or(HumanDuration(Duration::from_secs(120))),
+            Duration::from_secs(1),
+            DAY,
+        )?;
         let p = raw.providers;
+        let threads = crate::model::providers::max_threads();
+        for (key, n) in [("providers.intra_op_threads", p.intra_op_threads), ("providers.inter_op_threads", p.inter_op_threads)] {
+            if let Some(n) = n {
+                if n == 0 || n > threads {
+                    return Err(bad(
+                        key,
+                        format!("{n} is out of range 1–{threads} (4 per CPU of this machine); leave it unset for ONNX Runtime's default"),
+                    ));
+                }
+            }
+        }
+        if let Some(w) = p.tensorrt.workspace {
+            range.size("providers.tensorrt.workspace", w, 1 << 20, 1 << 40)?;
+        }
+        if let Some(id) = p.cuda.device_id {
+            range.int("providers.cuda.device_id", i64::from(id), 0, 63)?;
+        }
         let mut per_component = std::collections::BTreeMap::new();
         for (name, order) in [("decoder", p.decoder), ("embedding", p.embedding), ("vision", p.vision), ("speech", p.speech)] {
             if let Some(o) = order {
@@ -492,10 +616,13 @@ impl Settings {
             max_bytes: raw.store.max_bytes.unwrap_or(HumanSize(2 << 30)),
             max_age: raw.store.max_age.unwrap_or(HumanDuration(Duration::from_secs(30 * 86_400))),
             check_every: raw.store.check_every.unwrap_or(HumanDuration(Duration::from_secs(300))),
+            min_free: raw.store.min_free.unwrap_or(MinFree::Auto),
         };
-        if store.max_bytes.0 < (1 << 20) {
-            return Err(bad("store.max_bytes", "must be at least 1MiB".into()));
-        }
+        // At least 4MiB: the index (with its 256 KiB reserve) and a few reports' frames must fit
+        // (with 1MiB every write failed).
+        range.size("store.max_bytes", store.max_bytes, 4 << 20, 1 << 50)?;
+        range.duration("store.max_age", store.max_age, Duration::from_secs(60), 100 * YEAR)?;
+        range.duration("store.check_every", store.check_every, Duration::from_secs(1), DAY)?;
         let mut cameras: Vec<CameraSettings> = Vec::new();
         for (i, c) in raw.cameras.into_iter().enumerate() {
             let key = |k: &str| format!("cameras[{i}].{k}");
@@ -504,6 +631,11 @@ impl Settings {
             }
             if cameras.iter().any(|o| o.name == c.name) {
                 return Err(bad(&key("name"), format!("\"{}\" is used by another camera", c.name)));
+            }
+            for (k, v) in [("width", c.width), ("height", c.height)] {
+                if let Some(v) = v {
+                    range.int(&key(k), v, 16, 16_384)?;
+                }
             }
             let source = match c.kind.as_str() {
                 "v4l2" => CameraSource::V4l2 {
@@ -522,38 +654,60 @@ impl Settings {
                 "replay" => CameraSource::Replay {
                     source: {
                         let s = c.source.ok_or_else(|| bad(&key("source"), "a replay camera needs a source (a directory or glob of images)".into()))?;
-                        if Path::new(&s).is_absolute() { s } else { base.join(s).display().to_string() }
+                        let s = if Path::new(&s).is_absolute() { s } else { base.join(s).display().to_string() };
+                        // A source that matches nothing would only fail once the model had loaded.
+                        if let Err(e) = crate::capture::replay::list_images(&c.name, &s) {
+                            return Err(bad(&key("source"), e.to_string()));
+                        }
+                        s
                     },
                     looped: c.looped.unwrap_or(true),
                 },
                 other => return Err(bad(&key("kind"), format!("\"{other}\" is not a camera kind (v4l2, replay)"))),
             };
             let fps = c.fps.unwrap_or(match source { CameraSource::V4l2 { .. } => 15.0, CameraSource::Replay { .. } => 1.0 });
-            if !(fps > 0.0 && fps <= 240.0) {
-                return Err(bad(&key("fps"), format!("{fps} is out of range (0, 240]")));
-            }
+            range.float(&key("fps"), fps, *crate::capture::FPS_RANGE.start(), *crate::capture::FPS_RANGE.end(), " frames per second")?;
             let change_threshold = c.change_threshold.unwrap_or(6.0);
-            if !(0.0..=255.0).contains(&change_threshold) {
-                return Err(bad(&key("change_threshold"), format!("{change_threshold} is out of range 0–255 (luma levels)")));
-            }
+            range.float(&key("change_threshold"), f64::from(change_threshold), 0.0, 255.0, " (luma levels)")?;
+            let interval = match c.interval {
+                Some(i) => range.duration(&key("interval"), i, Duration::from_millis(10), DAY)?,
+                // Every frame (the frame period is at most 1000 s: fps ≥ 0.001).
+                None => HumanDuration(Duration::from_secs_f64(1.0 / fps).max(Duration::from_millis(10))),
+            };
+            let max_interval = range.duration(
+                &key("max_interval"),
+                c.max_interval.unwrap_or(HumanDuration(Duration::from_secs(600))),
+                Duration::from_secs(1),
+                30 * DAY,
+            )?;
             cameras.push(CameraSettings {
                 name: c.name,
                 source,
                 fps,
-                interval: c.interval.unwrap_or(HumanDuration(Duration::from_secs_f64(1.0 / fps))),
+                interval,
                 change_threshold,
-                max_interval: c.max_interval.unwrap_or(HumanDuration(Duration::from_secs(600))),
+                max_interval,
                 prompt: c.prompt.unwrap_or_else(|| "Give me a status report.".into()),
                 monitor: c.monitor.unwrap_or(true),
             });
         }
-        let monitor_queue = raw.monitor.queue.unwrap_or(4).max(1);
+        let monitor_queue = range.int("monitor.queue", raw.monitor.queue.unwrap_or(4), 1, 1024)?;
+        let drain_deadline = range.duration(
+            "daemon.drain_deadline",
+            raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
         let api = api_settings(raw.api, &bad, &abs)?;
         let key_err = |(key, msg): (String, String)| bad(&key, msg);
         let microphone = raw.microphone.map(|m| crate::voice::config::validate_microphone(m, &abs)).transpose().map_err(key_err)?;
         let names: Vec<&str> = cameras.iter().map(|c| c.name.as_str()).collect();
         let voice = match raw.voice {
             Some(v) => crate::voice::config::validate_voice(v, &names, &abs).map_err(key_err)?,
+            None => None,
+        };
+        let mqtt = match raw.mqtt {
+            Some(m) => crate::publish::config::validate(m, &abs).map_err(key_err)?,
             None => None,
         };
         if voice.is_some() && microphone.is_none() {
@@ -568,26 +722,90 @@ impl Settings {
                 path: model_path,
                 system_prompt: raw.model.system_prompt,
                 max_new_tokens,
-                deadline: raw.model.deadline.unwrap_or(HumanDuration(Duration::from_secs(120))),
+                deadline,
             },
             providers,
             store,
             monitor_queue,
             cameras,
-            drain_deadline: raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
+            drain_deadline,
             api,
             microphone,
             voice,
             update: {
                 let mut u = raw.update.unwrap_or_default();
+                range.duration("update.health_timeout", HumanDuration(u.health_timeout), Duration::from_secs(1), Duration::from_secs(3600))?;
+                range.duration("update.health_hold", HumanDuration(u.health_hold), Duration::ZERO, DAY)?;
+                range.int("update.keep", u.keep, 0, 100)?;
                 u.models_dir = abs(u.models_dir);
                 u.state_dir = abs(u.state_dir);
                 u.trusted_keys = u.trusted_keys.into_iter().map(abs).collect();
                 u
             },
+            mqtt,
             sources,
         })
     }
+}
+
+/// `api.max_image_pixels` unless set: 4096 × 4096, 48 MiB decoded.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// humantime's year (365.25 days), so that the bound prints as "100years".
+const YEAR: Duration = Duration::from_secs(31_557_600);
+
+/// Range checks that name the key (and, through `bad`, the file) of a value out of bounds.
+struct Ranges<'a> {
+    bad: &'a dyn Fn(&str, String) -> ConfigError,
+}
+
+impl Ranges<'_> {
+    fn int<T: Copy + TryInto<i128> + std::fmt::Display>(&self, key: &str, v: T, lo: i64, hi: i64) -> Result<T, ConfigError> {
+        let x: i128 = v.try_into().unwrap_or(i128::MAX);
+        if x < i128::from(lo) || x > i128::from(hi) {
+            return Err((self.bad)(key, format!("{v} is out of range {lo}–{hi}")));
+        }
+        Ok(v)
+    }
+
+    fn float(&self, key: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, ConfigError> {
+        if !v.is_finite() || v < lo || v > hi {
+            return Err((self.bad)(key, format!("{v:?} is out of range {lo:?}–{hi:?}{unit}")));
+        }
+        Ok(v)
+    }
+
+    fn duration(&self, key: &str, d: HumanDuration, lo: Duration, hi: Duration) -> Result<HumanDuration, ConfigError> {
+        if d.0 < lo || d.0 > hi {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            let why = if d.0.is_zero() { " (zero would mean nothing happens)" } else { "" };
+            return Err((self.bad)(key, format!("\"{}\" is out of range \"{}\"–\"{}\"{why}", show(d.0), show(lo), show(hi))));
+        }
+        Ok(d)
+    }
+
+    fn size(&self, key: &str, s: HumanSize, lo: u64, hi: u64) -> Result<HumanSize, ConfigError> {
+        if s.0 < lo || s.0 > hi {
+            let show = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+            return Err((self.bad)(key, format!("\"{}\" is out of range \"{}\"–\"{}\"", show(s.0), show(lo), show(hi))));
+        }
+        Ok(s)
+    }
+}
+
+/// Whether `key` (`a.b.c`; `cameras[1].x` is never in a profile) is set in `table`.
+fn has_key(table: &toml::Table, key: &str) -> bool {
+    let mut t = table;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        match t.get(*part) {
+            Some(toml::Value::Table(sub)) if i + 1 < parts.len() => t = sub,
+            Some(_) if i + 1 == parts.len() => return true,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn api_settings(
@@ -615,16 +833,33 @@ fn api_settings(
             return Err(bad("api.token", why));
         }
     }
-    let max_body = raw.max_body.unwrap_or(HumanSize(16 << 20));
-    if max_body.0 < 1024 {
-        return Err(bad("api.max_body", "must be at least 1KiB".into()));
-    }
+    let range = Ranges { bad };
+    let max_body = range.size("api.max_body", raw.max_body.unwrap_or(HumanSize(16 << 20)), 1 << 10, 1 << 30)?;
+    let max_image_pixels = range.int(
+        "api.max_image_pixels",
+        raw.max_image_pixels.unwrap_or(DEFAULT_MAX_IMAGE_PIXELS),
+        1,
+        crate::model::vision::MAX_IMAGE_PIXELS as i64,
+    )?;
+    let max_media_bytes = range.size("api.max_media_bytes", raw.max_media_bytes.unwrap_or(HumanSize(8 << 20)), 1 << 10, 1 << 30)?;
+    let max_connections = range.int("api.max_connections", raw.max_connections.unwrap_or(256), 1, 65_536)?;
+    let timeout = |key: &str, v: Option<HumanDuration>, default: u64| {
+        let d = v.unwrap_or(HumanDuration(Duration::from_secs(default)));
+        range.duration(key, d, Duration::from_millis(100), Duration::from_secs(3600))
+    };
+    let header_timeout = timeout("api.header_timeout", raw.header_timeout, 10)?;
+    let body_timeout = timeout("api.body_timeout", raw.body_timeout, 60)?;
     let api = ApiSettings {
         listen,
         token,
         max_body,
-        max_asks: raw.max_asks.unwrap_or(4).max(1),
-        sse_buffer: raw.sse_buffer.unwrap_or(256).max(4),
+        max_asks: range.int("api.max_asks", raw.max_asks.unwrap_or(4), 1, 256)?,
+        sse_buffer: range.int("api.sse_buffer", raw.sse_buffer.unwrap_or(256), 4, 65_536)?,
+        max_image_pixels,
+        max_media_bytes,
+        max_connections,
+        header_timeout,
+        body_timeout,
     };
     crate::api::check_exposure(&api).map_err(|e| bad("api.listen", e.to_string()))?;
     Ok(api)
@@ -634,8 +869,11 @@ fn api_settings(
 mod tests {
     use super::*;
 
+    /// Relative paths resolve here: the demo's frames are real images for replay cameras.
+    const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo");
+
     fn load(text: &str) -> Result<Settings, ConfigError> {
-        Settings::from_str(text, Path::new("/etc/gemba/gemba.toml"), Path::new("/etc/gemba"))
+        Settings::from_str(text, Path::new("/etc/gemba/gemba.toml"), Path::new(DEMO))
     }
 
     const GOOD: &str = r#"
@@ -672,7 +910,7 @@ fps = 2.0
         assert_eq!(s.cameras[0].interval.0, Duration::from_secs(30));
         assert_eq!(
             s.cameras[1].source,
-            CameraSource::Replay { source: "/etc/gemba/frames/*.jpg".into(), looped: true }
+            CameraSource::Replay { source: format!("{DEMO}/frames/*.jpg"), looped: true }
         );
         assert_eq!(s.sources.len(), 2);
     }
@@ -702,14 +940,14 @@ fps = 2.0
     fn bad_configs_name_file_and_key() {
         let cases: &[(&str, &str)] = &[
             ("board = \"x86-dev\"\n[model]\nmax_new_tokenz = 3\n", "model.max_new_tokenz: unknown key"),
-            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"x\"\nfsp = 3\n", "cameras[0].fsp: unknown key"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\nfsp = 3\n", "cameras[0].fsp: unknown key"),
             ("board = \"x86-dev\"\n[store]\nmax_bytes = \"lots\"\n", "store.max_bytes"),
             ("board = \"x86-dev\"\n[store]\nmax_age = \"forever\"\n", "store.max_age"),
             ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"usb\"\n", "cameras[0].kind"),
             ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"v4l2\"\n", "cameras[0].device"),
-            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a b\"\nkind = \"replay\"\nsource = \"x\"\n", "cameras[0].name"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a b\"\nkind = \"replay\"\nsource = \"frames\"\n", "cameras[0].name"),
             (
-                "board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"x\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"y\"\n",
+                "board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\n",
                 "cameras[1].name",
             ),
             ("board = \"x86-dev\"\n[providers]\norder = [\"dml\"]\n", "providers.order"),
@@ -722,6 +960,17 @@ fps = 2.0
             ("board = \"x86-dev\"\n[api]\ntoken = \"short\"\n", "api.token: the token is 5 characters"),
             ("board = \"x86-dev\"\n[api]\nmax_body = \"100B\"\n", "api.max_body"),
             ("board = \"x86-dev\"\n[api]\nport = 8470\n", "api.port: unknown key"),
+            (
+                "board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"nothing-*.jpg\"\n",
+                "cameras[0].source: camera a: no JPEG or PNG images match",
+            ),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\nfps = 1e-20\n", "cameras[0].fps: 1e-20 is out of range 0.001–1000.0 frames per second"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\ninterval = \"0s\"\n", "cameras[0].interval: \"0s\" is out of range"),
+            ("board = \"x86-dev\"\n[store]\ncheck_every = \"0s\"\n", "store.check_every"),
+            ("board = \"x86-dev\"\n[model]\ndeadline = \"0s\"\n", "model.deadline"),
+            ("board = \"x86-dev\"\n[monitor]\nqueue = 9223372036854775807\n", "monitor.queue: 9223372036854775807 is out of range 1–1024"),
+            ("board = \"x86-dev\"\n[api]\nsse_buffer = 9223372036854775807\n", "api.sse_buffer"),
+            ("board = \"x86-dev\"\n[providers]\nintra_op_threads = 100000\n", "providers.intra_op_threads: 100000 is out of range"),
         ];
         for (text, want) in cases {
             let e = load(text).unwrap_err().to_string();

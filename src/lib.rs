@@ -12,7 +12,10 @@
 //!   retention, HTML pages and JSON export.
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
 //! - [`doctor`]: what this machine can run (runtime, providers, CPU and GPU facts).
+//! - [`publish`]: leaving the board — MQTT (status, reports, live sentences, questions) through
+//!   the store's outbox, and `gemba fleet status`.
 //! - [`update`]: signed model bundles installed, health-checked and rolled back (`gemba model`).
+//! - [`sys`]: owned directory trees that sweeps and gc can never leave (no link is followed).
 //!
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
@@ -23,10 +26,14 @@ pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod conformance;
+pub mod daemon;
 pub mod doctor;
 pub mod model;
+pub mod sys;
 pub mod systemd;
 pub mod monitor;
+pub mod publish;
 pub mod report;
+pub mod stage;
 pub mod update;
 pub mod voice;

@@ -57,6 +57,9 @@ enum Command {
     Bench(BenchCmd),
     /// Signed model bundles: keygen, pack, install (verify, smoke, switch, health gate, rollback), list, status, gc.
     Model(gemba::update::cli::ModelArgs),
+    /// Boards seen on an MQTT broker (docs/mqtt.md).
+    #[command(subcommand)]
+    Fleet(gemba::publish::fleet::FleetCommand),
     /// Conformance helpers (same JSON as tests/conformance/genai_greedy.py).
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -350,10 +353,10 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().filter_or("GEMBA_LOG", level))
-        .format_timestamp_millis()
-        .try_init();
-    if verbose > 0 {
+    gemba::systemd::init_logging(level);
+    // Under the journal ort's `tracing` events reach it as log records (tracing's `log`
+    // feature, used when no subscriber is installed); elsewhere they print on stderr.
+    if verbose > 0 && !systemd_journal_logger::connected_to_journal() {
         // ort reports through `tracing`; show its messages too when asked.
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -483,6 +486,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
             println!("{}", gemba::conformance::tokenize(&bundle, &prompts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet(f) => {
+            gemba::publish::fleet::run_fleet_command(f)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(d) => {

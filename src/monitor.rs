@@ -1,10 +1,11 @@
-//! When to look: per camera an interval, a change gate and a prompt → a [`Query`] on a bounded
-//! channel to the model worker.
+//! When to look: per camera an interval, a change gate and a prompt → a [`Query`] offered to a
+//! [`Looks`] sink — the daemon's request queue, where it becomes a routine look (ranked below a
+//! person's question, and replacing the camera's older look still waiting).
 //!
-//! In: each camera's [`FrameReceiver`] and its [`CameraWatch`] settings. Out: [`Query`]s on a
-//! bounded `mpsc` channel. Drop policy: when the channel is full the look is **dropped and
-//! counted** (`dropped_full`) and the gate is not advanced, so the next tick looks again with a
-//! fresher frame — a busy model should get the newest scene, not a backlog of stale ones.
+//! In: each camera's [`FrameReceiver`] and its [`CameraWatch`] settings. Out: [`Query`]s, never
+//! waiting. Drop policy: when the sink is full the look is **dropped and counted**
+//! (`dropped_full`) and the gate is not advanced, so the next tick looks again with a fresher
+//! frame — a busy model should get the newest scene, not a backlog of stale ones.
 //!
 //! ## The change gate
 //! A look costs a model run; most ticks show the same scene. [`ChangeGate`] compares a tiny
@@ -191,6 +192,32 @@ pub struct Query {
     pub trigger: String,
 }
 
+/// What the sink did with a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Taken,
+    /// No room: dropped (counted); the gate is not advanced, so the next tick looks again.
+    Full,
+    /// The sink is gone: the watch ends.
+    Closed,
+}
+
+/// Where looks go; never blocks.
+pub trait Looks: Send + Sync {
+    fn offer(&self, query: Query) -> Offer;
+}
+
+/// A bounded channel as a sink (tests, tools).
+impl Looks for mpsc::Sender<Query> {
+    fn offer(&self, query: Query) -> Offer {
+        match self.try_send(query) {
+            Ok(()) => Offer::Taken,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+}
+
 /// How one camera is watched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CameraWatch {
@@ -225,7 +252,7 @@ impl MonitorStats {
 pub async fn watch_camera(
     watch: CameraWatch,
     mut frames: FrameReceiver,
-    queries: mpsc::Sender<Query>,
+    queries: Arc<dyn Looks>,
     stats: Arc<MonitorStats>,
     cancel: CancellationToken,
 ) {
@@ -261,13 +288,13 @@ pub async fn watch_camera(
             prompt: watch.prompt.clone(),
             trigger: trigger.to_string(),
         };
-        match queries.try_send(query) {
-            Ok(()) => {
+        match queries.offer(query) {
+            Offer::Taken => {
                 gate.commit(thumb, now);
                 MonitorStats::bump(&stats.queries);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => MonitorStats::bump(&stats.dropped_full),
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Offer::Full => MonitorStats::bump(&stats.dropped_full),
+            Offer::Closed => return,
         }
     }
 }
@@ -275,7 +302,7 @@ pub async fn watch_camera(
 /// Watch every camera, each on its own task; returns when all have ended.
 pub async fn run_monitor(
     watches: Vec<(CameraWatch, FrameReceiver)>,
-    queries: mpsc::Sender<Query>,
+    queries: Arc<dyn Looks>,
     stats: Arc<MonitorStats>,
     cancel: CancellationToken,
 ) {
@@ -480,7 +507,7 @@ mod tests {
         };
         let monitor = tokio::spawn(run_monitor(
             vec![(watch, camera.subscribe())],
-            tx,
+            Arc::new(tx),
             stats.clone(),
             cancel.clone(),
         ));
@@ -542,7 +569,7 @@ mod tests {
         let monitor = tokio::spawn(watch_camera(
             watch,
             camera.subscribe(),
-            tx,
+            Arc::new(tx),
             stats.clone(),
             cancel.clone(),
         ));
@@ -592,7 +619,7 @@ mod tests {
         let task = tokio::spawn(watch_camera(
             watch,
             frames,
-            tx,
+            Arc::new(tx),
             stats.clone(),
             cancel.clone(),
         ));
@@ -625,7 +652,7 @@ mod tests {
         let task = tokio::spawn(watch_camera(
             watch,
             camera.subscribe(),
-            tx,
+            Arc::new(tx),
             stats,
             CancellationToken::new(),
         ));

@@ -124,14 +124,16 @@ impl Progress {
     }
 }
 
-/// Installs the logger: the journal's native protocol (structured fields) when stderr goes to
-/// the journal, else human-readable lines on stderr.
+/// Installs the logger: the journal's native protocol (structured fields, priorities) when
+/// stderr goes to the journal (`JOURNAL_STREAM` names stderr, as systemd sets it for a service),
+/// else human-readable lines on stderr. `GEMBA_LOG` overrides `default_level` (a level, or
+/// env_logger's `module=level` filters on stderr).
 pub fn init_logging(default_level: &str) {
-    let level: log::LevelFilter = std::env::var("GEMBA_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or_else(|| default_level.parse().unwrap_or(log::LevelFilter::Warn));
     if systemd_journal_logger::connected_to_journal() {
+        let level: log::LevelFilter = std::env::var("GEMBA_LOG")
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| default_level.parse().unwrap_or(log::LevelFilter::Warn));
         if let Ok(j) = systemd_journal_logger::JournalLog::new() {
             if j.with_syslog_identifier("gemba".into()).install().is_ok() {
                 log::set_max_level(level);
@@ -139,7 +141,9 @@ pub fn init_logging(default_level: &str) {
             }
         }
     }
-    let _ = env_logger::Builder::new().filter_level(level).format_timestamp_millis().try_init();
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().filter_or("GEMBA_LOG", default_level))
+        .format_timestamp_millis()
+        .try_init();
 }
 
 #[cfg(test)]

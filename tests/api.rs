@@ -177,8 +177,8 @@ fn multipart_asks_carry_an_uploaded_image_and_audio_into_the_report() {
         (json!({ "text": "  " }), "empty"),
         (json!({ "text": QUESTION, "cameras": ["press-9"] }), "no camera named \"press-9\""),
         (json!({ "text": QUESTION, "image": "!!!" }), "image: not base64"),
-        (json!({ "text": QUESTION, "image": b64.encode(b"GIF89a....") }), "image:"),
-        (json!({ "text": QUESTION, "audio": b64.encode(b"RIFF") }), "audio:"),
+        (json!({ "text": QUESTION, "image": b64.encode(b"GIF89a....") }), "image upload: not a PNG or JPEG"),
+        (json!({ "text": QUESTION, "audio": b64.encode(b"RIFF") }), "audio upload:"),
         (json!({ "text": QUESTION, "colour": "red" }), "unknown field"),
     ] {
         let (code, v) = d.post_json("/ask", &body);

@@ -53,7 +53,7 @@ fn every_route_is_in_the_openapi_document_and_every_operation_is_a_route() {
     let doc = document_operations();
     let routes: BTreeSet<(String, String)> =
         gemba::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
-    assert_eq!(doc.len(), 11, "{doc:?}");
+    assert_eq!(doc.len(), 13, "{doc:?}");
     assert_eq!(doc, routes);
 }
 
@@ -123,7 +123,7 @@ fn the_running_api_answers_as_its_openapi_document_says() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really tested: every selected operation, every phase.
-    assert!(stdout.contains("Selected: 10/11") && stdout.contains("Tested: 10"), "{tail}");
+    assert!(stdout.contains("Selected: 12/13") && stdout.contains("Tested: 12"), "{tail}");
     for phase in ["Coverage", "Fuzzing", "Stateful"] {
         assert!(stdout.contains(&format!("✅ {phase}")), "{phase} did not pass: {tail}");
     }

@@ -112,6 +112,52 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
             |d| edit_config(d, |v| v["model"]["context_length"] = 0.into()),
             &["genai_config.json", "model.context_length"],
         ),
+        // Impossible sizes and ids (issue 10, finding 8): refused at load, by key.
+        (
+            "zero attention heads",
+            |d| edit_config(d, |v| v["model"]["decoder"]["num_attention_heads"] = 0.into()),
+            &["genai_config.json", "model.decoder.num_attention_heads", "greater than 0"],
+        ),
+        (
+            "zero vocabulary",
+            |d| edit_config(d, |v| v["model"]["vocab_size"] = 0.into()),
+            &["genai_config.json", "model.vocab_size", "greater than 0"],
+        ),
+        (
+            "eos id -1",
+            |d| edit_config(d, |v| v["model"]["eos_token_id"] = serde_json::json!([599, -1])),
+            &["genai_config.json", "model.eos_token_id", "-1 is not a token id"],
+        ),
+        (
+            "eos id outside the vocabulary",
+            |d| edit_config(d, |v| v["model"]["eos_token_id"] = 640.into()),
+            &["genai_config.json", "model.eos_token_id", "outside the vocabulary"],
+        ),
+        (
+            "zero head size",
+            |d| edit_config(d, |v| v["model"]["decoder"]["head_size"] = 0.into()),
+            &["genai_config.json", "model.decoder.head_size", "greater than 0"],
+        ),
+        (
+            "zero layers",
+            |d| edit_config(d, |v| v["model"]["decoder"]["num_hidden_layers"] = 0.into()),
+            &["genai_config.json", "model.decoder.num_hidden_layers", "greater than 0"],
+        ),
+        (
+            "more KV heads than heads",
+            |d| edit_config(d, |v| v["model"]["decoder"]["num_key_value_heads"] = 8.into()),
+            &["genai_config.json", "model.decoder.num_key_value_heads", "more than num_attention_heads"],
+        ),
+        (
+            "thousands of threads",
+            |d| edit_config(d, |v| v["model"]["decoder"]["session_options"]["intra_op_num_threads"] = 100_000.into()),
+            &["decoder", "intra_op_num_threads", "100000 threads is more than"],
+        ),
+        (
+            "temperature not finite",
+            |d| edit_config(d, |v| v["search"]["temperature"] = (-1.0).into()),
+            &["genai_config.json", "search.temperature"],
+        ),
         (
             "unsupported model type",
             |d| edit_config(d, |v| v["model"]["type"] = "whisper".into()),

@@ -5,56 +5,12 @@
 
 mod common;
 
-use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{assert_consistent, at, clip, frame, meta};
+use common::{assert_consistent, at, clip, frame, meta, Tmpfs};
 use gemba::report::{
     ListFilter, ReportError, ReportId, ReportStats, ReportStatus, RetentionPolicy, Store, Trigger,
 };
-
-/// A size-limited tmpfs, unmounted on drop (even when the test panics).
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        let c = |s: &str| CString::new(s).unwrap();
-        let target = c(path.to_str().unwrap());
-        let opts = c(&format!("size={size},mode=0755"));
-        // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
-        let rc = unsafe {
-            libc::mount(
-                c("tmpfs").as_ptr(),
-                target.as_ptr(),
-                c("tmpfs").as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            panic!(
-                "mounting a {size} tmpfs at {} failed: {} — this test needs root (CAP_SYS_ADMIN) to \
-                 give the store a small real file system; run the tests as root, as CI does",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        Tmpfs { path, _dir: dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = CString::new(self.path.to_str().unwrap()).unwrap();
-        // SAFETY: valid path; MNT_DETACH so a leftover open file cannot keep it mounted.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
 
 /// Runs a write, retrying after DiskFull as the daemon does; counts the full-disk events.
 fn retry<T>(

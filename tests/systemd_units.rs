@@ -69,3 +69,53 @@ fn systemd_analyze_verify_accepts_the_units() {
     assert!(stderr.trim().is_empty(), "systemd-analyze verify warned:\n{stderr}");
     assert!(names.len() >= 1);
 }
+
+/// Under systemd (JOURNAL_STREAM naming stderr, as a service gets it) the log goes to journald
+/// in its native protocol (fields, priority, identifier), not as text lines on stderr. journald
+/// is played by a datagram socket at /run/systemd/journal/socket inside a mount namespace of the
+/// test's own, with a private tmpfs over /run: the machine's /run is never written.
+#[test]
+fn the_journal_logger_is_installed_when_stderr_is_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let received = tmp.path().join("journal.bin");
+    let stderr = tmp.path().join("stderr.txt");
+    let script = format!(
+        r#"set -e
+mount -t tmpfs -o size=1m,mode=0755 tmpfs /run
+mkdir -p /run/systemd/journal
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/run/systemd/journal/socket")
+out = open(sys.argv[1], "ab", buffering=0)
+while True:
+    out.write(s.recv(1 << 20) + b"\x1e")
+' {received} &
+journald=$!
+for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+exec 2>{stderr}
+export JOURNAL_STREAM=$(stat -c %d:%i {stderr})
+{gemba} -v ask --model {model} 'What is the pressure on press 1?' >/dev/null
+status=$?
+kill $journald
+exit $status
+"#,
+        received = received.display(),
+        stderr = stderr.display(),
+        gemba = env!("CARGO_BIN_EXE_gemba"),
+        model = root().join("models/tiny-qwen2/fp32").display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "bash", "-c", &script])
+        .env("GEMBA_LOG", "debug")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(out.status.success(), "{out:?}\nstderr: {err}");
+    let journal = String::from_utf8_lossy(&std::fs::read(&received).unwrap()).into_owned();
+    assert!(journal.contains("SYSLOG_IDENTIFIER=gemba"), "nothing reached the journal socket:\n{journal}");
+    assert!(journal.contains("PRIORITY=") && journal.contains("MESSAGE"), "{journal}");
+    assert!(journal.contains("decoder: cpu"), "gemba's own log lines go to the journal:\n{journal}");
+    assert!(!err.contains(" INFO ") && !err.contains(" DEBUG "), "log lines on stderr too:\n{err}");
+}

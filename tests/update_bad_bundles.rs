@@ -55,6 +55,33 @@ fn with_extra(f: &Fleet, name: &str, extra: Raw) -> PathBuf {
 
 fn cases() -> Vec<Case> {
     vec![
+        case("random bytes, not an archive", &["not a tar archive", "gemba model pack"], |f| {
+            let p = f.path("random.tar");
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let bytes: Vec<u8> = (0..8192)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            std::fs::write(&p, bytes).unwrap();
+            p
+        }),
+        case("random bytes behind a zstd frame", &["not a tar archive"], |f| {
+            let p = f.path("random.tar.zst");
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut bytes = b"gemba-manifest.json".to_vec();
+            bytes.extend((0..8192).map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            }));
+            std::fs::write(&p, zstd::encode_all(&bytes[..], 3).unwrap()).unwrap();
+            p
+        }),
         case("wrong key", &["wrong key", "not trusted"], |f| {
             let p = f.path("rogue.tar.zst");
             pack(&int4(), &gemba::update::keys::SigningKey::load(&f.rogue_key).unwrap(), &opts("2"), &p).unwrap();
@@ -157,6 +184,16 @@ fn cases() -> Vec<Case> {
             pack(&d, &f.signing_key(), &opts("2"), &p).unwrap();
             p
         }),
+        case("chat template with unbounded output", &["smoke test", "tokenizer_config.json", "renders more than"], |f| {
+            let d = int4_copy(f, "template-bomb");
+            let cfg = d.join("tokenizer_config.json");
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+            v["chat_template"] = "{{ 'a' * 100000000 }}{{ 'b' * 100000000 }}".into();
+            std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+            let p = f.path("template-bomb.tar.zst");
+            pack(&d, &f.signing_key(), &opts("2"), &p).unwrap();
+            p
+        }),
         case("loads but fails the smoke test", &["smoke test failed", "9.9 bar", "8.4 bar"], |f| {
             let p = f.path("bad-smoke.tar.zst");
             let smoke = gemba::update::SmokeSpec { expect_contains: "9.9 bar".into(), ..smoke() };
@@ -181,6 +218,10 @@ fn check(f: &Fleet, c: &Case, i: usize) -> Result<(), String> {
         if !err_line.contains(w) {
             errs.push(format!("error line lacks {w:?}: {err_line}"));
         }
+    }
+    // Whatever the archive holds, the error is text a person can read (no raw binary).
+    if err_line.chars().any(|c| c == char::REPLACEMENT_CHARACTER || c.is_control()) {
+        errs.push(format!("unreadable error line: {err_line:?}"));
     }
     if all.contains("panicked") || all.contains("internal error") {
         errs.push(format!("panic:\n{all}"));

@@ -418,3 +418,86 @@ fn without_a_microphone_voice_is_disabled_and_the_daemon_runs_on() {
     assert_eq!(reports[0].status, ReportStatus::Complete);
     d.stop();
 }
+
+/// People before routine looks: four replay cameras change every frame and keep the model busy
+/// with looks (one queued per camera: a newer look replaces its camera's older one). A question
+/// through the API and one through the microphone are each answered next, ahead of the queued
+/// looks — at most the look already being answered comes in between.
+#[test]
+fn a_person_is_answered_before_the_queued_looks() {
+    let s = setup("gemba_voice_mic", false, "");
+    let mut cams = String::new();
+    for cam in ["cam-a", "cam-b", "cam-c", "cam-d"] {
+        let dir = s.dir.path().join(cam);
+        write_replay_frames(&dir, 8);
+        cams.push_str(&format!(
+            "\n[[cameras]]\nname = \"{cam}\"\nkind = \"replay\"\nsource = \"{}\"\nfps = 10.0\ninterval = \"100ms\"\n\
+             change_threshold = 0.5\nprompt = \"What is the pressure on press 1?\"\n",
+            dir.display()
+        ));
+    }
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&cams);
+    std::fs::write(&s.config, text).unwrap();
+    let feeder = Feeder::start(&s.fifo);
+    // 40 ms a token: a look takes about a second and a half, so looks pile up.
+    let mut d = Daemon::start(&s, 40);
+    let line = d.wait_for("gemba: API listening on http://", Duration::from_secs(60));
+    let addr = line.rsplit("http://").next().unwrap().split_whitespace().next().unwrap().to_string();
+    d.wait_for("gemba: voice: listening on floor-mic", Duration::from_secs(60));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let looks_waiting = || {
+        let v: serde_json::Value = agent.get(format!("http://{addr}/status")).call().unwrap().body_mut().read_json().unwrap();
+        v["queue"]["by_class"]["look"].as_u64().unwrap_or(0)
+    };
+    let wait_busy = || {
+        let end = Instant::now() + Duration::from_secs(60);
+        while looks_waiting() < 3 {
+            assert!(Instant::now() < end, "the looks never queued up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let created = |id: &str| -> i64 {
+        let st = Store::open_read_only(s.store()).unwrap();
+        let r = st.get(&gemba::report::ReportId::parse(id).unwrap()).unwrap();
+        r.created_at.as_millisecond()
+    };
+    let looks_started_between = |from_ms: i64, to_ms: i64| -> usize {
+        let st = Store::open_read_only(s.store()).unwrap();
+        st.list(&ListFilter { trigger: Some("monitor".into()), limit: Some(500), ..Default::default() })
+            .unwrap()
+            .iter()
+            .filter(|r| (from_ms..to_ms).contains(&r.created_at.as_millisecond()))
+            .count()
+    };
+
+    // The API's question.
+    wait_busy();
+    let asked = jiff::Timestamp::now().as_millisecond();
+    let mut resp = agent
+        .post(format!("http://{addr}/ask"))
+        .send_json(serde_json::json!({"text": "What is the pressure on press 1?"}))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let v: serde_json::Value = resp.body_mut().read_json().unwrap();
+    let api_start = created(v["report_id"].as_str().unwrap());
+    let between = looks_started_between(asked, api_start);
+    assert!(between <= 1, "{between} queued looks were answered before the API's question");
+
+    // The spoken question.
+    wait_busy();
+    let q = question("What is the pressure on press one?");
+    let spoken_end = jiff::Timestamp::now().as_millisecond() + (q.len() * 1000 / RATE) as i64;
+    feeder.say.send(q).unwrap();
+    let voice = wait_reports(&s.store(), "voice", 1, Duration::from_secs(60));
+    let voice_start = voice[0].created_at.as_millisecond();
+    let between = looks_started_between(spoken_end, voice_start);
+    assert!(between <= 1, "{between} queued looks were answered before the spoken question");
+    drop(feeder);
+    let stderr = d.stop();
+    assert!(
+        looks_started_between(0, i64::MAX) >= 4,
+        "the looks kept the model busy:\n{}",
+        stderr.join("\n")
+    );
+}

@@ -44,8 +44,9 @@ use crate::report::Trigger;
 
 /// Longest question accepted, in characters.
 pub const MAX_TEXT: usize = 16 * 1024;
-/// Largest uploaded image, in pixels per side (a decoded image is width × height × 3 bytes).
-pub const MAX_IMAGE_SIDE: u32 = 4096;
+/// Longest uploaded audio kept, in seconds: the model hears at most its `max_samples` (30 s at
+/// 16 kHz, 60 s at 8 kHz), so the rest is never decoded.
+pub const MAX_AUDIO_SECONDS: usize = 60;
 /// Events kept per ask; token events beyond this are not kept (sentences always are).
 pub const MAX_LOG_EVENTS: usize = 16 * 1024;
 /// How long a closed ask's log stays for late or reconnecting clients.
@@ -194,6 +195,11 @@ impl Registry {
         }
     }
 
+    /// A slot among the `max_asks` API questions at once (the OpenAI-compatible endpoint's too).
+    pub(super) fn try_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
     /// API asks queued or being answered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -277,13 +283,32 @@ fn unprocessable(msg: impl Into<String>) -> HttpError {
     HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, msg)
 }
 
-fn b64(field: &str, s: &str) -> Result<Vec<u8>, HttpError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .map_err(|e| unprocessable(format!("{field}: not base64: {e}")))
+/// An uploaded file over `api.max_media_bytes`.
+fn too_big(field: &str, len: usize, max: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{field}: {len} bytes is over the api.max_media_bytes limit of {max} bytes"),
+    )
 }
 
-async fn read_parts(req: Request) -> Result<AskParts, HttpError> {
+fn b64(field: &str, s: &str, max: usize) -> Result<Vec<u8>, HttpError> {
+    let s = s.trim();
+    // Checked on the encoded length, before a decoded copy exists.
+    let len = s.len() / 4 * 3;
+    if len > max + 3 {
+        return Err(too_big(field, len, max));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| unprocessable(format!("{field}: not base64: {e}")))?;
+    if bytes.len() > max {
+        return Err(too_big(field, bytes.len(), max));
+    }
+    Ok(bytes)
+}
+
+/// Reads the body's parts; uploaded files over `max_media` bytes are refused (413).
+async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpError> {
     let ctype =
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if ctype.starts_with("multipart/form-data") {
@@ -293,6 +318,9 @@ async fn read_parts(req: Request) -> Result<AskParts, HttpError> {
         while let Some(field) = mp.next_field().await.map_err(|e| HttpError::new(e.status(), e.body_text()))? {
             let name = field.name().unwrap_or("").to_string();
             let data = field.bytes().await.map_err(|e| HttpError::new(e.status(), e.body_text()))?;
+            if matches!(name.as_str(), "image" | "audio") && data.len() > max_media {
+                return Err(too_big(&name, data.len(), max_media));
+            }
             let as_text =
                 || String::from_utf8(data.to_vec()).map_err(|_| unprocessable(format!("field {name}: not UTF-8 text")));
             match name.as_str() {
@@ -313,8 +341,8 @@ async fn read_parts(req: Request) -> Result<AskParts, HttpError> {
         Ok(AskParts {
             text: body.text,
             cameras: body.cameras,
-            image: body.image.as_deref().map(|s| b64("image", s)).transpose()?,
-            audio: body.audio.as_deref().map(|s| b64("audio", s)).transpose()?,
+            image: body.image.as_deref().map(|s| b64("image", s, max_media)).transpose()?,
+            audio: body.audio.as_deref().map(|s| b64("audio", s, max_media)).transpose()?,
         })
     } else {
         Err(HttpError::new(
@@ -324,50 +352,58 @@ async fn read_parts(req: Request) -> Result<AskParts, HttpError> {
     }
 }
 
-/// A WAV file in memory → mono samples (integer PCM of 8–32 bits or 32-bit float).
-fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
-    let bad = |e: String| unprocessable(format!("audio: not a usable WAV file: {e}"));
-    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
-    let spec = reader.spec();
-    if spec.channels == 0 || !(8_000..=192_000).contains(&spec.sample_rate) {
-        return Err(bad(format!("{} channels at {} Hz", spec.channels, spec.sample_rate)));
+/// A WAV file in memory → mono samples, decoded as `gemba ask --audio` decodes a file
+/// (dr_wav's scaling), keeping at most [`MAX_AUDIO_SECONDS`].
+pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
+    use crate::model::speech;
+    let pcm = speech::decode_wav_within(bytes, UPLOAD_CAMERA, &|rate| Some(rate as usize * MAX_AUDIO_SECONDS))
+        .map_err(|e| unprocessable(e.to_string()))?;
+    if !(8_000..=192_000).contains(&pcm.sample_rate) {
+        return Err(unprocessable(format!(
+            "audio {UPLOAD_CAMERA}: {} channels at {} Hz is not usable (8000 to 192000 Hz)",
+            pcm.channels, pcm.sample_rate
+        )));
     }
-    let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float if spec.bits_per_sample == 32 => {
-            reader.samples::<f32>().collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?
-        }
-        hound::SampleFormat::Int if (8..=32).contains(&spec.bits_per_sample) => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|s| s as f32 * scale))
-                .collect::<Result<_, _>>()
-                .map_err(|e| bad(e.to_string()))?
-        }
-        f => return Err(bad(format!("sample format {f:?} with {} bits", spec.bits_per_sample))),
-    };
-    if interleaved.is_empty() {
-        return Err(bad("no samples".into()));
-    }
-    let mut mono = Vec::with_capacity(interleaved.len() / usize::from(spec.channels));
-    crate::capture::mic::downmix_into(&interleaved, usize::from(spec.channels), &mut mono);
+    let mut mono = Vec::with_capacity(pcm.samples.len() / usize::from(pcm.channels));
+    crate::capture::mic::downmix_into(&pcm.samples, usize::from(pcm.channels), &mut mono);
     Ok(AudioClip {
         source: UPLOAD_CAMERA.into(),
         started_at: SystemTime::now(),
-        sample_rate: spec.sample_rate,
+        sample_rate: pcm.sample_rate,
         samples: Arc::new(mono),
     })
 }
 
-fn decode_image(bytes: &[u8]) -> Result<Frame, HttpError> {
-    let img = crate::capture::pixel::decode_image_file(bytes, (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
-        .map_err(|e| unprocessable(format!("image: {e}")))?;
+/// The uploaded image's header, checked against `api.max_image_pixels` before anything is
+/// decoded or queued (413 over the budget, 422 when it is not a PNG or JPEG header).
+pub(super) fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), HttpError> {
+    let h = crate::model::vision::read_header(bytes, UPLOAD_CAMERA).map_err(|e| unprocessable(e.to_string()))?;
+    let pixels = h.width as u64 * h.height as u64;
+    if pixels > max_pixels {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "image {UPLOAD_CAMERA}: its {} header says {}x{} = {pixels} pixels, over the api.max_image_pixels \
+                 limit of {max_pixels}; nothing was decoded",
+                h.format, h.width, h.height
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes an uploaded PNG or JPEG with the decoder of `gemba ask --image` (JPEG with libjpeg
+/// 9's arithmetic, truncated and CMYK files refused), so the model sees the same pixels.
+pub(super) fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<Frame, HttpError> {
+    let img = crate::model::vision::decode_image_within(bytes, UPLOAD_CAMERA, max_pixels as usize)
+        .map_err(|e| unprocessable(e.to_string()))?;
+    let side = |v: usize| u32::try_from(v).expect("sides are at most 16384");
     Ok(Frame {
         camera: UPLOAD_CAMERA.into(),
         seq: 0,
         captured_at: SystemTime::now(),
-        width: img.width,
-        height: img.height,
+        width: side(img.width),
+        height: side(img.height),
         rgb: Arc::new(img.rgb),
     })
 }
@@ -381,7 +417,19 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     if app.shutdown.is_cancelled() {
         return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"));
     }
-    let parts = read_parts(req).await?;
+    let limits = app.settings.lock().expect("poisoned").api.clone();
+    let parts = match tokio::time::timeout(limits.body_timeout.0, read_parts(req, limits.max_media_bytes.0 as usize)).await {
+        Ok(parts) => parts?,
+        Err(_) => {
+            return Err(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within api.body_timeout ({})",
+                    humantime::format_duration(limits.body_timeout.0)
+                ),
+            ))
+        }
+    };
     let text = parts.text.trim().to_string();
     if text.is_empty() {
         return Err(unprocessable("text: the question is empty"));
@@ -412,16 +460,13 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
             }
         }
     }
-    // Decoding is CPU work on untrusted bytes: off the async threads.
-    let (image, audio) = super::blocking(move || {
-        let image = parts.image.as_deref().map(decode_image).transpose()?;
-        let audio = parts.audio.as_deref().map(decode_wav).transpose()?;
-        Ok::<_, HttpError>((image, audio))
-    })
-    .await??;
-    frames.extend(image);
+    // The image's size from its header: a decompression bomb is refused here, before it takes
+    // an ask slot and before a pixel is decoded.
+    if let Some(bytes) = &parts.image {
+        check_image_header(bytes, limits.max_image_pixels)?;
+    }
 
-    let queued = app.requests.max_capacity() - app.requests.capacity();
+    let queued = app.requests.len();
     let Ok(permit) = Arc::clone(&reg.permits).try_acquire_owned() else {
         inner.metrics.asks_rejected("busy");
         return Err(HttpError::new(
@@ -430,6 +475,16 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
         )
         .retry_after(reg.retry_after(reg.max_asks.max(queued))));
     };
+    // Decoding is CPU work on untrusted bytes: off the async threads, and only with an ask slot
+    // held, so at most `max_asks` uploads are decoded at once (each within its pixel budget).
+    let max_pixels = limits.max_image_pixels;
+    let (image, audio) = super::blocking(move || {
+        let image = parts.image.as_deref().map(|b| decode_image(b, max_pixels)).transpose()?;
+        let audio = parts.audio.as_deref().map(decode_wav).transpose()?;
+        Ok::<_, HttpError>((image, audio))
+    })
+    .await??;
+    frames.extend(image);
     let (ltx, mut lrx) = mpsc::unbounded_channel();
     let mut r = AppRequest::new(Trigger::Api, text);
     r.reason = "POST /ask".into();
@@ -731,9 +786,9 @@ mod tests {
         let clip = decode_wav(buf.get_ref()).unwrap();
         assert_eq!((clip.sample_rate, clip.samples.len()), (16_000, 320));
         assert!((clip.samples[100] - 5000.0 / 32768.0).abs() < 1e-6);
-        assert!(decode_wav(b"RIFF....not a wav").unwrap_err().msg.starts_with("audio:"));
-        let e = decode_image(b"\x89PNG\r\n\x1a\nbroken").unwrap_err();
+        assert!(decode_wav(b"RIFF....not a wav").unwrap_err().msg.starts_with("audio upload:"));
+        let e = decode_image(b"\x89PNG\r\n\x1a\nbroken", 1 << 20).unwrap_err();
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(e.msg.starts_with("image:"), "{}", e.msg);
+        assert!(e.msg.starts_with("image upload:") && e.msg.contains("PNG") && !e.msg.contains("JPEG"), "{}", e.msg);
     }
 }

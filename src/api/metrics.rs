@@ -52,6 +52,11 @@ pub struct Metrics {
     ttft: Histogram,
     /// Events the metrics listener missed (the broadcast ran ahead of it).
     events_lagged: Counter,
+    /// Connections open now, refused past `api.max_connections`, closed for not sending their
+    /// headers within `api.header_timeout`.
+    pub connections: Gauge,
+    pub connections_refused: Counter,
+    pub connections_timed_out: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +76,9 @@ impl Metrics {
             asks_accepted: Counter::default(),
             asks_rejected: Family::default(),
             api_unauthorized: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Counter::default(),
             sse_clients: Gauge::default(),
             sse_overflow: Counter::default(),
             sse_log_dropped: Counter::default(),
@@ -119,6 +127,17 @@ impl Metrics {
             self.api_unauthorized.clone(),
         );
         r.register("api_sse_clients", "Event streams open now", self.sse_clients.clone());
+        r.register("api_connections", "HTTP connections open now", self.connections.clone());
+        r.register(
+            "api_connections_refused",
+            "Connections answered 503 and closed because api.max_connections were open",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "api_connections_timed_out",
+            "Connections closed for not sending a request's headers within api.header_timeout",
+            self.connections_timed_out.clone(),
+        );
         r.register(
             "api_sse_overflow_events",
             "Events dropped from a slow event-stream client's buffer (re-read from the ask's log when it catches up)",
@@ -301,12 +320,12 @@ impl Collector for Pipeline {
             "Monitor queries dropped because the queue was full.",
             ms.dropped_full.load(Ordering::Relaxed),
         )?;
-        let cap = app.requests.max_capacity();
+        let cap = app.requests.capacity();
         gauge_int(
             &mut e,
             "request_queue_depth",
             "Requests waiting for the model.",
-            (cap - app.requests.capacity()) as i64,
+            app.requests.len() as i64,
         )?;
         gauge_int(&mut e, "request_queue_capacity", "Requests the queue holds at most.", cap as i64)?;
 
@@ -358,6 +377,19 @@ impl Collector for Pipeline {
         counter(&mut e, "store_evicted_reports", "Reports evicted by retention since start.", ev.reports)?;
         counter(&mut e, "store_evicted_bytes", "Bytes freed by evictions since start.", ev.bytes)?;
 
+        if let Some(m) = crate::publish::state() {
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            gauge_int(&mut e, "mqtt_connected", "1 while connected to the MQTT broker.", i64::from(m.connected.load(Ordering::Relaxed)))?;
+            gauge_int(&mut e, "mqtt_outbox_pending", "Messages in the outbox waiting for the broker's acknowledgement.", get(&m.pending) as i64)?;
+            gauge_int(&mut e, "mqtt_outbox_oldest_pending_seconds", "Age of the oldest waiting message.", (get(&m.oldest_pending_ms) / 1000) as i64)?;
+            counter(&mut e, "mqtt_outbox_dropped", "Messages dropped before delivery (their report evicted, or over the cap).", get(&m.dropped))?;
+            counter(&mut e, "mqtt_delivered", "Outbox messages the broker acknowledged.", get(&m.delivered))?;
+            counter(&mut e, "mqtt_sentences", "Live sentences published (QoS 0).", get(&m.sentences))?;
+            counter(&mut e, "mqtt_connects", "Connections made to the broker.", get(&m.connects))?;
+            counter(&mut e, "mqtt_connect_failures", "Connection attempts that failed.", get(&m.connect_failures))?;
+            counter(&mut e, "mqtt_asks", "Questions received on <prefix>/ask.", get(&m.asks))?;
+            counter(&mut e, "mqtt_ask_errors", "Questions refused as malformed or unanswerable.", get(&m.ask_errors))?;
+        }
         if let Some(rss) = resident_bytes() {
             gauge_int(&mut e, "process_resident_memory_bytes", "Resident memory of the daemon.", rss as i64)?;
         }

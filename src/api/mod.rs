@@ -15,6 +15,7 @@
 //! | `GET /reports`, `/reports/{id}`, `/reports/{id}.html`, `/reports/{id}/media/{n}` | the store |
 //! | `POST /model/reload`, `POST /model/unload` | the worker's bundle |
 //! | `GET /metrics` | OpenMetrics text |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible chat ([`openai`]) |
 //!
 //! Exposure: the server binds loopback by default. Any other address needs a bearer token
 //! ([`check_exposure`]); when a token is set every request must carry it (compared in constant
@@ -25,11 +26,13 @@
 
 pub mod ask;
 pub mod metrics;
+pub mod openai;
 mod reports;
+pub mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -43,6 +46,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppHandle;
 use crate::config::ApiSettings;
+use tokio_util::sync::CancellationToken;
 
 /// Where the API listens unless the config or `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
@@ -63,6 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/model/reload"),
     ("post", "/model/unload"),
     ("get", "/metrics"),
+    ("post", "/v1/chat/completions"),
+    ("get", "/v1/models"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +114,12 @@ pub fn check_token(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-static BOUND: OnceLock<SocketAddr> = OnceLock::new();
+static BOUND: Mutex<Option<SocketAddr>> = Mutex::new(None);
 
-/// The address the API is serving on in this process (for status.json), once bound.
+/// The address the API is serving on in this process (for status.json), once bound; follows a
+/// reload that moved it.
 pub fn bound_addr() -> Option<SocketAddr> {
-    BOUND.get().copied()
+    *BOUND.lock().expect("poisoned")
 }
 
 /// A listening socket, bound early at start-up (so a taken port is reported before the model
@@ -136,7 +143,7 @@ pub async fn bind(settings: &ApiSettings) -> Result<Bound, ApiError> {
         .await
         .map_err(|source| ApiError::Bind { addr: settings.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ApiError::Bind { addr: settings.listen, source })?;
-    let _ = BOUND.set(addr);
+    *BOUND.lock().expect("poisoned") = Some(addr);
     let auth = if settings.token.is_some() { "bearer token required" } else { "no token (loopback only)" };
     log::info!("api: listening on http://{addr} ({auth})");
     eprintln!("gemba: API listening on http://{addr} ({auth})");
@@ -145,17 +152,99 @@ pub async fn bind(settings: &ApiSettings) -> Result<Bound, ApiError> {
 
 /// Serves until the daemon's shutdown token is cancelled; open event streams end when their ask
 /// closes (the dispatcher drains it), so nothing in flight is cut short.
-pub fn serve(bound: Bound, app: AppHandle) -> tokio::task::JoinHandle<()> {
+pub fn serve(bound: Bound, app: AppHandle) -> Server {
     let api = Api::new(app, &bound.settings, bound.addr);
     let router = router(api.clone());
-    let shutdown = api.inner.app.shutdown.clone();
-    tokio::spawn(async move {
-        let server =
-            axum::serve(bound.listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = server.await {
-            log::error!("api: the server stopped: {e}");
+    let listening = spawn_listener(bound.listener, router.clone(), &api, limits(&bound.settings));
+    Server { api, router, settings: bound.settings, listening }
+}
+
+/// One listener's accept loop, stopped by its own token (a child of the daemon's shutdown, so
+/// shutdown stops it too). It is the stage `api` (crate::stage): ending while the daemon runs
+/// is a failure, unless a reload replaced it with a listener on the new address.
+struct Listening {
+    stop: CancellationToken,
+    replaced: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The connection limits of `[api]` (src/api/serve.rs).
+fn limits(s: &ApiSettings) -> serve::Limits {
+    serve::Limits { max_connections: s.max_connections, header_timeout: s.header_timeout.0 }
+}
+
+fn spawn_listener(listener: tokio::net::TcpListener, router: Router, api: &Api, limits: serve::Limits) -> Listening {
+    let stop = api.inner.app.shutdown.child_token();
+    let until = stop.clone();
+    let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let was_replaced = Arc::clone(&replaced);
+    let metrics = Arc::clone(&api.inner.metrics);
+    let task = tokio::spawn(async move {
+        let guard = crate::stage::enter("api");
+        crate::stage::injected_fault("api");
+        // Header timeout, connection cap, JSON for hyper's own errors: src/api/serve.rs.
+        serve::serve(listener, router, until, limits, metrics).await;
+        if was_replaced.load(Ordering::SeqCst) {
+            guard.replaced();
         }
-    })
+    });
+    Listening { stop, replaced, task }
+}
+
+/// The running API: served until shutdown, and changed in place by a reload (SIGHUP).
+pub struct Server {
+    api: Api,
+    router: Router,
+    settings: ApiSettings,
+    listening: Listening,
+}
+
+impl Server {
+    /// Applies a reloaded `[api]`: a rotated or removed token takes effect for the next request,
+    /// a new `listen` address is bound and served (the old listener stops accepting; its open
+    /// streams finish). All or nothing: when the new settings would expose the API without a
+    /// token, or the new address cannot be bound, nothing changes and the error says why.
+    /// Returns what changed, for the log.
+    pub async fn apply(&mut self, new: &ApiSettings) -> Result<Vec<String>, ApiError> {
+        let mut changed = Vec::new();
+        check_exposure(new)?;
+        let rebound = if new.listen != self.settings.listen {
+            let b = bind(new).await?;
+            changed.push(format!("listening on http://{} (was {})", b.addr, self.settings.listen));
+            Some(b)
+        } else {
+            None
+        };
+        if new.token != self.settings.token {
+            changed.push(match (&self.settings.token, &new.token) {
+                (_, None) => "token removed: requests need none".to_string(),
+                (None, Some(_)) => "token set: every request needs it".to_string(),
+                (Some(_), Some(_)) => "token rotated: the old one is refused from now on".to_string(),
+            });
+            *self.api.inner.token_digest.write().expect("poisoned") = new.token.as_deref().map(digest);
+        }
+        if let Some(b) = rebound {
+            let old = std::mem::replace(
+                &mut self.listening,
+                spawn_listener(b.listener, self.router.clone(), &self.api, limits(new)),
+            );
+            old.replaced.store(true, Ordering::SeqCst);
+            old.stop.cancel();
+            *self.api.inner.addr.write().expect("poisoned") = b.addr;
+        }
+        self.settings = new.clone();
+        Ok(changed)
+    }
+
+    /// The `[api]` settings in force.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.settings
+    }
+
+    /// Waits for the listener to stop (after the daemon's shutdown token is cancelled).
+    pub async fn stopped(self) {
+        let _ = self.listening.task.await;
+    }
 }
 
 /// State shared by every handler.
@@ -166,8 +255,10 @@ pub struct Api {
 
 struct Inner {
     app: AppHandle,
-    addr: SocketAddr,
-    token_digest: Option<[u8; 32]>,
+    /// Where the API is served; a reload can move it.
+    addr: RwLock<SocketAddr>,
+    /// The bearer token's digest; a reload can rotate or remove it.
+    token_digest: RwLock<Option<[u8; 32]>>,
     started: SystemTime,
     asks: ask::Registry,
     metrics: Arc<metrics::Metrics>,
@@ -181,10 +272,10 @@ impl Api {
         metrics::spawn_event_listener(&app, Arc::clone(&metrics));
         Api {
             inner: Arc::new(Inner {
-                token_digest: s.token.as_deref().map(digest),
+                token_digest: RwLock::new(s.token.as_deref().map(digest)),
                 asks: ask::Registry::new(s.max_asks, s.sse_buffer, Arc::clone(&metrics)),
                 app,
-                addr,
+                addr: RwLock::new(addr),
                 started: SystemTime::now(),
                 metrics,
                 model_ops: tokio::sync::Mutex::new(()),
@@ -213,6 +304,8 @@ pub fn router(api: Api) -> Router {
         .route("/model/reload", post(model_reload))
         .route("/model/unload", post(model_unload))
         .route("/metrics", get(metrics::handler))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such route (see docs/openapi.yaml)") })
         .layer(DefaultBodyLimit::disable())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
@@ -224,13 +317,14 @@ pub fn router(api: Api) -> Router {
 /// Bearer token check, in constant time over SHA-256 digests (so neither the content nor the
 /// length of the token leaks through timing).
 async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
-    if let Some(want) = &api.inner.token_digest {
+    let want = *api.inner.token_digest.read().expect("poisoned");
+    if let Some(want) = &want {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| digest(t.trim()));
+            .and_then(bearer_token)
+            .map(digest);
         let ok = given.is_some_and(|g| bool::from(subtle::ConstantTimeEq::ct_eq(&g[..], &want[..])));
         if !ok {
             api.inner.metrics.api_unauthorized.inc();
@@ -244,6 +338,13 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme name is case-insensitive
+/// (RFC 7235 §2.1: `bearer`, `BEARER` are the same scheme); the token is taken as sent.
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Errors from axum's extractors and the body limit come as plain text; every error this API
@@ -307,7 +408,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 #[derive(Serialize)]
 struct CameraHealth {
     name: String,
-    /// `ok`, `waiting` (no frame yet) or `stalled` (no frame for 2 s).
+    /// `ok`, `waiting` (no frame yet) or `stalled` (no frame for three of the camera's own frame
+    /// intervals, at least 2 s).
     state: &'static str,
     frames: u64,
     fps: f64,
@@ -321,10 +423,10 @@ fn camera_health(app: &AppHandle) -> Vec<CameraHealth> {
             let s = c.stats.snapshot();
             let state = if s.frames == 0 {
                 "waiting"
-            } else if s.fps > 0.0 {
-                "ok"
-            } else {
+            } else if s.stalled {
                 "stalled"
+            } else {
+                "ok"
             };
             CameraHealth { name: c.name.clone(), state, frames: s.frames, fps: s.fps, last_error: s.last_error }
         })
@@ -418,7 +520,8 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
     };
     let st = &app.stats;
     let ms = &app.monitor_stats;
-    let queue_capacity = app.requests.max_capacity();
+    let queue_capacity = app.requests.capacity();
+    let [by_person, by_alert, by_look] = app.requests.depths();
     let camera_errors: serde_json::Map<String, Value> = cameras
         .iter()
         .filter(|c| !c["last_error"].is_null())
@@ -437,7 +540,7 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "board": settings.board,
-        "api_addr": api.inner.addr.to_string(),
+        "api_addr": api.inner.addr.read().expect("poisoned").to_string(),
         "uptime_s": uptime,
         "model": {
             "loaded": app.worker.is_loaded(),
@@ -452,9 +555,14 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "providers": providers,
         },
         "cameras": cameras,
+        // Every stage's state (running, stopped, failed with the error): see crate::stage.
+        "stages": crate::stage::stages().snapshot(),
         "queue": {
-            "depth": queue_capacity - app.requests.capacity(),
+            "depth": by_person + by_alert + by_look,
             "capacity": queue_capacity,
+            "by_class": { "person": by_person, "alert": by_alert, "look": by_look },
+            "looks_replaced": st.looks_replaced.load(Ordering::Relaxed),
+            "dropped_for_higher": st.requests_bumped.load(Ordering::Relaxed),
             "api_asks": api.inner.asks.in_flight(),
             "api_max_asks": settings.api.max_asks,
         },
@@ -478,6 +586,7 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
             "cameras": camera_errors,
             "reports": failed_reports,
         },
+        "mqtt": crate::publish::status_json(),
         "update": update_state(&[settings.update.models_dir.clone(), settings.model.path.parent().map(Into::into).unwrap_or_default()]),
     })))
 }
@@ -597,6 +706,11 @@ mod tests {
             max_body: crate::config::HumanSize(1 << 20),
             max_asks: 4,
             sse_buffer: 16,
+            max_image_pixels: 1 << 20,
+            max_media_bytes: crate::config::HumanSize(1 << 20),
+            max_connections: 8,
+            header_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(1)),
+            body_timeout: crate::config::HumanDuration(std::time::Duration::from_secs(1)),
         }
     }
 
@@ -620,6 +734,17 @@ mod tests {
         }
         let e = check_exposure(&settings("0.0.0.0:8470", None)).unwrap_err().to_string();
         assert!(e.contains("0.0.0.0:8470") && e.contains("api.token"), "{e}");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        for h in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr   abc ", "Bearer\tabc"] {
+            assert_eq!(bearer_token(h), Some("abc"), "{h:?}");
+        }
+        assert_eq!(bearer_token("Bearer ABC"), Some("ABC"));
+        for h in ["Basic abc", "Bearerabc", "Bearer", "", "Token abc"] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
     }
 
     #[test]

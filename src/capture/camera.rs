@@ -40,7 +40,8 @@ pub enum CameraError {
         path: std::path::PathBuf,
         err: std::io::Error,
     },
-    #[error("camera {camera}: {path}: {err}")]
+    /// `err` names the file.
+    #[error("camera {camera}: {err}")]
     BadImage {
         camera: String,
         path: std::path::PathBuf,
@@ -77,7 +78,19 @@ pub trait CameraSource: Send + 'static {
     /// `out` and reporting bad ones to it. Runs on a dedicated thread: blocking is fine, but the
     /// source must notice `cancel` within a fraction of a second.
     fn run(self: Box<Self>, out: FramePublisher, cancel: CancellationToken);
+
+    /// The time between frames this source is set to deliver (its configured rate), if it has
+    /// one: the status calls a camera stalled only after several of its own intervals.
+    fn frame_interval(&self) -> Option<Duration> {
+        None
+    }
 }
+
+/// A camera is stalled after this many of its own frame intervals without a frame (and never
+/// before [`MIN_STALL`]): a 0.2 fps camera is not stalled 2 s after its last frame.
+pub const STALL_INTERVALS: u32 = 3;
+/// The shortest time without a frame that counts as a stall.
+pub const MIN_STALL: Duration = Duration::from_secs(2);
 
 /// Counters a camera keeps; shared between its thread and everyone who asks.
 #[derive(Debug, Default)]
@@ -95,6 +108,8 @@ pub struct CameraStats {
 #[derive(Debug, Default)]
 struct SlowStats {
     fps: f64,
+    /// The source's configured frame interval ([`CameraSource::frame_interval`]).
+    expected_interval: Option<Duration>,
     last_frame_at: Option<Instant>,
     last_error: Option<String>,
 }
@@ -104,8 +119,12 @@ struct SlowStats {
 pub struct CameraStatsSnapshot {
     /// Frames published.
     pub frames: u64,
-    /// Frames published over the last whole second or more (0 once no frame came for 2 s).
+    /// Frames published over the last whole second or more (0 once no frame came for
+    /// [`STALL_INTERVALS`] of the camera's frame intervals, and at least [`MIN_STALL`]).
     pub fps: f64,
+    /// A frame came once, but none for [`STALL_INTERVALS`] of the camera's frame intervals (and
+    /// at least [`MIN_STALL`]).
+    pub stalled: bool,
     /// Frames replaced before any consumer took them (keep-latest policy).
     pub dropped: u64,
     /// Frames the device skipped (V4L2 sequence gaps).
@@ -118,12 +137,18 @@ pub struct CameraStatsSnapshot {
 impl CameraStats {
     pub fn snapshot(&self) -> CameraStatsSnapshot {
         let slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = slow
-            .last_frame_at
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(2));
+        // The camera's own interval: as configured, else as measured.
+        let interval = slow
+            .expected_interval
+            .or_else(|| (slow.fps > 0.0).then(|| Duration::from_secs_f64(1.0 / slow.fps)));
+        let limit = interval.map_or(MIN_STALL, |i| {
+            i.saturating_mul(STALL_INTERVALS).max(MIN_STALL)
+        });
+        let stale = slow.last_frame_at.is_none_or(|t| t.elapsed() > limit);
         CameraStatsSnapshot {
             frames: self.frames.load(Ordering::Relaxed),
             fps: if stale { 0.0 } else { slow.fps },
+            stalled: stale && slow.last_frame_at.is_some(),
             dropped: self.dropped.load(Ordering::Relaxed),
             device_dropped: self.device_dropped.load(Ordering::Relaxed),
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
@@ -337,6 +362,7 @@ pub fn spawn_camera(
     let name = source.name().to_string();
     let (tx, rx) = watch::channel(None);
     let stats = Arc::new(CameraStats::default());
+    stats.slow().expected_interval = source.frame_interval();
     let publisher = FramePublisher {
         camera: name.clone(),
         tx,
@@ -348,7 +374,14 @@ pub fn spawn_camera(
     };
     let thread = std::thread::Builder::new()
         .name(format!("cam-{name}"))
-        .spawn(move || source.run(publisher, cancel))
+        .spawn(move || {
+            // A camera thread that panics fails the daemon (crate::stage); one that returns
+            // (cancelled, or a replay that ran out) has stopped.
+            let stage = crate::stage::enter(format!("camera {}", source.name()));
+            crate::stage::injected_fault(&format!("camera {}", source.name()));
+            source.run(publisher, cancel);
+            stage.finish();
+        })
         .map_err(|err| CameraError::Thread {
             camera: name.clone(),
             err,

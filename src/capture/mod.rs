@@ -21,6 +21,10 @@ pub use replay::{ReplayCamera, ReplayConfig};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// The frame rates a camera may be configured with: at least one frame every 1000 s (so a frame
+/// period is a real duration), at most 1000 per second. `config check` and each camera enforce it.
+pub const FPS_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1000.0;
+
 /// One decoded camera frame: packed RGB8, row-major, no padding.
 #[derive(Debug, Clone)]
 pub struct Frame {

@@ -77,10 +77,9 @@ pub enum PixelError {
         actual_w: u32,
         actual_h: u32,
     },
-    #[error("PNG decode failed: {0}")]
-    Png(String),
-    #[error("PNG with {0} is not supported (8-bit grey, grey+alpha, RGB, RGBA or palette only)")]
-    PngLayout(String),
+    /// An image file (replay, upload), decoded by [`crate::model::vision`]; names the file.
+    #[error(transparent)]
+    File(#[from] crate::model::vision::VisionError),
 }
 
 impl PixelError {
@@ -93,8 +92,18 @@ impl PixelError {
             PixelError::Jpeg(_) => "corrupt JPEG",
             PixelError::JpegTooLarge { .. } => "JPEG too large",
             PixelError::JpegSize { .. } => "JPEG size mismatch",
-            PixelError::Png(_) => "corrupt PNG",
-            PixelError::PngLayout(_) => "unsupported PNG layout",
+            PixelError::File(e) => {
+                use crate::model::vision::VisionError as V;
+                match e {
+                    V::TooLarge { .. } => "image too large",
+                    V::Empty { .. } => "empty image",
+                    V::UnknownFormat { .. } => "not a PNG or JPEG",
+                    V::Decode { format: "PNG", .. } => "corrupt PNG",
+                    V::Decode { .. } => "corrupt JPEG",
+                    V::Read { .. } => "unreadable file",
+                    _ => "bad image",
+                }
+            }
         }
     }
 }
@@ -315,74 +324,26 @@ pub fn mjpeg_to_rgb(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, Pix
     Ok(img.rgb)
 }
 
-/// Decode a PNG file's bytes to RGB (alpha dropped, palette expanded, 16-bit stripped to 8).
-pub fn decode_png(data: &[u8]) -> Result<RgbImage, PixelError> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(data));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| PixelError::Png(e.to_string()))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| PixelError::Png("image too large for this platform".into()))?;
-    let mut buf = vec![0u8; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| PixelError::Png(e.to_string()))?;
-    if info.bit_depth != png::BitDepth::Eight {
-        return Err(PixelError::PngLayout(format!(
-            "bit depth {:?}",
-            info.bit_depth
-        )));
-    }
-    let (w, h) = (info.width as usize, info.height as usize);
-    let buf = &buf[..info.buffer_size()];
-    let line = info.line_size;
-    let channels = match info.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => {
-            return Err(PixelError::PngLayout("an unexpanded palette".into()))
-        }
-    };
-    let mut rgb = Vec::with_capacity(w * h * 3);
-    for row in buf.chunks_exact(line).take(h) {
-        for px in row[..w * channels].chunks_exact(channels) {
-            match channels {
-                1 | 2 => rgb.extend_from_slice(&[px[0], px[0], px[0]]),
-                _ => rgb.extend_from_slice(&px[..3]),
-            }
-        }
-    }
+/// Decode an image file (a replay camera's PNG or JPEG) by its content, with the decoder of
+/// the model's own file path ([`crate::model::vision`]: PNG, and JPEG with libjpeg 9's
+/// arithmetic), so a frame read from a file reaches the model with the same pixels as
+/// `gemba ask --image` gives it. Images over `max_pixels` are refused from their header,
+/// before any pixel buffer is allocated. `input` names the file in errors.
+///
+/// (`model::vision` and `model::jpeg` are pure pixel code with no ONNX Runtime in them; they
+/// are the `media/` layer of the module map in all but their path.)
+pub fn decode_image_file(
+    data: &[u8],
+    input: &str,
+    max_pixels: usize,
+) -> Result<RgbImage, PixelError> {
+    let img = crate::model::vision::decode_image_within(data, input, max_pixels)?;
+    let side = |v: usize| u32::try_from(v).expect("sides are at most 16384");
     Ok(RgbImage {
-        width: info.width,
-        height: info.height,
-        rgb,
+        width: side(img.width),
+        height: side(img.height),
+        rgb: img.rgb,
     })
-}
-
-/// Decode an image file by its content (JPEG starts `FF D8`, PNG with its 8-byte signature).
-pub fn decode_image_file(data: &[u8], max: (u32, u32)) -> Result<RgbImage, PixelError> {
-    if data.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(data, max)
-    } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
-        let img = decode_png(data)?;
-        if img.width > max.0 || img.height > max.1 {
-            return Err(PixelError::JpegTooLarge {
-                actual_w: img.width,
-                actual_h: img.height,
-                max_w: max.0,
-                max_h: max.1,
-            });
-        }
-        Ok(img)
-    } else {
-        Err(PixelError::Jpeg(
-            "neither a JPEG (FF D8) nor a PNG signature".into(),
-        ))
-    }
 }
 
 // ITU-T T.81 Annex K.3 example Huffman tables, as one DHT segment payload: for each table
@@ -779,6 +740,34 @@ mod tests {
     }
 
     #[test]
+    fn an_mjpeg_frame_claiming_a_huge_size_is_refused_from_its_header() {
+        let (w, h) = (16u32, 16u32);
+        let claiming = |side: u16| {
+            let mut jpeg = encode_jpeg(&test_card(w, h), w, h, 90);
+            let sof = jpeg.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+            jpeg[sof + 5..sof + 7].copy_from_slice(&side.to_be_bytes());
+            jpeg[sof + 7..sof + 9].copy_from_slice(&side.to_be_bytes());
+            jpeg
+        };
+        // Over the negotiated size: our check, between the header and any pixel buffer.
+        let e = mjpeg_to_rgb(&claiming(8000), w, h).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PixelError::JpegTooLarge {
+                    actual_w: 8000,
+                    actual_h: 8000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Over zune-jpeg's own 16384 per side: its header check refuses it first.
+        let e = mjpeg_to_rgb(&claiming(60000), w, h).unwrap_err();
+        assert!(e.to_string().contains("60000"), "{e}");
+    }
+
+    #[test]
     fn png_files_decode_to_rgb() {
         let (w, h) = (5u32, 3u32);
         let card = test_card(w, h);
@@ -805,15 +794,28 @@ mod tests {
                     .write_image_data(&pixels)
                     .unwrap();
             }
-            let img = decode_image_file(&file, (64, 64)).unwrap();
+            let img = decode_image_file(&file, "card.png", 64 * 64).unwrap();
             assert_eq!((img.width, img.height), (w, h));
             let expected: Vec<u8> = match channels {
                 1 => card.chunks_exact(3).flat_map(|p| [p[1]; 3]).collect(),
                 _ => card.clone(),
             };
             assert_eq!(img.rgb, expected, "{colour:?}");
+            // A PNG's errors say PNG, never JPEG, and name the file.
+            let e = decode_image_file(&file[..file.len() - 20], "cut.png", 64 * 64).unwrap_err();
+            assert_eq!(e.cause(), "corrupt PNG");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("PNG") && msg.contains("cut.png") && !msg.contains("JPEG"),
+                "{msg}"
+            );
+            // Over the pixel budget: refused from the header.
+            let e = decode_image_file(&file, "card.png", 14).unwrap_err();
+            assert_eq!(e.cause(), "image too large");
+            assert!(!e.to_string().contains("JPEG"), "{e}");
         }
-        assert!(decode_image_file(b"GIF89a", (64, 64)).is_err());
+        let e = decode_image_file(b"GIF89a", "x.gif", 64 * 64).unwrap_err();
+        assert_eq!(e.cause(), "not a PNG or JPEG");
     }
 
     /// A stable-toolchain stand-in for `fuzz/` (same function, same checks as the

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::camera::{sleep_until, CameraError, CameraSource, FramePublisher};
 use super::pixel::{decode_image_file, PixelError, RgbImage};
 
-/// Largest image side a replay file may have (bounds the decode allocation).
-const MAX_SIDE: u32 = 8192;
+/// Most pixels a replay file may have (8K UHD, 7680×4320: about 100 MB decoded), checked from
+/// the file's header before it is decoded, so a decompression bomb in the directory costs
+/// nothing but a counted bad frame.
+pub const MAX_PIXELS: usize = 7680 * 4320;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayConfig {
@@ -67,45 +69,57 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
+/// The images a replay source names (a directory's `*.jpg`, `*.jpeg`, `*.png`, or a glob's
+/// matches), sorted; none is an error (`config check` calls this too).
+pub fn list_images(camera: &str, source_text: &str) -> Result<Vec<PathBuf>, CameraError> {
+    let source = Path::new(source_text);
+    let mut files: Vec<PathBuf> = if source.is_dir() {
+        std::fs::read_dir(source)
+            .map_err(|err| CameraError::Io {
+                camera: camera.to_string(),
+                path: source.to_path_buf(),
+                err,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image(p))
+            .collect()
+    } else {
+        glob::glob(source_text)
+            .map_err(|e| CameraError::Glob {
+                camera: camera.to_string(),
+                pattern: source_text.to_string(),
+                err: e.to_string(),
+            })?
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file() && is_image(p))
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(CameraError::NoImages {
+            camera: camera.to_string(),
+            pattern: source_text.to_string(),
+        });
+    }
+    Ok(files)
+}
+
 impl ReplayCamera {
     /// List the images and decode the first; errors name the camera and the file.
     pub fn open(config: ReplayConfig) -> Result<Self, CameraError> {
         let camera = config.name.clone();
-        if !(config.fps.is_finite() && config.fps > 0.0 && config.fps <= 1000.0) {
+        if !super::FPS_RANGE.contains(&config.fps) {
             return Err(CameraError::Config {
                 camera,
-                what: format!("fps must be in (0, 1000], got {}", config.fps),
+                what: format!(
+                    "fps must be in {}–{}, got {}",
+                    super::FPS_RANGE.start(),
+                    super::FPS_RANGE.end(),
+                    config.fps
+                ),
             });
         }
-        let source = Path::new(&config.source);
-        let mut files: Vec<PathBuf> = if source.is_dir() {
-            std::fs::read_dir(source)
-                .map_err(|err| CameraError::Io {
-                    camera: camera.clone(),
-                    path: source.to_path_buf(),
-                    err,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect()
-        } else {
-            glob::glob(&config.source)
-                .map_err(|e| CameraError::Glob {
-                    camera: camera.clone(),
-                    pattern: config.source.clone(),
-                    err: e.to_string(),
-                })?
-                .filter_map(Result::ok)
-                .filter(|p| p.is_file() && is_image(p))
-                .collect()
-        };
-        files.sort();
-        if files.is_empty() {
-            return Err(CameraError::NoImages {
-                camera,
-                pattern: config.source.clone(),
-            });
-        }
+        let files = list_images(&camera, &config.source)?;
         let mut cam = ReplayCamera {
             period: Duration::from_secs_f64(1.0 / config.fps),
             cache: vec![None; files.len()],
@@ -143,8 +157,9 @@ impl ReplayCamera {
         }
         let path = &self.files[index];
         let bytes = std::fs::read(path).map_err(|e| LoadError::Io(path.clone(), e))?;
-        let RgbImage { width, height, rgb } = decode_image_file(&bytes, (MAX_SIDE, MAX_SIDE))
-            .map_err(|e| LoadError::Pixel(path.clone(), e))?;
+        let RgbImage { width, height, rgb } =
+            decode_image_file(&bytes, &path.display().to_string(), MAX_PIXELS)
+                .map_err(|e| LoadError::Pixel(path.clone(), e))?;
         let img = CachedImage {
             width,
             height,
@@ -163,7 +178,8 @@ impl ReplayCamera {
 pub enum LoadError {
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("{0}: {1}")]
+    /// The pixel error names the file itself.
+    #[error("{1}")]
     Pixel(PathBuf, PixelError),
 }
 
@@ -179,6 +195,10 @@ impl LoadError {
 impl CameraSource for ReplayCamera {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn frame_interval(&self) -> Option<Duration> {
+        Some(self.period)
     }
 
     fn run(mut self: Box<Self>, mut out: FramePublisher, cancel: CancellationToken) {
@@ -430,14 +450,15 @@ pub(crate) mod tests {
             .err()
             .unwrap();
         assert!(
-            e.to_string()
-                .starts_with(&format!("camera broken: {src}/a.png: PNG decode failed")),
+            e.to_string().starts_with(&format!(
+                "camera broken: image {src}/a.png: cannot decode PNG"
+            )),
             "{e}"
         );
         let e = ReplayCamera::open(ReplayConfig::new("fast", &src, 0.0))
             .err()
             .unwrap();
-        assert!(e.to_string().contains("fps must be in (0, 1000]"), "{e}");
+        assert!(e.to_string().contains("fps must be in 0.001–1000"), "{e}");
         let e = ReplayCamera::open(ReplayConfig::new("glob", "[", 10.0))
             .err()
             .unwrap();

@@ -241,8 +241,13 @@ impl V4l2Camera {
                 config.width, config.height
             )));
         }
-        if !(config.fps.is_finite() && config.fps > 0.0) {
-            return Err(bad(format!("fps must be positive, got {}", config.fps)));
+        if !super::FPS_RANGE.contains(&config.fps) {
+            return Err(bad(format!(
+                "fps must be in {}–{}, got {}",
+                super::FPS_RANGE.start(),
+                super::FPS_RANGE.end(),
+                config.fps
+            )));
         }
         if config.formats.is_empty() {
             return Err(bad("no acceptable pixel formats".into()));
@@ -385,6 +390,11 @@ impl CameraSource for V4l2Camera {
         &self.config.name
     }
 
+    fn frame_interval(&self) -> Option<Duration> {
+        (self.config.fps.is_finite() && self.config.fps > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / self.config.fps))
+    }
+
     fn run(self: Box<Self>, mut out: FramePublisher, cancel: CancellationToken) {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut failed_before = false;
@@ -445,7 +455,7 @@ mod tests {
         bad.fps = 0.0;
         assert_eq!(
             V4l2Camera::new(bad).err().unwrap().to_string(),
-            "camera press-2: fps must be positive, got 0"
+            "camera press-2: fps must be in 0.001–1000, got 0"
         );
         let mut bad = ok;
         bad.buffers = 1;

@@ -735,6 +735,34 @@ impl GenaiConfig {
         if m.eos_token_id.to_vec().is_empty() {
             return Err(bad("model.eos_token_id", "must name at least one token id".into()));
         }
+        // Impossible sizes and ids are refused here, by key, instead of failing later as an
+        // empty tensor, a division by zero or a stop token that can never be sampled.
+        if m.vocab_size == Some(0) {
+            return Err(bad("model.vocab_size", "must be greater than 0".into()));
+        }
+        let token_id = |key: &str, id: i64| -> Result<(), ConfigError> {
+            if id < 0 {
+                return Err(bad(key, format!("{id} is not a token id (ids are 0 or more)")));
+            }
+            if let Some(v) = m.vocab_size {
+                if id >= i64::from(v) {
+                    return Err(bad(key, format!("{id} is outside the vocabulary (model.vocab_size {v})")));
+                }
+            }
+            Ok(())
+        };
+        for id in m.eos_token_id.to_vec() {
+            token_id("model.eos_token_id", id)?;
+        }
+        for (id, key) in [
+            (m.bos_token_id, "model.bos_token_id"),
+            (m.image_token_id, "model.image_token_id"),
+            (m.audio_token_id, "model.audio_token_id"),
+        ] {
+            if let Some(id) = id {
+                token_id(key, id)?;
+            }
+        }
         for (present, key, what) in [
             (m.encoder.is_some(), "model.encoder", "encoder-decoder models"),
             (m.draft.is_some(), "model.draft", "draft models"),
@@ -811,13 +839,41 @@ impl GenaiConfig {
                 return Err(bad(key, format!("\"{name}\" must contain exactly one %d (the layer index)")));
             }
         }
-        if d.num_hidden_layers == 0 || d.head_size == 0 || d.num_key_value_heads == 0 {
+        for (value, key) in [
+            (d.num_hidden_layers, "model.decoder.num_hidden_layers"),
+            (d.head_size, "model.decoder.head_size"),
+            (d.hidden_size, "model.decoder.hidden_size"),
+            (d.num_attention_heads, "model.decoder.num_attention_heads"),
+            (d.num_key_value_heads, "model.decoder.num_key_value_heads"),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be greater than 0".into()));
+            }
+        }
+        if d.num_key_value_heads > d.num_attention_heads {
             return Err(bad(
-                "model.decoder",
-                "num_hidden_layers, head_size and num_key_value_heads must be greater than 0".into(),
+                "model.decoder.num_key_value_heads",
+                format!("{} is more than num_attention_heads {}", d.num_key_value_heads, d.num_attention_heads),
             ));
         }
         let s = &self.search;
+        for (value, key) in [
+            (s.temperature, "search.temperature"),
+            (s.top_p, "search.top_p"),
+            (s.repetition_penalty, "search.repetition_penalty"),
+            (s.length_penalty, "search.length_penalty"),
+            (s.diversity_penalty, "search.diversity_penalty"),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(bad(key, format!("{value} must be a finite number, 0 or more")));
+            }
+        }
+        if s.top_p > 1.0 {
+            return Err(bad("search.top_p", format!("{} is out of range 0–1", s.top_p)));
+        }
+        if s.repetition_penalty == 0.0 {
+            return Err(bad("search.repetition_penalty", "must be greater than 0 (1.0 is none)".into()));
+        }
         if s.num_beams != 1 {
             return Err(unsupported("search.num_beams", "beam search (gemba streams one sequence)"));
         }

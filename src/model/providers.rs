@@ -36,6 +36,13 @@ pub enum ProviderError {
     Hash { component: String, file: PathBuf, source: std::io::Error },
 }
 
+/// The most ONNX Runtime threads a session may ask for (intra-op or inter-op): four per logical
+/// CPU of this machine. More only costs memory and start-up time (each thread has its own
+/// stack and arena), and a session with thousands of them takes minutes to build and to stop.
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -241,10 +248,19 @@ pub fn build_session(
     };
     let mut b = Session::builder(&rt.env).map_err(|e| opt_err("builder", e))?;
     let intra = policy.intra_op_threads.or(bundle.intra_op_num_threads.map(|n| n as usize));
+    let inter = policy.inter_op_threads.or(bundle.inter_op_num_threads.map(|n| n as usize));
+    for (n, what) in [(intra, "intra_op_num_threads"), (inter, "inter_op_num_threads")] {
+        if let Some(n) = n.filter(|&n| n > max_threads()) {
+            return Err(ProviderError::Option {
+                component: component.into(),
+                what: what.into(),
+                reason: format!("{n} threads is more than {} (4 per CPU of this machine)", max_threads()),
+            });
+        }
+    }
     if let Some(n) = intra {
         b = b.with_intra_threads(n).map_err(|e| opt_err("intra_op_num_threads", e.into()))?;
     }
-    let inter = policy.inter_op_threads.or(bundle.inter_op_num_threads.map(|n| n as usize));
     if let Some(n) = inter {
         b = b.with_inter_threads(n).map_err(|e| opt_err("inter_op_num_threads", e.into()))?;
     }

@@ -140,24 +140,61 @@ pub struct Pcm {
 
 /// Read and decode a WAV file.
 pub fn load_wav(path: &Path) -> Result<Pcm, SpeechError> {
-    let bytes = std::fs::read(path).map_err(|err| SpeechError::Read {
+    load_wav_within(path, &|_| None)
+}
+
+/// Read and decode a WAV file as a stream, keeping at most `max_frames(sample_rate)` frames
+/// (`None`: all): a clip far longer than the model hears costs no more memory than the part it
+/// hears ([`SpeechProcessor::max_input_frames`]).
+pub fn load_wav_within(
+    path: &Path,
+    max_frames: &dyn Fn(u32) -> Option<usize>,
+) -> Result<Pcm, SpeechError> {
+    let read_err = |err| SpeechError::Read {
         path: path.to_owned(),
         err,
-    })?;
-    decode_wav(&bytes, &path.display().to_string())
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let input = path.display().to_string();
+    if file.metadata().map_err(read_err)?.len() == 0 {
+        return Err(SpeechError::Decode {
+            input,
+            detail: "the file is empty".into(),
+        });
+    }
+    decode_wav_from(std::io::BufReader::new(file), &input, max_frames)
 }
 
 /// Decode WAV bytes (PCM 8/16/24/32-bit or 32-bit float) to `f32` with dr_wav's scaling.
 pub fn decode_wav(bytes: &[u8], input: &str) -> Result<Pcm, SpeechError> {
+    decode_wav_within(bytes, input, &|_| None)
+}
+
+/// [`decode_wav`] keeping at most `max_frames(sample_rate)` frames (`None`: all).
+pub fn decode_wav_within(
+    bytes: &[u8],
+    input: &str,
+    max_frames: &dyn Fn(u32) -> Option<usize>,
+) -> Result<Pcm, SpeechError> {
+    if bytes.is_empty() {
+        return Err(SpeechError::Decode {
+            input: input.to_owned(),
+            detail: "the file is empty".into(),
+        });
+    }
+    decode_wav_from(std::io::Cursor::new(bytes), input, max_frames)
+}
+
+fn decode_wav_from<R: std::io::Read>(
+    source: R,
+    input: &str,
+    max_frames: &dyn Fn(u32) -> Option<usize>,
+) -> Result<Pcm, SpeechError> {
     let derr = |detail: String| SpeechError::Decode {
         input: input.to_owned(),
         detail,
     };
-    if bytes.is_empty() {
-        return Err(derr("the file is empty".into()));
-    }
-    let reader =
-        hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| derr(e.to_string()))?;
+    let reader = hound::WavReader::new(source).map_err(|e| derr(e.to_string()))?;
     let spec = reader.spec();
     if spec.channels == 0 || spec.channels > MAX_CHANNELS {
         return Err(SpeechError::Channels {
@@ -166,6 +203,11 @@ pub fn decode_wav(bytes: &[u8], input: &str) -> Result<Pcm, SpeechError> {
         });
     }
     let declared = reader.len() as usize;
+    // Samples kept: whole frames up to the caller's cap. The allocation follows what is kept,
+    // never a length the header merely claims.
+    let keep = max_frames(spec.sample_rate).map_or(declared, |f| {
+        f.saturating_mul(usize::from(spec.channels)).min(declared)
+    });
     let truncated = |e: hound::Error, read: usize| {
         let e = e.to_string();
         derr(format!(
@@ -175,15 +217,15 @@ pub fn decode_wav(bytes: &[u8], input: &str) -> Result<Pcm, SpeechError> {
     };
     let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Float, 32) => {
-            let mut out = Vec::with_capacity(declared);
-            for s in reader.into_samples::<f32>() {
+            let mut out = Vec::with_capacity(keep);
+            for s in reader.into_samples::<f32>().take(keep) {
                 out.push(s.map_err(|e| truncated(e, out.len()))?);
             }
             out
         }
         (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
-            let mut out = Vec::with_capacity(declared);
-            for s in reader.into_samples::<i32>() {
+            let mut out = Vec::with_capacity(keep);
+            for s in reader.into_samples::<i32>().take(keep) {
                 let s = s.map_err(|e| truncated(e, out.len()))?;
                 out.push(match bits {
                     // dr_wav: unsigned 8-bit, (u8 · 2/255) − 1.
@@ -305,7 +347,37 @@ impl SpeechProcessor {
         self.features(&mono, rate, input)
     }
 
-    /// Mix to mono, resample to the model rate, cut at `max_samples`.
+    /// The model rate a clip at `rate` Hz is resampled to: the highest not above it.
+    fn target_rate(&self, rate: u32) -> u32 {
+        let rates = &self.settings.target_rates;
+        let min = rates.first().copied().unwrap_or(1);
+        rates
+            .iter()
+            .copied()
+            .filter(|&r| r <= rate)
+            .max()
+            .unwrap_or(min)
+    }
+
+    /// Input frames at `rate` Hz that decide the first `max_samples` resampled samples (`None`
+    /// when `max_samples` is 0, i.e. everything is kept): the span they cover plus the
+    /// interpolation window's reach past it. Cutting the input there before resampling gives
+    /// exactly the samples the cut after resampling would (the low-pass is causal and each
+    /// output sample looks `±ceil(3 · rate / target)` inputs around its position), at a cost
+    /// bounded by the model's window instead of the clip's length.
+    pub fn max_input_frames(&self, rate: u32) -> Option<usize> {
+        let max = self.settings.max_samples;
+        if max == 0 || rate == 0 {
+            return None;
+        }
+        let target = self.target_rate(rate).max(1);
+        let span = (max as u64 * u64::from(rate)).div_ceil(u64::from(target));
+        let reach = u64::from(rate.div_ceil(target)) * 3 + 16;
+        Some((span + reach) as usize)
+    }
+
+    /// Mix to mono, resample to the model rate, cut at `max_samples` (the input is cut first,
+    /// at [`Self::max_input_frames`], so only what the model hears is mixed and resampled).
     pub fn to_model_rate(&self, pcm: &Pcm, input: &str) -> Result<(Vec<f32>, u32), SpeechError> {
         let rates = &self.settings.target_rates;
         let min = rates.first().copied().unwrap_or(1);
@@ -336,27 +408,20 @@ impl SpeechProcessor {
                 input: input.to_owned(),
             });
         }
+        let heard = match self.max_input_frames(pcm.sample_rate) {
+            Some(frames) => &pcm.samples[..pcm.samples.len().min(frames.saturating_mul(ch))],
+            None => &pcm.samples[..],
+        };
         let mono: Vec<f32> = match ch {
-            1 => pcm.samples.clone(),
-            _ if !self.settings.stereo_to_mono => pcm.samples.clone(),
-            2 => pcm
-                .samples
-                .chunks_exact(2)
-                .map(|p| (p[0] + p[1]) / 2.0)
-                .collect(),
-            _ => pcm
-                .samples
+            1 => heard.to_vec(),
+            _ if !self.settings.stereo_to_mono => heard.to_vec(),
+            2 => heard.chunks_exact(2).map(|p| (p[0] + p[1]) / 2.0).collect(),
+            _ => heard
                 .chunks_exact(ch)
                 .map(|f| f.iter().sum::<f32>() / ch as f32)
                 .collect(),
         };
-        // The highest model rate not above the input's.
-        let target = rates
-            .iter()
-            .copied()
-            .filter(|&r| r <= pcm.sample_rate)
-            .max()
-            .unwrap_or(min);
+        let target = self.target_rate(pcm.sample_rate);
         let mut out = if target == pcm.sample_rate {
             mono
         } else {
@@ -776,6 +841,91 @@ mod tests {
         // Digital silence: every Mel energy clamps to 1 → ln 1 = 0.
         let s = p.features(&[0.0; 800], 16000, "s").unwrap();
         assert!(s.features.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn cutting_before_resampling_gives_exactly_the_samples_of_cutting_after() {
+        let p = SpeechProcessor::new(SpeechSettings {
+            max_samples: 4000,
+            ..SpeechSettings::default()
+        });
+        for (rate, channels) in [
+            (44_100u32, 2u16),
+            (48_000, 1),
+            (22_050, 1),
+            (11_025, 3),
+            (16_000, 1),
+        ] {
+            // Three times longer than what the model hears, with content up to the end.
+            let frames = 3 * p.max_input_frames(rate).unwrap();
+            let samples: Vec<f32> = (0..frames * usize::from(channels))
+                .map(|i| ((i as f32 * 0.37).sin() * 0.5 + (i % 97) as f32 / 400.0).clamp(-1.0, 1.0))
+                .collect();
+            let pcm = Pcm {
+                samples,
+                sample_rate: rate,
+                channels,
+            };
+            let (cut, target) = p.to_model_rate(&pcm, "t").unwrap();
+            // The reference order: mix and resample everything, then cut.
+            let ch = usize::from(channels);
+            let mono: Vec<f32> = match ch {
+                1 => pcm.samples.clone(),
+                2 => pcm
+                    .samples
+                    .chunks_exact(2)
+                    .map(|p| (p[0] + p[1]) / 2.0)
+                    .collect(),
+                _ => pcm
+                    .samples
+                    .chunks_exact(ch)
+                    .map(|f| f.iter().sum::<f32>() / ch as f32)
+                    .collect(),
+            };
+            let mut full = if target == rate {
+                mono
+            } else {
+                downsample(&mono, rate, target)
+            };
+            full.truncate(4000);
+            assert_eq!(cut.len(), 4000, "{rate} Hz");
+            assert!(
+                cut == full,
+                "{rate} Hz x{channels}: the early cut changed samples"
+            );
+        }
+        // Without a limit nothing is cut.
+        let all = SpeechProcessor::new(SpeechSettings {
+            max_samples: 0,
+            ..SpeechSettings::default()
+        });
+        assert_eq!(all.max_input_frames(48_000), None);
+    }
+
+    #[test]
+    fn a_long_file_is_read_only_as_far_as_the_model_hears() {
+        let p = SpeechProcessor::new(SpeechSettings::default());
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 48_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        // 40 s of stereo: the model hears 30 s at 16 kHz, i.e. 30 s of the 48 kHz input.
+        let bytes = wav(spec, &vec![1000; 48_000 * 40 * 2]);
+        let pcm = decode_wav_within(&bytes, "long.wav", &|r| p.max_input_frames(r)).unwrap();
+        let kept = p.max_input_frames(48_000).unwrap();
+        assert_eq!(pcm.samples.len(), kept * 2);
+        assert!(kept < 48_000 * 31, "{kept}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.wav");
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = load_wav_within(&path, &|r| p.max_input_frames(r)).unwrap();
+        assert_eq!(from_file, pcm);
+        assert_eq!(
+            decode_wav(&bytes, "long.wav").unwrap().samples.len(),
+            48_000 * 40 * 2
+        );
     }
 
     #[test]

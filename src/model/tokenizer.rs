@@ -3,6 +3,12 @@
 //! `minijinja` the way Hugging Face renders it: `trim_blocks`, `lstrip_blocks`, Python string
 //! methods, `raise_exception`).
 //!
+//! A template is code from the bundle, so its rendering is bounded: at most [`TEMPLATE_FUEL`]
+//! instructions (minijinja's fuel) and an output of at most [`rendered_limit`] bytes, written
+//! through a writer that refuses the first write past the limit — so
+//! `{{ 'a' * 100000000 }}{{ 'b' * 100000000 }}` fails on its first expression with an error
+//! naming the file, instead of building gigabytes of prompt.
+//!
 //! What flows in: a bundle directory. What flows out: token ids for a prompt (with or without the
 //! chat template) and the shared `tokenizers::Tokenizer` the stream decoder needs.
 
@@ -25,8 +31,46 @@ pub enum TokenizerError {
     Template { path: PathBuf, reason: String },
     #[error("rendering the chat template from {path} failed: {reason}")]
     Render { path: PathBuf, reason: String },
+    #[error(
+        "the chat template from {path} renders more than {limit} bytes for a {input}-byte \
+         conversation; a chat template only wraps the messages in their markers (check its loops \
+         and string repetitions)"
+    )]
+    RenderTooLarge { path: PathBuf, limit: usize, input: usize },
     #[error("tokenizing the prompt failed: {0}")]
     Encode(String),
+}
+
+/// Instructions a chat template may execute per render (minijinja's fuel): real templates
+/// take a few thousand for a conversation; this stops runaway loops within about a second.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Most bytes a chat template may render for messages of `input` bytes in all: 1 MiB of
+/// markers and system text, plus four times the messages themselves.
+pub fn rendered_limit(input: usize) -> usize {
+    (1 << 20) + input.saturating_mul(4)
+}
+
+/// A `String` writer that refuses any write that would take it past `limit` bytes (the
+/// refused bytes are never copied).
+struct LimitedWriter {
+    out: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the rendered template is over its size limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One chat message.
@@ -158,6 +202,7 @@ impl TextTokenizer {
 
     fn environment<'s>(&self, template: &'s str) -> Result<minijinja::Environment<'s>, TokenizerError> {
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -185,13 +230,26 @@ impl TextTokenizer {
         };
         let env = self.environment(t)?;
         let tmpl = env.get_template("chat").expect("added above");
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
+        let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let limit = rendered_limit(input);
+        let mut w = LimitedWriter { out: Vec::new(), limit, exceeded: false };
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            },
+            &mut w,
+        );
+        if w.exceeded {
+            return Err(TokenizerError::RenderTooLarge { path: self.config_path.clone(), limit, input });
+        }
+        rendered.map_err(|e| TokenizerError::Render { path: self.config_path.clone(), reason: e.to_string() })?;
+        String::from_utf8(w.out).map_err(|e| TokenizerError::Render {
+            path: self.config_path.clone(),
+            reason: format!("the output is not UTF-8: {e}"),
         })
-        .map_err(|e| TokenizerError::Render { path: self.config_path.clone(), reason: e.to_string() })
     }
 
     /// Prompt ids for a user message: through the chat template unless `raw`. The rendered
@@ -222,6 +280,25 @@ fn format_utc_now(fmt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_with_unbounded_output_fails_on_its_first_write_past_the_limit() {
+        let mut w = LimitedWriter { out: Vec::new(), limit: 10, exceeded: false };
+        let tmpl = "{{ 'a' * 8 }}{{ 'b' * 100000000 }}{{ 'c' * 100000000 }}";
+        let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.add_template("t", tmpl).unwrap();
+        assert!(env.get_template("t").unwrap().render_captured_to((), &mut w).is_err());
+        assert!(w.exceeded);
+        assert_eq!(w.out, b"aaaaaaaa", "nothing of the refused write is kept");
+        // A loop that never ends within the fuel fails too, without output limits.
+        let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.add_template("t", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+            .unwrap();
+        let e = env.get_template("t").unwrap().render(()).unwrap_err();
+        assert_eq!(e.kind(), minijinja::ErrorKind::OutOfFuel);
+    }
 
     #[test]
     fn strftime_now_formats() {

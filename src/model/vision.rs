@@ -58,12 +58,13 @@ pub enum VisionError {
     },
     #[error(
         "image {input}: {width}x{height} is larger than the {MAX_IMAGE_SIDE} px per side / \
-         {MAX_IMAGE_PIXELS} px limit (refused from its header, before decoding)"
+         {max_pixels} px limit (refused from its header, before decoding)"
     )]
     TooLarge {
         input: String,
         width: usize,
         height: usize,
+        max_pixels: usize,
     },
     #[error(
         "image {input}: RGB buffer holds {actual} bytes but {width}x{height}x3 needs {expected}"
@@ -256,7 +257,7 @@ pub fn preprocess_rgb(
     rgb: &[u8],
     input: &str,
 ) -> Result<ImageInput, VisionError> {
-    check_dimensions(width, height, input)?;
+    check_dimensions(width, height, MAX_IMAGE_PIXELS, input)?;
     let expected = width * height * 3;
     if rgb.len() != expected {
         return Err(VisionError::BufferSize {
@@ -379,7 +380,12 @@ pub fn preprocess_rgb(
     })
 }
 
-fn check_dimensions(width: usize, height: usize, input: &str) -> Result<(), VisionError> {
+fn check_dimensions(
+    width: usize,
+    height: usize,
+    max_pixels: usize,
+    input: &str,
+) -> Result<(), VisionError> {
     if width == 0 || height == 0 {
         return Err(VisionError::Empty {
             input: input.to_owned(),
@@ -387,11 +393,16 @@ fn check_dimensions(width: usize, height: usize, input: &str) -> Result<(), Visi
             height,
         });
     }
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || width * height > MAX_IMAGE_PIXELS {
+    let max_pixels = max_pixels.min(MAX_IMAGE_PIXELS);
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || width.saturating_mul(height) > max_pixels
+    {
         return Err(VisionError::TooLarge {
             input: input.to_owned(),
             width,
             height,
+            max_pixels,
         });
     }
     Ok(())
@@ -465,11 +476,49 @@ pub fn load_image(path: &Path) -> Result<DecodedImage, VisionError> {
 /// RGB, alpha is dropped (not composited); JPEG is decoded with libjpeg 9's arithmetic
 /// ([`super::jpeg`]) to RGB.
 pub fn decode_image(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
-    const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    decode_image_within(bytes, input, MAX_IMAGE_PIXELS)
+}
+
+/// What an image file's header says, read without decoding any pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// `"PNG"` or `"JPEG"`.
+    pub format: &'static str,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The format and size of PNG or JPEG bytes, from the PNG's IHDR chunk or the JPEG's frame
+/// header: what a caller checks against its budget before it decodes (or queues) anything.
+pub fn read_header(bytes: &[u8], input: &str) -> Result<ImageHeader, VisionError> {
     if bytes.starts_with(PNG_SIGNATURE) {
-        decode_png(bytes, input)
+        // IHDR is always the first chunk: signature (8), length (4), "IHDR" (4), width, height.
+        match bytes.get(12..24) {
+            Some(ihdr) if &ihdr[..4] == b"IHDR" => {
+                let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                Ok(ImageHeader {
+                    format: "PNG",
+                    width: be(&ihdr[4..8]),
+                    height: be(&ihdr[8..12]),
+                })
+            }
+            _ => Err(VisionError::Decode {
+                input: input.to_owned(),
+                format: "PNG",
+                detail: "missing IHDR header".into(),
+            }),
+        }
     } else if bytes.starts_with(&[0xFF, 0xD8]) {
-        decode_jpeg(bytes, input)
+        let (width, height) = jpeg::read_dimensions(bytes).map_err(|e| VisionError::Decode {
+            input: input.to_owned(),
+            format: "JPEG",
+            detail: e.to_string(),
+        })?;
+        Ok(ImageHeader {
+            format: "JPEG",
+            width,
+            height,
+        })
     } else {
         let magic = bytes
             .iter()
@@ -489,21 +538,30 @@ pub fn decode_image(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionErr
     }
 }
 
-fn decode_png(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
+/// [`decode_image`] with a pixel budget below the reference's: images with more than
+/// `max_pixels` pixels are refused from their header, before any pixel buffer exists. Memory
+/// while decoding stays near `3 × width × height` bytes (PNG rows are converted one at a time).
+pub fn decode_image_within(
+    bytes: &[u8],
+    input: &str,
+    max_pixels: usize,
+) -> Result<DecodedImage, VisionError> {
+    let header = read_header(bytes, input)?;
+    check_dimensions(header.width, header.height, max_pixels, input)?;
+    match header.format {
+        "PNG" => decode_png(bytes, input, max_pixels),
+        _ => decode_jpeg(bytes, input, max_pixels),
+    }
+}
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn decode_png(bytes: &[u8], input: &str, max_pixels: usize) -> Result<DecodedImage, VisionError> {
     let err = |detail: String| VisionError::Decode {
         input: input.to_owned(),
         format: "PNG",
         detail,
     };
-    // IHDR is always the first chunk: signature (8), length (4), "IHDR" (4), width, height.
-    // Check the size there, before the decoder reads any further.
-    match bytes.get(12..24) {
-        Some(ihdr) if &ihdr[..4] == b"IHDR" => {
-            let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            check_dimensions(be(&ihdr[4..8]), be(&ihdr[8..12]), input)?;
-        }
-        _ => return Err(err("missing IHDR header".into())),
-    }
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| err(e.to_string()))?;
@@ -511,48 +569,70 @@ fn decode_png(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
         let info = reader.info();
         (info.width as usize, info.height as usize)
     };
-    check_dimensions(width, height, input)?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| err("image too large to buffer".into()))?;
-    let mut buf = vec![0u8; size];
-    let frame = reader
-        .next_frame(&mut buf)
-        .map_err(|e| err(e.to_string()))?;
-    let channels = match frame.color_type {
+    // The decoder's own view of the header, checked again before anything is allocated.
+    check_dimensions(width, height, max_pixels, input)?;
+    let (color, depth) = reader.output_color_type();
+    let channels = match color {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
         png::ColorType::Indexed => return Err(err("palette was not expanded".into())),
     };
-    if frame.bit_depth != png::BitDepth::Eight {
+    if depth != png::BitDepth::Eight {
         return Err(err(format!(
-            "unexpected bit depth {:?} after expansion",
-            frame.bit_depth
+            "unexpected bit depth {depth:?} after expansion"
         )));
     }
     let mut rgb = Vec::with_capacity(width * height * 3);
-    for row in buf[..frame.buffer_size()].chunks_exact(frame.line_size) {
-        for px in row[..width * channels].chunks_exact(channels) {
+    let push_row = |row: &[u8], rgb: &mut Vec<u8>| -> Result<(), VisionError> {
+        let px = row
+            .get(..width * channels)
+            .ok_or_else(|| err("short row".into()))?;
+        for px in px.chunks_exact(channels) {
             match channels {
                 1 | 2 => rgb.extend_from_slice(&[px[0]; 3]),
                 _ => rgb.extend_from_slice(&px[..3]),
             }
         }
+        Ok(())
+    };
+    if reader.info().interlaced {
+        // Adam7 passes arrive as partial rows: de-interlace into the whole frame first.
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| err("image too large to buffer".into()))?;
+        let mut buf = vec![0u8; size];
+        let frame = reader
+            .next_frame(&mut buf)
+            .map_err(|e| err(e.to_string()))?;
+        for row in buf[..frame.buffer_size()].chunks_exact(frame.line_size) {
+            push_row(row, &mut rgb)?;
+        }
+    } else {
+        // Row by row into RGB: no second, full-size buffer in the decoder's layout (an RGBA
+        // image would otherwise need 4 + 3 bytes per pixel at once).
+        while let Some(row) = reader.next_row().map_err(|e| err(e.to_string()))? {
+            push_row(row.data(), &mut rgb)?;
+        }
+    }
+    if rgb.len() != width * height * 3 {
+        return Err(err(format!(
+            "the image data ends after {} of {height} rows",
+            rgb.len() / (width * 3)
+        )));
     }
     Ok(DecodedImage { width, height, rgb })
 }
 
-fn decode_jpeg(bytes: &[u8], input: &str) -> Result<DecodedImage, VisionError> {
+fn decode_jpeg(bytes: &[u8], input: &str, max_pixels: usize) -> Result<DecodedImage, VisionError> {
     let err = |e: jpeg::JpegError| VisionError::Decode {
         input: input.to_owned(),
         format: "JPEG",
         detail: e.to_string(),
     };
-    let (width, height) = jpeg::read_dimensions(bytes).map_err(err)?;
-    check_dimensions(width, height, input)?;
-    let (width, height, rgb) = jpeg::decode_rgb(bytes, MAX_IMAGE_PIXELS).map_err(err)?;
+    let (width, height, rgb) =
+        jpeg::decode_rgb(bytes, max_pixels.min(MAX_IMAGE_PIXELS)).map_err(err)?;
     Ok(DecodedImage { width, height, rgb })
 }
 

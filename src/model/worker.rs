@@ -38,6 +38,22 @@ pub struct AskSettings {
     pub system_prompt: Option<String>,
     pub max_new_tokens: usize,
     pub deadline: Duration,
+    /// What the requester asked for over the config's and the bundle's defaults.
+    pub overrides: GenOverrides,
+}
+
+/// Per-request generation choices (the OpenAI-compatible API's `max_tokens`, `temperature`,
+/// `top_p`, `seed`, `stop`, system message); `None` keeps the config's or the bundle's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenOverrides {
+    pub system_prompt: Option<String>,
+    /// At most the config's `model.max_new_tokens`.
+    pub max_new_tokens: Option<usize>,
+    /// 0 = greedy; above 0 samples.
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
 }
 
 pub enum Job {
@@ -132,6 +148,11 @@ pub fn bundle_hash(dir: &Path) -> std::io::Result<String> {
 
 fn load(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy) -> Result<(Engine, ModelInfo), String> {
     let t0 = std::time::Instant::now();
+    // Test hook: `GEMBA_TEST_LOAD_DELAY_MS` makes the load take that much longer (a big bundle on
+    // a board, or a stuck file system), so the tests can signal the daemon while it loads.
+    if let Some(ms) = std::env::var("GEMBA_TEST_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     // Resolve `current` symlinks now: the info names the exact version that was loaded.
     let dir = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
@@ -195,8 +216,11 @@ impl Worker {
                     }
                 };
                 let shared = Arc::new(RwLock::new(info));
+                let stage = crate::stage::enter("model worker");
                 let _ = ready_tx.send(Ok(Arc::clone(&shared)));
+                crate::stage::injected_fault("model worker");
                 run(Some(engine), rx, shared, rt, beat, busy2, loaded2);
+                stage.finish();
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
         let info = ready_rx.recv().map_err(|_| "the model thread died while loading".to_string())??;
@@ -308,13 +332,26 @@ fn ask(
     events: &tokio::sync::mpsc::UnboundedSender<JobEvent>,
 ) -> Result<Done, GenerateError> {
     let mut params = engine.default_params();
-    params.max_new_tokens = Some(settings.max_new_tokens);
+    let o = &settings.overrides;
+    params.max_new_tokens = Some(o.max_new_tokens.map_or(settings.max_new_tokens, |n| n.min(settings.max_new_tokens)));
     params.deadline = Some(settings.deadline);
+    if let Some(t) = o.temperature {
+        params.sampling.do_sample = t > 0.0;
+        params.sampling.temperature = t;
+    }
+    if let Some(p) = o.top_p {
+        params.sampling.top_p = p;
+    }
+    if let Some(seed) = o.seed {
+        params.sampling.seed = seed;
+    }
+    params.stop_strings.extend(o.stop.iter().cloned());
+    let system_prompt = o.system_prompt.as_deref().or(settings.system_prompt.as_deref());
     // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
     // tiny test models decode thousands of tokens per second), so tests can show what overlaps
     // with generation.
     let delay = std::env::var("GEMBA_TEST_TOKEN_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
-    engine.ask(input, settings.system_prompt.as_deref(), &params, cancel, &mut |ev| {
+    engine.ask(input, system_prompt, &params, cancel, &mut |ev| {
         if let (Some(d), Event::Token(_)) = (delay, &ev) {
             std::thread::sleep(d);
         }

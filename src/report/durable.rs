@@ -59,32 +59,6 @@ pub fn create_dirs(root: &Path, rel: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes `root/rel` with everything in it, then the parents of `rel` that became empty (up to,
-/// not including, `root`). A missing directory is fine: recovery may have got there first.
-pub fn remove_dir_and_empty_parents(root: &Path, rel: &str) -> io::Result<()> {
-    let path = root.join(rel);
-    match fs::remove_dir_all(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    remove_empty_parents(root, rel);
-    Ok(())
-}
-
-/// Removes the parents of `rel` that are empty, deepest first, stopping at `root`.
-pub fn remove_empty_parents(root: &Path, rel: &str) {
-    let mut parts: Vec<&str> = rel.split('/').collect();
-    parts.pop();
-    while parts.len() > 1 {
-        // remove_dir fails on a non-empty directory, which is where we stop.
-        if fs::remove_dir(root.join(parts.join("/"))).is_err() {
-            break;
-        }
-        parts.pop();
-    }
-}
-
 /// Whether an I/O error means the file system (or the user's quota) is full.
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
@@ -100,6 +74,22 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Size of the file system holding `path` (or its nearest existing parent).
+pub fn fs_bytes(path: &Path) -> io::Result<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_blocks as u64 * st.f_frsize as u64)
 }
 
 /// Takes an exclusive lock on `path` without waiting; `Ok(None)` if another process holds it.
@@ -151,23 +141,11 @@ mod tests {
     }
 
     #[test]
-    fn dirs_are_created_and_pruned() {
+    fn dirs_are_created_with_their_parents() {
         let root = tempfile::tempdir().unwrap();
         create_dirs(root.path(), "media/2026/11/24/r1").unwrap();
-        create_dirs(root.path(), "media/2026/11/24/r2").unwrap();
-        fs::write(root.path().join("media/2026/11/24/r1/0.jpg"), b"x").unwrap();
-        remove_dir_and_empty_parents(root.path(), "media/2026/11/24/r1").unwrap();
-        assert!(
-            root.path().join("media/2026/11/24/r2").is_dir(),
-            "a sibling keeps the day"
-        );
-        remove_dir_and_empty_parents(root.path(), "media/2026/11/24/r2").unwrap();
-        assert!(!root.path().join("media/2026").exists());
-        assert!(
-            root.path().join("media").is_dir(),
-            "the top directory stays"
-        );
-        remove_dir_and_empty_parents(root.path(), "media/2026/11/24/r2").unwrap();
+        create_dirs(root.path(), "media/2026/11/24/r1").unwrap();
+        assert!(root.path().join("media/2026/11/24/r1").is_dir());
     }
 
     #[test]

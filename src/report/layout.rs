@@ -77,6 +77,31 @@ pub fn id_of_page(rel: &str) -> Option<ReportId> {
     (dirs == id.date_dir()).then_some(id)
 }
 
+/// Whether `rel` is a media path this store writes (`media/YYYY/MM/DD/<id>/<n>.jpg|wav`, the
+/// date directory matching the id): only such files may be swept as orphans.
+pub fn is_media_path(rel: &str) -> bool {
+    let Some(rest) = rel.strip_prefix(MEDIA_DIR).and_then(|r| r.strip_prefix('/')) else {
+        return false;
+    };
+    let Some((dir, file)) = rest.rsplit_once('/') else {
+        return false;
+    };
+    let Some((dates, id)) = dir.rsplit_once('/') else {
+        return false;
+    };
+    let Ok(id) = ReportId::parse(id) else {
+        return false;
+    };
+    let Some((n, ext)) = file.split_once('.') else {
+        return false;
+    };
+    dates == id.date_dir()
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && n.parse::<u32>().is_ok()
+        && (ext == MediaKind::Jpeg.ext() || ext == MediaKind::Wav.ext())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +140,23 @@ mod tests {
             PAGE_TO_INDEX,
             format!("{}index.html", "../".repeat(page_dir_depth - 1))
         );
+    }
+
+    #[test]
+    fn only_generated_media_names_count_as_ours() {
+        assert!(is_media_path(&media_path(&id(), 0, MediaKind::Jpeg)));
+        assert!(is_media_path(&media_path(&id(), 17, MediaKind::Wav)));
+        for foreign in [
+            "media/2026/11/24/20261124T101530Z-3f2a/notes.txt",
+            "media/2026/11/24/20261124T101530Z-3f2a/0.png",
+            "media/2026/11/25/20261124T101530Z-3f2a/0.jpg",
+            "media/2026/11/24/not-an-id/0.jpg",
+            "media/photo.jpg",
+            "html/2026/11/24/20261124T101530Z-3f2a/0.jpg",
+            "media/2026/11/24/20261124T101530Z-3f2a/-1.jpg",
+        ] {
+            assert!(!is_media_path(foreign), "{foreign}");
+        }
     }
 
     #[test]

@@ -371,6 +371,9 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A directory of the store is not one the store can own (a symbolic link, a file).
+    #[error("report store: {0}")]
+    Tree(#[from] crate::sys::tree::TreeError),
     #[error("report index {path}: {op}: {source}")]
     Index {
         path: PathBuf,
@@ -397,6 +400,17 @@ pub enum ReportError {
         store: PathBuf,
         needed: u64,
         quota: u64,
+    },
+    #[error(
+        "report {id}: {needed} bytes cannot be stored at {store}: more than {limit} allows even \
+         with every finished report evicted ({room} bytes); nothing was evicted"
+    )]
+    TooLarge {
+        id: ReportId,
+        store: PathBuf,
+        needed: u64,
+        room: u64,
+        limit: &'static str,
     },
     #[error("report store {path} is in use by another gemba process (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },

@@ -98,6 +98,10 @@ pub enum ModelCommand {
         smoke_max_tokens: usize,
         #[arg(long, value_name = "N")]
         zstd_level: Option<i32>,
+        /// Allow this bundle to be installed over a newer version (a deliberate fleet rollback);
+        /// signed with the manifest. Without it an older version is refused.
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Verify an archive (signature, every file) without installing it.
     Verify { file: PathBuf },
@@ -203,6 +207,7 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
             smoke_system,
             smoke_max_tokens,
             zstd_level,
+            allow_downgrade,
         } => {
             let smoke = smoke_prompt.map(|prompt| SmokeSpec {
                 prompt,
@@ -210,7 +215,7 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                 system: smoke_system,
                 max_tokens: smoke_max_tokens,
             });
-            let opts = PackOptions { version, name, min_gemba, smoke, zstd_level };
+            let opts = PackOptions { version, name, min_gemba, smoke, zstd_level, allow_downgrade };
             if manifest_only {
                 let hash = pack::write_manifest(&dir, &opts, &out)?;
                 println!("wrote {} (bundle {hash}); sign it with `minisign -Sm {}` and pack again with --signature", out.display(), out.display());

@@ -56,41 +56,37 @@ pub fn point_link(root: &Path, name: &str, target: Option<&str>) -> Result<(), U
 }
 
 /// Removes `dir` by first renaming it into `trash` (same file system), so that a crash midway
-/// never leaves a partly deleted tree under its old name.
+/// never leaves a partly deleted tree under its old name. `trash` must be a real directory (a
+/// link is refused) and the removal never follows a link (crate::sys::tree).
 pub fn remove_tree(dir: &Path, trash: &Path) -> Result<(), UpdateError> {
+    use crate::sys::tree::Tree;
     if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
-    std::fs::create_dir_all(trash).at(trash)?;
+    let layout = |e: crate::sys::tree::TreeError| UpdateError::Layout { path: trash.to_path_buf(), detail: e.to_string() };
+    let bin = Tree::open(trash, true).map_err(layout)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let doomed = trash.join(format!("deleting-{name}-{}", std::process::id()));
-    if doomed.exists() {
-        std::fs::remove_dir_all(&doomed).at(&doomed)?;
-    }
-    std::fs::rename(dir, &doomed).at(dir)?;
+    let doomed = format!("deleting-{name}-{}", std::process::id());
+    bin.remove_tree(&doomed).map_err(layout)?;
+    std::fs::rename(dir, trash.join(&doomed)).at(dir)?;
     if let Some(parent) = dir.parent() {
         fsync_dir(parent)?;
     }
-    std::fs::remove_dir_all(&doomed).at(&doomed)
+    bin.remove_tree(&doomed).map_err(layout)?;
+    Ok(())
 }
 
 /// Empties a directory (staging): everything in it is garbage when no update holds the lock.
+/// Never follows a link: `dir` itself must be a real directory, and links inside are removed as
+/// entries (see crate::sys::tree).
 pub fn clear_dir(dir: &Path) -> Result<(), UpdateError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(UpdateError::io(dir, e)),
-    };
-    for e in rd {
-        let p = e.at(dir)?.path();
-        let meta = std::fs::symlink_metadata(&p).at(&p)?;
-        if meta.is_dir() {
-            std::fs::remove_dir_all(&p).at(&p)?;
-        } else {
-            std::fs::remove_file(&p).at(&p)?;
-        }
+    use crate::sys::tree::{Tree, TreeError};
+    match Tree::open(dir, false) {
+        Ok(t) => t.clear(),
+        Err(TreeError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
+    .map_err(|e| UpdateError::Layout { path: dir.to_path_buf(), detail: e.to_string() })
 }
 
 /// An exclusive `flock` on `<root>/.lock`, released when dropped or when the process dies

@@ -13,7 +13,7 @@ use super::daemon;
 use super::fsutil::{self, Lock};
 use super::keys::TrustedKeys;
 use super::layout::{self, cache_dir, identify, verify_installed, Check, Root, CURRENT, PREVIOUS};
-use super::manifest::MANIFEST_NAME;
+use super::manifest::{version_cmp, MANIFEST_NAME};
 use super::smoke::smoke_test;
 use super::state::{now, Attempt, AttemptKind, Machine, Observer, State};
 use super::unpack::{verify_archive, SignedManifest};
@@ -263,6 +263,19 @@ fn check_policy(root: &Root, cfg: &UpdateConfig, s: &SignedManifest) -> Result<(
             accepted: cfg.accept_model_types.join(", "),
         });
     }
+    if let Some(cur) = root.link_version(CURRENT)? {
+        if !m.allow_downgrade && version_cmp(&m.version, &cur) == std::cmp::Ordering::Less {
+            return Err(UpdateError::Downgrade { version: m.version.clone(), current: cur });
+        }
+    }
+    // Room to unpack, before a byte is written (the manifest lists every file with its size);
+    // a little over, for directories and the manifest itself.
+    let needed = m.files.iter().map(|f| f.size).sum::<u64>() + (1 << 20);
+    if let Ok(free) = crate::report::durable::free_bytes(&root.staging()) {
+        if needed > free {
+            return Err(UpdateError::NoSpace { version: m.version.clone(), path: root.staging(), needed, free });
+        }
+    }
     let vdir = root.version_dir(&m.version);
     if vdir.join(MANIFEST_NAME).exists() {
         let installed = identify(&vdir)?;
@@ -509,13 +522,16 @@ pub fn gc(cfg: &UpdateConfig, keep: usize) -> Result<Vec<PathBuf>, UpdateError> 
         log::info!("gc: removed {}", dir.display());
         removed.push(dir);
     }
-    if let Ok(rd) = std::fs::read_dir(root.cache()) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !kept_hashes.contains(&name) {
-                fsutil::remove_tree(&e.path(), &root.staging())?;
-                removed.push(e.path());
-            }
+    // Engine caches are named by bundle hash (64 hex digits); anything else under cache/ is not
+    // ours to remove, and the listing never follows a link.
+    for name in root.tree(layout::CACHE)?.subdirs().map_err(|e| UpdateError::Layout { path: root.cache(), detail: e.to_string() })? {
+        let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_hash && !kept_hashes.contains(&name) {
+            let p = root.cache().join(&name);
+            fsutil::remove_tree(&p, &root.staging())?;
+            removed.push(p);
+        } else if !is_hash {
+            log::info!("gc: left {} alone (not an engine cache gemba made)", root.cache().join(&name).display());
         }
     }
     fsutil::clear_dir(&root.staging())?;

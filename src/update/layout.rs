@@ -9,9 +9,23 @@ use super::fsutil;
 use super::keys::TrustedKeys;
 use super::manifest::{bundle_hash, Manifest, MANIFEST_NAME, SIGNATURE_NAME};
 use super::{IoAt, UpdateError};
+use crate::sys::tree::{Tree, TreeError};
 
 pub const CURRENT: &str = "current";
 pub const PREVIOUS: &str = "previous";
+pub const VERSIONS: &str = "versions";
+pub const STAGING: &str = "staging";
+pub const CACHE: &str = "cache";
+
+/// A tree that cannot be owned (a link, a file) as a layout error naming it.
+fn tree_err(e: TreeError) -> UpdateError {
+    match e {
+        TreeError::Symlink { ref path, .. } | TreeError::NotADirectory { ref path } | TreeError::BadPath { ref path, .. } => {
+            UpdateError::Layout { path: path.clone(), detail: e.to_string() }
+        }
+        TreeError::Io { path, source, .. } => UpdateError::io(&path, source),
+    }
+}
 
 /// Paths under a models root.
 #[derive(Debug, Clone)]
@@ -24,26 +38,34 @@ impl Root {
         Root { dir: dir.to_path_buf() }
     }
 
-    /// Creates the root and its directories (not the links).
+    /// Creates the root and its directories (not the links). `versions/`, `staging/` and
+    /// `cache/` are trees the updater deletes in (gc, recovery, a failed install): each must be a
+    /// real directory, and a symbolic link in its place is refused before anything is removed.
     pub fn create(dir: &Path) -> Result<Root, UpdateError> {
         let r = Root::new(dir);
-        for d in [r.dir.clone(), r.versions(), r.staging(), r.cache()] {
-            std::fs::create_dir_all(&d).at(&d)?;
+        let root = Tree::open(dir, true).map_err(tree_err)?;
+        for d in [VERSIONS, STAGING, CACHE] {
+            root.sub(d, true).map_err(tree_err)?;
         }
         Ok(r)
     }
 
+    /// A tree under the root (`staging`, `cache`, `versions`), opened without following links.
+    pub fn tree(&self, name: &str) -> Result<Tree, UpdateError> {
+        Tree::open(&self.dir, false).and_then(|t| t.sub(name, false)).map_err(tree_err)
+    }
+
     pub fn versions(&self) -> PathBuf {
-        self.dir.join("versions")
+        self.dir.join(VERSIONS)
     }
     pub fn version_dir(&self, v: &str) -> PathBuf {
         self.versions().join(v)
     }
     pub fn staging(&self) -> PathBuf {
-        self.dir.join("staging")
+        self.dir.join(STAGING)
     }
     pub fn cache(&self) -> PathBuf {
-        self.dir.join("cache")
+        self.dir.join(CACHE)
     }
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("update-state.json")

@@ -38,6 +38,10 @@ pub struct Manifest {
     pub model_type: String,
     pub smoke: SmokeSpec,
     pub files: Vec<FileEntry>,
+    /// Signed permission to install this bundle over a newer version (a fleet rolling back on
+    /// purpose). Without it, a bundle whose version orders before the installed one is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
 }
 
 /// The smoke test: a prompt and a property of the reply.
@@ -127,6 +131,37 @@ pub fn check_version(v: &str) -> Result<(), String> {
         return Err(format!("version {v:?}: character {c:?} not allowed (use A-Z a-z 0-9 . _ - +)"));
     }
     Ok(())
+}
+
+/// Orders bundle versions as people write them: runs of digits compare as numbers, other runs
+/// as text (`2` < `10`, `1.9` < `1.10`, `2026.1.2` < `2026.12.1`, `1.0-rc1` < `1.0-rc2`).
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for ((da, xa), (db, xb)) in ra.iter().zip(rb.iter()) {
+        let o = match (da, db) {
+            (true, true) => {
+                let (ta, tb) = (xa.trim_start_matches('0'), xb.trim_start_matches('0'));
+                ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+            }
+            _ => xa.cmp(xb),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    ra.len().cmp(&rb.len())
 }
 
 impl Manifest {
@@ -225,6 +260,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn versions_order_as_people_write_them() {
+        use std::cmp::Ordering::*;
+        for (a, b, want) in [
+            ("1", "2", Less),
+            ("2", "10", Less),
+            ("1.9", "1.10", Less),
+            ("2026.1.2", "2026.12.1", Less),
+            ("1.0-rc1", "1.0-rc2", Less),
+            ("1.0", "1.0.1", Less),
+            ("007", "7", Equal),
+            ("v2", "v1", Greater),
+        ] {
+            assert_eq!(version_cmp(a, b), want, "{a} vs {b}");
+            assert_eq!(version_cmp(b, a), want.reverse(), "{b} vs {a}");
+        }
+    }
+
+    #[test]
     fn paths_table() {
         let cases: &[(&str, Result<(), PathProblem>)] = &[
             ("model.onnx", Ok(())),
@@ -270,6 +323,7 @@ mod tests {
                 FileEntry { path: "genai_config.json".into(), size: 1, sha256: "a".repeat(64) },
                 FileEntry { path: "vision/model.onnx".into(), size: 2, sha256: "b".repeat(64) },
             ],
+            allow_downgrade: false,
         }
     }
 

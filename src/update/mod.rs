@@ -144,7 +144,7 @@ mod human_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e} (examples: 30s, 2m)")))
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); write e.g. \"30s\", \"2m\"")))
     }
 }
 
@@ -195,6 +195,16 @@ pub enum UpdateError {
     ModelTypeNotAccepted { version: String, model_type: String, accepted: String },
     #[error("bundle {version} needs gemba >= {min}; this is gemba {ours}")]
     TooNew { version: String, min: String, ours: String },
+    #[error(
+        "bundle {version} is older than the installed {current}; refused (a deliberate rollback \
+         is packed with `gemba model pack --allow-downgrade`, or use `gemba model rollback`)"
+    )]
+    Downgrade { version: String, current: String },
+    #[error(
+        "bundle {version} needs {needed} bytes unpacked, and {path} has {free} bytes free; nothing \
+         was unpacked (run `gemba model gc` or free space)"
+    )]
+    NoSpace { version: String, path: PathBuf, needed: u64, free: u64 },
     #[error("version {version} is already installed with other content (bundle {installed}, this one {new}); give the new bundle a new version")]
     VersionConflict { version: String, installed: String, new: String },
     #[error("smoke test: bundle {version} does not load: {error}")]

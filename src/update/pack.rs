@@ -26,6 +26,8 @@ pub struct PackOptions {
     pub smoke: Option<SmokeSpec>,
     /// zstd level for `.tar.zst` (default 3).
     pub zstd_level: Option<i32>,
+    /// Signed permission to install over a newer version (see [`Manifest::allow_downgrade`]).
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,7 @@ pub fn build_manifest(dir: &Path, opts: &PackOptions) -> Result<Manifest, Update
         model_type: cfg.model.model_type.clone(),
         smoke,
         files,
+        allow_downgrade: opts.allow_downgrade,
     };
     m.validate().map_err(err)?;
     Ok(m)

@@ -123,7 +123,7 @@ fn classify(archive: &Path, e: ReadErr, eof: &Cell<bool>) -> UpdateError {
     match e {
         ReadErr::Update(u) => u,
         ReadErr::Stream(io) => {
-            let detail = io.to_string();
+            let detail = readable(&io.to_string());
             // zstd reports a cut frame as an error once its input is exhausted.
             if eof.get() || io.kind() == std::io::ErrorKind::UnexpectedEof || detail.contains("incomplete frame") {
                 UpdateError::Truncated { archive: archive.to_path_buf(), detail }
@@ -132,6 +132,24 @@ fn classify(archive: &Path, e: ReadErr, eof: &Cell<bool>) -> UpdateError {
             }
         }
     }
+}
+
+/// A reader's error as a person can read it. The tar crate quotes the header fields it could
+/// not parse, raw: for a file that is not a tar archive that is binary garbage (control bytes,
+/// invalid UTF-8) on the terminal. Such a message says what it means instead; any other keeps
+/// its text with unprintable characters escaped, cut at 200 characters.
+fn readable(detail: &str) -> String {
+    let binary = detail.chars().any(|c| c == char::REPLACEMENT_CHARACTER || (c.is_control() && c != ' '));
+    if detail.starts_with("numeric field") && (binary || detail.contains("when getting")) {
+        return "a header is not a tar header (a numeric field holds other bytes): this is not a tar archive, \
+                or it is corrupt; bundles are the .tar or .tar.zst files `gemba model pack` makes"
+            .into();
+    }
+    let mut out: String = detail.chars().flat_map(char::escape_debug).take(200).collect();
+    if out.len() < detail.escape_debug().map(char::len_utf8).sum::<usize>() {
+        out.push('…');
+    }
+    out
 }
 
 fn describe(entry: &tar::Entry<impl Read>) -> String {
@@ -323,4 +341,21 @@ fn is_regular(e: &tar::Entry<impl Read>) -> bool {
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
     let mut f = File::create(path).at(path)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).at(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_errors_never_carry_raw_binary() {
+        let tar_err = "numeric field did not have utf-8 text: \u{fffd}\u{1}rMK when getting cksum for \t\u{fffd}x";
+        let r = readable(tar_err);
+        assert!(r.contains("not a tar archive") && !r.contains('\u{fffd}'), "{r}");
+        let r = readable("odd \u{7}bell and \u{1b}[31mcolour");
+        assert!(!r.chars().any(|c| c.is_control()), "{r}");
+        assert!(r.contains("\\u{7}"), "{r}");
+        assert_eq!(readable("archive header checksum mismatch"), "archive header checksum mismatch");
+        assert!(readable(&"x".repeat(500)).ends_with('…'));
+    }
 }

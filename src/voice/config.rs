@@ -177,16 +177,17 @@ pub fn validate_microphone(raw: RawMicrophone, abs: &dyn Fn(PathBuf) -> PathBuf)
     if chunk.0 < Duration::from_millis(1) || chunk.0 > Duration::from_secs(1) {
         return Err(("microphone.chunk".into(), format!("{:?} is out of range 1ms–1s", chunk.0)));
     }
+    // Checked wherever they are written, even where the kind ignores them (a WAV has its own).
+    let rate = raw.rate.unwrap_or(16_000);
+    if !(8_000..=192_000).contains(&rate) {
+        return Err(("microphone.rate".into(), format!("{rate} Hz is out of range 8000–192000")));
+    }
+    let channels = raw.channels.unwrap_or(1);
+    if !(1..=32).contains(&channels) {
+        return Err(("microphone.channels".into(), format!("{channels} is out of range 1–32")));
+    }
     let source = match raw.kind.as_deref().unwrap_or("cpal") {
         "cpal" | "alsa" => {
-            let rate = raw.rate.unwrap_or(16_000);
-            if !(8_000..=192_000).contains(&rate) {
-                return Err(("microphone.rate".into(), format!("{rate} Hz is out of range 8000–192000")));
-            }
-            let channels = raw.channels.unwrap_or(1);
-            if !(1..=32).contains(&channels) {
-                return Err(("microphone.channels".into(), format!("{channels} is out of range 1–32")));
-            }
             MicSource::Cpal {
                 device: raw.device.unwrap_or_else(|| "default".into()),
                 format: format_of("microphone.format", raw.format.as_deref())?,
@@ -275,14 +276,22 @@ pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf
     if !(0.05..=0.95).contains(&vad.threshold) {
         return Err(("voice.vad.threshold".into(), format!("{} is out of range 0.05–0.95", vad.threshold)));
     }
-    if vad.end_silence.0 < Duration::from_millis(64) {
-        return Err(("voice.vad.end_silence".into(), "must be at least 64ms (two VAD windows)".into()));
+    if vad.end_silence.0 < Duration::from_millis(64) || vad.end_silence.0 > Duration::from_secs(10) {
+        return Err(("voice.vad.end_silence".into(), format!("{:?} is out of range 64ms–10s (two VAD windows at least)", vad.end_silence.0)));
     }
     if vad.max_utterance.0 < Duration::from_secs(1) || vad.max_utterance.0 > Duration::from_secs(600) {
         return Err(("voice.vad.max_utterance".into(), format!("{:?} is out of range 1s–10m", vad.max_utterance.0)));
     }
     if vad.pre_roll.0 > Duration::from_secs(5) {
-        return Err(("voice.vad.pre_roll".into(), "must be at most 5s".into()));
+        return Err(("voice.vad.pre_roll".into(), format!("{:?} is out of range 0s–5s", vad.pre_roll.0)));
+    }
+    if vad.min_speech.0 < Duration::from_millis(32) || vad.min_speech.0 > Duration::from_secs(10) {
+        return Err(("voice.vad.min_speech".into(), format!("{:?} is out of range 32ms–10s (one VAD window at least)", vad.min_speech.0)));
+    }
+    if let Some(s) = raw.piper_speaker {
+        if !(0..=65_535).contains(&s) {
+            return Err(("voice.piper_speaker".into(), format!("{s} is out of range 0–65535")));
+        }
     }
     Ok(Some(VoiceSettings {
         trigger,

@@ -215,7 +215,7 @@ pub fn start(app: AppHandle, voice: &VoiceSettings, mic: &MicSettings, rt: &'sta
         tts_name,
         out_desc
     );
-    let task = tokio::spawn(run(app, voice.clone(), Arc::clone(&voice_out), hrx, Arc::clone(&stats), stop.clone()));
+    let task = tokio::spawn(crate::stage::run("voice", run(app, voice.clone(), Arc::clone(&voice_out), hrx, Arc::clone(&stats), stop.clone())));
     Ok(VoiceStage { stop, mic: Some(mic_handle), listener: Some(listener_thread), task, voice: voice_out, talk: talk_tx, stats, summary })
 }
 

@@ -329,3 +329,46 @@ pub fn write_replay_frames(dir: &Path, n: u32) {
         img.save(dir.join(format!("f{i}.jpg"))).unwrap();
     }
 }
+
+/// A size-limited tmpfs, unmounted on drop (even when the test panics).
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let target = c(path.to_str().unwrap());
+        let opts = c(&format!("size={size},mode=0755"));
+        // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
+        let rc = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            panic!(
+                "mounting a {size} tmpfs at {} failed: {} — this test needs root (CAP_SYS_ADMIN) to \
+                 give the store a small real file system; run the tests as root, as CI does",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Tmpfs { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.path.to_str().unwrap()).unwrap();
+        // SAFETY: valid path; MNT_DETACH so a leftover open file cannot keep it mounted.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -166,6 +166,9 @@ impl ProcessedInputs {
 pub struct Phi4mmProcessor {
     dir: PathBuf,
     tokenizer: Tokenizer,
+    /// The tokenizer's ids of `<|endoftext10|>` and `<|endoftext11|>` (usually 200010 and
+    /// 200011; mapped to those in `input_ids` when they are not).
+    placeholder_ids: [u32; 2],
     vision: Option<VisionSettings>,
     speech: Option<SpeechProcessor>,
 }
@@ -215,13 +218,30 @@ impl Phi4mmProcessor {
             .map(|p| config::parse_speech(&p).map(SpeechProcessor::new))
             .transpose()?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| ProcessorError::Tokenizer {
-            path: tok_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let mut tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| ProcessorError::Tokenizer {
+                path: tok_path.clone(),
+                detail: e.to_string(),
+            })?;
+        // The placeholders' ids are the model's (200010 / 200011), whatever the tokenizer calls
+        // them: a tokenizer that does not know `<|endoftext10|>` gets it as a special token, so
+        // the text around it is split exactly as around a known one, and its id is mapped.
+        let mut placeholder_ids = [0u32; 2];
+        for (slot, token) in placeholder_ids.iter_mut().zip([IMAGE_TOKEN, AUDIO_TOKEN]) {
+            if tokenizer.token_to_id(token).is_none() {
+                tokenizer.add_special_tokens(&[tokenizers::AddedToken::from(token, true)]);
+            }
+            *slot = tokenizer
+                .token_to_id(token)
+                .ok_or_else(|| ProcessorError::Tokenizer {
+                    path: tok_path.clone(),
+                    detail: format!("cannot add the placeholder token {token}"),
+                })?;
+        }
         Ok(Phi4mmProcessor {
             dir: dir.to_owned(),
             tokenizer,
+            placeholder_ids,
             vision,
             speech,
         })
@@ -275,10 +295,13 @@ impl Phi4mmProcessor {
         })?;
         Ok(match audio {
             AudioSource::File(path) => {
-                speech.process(&speech::load_wav(path)?, &path.display().to_string())?
+                // Read only what the model will hear: a long recording costs no more memory.
+                let pcm = speech::load_wav_within(path, &|rate| speech.max_input_frames(rate))?;
+                speech.process(&pcm, &path.display().to_string())?
             }
             AudioSource::Wav { bytes, name } => {
-                speech.process(&speech::decode_wav(bytes, name)?, name)?
+                let pcm = speech::decode_wav_within(bytes, name, &|rate| speech.max_input_frames(rate))?;
+                speech.process(&pcm, name)?
             }
             AudioSource::Pcm { pcm, name } => speech.process(pcm, name)?,
         })
@@ -330,17 +353,6 @@ impl Phi4mmProcessor {
         audio_tokens: &[i64],
     ) -> Result<(String, Vec<i64>), ProcessorError> {
         let text = placeholder_text(prompt, image_tokens.len(), audio_tokens.len());
-        for (count, token, id) in [
-            (image_tokens.len(), IMAGE_TOKEN, IMAGE_TOKEN_ID),
-            (audio_tokens.len(), AUDIO_TOKEN, AUDIO_TOKEN_ID),
-        ] {
-            if count > 0 && self.tokenizer.token_to_id(token) != Some(id) {
-                return Err(ProcessorError::Tokenizer {
-                    path: self.dir.join("tokenizer.json"),
-                    detail: format!("{token} must be token {id} for phi4mm placeholders"),
-                });
-            }
-        }
         let encoding =
             self.tokenizer
                 .encode(text.as_str(), true)
@@ -348,7 +360,17 @@ impl Phi4mmProcessor {
                     path: self.dir.join("tokenizer.json"),
                     detail: e.to_string(),
                 })?;
-        let ids = expand_ids(encoding.get_ids(), image_tokens, audio_tokens)?;
+        let [image_id, audio_id] = self.placeholder_ids;
+        let ids: Vec<u32> = encoding
+            .get_ids()
+            .iter()
+            .map(|&t| match t {
+                t if t == image_id => IMAGE_TOKEN_ID,
+                t if t == audio_id => AUDIO_TOKEN_ID,
+                t => t,
+            })
+            .collect();
+        let ids = expand_ids(&ids, image_tokens, audio_tokens)?;
         Ok((text, ids))
     }
 }
@@ -504,6 +526,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
+    /// A copy of the demo bundle (settings and tokenizer) whose tokenizer does not know the
+    /// placeholder tokens; `strip` false keeps it as it is.
+    fn demo_processor(strip: bool) -> (tempfile::TempDir, Phi4mmProcessor) {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["genai_config.json", "vision_processor.json", "speech_processor.json"] {
+            std::fs::copy(demo.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut tok: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(demo.join("tokenizer.json")).unwrap()).unwrap();
+        if strip {
+            tok["added_tokens"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|t| ![IMAGE_TOKEN, AUDIO_TOKEN].contains(&t["content"].as_str().unwrap()));
+            let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+            vocab.remove(IMAGE_TOKEN);
+            vocab.remove(AUDIO_TOKEN);
+        }
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+        let p = Phi4mmProcessor::from_bundle(dir.path()).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn a_tokenizer_without_the_placeholder_tokens_gets_the_same_ids() {
+        let (_a, known) = demo_processor(false);
+        let (_b, stripped) = demo_processor(true);
+        assert_ne!(stripped.placeholder_ids, [IMAGE_TOKEN_ID, AUDIO_TOKEN_ID]);
+        for prompt in [
+            "<|user|><|image_1|>What colour is the lamp?<|audio_1|><|end|><|assistant|>",
+            "<|user|><|image_1|>\n<|audio_1|>\nAnswer.<|end|><|assistant|>",
+            "Describe the scene.",
+        ] {
+            let want = known.expand_prompt(prompt, &[3], &[2]).unwrap();
+            let got = stripped.expand_prompt(prompt, &[3], &[2]).unwrap();
+            assert_eq!(got, want, "{prompt}");
+            assert!(got.1.contains(&i64::from(IMAGE_TOKEN_ID)));
+            assert!(got.1.contains(&i64::from(AUDIO_TOKEN_ID)));
+        }
     }
 
     #[test]

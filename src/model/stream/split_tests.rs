@@ -208,6 +208,24 @@ const CASES: &[Case] = &[
         &["Temp. is 45 °C now.", "Ok."],
     ),
     case(
+        "unit abbreviation before a capital ends the sentence",
+        plain,
+        "Temp. is 35 deg. Check again in 5 min. The valve is shut.",
+        &["Temp. is 35 deg.", "Check again in 5 min.", "The valve is shut."],
+    ),
+    case(
+        "unit abbreviations at the default lengths",
+        SplitterConfig::default,
+        "Temp. is 35 deg. Check again in 5 min. The valve is shut.",
+        &["Temp. is 35 deg.", "Check again in 5 min.", "The valve is shut."],
+    ),
+    case(
+        "max and min before a number stay inside",
+        plain,
+        "Keep it at max. 4 bar and min. 2 bar. Done.",
+        &["Keep it at max. 4 bar and min. 2 bar.", "Done."],
+    ),
+    case(
         "approx before number",
         plain,
         "It is approx. 5 bar. Fine.",

@@ -38,10 +38,14 @@ use super::{
     ReportStatus, Result, TextTimings,
 };
 use crate::capture::{AudioClip, Frame};
+use crate::sys::tree::Tree;
 
+mod outbox;
 mod read;
 mod recover;
 mod retain;
+
+pub use outbox::{OutboxHook, OutboxMessage, OutboxRow, OutboxStats};
 
 /// Schema version in `PRAGMA user_version`; bump with a migration when the tables change.
 const SCHEMA_VERSION: i64 = 1;
@@ -138,6 +142,12 @@ struct Inner {
     recovery: RecoveryReport,
     /// Causes already logged (page writes failing, say): log once, not per report.
     warned: HashSet<&'static str>,
+    /// Builds a closing report's outbox messages (`None`: no outbox).
+    outbox_hook: Option<OutboxHook>,
+    /// The outbox table exists.
+    outbox_ready: bool,
+    /// Messages dropped since the store was opened (evicted with their report, or over the cap).
+    outbox_dropped: u64,
 }
 
 /// What recovery found and fixed when the store was opened.
@@ -154,6 +164,9 @@ pub struct RecoveryReport {
     pub orphans_removed: Vec<String>,
     /// `.tmp-*` files of interrupted writes, removed.
     pub temp_removed: Vec<String>,
+    /// Entries under `media/` and `html/` the store never writes (other names, symbolic links,
+    /// special files): left alone, since the store deletes only what it can prove it wrote.
+    pub foreign_kept: Vec<String>,
     /// Report pages (re)written because they were missing or the report changed.
     pub pages_written: usize,
 }
@@ -271,13 +284,11 @@ impl Store {
     /// [`RecoveryReport`], [`Store::recovery`]) and applies the retention policy.
     pub fn open(dir: impl AsRef<Path>, policy: RetentionPolicy) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        for sub in ["", layout::MEDIA_DIR, layout::HTML_DIR] {
-            let d = dir.join(sub);
-            fs::create_dir_all(&d).map_err(|source| ReportError::Io {
-                op: "creating",
-                path: d,
-                source,
-            })?;
+        // The store owns media/ and html/ and deletes files in them: a link in their place is
+        // refused here, before anything is swept (see crate::sys::tree for why).
+        let root = Tree::open(&dir, true)?;
+        for sub in [layout::MEDIA_DIR, layout::HTML_DIR] {
+            root.sub(sub, true)?;
         }
         let lock_path = dir.join(layout::LOCK_FILE);
         let lock = durable::try_lock(&lock_path)
@@ -292,6 +303,7 @@ impl Store {
             })?;
         let mut inner = Inner::new(&dir, policy, Some(lock))?;
         inner.migrate()?;
+        inner.detect_outbox()?;
         inner.recover()?;
         inner.enforce_retention()?; // also takes the index reserve
         Ok(Store {
@@ -316,8 +328,11 @@ impl Store {
             return Err(ReportError::NoStore { path: dir });
         }
         inner.check_schema(version)?;
+        inner.detect_outbox()?;
         inner.media_bytes = inner.sum_media_bytes()?;
-        inner.html_bytes = recover::dir_bytes(&dir.join(layout::HTML_DIR));
+        inner.html_bytes = Tree::open(&dir, false)?
+            .sub(layout::HTML_DIR, false)
+            .map_or(0, |t| t.bytes());
         Ok(Store {
             shared: Arc::new(Shared {
                 dir,
@@ -708,6 +723,9 @@ impl Inner {
             recovery: RecoveryReport::default(),
             warned: HashSet::new(),
             evicted: Evictions::default(),
+            outbox_hook: None,
+            outbox_ready: false,
+            outbox_dropped: 0,
         })
     }
 
@@ -935,6 +953,13 @@ impl Inner {
             _ => None,
         };
         let stats_json = stats.map(|s| serde_json::to_string(s).expect("stats serialize"));
+        // With an outbox, the report's messages are written in the transaction that closes it.
+        let queue = self.outbox_hook.is_some();
+        if queue {
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                return Err(self.db_failure(e, "closing a report", self.index_path(), 0));
+            }
+        }
         let updated = self.conn.execute(
             "UPDATE reports SET status = ?2, reason = ?3, finished_ms = ?4, stats_json = ?5,
                                 unknown_citations = ?6
@@ -948,15 +973,24 @@ impl Inner {
                 unknown
             ],
         );
-        match updated {
-            Ok(1) => {}
-            Ok(_) => {
-                return Err(ReportError::Closed {
-                    id: id.clone(),
-                    status: "no longer open (evicted?)",
-                })
+        let updated = match updated {
+            Ok(1) if queue => self.queue_report_messages(id).and_then(|()| {
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(|e| self.db_failure(e, "closing a report", self.index_path(), 0))
+            }),
+            Ok(1) => Ok(()),
+            Ok(_) => Err(ReportError::Closed {
+                id: id.clone(),
+                status: "no longer open (evicted?)",
+            }),
+            Err(e) => Err(self.db_failure(e, "closing a report", self.index_path(), 0)),
+        };
+        if let Err(e) = updated {
+            if queue && !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
             }
-            Err(e) => return Err(self.db_failure(e, "closing a report", self.index_path(), 0)),
+            return Err(e);
         }
         // The pages about to be written take space no write asked for: make room for them
         // (within the margin) before, so the index page written next already leaves out what

@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
-use std::path::Path;
 
 use rusqlite::params;
 
 use super::{Inner, MediaProblem, RecoveryReport};
 use crate::report::layout::{self, TEMP_PREFIX};
 use crate::report::{media, ReportError, ReportId, Result, CUT_OFF_REASON};
+use crate::sys::tree::{Action, Tree};
 
 impl Inner {
     pub(super) fn recover(&mut self) -> Result<()> {
@@ -87,24 +87,25 @@ impl Inner {
             rows.collect::<rusqlite::Result<_>>()
                 .map_err(self.db_err("listing media"))?
         };
-        let media_root = self.dir.join(layout::MEDIA_DIR);
-        walk(&media_root, layout::MEDIA_DIR, &mut |rel, _| {
+        // Only through handles that never follow a link (crate::sys::tree), and only files
+        // whose names the store generates: anything else in its directories is left alone.
+        let root = Tree::open(&self.dir, false)?;
+        let media_stats = root.sub(layout::MEDIA_DIR, true)?.walk(layout::MEDIA_DIR, &mut |rel, _| {
             let name = rel.rsplit('/').next().unwrap_or(rel);
             if name.starts_with(TEMP_PREFIX) {
                 rec.temp_removed.push(rel.to_string());
-                Ok(WalkAction::Remove)
-            } else if !known.contains(rel) {
+                Action::Remove
+            } else if known.contains(rel) {
+                Action::Keep
+            } else if layout::is_media_path(rel) {
                 rec.orphans_removed.push(rel.to_string());
-                Ok(WalkAction::Remove)
+                Action::Remove
             } else {
-                Ok(WalkAction::Keep)
+                rec.foreign_kept.push(rel.to_string());
+                Action::Keep
             }
-        })
-        .map_err(|source| ReportError::Io {
-            op: "sweeping",
-            path: media_root.clone(),
-            source,
         })?;
+        rec.foreign_kept.extend(media_stats.foreign);
 
         // The store's own top-level files (the reserve) are written the same way.
         let root_temps = fs::read_dir(&self.dir)
@@ -114,15 +115,12 @@ impl Inner {
                 source,
             })?
             .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(TEMP_PREFIX))
-            });
-        for e in root_temps {
-            if fs::remove_file(e.path()).is_ok() {
-                rec.temp_removed
-                    .push(e.file_name().to_string_lossy().into_owned());
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(TEMP_PREFIX));
+        for name in root_temps {
+            if root.remove_file(&name).unwrap_or(false) {
+                rec.temp_removed.push(name);
             }
         }
 
@@ -133,34 +131,41 @@ impl Inner {
             .collect();
         let mut with_page: HashSet<ReportId> = HashSet::new();
         let mut html_bytes = 0;
-        let html_root = self.dir.join(layout::HTML_DIR);
-        walk(&html_root, layout::HTML_DIR, &mut |rel, meta| {
+        let html_stats = root.sub(layout::HTML_DIR, true)?.walk(layout::HTML_DIR, &mut |rel, size| {
             let name = rel.rsplit('/').next().unwrap_or(rel);
             if name.starts_with(TEMP_PREFIX) {
                 rec.temp_removed.push(rel.to_string());
-                return Ok(WalkAction::Remove);
+                return Action::Remove;
             }
             if rel == layout::INDEX_PAGE {
-                html_bytes += meta.len();
-                return Ok(WalkAction::Keep);
+                html_bytes += size;
+                return Action::Keep;
             }
             match layout::id_of_page(rel) {
                 Some(id) if ids.contains(&id) => {
-                    html_bytes += meta.len();
+                    html_bytes += size;
                     with_page.insert(id);
-                    Ok(WalkAction::Keep)
+                    Action::Keep
                 }
-                _ => {
+                Some(_) => {
                     rec.orphans_removed.push(rel.to_string());
-                    Ok(WalkAction::Remove)
+                    Action::Remove
+                }
+                None => {
+                    rec.foreign_kept.push(rel.to_string());
+                    Action::Keep
                 }
             }
-        })
-        .map_err(|source| ReportError::Io {
-            op: "sweeping",
-            path: html_root.clone(),
-            source,
         })?;
+        rec.foreign_kept.extend(html_stats.foreign);
+        if !rec.foreign_kept.is_empty() {
+            log::warn!(
+                "store {}: left alone {} file(s) it did not write (the store deletes only its own): {}",
+                self.dir.display(),
+                rec.foreign_kept.len(),
+                rec.foreign_kept.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
         for rel in rec.orphans_removed.iter().chain(&rec.temp_removed) {
             log::info!("store {}: removed leftover {rel}", self.dir.display());
         }
@@ -294,72 +299,10 @@ impl Inner {
             .map_err(err)?;
         }
         tx.commit().map_err(err)?;
-        for p in problems {
-            let _ = fs::remove_file(self.dir.join(&p.path));
+        let root = Tree::open(&self.dir, false)?;
+        for p in problems.iter().filter(|p| layout::is_media_path(&p.path)) {
+            let _ = root.remove_file(&p.path);
         }
         Ok(())
-    }
-}
-
-/// Total size of the files under `dir` (0 where unreadable).
-pub(super) fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let _ = walk(dir, "", &mut |_, meta| {
-        total += meta.len();
-        Ok(WalkAction::Keep)
-    });
-    total
-}
-
-enum WalkAction {
-    Keep,
-    Remove,
-}
-
-/// Visits every non-directory under `root` with its `/`-separated path relative to `root`
-/// (prefixed by `prefix`), removing what the visitor asks to and then directories left empty.
-fn walk(
-    root: &Path,
-    prefix: &str,
-    visit: &mut dyn FnMut(&str, &fs::Metadata) -> io::Result<WalkAction>,
-) -> io::Result<()> {
-    pub(super) fn go(
-        dir: &Path,
-        rel: &str,
-        visit: &mut dyn FnMut(&str, &fs::Metadata) -> io::Result<WalkAction>,
-    ) -> io::Result<bool> {
-        let mut empty = true;
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                // Not a name the store writes; remove it as garbage.
-                let _ = fs::remove_file(entry.path());
-                continue;
-            };
-            let child_rel = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                if go(&entry.path(), &child_rel, visit)? {
-                    fs::remove_dir(entry.path())?;
-                } else {
-                    empty = false;
-                }
-            } else {
-                match visit(&child_rel, &meta)? {
-                    WalkAction::Keep => empty = false,
-                    WalkAction::Remove => fs::remove_file(entry.path())?,
-                }
-            }
-        }
-        Ok(empty)
-    }
-    match go(root, prefix, visit) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other.map(|_| ()),
     }
 }

@@ -14,6 +14,7 @@ use super::{
 use crate::report::layout;
 use crate::report::retention::{self, Candidate};
 use crate::report::{durable, ReportError, ReportId, Result};
+use crate::sys::tree::Tree;
 
 impl Inner {
     /// Turns a failed file write into DiskFull (after evicting) or Io.
@@ -57,9 +58,30 @@ impl Inner {
     /// The disk is full: evict the oldest finished reports until the file system has room for
     /// the write plus headroom (or nothing is left), and say so.
     pub(super) fn disk_full(&mut self, path: PathBuf, needed: u64) -> ReportError {
-        let target = needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM) + RESERVE_BYTES;
         let mut total = Eviction::default();
         self.release_reserve();
+        // Admission as in `make_room`: aim for the floor only where evicting can reach it, and
+        // evict nothing when even an empty store could not take the write.
+        let free = durable::free_bytes(&self.dir).unwrap_or(0);
+        let reclaimable = self.reclaimable_bytes().unwrap_or(0);
+        let bare = needed + DISK_FULL_HEADROOM + RESERVE_BYTES;
+        let with_floor = needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM) + RESERVE_BYTES;
+        let target = if free + reclaimable >= with_floor { with_floor } else { bare };
+        if free + reclaimable < needed {
+            log::warn!(
+                "store {}: disk full writing {} ({needed} bytes): more than evicting every \
+                 finished report could free ({} bytes); nothing evicted",
+                self.dir.display(),
+                path.display(),
+                free + reclaimable
+            );
+            return ReportError::DiskFull {
+                path,
+                needed,
+                evicted: 0,
+                freed: 0,
+            };
+        }
         loop {
             let free = durable::free_bytes(&self.dir).unwrap_or(0);
             if free >= target {
@@ -154,10 +176,56 @@ impl Inner {
         self.media_bytes + self.html_bytes + self.index_bytes()
     }
 
-    /// Before writing `needed` bytes: keep within the byte budget, with [`BUDGET_MARGIN`] to
-    /// spare where old reports can give it (the write itself must fit: hard), and above the
-    /// free-space floor (soft: the write is still tried).
+    /// What evicting every finished report would give back: their media and pages. Open
+    /// reports and the index stay whatever happens.
+    pub(super) fn reclaimable_bytes(&self) -> Result<u64> {
+        let media: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(media_bytes), 0) FROM reports WHERE status != 'open'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.db_err("summing finished reports"))?;
+        let index_page = fs::metadata(self.dir.join(layout::INDEX_PAGE)).map_or(0, |m| m.len());
+        Ok(media as u64 + self.html_bytes.saturating_sub(index_page))
+    }
+
+    /// Before writing `needed` bytes. Admission first: a write that could not fit even with every
+    /// finished report evicted — over the byte budget, or over the file system's free space — is
+    /// refused ([`ReportError::TooLarge`]) and nothing is evicted. Otherwise eviction frees what
+    /// the write will use: the byte budget's deficit (with [`BUDGET_MARGIN`] for the index's own
+    /// growth where old reports can give it), and the free-space floor's deficit where evicting
+    /// can reach the floor at all (the floor is soft: when it cannot be met, the write is still
+    /// tried if it fits).
     pub(super) fn make_room(&mut self, id: &ReportId, needed: u64) -> Result<()> {
+        let reclaimable = self.reclaimable_bytes()?;
+        if let Some(max) = self.policy.max_bytes {
+            let fixed = self.total_bytes().saturating_sub(reclaimable);
+            if fixed + needed > max {
+                return Err(ReportError::TooLarge {
+                    id: id.clone(),
+                    store: self.dir.clone(),
+                    needed,
+                    room: max.saturating_sub(fixed),
+                    limit: "the store's byte budget (store.max_bytes)",
+                });
+            }
+        }
+        let free = durable::free_bytes(&self.dir).ok();
+        if let Some(free) = free {
+            if needed > free + reclaimable {
+                return Err(ReportError::TooLarge {
+                    id: id.clone(),
+                    store: self.dir.clone(),
+                    needed,
+                    room: free + reclaimable,
+                    limit: "the file system's free space",
+                });
+            }
+        }
+        let floor_reachable =
+            free.is_some_and(|free| free + reclaimable >= needed + self.policy.min_free_bytes);
         // Evicting writes to the index too (its WAL can grow while it fills up to its working
         // size), so check again after each round rather than trusting the sizes freed.
         loop {
@@ -165,10 +233,13 @@ impl Inner {
             if let Some(max) = self.policy.max_bytes {
                 deficit = (self.total_bytes() + needed + BUDGET_MARGIN).saturating_sub(max);
             }
-            if self.policy.min_free_bytes > 0 {
+            // A write that does not fit the disk at all is left to fail and go through
+            // `disk_full`, which gives up the index reserve first so the eviction can be
+            // recorded.
+            if floor_reachable && self.policy.min_free_bytes > 0 {
                 if let Ok(free) = durable::free_bytes(&self.dir) {
-                    deficit =
-                        deficit.max((needed + self.policy.min_free_bytes).saturating_sub(free));
+                    deficit = deficit
+                        .max((needed + self.policy.min_free_bytes).saturating_sub(free));
                 }
             }
             if deficit == 0
@@ -291,6 +362,7 @@ impl Inner {
                 |r| r.get(0),
             )
             .map_err(self.db_err("evicting a report"))?;
+        self.drop_report_messages(id)?;
         // On a full disk this delete has room in the WAL because `disk_full` released the
         // reserve first.
         self.conn
@@ -301,14 +373,23 @@ impl Inner {
         let page_bytes = fs::metadata(&page).map(|m| m.len()).unwrap_or(0);
         // From here on nothing points at the files; if removing them fails or we die, recovery
         // sweeps them as orphans.
-        if let Err(e) = durable::remove_dir_and_empty_parents(&self.dir, &layout::media_dir(id)) {
+        // Through handles that never follow a link (crate::sys::tree), at generated paths only.
+        // Each tree's own directory stays; its emptied date directories go.
+        let removed = Tree::open(&self.dir, false).and_then(|root| {
+            let media = root.sub(layout::MEDIA_DIR, false)?;
+            media.remove_tree(below(&layout::media_dir(id), layout::MEDIA_DIR))?;
+            let html = root.sub(layout::HTML_DIR, false)?;
+            let page_below = below(&page_rel, layout::HTML_DIR);
+            if html.remove_file(page_below)? {
+                html.remove_empty_parents_of(page_below);
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
             self.warn_once(
                 "media removal",
-                format!("report {id}: removing its media failed: {e}"),
+                format!("report {id}: removing its files failed: {e}"),
             );
-        }
-        if fs::remove_file(&page).is_ok() {
-            durable::remove_empty_parents(&self.dir, &page_rel);
         }
         self.media_bytes = self.media_bytes.saturating_sub(media_bytes as u64);
         self.html_bytes = self.html_bytes.saturating_sub(page_bytes);
@@ -318,4 +399,11 @@ impl Inner {
         );
         Ok(media_bytes as u64 + page_bytes)
     }
+}
+
+/// `rel` (a store path) below its top directory `top` (`media/2026/…` → `2026/…`).
+fn below<'a>(rel: &'a str, top: &str) -> &'a str {
+    rel.strip_prefix(top)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(rel)
 }
