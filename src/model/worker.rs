@@ -38,6 +38,10 @@ pub struct AskSettings {
     pub system_prompt: Option<String>,
     pub max_new_tokens: usize,
     pub deadline: Duration,
+    /// Prompt-lookup speculative decoding (`[model] speculate`).
+    pub speculate: bool,
+    /// KV prefix reuse (`[model] prefix_cache`, `prefix_cache_ttl`).
+    pub prefix_cache: super::prefix::PrefixLimits,
 }
 
 pub enum Job {
@@ -310,6 +314,12 @@ fn ask(
     let mut params = engine.default_params();
     params.max_new_tokens = Some(settings.max_new_tokens);
     params.deadline = Some(settings.deadline);
+    if settings.speculate {
+        params.speculation = super::speculate::Speculation::default();
+    }
+    if engine.decoder.prefix.limits != settings.prefix_cache {
+        engine.decoder.prefix.set_limits(settings.prefix_cache);
+    }
     // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
     // tiny test models decode thousands of tokens per second), so tests can show what overlaps
     // with generation.
