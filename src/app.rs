@@ -546,6 +546,12 @@ impl Dispatch {
                     max_new_tokens: s.model.max_new_tokens,
                     deadline: s.model.deadline.0,
                     overrides: req.overrides.clone(),
+                    speculate: s.model.speculate,
+                    prefix_cache: crate::model::prefix::PrefixLimits {
+                        max_bytes: s.model.prefix_cache.0 as usize,
+                        ttl: s.model.prefix_cache_ttl.0,
+                        ..Default::default()
+                    },
                 },
                 info.providers.iter().any(|r| r.component == "vision"),
             )

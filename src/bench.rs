@@ -73,6 +73,11 @@ pub fn bench_prompt(n: usize) -> Vec<u32> {
 pub fn gemba_engine(engine: &mut Engine, prompt: &[u32], gen: usize, repeat: usize, warmup: usize) -> Result<Speed> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
+    // Plain decode, one decoder run per token and a full prefill every time: what the raw loop
+    // and ORT-GenAI do (`--workload report` measures the speed-ups).
+    params.speculation = crate::model::speculate::Speculation::OFF;
+    let limits = engine.decoder.prefix.limits;
+    engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits { max_bytes: 0, ..limits });
     params.max_new_tokens = Some(gen);
     params.min_length = prompt.len() + gen;
     params.max_length = params.max_length.max(prompt.len() + gen);
@@ -87,6 +92,7 @@ pub fn gemba_engine(engine: &mut Engine, prompt: &[u32], gen: usize, repeat: usi
             dec.push((gen - 1) as f64 / done.decode_tokens_per_s);
         }
     }
+    engine.decoder.prefix.set_limits(limits);
     Ok(Speed::from_runs(prompt.len(), gen, pre, dec))
 }
 
@@ -577,5 +583,290 @@ pub fn media(engine: &mut Engine, prompt: &str, media: &crate::model::engine::Me
         decode_tokens_per_s: median(&tps),
         total_ms: median(&total),
         providers: d.providers,
+    })
+}
+
+/// Report-style prompts for `bench decode --workload report`: the demo's monitoring questions
+/// over camera readings (reports repeat their prompt's names and figures) and a two-turn
+/// conversation with a technician. Each is (system, user turns).
+pub fn report_prompts() -> Vec<(Option<&'static str>, Vec<&'static str>)> {
+    const SYSTEM: &str = "You are the monitoring assistant of a bottling plant. Write short factual status reports. Name each camera as [cam:NAME] and repeat the readings you rely on.";
+    vec![
+        (Some(SYSTEM), vec!["Camera press-2 readings: pressure 4.2 bar, temperature 61 C, lamp green, hydraulic oil level 78 %. Camera press-2 readings one minute earlier: pressure 4.1 bar, temperature 60 C, lamp green, hydraulic oil level 78 %. Give me a status report."]),
+        (Some(SYSTEM), vec!["Camera belt-1 readings: 14 boxes on the belt, belt speed 0.8 m/s, one box tilted at position 9. Camera belt-1 readings one minute earlier: 12 boxes on the belt, belt speed 0.8 m/s. How many boxes are on the belt? Give me a status report."]),
+        (Some(SYSTEM), vec!["Camera line-3 readings: filler valve 3 open, fill level 498 ml, target 500 ml, lamp amber, operator present. Camera line-3 readings one minute earlier: filler valve 3 open, fill level 497 ml, lamp amber. Give me a status report."]),
+        (Some(SYSTEM), vec!["Camera press-2 readings: pressure 5.6 bar, above the 5.0 bar limit, lamp red, temperature 74 C. Camera belt-1 readings: belt stopped, 20 boxes on the belt. Give me a status report for press-2 and belt-1."]),
+        (
+            Some(SYSTEM),
+            vec![
+                "Pump P-101 on line 3 reads 4.2 bar and the lamp on press-2 is amber. Is that normal?",
+                "What should the technician check first on pump P-101 and press-2?",
+            ],
+        ),
+    ]
+}
+
+/// One contender's totals over the workload's prompts for one round.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkloadRun {
+    pub tokens: usize,
+    pub decode_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadSpeed {
+    /// Tokens after each prompt's first, over the decode time summed over the prompts (median
+    /// round).
+    pub decode_tok_s: f64,
+    pub tokens_per_round: usize,
+    pub rounds: Vec<f64>,
+}
+
+impl WorkloadSpeed {
+    fn from_runs(runs: &[WorkloadRun]) -> WorkloadSpeed {
+        let rates: Vec<f64> = runs.iter().map(|r| r.tokens as f64 / r.decode_s).collect();
+        WorkloadSpeed { decode_tok_s: median(&rates), tokens_per_round: runs.first().map_or(0, |r| r.tokens), rounds: rates }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TtftCase {
+    pub name: String,
+    pub prompt_tokens: usize,
+    pub cold_ms: f64,
+    pub warm_ms: f64,
+    pub reused_tokens: usize,
+    /// The first generated tokens are the same warm and cold.
+    pub same_output: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkloadBench {
+    pub bundle: String,
+    pub onnxruntime: String,
+    pub threads: usize,
+    pub repeat: usize,
+    pub prompts: usize,
+    pub max_new_tokens: usize,
+    pub gemba_speculative: WorkloadSpeed,
+    pub gemba_plain: WorkloadSpeed,
+    pub ort_genai: Option<WorkloadSpeed>,
+    pub accepted_drafts_per_round: usize,
+    pub ttft: Vec<TtftCase>,
+}
+
+impl std::fmt::Display for WorkloadBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "report workload: {} (ORT {}), {} prompts, up to {} new tokens each, {} threads, median of {} alternating rounds",
+            self.bundle, self.onnxruntime, self.prompts, self.max_new_tokens, self.threads, self.repeat
+        )?;
+        writeln!(f, "{:<34}{:>14}{:>10}", "", "decode tok/s", "tokens")?;
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &WorkloadSpeed| {
+            writeln!(f, "{name:<34}{:>14.1}{:>10}", s.decode_tok_s, s.tokens_per_round)
+        };
+        row(f, "gemba, speculation on", &self.gemba_speculative)?;
+        row(f, "gemba, speculation off", &self.gemba_plain)?;
+        if let Some(g) = &self.ort_genai {
+            row(f, "ORT-GenAI", g)?;
+            writeln!(
+                f,
+                "gemba / ORT-GenAI: speculation on {:.2}×, off {:.2}×",
+                self.gemba_speculative.decode_tok_s / g.decode_tok_s,
+                self.gemba_plain.decode_tok_s / g.decode_tok_s
+            )?;
+        }
+        writeln!(
+            f,
+            "speculation on / off: {:.2}× ({} drafted tokens accepted per round)",
+            self.gemba_speculative.decode_tok_s / self.gemba_plain.decode_tok_s,
+            self.accepted_drafts_per_round
+        )?;
+        for t in &self.ttft {
+            writeln!(
+                f,
+                "time to first token, {}: cold {:.1} ms, warm {:.1} ms ({:.2}× faster, {} of {} prompt tokens reused, same output: {})",
+                t.name,
+                t.cold_ms,
+                t.warm_ms,
+                t.cold_ms / t.warm_ms,
+                t.reused_tokens,
+                t.prompt_tokens,
+                t.same_output
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// ORT-GenAI serving greedy generations from given ids (genai_decode.py --serve-ids).
+struct GenaiIds(GenaiPeer);
+
+impl GenaiIds {
+    fn start(bundle: &Path, threads: usize) -> Result<GenaiIds> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let py = root.join(".venv/bin/python");
+        if !py.exists() {
+            bail!("{} is missing: run scripts/setup test (ORT-GenAI is the peer)", py.display());
+        }
+        let mut child = std::process::Command::new(&py)
+            .arg(root.join("scripts/bench/genai_decode.py"))
+            .arg(bundle)
+            .args(["--prompt-tokens", "1", "--gen-tokens", "2", "--threads", &threads.to_string(), "--serve-ids"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting scripts/bench/genai_decode.py")?;
+        let stdin = child.stdin.take().context("genai_decode.py stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("genai_decode.py stdout")?);
+        let mut peer = GenaiPeer { child, stdin, stdout };
+        let ready = peer.line()?;
+        if ready["ready"] != serde_json::Value::Bool(true) {
+            bail!("genai_decode.py: unexpected first line {ready}");
+        }
+        Ok(GenaiIds(peer))
+    }
+
+    /// (decode seconds, generated ids).
+    fn run(&mut self, ids: &[u32], max_new: usize) -> Result<(f64, Vec<u32>)> {
+        use std::io::Write;
+        let req = serde_json::json!({"ids": ids, "max_new": max_new});
+        writeln!(self.0.stdin, "{req}")?;
+        self.0.stdin.flush()?;
+        let v = self.0.line()?;
+        let d = v["decode_s"].as_f64().with_context(|| format!("genai_decode.py: no decode_s in {v}"))?;
+        let out: Vec<u32> = serde_json::from_value(v["ids"].clone()).with_context(|| format!("genai_decode.py: ids in {v}"))?;
+        Ok((d, out))
+    }
+}
+
+/// One greedy generation through the engine: (ids, Done).
+fn engine_run(engine: &mut Engine, ids: &[u32], max_new: usize, spec: bool) -> Result<(Vec<u32>, crate::model::Done)> {
+    let mut params = engine.default_params();
+    params.sampling.do_sample = false;
+    params.max_new_tokens = Some(max_new);
+    params.speculation = if spec { crate::model::speculate::Speculation::default() } else { crate::model::speculate::Speculation::OFF };
+    let mut out = Vec::new();
+    let done = engine.generate_ids(ids.to_vec(), &params, &CancelToken::new(), &mut |ev| {
+        if let crate::model::Event::Token(t) = ev {
+            out.push(t.id);
+        }
+    })?;
+    Ok((out, done))
+}
+
+/// `bench decode --workload report`: decode tokens/s on report-style prompts (gemba with and
+/// without speculation, ORT-GenAI on the same ids, alternating prompt by prompt), and time to
+/// first token with a cached prefix (a repeated system prompt, a follow-up question) against a
+/// cold prefill.
+pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize, repeat: usize, with_genai: bool) -> Result<WorkloadBench> {
+    use crate::model::tokenizer::ChatMessage;
+    let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
+    let mut engine = Engine::load(rt, dir, &policy)?;
+    let saved_limits = engine.decoder.prefix.limits;
+    let off = crate::model::prefix::PrefixLimits { max_bytes: 0, ..saved_limits };
+    // Decode is measured without prefix reuse (it only shortens the prefill).
+    engine.decoder.prefix.set_limits(off);
+    // Prompt ids: conversations get their earlier answers (gemba's greedy ones) in place.
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    let mut followup: Option<(Vec<u32>, Vec<u32>)> = None;
+    for (system, turns) in report_prompts() {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(ChatMessage { role: "system".into(), content: s.into() });
+        }
+        let mut previous: Option<Vec<u32>> = None;
+        for t in turns {
+            messages.push(ChatMessage::user(t));
+            let ids = engine.bundle.tokenizer.prompt_ids(&messages, false)?;
+            let (_, done) = engine_run(&mut engine, &ids, max_new, false)?;
+            if let Some(p) = previous.take() {
+                followup = Some((p, ids.clone()));
+            }
+            previous = Some(ids.clone());
+            prompts.push(ids);
+            messages.push(ChatMessage { role: "assistant".into(), content: done.text.trim().to_string() });
+        }
+    }
+    let mut peer = if with_genai { Some(GenaiIds::start(dir, threads)?) } else { None };
+    let (mut spec_runs, mut plain_runs, mut genai_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut accepted = 0;
+    for round in 0..repeat + 1 {
+        let (mut s, mut p, mut g) = (WorkloadRun::default(), WorkloadRun::default(), WorkloadRun::default());
+        accepted = 0;
+        for ids in &prompts {
+            let (a, da) = engine_run(&mut engine, ids, max_new, true)?;
+            let (b, db) = engine_run(&mut engine, ids, max_new, false)?;
+            if a != b {
+                bail!("speculation changed the greedy tokens of a workload prompt");
+            }
+            accepted += da.accepted_drafts;
+            let secs = |d: &crate::model::Done| if d.decode_tokens_per_s > 0.0 { (d.generated_tokens - 1) as f64 / d.decode_tokens_per_s } else { 0.0 };
+            s.tokens += a.len() - 1;
+            s.decode_s += secs(&da);
+            p.tokens += b.len() - 1;
+            p.decode_s += secs(&db);
+            if let Some(peer) = peer.as_mut() {
+                let (d, out) = peer.run(ids, max_new)?;
+                g.tokens += out.len().saturating_sub(1);
+                g.decode_s += d;
+            }
+        }
+        // Round 0 warms every contender up.
+        if round > 0 {
+            spec_runs.push(s);
+            plain_runs.push(p);
+            genai_runs.push(g);
+        }
+    }
+    drop(peer);
+    // Time to first token: a prompt that repeats the system prompt of the one before, and a
+    // follow-up question after its conversation; cold = the cache emptied before.
+    engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits::default());
+    let mut ttft = Vec::new();
+    let tok = &engine.bundle.tokenizer;
+    let first_user = |i: usize| -> Result<Vec<u32>> {
+        let (system, turns) = &report_prompts()[i];
+        let mut m = Vec::new();
+        if let Some(s) = system {
+            m.push(ChatMessage { role: "system".into(), content: (*s).into() });
+        }
+        m.push(ChatMessage::user(turns[0]));
+        Ok(tok.prompt_ids(&m, false)?)
+    };
+    let mut cases: Vec<(String, Vec<u32>, Vec<u32>)> = vec![("repeated system prompt".into(), first_user(0)?, first_user(1)?)];
+    if let Some((before, after)) = followup {
+        cases.push(("follow-up question".into(), before, after));
+    }
+    for (name, before, prompt) in cases {
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        let (mut same, mut reused) = (true, 0);
+        for _ in 0..repeat {
+            engine.decoder.prefix.clear();
+            let (c, dc) = engine_run(&mut engine, &prompt, 4, true)?;
+            engine.decoder.prefix.clear();
+            engine_run(&mut engine, &before, max_new, true)?;
+            let (w, dw) = engine_run(&mut engine, &prompt, 4, true)?;
+            cold.push(dc.time_to_first_token_ms);
+            warm.push(dw.time_to_first_token_ms);
+            same &= c == w;
+            reused = dw.reused_prefix_tokens;
+        }
+        ttft.push(TtftCase { name, prompt_tokens: prompt.len(), cold_ms: median(&cold), warm_ms: median(&warm), reused_tokens: reused, same_output: same });
+    }
+    Ok(WorkloadBench {
+        bundle: dir.display().to_string(),
+        onnxruntime: rt.version.clone(),
+        threads,
+        repeat,
+        prompts: prompts.len(),
+        max_new_tokens: max_new,
+        gemba_speculative: WorkloadSpeed::from_runs(&spec_runs),
+        gemba_plain: WorkloadSpeed::from_runs(&plain_runs),
+        ort_genai: with_genai.then(|| WorkloadSpeed::from_runs(&genai_runs)),
+        accepted_drafts_per_round: accepted,
+        ttft,
     })
 }

@@ -185,6 +185,13 @@ pub struct RawModel {
     pub system_prompt: Option<String>,
     pub max_new_tokens: Option<usize>,
     pub deadline: Option<HumanDuration>,
+    /// Prompt-lookup speculative decoding (default false: greedy output equal only up to
+    /// floating point on quantized models).
+    pub speculate: Option<bool>,
+    /// KV of prefilled prefixes kept for prompts that start the same way (default 0 = off).
+    pub prefix_cache: Option<HumanSize>,
+    /// A cached prefix unused for this long is dropped (a follow-up question's window).
+    pub prefix_cache_ttl: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -366,6 +373,9 @@ pub struct ModelSettings {
     pub system_prompt: Option<String>,
     pub max_new_tokens: usize,
     pub deadline: HumanDuration,
+    pub speculate: bool,
+    pub prefix_cache: HumanSize,
+    pub prefix_cache_ttl: HumanDuration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -723,6 +733,14 @@ impl Settings {
                 system_prompt: raw.model.system_prompt,
                 max_new_tokens,
                 deadline,
+                speculate: raw.model.speculate.unwrap_or(false),
+                prefix_cache: range.size("model.prefix_cache", raw.model.prefix_cache.unwrap_or(HumanSize(0)), 0, 1 << 40)?,
+                prefix_cache_ttl: range.duration(
+                    "model.prefix_cache_ttl",
+                    raw.model.prefix_cache_ttl.unwrap_or(HumanDuration(Duration::from_secs(600))),
+                    Duration::from_secs(1),
+                    DAY,
+                )?,
             },
             providers,
             store,
@@ -913,6 +931,16 @@ fps = 2.0
             CameraSource::Replay { source: format!("{DEMO}/frames/*.jpg"), looped: true }
         );
         assert_eq!(s.sources.len(), 2);
+    }
+
+    #[test]
+    fn speculation_is_off_unless_switched_on() {
+        assert!(!load("board = \"x86-dev\"\n").unwrap().model.speculate);
+        assert!(load("board = \"x86-dev\"\n[model]\nspeculate = true\n").unwrap().model.speculate);
+        let m = load("board = \"x86-dev\"\n[model]\nprefix_cache = \"8MiB\"\nprefix_cache_ttl = \"30s\"\n").unwrap().model;
+        assert_eq!((m.prefix_cache.0, m.prefix_cache_ttl.0), (8 << 20, Duration::from_secs(30)));
+        let e = load("board = \"x86-dev\"\n[model]\nspeculate = \"no\"\n").unwrap_err().to_string();
+        assert!(e.contains("model.speculate"), "{e}");
     }
 
     #[test]

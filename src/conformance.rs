@@ -20,6 +20,12 @@ struct GreedyCases {
     bundle: PathBuf,
     #[serde(default)]
     share_buffer: Option<bool>,
+    /// Prompt-lookup speculation (default: off, as in the engine).
+    #[serde(default)]
+    speculate: Option<bool>,
+    /// KV prefix reuse across the cases (default: off, as in the engine).
+    #[serde(default)]
+    prefix_cache: Option<bool>,
     cases: Vec<GreedyCase>,
 }
 
@@ -43,6 +49,10 @@ struct GreedyCaseOut {
     name: String,
     output_ids: Vec<u32>,
     finish: &'static str,
+    /// Drafted tokens the decoder confirmed (0 without speculation).
+    accepted_drafts: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    reused_prefix_tokens: usize,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -65,6 +75,9 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
     if let Some(sb) = cases.share_buffer {
         engine.decoder.set_share_buffer(sb);
     }
+    if cases.prefix_cache == Some(true) {
+        engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits::default());
+    }
     let mut out = GreedyOut {
         onnxruntime_version: rt.version.clone(),
         share_buffer: engine.decoder.shares_buffer(),
@@ -73,6 +86,9 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
     for c in cases.cases {
         let mut params = engine.default_params();
         params.sampling.do_sample = false;
+        if cases.speculate == Some(true) {
+            params.speculation = crate::model::speculate::Speculation::default();
+        }
         if let Some(m) = c.max_length {
             params.max_length = m;
         }
@@ -89,7 +105,7 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
             }
             _ => "length",
         };
-        out.cases.push(GreedyCaseOut { name: c.name, output_ids: ids, finish });
+        out.cases.push(GreedyCaseOut { name: c.name, output_ids: ids, finish, accepted_drafts: done.accepted_drafts, reused_prefix_tokens: done.reused_prefix_tokens });
     }
     Ok(serde_json::to_string_pretty(&out)?)
 }
@@ -146,6 +162,12 @@ pub fn tokenize(bundle_dir: &Path, prompts_file: &Path) -> Result<String> {
 #[derive(Deserialize)]
 struct MmCases {
     bundle: PathBuf,
+    /// Prompt-lookup speculation (default: off, as in the engine).
+    #[serde(default)]
+    speculate: Option<bool>,
+    /// KV prefix reuse across the cases (default: off, as in the engine).
+    #[serde(default)]
+    prefix_cache: Option<bool>,
     cases: Vec<MmCase>,
 }
 
@@ -182,6 +204,10 @@ struct MmCaseOut {
     finish: &'static str,
     /// The decoded reply (markers such as `[cam:NAME]` included).
     text: String,
+    /// Drafted tokens the decoder confirmed (0 without speculation).
+    accepted_drafts: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    reused_prefix_tokens: usize,
 }
 
 /// Greedy generation from a full (already templated) prompt with image and audio files, as
@@ -191,6 +217,9 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
     let cases: MmCases = serde_json::from_str(&text).with_context(|| format!("parsing {}", cases_file.display()))?;
     let rt = runtime::init(ort)?;
     let mut engine = Engine::load(rt, &resolve(cases_file, &cases.bundle), &ProviderPolicy::default())?;
+    if cases.prefix_cache == Some(true) {
+        engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits::default());
+    }
     let mut out = MmOut { onnxruntime_version: rt.version.clone(), cases: Vec::new() };
     for c in cases.cases {
         let mut params = engine.default_params();
@@ -199,6 +228,9 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
             params.max_length = m;
         }
         params.max_new_tokens = c.max_new_tokens;
+        if cases.speculate == Some(true) {
+            params.speculation = crate::model::speculate::Speculation::default();
+        }
         let media = crate::model::engine::MediaFiles {
             images: c.images.iter().map(|p| resolve(cases_file, p)).collect(),
             audio: c.audios.iter().map(|p| resolve(cases_file, p)).collect(),
@@ -221,7 +253,7 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
             }
             _ => "length",
         };
-        out.cases.push(MmCaseOut { name: c.name, prompt_tokens: done.prompt_tokens, output_ids: ids, finish, text: done.text });
+        out.cases.push(MmCaseOut { name: c.name, prompt_tokens: done.prompt_tokens, output_ids: ids, finish, text: done.text, accepted_drafts: done.accepted_drafts, reused_prefix_tokens: done.reused_prefix_tokens });
     }
     Ok(serde_json::to_string_pretty(&out)?)
 }

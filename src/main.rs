@@ -141,6 +141,11 @@ enum BenchCmd {
         /// Skip ORT-GenAI (e.g. on a board without Python).
         #[arg(long)]
         no_genai: bool,
+        /// `report`: report-style prompts (monitoring questions, a two-turn conversation) with
+        /// speculation on and off against ORT-GenAI, and time to first token with a cached
+        /// prefix (repeated system prompt, follow-up question) against a cold prefill.
+        #[arg(long, value_name = "NAME")]
+        workload: Option<String>,
         /// Instead: time a prompt with these images (repeatable) through the omni path
         /// (pre-processing, encoders, prefill): time to first token / sentence, tokens/s.
         #[arg(long = "image", value_name = "FILE")]
@@ -209,6 +214,10 @@ struct AskArgs {
     /// Give up after this long (e.g. 30s, 2m); a running step is terminated.
     #[arg(long, value_parser = parse_duration)]
     deadline: Option<Duration>,
+    /// Prompt-lookup speculative decoding: drafts from the prompt verified in one decoder run
+    /// (faster on answers that repeat their prompt; greedy output equal up to floating point).
+    #[arg(long)]
+    speculate: bool,
     #[command(flatten)]
     providers: ProviderArgs,
     #[command(flatten)]
@@ -444,9 +453,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, images, audio, prompt, json }) => {
+        Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, workload, images, audio, prompt, json }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            if let Some(w) = workload {
+                anyhow::ensure!(w == "report", "--workload {w}: the only workload is `report`");
+                anyhow::ensure!(gen_tokens >= 2 && repeat >= 1, "need --gen-tokens >= 2, --repeat >= 1");
+                let r = gemba::bench::report_workload(rt, &model, gen_tokens, threads, repeat, !no_genai)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{r}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if !images.is_empty() || !audio.is_empty() {
                 let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
                 let mut engine = Engine::load(rt, &model, &policy)?;
@@ -539,6 +559,9 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     params.max_new_tokens = a.max_tokens;
     params.stop_strings = a.stop.clone();
     params.deadline = a.deadline;
+    if a.speculate {
+        params.speculation = gemba::model::speculate::Speculation::default();
+    }
     let media = gemba::model::engine::MediaFiles { images: a.images.clone(), audio: a.audio.clone() };
     let mut speech = a.speech.open().context("--speak")?;
     let cancel = CancelToken::new();

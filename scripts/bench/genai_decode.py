@@ -18,6 +18,10 @@ What is measured (ORT-GenAI 0.18, greedy, batch 1)
   --serve: load and warm up, print {"ready": true, ...}, then time one run for each line "run" on
   stdin and print {"prefill_s", "decode_s", "past_present_share_buffer"} per run (one JSON line,
   flushed) until stdin closes. `gemba bench decode` uses this to alternate its contenders.
+  --serve-ids: load, print {"ready": true, ...}, then for each stdin line {"ids": [...],
+  "max_new": M} run a greedy generation from those prompt ids until eos or M new tokens and print
+  {"prefill_s", "decode_s", "ids": [generated ids]} (decode_s: wall time after the first token).
+  `gemba bench decode --workload report` uses this for its report-style prompts.
   Threads: model.decoder.session_options.intra_op_num_threads = T, set with og.Config.overlay
   (the bundle on disk is not touched). Prompt ids: a fixed seeded sequence of byte-level token
   ids (0..255), the same every run; the content does not matter for speed.
@@ -64,6 +68,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--serve", action="store_true",
                     help="after the warm-up print a ready line, then time one run per 'run' line on stdin")
+    ap.add_argument("--serve-ids", action="store_true",
+                    help="print a ready line, then run one greedy generation per JSON line {ids, max_new} on stdin")
     args = ap.parse_args()
 
     bundle = Path(args.bundle)
@@ -92,6 +98,29 @@ def main() -> int:
     config = og.Config(str(bundle))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": args.threads}}}}))
     model = og.Model(config)
+    if args.serve_ids:
+        print(json.dumps({"ready": True, "ort_genai_version": og.__version__,
+                          "onnxruntime_version": ort_version(og)}), flush=True)
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            req = json.loads(line)
+            ids = np.array(req["ids"], dtype=np.int32)
+            params = og.GeneratorParams(model)
+            params.set_search_options(do_sample=False, max_length=len(ids) + int(req["max_new"]))
+            gen = og.Generator(model, params)
+            t0 = time.perf_counter()
+            gen.append_tokens(ids)
+            t1 = time.perf_counter()
+            gen.generate_next_token()
+            t2 = time.perf_counter()
+            while not gen.is_done():
+                gen.generate_next_token()
+            t3 = time.perf_counter()
+            out = [int(t) for t in gen.get_sequence(0)[len(ids):]]
+            del gen
+            print(json.dumps({"prefill_s": t1 - t0, "decode_s": t3 - t2, "ids": out}), flush=True)
+        return 0
     rng = random.Random(1234)
     prompt = np.array([rng.randrange(256) for _ in range(n)], dtype=np.int32)
 

@@ -31,6 +31,8 @@ use super::bundle::{Bundle, BundleError, DecoderIo, FloatType, IntType, TokenInp
 use super::providers::{build_session, ProviderKind, ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
 use super::sample::{SamplingParams, Sampler};
+use super::prefix::{self as prefixes, HostKv, PrefixCache, PrefixLimits};
+use super::speculate::{self, Speculation};
 use super::stream::{SentenceSplitter, SplitterConfig, TokenDecoder};
 use super::Sentence;
 
@@ -70,6 +72,12 @@ pub struct GenerateParams {
     /// Where the clock starts for the reported timings (e.g. before pre-processing and the
     /// encoders of a multimodal prompt); default: when the decoder starts.
     pub started: Option<Instant>,
+    /// Prompt-lookup speculative decoding ([`Speculation::OFF`], the default: one decoder run per
+    /// token). Sampled output keeps its distribution. Greedy output is the same up to floating
+    /// point: a multi-token verify run computes the logits with other kernels than a one-token
+    /// run, which flips near-ties on int8 MatMulNBits models (seen on SmolLM2 int8), so it is
+    /// opt-in.
+    pub speculation: Speculation,
 }
 
 impl GenerateParams {
@@ -94,6 +102,7 @@ impl GenerateParams {
             deadline: None,
             splitter: SplitterConfig::default(),
             started: None,
+            speculation: Speculation::OFF,
         }
     }
 }
@@ -151,6 +160,12 @@ pub struct Done {
     /// Tokens after the first, over the time after the first.
     pub decode_tokens_per_s: f64,
     pub total_ms: f64,
+    /// Decoder runs after the prefill, and the drafted tokens they confirmed (speculation: each
+    /// run yields one token plus its accepted drafts).
+    pub decoder_runs: usize,
+    pub accepted_drafts: usize,
+    /// Prompt tokens whose KV came from the prefix cache instead of the prefill.
+    pub reused_prefix_tokens: usize,
     /// component → provider that actually ran it.
     pub providers: BTreeMap<String, String>,
 }
@@ -209,6 +224,10 @@ pub struct Decoder {
     shared: Option<Kv>,
     logits_buf: Vec<f32>,
     run_options: Arc<RunOptions>,
+    /// Prefilled sequences kept for prompts that start the same way (host KV only).
+    pub prefix: PrefixCache,
+    /// Which LoRA adapter is active (0: none); part of a prefix entry's key.
+    adapter_tag: usize,
 }
 
 impl Decoder {
@@ -247,6 +266,10 @@ impl Decoder {
             shared: None,
             logits_buf: Vec::new(),
             run_options,
+            // Off until configured: a chunked prefill is equal to a whole one only up to floating
+            // point (seen flipping a near-tie on SmolLM2 int8).
+            prefix: PrefixCache::new(PrefixLimits { max_bytes: 0, ..PrefixLimits::default() }),
+            adapter_tag: 0,
         })
     }
 
@@ -269,6 +292,7 @@ impl Decoder {
         if let Some(a) = adapter {
             ro.add_adapter(a).map_err(err)?;
         }
+        self.adapter_tag = adapter.map(|a| a as *const ort::session::Adapter as usize).unwrap_or(0);
         self.run_options = Arc::new(ro);
         Ok(())
     }
@@ -359,6 +383,7 @@ impl Decoder {
         tokens: StepTokens<'_>,
         past: usize,
         step: usize,
+        all_rows: bool,
     ) -> Result<&mut [f32], GenerateError> {
         let run_err = |e: ort::Error| GenerateError::Run { step, reason: e.to_string() };
         let n = tokens.len();
@@ -422,8 +447,96 @@ impl Decoder {
                 b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
             }
         }
-        last_row_f32(&logits, self.io.logits_type, &self.io.logits, &mut self.logits_buf)?;
+        rows_f32(&logits, self.io.logits_type, &self.io.logits, all_rows, &mut self.logits_buf)?;
         Ok(&mut self.logits_buf)
+    }
+
+    /// Rolls the cache back to its first `len` positions after a speculative run whose drafts
+    /// were not all accepted. The shared buffer needs nothing (the next run's attention mask
+    /// covers only `len` positions and overwrites the rest); moving pasts are sliced (host only:
+    /// speculation is off for a moving cache on a device).
+    fn truncate(&mut self, kv: &mut Kv, len: usize) -> Result<(), GenerateError> {
+        let Kv::Moving { keys, values, binding } = kv else { return Ok(()) };
+        let err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("rolling the KV cache back: {e}") };
+        let b = binding.as_mut().expect("bound in reset");
+        for i in 0..self.io.layers {
+            keys[i] = slice_seq(&keys[i], len, self.io.kv_type).map_err(err)?;
+            values[i] = slice_seq(&values[i], len, self.io.kv_type).map_err(err)?;
+            b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(err)?;
+            b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the first `n` positions of the prefix cache's best entry for `ids` into the fresh
+    /// cache; returns `n` (0: nothing reused).
+    fn restore_prefix(&mut self, kv: &mut Kv, ids: &[u32]) -> Result<usize, GenerateError> {
+        if self.kv_on_device || !self.prefix.is_on() || ids.is_empty() {
+            return Ok(0);
+        }
+        let Some((entry, n)) = self.prefix.lookup(ids, self.adapter_tag) else { return Ok(0) };
+        let (heads, d, have) = (self.io.kv_heads, self.io.head_size, entry.ids.len());
+        let err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("restoring a cached prefix: {e}") };
+        match kv {
+            Kv::Shared { keys, values, capacity, .. } => {
+                let cap = *capacity;
+                for (i, (k, v)) in entry.layers.iter().enumerate() {
+                    for (dst, src) in [(&mut keys[i], k), (&mut values[i], v)] {
+                        match src {
+                            HostKv::F32(s) => prefixes::scatter(dst.try_extract_tensor_mut::<f32>().map_err(err)?.1, cap, s, heads, have, d, n),
+                            HostKv::F16(s) => prefixes::scatter(dst.try_extract_tensor_mut::<half::f16>().map_err(err)?.1, cap, s, heads, have, d, n),
+                            HostKv::Bf16(s) => prefixes::scatter(dst.try_extract_tensor_mut::<half::bf16>().map_err(err)?.1, cap, s, heads, have, d, n),
+                        }
+                    }
+                }
+            }
+            Kv::Moving { keys, values, binding } => {
+                let b = binding.as_mut().expect("bound in reset");
+                let shape = [1, heads, n, d];
+                for (i, (k, v)) in entry.layers.iter().enumerate() {
+                    for (dst, src) in [(&mut keys[i], k), (&mut values[i], v)] {
+                        *dst = match src {
+                            HostKv::F32(s) => Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n))).map_err(err)?.into_dyn(),
+                            HostKv::F16(s) => Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n))).map_err(err)?.into_dyn(),
+                            HostKv::Bf16(s) => Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n))).map_err(err)?.into_dyn(),
+                        };
+                    }
+                    b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(err)?;
+                    b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(err)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Keeps the KV of `ids` (the cache's first `ids.len()` positions) in the prefix cache.
+    fn save_prefix(&mut self, kv: &Kv, ids: &[u32]) -> Result<(), GenerateError> {
+        if self.kv_on_device || !self.prefix.wants(ids, self.adapter_tag) {
+            return Ok(());
+        }
+        let (heads, d, len) = (self.io.kv_heads, self.io.head_size, ids.len());
+        let ty = self.io.kv_type;
+        let copy = |t: &DynTensor, cap: usize| host_copy(t, ty, heads, cap, d, len);
+        let copy_dyn = |t: &DynValue, cap: usize| host_copy(t, ty, heads, cap, d, len);
+        let mut layers = Vec::with_capacity(self.io.layers);
+        match kv {
+            Kv::Shared { keys, values, capacity, .. } => {
+                for i in 0..self.io.layers {
+                    layers.push((copy(&keys[i], *capacity)?, copy(&values[i], *capacity)?));
+                }
+            }
+            Kv::Moving { keys, values, .. } => {
+                for i in 0..self.io.layers {
+                    let cap = keys[i].shape().get(2).copied().unwrap_or(0).max(0) as usize;
+                    if cap < len {
+                        return Ok(());
+                    }
+                    layers.push((copy_dyn(&keys[i], cap)?, copy_dyn(&values[i], cap)?));
+                }
+            }
+        }
+        self.prefix.insert(ids.to_vec(), self.adapter_tag, layers);
+        Ok(())
     }
 
     /// Where the KV cache lives, for status: `host` or `device`.
@@ -457,14 +570,73 @@ fn int_tensor(ty: IntType, shape: [i64; 2], values: impl Iterator<Item = i64>) -
     })
 }
 
+/// The first `len` positions of a host `[1, heads, cap, d]` tensor, for the prefix cache.
+fn host_copy<Ty: ort::value::TensorValueTypeMarker + ?Sized>(
+    t: &ort::value::Value<Ty>,
+    ty: FloatType,
+    heads: usize,
+    cap: usize,
+    d: usize,
+    len: usize,
+) -> Result<HostKv, GenerateError> {
+    let err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("keeping a prefix: {e}") };
+    Ok(match ty {
+        FloatType::F32 => HostKv::F32(prefixes::gather(t.try_extract_tensor::<f32>().map_err(err)?.1, heads, cap, d, len)),
+        FloatType::F16 => HostKv::F16(prefixes::gather(t.try_extract_tensor::<half::f16>().map_err(err)?.1, heads, cap, d, len)),
+        FloatType::Bf16 => HostKv::Bf16(prefixes::gather(t.try_extract_tensor::<half::bf16>().map_err(err)?.1, heads, cap, d, len)),
+    })
+}
+
+/// Rows `from..` of `[1, n, hidden]` prompt embeddings (what remains after a reused prefix).
+fn embeds_from(v: &DynValue, from: usize, ty: FloatType) -> Result<DynValue, GenerateError> {
+    fn cut<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+        v: &DynValue,
+        from: usize,
+    ) -> ort::Result<DynValue> {
+        let (shape, data) = v.try_extract_tensor::<T>()?;
+        let (n, h) = (shape[1] as usize, shape[2] as usize);
+        Ok(Tensor::from_array(([1, n - from, h], data[from * h..n * h].to_vec()))?.into_dyn())
+    }
+    let r = match ty {
+        FloatType::F32 => cut::<f32>(v, from),
+        FloatType::F16 => cut::<half::f16>(v, from),
+        FloatType::Bf16 => cut::<half::bf16>(v, from),
+    };
+    r.map_err(|e| GenerateError::Run { step: 0, reason: format!("prompt embeddings after a cached prefix: {e}") })
+}
+
+/// The first `len` positions of a host `[1, heads, seq, head_size]` tensor, as a new tensor.
+fn slice_seq(v: &DynValue, len: usize, ty: FloatType) -> ort::Result<DynValue> {
+    fn cut<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+        v: &DynValue,
+        len: usize,
+    ) -> ort::Result<DynValue> {
+        let (shape, data) = v.try_extract_tensor::<T>()?;
+        let (b, h, seq, d) = (shape[0] as usize, shape[1] as usize, shape[2] as usize, shape[3] as usize);
+        let len = len.min(seq);
+        let mut out = Vec::with_capacity(b * h * len * d);
+        for bh in 0..b * h {
+            let from = bh * seq * d;
+            out.extend_from_slice(&data[from..from + len * d]);
+        }
+        Ok(Tensor::from_array(([b, h, len, d], out))?.into_dyn())
+    }
+    match ty {
+        FloatType::F32 => cut::<f32>(v, len),
+        FloatType::F16 => cut::<half::f16>(v, len),
+        FloatType::Bf16 => cut::<half::bf16>(v, len),
+    }
+}
+
 fn take_output(outputs: &mut ort::session::SessionOutputs<'_>, name: &str) -> Result<DynValue, GenerateError> {
     outputs
         .remove(name)
         .ok_or_else(|| GenerateError::Output { name: name.into(), reason: "missing from the run's outputs".into() })
 }
 
-/// Copies the last position of `[1, seq, vocab]` logits into `out` as f32.
-fn last_row_f32(v: &DynValue, ty: FloatType, name: &str, out: &mut Vec<f32>) -> Result<(), GenerateError> {
+/// Copies the last position of `[1, seq, vocab]` logits (every position when `all`) into `out`
+/// as f32.
+fn rows_f32(v: &DynValue, ty: FloatType, name: &str, all: bool, out: &mut Vec<f32>) -> Result<(), GenerateError> {
     let err = |reason: String| GenerateError::Output { name: name.into(), reason };
     let shape = v.shape().to_vec();
     if shape.len() != 3 || shape[0] != 1 {
@@ -474,20 +646,21 @@ fn last_row_f32(v: &DynValue, ty: FloatType, name: &str, out: &mut Vec<f32>) -> 
     if seq == 0 || vocab == 0 {
         return Err(err(format!("empty logits {shape:?}")));
     }
-    let start = (seq - 1) * vocab;
+    let start = if all { 0 } else { (seq - 1) * vocab };
+    let end = seq * vocab;
     out.clear();
     match ty {
         FloatType::F32 => {
             let (_, data) = v.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
-            out.extend_from_slice(&data[start..start + vocab]);
+            out.extend_from_slice(&data[start..end]);
         }
         FloatType::F16 => {
             let (_, data) = v.try_extract_tensor::<half::f16>().map_err(|e| err(e.to_string()))?;
-            out.extend(data[start..start + vocab].iter().map(|x| x.to_f32()));
+            out.extend(data[start..end].iter().map(|x| x.to_f32()));
         }
         FloatType::Bf16 => {
             let (_, data) = v.try_extract_tensor::<half::bf16>().map_err(|e| err(e.to_string()))?;
-            out.extend(data[start..start + vocab].iter().map(|x| x.to_f32()));
+            out.extend(data[start..end].iter().map(|x| x.to_f32()));
         }
     }
     Ok(())
@@ -648,7 +821,6 @@ fn run_loop(
     let mut first_sentence: Option<Duration> = None;
     let mut first_token: Option<Duration> = None;
     let mut prefill_time = Duration::ZERO;
-    let stop;
 
     let was_terminated = |e: &GenerateError| deadline_hit.load(Ordering::SeqCst) && matches!(e, GenerateError::Run { .. });
     let mut emit_text = |piece: &str,
@@ -667,12 +839,26 @@ fn run_loop(
     };
 
     let mut step = 0usize;
-    let mut past = 0usize;
-    // Prefill.
+    // The prompt's positions whose KV depends on its ids alone: up to the first image or audio
+    // placeholder (there the embeddings come from the media).
+    let keyable = |ids: &[u32]| {
+        ids.iter().position(|&t| t == super::processor::IMAGE_TOKEN_ID || t == super::processor::AUDIO_TOKEN_ID).unwrap_or(ids.len())
+    };
+    // A cached prefix, then the prefill of the rest (at least the last prompt token is run: its
+    // logits give the first answer token).
+    let reused = decoder.restore_prefix(&mut kv, &history[..keyable(&history).min(prompt_len - 1)])?;
     let first_logits = {
         let r = match &prompt {
-            PromptInput::Ids(ids) => decoder.step(&mut kv, StepTokens::Ids(ids), 0, step),
-            PromptInput::Embeds { embeds, .. } => decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step),
+            PromptInput::Ids(ids) => decoder.step(&mut kv, StepTokens::Ids(&ids[reused..]), reused, step, false),
+            PromptInput::Embeds { embeds, .. } if reused > 0 => {
+                let ty = match &decoder.io.token {
+                    TokenInput::Embeds { ty, .. } => *ty,
+                    TokenInput::Ids { .. } => FloatType::F32,
+                };
+                let rest = embeds_from(embeds, reused, ty)?;
+                decoder.step(&mut kv, StepTokens::Embeds(&rest), reused, step, false)
+            }
+            PromptInput::Embeds { embeds, .. } => decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step, false),
         };
         match r {
             Ok(l) => l,
@@ -680,7 +866,7 @@ fn run_loop(
                 decoder.keep(kv);
                 return Ok(finish_done(
                     start, prompt_len, 0, StopReason::Deadline, String::new(), 0, None, None, Duration::ZERO,
-                    start.elapsed(), decoder, extra_providers, on_event,
+                    start.elapsed(), (0, 0, reused), decoder, extra_providers, on_event,
                 ));
             }
             Err(e) => return Err(e),
@@ -688,83 +874,124 @@ fn run_loop(
     };
     let _ = first_logits;
     prefill_time = start.elapsed().max(prefill_time);
-    past += prompt_len;
+    // Positions in the KV cache that hold tokens of the sequence.
+    let mut past = prompt_len;
     let mut generated = 0usize;
     let mut last_token_at;
-    loop {
-        // Sample from the logits of the step just run.
-        let logits = &mut decoder.logits_buf;
-        apply_min_length(logits, history.len(), params.min_length, eos);
-        let id = sampler.sample(logits, &history);
-        history.push(id);
-        generated += 1;
-        let at = start.elapsed();
-        last_token_at = at;
-        first_token.get_or_insert(at);
-        let is_eos = eos.contains(&id);
-        let piece = if is_eos {
-            String::new()
-        } else {
-            match detok.push(id) {
-                Ok(p) => p,
-                // Models often have more logits than the tokenizer has ids (padded vocabularies);
-                // such a token has no text. Say so once, keep generating.
-                Err(super::stream::StreamError::UnknownToken { id, vocab_size }) => {
-                    if !warned_unknown {
-                        log::warn!("token {id} is outside the tokenizer's {vocab_size} ids; it has no text");
-                        warned_unknown = true;
-                    }
-                    String::new()
-                }
-                Err(e) => return Err(GenerateError::Stream(e.to_string())),
-            }
-        };
-        let (safe, hit) = stops.push(&piece);
-        on_event(Event::Token(TokenEvent { index: generated - 1, id, text: safe.clone(), at }));
-        emit_text(&safe, generated - 1, at, &mut text, &mut n_sentences, &mut first_sentence, on_event);
-        if is_eos {
-            stop = StopReason::Eos;
-            break;
-        }
-        if let Some(s) = hit {
-            stop = StopReason::StopString(s);
-            break;
-        }
-        if history.len() >= capacity {
-            stop = if history.len() >= params.max_length.min(bundle.config.model.context_length as usize) {
-                StopReason::MaxLength
-            } else {
-                StopReason::MaxNewTokens
+    // Speculation needs every position's logits and a cache it can roll back: off for a moving
+    // cache on a device.
+    let spec = if decoder.kv_on_device && !decoder.share_buffer { Speculation::OFF } else { params.speculation };
+    // The drafted tokens fed after the last emitted one in the run just made.
+    let mut fed: Vec<u32> = Vec::new();
+    let (mut runs, mut accepted_drafts) = (0usize, 0usize);
+    let stop = 'gen: loop {
+        // Sample from the logits of the run just made: one row per fed token, each checked
+        // against the draft it predicts; the first mismatch (or the row after the last draft)
+        // gives the token that the next run starts from.
+        let rows = fed.len() + 1;
+        let vocab = decoder.logits_buf.len() / rows;
+        let mut j = 0;
+        loop {
+            let row = &mut decoder.logits_buf[j * vocab..(j + 1) * vocab];
+            apply_min_length(row, history.len(), params.min_length, eos);
+            let (id, accepted) = match fed.get(j) {
+                Some(&d) => sampler.sample_draft(row, &history, d),
+                None => (sampler.sample(row, &history), false),
             };
-            break;
+            history.push(id);
+            generated += 1;
+            let at = start.elapsed();
+            last_token_at = at;
+            first_token.get_or_insert(at);
+            let is_eos = eos.contains(&id);
+            let piece = if is_eos {
+                String::new()
+            } else {
+                match detok.push(id) {
+                    Ok(p) => p,
+                    // Models often have more logits than the tokenizer has ids (padded
+                    // vocabularies); such a token has no text. Say so once, keep generating.
+                    Err(super::stream::StreamError::UnknownToken { id, vocab_size }) => {
+                        if !warned_unknown {
+                            log::warn!("token {id} is outside the tokenizer's {vocab_size} ids; it has no text");
+                            warned_unknown = true;
+                        }
+                        String::new()
+                    }
+                    Err(e) => return Err(GenerateError::Stream(e.to_string())),
+                }
+            };
+            let (safe, hit) = stops.push(&piece);
+            on_event(Event::Token(TokenEvent { index: generated - 1, id, text: safe.clone(), at }));
+            emit_text(&safe, generated - 1, at, &mut text, &mut n_sentences, &mut first_sentence, on_event);
+            if is_eos {
+                break 'gen StopReason::Eos;
+            }
+            if let Some(s) = hit {
+                break 'gen StopReason::StopString(s);
+            }
+            if history.len() >= capacity {
+                break 'gen if history.len() >= params.max_length.min(bundle.config.model.context_length as usize) {
+                    StopReason::MaxLength
+                } else {
+                    StopReason::MaxNewTokens
+                };
+            }
+            if deadline_at.is_some_and(|d| Instant::now() >= d) {
+                deadline_hit.store(true, Ordering::SeqCst);
+                break 'gen StopReason::Deadline;
+            }
+            if cancel.is_cancelled() {
+                break 'gen if deadline_hit.load(Ordering::SeqCst) { StopReason::Deadline } else { StopReason::Cancelled };
+            }
+            if !accepted {
+                break;
+            }
+            accepted_drafts += 1;
+            j += 1;
         }
-        if deadline_at.is_some_and(|d| Instant::now() >= d) {
-            deadline_hit.store(true, Ordering::SeqCst);
-            stop = StopReason::Deadline;
-            break;
+        // The run's first token and its accepted drafts are in the cache now; the rest of the
+        // drafts are rolled back.
+        if runs > 0 {
+            past += 1 + j;
+            if j < fed.len() {
+                decoder.truncate(&mut kv, past)?;
+            }
         }
-        if cancel.is_cancelled() {
-            stop = if deadline_hit.load(Ordering::SeqCst) { StopReason::Deadline } else { StopReason::Cancelled };
-            break;
-        }
+        let id = *history.last().expect("a token was just pushed");
+        // The next run: the new token, then a draft of what may follow it (bounded by the
+        // cache's capacity: the run writes history.len() + draft positions).
+        fed.clear();
+        fed.extend_from_slice(speculate::draft(&history, &spec, capacity.saturating_sub(history.len())));
         step += 1;
+        runs += 1;
+        let all_rows = !fed.is_empty();
         let r = match embedder {
             Some(emb) => {
-                let e = emb.embed(&[id])?;
-                decoder.step(&mut kv, StepTokens::Embeds(&e), past, step).map(|_| ())
+                let e = if fed.is_empty() {
+                    emb.embed(&[id])?
+                } else {
+                    let mut ids = Vec::with_capacity(1 + fed.len());
+                    ids.push(id);
+                    ids.extend_from_slice(&fed);
+                    emb.embed(&ids)?
+                };
+                decoder.step(&mut kv, StepTokens::Embeds(&e), past, step, all_rows).map(|_| ())
             }
-            None => decoder.step(&mut kv, StepTokens::Ids(&[id]), past, step).map(|_| ()),
+            None if fed.is_empty() => decoder.step(&mut kv, StepTokens::Ids(&[id]), past, step, false).map(|_| ()),
+            None => {
+                let mut ids = Vec::with_capacity(1 + fed.len());
+                ids.push(id);
+                ids.extend_from_slice(&fed);
+                decoder.step(&mut kv, StepTokens::Ids(&ids), past, step, true).map(|_| ())
+            }
         };
         match r {
             Ok(()) => {}
-            Err(e) if was_terminated(&e) => {
-                stop = StopReason::Deadline;
-                break;
-            }
+            Err(e) if was_terminated(&e) => break 'gen StopReason::Deadline,
             Err(e) => return Err(e),
         }
-        past += 1;
-    }
+    };
     // Flush what the decoder and the stop matcher held back, then the last sentence.
     if !matches!(stop, StopReason::StopString(_)) {
         let mut rest = detok.finish().map_err(|e| GenerateError::Stream(e.to_string()))?;
@@ -780,10 +1007,14 @@ fn run_loop(
         first_sentence.get_or_insert(at);
         on_event(Event::Sentence(s));
     }
+    // The sequence so far (the positions the cache holds for certain) for the next prompt that
+    // starts the same way: a follow-up question, the same system prompt or camera text.
+    let keep_len = past.min(keyable(&history));
+    decoder.save_prefix(&kv, &history[..keep_len])?;
     decoder.keep(kv);
     Ok(finish_done(
         start, prompt_len, generated, stop, text, n_sentences, first_token, first_sentence, prefill_time,
-        last_token_at, decoder, extra_providers, on_event,
+        last_token_at, (runs, accepted_drafts, reused), decoder, extra_providers, on_event,
     ))
 }
 
@@ -799,6 +1030,7 @@ fn finish_done(
     first_sentence: Option<Duration>,
     prefill: Duration,
     last_token_at: Duration,
+    (decoder_runs, accepted_drafts, reused_prefix_tokens): (usize, usize, usize),
     decoder: &Decoder,
     extra_providers: &[ProviderReport],
     on_event: &mut dyn FnMut(Event),
@@ -822,6 +1054,9 @@ fn finish_done(
         prefill_tokens_per_s: if prefill.as_secs_f64() > 0.0 { prompt_tokens as f64 / prefill.as_secs_f64() } else { 0.0 },
         decode_tokens_per_s: if generated > 1 && decode_secs > 0.0 { (generated - 1) as f64 / decode_secs } else { 0.0 },
         total_ms: ms(start.elapsed()),
+        decoder_runs,
+        accepted_drafts,
+        reused_prefix_tokens,
         providers,
     };
     on_event(Event::Done(done.clone()));

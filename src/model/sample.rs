@@ -110,6 +110,12 @@ impl SamplingParams {
     }
 }
 
+/// What [`Sampler::distribution`] leaves in the scratch buffers.
+enum Dist {
+    Fixed(u32),
+    Weighted { keep: usize, total: f64, by_id: bool },
+}
+
 /// A seeded sampler with reusable scratch; one per generation (or reused, it keeps its RNG state).
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -156,12 +162,65 @@ impl Sampler {
     /// # Panics
     /// If `logits` is empty (a model with no vocabulary; the caller checks the logits shape).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        match self.distribution(logits, history) {
+            Dist::Fixed(t) => t,
+            Dist::Weighted { keep, total, by_id } => {
+                let j = draw(&mut self.rng, &self.weights[..keep], total);
+                self.id_at(j, by_id)
+            }
+        }
+    }
+
+    /// Verifies a drafted token (speculative decoding): returns the token to emit and whether it
+    /// is the draft. Greedy: the arg-max, accepted when it equals the draft. Sampling: the draft
+    /// is a point mass, so the standard rule accepts it with probability `p(draft)` and otherwise
+    /// draws from `p` with the draft removed (renormalised) — the emitted token is distributed
+    /// exactly as [`Sampler::sample`]'s (only the RNG words consumed differ).
+    pub fn sample_draft(&mut self, logits: &mut [f32], history: &[u32], draft: u32) -> (u32, bool) {
+        match self.distribution(logits, history) {
+            Dist::Fixed(t) => (t, t == draft),
+            Dist::Weighted { keep, mut total, by_id } => {
+                let pos = if by_id {
+                    ((draft as usize) < keep).then_some(draft as usize)
+                } else {
+                    self.order[..keep].iter().position(|&o| o == draft)
+                };
+                if let Some(j) = pos {
+                    let w = self.weights[j] as f64;
+                    if w > 0.0 && unit(&mut self.rng) * total < w {
+                        return (draft, true);
+                    }
+                    total -= w;
+                    self.weights[j] = 0.0;
+                }
+                if !(total > 0.0) {
+                    // Only the draft had mass (accepted above unless rounding); keep it.
+                    return (draft, true);
+                }
+                let j = draw(&mut self.rng, &self.weights[..keep], total);
+                (self.id_at(j, by_id), false)
+            }
+        }
+    }
+
+    fn id_at(&self, j: usize, by_id: bool) -> u32 {
+        if by_id {
+            j as u32
+        } else {
+            self.order[j]
+        }
+    }
+
+    /// The distribution the next token is drawn from: a fixed token (greedy, or no
+    /// distribution exists), or `weights[..keep]` over `order[..keep]` (or over ids when
+    /// `by_id`), summing to `total`.
+    fn distribution(&mut self, logits: &mut [f32], history: &[u32]) -> Dist {
         assert!(!logits.is_empty(), "Sampler::sample: empty logits row");
         if self.params.repetition_penalty != 1.0 {
             self.apply_repetition_penalty(logits, history);
         }
         if self.params.is_greedy() {
-            return argmax(logits);
+            return Dist::Fixed(argmax(logits));
         }
         let inv_temp = 1.0 / self.params.temperature;
         let top_k = self.params.top_k.min(logits.len());
@@ -197,7 +256,7 @@ impl Sampler {
     }
 
     /// `top_k > 1`: the k best logits, softmax at the temperature, optional nucleus cut inside.
-    fn sample_top_k(&mut self, logits: &[f32], k: usize, top_p: f32, inv_temp: f32) -> u32 {
+    fn sample_top_k(&mut self, logits: &[f32], k: usize, top_p: f32, inv_temp: f32) -> Dist {
         let n = logits.len();
         self.order.clear();
         self.order.extend(0..n as u32);
@@ -216,7 +275,7 @@ impl Sampler {
             sum += w as f64;
         }
         if !(sum.is_finite() && sum > 0.0) {
-            return argmax(logits);
+            return Dist::Fixed(argmax(logits));
         }
         let mut keep = k;
         if top_p > 0.0 && top_p < 1.0 {
@@ -230,25 +289,24 @@ impl Sampler {
             }
         }
         let total: f64 = self.weights[..keep].iter().map(|&w| w as f64).sum();
-        let j = draw(&mut self.rng, &self.weights[..keep], total);
-        self.order[j]
+        Dist::Weighted { keep, total, by_id: false }
     }
 
     /// `top_k == 0`, `top_p < 1`: the smallest set of most likely tokens whose probability mass
     /// reaches `top_p`, found by sorting growing chunks of the vocabulary (exact, and cheap for
     /// the peaked distributions language models produce).
-    fn sample_nucleus(&mut self, logits: &[f32], top_p: f32, inv_temp: f32) -> u32 {
+    fn sample_nucleus(&mut self, logits: &[f32], top_p: f32, inv_temp: f32) -> Dist {
         let n = logits.len();
         let max = max_logit(logits);
         if !max.is_finite() {
-            return argmax(logits);
+            return Dist::Fixed(argmax(logits));
         }
         let mut sum = 0.0f64;
         for &l in logits {
             sum += ((l - max) * inv_temp).exp() as f64;
         }
         if !(sum.is_finite() && sum > 0.0) {
-            return argmax(logits);
+            return Dist::Fixed(argmax(logits));
         }
         let target = top_p as f64 * sum;
 
@@ -282,15 +340,14 @@ impl Sampler {
             chunk = (chunk * 4).min(n);
         }
         let total: f64 = self.weights[..keep].iter().map(|&w| w as f64).sum();
-        let j = draw(&mut self.rng, &self.weights[..keep], total);
-        self.order[j]
+        Dist::Weighted { keep, total, by_id: false }
     }
 
     /// No truncation: the whole softmax at the temperature, walked in id order.
-    fn sample_full(&mut self, logits: &[f32], inv_temp: f32) -> u32 {
+    fn sample_full(&mut self, logits: &[f32], inv_temp: f32) -> Dist {
         let max = max_logit(logits);
         if !max.is_finite() {
-            return argmax(logits);
+            return Dist::Fixed(argmax(logits));
         }
         self.weights.clear();
         let mut sum = 0.0f64;
@@ -300,9 +357,9 @@ impl Sampler {
             sum += w as f64;
         }
         if !(sum.is_finite() && sum > 0.0) {
-            return argmax(logits);
+            return Dist::Fixed(argmax(logits));
         }
-        draw(&mut self.rng, &self.weights, sum) as u32
+        Dist::Weighted { keep: self.weights.len(), total: sum, by_id: true }
     }
 }
 
@@ -849,5 +906,52 @@ mod tests {
             });
             assert_eq!(allocs, 0, "{params:?}");
         }
+    }
+
+    /// The standard acceptance rule leaves the distribution unchanged: over many draws with a
+    /// fixed draft, the emitted tokens' frequencies match the model's probabilities, in each
+    /// sampling mode (full softmax, top-k, nucleus), for a likely and an unlikely draft.
+    #[test]
+    fn draft_acceptance_keeps_the_distribution() {
+        let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0, -3.0];
+        let modes = [(0usize, 1.0f32), (3, 1.0), (0, 0.8)];
+        for (top_k, top_p) in modes {
+            let p = SamplingParams { do_sample: true, temperature: 1.0, top_k, top_p, repetition_penalty: 1.0, seed: 7 };
+            // The reference frequencies: plain sampling.
+            let n = 200_000;
+            let mut plain = Sampler::new(p.clone());
+            let mut want = [0f64; 6];
+            for _ in 0..n {
+                want[plain.sample(&mut logits.clone(), &[]) as usize] += 1.0 / n as f64;
+            }
+            for draft in [0u32, 2, 5] {
+                let mut s = Sampler::new(SamplingParams { seed: 11, ..p.clone() });
+                let mut got = [0f64; 6];
+                let mut accepted = 0;
+                for _ in 0..n {
+                    let (t, ok) = s.sample_draft(&mut logits.clone(), &[], draft);
+                    assert_eq!(ok, t == draft);
+                    accepted += ok as usize;
+                    got[t as usize] += 1.0 / n as f64;
+                }
+                for id in 0..6 {
+                    assert!(
+                        (got[id] - want[id]).abs() < 0.006,
+                        "top_k {top_k}, top_p {top_p}, draft {draft}: p({id}) {} vs {}",
+                        got[id],
+                        want[id]
+                    );
+                }
+                // The draft is accepted exactly as often as the model would pick it.
+                assert!((accepted as f64 / n as f64 - want[draft as usize]).abs() < 0.006);
+            }
+        }
+    }
+
+    #[test]
+    fn greedy_draft_is_accepted_only_when_it_is_the_argmax() {
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.sample_draft(&mut [0.1, 3.0, 2.0], &[], 1), (1, true));
+        assert_eq!(s.sample_draft(&mut [0.1, 3.0, 2.0], &[], 2), (1, false));
     }
 }

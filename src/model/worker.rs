@@ -40,6 +40,10 @@ pub struct AskSettings {
     pub deadline: Duration,
     /// What the requester asked for over the config's and the bundle's defaults.
     pub overrides: GenOverrides,
+    /// Prompt-lookup speculative decoding (`[model] speculate`).
+    pub speculate: bool,
+    /// KV prefix reuse (`[model] prefix_cache`, `prefix_cache_ttl`).
+    pub prefix_cache: super::prefix::PrefixLimits,
 }
 
 /// Per-request generation choices (the OpenAI-compatible API's `max_tokens`, `temperature`,
@@ -347,6 +351,12 @@ fn ask(
     }
     params.stop_strings.extend(o.stop.iter().cloned());
     let system_prompt = o.system_prompt.as_deref().or(settings.system_prompt.as_deref());
+    if settings.speculate {
+        params.speculation = super::speculate::Speculation::default();
+    }
+    if engine.decoder.prefix.limits != settings.prefix_cache {
+        engine.decoder.prefix.set_limits(settings.prefix_cache);
+    }
     // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
     // tiny test models decode thousands of tokens per second), so tests can show what overlaps
     // with generation.

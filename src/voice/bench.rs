@@ -169,7 +169,7 @@ pub fn run(rt: &'static Runtime, model: &Path, question: &str, frame: Option<&Pa
         worker
             .submit(Job::Ask {
                 input: AskInput { text: String::new(), frames: vec![frame.clone()], audio: vec![u.clip.clone()] },
-                settings: AskSettings { system_prompt: None, max_new_tokens: 64, deadline: Duration::from_secs(120), overrides: Default::default() },
+                settings: AskSettings { system_prompt: None, max_new_tokens: 64, deadline: Duration::from_secs(120), overrides: Default::default(), speculate: false, prefix_cache: Default::default() },
                 cancel: CancelToken::new(),
                 events: tx,
             })
