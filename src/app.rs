@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{spawn_camera, Camera, ReplayCamera, ReplayConfig};
 use crate::config::{CameraSettings, CameraSource, Settings};
+use crate::daemon::queue::{Class, Pushed, Refused, RequestQueue};
 use crate::model::worker::{AskInput, AskSettings, Job, JobEvent, ModelInfo, Worker};
 use crate::model::{runtime, CancelToken, Event};
-use crate::daemon::queue::{Class, Pushed, Refused, RequestQueue};
 use crate::monitor::{CameraWatch, GateConfig, Looks, MonitorStats, Offer, Query};
 use crate::report::{ReportMeta, ReportStats, RetentionPolicy, Store, TextTimings, Trigger};
 use crate::systemd::{self, Beat, Progress};
@@ -146,11 +146,21 @@ pub struct CameraCounters {
 pub fn process_usage(pid: u32) -> (u64, u64) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .unwrap_or(0)
         * 1024;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
     (rss, fds)
 }
 
@@ -166,7 +176,15 @@ impl AppHandle {
             .iter()
             .map(|c| {
                 let s = c.stats.snapshot();
-                (c.name.clone(), CameraCounters { frames: s.frames, dropped: s.dropped, decode_errors: s.decode_errors, reconnects: s.reconnects })
+                (
+                    c.name.clone(),
+                    CameraCounters {
+                        frames: s.frames,
+                        dropped: s.dropped,
+                        decode_errors: s.decode_errors,
+                        reconnects: s.reconnects,
+                    },
+                )
             })
             .collect();
         Counters {
@@ -174,19 +192,29 @@ impl AppHandle {
             requests: self.stats.queries.load(Ordering::Relaxed),
             reports: self.stats.reports.load(Ordering::Relaxed),
             reports_incomplete: self.stats.reports_incomplete.load(Ordering::Relaxed),
-            errors: self.stats.query_errors.load(Ordering::Relaxed) + self.stats.write_errors.load(Ordering::Relaxed),
+            errors: self.stats.query_errors.load(Ordering::Relaxed)
+                + self.stats.write_errors.load(Ordering::Relaxed),
             monitor_looks: m.looks.load(Ordering::Relaxed),
             monitor_unchanged: m.unchanged.load(Ordering::Relaxed),
             monitor_dropped: m.dropped_full.load(Ordering::Relaxed),
             cameras,
-            store_bytes: self.store.usage().map(|u| u.media_bytes + u.html_bytes + u.index_bytes).unwrap_or(0),
+            store_bytes: self
+                .store
+                .usage()
+                .map(|u| u.media_bytes + u.html_bytes + u.index_bytes)
+                .unwrap_or(0),
             rss_bytes: rss,
             open_fds: fds,
         }
     }
 }
 
-pub fn write_status(state_dir: &Path, info: &ModelInfo, ready: bool, data_dir: &Path) -> std::io::Result<()> {
+pub fn write_status(
+    state_dir: &Path,
+    info: &ModelInfo,
+    ready: bool,
+    data_dir: &Path,
+) -> std::io::Result<()> {
     write_status_with(state_dir, info, ready, data_dir, None)
 }
 
@@ -197,7 +225,9 @@ pub fn write_status_with(
     data_dir: &Path,
     counters: Option<Counters>,
 ) -> std::io::Result<()> {
-    let loaded_at = jiff::Timestamp::try_from(info.loaded_at).map(|t| t.to_string()).unwrap_or_default();
+    let loaded_at = jiff::Timestamp::try_from(info.loaded_at)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let status = StatusFile {
         pid: std::process::id(),
         bundle_dir: &info.bundle_dir,
@@ -207,7 +237,11 @@ pub fn write_status_with(
         ready,
         smoke_ok: info.smoke_ok,
         error: info.last_error.as_deref(),
-        providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
+        providers: info
+            .providers
+            .iter()
+            .map(|r| (r.component.clone(), r.actual().to_string()))
+            .collect(),
         data_dir,
         api_addr: crate::api::bound_addr().map(|a| a.to_string()),
         counters,
@@ -232,8 +266,19 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
             Box::new(ReplayCamera::open(rc).with_context(|| format!("camera {}", c.name))?)
         }
         #[cfg(feature = "v4l2")]
-        CameraSource::V4l2 { device, width, height, formats } => {
-            let mut vc = crate::capture::v4l2::V4l2Config::new(c.name.clone(), device.clone(), *width, *height, c.fps);
+        CameraSource::V4l2 {
+            device,
+            width,
+            height,
+            formats,
+        } => {
+            let mut vc = crate::capture::v4l2::V4l2Config::new(
+                c.name.clone(),
+                device.clone(),
+                *width,
+                *height,
+                c.fps,
+            );
             use crate::capture::negotiate::PixelFormat;
             let prefs: Vec<PixelFormat> = formats
                 .iter()
@@ -248,10 +293,16 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
             if !prefs.is_empty() {
                 vc.formats = prefs;
             }
-            Box::new(crate::capture::v4l2::V4l2Camera::new(vc).with_context(|| format!("camera {}", c.name))?)
+            Box::new(
+                crate::capture::v4l2::V4l2Camera::new(vc)
+                    .with_context(|| format!("camera {}", c.name))?,
+            )
         }
         #[cfg(not(feature = "v4l2"))]
-        CameraSource::V4l2 { .. } => anyhow::bail!("camera {}: this build has no V4L2 support (feature v4l2)", c.name),
+        CameraSource::V4l2 { .. } => anyhow::bail!(
+            "camera {}: this build has no V4L2 support (feature v4l2)",
+            c.name
+        ),
     })
 }
 
@@ -260,10 +311,18 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
 type Opened = Vec<(CameraSettings, Box<dyn crate::capture::CameraSource>)>;
 
 fn open_cameras(settings: &Settings) -> Result<Opened> {
-    settings.cameras.iter().map(|c| Ok((c.clone(), camera_source(c)?))).collect()
+    settings
+        .cameras
+        .iter()
+        .map(|c| Ok((c.clone(), camera_source(c)?)))
+        .collect()
 }
 
-fn start_pipeline(opened: Opened, queries: Arc<dyn Looks>, stats: Arc<MonitorStats>) -> Result<Pipeline> {
+fn start_pipeline(
+    opened: Opened,
+    queries: Arc<dyn Looks>,
+    stats: Arc<MonitorStats>,
+) -> Result<Pipeline> {
     let cancel = CancellationToken::new();
     let mut cameras = Vec::new();
     let mut watches = Vec::new();
@@ -271,20 +330,36 @@ fn start_pipeline(opened: Opened, queries: Arc<dyn Looks>, stats: Arc<MonitorSta
     for (c, source) in opened {
         let c = &c;
         log::info!("camera {}: starting ({})", c.name, source.name());
-        let cam = spawn_camera(source, cancel.child_token()).with_context(|| format!("camera {}", c.name))?;
-        handles.push(CameraHandle { name: c.name.clone(), frames: cam.subscribe(), stats: cam.shared_stats() });
+        let cam = spawn_camera(source, cancel.child_token())
+            .with_context(|| format!("camera {}", c.name))?;
+        handles.push(CameraHandle {
+            name: c.name.clone(),
+            frames: cam.subscribe(),
+            stats: cam.shared_stats(),
+        });
         if c.monitor {
             let watch = CameraWatch {
                 interval: c.interval.0,
-                gate: GateConfig { threshold: c.change_threshold, max_interval: c.max_interval.0 },
+                gate: GateConfig {
+                    threshold: c.change_threshold,
+                    max_interval: c.max_interval.0,
+                },
                 prompt: c.prompt.clone(),
             };
             watches.push((watch, cam.subscribe()));
         }
         cameras.push(cam);
     }
-    let monitor = tokio::spawn(crate::stage::run("monitor", crate::monitor::run_monitor(watches, queries, stats, cancel.child_token())));
-    Ok(Pipeline { cancel, cameras, monitor, handles })
+    let monitor = tokio::spawn(crate::stage::run(
+        "monitor",
+        crate::monitor::run_monitor(watches, queries, stats, cancel.child_token()),
+    ));
+    Ok(Pipeline {
+        cancel,
+        cameras,
+        monitor,
+        handles,
+    })
 }
 
 impl Pipeline {
@@ -340,7 +415,11 @@ impl Request {
     /// Tells the requester this request will not be answered (dropped from the queue).
     fn drop_unanswered(self, why: &str) {
         if let Some(l) = &self.listener {
-            let _ = l.send(RequestEvent::Closed { report_id: String::new(), complete: false, error: Some(why.to_string()) });
+            let _ = l.send(RequestEvent::Closed {
+                report_id: String::new(),
+                complete: false,
+                error: Some(why.to_string()),
+            });
         }
     }
 }
@@ -375,10 +454,16 @@ impl Request {
 #[derive(Debug, Clone)]
 pub enum RequestEvent {
     /// The report exists; its id.
-    Started { report_id: String },
+    Started {
+        report_id: String,
+    },
     Event(Event),
     /// The report is closed: complete, or incomplete with the reason.
-    Closed { report_id: String, complete: bool, error: Option<String> },
+    Closed {
+        report_id: String,
+        complete: bool,
+        error: Option<String>,
+    },
 }
 
 /// A camera as other stages see it: its latest frame and its stats.
@@ -412,7 +497,9 @@ impl AppHandle {
     /// The newest frame of a camera, if it has one.
     pub fn latest_frame(&self, camera: &str) -> Option<crate::capture::Frame> {
         let cams = self.cameras.lock().expect("poisoned");
-        cams.iter().find(|c| c.name == camera).and_then(|c| c.frames.clone().latest())
+        cams.iter()
+            .find(|c| c.name == camera)
+            .and_then(|c| c.frames.clone().latest())
     }
 
     /// Queues a request; `Err` gives it back when the queue is full or the daemon is stopping.
@@ -432,7 +519,12 @@ fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(),
         }
         Ok(Pushed::Bumped(old)) => {
             stats.requests_bumped.fetch_add(1, Ordering::Relaxed);
-            log::info!("queue full: dropped a waiting {} ({}) for a {}", old.class.word(), old.trigger, "request that ranks higher");
+            log::info!(
+                "queue full: dropped a waiting {} ({}) for a {}",
+                old.class.word(),
+                old.trigger,
+                "request that ranks higher"
+            );
             old.drop_unanswered("dropped from a full queue for a request that ranks higher");
             Ok(())
         }
@@ -448,7 +540,11 @@ struct MonitorLooks {
 
 impl Looks for MonitorLooks {
     fn offer(&self, q: Query) -> Offer {
-        let camera = q.frames.first().map(|f| f.camera.clone()).unwrap_or_default();
+        let camera = q
+            .frames
+            .first()
+            .map(|f| f.camera.clone())
+            .unwrap_or_default();
         let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
         r.reason = q.trigger;
         r.frames = q.frames;
@@ -513,14 +609,23 @@ impl Dispatch {
         }
         let info = self.worker.info();
         let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
-        log::info!("request {} ({}): cameras [{}]", req.trigger, req.reason, cameras.join(", "));
+        log::info!(
+            "request {} ({}): cameras [{}]",
+            req.trigger,
+            req.reason,
+            cameras.join(", ")
+        );
         let meta = ReportMeta {
             trigger: req.trigger.clone(),
             prompt: Some(req.prompt.clone()),
             cameras: cameras.clone(),
             bundle_id: info.bundle_id.clone(),
             bundle_hash: info.bundle_hash.clone(),
-            providers: info.providers.iter().map(|r| (r.component.clone(), r.actual().to_string())).collect(),
+            providers: info
+                .providers
+                .iter()
+                .map(|r| (r.component.clone(), r.actual().to_string()))
+                .collect(),
         };
         let store = self.store.clone();
         let writer = match tokio::task::spawn_blocking(move || store.begin(meta)).await {
@@ -528,7 +633,11 @@ impl Dispatch {
             Ok(Err(e)) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 log::error!("cannot start a report: {e}");
-                tell(RequestEvent::Closed { report_id: String::new(), complete: false, error: Some(e.to_string()) });
+                tell(RequestEvent::Closed {
+                    report_id: String::new(),
+                    complete: false,
+                    error: Some(e.to_string()),
+                });
                 return;
             }
             Err(e) => {
@@ -537,7 +646,9 @@ impl Dispatch {
             }
         };
         let report_id = writer.id().as_str().to_string();
-        tell(RequestEvent::Started { report_id: report_id.clone() });
+        tell(RequestEvent::Started {
+            report_id: report_id.clone(),
+        });
         let (settings_ask, sees_images) = {
             let s = self.settings.lock().expect("poisoned");
             (
@@ -559,7 +670,11 @@ impl Dispatch {
         *self.in_flight.lock().expect("poisoned") = Some(req.cancel.clone());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let job = Job::Ask {
-            input: AskInput { text: req.prompt.clone(), frames: req.frames.clone(), audio: req.audio.clone() },
+            input: AskInput {
+                text: req.prompt.clone(),
+                frames: req.frames.clone(),
+                audio: req.audio.clone(),
+            },
             settings: settings_ask,
             cancel: req.cancel.clone(),
             events: tx,
@@ -572,10 +687,22 @@ impl Dispatch {
         let stats = Arc::clone(&self.stats);
         let follow_up = req.follow_up;
         let writer_task = tokio::task::spawn_blocking(move || {
-            write_report(writer, wrx, frames, audio, transcript, sees_images, stats, follow_up)
+            write_report(
+                writer,
+                wrx,
+                frames,
+                audio,
+                transcript,
+                sees_images,
+                stats,
+                follow_up,
+            )
         });
         let worker = self.worker.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job)).await.unwrap_or_else(|e| Err(e.to_string())) {
+        if let Err(e) = tokio::task::spawn_blocking(move || worker.submit(job))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        {
             let _ = wtx.send(JobEvent::Failed(e));
         }
         while let Some(ev) = rx.recv().await {
@@ -593,8 +720,16 @@ impl Dispatch {
         *self.in_flight.lock().expect("poisoned") = None;
         match closed {
             // An incomplete report's `closed` event carries why (the reason it was closed with).
-            Ok((complete, why)) => tell(RequestEvent::Closed { report_id, complete, error: why }),
-            Err(e) => tell(RequestEvent::Closed { report_id, complete: false, error: Some(e) }),
+            Ok((complete, why)) => tell(RequestEvent::Closed {
+                report_id,
+                complete,
+                error: why,
+            }),
+            Err(e) => tell(RequestEvent::Closed {
+                report_id,
+                complete: false,
+                error: Some(e),
+            }),
         }
     }
 }
@@ -639,13 +774,24 @@ fn write_report(
     let mut failed = None;
     for ev in events {
         match ev {
-            JobEvent::Event(Event::Sentence(s)) => match writer.add_sentence(&s.text, TextTimings::from(&s), &frames) {
-                Ok(p) => {
-                    p.images.iter().chain(p.text.iter()).for_each(|a| acks.ack(a));
-                    cited.extend(crate::report::cite::cite(&s.text, &frames.iter().map(|f| f.camera.as_str()).collect::<Vec<_>>()).cameras);
+            JobEvent::Event(Event::Sentence(s)) => {
+                match writer.add_sentence(&s.text, TextTimings::from(&s), &frames) {
+                    Ok(p) => {
+                        p.images
+                            .iter()
+                            .chain(p.text.iter())
+                            .for_each(|a| acks.ack(a));
+                        cited.extend(
+                            crate::report::cite::cite(
+                                &s.text,
+                                &frames.iter().map(|f| f.camera.as_str()).collect::<Vec<_>>(),
+                            )
+                            .cameras,
+                        );
+                    }
+                    Err(e) => fail(&stats, "sentence", &e),
                 }
-                Err(e) => fail(&stats, "sentence", &e),
-            },
+            }
             JobEvent::Event(Event::Done(d)) => done = Some(d),
             JobEvent::Event(Event::Token(_)) => {}
             JobEvent::Failed(e) => failed = Some(e),
@@ -683,7 +829,12 @@ fn write_report(
         r
     };
     let closed = match (done, failed) {
-        (Some(d), _) if !matches!(d.stop, crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline) => {
+        (Some(d), _)
+            if !matches!(
+                d.stop,
+                crate::model::StopReason::Cancelled | crate::model::StopReason::Deadline
+            ) =>
+        {
             writer.finish(ReportStats {
                 prompt_tokens: d.prompt_tokens as u64,
                 generated_tokens: d.generated_tokens as u64,
@@ -725,9 +876,17 @@ struct AckLog {
 
 impl AckLog {
     fn open(id: &str) -> AckLog {
-        let file = std::env::var_os("GEMBA_ACK_LOG")
-            .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
-        let mut log = AckLog { id: id.to_string(), file };
+        let file = std::env::var_os("GEMBA_ACK_LOG").and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        let mut log = AckLog {
+            id: id.to_string(),
+            file,
+        };
         log.line(format!("{id} begun\n"));
         log
     }
@@ -796,7 +955,12 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let policy = retention(&settings);
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, policy))
             .await?
-            .with_context(|| format!("opening the report store in {}", settings.data_dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "opening the report store in {}",
+                    settings.data_dir.display()
+                )
+            })?;
         let rec = store.recovery();
         log::info!("report store {}: {rec:?}", settings.data_dir.display());
         if let Some(m) = &settings.mqtt {
@@ -820,9 +984,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         systemd::extend_timeout(Duration::from_secs(600));
         let (model_path, providers) = (settings.model.path.clone(), settings.providers.clone());
         let beat = progress.stage("worker");
-        let worker = tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
-            .await?
-            .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+        let worker =
+            tokio::task::spawn_blocking(move || Worker::spawn(rt, &model_path, &providers, beat))
+                .await?
+                .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
         anyhow::Ok((store, api, opened, worker))
     };
     let (store, api, opened, worker) = tokio::select! {
@@ -831,12 +996,17 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         _ = int.recv() => return stopped_during_start("SIGINT", phase.get()),
     };
     let info = worker.info();
-    write_status(&settings.state_dir, &info, true, &settings.data_dir).context("writing status.json")?;
+    write_status(&settings.state_dir, &info, true, &settings.data_dir)
+        .context("writing status.json")?;
     for r in &info.providers {
         log::info!("{}", r.summary());
     }
     systemd::ready();
-    systemd::status(&format!("serving {} ({} cameras)", info.bundle_id, settings.cameras.len()));
+    systemd::status(&format!(
+        "serving {} ({} cameras)",
+        info.bundle_id,
+        settings.cameras.len()
+    ));
     eprintln!(
         "gemba: serving {} on {} camera(s); reports in {} (open {}/index.html)",
         info.bundle_id,
@@ -848,7 +1018,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     let stats = Arc::new(DaemonStats::default());
     let monitor_stats = Arc::new(MonitorStats::default());
     let requests = RequestQueue::new(settings.monitor_queue);
-    let looks: Arc<dyn Looks> = Arc::new(MonitorLooks { queue: requests.clone(), stats: Arc::clone(&stats) });
+    let looks: Arc<dyn Looks> = Arc::new(MonitorLooks {
+        queue: requests.clone(),
+        stats: Arc::clone(&stats),
+    });
     let in_flight: InFlight = Arc::new(Mutex::new(None));
     let shared_settings = Arc::new(Mutex::new(settings.clone()));
     let (events, _) = tokio::sync::broadcast::channel(256);
@@ -862,9 +1035,21 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         beat: progress.stage("dispatcher"),
         events: events.clone(),
     };
-    let mut pipeline = Some(start_pipeline(opened, Arc::clone(&looks), Arc::clone(&monitor_stats))?);
-    let cameras = Arc::new(Mutex::new(pipeline.as_ref().map(|p| p.handles.clone()).unwrap_or_default()));
-    let dispatcher = tokio::spawn(crate::stage::run_until_stop("dispatcher", dispatch.run(requests.clone(), stop_dispatch.clone())));
+    let mut pipeline = Some(start_pipeline(
+        opened,
+        Arc::clone(&looks),
+        Arc::clone(&monitor_stats),
+    )?);
+    let cameras = Arc::new(Mutex::new(
+        pipeline
+            .as_ref()
+            .map(|p| p.handles.clone())
+            .unwrap_or_default(),
+    ));
+    let dispatcher = tokio::spawn(crate::stage::run_until_stop(
+        "dispatcher",
+        dispatch.run(requests.clone(), stop_dispatch.clone()),
+    ));
     let handle = AppHandle {
         requests: requests.clone(),
         worker: worker.clone(),
@@ -877,7 +1062,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         shutdown: CancellationToken::new(),
     };
     let mut api_server = crate::api::serve(api, handle.clone());
-    let publisher = settings.mqtt.as_ref().map(|m| crate::publish::start(m, handle.clone())).transpose()?;
+    let publisher = settings
+        .mqtt
+        .as_ref()
+        .map(|m| crate::publish::start(m, handle.clone()))
+        .transpose()?;
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
@@ -890,7 +1079,11 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
             crate::stage::stages().disabled("voice", e.to_string());
             log::warn!("voice disabled: {e}");
             eprintln!("gemba: voice disabled: {e}");
-            systemd::status(&format!("serving {} ({} cameras); voice disabled: {e}", info.bundle_id, settings.cameras.len()));
+            systemd::status(&format!(
+                "serving {} ({} cameras); voice disabled: {e}",
+                info.bundle_id,
+                settings.cameras.len()
+            ));
             None
         }
     };
@@ -927,7 +1120,13 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                 let (h, w) = (handle.clone(), worker.clone());
                 let _ = tokio::task::spawn_blocking(move || {
                     let s = h.settings.lock().expect("poisoned").clone();
-                    if let Err(e) = write_status_with(&s.state_dir, &w.info(), w.is_loaded(), &s.data_dir, Some(h.counters(started))) {
+                    if let Err(e) = write_status_with(
+                        &s.state_dir,
+                        &w.info(),
+                        w.is_loaded(),
+                        &s.data_dir,
+                        Some(h.counters(started)),
+                    ) {
                         log::warn!("writing status.json: {e}");
                     }
                 })
@@ -1042,7 +1241,10 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), dispatcher).await;
     }
     // The API stopped accepting at shutdown; its event streams have ended with their asks.
-    if tokio::time::timeout(Duration::from_secs(5), api_server.stopped()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), api_server.stopped())
+        .await
+        .is_err()
+    {
         log::warn!("api: connections still open after 5 s; closing them");
     }
     if let Some(p) = publisher {
@@ -1060,7 +1262,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         stats.reports_incomplete.load(Ordering::Relaxed),
         stats.query_errors.load(Ordering::Relaxed) + stats.write_errors.load(Ordering::Relaxed)
     );
-    let index = store.write_index_html().unwrap_or_else(|_| s.data_dir.join("html/index.html"));
+    let index = store
+        .write_index_html()
+        .unwrap_or_else(|_| s.data_dir.join("html/index.html"));
     eprintln!(
         "gemba: stopped; {} reports written ({} incomplete) in {} — open {} in a browser, or run `gemba report --data {} list`",
         stats.reports.load(Ordering::Relaxed),
@@ -1072,7 +1276,9 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     let _ = SystemTime::now();
     // A stage that died stopped the daemon; exit non-zero so that systemd restarts it.
     match crate::stage::stages().first_failure() {
-        Some(f) => Err(anyhow::anyhow!("{f}; the daemon stopped (it must not run on without the stage)")),
+        Some(f) => Err(anyhow::anyhow!(
+            "{f}; the daemon stopped (it must not run on without the stage)"
+        )),
         None => Ok(()),
     }
 }

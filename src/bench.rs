@@ -70,22 +70,38 @@ pub fn bench_prompt(n: usize) -> Vec<u32> {
 }
 
 /// gemba's engine, forced to generate exactly `gen` tokens.
-pub fn gemba_engine(engine: &mut Engine, prompt: &[u32], gen: usize, repeat: usize, warmup: usize) -> Result<Speed> {
+pub fn gemba_engine(
+    engine: &mut Engine,
+    prompt: &[u32],
+    gen: usize,
+    repeat: usize,
+    warmup: usize,
+) -> Result<Speed> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
     // Plain decode, one decoder run per token and a full prefill every time: what the raw loop
     // and ORT-GenAI do (`--workload report` measures the speed-ups).
     params.speculation = crate::model::speculate::Speculation::OFF;
     let limits = engine.decoder.prefix.limits;
-    engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits { max_bytes: 0, ..limits });
+    engine
+        .decoder
+        .prefix
+        .set_limits(crate::model::prefix::PrefixLimits {
+            max_bytes: 0,
+            ..limits
+        });
     params.max_new_tokens = Some(gen);
     params.min_length = prompt.len() + gen;
     params.max_length = params.max_length.max(prompt.len() + gen);
     let (mut pre, mut dec) = (Vec::new(), Vec::new());
     for r in 0..warmup + repeat {
-        let done = engine.generate_ids(prompt.to_vec(), &params, &CancelToken::new(), &mut |_| {})?;
+        let done =
+            engine.generate_ids(prompt.to_vec(), &params, &CancelToken::new(), &mut |_| {})?;
         if done.generated_tokens != gen {
-            bail!("gemba generated {} tokens, expected {gen}", done.generated_tokens);
+            bail!(
+                "gemba generated {} tokens, expected {gen}",
+                done.generated_tokens
+            );
         }
         if r >= warmup {
             pre.push(done.prefill_ms / 1000.0);
@@ -100,7 +116,10 @@ fn ids_tensor(ty: IntType, ids: &[i64]) -> ort::Result<DynValue> {
     let shape = [1i64, ids.len() as i64];
     Ok(match ty {
         IntType::I64 => Tensor::from_array((shape, ids.to_vec()))?.into_dyn(),
-        IntType::I32 => Tensor::from_array((shape, ids.iter().map(|&v| v as i32).collect::<Vec<_>>()))?.into_dyn(),
+        IntType::I32 => {
+            Tensor::from_array((shape, ids.iter().map(|&v| v as i32).collect::<Vec<_>>()))?
+                .into_dyn()
+        }
     })
 }
 
@@ -127,27 +146,52 @@ impl RawLoop {
     pub fn new(rt: &Runtime, bundle: &Bundle, policy: &ProviderPolicy) -> Result<RawLoop> {
         let d = &bundle.config.model.decoder;
         let file = bundle.file(&d.filename);
-        let (session, _) =
-            build_session(rt, "decoder", &file, &bundle.config.decoder_session_options(), "model.decoder", policy)?;
+        let (session, _) = build_session(
+            rt,
+            "decoder",
+            &file,
+            &bundle.config.decoder_session_options(),
+            "model.decoder",
+            policy,
+        )?;
         let io = DecoderIo::from_session(&session, &bundle.config, &file)?;
-        Ok(RawLoop { session, io, share: bundle.config.search.past_present_share_buffer })
+        Ok(RawLoop {
+            session,
+            io,
+            share: bundle.config.search.past_present_share_buffer,
+        })
     }
 
     /// One generation of exactly `gen` tokens; returns (prefill seconds, decode seconds).
     pub fn run(&mut self, prompt: &[u32], gen: usize) -> Result<(f64, f64)> {
         let io = &self.io;
-        let TokenInput::Ids { name: ids_name, ty: ids_ty } = io.token.clone() else {
+        let TokenInput::Ids {
+            name: ids_name,
+            ty: ids_ty,
+        } = io.token.clone()
+        else {
             bail!("the raw loop needs a decoder that takes input_ids");
         };
         let total = prompt.len() + gen;
         let cpu = MemoryInfo::default();
         let alloc = ort::memory::Allocator::default();
         let kv_shape = |seq: usize| [1i64, io.kv_heads as i64, seq as i64, io.head_size as i64];
-        let mask_ty = io.attention_mask.as_ref().map(|(_, t)| *t).unwrap_or(IntType::I64);
-        let masks: Vec<DynValue> = (0..=total).map(|n| ids_tensor(mask_ty, &vec![1i64; n])).collect::<ort::Result<_>>()?;
-        let positions: Vec<DynValue> = (0..total).map(|p| ids_tensor(mask_ty, &[p as i64])).collect::<ort::Result<_>>()?;
+        let mask_ty = io
+            .attention_mask
+            .as_ref()
+            .map(|(_, t)| *t)
+            .unwrap_or(IntType::I64);
+        let masks: Vec<DynValue> = (0..=total)
+            .map(|n| ids_tensor(mask_ty, &vec![1i64; n]))
+            .collect::<ort::Result<_>>()?;
+        let positions: Vec<DynValue> = (0..total)
+            .map(|p| ids_tensor(mask_ty, &[p as i64]))
+            .collect::<ort::Result<_>>()?;
         let prompt_positions = ids_tensor(mask_ty, &(0..prompt.len() as i64).collect::<Vec<_>>())?;
-        let prompt_ids = ids_tensor(ids_ty, &prompt.iter().map(|&i| i as i64).collect::<Vec<_>>())?;
+        let prompt_ids = ids_tensor(
+            ids_ty,
+            &prompt.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        )?;
         let mut next = ids_tensor(ids_ty, &[0])?;
         let mut keys: Vec<DynTensor> = Vec::new();
         let mut values: Vec<DynTensor> = Vec::new();
@@ -171,14 +215,28 @@ impl RawLoop {
         let t0 = Instant::now();
         let mut t_first = Duration::ZERO;
         for step in 0..gen {
-            let past = if step == 0 { 0 } else { prompt.len() + step - 1 };
-            b.bind_input(ids_name.as_str(), if step == 0 { &prompt_ids } else { &next })?;
+            let past = if step == 0 {
+                0
+            } else {
+                prompt.len() + step - 1
+            };
+            b.bind_input(
+                ids_name.as_str(),
+                if step == 0 { &prompt_ids } else { &next },
+            )?;
             let n = if step == 0 { prompt.len() } else { 1 };
             if let Some((m, _)) = &io.attention_mask {
                 b.bind_input(m.as_str(), &masks[past + n])?;
             }
             if let Some((p, _)) = &io.position_ids {
-                b.bind_input(p.as_str(), if step == 0 { &prompt_positions } else { &positions[past] })?;
+                b.bind_input(
+                    p.as_str(),
+                    if step == 0 {
+                        &prompt_positions
+                    } else {
+                        &positions[past]
+                    },
+                )?;
             }
             b.bind_output_to_device(io.logits.as_str(), &cpu)?;
             if !self.share {
@@ -192,8 +250,14 @@ impl RawLoop {
             let mut fresh = Vec::new();
             if !self.share {
                 for i in 0..io.layers {
-                    fresh.push(out.remove(io.present_key[i].as_str()).context("no present")?);
-                    fresh.push(out.remove(io.present_value[i].as_str()).context("no present")?);
+                    fresh.push(
+                        out.remove(io.present_key[i].as_str())
+                            .context("no present")?,
+                    );
+                    fresh.push(
+                        out.remove(io.present_value[i].as_str())
+                            .context("no present")?,
+                    );
                 }
             }
             drop(out);
@@ -235,12 +299,20 @@ impl GenaiPeer {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let py = root.join(".venv/bin/python");
         if !py.exists() {
-            bail!("{} is missing: run scripts/setup test (ORT-GenAI is the peer)", py.display());
+            bail!(
+                "{} is missing: run scripts/setup test (ORT-GenAI is the peer)",
+                py.display()
+            );
         }
         let mut child = std::process::Command::new(&py)
             .arg(root.join("scripts/bench/genai_decode.py"))
             .arg(bundle)
-            .args(["--prompt-tokens", &prompt.to_string(), "--gen-tokens", &gen.to_string()])
+            .args([
+                "--prompt-tokens",
+                &prompt.to_string(),
+                "--gen-tokens",
+                &gen.to_string(),
+            ])
             .args(["--threads", &threads.to_string(), "--serve"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -248,8 +320,13 @@ impl GenaiPeer {
             .spawn()
             .context("starting scripts/bench/genai_decode.py")?;
         let stdin = child.stdin.take().context("genai_decode.py stdin")?;
-        let stdout = std::io::BufReader::new(child.stdout.take().context("genai_decode.py stdout")?);
-        let mut peer = GenaiPeer { child, stdin, stdout };
+        let stdout =
+            std::io::BufReader::new(child.stdout.take().context("genai_decode.py stdout")?);
+        let mut peer = GenaiPeer {
+            child,
+            stdin,
+            stdout,
+        };
         let ready = peer.line()?;
         if ready["ready"] != serde_json::Value::Bool(true) {
             bail!("genai_decode.py: unexpected first line {ready}");
@@ -265,7 +342,10 @@ impl GenaiPeer {
             if let Some(mut e) = self.child.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err);
             }
-            bail!("genai_decode.py stopped: {}", err.lines().last().unwrap_or("(no message)"));
+            bail!(
+                "genai_decode.py stopped: {}",
+                err.lines().last().unwrap_or("(no message)")
+            );
         }
         serde_json::from_str(&line).with_context(|| format!("genai_decode.py printed {line:?}"))
     }
@@ -276,7 +356,10 @@ impl GenaiPeer {
         self.stdin.write_all(b"run\n")?;
         self.stdin.flush()?;
         let v = self.line()?;
-        let f = |k: &str| v[k].as_f64().with_context(|| format!("genai_decode.py: no {k} in {v}"));
+        let f = |k: &str| {
+            v[k].as_f64()
+                .with_context(|| format!("genai_decode.py: no {k} in {v}"))
+        };
         Ok((f("prefill_s")?, f("decode_s")?))
     }
 }
@@ -311,7 +394,11 @@ impl std::fmt::Display for DecodeBench {
         )?;
         writeln!(f, "{:<22}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s")?;
         let row = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &Speed| {
-            writeln!(f, "{name:<22}{:>16.1}{:>16.1}", s.prefill_tok_s, s.decode_tok_s)
+            writeln!(
+                f,
+                "{name:<22}{:>16.1}{:>16.1}",
+                s.prefill_tok_s, s.decode_tok_s
+            )
         };
         row(f, "raw loop (the limit)", &self.raw_loop)?;
         row(f, "gemba", &self.gemba)?;
@@ -343,19 +430,32 @@ pub fn decode(
     repeat: usize,
     with_genai: bool,
 ) -> Result<DecodeBench> {
-    let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
+    let policy = ProviderPolicy {
+        intra_op_threads: Some(threads),
+        ..Default::default()
+    };
     let prompt = bench_prompt(prompt_tokens);
     let mut engine = Engine::load(rt, dir, &policy)?;
     let bundle = Bundle::open(dir)?;
     let mut raw = RawLoop::new(rt, &bundle, &policy)?;
-    let mut peer = if with_genai { Some(GenaiPeer::start(dir, prompt_tokens, gen, threads)?) } else { None };
+    let mut peer = if with_genai {
+        Some(GenaiPeer::start(dir, prompt_tokens, gen, threads)?)
+    } else {
+        None
+    };
     // Warm up, then alternate single runs (gemba, raw loop, ORT-GenAI) round by round: memory
     // bandwidth on a shared machine drifts by tens of percent over a minute, and run in blocks
     // one contender would get the good minute and another the bad one.
     gemba_engine(&mut engine, &prompt, gen, 0, 1)?;
     raw.run(&prompt, gen)?;
-    let (mut gp, mut gd, mut rp, mut rd, mut op, mut od) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gp, mut gd, mut rp, mut rd, mut op, mut od) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for _ in 0..repeat {
         let g = gemba_engine(&mut engine, &prompt, gen, 1, 0)?;
         gp.extend(g.prefill_s);
@@ -422,9 +522,13 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     if n < 2.0 {
         return 0.0;
     }
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
-    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
     if den == 0.0 {
         0.0
     } else {
@@ -433,7 +537,13 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 }
 
 /// Runs `gemba run` (the same binary) for `minutes` and samples its status.json counters.
-pub fn soak(run_args: &[String], state_dir: &Path, minutes: f64, every: Duration, mut on_sample: impl FnMut(&SoakSample)) -> Result<SoakReport> {
+pub fn soak(
+    run_args: &[String],
+    state_dir: &Path,
+    minutes: f64,
+    every: Duration,
+    mut on_sample: impl FnMut(&SoakSample),
+) -> Result<SoakReport> {
     let exe = std::env::current_exe().context("locating the gemba binary")?;
     let _ = std::fs::remove_file(state_dir.join("status.json"));
     let mut child = std::process::Command::new(exe)
@@ -447,12 +557,20 @@ pub fn soak(run_args: &[String], state_dir: &Path, minutes: f64, every: Duration
     let end = t0 + Duration::from_secs_f64(minutes * 60.0);
     let mut samples = Vec::new();
     while Instant::now() < end {
-        std::thread::sleep(every.min(end.saturating_duration_since(Instant::now())).max(Duration::from_millis(100)));
+        std::thread::sleep(
+            every
+                .min(end.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(100)),
+        );
         if let Some(st) = child.try_wait()? {
             bail!("the daemon exited during the soak: {st}");
         }
-        let Ok(text) = std::fs::read_to_string(state_dir.join("status.json")) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(state_dir.join("status.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
         let c = &v["counters"];
         if c.is_null() {
             continue;
@@ -465,20 +583,33 @@ pub fn soak(run_args: &[String], state_dir: &Path, minutes: f64, every: Duration
             open_fds: u("open_fds"),
             reports: u("reports"),
             requests: u("requests"),
-            frames: cams.values().map(|x| x["frames"].as_u64().unwrap_or(0)).sum(),
-            frames_dropped: cams.values().map(|x| x["dropped"].as_u64().unwrap_or(0)).sum(),
+            frames: cams
+                .values()
+                .map(|x| x["frames"].as_u64().unwrap_or(0))
+                .sum(),
+            frames_dropped: cams
+                .values()
+                .map(|x| x["dropped"].as_u64().unwrap_or(0))
+                .sum(),
             monitor_dropped: u("monitor_dropped"),
             errors: u("errors"),
         };
         on_sample(&s);
         samples.push(s);
     }
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let exit_ok = child.wait().map(|s| s.success()).unwrap_or(false);
-    let Some(first) = samples.first().cloned() else { bail!("no status.json counters were read from the daemon") };
+    let Some(first) = samples.first().cloned() else {
+        bail!("no status.json counters were read from the daemon")
+    };
     let last = samples.last().cloned().expect("non-empty");
     let half = samples.len() / 2;
-    let tail: Vec<(f64, f64)> = samples[half..].iter().map(|s| (s.t_s / 3600.0, s.rss_mib)).collect();
+    let tail: Vec<(f64, f64)> = samples[half..]
+        .iter()
+        .map(|s| (s.t_s / 3600.0, s.rss_mib))
+        .collect();
     Ok(SoakReport {
         minutes,
         rss_first_mib: first.rss_mib,
@@ -498,13 +629,22 @@ pub fn soak(run_args: &[String], state_dir: &Path, minutes: f64, every: Duration
 
 impl std::fmt::Display for SoakReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "soak: {:.1} min, {} samples", self.minutes, self.samples.len())?;
+        writeln!(
+            f,
+            "soak: {:.1} min, {} samples",
+            self.minutes,
+            self.samples.len()
+        )?;
         writeln!(
             f,
             "RSS: {:.1} MiB first, {:.1} MiB max, {:.1} MiB last; trend over the second half {:+.2} MiB/hour",
             self.rss_first_mib, self.rss_max_mib, self.rss_last_mib, self.rss_slope_mib_per_hour
         )?;
-        writeln!(f, "open fds: {} first, {} last", self.fds_first, self.fds_last)?;
+        writeln!(
+            f,
+            "open fds: {} first, {} last",
+            self.fds_first, self.fds_last
+        )?;
         writeln!(
             f,
             "reports written: {}; frames captured: {} ({} replaced before use — keep-latest); errors: {}; clean exit on SIGTERM: {}",
@@ -544,13 +684,23 @@ impl std::fmt::Display for MediaBench {
             self.decode_tokens_per_s,
             self.total_ms
         )?;
-        let p: Vec<String> = self.providers.iter().map(|(c, p)| format!("{c}={p}")).collect();
+        let p: Vec<String> = self
+            .providers
+            .iter()
+            .map(|(c, p)| format!("{c}={p}"))
+            .collect();
         writeln!(f, "providers: {}", p.join(" "))
     }
 }
 
 /// Runs `prompt` with image and audio files `repeat` times (after one warm-up) through the engine.
-pub fn media(engine: &mut Engine, prompt: &str, media: &crate::model::engine::MediaFiles, max_new_tokens: usize, repeat: usize) -> Result<MediaBench> {
+pub fn media(
+    engine: &mut Engine,
+    prompt: &str,
+    media: &crate::model::engine::MediaFiles,
+    max_new_tokens: usize,
+    repeat: usize,
+) -> Result<MediaBench> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
     params.max_new_tokens = Some(max_new_tokens);
@@ -559,7 +709,15 @@ pub fn media(engine: &mut Engine, prompt: &str, media: &crate::model::engine::Me
     for r in 0..=repeat {
         // The engine's clock starts before pre-processing (decoding and pre-processing the
         // media, the encoders, prefill).
-        let done = engine.ask_files(prompt, None, false, media, &params, &CancelToken::new(), &mut |_| {})?;
+        let done = engine.ask_files(
+            prompt,
+            None,
+            false,
+            media,
+            &params,
+            &CancelToken::new(),
+            &mut |_| {},
+        )?;
         if r > 0 {
             ttft.push(done.time_to_first_token_ms);
             if let Some(s) = done.time_to_first_sentence_ms {
@@ -625,7 +783,11 @@ pub struct WorkloadSpeed {
 impl WorkloadSpeed {
     fn from_runs(runs: &[WorkloadRun]) -> WorkloadSpeed {
         let rates: Vec<f64> = runs.iter().map(|r| r.tokens as f64 / r.decode_s).collect();
-        WorkloadSpeed { decode_tok_s: median(&rates), tokens_per_round: runs.first().map_or(0, |r| r.tokens), rounds: rates }
+        WorkloadSpeed {
+            decode_tok_s: median(&rates),
+            tokens_per_round: runs.first().map_or(0, |r| r.tokens),
+            rounds: rates,
+        }
     }
 }
 
@@ -664,7 +826,11 @@ impl std::fmt::Display for WorkloadBench {
         )?;
         writeln!(f, "{:<34}{:>14}{:>10}", "", "decode tok/s", "tokens")?;
         let row = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &WorkloadSpeed| {
-            writeln!(f, "{name:<34}{:>14.1}{:>10}", s.decode_tok_s, s.tokens_per_round)
+            writeln!(
+                f,
+                "{name:<34}{:>14.1}{:>10}",
+                s.decode_tok_s, s.tokens_per_round
+            )
         };
         row(f, "gemba, speculation on", &self.gemba_speculative)?;
         row(f, "gemba, speculation off", &self.gemba_plain)?;
@@ -708,20 +874,36 @@ impl GenaiIds {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let py = root.join(".venv/bin/python");
         if !py.exists() {
-            bail!("{} is missing: run scripts/setup test (ORT-GenAI is the peer)", py.display());
+            bail!(
+                "{} is missing: run scripts/setup test (ORT-GenAI is the peer)",
+                py.display()
+            );
         }
         let mut child = std::process::Command::new(&py)
             .arg(root.join("scripts/bench/genai_decode.py"))
             .arg(bundle)
-            .args(["--prompt-tokens", "1", "--gen-tokens", "2", "--threads", &threads.to_string(), "--serve-ids"])
+            .args([
+                "--prompt-tokens",
+                "1",
+                "--gen-tokens",
+                "2",
+                "--threads",
+                &threads.to_string(),
+                "--serve-ids",
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .context("starting scripts/bench/genai_decode.py")?;
         let stdin = child.stdin.take().context("genai_decode.py stdin")?;
-        let stdout = std::io::BufReader::new(child.stdout.take().context("genai_decode.py stdout")?);
-        let mut peer = GenaiPeer { child, stdin, stdout };
+        let stdout =
+            std::io::BufReader::new(child.stdout.take().context("genai_decode.py stdout")?);
+        let mut peer = GenaiPeer {
+            child,
+            stdin,
+            stdout,
+        };
         let ready = peer.line()?;
         if ready["ready"] != serde_json::Value::Bool(true) {
             bail!("genai_decode.py: unexpected first line {ready}");
@@ -736,18 +918,30 @@ impl GenaiIds {
         writeln!(self.0.stdin, "{req}")?;
         self.0.stdin.flush()?;
         let v = self.0.line()?;
-        let d = v["decode_s"].as_f64().with_context(|| format!("genai_decode.py: no decode_s in {v}"))?;
-        let out: Vec<u32> = serde_json::from_value(v["ids"].clone()).with_context(|| format!("genai_decode.py: ids in {v}"))?;
+        let d = v["decode_s"]
+            .as_f64()
+            .with_context(|| format!("genai_decode.py: no decode_s in {v}"))?;
+        let out: Vec<u32> = serde_json::from_value(v["ids"].clone())
+            .with_context(|| format!("genai_decode.py: ids in {v}"))?;
         Ok((d, out))
     }
 }
 
 /// One greedy generation through the engine: (ids, Done).
-fn engine_run(engine: &mut Engine, ids: &[u32], max_new: usize, spec: bool) -> Result<(Vec<u32>, crate::model::Done)> {
+fn engine_run(
+    engine: &mut Engine,
+    ids: &[u32],
+    max_new: usize,
+    spec: bool,
+) -> Result<(Vec<u32>, crate::model::Done)> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
     params.max_new_tokens = Some(max_new);
-    params.speculation = if spec { crate::model::speculate::Speculation::default() } else { crate::model::speculate::Speculation::OFF };
+    params.speculation = if spec {
+        crate::model::speculate::Speculation::default()
+    } else {
+        crate::model::speculate::Speculation::OFF
+    };
     let mut out = Vec::new();
     let done = engine.generate_ids(ids.to_vec(), &params, &CancelToken::new(), &mut |ev| {
         if let crate::model::Event::Token(t) = ev {
@@ -761,12 +955,25 @@ fn engine_run(engine: &mut Engine, ids: &[u32], max_new: usize, spec: bool) -> R
 /// without speculation, ORT-GenAI on the same ids, alternating prompt by prompt), and time to
 /// first token with a cached prefix (a repeated system prompt, a follow-up question) against a
 /// cold prefill.
-pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize, repeat: usize, with_genai: bool) -> Result<WorkloadBench> {
+pub fn report_workload(
+    rt: &Runtime,
+    dir: &Path,
+    max_new: usize,
+    threads: usize,
+    repeat: usize,
+    with_genai: bool,
+) -> Result<WorkloadBench> {
     use crate::model::tokenizer::ChatMessage;
-    let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
+    let policy = ProviderPolicy {
+        intra_op_threads: Some(threads),
+        ..Default::default()
+    };
     let mut engine = Engine::load(rt, dir, &policy)?;
     let saved_limits = engine.decoder.prefix.limits;
-    let off = crate::model::prefix::PrefixLimits { max_bytes: 0, ..saved_limits };
+    let off = crate::model::prefix::PrefixLimits {
+        max_bytes: 0,
+        ..saved_limits
+    };
     // Decode is measured without prefix reuse (it only shortens the prefill).
     engine.decoder.prefix.set_limits(off);
     // Prompt ids: conversations get their earlier answers (gemba's greedy ones) in place.
@@ -775,7 +982,10 @@ pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize,
     for (system, turns) in report_prompts() {
         let mut messages = Vec::new();
         if let Some(s) = system {
-            messages.push(ChatMessage { role: "system".into(), content: s.into() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: s.into(),
+            });
         }
         let mut previous: Option<Vec<u32>> = None;
         for t in turns {
@@ -787,14 +997,25 @@ pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize,
             }
             previous = Some(ids.clone());
             prompts.push(ids);
-            messages.push(ChatMessage { role: "assistant".into(), content: done.text.trim().to_string() });
+            messages.push(ChatMessage {
+                role: "assistant".into(),
+                content: done.text.trim().to_string(),
+            });
         }
     }
-    let mut peer = if with_genai { Some(GenaiIds::start(dir, threads)?) } else { None };
+    let mut peer = if with_genai {
+        Some(GenaiIds::start(dir, threads)?)
+    } else {
+        None
+    };
     let (mut spec_runs, mut plain_runs, mut genai_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut accepted = 0;
     for round in 0..repeat + 1 {
-        let (mut s, mut p, mut g) = (WorkloadRun::default(), WorkloadRun::default(), WorkloadRun::default());
+        let (mut s, mut p, mut g) = (
+            WorkloadRun::default(),
+            WorkloadRun::default(),
+            WorkloadRun::default(),
+        );
         accepted = 0;
         for ids in &prompts {
             let (a, da) = engine_run(&mut engine, ids, max_new, true)?;
@@ -803,7 +1024,13 @@ pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize,
                 bail!("speculation changed the greedy tokens of a workload prompt");
             }
             accepted += da.accepted_drafts;
-            let secs = |d: &crate::model::Done| if d.decode_tokens_per_s > 0.0 { (d.generated_tokens - 1) as f64 / d.decode_tokens_per_s } else { 0.0 };
+            let secs = |d: &crate::model::Done| {
+                if d.decode_tokens_per_s > 0.0 {
+                    (d.generated_tokens - 1) as f64 / d.decode_tokens_per_s
+                } else {
+                    0.0
+                }
+            };
             s.tokens += a.len() - 1;
             s.decode_s += secs(&da);
             p.tokens += b.len() - 1;
@@ -824,19 +1051,29 @@ pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize,
     drop(peer);
     // Time to first token: a prompt that repeats the system prompt of the one before, and a
     // follow-up question after its conversation; cold = the cache emptied before.
-    engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits::default());
+    engine
+        .decoder
+        .prefix
+        .set_limits(crate::model::prefix::PrefixLimits::default());
     let mut ttft = Vec::new();
     let tok = &engine.bundle.tokenizer;
     let first_user = |i: usize| -> Result<Vec<u32>> {
         let (system, turns) = &report_prompts()[i];
         let mut m = Vec::new();
         if let Some(s) = system {
-            m.push(ChatMessage { role: "system".into(), content: (*s).into() });
+            m.push(ChatMessage {
+                role: "system".into(),
+                content: (*s).into(),
+            });
         }
         m.push(ChatMessage::user(turns[0]));
         Ok(tok.prompt_ids(&m, false)?)
     };
-    let mut cases: Vec<(String, Vec<u32>, Vec<u32>)> = vec![("repeated system prompt".into(), first_user(0)?, first_user(1)?)];
+    let mut cases: Vec<(String, Vec<u32>, Vec<u32>)> = vec![(
+        "repeated system prompt".into(),
+        first_user(0)?,
+        first_user(1)?,
+    )];
     if let Some((before, after)) = followup {
         cases.push(("follow-up question".into(), before, after));
     }
@@ -854,7 +1091,14 @@ pub fn report_workload(rt: &Runtime, dir: &Path, max_new: usize, threads: usize,
             same &= c == w;
             reused = dw.reused_prefix_tokens;
         }
-        ttft.push(TtftCase { name, prompt_tokens: prompt.len(), cold_ms: median(&cold), warm_ms: median(&warm), reused_tokens: reused, same_output: same });
+        ttft.push(TtftCase {
+            name,
+            prompt_tokens: prompt.len(),
+            cold_ms: median(&cold),
+            warm_ms: median(&warm),
+            reused_tokens: reused,
+            same_output: same,
+        });
     }
     Ok(WorkloadBench {
         bundle: dir.display().to_string(),

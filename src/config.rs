@@ -20,13 +20,24 @@ pub const DEFAULT_CONFIG: &str = "/etc/gemba/gemba.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid TOML: {msg}")]
     Syntax { path: PathBuf, msg: String },
     #[error("{path}: {key}: {msg}")]
-    Key { path: PathBuf, key: String, msg: String },
+    Key {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
     #[error("board profile \"{name}\" not found (looked for {tried}); known profiles: {known}")]
-    NoBoard { name: String, tried: String, known: String },
+    NoBoard {
+        name: String,
+        tried: String,
+        known: String,
+    },
 }
 
 /// A duration in human units (`"500ms"`, `"30s"`, `"10m"`, `"30d"`).
@@ -38,7 +49,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("\"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\", \"7d\"")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "\"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\", \"7d\""
+                ))
+            })
     }
 }
 
@@ -62,9 +77,14 @@ impl<'de> Deserialize<'de> for HumanSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(HumanSize(n)),
-            Raw::S(s) => s.parse::<bytesize::ByteSize>().map(|b| HumanSize(b.as_u64())).map_err(|e| {
-                serde::de::Error::custom(format!("\"{s}\" is not a size ({e}); write e.g. \"512MiB\", \"2GiB\""))
-            }),
+            Raw::S(s) => s
+                .parse::<bytesize::ByteSize>()
+                .map(|b| HumanSize(b.as_u64()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "\"{s}\" is not a size ({e}); write e.g. \"512MiB\", \"2GiB\""
+                    ))
+                }),
         }
     }
 }
@@ -389,8 +409,16 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum CameraSource {
-    V4l2 { device: PathBuf, width: u32, height: u32, formats: Vec<String> },
-    Replay { source: String, looped: bool },
+    V4l2 {
+        device: PathBuf,
+        width: u32,
+        height: u32,
+        formats: Vec<String>,
+    },
+    Replay {
+        source: String,
+        looped: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -407,13 +435,18 @@ pub struct CameraSettings {
 
 /// Reads one TOML file and checks it against the schema on its own.
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     parse_table(&text, path)
 }
 
 fn parse_table(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
-    let table: toml::Table =
-        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), msg: one_line(&e.to_string()) })?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.into(),
+        msg: one_line(&e.to_string()),
+    })?;
     to_raw(&table, path)?;
     Ok(table)
 }
@@ -428,7 +461,11 @@ fn to_raw(table: &toml::Table, path: &Path) -> Result<RawConfig, ConfigError> {
         } else {
             one_line(&msg)
         };
-        ConfigError::Key { path: path.into(), key, msg }
+        ConfigError::Key {
+            path: path.into(),
+            key,
+            msg,
+        }
     })
 }
 
@@ -463,7 +500,9 @@ pub fn board_dirs() -> Vec<PathBuf> {
 
 /// The board this runs on, from the device tree (`x86-dev` off a Jetson).
 pub fn detect_board() -> String {
-    let model = crate::doctor::board_model().unwrap_or_default().to_lowercase();
+    let model = crate::doctor::board_model()
+        .unwrap_or_default()
+        .to_lowercase();
     if model.contains("orin nano") {
         "orin-nano".into()
     } else if model.contains("orin nx") {
@@ -518,7 +557,11 @@ impl Settings {
         Self::from_table(table, path, base_dir)
     }
 
-    fn from_table(table: toml::Table, path: &Path, base_dir: &Path) -> Result<Settings, ConfigError> {
+    fn from_table(
+        table: toml::Table,
+        path: &Path,
+        base_dir: &Path,
+    ) -> Result<Settings, ConfigError> {
         let board = match table.get("board") {
             Some(toml::Value::String(b)) => b.clone(),
             _ => detect_board(),
@@ -528,7 +571,12 @@ impl Settings {
         if merged.contains_key("board") || merged.contains_key("cameras") {
             return Err(ConfigError::Key {
                 path: board_path,
-                key: if merged.contains_key("board") { "board" } else { "cameras" }.into(),
+                key: if merged.contains_key("board") {
+                    "board"
+                } else {
+                    "cameras"
+                }
+                .into(),
                 msg: "a board profile describes the board; this key belongs in the config".into(),
             });
         }
@@ -545,7 +593,13 @@ impl Settings {
                 path.to_path_buf()
             }
         };
-        Self::validate(raw, board, vec![board_path.clone(), path.to_path_buf()], &origin, base_dir)
+        Self::validate(
+            raw,
+            board,
+            vec![board_path.clone(), path.to_path_buf()],
+            &origin,
+            base_dir,
+        )
     }
 
     /// The one validation `gemba config check` and the daemon's start-up (and reload) share:
@@ -558,22 +612,41 @@ impl Settings {
         origin: &dyn Fn(&str) -> PathBuf,
         base: &Path,
     ) -> Result<Settings, ConfigError> {
-        let bad = |key: &str, msg: String| ConfigError::Key { path: origin(key), key: key.into(), msg };
+        let bad = |key: &str, msg: String| ConfigError::Key {
+            path: origin(key),
+            key: key.into(),
+            msg,
+        };
         let range = Ranges { bad: &bad };
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let data_dir = abs(raw.data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/gemba")));
+        let data_dir = abs(raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/gemba")));
         let state_dir = raw.state_dir.map(abs).unwrap_or_else(|| data_dir.clone());
-        let model_path = abs(raw.model.path.unwrap_or_else(|| PathBuf::from("/var/lib/gemba/models/current")));
-        let max_new_tokens = range.int("model.max_new_tokens", raw.model.max_new_tokens.unwrap_or(128), 1, 1 << 20)?;
+        let model_path = abs(raw
+            .model
+            .path
+            .unwrap_or_else(|| PathBuf::from("/var/lib/gemba/models/current")));
+        let max_new_tokens = range.int(
+            "model.max_new_tokens",
+            raw.model.max_new_tokens.unwrap_or(128),
+            1,
+            1 << 20,
+        )?;
         let deadline = range.duration(
             "model.deadline",
-            raw.model.deadline.unwrap_or(HumanDuration(Duration::from_secs(120))),
+            raw.model
+                .deadline
+                .unwrap_or(HumanDuration(Duration::from_secs(120))),
             Duration::from_secs(1),
             DAY,
         )?;
         let p = raw.providers;
         let threads = crate::model::providers::max_threads();
-        for (key, n) in [("providers.intra_op_threads", p.intra_op_threads), ("providers.inter_op_threads", p.inter_op_threads)] {
+        for (key, n) in [
+            ("providers.intra_op_threads", p.intra_op_threads),
+            ("providers.inter_op_threads", p.inter_op_threads),
+        ] {
             if let Some(n) = n {
                 if n == 0 || n > threads {
                     return Err(bad(
@@ -590,10 +663,18 @@ impl Settings {
             range.int("providers.cuda.device_id", i64::from(id), 0, 63)?;
         }
         let mut per_component = std::collections::BTreeMap::new();
-        for (name, order) in [("decoder", p.decoder), ("embedding", p.embedding), ("vision", p.vision), ("speech", p.speech)] {
+        for (name, order) in [
+            ("decoder", p.decoder),
+            ("embedding", p.embedding),
+            ("vision", p.vision),
+            ("speech", p.speech),
+        ] {
             if let Some(o) = order {
                 if o.is_empty() {
-                    return Err(bad(&format!("providers.{name}"), "an empty provider list; name at least one".into()));
+                    return Err(bad(
+                        &format!("providers.{name}"),
+                        "an empty provider list; name at least one".into(),
+                    ));
                 }
                 per_component.insert(name.to_string(), o);
             }
@@ -608,39 +689,72 @@ impl Settings {
             tensorrt: TensorRtSettings {
                 fp16: p.tensorrt.fp16.unwrap_or(defaults.fp16),
                 workspace_bytes: p.tensorrt.workspace.map(|s| s.0),
-                cache_dir: Some(abs(p.tensorrt.cache_dir.unwrap_or_else(|| PathBuf::from("/var/cache/gemba/tensorrt")))),
+                cache_dir: Some(abs(p
+                    .tensorrt
+                    .cache_dir
+                    .unwrap_or_else(|| PathBuf::from("/var/cache/gemba/tensorrt")))),
                 builder_optimization_level: p.tensorrt.builder_optimization_level,
                 profile_min_shapes: p.tensorrt.profile_min_shapes,
                 profile_opt_shapes: p.tensorrt.profile_opt_shapes,
                 profile_max_shapes: p.tensorrt.profile_max_shapes,
                 options: p.tensorrt.options,
             },
-            cuda: CudaSettings { device_id: p.cuda.device_id.unwrap_or(0), options: p.cuda.options },
+            cuda: CudaSettings {
+                device_id: p.cuda.device_id.unwrap_or(0),
+                options: p.cuda.options,
+            },
         };
         if let Some(l) = providers.tensorrt.builder_optimization_level {
             if l > 5 {
-                return Err(bad("providers.tensorrt.builder_optimization_level", format!("{l} is out of range 0–5")));
+                return Err(bad(
+                    "providers.tensorrt.builder_optimization_level",
+                    format!("{l} is out of range 0–5"),
+                ));
             }
         }
         let store = StoreSettings {
             max_bytes: raw.store.max_bytes.unwrap_or(HumanSize(2 << 30)),
-            max_age: raw.store.max_age.unwrap_or(HumanDuration(Duration::from_secs(30 * 86_400))),
-            check_every: raw.store.check_every.unwrap_or(HumanDuration(Duration::from_secs(300))),
+            max_age: raw
+                .store
+                .max_age
+                .unwrap_or(HumanDuration(Duration::from_secs(30 * 86_400))),
+            check_every: raw
+                .store
+                .check_every
+                .unwrap_or(HumanDuration(Duration::from_secs(300))),
             min_free: raw.store.min_free.unwrap_or(MinFree::Auto),
         };
         // At least 4MiB: the index (with its 256 KiB reserve) and a few reports' frames must fit
         // (with 1MiB every write failed).
         range.size("store.max_bytes", store.max_bytes, 4 << 20, 1 << 50)?;
-        range.duration("store.max_age", store.max_age, Duration::from_secs(60), 100 * YEAR)?;
-        range.duration("store.check_every", store.check_every, Duration::from_secs(1), DAY)?;
+        range.duration(
+            "store.max_age",
+            store.max_age,
+            Duration::from_secs(60),
+            100 * YEAR,
+        )?;
+        range.duration(
+            "store.check_every",
+            store.check_every,
+            Duration::from_secs(1),
+            DAY,
+        )?;
         let mut cameras: Vec<CameraSettings> = Vec::new();
         for (i, c) in raw.cameras.into_iter().enumerate() {
             let key = |k: &str| format!("cameras[{i}].{k}");
-            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
                 return Err(bad(&key("name"), format!("\"{}\" must be letters, digits, '-' or '_' (it appears in prompts and [cam:NAME] citations)", c.name)));
             }
             if cameras.iter().any(|o| o.name == c.name) {
-                return Err(bad(&key("name"), format!("\"{}\" is used by another camera", c.name)));
+                return Err(bad(
+                    &key("name"),
+                    format!("\"{}\" is used by another camera", c.name),
+                ));
             }
             for (k, v) in [("width", c.width), ("height", c.height)] {
                 if let Some(v) = v {
@@ -649,44 +763,81 @@ impl Settings {
             }
             let source = match c.kind.as_str() {
                 "v4l2" => CameraSource::V4l2 {
-                    device: c.device.ok_or_else(|| bad(&key("device"), "a v4l2 camera needs a device (e.g. /dev/video0)".into()))?,
+                    device: c.device.ok_or_else(|| {
+                        bad(
+                            &key("device"),
+                            "a v4l2 camera needs a device (e.g. /dev/video0)".into(),
+                        )
+                    })?,
                     width: c.width.unwrap_or(1280),
                     height: c.height.unwrap_or(720),
                     // Empty: the capture module's own preference (cheapest to convert first).
                     formats: {
                         let f = c.formats.unwrap_or_default();
-                        if let Some(bad_f) = f.iter().find(|x| !["mjpeg", "yuyv", "nv12", "rgb24"].contains(&x.as_str())) {
+                        if let Some(bad_f) = f
+                            .iter()
+                            .find(|x| !["mjpeg", "yuyv", "nv12", "rgb24"].contains(&x.as_str()))
+                        {
                             return Err(bad(&key("formats"), format!("\"{bad_f}\" is not a format gemba decodes (mjpeg, yuyv, nv12, rgb24)")));
                         }
                         f
                     },
                 },
-                "replay" => CameraSource::Replay {
-                    source: {
-                        let s = c.source.ok_or_else(|| bad(&key("source"), "a replay camera needs a source (a directory or glob of images)".into()))?;
-                        let s = if Path::new(&s).is_absolute() { s } else { base.join(s).display().to_string() };
-                        // A source that matches nothing would only fail once the model had loaded.
-                        if let Err(e) = crate::capture::replay::list_images(&c.name, &s) {
-                            return Err(bad(&key("source"), e.to_string()));
-                        }
-                        s
-                    },
-                    looped: c.looped.unwrap_or(true),
-                },
-                other => return Err(bad(&key("kind"), format!("\"{other}\" is not a camera kind (v4l2, replay)"))),
+                "replay" => {
+                    CameraSource::Replay {
+                        source: {
+                            let s = c.source.ok_or_else(|| bad(&key("source"), "a replay camera needs a source (a directory or glob of images)".into()))?;
+                            let s = if Path::new(&s).is_absolute() {
+                                s
+                            } else {
+                                base.join(s).display().to_string()
+                            };
+                            // A source that matches nothing would only fail once the model had loaded.
+                            if let Err(e) = crate::capture::replay::list_images(&c.name, &s) {
+                                return Err(bad(&key("source"), e.to_string()));
+                            }
+                            s
+                        },
+                        looped: c.looped.unwrap_or(true),
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        &key("kind"),
+                        format!("\"{other}\" is not a camera kind (v4l2, replay)"),
+                    ))
+                }
             };
-            let fps = c.fps.unwrap_or(match source { CameraSource::V4l2 { .. } => 15.0, CameraSource::Replay { .. } => 1.0 });
-            range.float(&key("fps"), fps, *crate::capture::FPS_RANGE.start(), *crate::capture::FPS_RANGE.end(), " frames per second")?;
+            let fps = c.fps.unwrap_or(match source {
+                CameraSource::V4l2 { .. } => 15.0,
+                CameraSource::Replay { .. } => 1.0,
+            });
+            range.float(
+                &key("fps"),
+                fps,
+                *crate::capture::FPS_RANGE.start(),
+                *crate::capture::FPS_RANGE.end(),
+                " frames per second",
+            )?;
             let change_threshold = c.change_threshold.unwrap_or(6.0);
-            range.float(&key("change_threshold"), f64::from(change_threshold), 0.0, 255.0, " (luma levels)")?;
+            range.float(
+                &key("change_threshold"),
+                f64::from(change_threshold),
+                0.0,
+                255.0,
+                " (luma levels)",
+            )?;
             let interval = match c.interval {
                 Some(i) => range.duration(&key("interval"), i, Duration::from_millis(10), DAY)?,
                 // Every frame (the frame period is at most 1000 s: fps ≥ 0.001).
-                None => HumanDuration(Duration::from_secs_f64(1.0 / fps).max(Duration::from_millis(10))),
+                None => {
+                    HumanDuration(Duration::from_secs_f64(1.0 / fps).max(Duration::from_millis(10)))
+                }
             };
             let max_interval = range.duration(
                 &key("max_interval"),
-                c.max_interval.unwrap_or(HumanDuration(Duration::from_secs(600))),
+                c.max_interval
+                    .unwrap_or(HumanDuration(Duration::from_secs(600))),
                 Duration::from_secs(1),
                 30 * DAY,
             )?;
@@ -697,20 +848,28 @@ impl Settings {
                 interval,
                 change_threshold,
                 max_interval,
-                prompt: c.prompt.unwrap_or_else(|| "Give me a status report.".into()),
+                prompt: c
+                    .prompt
+                    .unwrap_or_else(|| "Give me a status report.".into()),
                 monitor: c.monitor.unwrap_or(true),
             });
         }
         let monitor_queue = range.int("monitor.queue", raw.monitor.queue.unwrap_or(4), 1, 1024)?;
         let drain_deadline = range.duration(
             "daemon.drain_deadline",
-            raw.daemon.drain_deadline.unwrap_or(HumanDuration(Duration::from_secs(20))),
+            raw.daemon
+                .drain_deadline
+                .unwrap_or(HumanDuration(Duration::from_secs(20))),
             Duration::ZERO,
             Duration::from_secs(3600),
         )?;
         let api = api_settings(raw.api, &bad, &abs)?;
         let key_err = |(key, msg): (String, String)| bad(&key, msg);
-        let microphone = raw.microphone.map(|m| crate::voice::config::validate_microphone(m, &abs)).transpose().map_err(key_err)?;
+        let microphone = raw
+            .microphone
+            .map(|m| crate::voice::config::validate_microphone(m, &abs))
+            .transpose()
+            .map_err(key_err)?;
         let names: Vec<&str> = cameras.iter().map(|c| c.name.as_str()).collect();
         let voice = match raw.voice {
             Some(v) => crate::voice::config::validate_voice(v, &names, &abs).map_err(key_err)?,
@@ -734,10 +893,17 @@ impl Settings {
                 max_new_tokens,
                 deadline,
                 speculate: raw.model.speculate.unwrap_or(false),
-                prefix_cache: range.size("model.prefix_cache", raw.model.prefix_cache.unwrap_or(HumanSize(0)), 0, 1 << 40)?,
+                prefix_cache: range.size(
+                    "model.prefix_cache",
+                    raw.model.prefix_cache.unwrap_or(HumanSize(0)),
+                    0,
+                    1 << 40,
+                )?,
                 prefix_cache_ttl: range.duration(
                     "model.prefix_cache_ttl",
-                    raw.model.prefix_cache_ttl.unwrap_or(HumanDuration(Duration::from_secs(600))),
+                    raw.model
+                        .prefix_cache_ttl
+                        .unwrap_or(HumanDuration(Duration::from_secs(600))),
                     Duration::from_secs(1),
                     DAY,
                 )?,
@@ -752,8 +918,18 @@ impl Settings {
             voice,
             update: {
                 let mut u = raw.update.unwrap_or_default();
-                range.duration("update.health_timeout", HumanDuration(u.health_timeout), Duration::from_secs(1), Duration::from_secs(3600))?;
-                range.duration("update.health_hold", HumanDuration(u.health_hold), Duration::ZERO, DAY)?;
+                range.duration(
+                    "update.health_timeout",
+                    HumanDuration(u.health_timeout),
+                    Duration::from_secs(1),
+                    Duration::from_secs(3600),
+                )?;
+                range.duration(
+                    "update.health_hold",
+                    HumanDuration(u.health_hold),
+                    Duration::ZERO,
+                    DAY,
+                )?;
                 range.int("update.keep", u.keep, 0, 100)?;
                 u.models_dir = abs(u.models_dir);
                 u.state_dir = abs(u.state_dir);
@@ -779,7 +955,13 @@ struct Ranges<'a> {
 }
 
 impl Ranges<'_> {
-    fn int<T: Copy + TryInto<i128> + std::fmt::Display>(&self, key: &str, v: T, lo: i64, hi: i64) -> Result<T, ConfigError> {
+    fn int<T: Copy + TryInto<i128> + std::fmt::Display>(
+        &self,
+        key: &str,
+        v: T,
+        lo: i64,
+        hi: i64,
+    ) -> Result<T, ConfigError> {
         let x: i128 = v.try_into().unwrap_or(i128::MAX);
         if x < i128::from(lo) || x > i128::from(hi) {
             return Err((self.bad)(key, format!("{v} is out of range {lo}–{hi}")));
@@ -789,16 +971,37 @@ impl Ranges<'_> {
 
     fn float(&self, key: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, ConfigError> {
         if !v.is_finite() || v < lo || v > hi {
-            return Err((self.bad)(key, format!("{v:?} is out of range {lo:?}–{hi:?}{unit}")));
+            return Err((self.bad)(
+                key,
+                format!("{v:?} is out of range {lo:?}–{hi:?}{unit}"),
+            ));
         }
         Ok(v)
     }
 
-    fn duration(&self, key: &str, d: HumanDuration, lo: Duration, hi: Duration) -> Result<HumanDuration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        d: HumanDuration,
+        lo: Duration,
+        hi: Duration,
+    ) -> Result<HumanDuration, ConfigError> {
         if d.0 < lo || d.0 > hi {
             let show = |d: Duration| humantime::format_duration(d).to_string();
-            let why = if d.0.is_zero() { " (zero would mean nothing happens)" } else { "" };
-            return Err((self.bad)(key, format!("\"{}\" is out of range \"{}\"–\"{}\"{why}", show(d.0), show(lo), show(hi))));
+            let why = if d.0.is_zero() {
+                " (zero would mean nothing happens)"
+            } else {
+                ""
+            };
+            return Err((self.bad)(
+                key,
+                format!(
+                    "\"{}\" is out of range \"{}\"–\"{}\"{why}",
+                    show(d.0),
+                    show(lo),
+                    show(hi)
+                ),
+            ));
         }
         Ok(d)
     }
@@ -806,7 +1009,15 @@ impl Ranges<'_> {
     fn size(&self, key: &str, s: HumanSize, lo: u64, hi: u64) -> Result<HumanSize, ConfigError> {
         if s.0 < lo || s.0 > hi {
             let show = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
-            return Err((self.bad)(key, format!("\"{}\" is out of range \"{}\"–\"{}\"", show(s.0), show(lo), show(hi))));
+            return Err((self.bad)(
+                key,
+                format!(
+                    "\"{}\" is out of range \"{}\"–\"{}\"",
+                    show(s.0),
+                    show(lo),
+                    show(hi)
+                ),
+            ));
         }
         Ok(s)
     }
@@ -831,17 +1042,28 @@ fn api_settings(
     bad: &dyn Fn(&str, String) -> ConfigError,
     abs: &dyn Fn(PathBuf) -> PathBuf,
 ) -> Result<ApiSettings, ConfigError> {
-    let listen_text = raw.listen.unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
+    let listen_text = raw
+        .listen
+        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
     let listen = listen_text.parse().map_err(|_| {
         bad("api.listen", format!("\"{listen_text}\" is not an IP:PORT address (e.g. \"127.0.0.1:8470\", \"[::1]:8470\")"))
     })?;
     let token = match (raw.token, raw.token_file) {
-        (Some(_), Some(_)) => return Err(bad("api.token_file", "set api.token or api.token_file, not both".into())),
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "api.token_file",
+                "set api.token or api.token_file, not both".into(),
+            ))
+        }
         (Some(t), None) => Some(t),
         (None, Some(f)) => {
             let f = abs(f);
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| bad("api.token_file", format!("cannot read {}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                bad(
+                    "api.token_file",
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
             Some(text.lines().next().unwrap_or("").trim().to_string())
         }
         (None, None) => None,
@@ -852,18 +1074,38 @@ fn api_settings(
         }
     }
     let range = Ranges { bad };
-    let max_body = range.size("api.max_body", raw.max_body.unwrap_or(HumanSize(16 << 20)), 1 << 10, 1 << 30)?;
+    let max_body = range.size(
+        "api.max_body",
+        raw.max_body.unwrap_or(HumanSize(16 << 20)),
+        1 << 10,
+        1 << 30,
+    )?;
     let max_image_pixels = range.int(
         "api.max_image_pixels",
         raw.max_image_pixels.unwrap_or(DEFAULT_MAX_IMAGE_PIXELS),
         1,
         crate::model::vision::MAX_IMAGE_PIXELS as i64,
     )?;
-    let max_media_bytes = range.size("api.max_media_bytes", raw.max_media_bytes.unwrap_or(HumanSize(8 << 20)), 1 << 10, 1 << 30)?;
-    let max_connections = range.int("api.max_connections", raw.max_connections.unwrap_or(256), 1, 65_536)?;
+    let max_media_bytes = range.size(
+        "api.max_media_bytes",
+        raw.max_media_bytes.unwrap_or(HumanSize(8 << 20)),
+        1 << 10,
+        1 << 30,
+    )?;
+    let max_connections = range.int(
+        "api.max_connections",
+        raw.max_connections.unwrap_or(256),
+        1,
+        65_536,
+    )?;
     let timeout = |key: &str, v: Option<HumanDuration>, default: u64| {
         let d = v.unwrap_or(HumanDuration(Duration::from_secs(default)));
-        range.duration(key, d, Duration::from_millis(100), Duration::from_secs(3600))
+        range.duration(
+            key,
+            d,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )
     };
     let header_timeout = timeout("api.header_timeout", raw.header_timeout, 10)?;
     let body_timeout = timeout("api.body_timeout", raw.body_timeout, 60)?;
@@ -922,13 +1164,19 @@ fps = 2.0
         assert_eq!(s.store.max_bytes.0, 1 << 30, "config wins over the profile");
         assert_eq!(s.store.max_age.0, Duration::from_secs(7 * 86_400));
         // From board/orin-nano.toml: the encoders on TensorRT, a small workspace.
-        assert_eq!(s.providers.per_component["vision"][0], ProviderKind::Tensorrt);
+        assert_eq!(
+            s.providers.per_component["vision"][0],
+            ProviderKind::Tensorrt
+        );
         assert!(s.providers.tensorrt.workspace_bytes.unwrap() <= 512 << 20);
         assert_eq!(s.cameras.len(), 2);
         assert_eq!(s.cameras[0].interval.0, Duration::from_secs(30));
         assert_eq!(
             s.cameras[1].source,
-            CameraSource::Replay { source: format!("{DEMO}/frames/*.jpg"), looped: true }
+            CameraSource::Replay {
+                source: format!("{DEMO}/frames/*.jpg"),
+                looped: true
+            }
         );
         assert_eq!(s.sources.len(), 2);
     }
@@ -936,10 +1184,24 @@ fps = 2.0
     #[test]
     fn speculation_is_off_unless_switched_on() {
         assert!(!load("board = \"x86-dev\"\n").unwrap().model.speculate);
-        assert!(load("board = \"x86-dev\"\n[model]\nspeculate = true\n").unwrap().model.speculate);
-        let m = load("board = \"x86-dev\"\n[model]\nprefix_cache = \"8MiB\"\nprefix_cache_ttl = \"30s\"\n").unwrap().model;
-        assert_eq!((m.prefix_cache.0, m.prefix_cache_ttl.0), (8 << 20, Duration::from_secs(30)));
-        let e = load("board = \"x86-dev\"\n[model]\nspeculate = \"no\"\n").unwrap_err().to_string();
+        assert!(
+            load("board = \"x86-dev\"\n[model]\nspeculate = true\n")
+                .unwrap()
+                .model
+                .speculate
+        );
+        let m = load(
+            "board = \"x86-dev\"\n[model]\nprefix_cache = \"8MiB\"\nprefix_cache_ttl = \"30s\"\n",
+        )
+        .unwrap()
+        .model;
+        assert_eq!(
+            (m.prefix_cache.0, m.prefix_cache_ttl.0),
+            (8 << 20, Duration::from_secs(30))
+        );
+        let e = load("board = \"x86-dev\"\n[model]\nspeculate = \"no\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.speculate"), "{e}");
     }
 
@@ -947,13 +1209,19 @@ fps = 2.0
     fn the_api_defaults_to_loopback_with_bounds() {
         let s = load("board = \"x86-dev\"\n").unwrap();
         assert_eq!(s.api.listen, crate::api::DEFAULT_LISTEN.parse().unwrap());
-        assert_eq!((s.api.max_body.0, s.api.max_asks, s.api.sse_buffer), (16 << 20, 4, 256));
+        assert_eq!(
+            (s.api.max_body.0, s.api.max_asks, s.api.sse_buffer),
+            (16 << 20, 4, 256)
+        );
         assert!(s.api.token.is_none());
         let s = load("board = \"x86-dev\"\n[api]\nlisten = \"[::]:0\"\ntoken = \"0123456789abcdef0123\"\nmax_body = \"1MiB\"\nmax_asks = 2\n").unwrap();
         assert_eq!(s.api.listen.port(), 0);
         assert_eq!((s.api.max_body.0, s.api.max_asks), (1 << 20, 2));
         let shown = serde_json::to_string(&s.api).unwrap();
-        assert!(shown.contains("\"token\":\"(set)\"") && !shown.contains("0123456789abcdef0123"), "{shown}");
+        assert!(
+            shown.contains("\"token\":\"(set)\"") && !shown.contains("0123456789abcdef0123"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -1003,7 +1271,10 @@ fps = 2.0
         for (text, want) in cases {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(want), "expected {want:?} in {e:?}");
-            assert!(e.contains("gemba.toml") || e.contains("board profile"), "names the file: {e}");
+            assert!(
+                e.contains("gemba.toml") || e.contains("board profile"),
+                "names the file: {e}"
+            );
         }
     }
 }

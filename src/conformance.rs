@@ -66,7 +66,8 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 /// Greedy generation from prompt ids, as `genai_greedy.py greedy` does it. Like ORT-GenAI's
 /// sequence, the output leaves out a final eos id.
 pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(cases_file).with_context(|| format!("reading {}", cases_file.display()))?;
+    let text = std::fs::read_to_string(cases_file)
+        .with_context(|| format!("reading {}", cases_file.display()))?;
     let cases: GreedyCases =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", cases_file.display()))?;
     let rt = runtime::init(ort)?;
@@ -76,7 +77,10 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
         engine.decoder.set_share_buffer(sb);
     }
     if cases.prefix_cache == Some(true) {
-        engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits::default());
+        engine
+            .decoder
+            .prefix
+            .set_limits(crate::model::prefix::PrefixLimits::default());
     }
     let mut out = GreedyOut {
         onnxruntime_version: rt.version.clone(),
@@ -105,7 +109,13 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
             }
             _ => "length",
         };
-        out.cases.push(GreedyCaseOut { name: c.name, output_ids: ids, finish, accepted_drafts: done.accepted_drafts, reused_prefix_tokens: done.reused_prefix_tokens });
+        out.cases.push(GreedyCaseOut {
+            name: c.name,
+            output_ids: ids,
+            finish,
+            accepted_drafts: done.accepted_drafts,
+            reused_prefix_tokens: done.reused_prefix_tokens,
+        });
     }
     Ok(serde_json::to_string_pretty(&out)?)
 }
@@ -138,15 +148,22 @@ struct TokenizeCase {
 
 /// Tokenization of each prompt, plain and through the chat template.
 pub fn tokenize(bundle_dir: &Path, prompts_file: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(prompts_file).with_context(|| format!("reading {}", prompts_file.display()))?;
-    let prompts: Prompts = serde_json::from_str(&text).with_context(|| format!("parsing {}", prompts_file.display()))?;
+    let text = std::fs::read_to_string(prompts_file)
+        .with_context(|| format!("reading {}", prompts_file.display()))?;
+    let prompts: Prompts = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", prompts_file.display()))?;
     let bundle = crate::model::bundle::Bundle::open(bundle_dir)?;
     let tok = &bundle.tokenizer;
-    let mut out = TokenizeOut { prompts: Vec::new() };
+    let mut out = TokenizeOut {
+        prompts: Vec::new(),
+    };
     for p in prompts.prompts {
         let mut messages = Vec::new();
         if let Some(s) = &p.system {
-            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
         messages.push(ChatMessage::user(p.user.clone()));
         out.prompts.push(TokenizeCase {
@@ -213,14 +230,26 @@ struct MmCaseOut {
 /// Greedy generation from a full (already templated) prompt with image and audio files, as
 /// `genai_mm_greedy.py` does it.
 pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(cases_file).with_context(|| format!("reading {}", cases_file.display()))?;
-    let cases: MmCases = serde_json::from_str(&text).with_context(|| format!("parsing {}", cases_file.display()))?;
+    let text = std::fs::read_to_string(cases_file)
+        .with_context(|| format!("reading {}", cases_file.display()))?;
+    let cases: MmCases =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", cases_file.display()))?;
     let rt = runtime::init(ort)?;
-    let mut engine = Engine::load(rt, &resolve(cases_file, &cases.bundle), &ProviderPolicy::default())?;
+    let mut engine = Engine::load(
+        rt,
+        &resolve(cases_file, &cases.bundle),
+        &ProviderPolicy::default(),
+    )?;
     if cases.prefix_cache == Some(true) {
-        engine.decoder.prefix.set_limits(crate::model::prefix::PrefixLimits::default());
+        engine
+            .decoder
+            .prefix
+            .set_limits(crate::model::prefix::PrefixLimits::default());
     }
-    let mut out = MmOut { onnxruntime_version: rt.version.clone(), cases: Vec::new() };
+    let mut out = MmOut {
+        onnxruntime_version: rt.version.clone(),
+        cases: Vec::new(),
+    };
     for c in cases.cases {
         let mut params = engine.default_params();
         params.sampling.do_sample = false;
@@ -241,11 +270,19 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
             (None, Some(u)) => (u.clone(), false),
             (None, None) => anyhow::bail!("case {}: give \"prompt\" or \"user\"", c.name),
         };
-        let done = engine.ask_files(&prompt, None, raw, &media, &params, &CancelToken::new(), &mut |ev| {
-            if let crate::model::Event::Token(t) = ev {
-                ids.push(t.id);
-            }
-        })?;
+        let done = engine.ask_files(
+            &prompt,
+            None,
+            raw,
+            &media,
+            &params,
+            &CancelToken::new(),
+            &mut |ev| {
+                if let crate::model::Event::Token(t) = ev {
+                    ids.push(t.id);
+                }
+            },
+        )?;
         let finish = match done.stop {
             StopReason::Eos => {
                 ids.pop();
@@ -253,7 +290,15 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
             }
             _ => "length",
         };
-        out.cases.push(MmCaseOut { name: c.name, prompt_tokens: done.prompt_tokens, output_ids: ids, finish, text: done.text, accepted_drafts: done.accepted_drafts, reused_prefix_tokens: done.reused_prefix_tokens });
+        out.cases.push(MmCaseOut {
+            name: c.name,
+            prompt_tokens: done.prompt_tokens,
+            output_ids: ids,
+            finish,
+            text: done.text,
+            accepted_drafts: done.accepted_drafts,
+            reused_prefix_tokens: done.reused_prefix_tokens,
+        });
     }
     Ok(serde_json::to_string_pretty(&out)?)
 }

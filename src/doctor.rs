@@ -38,7 +38,9 @@ pub fn cpu_facts() -> CpuFacts {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find(|l| l.starts_with("model name") || l.starts_with("Model") || l.starts_with("Hardware"))
+        .find(|l| {
+            l.starts_with("model name") || l.starts_with("Model") || l.starts_with("Hardware")
+        })
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
@@ -54,7 +56,9 @@ pub fn cpu_facts() -> CpuFacts {
     };
     CpuFacts {
         model,
-        logical_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        logical_cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         memory_total_mib: field("MemTotal:"),
         memory_available_mib: field("MemAvailable:"),
         arch: std::env::consts::ARCH.to_string(),
@@ -81,32 +85,60 @@ pub fn gpu_facts() -> GpuFacts {
         };
     }
     if let Err(e) = result::init() {
-        return GpuFacts { driver_version: None, devices: vec![], reason: Some(format!("no GPU: {e}")) };
+        return GpuFacts {
+            driver_version: None,
+            devices: vec![],
+            reason: Some(format!("no GPU: {e}")),
+        };
     }
     let mut v: std::ffi::c_int = 0;
-    let driver_version = (unsafe { sys::cuDriverGetVersion(&mut v) } == sys::CUresult::CUDA_SUCCESS)
+    let driver_version = (unsafe { sys::cuDriverGetVersion(&mut v) }
+        == sys::CUresult::CUDA_SUCCESS)
         .then(|| format!("{}.{}", v / 1000, (v % 1000) / 10));
     let count = match result::device::get_count() {
         Ok(n) => n,
-        Err(e) => return GpuFacts { driver_version, devices: vec![], reason: Some(format!("no GPU: {e}")) },
+        Err(e) => {
+            return GpuFacts {
+                driver_version,
+                devices: vec![],
+                reason: Some(format!("no GPU: {e}")),
+            }
+        }
     };
     let mut devices = Vec::new();
     for i in 0..count {
-        let Ok(dev) = result::device::get(i) else { continue };
+        let Ok(dev) = result::device::get(i) else {
+            continue;
+        };
         let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown".into());
         let mem = unsafe { result::device::total_mem(dev) }.unwrap_or(0) as u64 / (1024 * 1024);
         let attr = |a| unsafe { result::device::get_attribute(dev, a) }.unwrap_or(0);
         let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
         let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
-        devices.push(GpuDevice { index: i, name, memory_total_mib: mem, compute_capability: format!("{major}.{minor}") });
+        devices.push(GpuDevice {
+            index: i,
+            name,
+            memory_total_mib: mem,
+            compute_capability: format!("{major}.{minor}"),
+        });
     }
-    let reason = devices.is_empty().then(|| "no GPU: the driver reports no devices".to_string());
-    GpuFacts { driver_version, devices, reason }
+    let reason = devices
+        .is_empty()
+        .then(|| "no GPU: the driver reports no devices".to_string());
+    GpuFacts {
+        driver_version,
+        devices,
+        reason,
+    }
 }
 
 #[cfg(not(feature = "gpu"))]
 pub fn gpu_facts() -> GpuFacts {
-    GpuFacts { driver_version: None, devices: vec![], reason: Some("no GPU support compiled in (feature `gpu`)".into()) }
+    GpuFacts {
+        driver_version: None,
+        devices: vec![],
+        reason: Some("no GPU support compiled in (feature `gpu`)".into()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -139,7 +171,15 @@ fn cameras() -> Vec<String> {
     crate::capture::v4l2::list_devices()
         .into_iter()
         .filter(|d| !d.formats.is_empty())
-        .map(|d| format!("{} ({}, {}): {}", d.path.display(), d.card, d.bus, crate::capture::negotiate::describe_offers(&d.formats)))
+        .map(|d| {
+            format!(
+                "{} ({}, {}): {}",
+                d.path.display(),
+                d.card,
+                d.bus,
+                crate::capture::negotiate::describe_offers(&d.formats)
+            )
+        })
         .collect()
 }
 
@@ -198,8 +238,17 @@ impl std::fmt::Display for Doctor {
         let o = &self.onnxruntime;
         match (&o.version, &o.error) {
             (Some(v), _) => {
-                writeln!(f, "onnxruntime: {v} at {} (found by {})", o.path.as_deref().unwrap_or("?"), o.found_by.as_deref().unwrap_or("?"))?;
-                writeln!(f, "providers compiled in: {}", o.providers_available.join(", "))?;
+                writeln!(
+                    f,
+                    "onnxruntime: {v} at {} (found by {})",
+                    o.path.as_deref().unwrap_or("?"),
+                    o.found_by.as_deref().unwrap_or("?")
+                )?;
+                writeln!(
+                    f,
+                    "providers compiled in: {}",
+                    o.providers_available.join(", ")
+                )?;
             }
             (None, Some(e)) => writeln!(f, "onnxruntime: NOT LOADED: {e}")?,
             _ => {}
@@ -210,11 +259,21 @@ impl std::fmt::Display for Doctor {
             "cpu: {} ({}, {} logical cores), memory {} MiB total, {} MiB available",
             c.model, c.arch, c.logical_cores, c.memory_total_mib, c.memory_available_mib
         )?;
-        writeln!(f, "board: {}", self.board.as_deref().unwrap_or("(no device-tree model: not a Jetson)"))?;
+        writeln!(
+            f,
+            "board: {}",
+            self.board
+                .as_deref()
+                .unwrap_or("(no device-tree model: not a Jetson)")
+        )?;
         match &self.gpu.reason {
             Some(r) if self.gpu.devices.is_empty() => writeln!(f, "gpu: {r}")?,
             _ => {
-                writeln!(f, "gpu: CUDA driver {}", self.gpu.driver_version.as_deref().unwrap_or("?"))?;
+                writeln!(
+                    f,
+                    "gpu: CUDA driver {}",
+                    self.gpu.driver_version.as_deref().unwrap_or("?")
+                )?;
                 for d in &self.gpu.devices {
                     writeln!(
                         f,
@@ -249,7 +308,9 @@ impl std::fmt::Display for Doctor {
                 asked.join(", "),
                 r.order_from,
                 reg.join(", "),
-                r.intra_op_threads.map(|n| format!(", {n} intra-op threads")).unwrap_or_default()
+                r.intra_op_threads
+                    .map(|n| format!(", {n} intra-op threads"))
+                    .unwrap_or_default()
             )?;
             for (p, why) in &r.failures {
                 writeln!(f, "  {p} fell back: {why}")?;

@@ -16,7 +16,11 @@ use gemba::model::providers::ProviderPolicy;
 use gemba::model::{runtime, CancelToken, Engine, Event};
 
 #[derive(Parser)]
-#[command(name = "gemba", version, about = "An omni-modal model on the factory floor")]
+#[command(
+    name = "gemba",
+    version,
+    about = "An omni-modal model on the factory floor"
+)]
 struct Cli {
     /// ONNX Runtime shared library (default: ORT_DYLIB_PATH, then scripts/setup's .ort/, then system places).
     #[arg(long, global = true, value_name = "PATH")]
@@ -248,7 +252,11 @@ impl SpeechArgs {
         use gemba::voice::output::OutputTarget;
         use gemba::voice::tts::TtsSettings;
         let target = match (&self.speak_to, self.speak) {
-            (Some(p), _) => OutputTarget::File { path: p.clone(), paced: false, rate: None },
+            (Some(p), _) => OutputTarget::File {
+                path: p.clone(),
+                paced: false,
+                rate: None,
+            },
             (None, true) => OutputTarget::Device {
                 device: "default".into(),
                 format: gemba::capture::mic::SampleFormat::I16,
@@ -258,10 +266,21 @@ impl SpeechArgs {
             (None, false) => return Ok(None),
         };
         let tts = match &self.piper {
-            Some(m) => TtsSettings::Piper { model: m.clone(), speaker: None, espeak_voice: self.espeak_voice.clone() },
-            None => TtsSettings::EspeakNg { voice: self.espeak_voice.clone().unwrap_or_else(|| "en-us".into()), speed: 175 },
+            Some(m) => TtsSettings::Piper {
+                model: m.clone(),
+                speaker: None,
+                espeak_voice: self.espeak_voice.clone(),
+            },
+            None => TtsSettings::EspeakNg {
+                voice: self.espeak_voice.clone().unwrap_or_else(|| "en-us".into()),
+                speed: 175,
+            },
         };
-        Ok(Some(gemba::voice::Speech::open(&target, &tts, runtime::get())?))
+        Ok(Some(gemba::voice::Speech::open(
+            &target,
+            &tts,
+            runtime::get(),
+        )?))
     }
 }
 
@@ -338,7 +357,10 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let loc = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("gemba: internal error (a bug, please report it): {msg}{loc}");
         if std::env::var_os("RUST_BACKTRACE").is_some() {
             eprintln!("{}", std::backtrace::Backtrace::force_capture());
@@ -369,7 +391,11 @@ fn init_logging(verbose: u8) {
         // ort reports through `tracing`; show its messages too when asked.
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
-            .with_env_filter(tracing_subscriber::EnvFilter::new(if verbose > 1 { "ort=debug" } else { "ort=info" }))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(if verbose > 1 {
+                "ort=debug"
+            } else {
+                "ort=info"
+            }))
             .try_init();
     }
 }
@@ -381,7 +407,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gemba::model::processor::cli::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCmd::Soak { minutes, config, data, every, json }) => {
+        Command::Bench(BenchCmd::Soak {
+            minutes,
+            config,
+            data,
+            every,
+            json,
+        }) => {
             let tmp;
             let data = match data {
                 Some(d) => d,
@@ -398,7 +430,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(o) = &cli.onnxruntime {
                 args.splice(0..0, ["--onnxruntime".to_string(), o.display().to_string()]);
             }
-            eprintln!("{:>8} {:>9} {:>5} {:>8} {:>9} {:>9} {:>7}", "t (s)", "RSS MiB", "fds", "reports", "frames", "dropped", "errors");
+            eprintln!(
+                "{:>8} {:>9} {:>5} {:>8} {:>9} {:>9} {:>7}",
+                "t (s)", "RSS MiB", "fds", "reports", "frames", "dropped", "errors"
+            );
             let r = gemba::bench::soak(&args, &data, minutes, every, |s| {
                 eprintln!(
                     "{:>8.0} {:>9.1} {:>5} {:>8} {:>9} {:>9} {:>7}",
@@ -434,18 +469,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Model(m) => {
             // The config's [update] section and providers, when a config is there.
-            let cfg = std::env::var_os("GEMBA_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(gemba::config::DEFAULT_CONFIG));
+            let cfg = std::env::var_os("GEMBA_CONFIG")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(gemba::config::DEFAULT_CONFIG));
             let (update, policy) = if cfg.exists() {
                 let s = gemba::config::Settings::load(&cfg)?;
                 (s.update, s.providers)
             } else {
-                (gemba::update::UpdateConfig::default(), ProviderPolicy::default())
+                (
+                    gemba::update::UpdateConfig::default(),
+                    ProviderPolicy::default(),
+                )
             };
             gemba::update::cli::run(m, update, policy, cli.onnxruntime.as_deref())
         }
-        Command::Bench(BenchCmd::Voice { model, question, frame, repeat, json }) => {
+        Command::Bench(BenchCmd::Voice {
+            model,
+            question,
+            frame,
+            repeat,
+            json,
+        }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
-            let r = gemba::voice::bench::run(rt, &model, &question, frame.as_deref(), repeat.max(1))?;
+            let r =
+                gemba::voice::bench::run(rt, &model, &question, frame.as_deref(), repeat.max(1))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -453,13 +500,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCmd::Decode { model, prompt_tokens, gen_tokens, threads, repeat, no_genai, workload, images, audio, prompt, json }) => {
+        Command::Bench(BenchCmd::Decode {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            threads,
+            repeat,
+            no_genai,
+            workload,
+            images,
+            audio,
+            prompt,
+            json,
+        }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
-            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
             if let Some(w) = workload {
-                anyhow::ensure!(w == "report", "--workload {w}: the only workload is `report`");
-                anyhow::ensure!(gen_tokens >= 2 && repeat >= 1, "need --gen-tokens >= 2, --repeat >= 1");
-                let r = gemba::bench::report_workload(rt, &model, gen_tokens, threads, repeat, !no_genai)?;
+                anyhow::ensure!(
+                    w == "report",
+                    "--workload {w}: the only workload is `report`"
+                );
+                anyhow::ensure!(
+                    gen_tokens >= 2 && repeat >= 1,
+                    "need --gen-tokens >= 2, --repeat >= 1"
+                );
+                let r = gemba::bench::report_workload(
+                    rt, &model, gen_tokens, threads, repeat, !no_genai,
+                )?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
@@ -468,7 +539,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if !images.is_empty() || !audio.is_empty() {
-                let policy = ProviderPolicy { intra_op_threads: Some(threads), ..Default::default() };
+                let policy = ProviderPolicy {
+                    intra_op_threads: Some(threads),
+                    ..Default::default()
+                };
                 let mut engine = Engine::load(rt, &model, &policy)?;
                 let media = gemba::model::engine::MediaFiles { images, audio };
                 let r = gemba::bench::media(&mut engine, &prompt, &media, gen_tokens, repeat)?;
@@ -479,8 +553,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            anyhow::ensure!(gen_tokens >= 2 && repeat >= 1 && prompt_tokens >= 1, "need --gen-tokens >= 2, --repeat >= 1, --prompt-tokens >= 1");
-            let r = gemba::bench::decode(rt, &model, prompt_tokens, gen_tokens, threads, repeat, !no_genai)?;
+            anyhow::ensure!(
+                gen_tokens >= 2 && repeat >= 1 && prompt_tokens >= 1,
+                "need --gen-tokens >= 2, --repeat >= 1, --prompt-tokens >= 1"
+            );
+            let r = gemba::bench::decode(
+                rt,
+                &model,
+                prompt_tokens,
+                gen_tokens,
+                threads,
+                repeat,
+                !no_genai,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -497,11 +582,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::Greedy { cases }) => {
-            println!("{}", gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?);
+            println!(
+                "{}",
+                gemba::conformance::greedy(cli.onnxruntime.as_deref(), &cases)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::GreedyMm { cases }) => {
-            println!("{}", gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?);
+            println!(
+                "{}",
+                gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {
@@ -513,14 +604,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(d) => {
-            let report = gemba::doctor::examine(cli.onnxruntime.as_deref(), d.model.as_deref(), &d.providers.policy());
+            let report = gemba::doctor::examine(
+                cli.onnxruntime.as_deref(),
+                d.model.as_deref(),
+                &d.providers.policy(),
+            );
             if d.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{report}");
             }
             let ok = report.onnxruntime.error.is_none() && report.bundle_error.is_none();
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -562,38 +661,58 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     if a.speculate {
         params.speculation = gemba::model::speculate::Speculation::default();
     }
-    let media = gemba::model::engine::MediaFiles { images: a.images.clone(), audio: a.audio.clone() };
+    let media = gemba::model::engine::MediaFiles {
+        images: a.images.clone(),
+        audio: a.audio.clone(),
+    };
     let mut speech = a.speech.open().context("--speak")?;
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
     let json = a.json;
-    let done = engine.ask_files(&a.prompt, a.system.as_deref(), a.raw, &media, &params, &cancel, &mut |ev: Event| {
-        if let Some(s) = &mut speech {
-            s.on_event(&ev);
-        }
-        let mut out = stdout.lock();
-        let r = if json {
-            serde_json::to_string(&ev).map_err(std::io::Error::other).and_then(|s| writeln!(out, "{s}"))
-        } else if let Event::Sentence(s) = &ev {
-            writeln!(out, "{}", s.text)
-        } else {
-            Ok(())
-        };
-        // A closed stdout (e.g. `| head`) stops the generation instead of failing every write.
-        if let Err(e) = r.and_then(|_| out.flush()) {
-            io_err.get_or_insert(e);
-            cancel.cancel();
-        }
-    })?;
+    let done = engine.ask_files(
+        &a.prompt,
+        a.system.as_deref(),
+        a.raw,
+        &media,
+        &params,
+        &cancel,
+        &mut |ev: Event| {
+            if let Some(s) = &mut speech {
+                s.on_event(&ev);
+            }
+            let mut out = stdout.lock();
+            let r = if json {
+                serde_json::to_string(&ev)
+                    .map_err(std::io::Error::other)
+                    .and_then(|s| writeln!(out, "{s}"))
+            } else if let Event::Sentence(s) = &ev {
+                writeln!(out, "{}", s.text)
+            } else {
+                Ok(())
+            };
+            // A closed stdout (e.g. `| head`) stops the generation instead of failing every write.
+            if let Err(e) = r.and_then(|_| out.flush()) {
+                io_err.get_or_insert(e);
+                cancel.cancel();
+            }
+        },
+    )?;
     if let Some(s) = speech {
         let spoken = s.finish();
         if let Some(e) = &spoken.error {
             eprintln!("gemba: part of the answer could not be spoken: {e}");
         }
         let t = &spoken.timings;
-        let first = t.first_audio_at_ms.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "-".into());
-        let secs = spoken.clip.as_ref().map(|c| c.samples.len() as f64 / f64::from(c.sample_rate)).unwrap_or(0.0);
+        let first = t
+            .first_audio_at_ms
+            .map(|v| format!("{v:.0} ms"))
+            .unwrap_or_else(|| "-".into());
+        let secs = spoken
+            .clip
+            .as_ref()
+            .map(|c| c.samples.len() as f64 / f64::from(c.sample_rate))
+            .unwrap_or(0.0);
         eprintln!("[spoken: {} sentence(s), {secs:.1} s with {} to {}; first audio {first} after the start]", t.sentences_spoken, t.tts, t.output);
     }
     if let Some(e) = io_err {
@@ -602,8 +721,15 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
         }
     }
     if !json {
-        let ttfs = done.time_to_first_sentence_ms.map(|t| format!("{t:.0} ms")).unwrap_or_else(|| "-".into());
-        let prov: Vec<String> = done.providers.iter().map(|(c, p)| format!("{c}={p}")).collect();
+        let ttfs = done
+            .time_to_first_sentence_ms
+            .map(|t| format!("{t:.0} ms"))
+            .unwrap_or_else(|| "-".into());
+        let prov: Vec<String> = done
+            .providers
+            .iter()
+            .map(|(c, p)| format!("{c}={p}"))
+            .collect();
         eprintln!(
             "[{} prompt + {} generated tokens, stop: {:?}; first token {:.0} ms, first sentence {ttfs}; prefill {:.1} tok/s, decode {:.1} tok/s; {}]",
             done.prompt_tokens,

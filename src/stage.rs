@@ -32,9 +32,13 @@ pub enum StageState {
     /// replaced it).
     Stopped,
     /// Panicked or ended while it should still run.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// Configured but not started, by design (the voice stage without its microphone).
-    Disabled { reason: String },
+    Disabled {
+        reason: String,
+    },
 }
 
 /// The registry of stages (see the module docs).
@@ -90,8 +94,14 @@ pub fn injected_fault(name: &str) {
 impl Stages {
     pub fn enter(self: &Arc<Self>, name: impl Into<String>) -> StageGuard {
         let name = name.into();
-        self.states.lock().expect("poisoned").insert(name.clone(), StageState::Running);
-        StageGuard { stages: Arc::clone(self), name: Some(name) }
+        self.states
+            .lock()
+            .expect("poisoned")
+            .insert(name.clone(), StageState::Running);
+        StageGuard {
+            stages: Arc::clone(self),
+            name: Some(name),
+        }
     }
 
     /// From now on a stage that ends is stopped, not failed (shutdown has begun).
@@ -111,7 +121,12 @@ impl Stages {
 
     /// Records a configured stage that start-up left out, with why.
     pub fn disabled(&self, name: impl Into<String>, reason: impl Into<String>) {
-        self.states.lock().expect("poisoned").insert(name.into(), StageState::Disabled { reason: reason.into() });
+        self.states.lock().expect("poisoned").insert(
+            name.into(),
+            StageState::Disabled {
+                reason: reason.into(),
+            },
+        );
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, StageState> {
@@ -122,9 +137,13 @@ impl Stages {
         let panic = LAST_PANIC.with(|p| p.borrow_mut().take());
         let state = match (finished, panic) {
             (true, _) => StageState::Stopped,
-            (false, Some(msg)) => StageState::Failed { error: format!("panicked: {msg}") },
+            (false, Some(msg)) => StageState::Failed {
+                error: format!("panicked: {msg}"),
+            },
             (false, None) if self.stopping.load(Ordering::SeqCst) => StageState::Stopped,
-            (false, None) => StageState::Failed { error: "ended while the daemon was running".into() },
+            (false, None) => StageState::Failed {
+                error: "ended while the daemon was running".into(),
+            },
         };
         if let StageState::Failed { error } = &state {
             log::error!("stage {name}: {error}");
@@ -186,7 +205,10 @@ pub fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".into());
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
         previous(info);
     }));
@@ -211,17 +233,31 @@ mod tests {
         assert!(r.is_err());
         let snap = s.snapshot();
         assert_eq!(snap["fine"], StageState::Stopped);
-        assert!(matches!(&snap["bad"], StageState::Failed { error } if error.contains("boom")), "{snap:?}");
+        assert!(
+            matches!(&snap["bad"], StageState::Failed { error } if error.contains("boom")),
+            "{snap:?}"
+        );
         assert!(s.failed().is_cancelled());
-        assert!(s.first_failure().unwrap().starts_with("stage bad: panicked: boom"));
+        assert!(s
+            .first_failure()
+            .unwrap()
+            .starts_with("stage bad: panicked: boom"));
     }
 
     #[test]
     fn a_disabled_stage_is_shown_with_its_reason() {
         let s = Arc::new(Stages::default());
         s.disabled("voice", "no microphone");
-        assert_eq!(s.snapshot()["voice"], StageState::Disabled { reason: "no microphone".into() });
-        assert_eq!(serde_json::to_value(&s.snapshot()["voice"]).unwrap(), serde_json::json!({"state": "disabled", "reason": "no microphone"}));
+        assert_eq!(
+            s.snapshot()["voice"],
+            StageState::Disabled {
+                reason: "no microphone".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&s.snapshot()["voice"]).unwrap(),
+            serde_json::json!({"state": "disabled", "reason": "no microphone"})
+        );
         assert!(!s.failed().is_cancelled());
     }
 

@@ -46,7 +46,9 @@ pub fn reloading() {
 
 /// Asks systemd for `d` more before it gives up on start-up or reload.
 pub fn extend_timeout(d: Duration) {
-    send(&[NotifyState::ExtendTimeoutUsec(d.as_micros().min(u32::MAX as u128) as u32)]);
+    send(&[NotifyState::ExtendTimeoutUsec(
+        d.as_micros().min(u32::MAX as u128) as u32,
+    )]);
 }
 
 /// The watchdog period systemd expects, when `WatchdogSec=` is set for this process.
@@ -71,23 +73,34 @@ pub struct Beat {
 impl Beat {
     /// This stage is alive and moving.
     pub fn alive(&self) {
-        self.last.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
 impl Progress {
     pub fn new() -> Progress {
-        Progress { start: Arc::new(Mutex::new(Some(Instant::now()))), stages: Default::default() }
+        Progress {
+            start: Arc::new(Mutex::new(Some(Instant::now()))),
+            stages: Default::default(),
+        }
     }
 
     fn origin(&self) -> Instant {
-        self.start.lock().expect("poisoned").get_or_insert_with(Instant::now).to_owned()
+        self.start
+            .lock()
+            .expect("poisoned")
+            .get_or_insert_with(Instant::now)
+            .to_owned()
     }
 
     /// Registers a stage that must keep beating.
     pub fn stage(&self, name: &'static str) -> Beat {
         let last = Arc::new(AtomicU64::new(0));
-        let b = Beat { origin: self.origin(), last: Arc::clone(&last) };
+        let b = Beat {
+            origin: self.origin(),
+            last: Arc::clone(&last),
+        };
         b.alive();
         self.stages.lock().expect("poisoned").insert(name, last);
         b
@@ -118,7 +131,11 @@ impl Progress {
         if stalled.is_empty() {
             send(&[NotifyState::Watchdog]);
         } else {
-            log::warn!("watchdog withheld: no progress from {} within {:?}", stalled.join(", "), period);
+            log::warn!(
+                "watchdog withheld: no progress from {} within {:?}",
+                stalled.join(", "),
+                period
+            );
         }
         stalled
     }
@@ -141,9 +158,11 @@ pub fn init_logging(default_level: &str) {
             }
         }
     }
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().filter_or("GEMBA_LOG", default_level))
-        .format_timestamp_millis()
-        .try_init();
+    let _ = env_logger::Builder::from_env(
+        env_logger::Env::default().filter_or("GEMBA_LOG", default_level),
+    )
+    .format_timestamp_millis()
+    .try_init();
 }
 
 #[cfg(test)]

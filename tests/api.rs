@@ -13,7 +13,11 @@ use serde_json::{json, Value};
 const QUESTION: &str = "What is the pressure on press 1?";
 
 fn sentences(events: &[SseEvent]) -> Vec<String> {
-    events.iter().filter(|e| e.event == "sentence").map(|e| e.data["text"].as_str().unwrap().to_string()).collect()
+    events
+        .iter()
+        .filter(|e| e.event == "sentence")
+        .map(|e| e.data["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -29,26 +33,46 @@ fn an_ask_streams_its_sentences_in_order_and_they_are_the_report() {
         assert_eq!(e.data["event"], e.event.as_str(), "{e:?}");
     }
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    let first_sentence = kinds.iter().position(|k| *k == "sentence").expect("a sentence");
+    let first_sentence = kinds
+        .iter()
+        .position(|k| *k == "sentence")
+        .expect("a sentence");
     assert_eq!(kinds[0], "token", "tokens come first");
     assert_eq!(&kinds[kinds.len() - 2..], ["done", "closed"], "{kinds:?}");
     assert!(first_sentence > 0);
     // Sentences arrive in order, 0, 1, 2…, each after the tokens that make it up.
-    let sent: Vec<&Value> = events.iter().filter(|e| e.event == "sentence").map(|e| &e.data).collect();
+    let sent: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "sentence")
+        .map(|e| &e.data)
+        .collect();
     for (i, s) in sent.iter().enumerate() {
         assert_eq!(s["index"], i);
         let end = s["token_span"][1].as_u64().unwrap();
-        let pos = events.iter().position(|e| std::ptr::eq(&e.data, *s)).unwrap();
+        let pos = events
+            .iter()
+            .position(|e| std::ptr::eq(&e.data, *s))
+            .unwrap();
         let tokens_before = events[..pos].iter().filter(|e| e.event == "token").count() as u64;
         assert!(tokens_before >= end, "sentence {i} came before its tokens");
     }
     let texts = sentences(&events);
-    assert!(texts[0].contains("8.4 bar"), "the tiny model's answer: {texts:?}");
+    assert!(
+        texts[0].contains("8.4 bar"),
+        "the tiny model's answer: {texts:?}"
+    );
     let done = &events[events.len() - 2].data;
     assert_eq!(done["sentences"], texts.len());
-    let joined: String =
-        events.iter().filter(|e| e.event == "token").map(|e| e.data["text"].as_str().unwrap()).collect();
-    assert_eq!(joined.trim(), done["text"].as_str().unwrap().trim(), "the tokens spell the reply");
+    let joined: String = events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        joined.trim(),
+        done["text"].as_str().unwrap().trim(),
+        "the tokens spell the reply"
+    );
     let closed = &events[events.len() - 1].data;
     assert_eq!(closed["report_id"], id.as_str());
     assert_eq!(closed["complete"], true);
@@ -62,8 +86,11 @@ fn an_ask_streams_its_sentences_in_order_and_they_are_the_report() {
     assert_eq!(report["meta"]["cameras"], json!(["press-1"]));
     assert_eq!(report["status"]["state"], "complete");
     let segs = report["segments"].as_array().unwrap();
-    let report_texts: Vec<&str> =
-        segs.iter().filter(|s| s["kind"] == "text").map(|s| s["text"].as_str().unwrap()).collect();
+    let report_texts: Vec<&str> = segs
+        .iter()
+        .filter(|s| s["kind"] == "text")
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
     assert_eq!(report_texts, texts);
     assert_eq!(segs[0]["kind"], "image");
     assert_eq!(segs[0]["camera"], "press-1");
@@ -81,12 +108,18 @@ fn a_client_connecting_while_the_answer_is_generated_gets_the_backlog_then_the_r
     let d = Daemon::start("");
     let ids: Vec<String> = (0..3).map(|_| d.ask(QUESTION, &[])).collect();
     let streams: Vec<Vec<SseEvent>> = std::thread::scope(|s| {
-        let hs: Vec<_> = ids.iter().map(|id| s.spawn(|| d.events(id, None))).collect();
+        let hs: Vec<_> = ids
+            .iter()
+            .map(|id| s.spawn(|| d.events(id, None)))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (id, ev) in ids.iter().zip(&streams) {
         assert_eq!(ev.last().unwrap().event, "closed", "{id}");
-        assert_eq!(ev.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(), (0..ev.len() as u64).collect::<Vec<_>>());
+        assert_eq!(
+            ev.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(),
+            (0..ev.len() as u64).collect::<Vec<_>>()
+        );
         assert!(!sentences(ev).is_empty());
         // The same answer to the same question (greedy decoding).
         assert_eq!(sentences(ev), sentences(&streams[0]));
@@ -97,7 +130,9 @@ fn a_client_connecting_while_the_answer_is_generated_gets_the_backlog_then_the_r
 fn multipart_asks_carry_an_uploaded_image_and_audio_into_the_report() {
     let d = Daemon::start("");
     // A PNG through multipart, a JPEG through JSON.
-    let rgb: Vec<u8> = (0..32 * 24).flat_map(|i| [(i % 32) as u8 * 8, (i / 32) as u8 * 10, 128]).collect();
+    let rgb: Vec<u8> = (0..32 * 24)
+        .flat_map(|i| [(i % 32) as u8 * 8, (i / 32) as u8 * 10, 128])
+        .collect();
     let mut png = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut png, 32, 24);
@@ -109,7 +144,10 @@ fn multipart_asks_carry_an_uploaded_image_and_audio_into_the_report() {
     let mut jpg = Vec::new();
     image::RgbImage::from_raw(32, 24, rgb)
         .unwrap()
-        .write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpg),
+            image::ImageFormat::Jpeg,
+        )
         .unwrap();
     let mut wav = std::io::Cursor::new(Vec::new());
     {
@@ -121,7 +159,8 @@ fn multipart_asks_carry_an_uploaded_image_and_audio_into_the_report() {
         };
         let mut w = hound::WavWriter::new(&mut wav, spec).unwrap();
         for i in 0..8000 {
-            w.write_sample(((i as f32 * 0.05).sin() * 8000.0) as i16).unwrap();
+            w.write_sample(((i as f32 * 0.05).sin() * 8000.0) as i16)
+                .unwrap();
         }
         w.finalize().unwrap();
     }
@@ -151,22 +190,36 @@ fn multipart_asks_carry_an_uploaded_image_and_audio_into_the_report() {
         .unwrap();
     let text = r.body_mut().read_to_string().unwrap();
     assert_eq!(r.status().as_u16(), 202, "{text}");
-    let id = serde_json::from_str::<Value>(&text).unwrap()["report_id"].as_str().unwrap().to_string();
+    let id = serde_json::from_str::<Value>(&text).unwrap()["report_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let ev = d.events(&id, None);
     assert_eq!(ev.last().unwrap().data["complete"], true);
     let (_, report) = d.get_json(&format!("/reports/{id}"));
     assert_eq!(report["meta"]["cameras"], json!(["press-1", "upload"]));
     let segs = report["segments"].as_array().unwrap();
-    let audio = segs.iter().find(|s| s["kind"] == "audio").expect("the question's audio is in the report");
+    let audio = segs
+        .iter()
+        .find(|s| s["kind"] == "audio")
+        .expect("the question's audio is in the report");
     assert_eq!(audio["sample_rate"], 16000);
     assert_eq!(audio["duration_ms"], 500.0);
-    let upload = segs.iter().find(|s| s["kind"] == "image" && s["camera"] == "upload").expect("the uploaded image");
-    assert_eq!((upload["width"].as_u64(), upload["height"].as_u64()), (Some(32), Some(24)));
+    let upload = segs
+        .iter()
+        .find(|s| s["kind"] == "image" && s["camera"] == "upload")
+        .expect("the uploaded image");
+    assert_eq!(
+        (upload["width"].as_u64(), upload["height"].as_u64()),
+        (Some(32), Some(24))
+    );
     // The same through JSON with base64.
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let (code, v) = d
-        .post_json("/ask", &json!({ "text": QUESTION, "image": b64.encode(&jpg), "audio": b64.encode(wav.get_ref()) }));
+    let (code, v) = d.post_json(
+        "/ask",
+        &json!({ "text": QUESTION, "image": b64.encode(&jpg), "audio": b64.encode(wav.get_ref()) }),
+    );
     assert_eq!(code, 202, "{v}");
     let id = v["report_id"].as_str().unwrap().to_string();
     d.events(&id, None);
@@ -175,19 +228,43 @@ fn multipart_asks_carry_an_uploaded_image_and_audio_into_the_report() {
     // And what is refused, with the reason.
     for (body, want) in [
         (json!({ "text": "  " }), "empty"),
-        (json!({ "text": QUESTION, "cameras": ["press-9"] }), "no camera named \"press-9\""),
-        (json!({ "text": QUESTION, "image": "!!!" }), "image: not base64"),
-        (json!({ "text": QUESTION, "image": b64.encode(b"GIF89a....") }), "image upload: not a PNG or JPEG"),
-        (json!({ "text": QUESTION, "audio": b64.encode(b"RIFF") }), "audio upload:"),
-        (json!({ "text": QUESTION, "colour": "red" }), "unknown field"),
+        (
+            json!({ "text": QUESTION, "cameras": ["press-9"] }),
+            "no camera named \"press-9\"",
+        ),
+        (
+            json!({ "text": QUESTION, "image": "!!!" }),
+            "image: not base64",
+        ),
+        (
+            json!({ "text": QUESTION, "image": b64.encode(b"GIF89a....") }),
+            "image upload: not a PNG or JPEG",
+        ),
+        (
+            json!({ "text": QUESTION, "audio": b64.encode(b"RIFF") }),
+            "audio upload:",
+        ),
+        (
+            json!({ "text": QUESTION, "colour": "red" }),
+            "unknown field",
+        ),
     ] {
         let (code, v) = d.post_json("/ask", &body);
         assert_eq!(code, 422, "{body} → {v}");
         assert!(v["error"].as_str().unwrap().contains(want), "{body} → {v}");
     }
-    let mut r = d.agent.post(d.url("/ask")).content_type("text/plain").send("hello").unwrap();
+    let mut r = d
+        .agent
+        .post(d.url("/ask"))
+        .content_type("text/plain")
+        .send("hello")
+        .unwrap();
     assert_eq!(r.status().as_u16(), 415);
-    assert!(r.body_mut().read_to_string().unwrap().contains("application/json"));
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("application/json"));
 }
 
 #[test]
@@ -205,7 +282,12 @@ fn reports_are_listed_filtered_paged_and_served_with_their_media() {
 
     let (code, list) = d.get_json("/reports");
     assert_eq!(code, 200);
-    let listed: Vec<&str> = list["reports"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = list["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(listed, newest_first);
@@ -221,7 +303,13 @@ fn reports_are_listed_filtered_paged_and_served_with_their_media() {
         };
         let (code, page) = d.get_json(&q);
         assert_eq!(code, 200, "{page}");
-        paged.extend(page["reports"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()));
+        paged.extend(
+            page["reports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string()),
+        );
         match page["next"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
@@ -231,8 +319,16 @@ fn reports_are_listed_filtered_paged_and_served_with_their_media() {
 
     // Filters: camera, trigger, status, time.
     let (_, by_cam) = d.get_json("/reports?camera=press-1");
-    assert_eq!(by_cam["reports"].as_array().unwrap().len(), 3, "the ask without a camera is not listed");
-    assert!(by_cam["reports"].as_array().unwrap().iter().all(|r| r["id"] != id2.as_str()));
+    assert_eq!(
+        by_cam["reports"].as_array().unwrap().len(),
+        3,
+        "the ask without a camera is not listed"
+    );
+    assert!(by_cam["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["id"] != id2.as_str()));
     let (_, by_trigger) = d.get_json("/reports?trigger=monitor");
     assert_eq!(by_trigger["reports"].as_array().unwrap().len(), 0);
     let (_, by_api) = d.get_json("/reports?trigger=api&status=complete");
@@ -261,7 +357,11 @@ fn reports_are_listed_filtered_paged_and_served_with_their_media() {
     assert_eq!(code, 200);
     assert_eq!(ctype, "text/html; charset=utf-8");
     let page = String::from_utf8(page).unwrap();
-    let srcs: Vec<&str> = page.split("src=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+    let srcs: Vec<&str> = page
+        .split("src=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .collect();
     assert_eq!(srcs, [format!("{id}/media/0")]);
     let (code, ctype, jpeg) = d.get_bytes(&format!("/reports/{}", srcs[0]));
     assert_eq!((code, ctype.as_str()), (200, "image/jpeg"));
@@ -270,7 +370,10 @@ fn reports_are_listed_filtered_paged_and_served_with_their_media() {
     let media = &report["segments"][0]["media"];
     assert_eq!(jpeg.len() as u64, media["bytes"].as_u64().unwrap());
     use sha2::Digest;
-    assert_eq!(hex::encode(sha2::Sha256::digest(&jpeg)), media["sha256"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&jpeg)),
+        media["sha256"].as_str().unwrap()
+    );
     for text in report_texts(&report) {
         assert!(page.contains(&text), "the page shows {text:?}");
     }
@@ -293,7 +396,10 @@ fn reports_are_listed_filtered_paged_and_served_with_their_media() {
     for (path, want) in cases {
         let (code, body) = d.get(path);
         assert_eq!(code, *want, "{path}: {body}");
-        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string(), "{path}: {body}");
+        assert!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"].is_string(),
+            "{path}: {body}"
+        );
     }
 }
 
@@ -318,8 +424,11 @@ fn check_openmetrics(text: &str) -> BTreeMap<String, String> {
     let mut counts: BTreeMap<String, f64> = BTreeMap::new();
     let name_ok = |n: &str| {
         !n.is_empty()
-            && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     for line in text.lines() {
         assert!(!seen_eof, "content after # EOF: {line}");
@@ -329,16 +438,32 @@ fn check_openmetrics(text: &str) -> BTreeMap<String, String> {
         }
         if let Some(rest) = line.strip_prefix("# ") {
             let mut it = rest.splitn(3, ' ');
-            let (kw, name, val) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap_or(""));
+            let (kw, name, val) = (
+                it.next().unwrap(),
+                it.next().unwrap(),
+                it.next().unwrap_or(""),
+            );
             assert!(name_ok(name), "bad metric name in {line}");
             match kw {
                 "TYPE" => {
                     assert!(
-                        ["counter", "gauge", "histogram", "info", "stateset", "unknown", "summary", "gaugehistogram"]
-                            .contains(&val),
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "info",
+                            "stateset",
+                            "unknown",
+                            "summary",
+                            "gaugehistogram"
+                        ]
+                        .contains(&val),
                         "{line}"
                     );
-                    assert!(types.insert(name.to_string(), val.to_string()).is_none(), "family {name} declared twice");
+                    assert!(
+                        types.insert(name.to_string(), val.to_string()).is_none(),
+                        "family {name} declared twice"
+                    );
                     current = Some((name.to_string(), val.to_string()));
                 }
                 "HELP" | "UNIT" => {}
@@ -346,17 +471,26 @@ fn check_openmetrics(text: &str) -> BTreeMap<String, String> {
             }
             continue;
         }
-        let (family, ty) = current.clone().unwrap_or_else(|| panic!("sample before any TYPE: {line}"));
-        let (name_labels, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let (family, ty) = current
+            .clone()
+            .unwrap_or_else(|| panic!("sample before any TYPE: {line}"));
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("value is not a number: {line}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("value is not a number: {line}")),
         };
         let (name, labels) = match name_labels.find('{') {
             Some(i) => {
                 assert!(name_labels.ends_with('}'), "{line}");
-                (&name_labels[..i], &name_labels[i + 1..name_labels.len() - 1])
+                (
+                    &name_labels[..i],
+                    &name_labels[i + 1..name_labels.len() - 1],
+                )
             }
             None => (name_labels, ""),
         };
@@ -367,13 +501,19 @@ fn check_openmetrics(text: &str) -> BTreeMap<String, String> {
             "info" => &["_info"],
             _ => &["", "_total", "_bucket", "_count", "_sum"],
         };
-        let suffix =
-            name.strip_prefix(family.as_str()).unwrap_or_else(|| panic!("sample {name} outside its family {family}"));
-        assert!(allowed.contains(&suffix), "sample {name} does not fit a {ty} family {family}");
+        let suffix = name
+            .strip_prefix(family.as_str())
+            .unwrap_or_else(|| panic!("sample {name} outside its family {family}"));
+        assert!(
+            allowed.contains(&suffix),
+            "sample {name} does not fit a {ty} family {family}"
+        );
         let mut label_map = BTreeMap::new();
         let mut rest = labels;
         while !rest.is_empty() {
-            let eq = rest.find("=\"").unwrap_or_else(|| panic!("bad labels in {line}"));
+            let eq = rest
+                .find("=\"")
+                .unwrap_or_else(|| panic!("bad labels in {line}"));
             let key = &rest[..eq];
             assert!(name_ok(key), "bad label name {key:?} in {line}");
             let mut end = eq + 2;
@@ -389,8 +529,14 @@ fn check_openmetrics(text: &str) -> BTreeMap<String, String> {
             assert!(value >= 0.0, "a negative counter: {line}");
         }
         if suffix == "_bucket" {
-            let le = label_map.get("le").unwrap_or_else(|| panic!("bucket without le: {line}"));
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+            let le = label_map
+                .get("le")
+                .unwrap_or_else(|| panic!("bucket without le: {line}"));
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
             buckets.entry(family.clone()).or_default().push((le, value));
         }
         if suffix == "_count" {
@@ -399,10 +545,17 @@ fn check_openmetrics(text: &str) -> BTreeMap<String, String> {
     }
     assert!(seen_eof, "no # EOF line");
     for (family, b) in &buckets {
-        assert!(b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{family}: buckets not cumulative");
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{family}: buckets not cumulative"
+        );
         let last = b.last().unwrap();
         assert!(last.0.is_infinite(), "{family}: no +Inf bucket");
-        assert_eq!(Some(&last.1), counts.get(family), "{family}: +Inf bucket differs from _count");
+        assert_eq!(
+            Some(&last.1),
+            counts.get(family),
+            "{family}: +Inf bucket differs from _count"
+        );
     }
     types
 }
@@ -458,8 +611,15 @@ fn metrics_are_strict_openmetrics_text_with_the_pipelines_figures() {
     assert!(value("gemba_generated_tokens_total", None) >= 2.0 * 10.0);
     assert!(value("gemba_store_total_bytes", None) > 0.0);
     assert_eq!(value("gemba_model_loaded", None), 1.0);
-    assert_eq!(value("gemba_provider_fallbacks", Some(("component", "decoder"))), 0.0, "cpu was asked for and used");
-    assert_eq!(value("gemba_model_provider", Some(("component", "decoder"))), 1.0);
+    assert_eq!(
+        value("gemba_provider_fallbacks", Some(("component", "decoder"))),
+        0.0,
+        "cpu was asked for and used"
+    );
+    assert_eq!(
+        value("gemba_model_provider", Some(("component", "decoder"))),
+        1.0
+    );
     let ttfs_count = text
         .lines()
         .find_map(|l| l.strip_prefix("gemba_time_to_first_sentence_seconds_count "))
@@ -473,11 +633,15 @@ fn health_flips_when_the_model_is_unloaded_and_back_after_a_reload() {
     let d = Daemon::start("");
     let (code, h) = d.get_json("/health");
     assert_eq!(code, 200);
-    assert_eq!((h["ready"].as_bool(), h["model"]["state"].as_str()), (Some(true), Some("loaded")));
+    assert_eq!(
+        (h["ready"].as_bool(), h["model"]["state"].as_str()),
+        (Some(true), Some("loaded"))
+    );
     assert_eq!(h["microphone"]["state"], "not configured");
     assert_eq!(h["store"]["state"], "ok");
     let status_file = || -> Value {
-        serde_json::from_slice(&std::fs::read(d.dir.path().join("store/status.json")).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(d.dir.path().join("store/status.json")).unwrap())
+            .unwrap()
     };
     assert_eq!(status_file()["api_addr"], d.addr.as_str());
 
@@ -486,11 +650,18 @@ fn health_flips_when_the_model_is_unloaded_and_back_after_a_reload() {
     assert_eq!(v["loaded"], false);
     let (code, h) = d.get_json("/health");
     assert_eq!(code, 503);
-    assert_eq!((h["ready"].as_bool(), h["model"]["state"].as_str()), (Some(false), Some("unloaded")));
+    assert_eq!(
+        (h["ready"].as_bool(), h["model"]["state"].as_str()),
+        (Some(false), Some("unloaded"))
+    );
     let (code, v) = d.post_json("/ask", &json!({ "text": QUESTION }));
     assert_eq!(code, 503, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no model loaded"));
-    assert_eq!(status_file()["ready"], false, "status.json tells the installer too");
+    assert_eq!(
+        status_file()["ready"],
+        false,
+        "status.json tells the installer too"
+    );
     let (_, s) = d.get_json("/status");
     assert_eq!(s["model"]["loaded"], false);
     let (_, m) = d.get("/metrics");
@@ -517,8 +688,9 @@ fn status_names_the_bundle_providers_cameras_queue_and_store() {
         let models = dir.join("models");
         std::fs::create_dir_all(&models).unwrap();
         std::os::unix::fs::symlink(tiny_model(), models.join("current")).unwrap();
-        let history: Vec<Value> =
-            (0..30).map(|i| json!({ "at": format!("2026-11-24T10:{i:02}:00Z"), "state": "Idle" })).collect();
+        let history: Vec<Value> = (0..30)
+            .map(|i| json!({ "at": format!("2026-11-24T10:{i:02}:00Z"), "state": "Idle" }))
+            .collect();
         std::fs::write(
             models.join("update-state.json"),
             json!({ "schema": 1, "state": "Healthy", "version": "2026.11.2", "attempt": null, "updated_at": "2026-11-24T10:30:00Z", "history": history }).to_string(),
@@ -542,8 +714,15 @@ fn status_names_the_bundle_providers_cameras_queue_and_store() {
     assert_eq!(s["store"]["usage"]["reports"], 1);
     assert_eq!(s["counters"]["reports"], 1);
     assert!(s["last_errors"]["model"].is_null());
-    assert_eq!(s["model"]["config_path"], d.dir.path().join("models/current").to_str().unwrap());
+    assert_eq!(
+        s["model"]["config_path"],
+        d.dir.path().join("models/current").to_str().unwrap()
+    );
     assert_eq!(s["update"]["state"], "Healthy");
-    assert_eq!(s["update"]["history"].as_array().unwrap().len(), 10, "only the last transitions");
+    assert_eq!(
+        s["update"]["history"].as_array().unwrap().len(),
+        10,
+        "only the last transitions"
+    );
     assert_eq!(s["update"]["history"][9]["at"], "2026-11-24T10:29:00Z");
 }

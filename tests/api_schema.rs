@@ -38,7 +38,10 @@ fn document_operations() -> BTreeSet<(String, String)> {
             continue;
         }
         if let Some(p) = line.strip_prefix("  /") {
-            path = Some(format!("/{}", p.strip_suffix(':').expect("a path key ends with ':'")));
+            path = Some(format!(
+                "/{}",
+                p.strip_suffix(':').expect("a path key ends with ':'")
+            ));
         } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
             if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&m) {
                 ops.insert((m.to_string(), path.clone().expect("a method under a path")));
@@ -51,8 +54,10 @@ fn document_operations() -> BTreeSet<(String, String)> {
 #[test]
 fn every_route_is_in_the_openapi_document_and_every_operation_is_a_route() {
     let doc = document_operations();
-    let routes: BTreeSet<(String, String)> =
-        gemba::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let routes: BTreeSet<(String, String)> = gemba::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     assert_eq!(doc.len(), 13, "{doc:?}");
     assert_eq!(doc, routes);
 }
@@ -95,7 +100,14 @@ fn the_running_api_answers_as_its_openapi_document_says() {
         .arg(root().join("docs/openapi.yaml"))
         .args(["--url", &d.url("")])
         .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["--max-examples", "10", "--seed", &seed, "--request-timeout", "20"])
+        .args([
+            "--max-examples",
+            "10",
+            "--seed",
+            &seed,
+            "--request-timeout",
+            "20",
+        ])
         .args(["--output-truncate", "true"])
         .current_dir(d.dir.path())
         .stdout(Stdio::piped())
@@ -115,17 +127,30 @@ fn the_running_api_answers_as_its_openapi_document_says() {
     };
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let tail: String =
-        stdout.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let tail: String = stdout
+        .lines()
+        .rev()
+        .take(60)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         status.success(),
         "schemathesis found the API and its document disagree ({status}):\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // It really tested: every selected operation, every phase.
-    assert!(stdout.contains("Selected: 12/13") && stdout.contains("Tested: 12"), "{tail}");
+    assert!(
+        stdout.contains("Selected: 12/13") && stdout.contains("Tested: 12"),
+        "{tail}"
+    );
     for phase in ["Coverage", "Fuzzing", "Stateful"] {
-        assert!(stdout.contains(&format!("✅ {phase}")), "{phase} did not pass: {tail}");
+        assert!(
+            stdout.contains(&format!("✅ {phase}")),
+            "{phase} did not pass: {tail}"
+        );
     }
     eprintln!("{tail}");
 }

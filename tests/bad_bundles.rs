@@ -15,23 +15,38 @@ type Break = fn(&Path);
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("genai_config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
 fn use_graph(dir: &Path, name: &str) {
-    std::fs::copy(root().join("tests/fixtures/bad-graphs").join(name), dir.join("model.onnx")).unwrap();
+    std::fs::copy(
+        root().join("tests/fixtures/bad-graphs").join(name),
+        dir.join("model.onnx"),
+    )
+    .unwrap();
     std::fs::remove_file(dir.join("model.onnx.data")).unwrap();
 }
 
 /// (case, how to break the bundle, fragments the one error line must contain)
 fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
     vec![
-        ("missing config", |d| std::fs::remove_file(d.join("genai_config.json")).unwrap(), &["genai_config.json", "missing"]),
+        (
+            "missing config",
+            |d| std::fs::remove_file(d.join("genai_config.json")).unwrap(),
+            &["genai_config.json", "missing"],
+        ),
         (
             "config not JSON",
-            |d| std::fs::write(d.join("genai_config.json"), "{\"model\": {\n  \"type\": \"qwen2\",,\n").unwrap(),
+            |d| {
+                std::fs::write(
+                    d.join("genai_config.json"),
+                    "{\"model\": {\n  \"type\": \"qwen2\",,\n",
+                )
+                .unwrap()
+            },
             &["genai_config.json", "line 2"],
         ),
         (
@@ -58,7 +73,11 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
             |d| std::fs::remove_file(d.join("model.onnx.data")).unwrap(),
             &["decoder", "model.onnx", "cannot load"],
         ),
-        ("missing tokenizer", |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(), &["tokenizer.json", "missing"]),
+        (
+            "missing tokenizer",
+            |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
+            &["tokenizer.json", "missing"],
+        ),
         (
             "empty tokenizer",
             |d| {
@@ -76,7 +95,8 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
             "broken chat template",
             |d| {
                 let p = d.join("tokenizer_config.json");
-                let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
                 v["chat_template"] = "{% for m in messages %}{{ m.content }".into();
                 std::fs::write(&p, v.to_string()).unwrap();
             },
@@ -84,7 +104,11 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
         ),
         (
             "wrong input name",
-            |d| edit_config(d, |v| v["model"]["decoder"]["inputs"]["input_ids"] = "ids".into()),
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["inputs"]["input_ids"] = "ids".into()
+                })
+            },
             &["model.onnx", "\"ids\"", "model.decoder.inputs.input_ids"],
         ),
         (
@@ -94,18 +118,34 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
         ),
         (
             "KV heads disagree",
-            |d| edit_config(d, |v| v["model"]["decoder"]["num_key_value_heads"] = 3.into()),
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["num_key_value_heads"] = 3.into()
+                })
+            },
             &["model.onnx", "2 KV heads", "num_key_value_heads says 3"],
         ),
         (
             "wrong logits name",
-            |d| edit_config(d, |v| v["model"]["decoder"]["outputs"]["logits"] = "scores".into()),
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["outputs"]["logits"] = "scores".into()
+                })
+            },
             &["model.onnx", "\"scores\"", "model.decoder.outputs.logits"],
         ),
         (
             "KV name without %d",
-            |d| edit_config(d, |v| v["model"]["decoder"]["inputs"]["past_key_names"] = "past_key".into()),
-            &["genai_config.json", "model.decoder.inputs.past_key_names", "%d"],
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["inputs"]["past_key_names"] = "past_key".into()
+                })
+            },
+            &[
+                "genai_config.json",
+                "model.decoder.inputs.past_key_names",
+                "%d",
+            ],
         ),
         (
             "no context length",
@@ -115,8 +155,16 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
         // Impossible sizes and ids (issue 10, finding 8): refused at load, by key.
         (
             "zero attention heads",
-            |d| edit_config(d, |v| v["model"]["decoder"]["num_attention_heads"] = 0.into()),
-            &["genai_config.json", "model.decoder.num_attention_heads", "greater than 0"],
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["num_attention_heads"] = 0.into()
+                })
+            },
+            &[
+                "genai_config.json",
+                "model.decoder.num_attention_heads",
+                "greater than 0",
+            ],
         ),
         (
             "zero vocabulary",
@@ -125,33 +173,70 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
         ),
         (
             "eos id -1",
-            |d| edit_config(d, |v| v["model"]["eos_token_id"] = serde_json::json!([599, -1])),
-            &["genai_config.json", "model.eos_token_id", "-1 is not a token id"],
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["eos_token_id"] = serde_json::json!([599, -1])
+                })
+            },
+            &[
+                "genai_config.json",
+                "model.eos_token_id",
+                "-1 is not a token id",
+            ],
         ),
         (
             "eos id outside the vocabulary",
             |d| edit_config(d, |v| v["model"]["eos_token_id"] = 640.into()),
-            &["genai_config.json", "model.eos_token_id", "outside the vocabulary"],
+            &[
+                "genai_config.json",
+                "model.eos_token_id",
+                "outside the vocabulary",
+            ],
         ),
         (
             "zero head size",
             |d| edit_config(d, |v| v["model"]["decoder"]["head_size"] = 0.into()),
-            &["genai_config.json", "model.decoder.head_size", "greater than 0"],
+            &[
+                "genai_config.json",
+                "model.decoder.head_size",
+                "greater than 0",
+            ],
         ),
         (
             "zero layers",
             |d| edit_config(d, |v| v["model"]["decoder"]["num_hidden_layers"] = 0.into()),
-            &["genai_config.json", "model.decoder.num_hidden_layers", "greater than 0"],
+            &[
+                "genai_config.json",
+                "model.decoder.num_hidden_layers",
+                "greater than 0",
+            ],
         ),
         (
             "more KV heads than heads",
-            |d| edit_config(d, |v| v["model"]["decoder"]["num_key_value_heads"] = 8.into()),
-            &["genai_config.json", "model.decoder.num_key_value_heads", "more than num_attention_heads"],
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["num_key_value_heads"] = 8.into()
+                })
+            },
+            &[
+                "genai_config.json",
+                "model.decoder.num_key_value_heads",
+                "more than num_attention_heads",
+            ],
         ),
         (
             "thousands of threads",
-            |d| edit_config(d, |v| v["model"]["decoder"]["session_options"]["intra_op_num_threads"] = 100_000.into()),
-            &["decoder", "intra_op_num_threads", "100000 threads is more than"],
+            |d| {
+                edit_config(d, |v| {
+                    v["model"]["decoder"]["session_options"]["intra_op_num_threads"] =
+                        100_000.into()
+                })
+            },
+            &[
+                "decoder",
+                "intra_op_num_threads",
+                "100000 threads is more than",
+            ],
         ),
         (
             "temperature not finite",
@@ -163,8 +248,16 @@ fn cases() -> Vec<(&'static str, Break, &'static [&'static str])> {
             |d| edit_config(d, |v| v["model"]["type"] = "whisper".into()),
             &["genai_config.json", "model.type", "whisper"],
         ),
-        ("input of the wrong dtype", |d| use_graph(d, "wrong_dtype.onnx"), &["model.onnx", "input_ids", "Float32", "int64"]),
-        ("KV of the wrong rank", |d| use_graph(d, "wrong_rank.onnx"), &["model.onnx", "past_key_values.0.key", "rank 3"]),
+        (
+            "input of the wrong dtype",
+            |d| use_graph(d, "wrong_dtype.onnx"),
+            &["model.onnx", "input_ids", "Float32", "int64"],
+        ),
+        (
+            "KV of the wrong rank",
+            |d| use_graph(d, "wrong_rank.onnx"),
+            &["model.onnx", "past_key_values.0.key", "rank 3"],
+        ),
         (
             "missing present output",
             |d| use_graph(d, "missing_present.onnx"),
@@ -187,15 +280,34 @@ fn malformed_bundles_fail_with_one_precise_line() {
         let dir = tmp.path().join(format!("case{i}"));
         copy_bundle(&root().join("models/tiny-qwen2/fp32"), &dir);
         break_it(&dir);
-        let out = gemba().args(["ask", "--model"]).arg(&dir).arg("What is the pressure on press 1?").output().unwrap();
+        let out = gemba()
+            .args(["ask", "--model"])
+            .arg(&dir)
+            .arg("What is the pressure on press 1?")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert!(!out.status.success(), "{name}: exit status should be non-zero");
-        assert_eq!(out.status.code(), Some(1), "{name}: an error exit, not a signal or a panic");
-        assert_eq!(lines.len(), 1, "{name}: expected exactly one line on stderr, got:\n{stderr}");
+        assert!(
+            !out.status.success(),
+            "{name}: exit status should be non-zero"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: an error exit, not a signal or a panic"
+        );
+        assert_eq!(
+            lines.len(),
+            1,
+            "{name}: expected exactly one line on stderr, got:\n{stderr}"
+        );
         let line = lines[0];
         assert!(line.starts_with("gemba: error: "), "{name}: {line}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{name}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("internal error"),
+            "{name}: {stderr}"
+        );
         for w in want {
             assert!(line.contains(w), "{name}: expected {w:?} in\n{line}");
         }
@@ -207,7 +319,12 @@ fn malformed_bundles_fail_with_one_precise_line() {
 fn missing_or_old_onnxruntime_is_one_clear_line() {
     let bundle = root().join("models/tiny-qwen2/fp32");
     let out = gemba()
-        .args(["--onnxruntime", "/nonexistent/libonnxruntime.so", "ask", "--model"])
+        .args([
+            "--onnxruntime",
+            "/nonexistent/libonnxruntime.so",
+            "ask",
+            "--model",
+        ])
         .arg(&bundle)
         .arg("hi")
         .output()
@@ -215,22 +332,45 @@ fn missing_or_old_onnxruntime_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("/nonexistent/libonnxruntime.so") && err.contains("scripts/setup"), "{err}");
+    assert!(
+        err.contains("/nonexistent/libonnxruntime.so") && err.contains("scripts/setup"),
+        "{err}"
+    );
 
     // A real ONNX Runtime that is older than the floor.
-    let out = gemba().arg("--onnxruntime").arg(ort_lib("1.22.1")).args(["ask", "--model"]).arg(&bundle).arg("hi").output().unwrap();
+    let out = gemba()
+        .arg("--onnxruntime")
+        .arg(ort_lib("1.22.1"))
+        .args(["ask", "--model"])
+        .arg(&bundle)
+        .arg("hi")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("version 1.22.1, older than the 1.23 gemba needs"), "{err}");
+    assert!(
+        err.contains("version 1.22.1, older than the 1.23 gemba needs"),
+        "{err}"
+    );
 
     // A file that is not ONNX Runtime at all.
     let tmp = tempfile::tempdir().unwrap();
     let fake = tmp.path().join("libonnxruntime.so");
     std::fs::write(&fake, b"not a library").unwrap();
-    let out = gemba().arg("--onnxruntime").arg(&fake).args(["ask", "--model"]).arg(&bundle).arg("hi").output().unwrap();
+    let out = gemba()
+        .arg("--onnxruntime")
+        .arg(&fake)
+        .args(["ask", "--model"])
+        .arg(&bundle)
+        .arg("hi")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("could not load ONNX Runtime") && err.contains(fake.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("could not load ONNX Runtime") && err.contains(fake.to_str().unwrap()),
+        "{err}"
+    );
 }

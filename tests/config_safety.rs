@@ -33,7 +33,12 @@ impl Base {
         let dir = tempfile::tempdir().unwrap();
         write_replay_frames(&dir.path().join("frames"), 4);
         // 3 minutes of faint noise: the WAV microphone runs for the whole test.
-        let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut w = hound::WavWriter::create(dir.path().join("mic.wav"), spec).unwrap();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..16_000 * 180 {
@@ -87,7 +92,11 @@ model = "{vad}"
     fn check(&self, table: &toml::Table) -> (bool, String) {
         let cfg = self.path().join("gemba.toml");
         std::fs::write(&cfg, toml::to_string(table).unwrap()).unwrap();
-        let out = gemba().args(["config", "check"]).arg(&cfg).output().unwrap();
+        let out = gemba()
+            .args(["config", "check"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
             !err.contains("panicked") && matches!(out.status.code(), Some(0 | 1)),
@@ -122,18 +131,25 @@ fn key_text(path: &[Seg]) -> String {
 
 /// Sets `value` at `path` in `t`, creating tables on the way (arrays must exist).
 fn set(t: &mut toml::Table, path: &[Seg], value: toml::Value) {
-    let Seg::Key(k) = &path[0] else { panic!("a path starts with a key: {path:?}") };
+    let Seg::Key(k) = &path[0] else {
+        panic!("a path starts with a key: {path:?}")
+    };
     if path.len() == 1 {
         t.insert(k.clone(), value);
         return;
     }
     match &path[1] {
         Seg::Index(n) => {
-            let arr = t.get_mut(k).and_then(|x| x.as_array_mut()).expect("the array is in the base config");
+            let arr = t
+                .get_mut(k)
+                .and_then(|x| x.as_array_mut())
+                .expect("the array is in the base config");
             set(arr[*n].as_table_mut().unwrap(), &path[2..], value)
         }
         Seg::Key(_) => {
-            let sub = t.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let sub = t
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             set(sub.as_table_mut().unwrap(), &path[1..], value)
         }
     }
@@ -154,11 +170,22 @@ fn section_keys(base: &Base, t: &toml::Table, path: &[Seg]) -> Vec<String> {
     p.push(Seg::Key("zzz".into()));
     set(&mut probe, &p, toml::Value::Integer(1));
     let (ok, err) = base.check(&probe);
-    assert!(!ok, "an unknown key at {} passed config check", key_text(&p));
+    assert!(
+        !ok,
+        "an unknown key at {} passed config check",
+        key_text(&p)
+    );
     // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, …", then " in `section`".
-    let list = err.split("unknown field `zzz`, expected ").nth(1).unwrap_or_else(|| panic!("no key list for {}: {err}", key_text(&p)));
+    let list = err
+        .split("unknown field `zzz`, expected ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no key list for {}: {err}", key_text(&p)));
     let list = list.rsplit_once(" in `").map(|(l, _)| l).unwrap_or(list);
-    list.split('`').skip(1).step_by(2).map(String::from).collect()
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect()
 }
 
 /// Every numeric, duration and size key of the config, by walking the sections.
@@ -175,14 +202,24 @@ fn numeric_keys(base: &Base) -> BTreeMap<String, (Vec<Seg>, Kind)> {
             let (_, err) = base.check(&probe);
             let key = key_text(&p);
             let about_key = err.contains(&format!("{key}:"));
-            let expected = err.split("expected ").nth(1).unwrap_or("").split_whitespace().next().unwrap_or("");
+            let expected = err
+                .split("expected ")
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
             let kind = if !about_key {
                 None // a string the schema takes (a path, a name, a prompt)
             } else if err.contains("is not a duration") {
                 Some(Kind::Duration)
             } else if err.contains("is not a size") {
                 Some(Kind::Size)
-            } else if ["u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize"].contains(&expected) {
+            } else if [
+                "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+            ]
+            .contains(&expected)
+            {
                 Some(Kind::Int)
             } else if ["f32", "f64"].contains(&expected) {
                 Some(Kind::Float)
@@ -209,7 +246,14 @@ fn boundary_values(kind: Kind) -> Vec<toml::Value> {
     use toml::Value::*;
     let s = |x: &str| String(x.to_string());
     match kind {
-        Kind::Int => vec![Integer(0), Integer(-1), Integer(1), Integer(i64::MAX), Integer(i64::MIN), Float(1e300)],
+        Kind::Int => vec![
+            Integer(0),
+            Integer(-1),
+            Integer(1),
+            Integer(i64::MAX),
+            Integer(i64::MIN),
+            Float(1e300),
+        ],
         Kind::Float => vec![
             Float(0.0),
             Float(-1.0),
@@ -220,8 +264,23 @@ fn boundary_values(kind: Kind) -> Vec<toml::Value> {
             Float(f64::NAN),
             Integer(i64::MAX),
         ],
-        Kind::Duration => vec![s("0s"), s("-1s"), s("1ns"), s("1ms"), s("18446744073709551615s"), s("100000000d"), Integer(0)],
-        Kind::Size => vec![Integer(0), Integer(-1), Integer(1), Integer(i64::MAX), s("0B"), s("1000 PiB")],
+        Kind::Duration => vec![
+            s("0s"),
+            s("-1s"),
+            s("1ns"),
+            s("1ms"),
+            s("18446744073709551615s"),
+            s("100000000d"),
+            Integer(0),
+        ],
+        Kind::Size => vec![
+            Integer(0),
+            Integer(-1),
+            Integer(1),
+            Integer(i64::MAX),
+            s("0B"),
+            s("1000 PiB"),
+        ],
     }
 }
 
@@ -233,7 +292,12 @@ fn stated_range(err: &str, kind: Kind) -> Option<(toml::Value, toml::Value)> {
     let token = |t: &str| -> String {
         match t.strip_prefix('"') {
             Some(q) => q.split('"').next().unwrap_or("").to_string(),
-            None => t.split_whitespace().next().unwrap_or("").trim_end_matches([',', ')', ';']).to_string(),
+            None => t
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([',', ')', ';'])
+                .to_string(),
         }
     };
     let (lo, hi) = (token(lo), token(hi));
@@ -263,7 +327,9 @@ fn magnitude(v: &toml::Value) -> f64 {
             if let Ok(d) = humantime::parse_duration(s) {
                 d.as_secs_f64()
             } else {
-                s.parse::<bytesize::ByteSize>().map(|b| b.as_u64() as f64).unwrap_or(0.0)
+                s.parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64() as f64)
+                    .unwrap_or(0.0)
             }
         }
         _ => 0.0,
@@ -295,7 +361,11 @@ fn spawn(cfg: &Path, env: &[(&str, &str)]) -> Running {
             lines.lock().unwrap().push(line);
         }
     });
-    Running { child, stderr, addr: None }
+    Running {
+        child,
+        stderr,
+        addr: None,
+    }
 }
 
 impl Running {
@@ -340,7 +410,10 @@ impl Running {
 
     fn status(&self) -> serde_json::Value {
         let addr = self.addr.as_ref().expect("serving");
-        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
         let mut r = agent.get(&format!("http://{addr}/status")).call().unwrap();
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
     }
@@ -364,35 +437,82 @@ fn run_daemon_and_check_stages(base: &Base, table: &toml::Table, what: &str) -> 
     let mut d = spawn(&cfg, &[]);
     let listening = d.wait_line("gemba: API listening on http://", Duration::from_secs(60));
     let serving = d.wait_line("gemba: serving", Duration::from_secs(180));
-    assert!(listening.is_some() && serving.is_some(), "{what}: the daemon did not start: {:?}", d.lines());
-    d.addr = listening.unwrap().strip_prefix("gemba: API listening on http://").unwrap().split_whitespace().next().map(String::from);
+    assert!(
+        listening.is_some() && serving.is_some(),
+        "{what}: the daemon did not start: {:?}",
+        d.lines()
+    );
+    d.addr = listening
+        .unwrap()
+        .strip_prefix("gemba: API listening on http://")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .map(String::from);
     // Every stage running, the camera delivering, for a few seconds of work.
-    let want = ["api", "camera press-1", "dispatcher", "model worker", "monitor", "retention", "status", "voice"];
+    let want = [
+        "api",
+        "camera press-1",
+        "dispatcher",
+        "model worker",
+        "monitor",
+        "retention",
+        "status",
+        "voice",
+    ];
     // The last stages start just after the "serving" line.
     let t = Instant::now();
-    while want.iter().any(|w| d.status()["stages"].get(w).is_none()) && t.elapsed() < Duration::from_secs(30) {
+    while want.iter().any(|w| d.status()["stages"].get(w).is_none())
+        && t.elapsed() < Duration::from_secs(30)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     let t = Instant::now();
     let mut seen = serde_json::Value::Null;
     while t.elapsed() < Duration::from_secs(4) {
         seen = d.status();
-        let stages = seen["stages"].as_object().unwrap_or_else(|| panic!("{what}: /status has no stages: {seen}"));
+        let stages = seen["stages"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{what}: /status has no stages: {seen}"));
         for name in want {
-            assert_eq!(stages.get(name).map(|s| s["state"].clone()), Some("running".into()), "{what}: stage {name}: {seen}\n{:?}", d.lines());
+            assert_eq!(
+                stages.get(name).map(|s| s["state"].clone()),
+                Some("running".into()),
+                "{what}: stage {name}: {seen}\n{:?}",
+                d.lines()
+            );
         }
         for (name, s) in stages {
-            assert_eq!(s["state"], "running", "{what}: stage {name} is not running: {s}");
+            assert_eq!(
+                s["state"], "running",
+                "{what}: stage {name} is not running: {s}"
+            );
         }
-        assert!(d.child.try_wait().unwrap().is_none(), "{what}: the daemon exited: {:?}", d.lines());
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "{what}: the daemon exited: {:?}",
+            d.lines()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(seen["cameras"][0]["frames"].as_u64() > Some(0), "{what}: the camera delivered no frame: {seen}");
+    assert!(
+        seen["cameras"][0]["frames"].as_u64() > Some(0),
+        "{what}: the camera delivered no frame: {seen}"
+    );
     d.term();
     let status = d.wait_exit(Duration::from_secs(120));
     let lines = d.lines();
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{what}: a clean stop: {lines:?}");
-    assert!(!lines.iter().any(|l| l.contains("panicked") || l.contains(" ERROR ")), "{what}: {lines:?}");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{what}: a clean stop: {lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("panicked") || l.contains(" ERROR ")),
+        "{what}: {lines:?}"
+    );
     lines
 }
 
@@ -424,7 +544,11 @@ fn every_numeric_key_at_its_boundaries_is_refused_by_key_or_runs() {
         "update.health_timeout",
         "update.keep",
     ] {
-        assert!(keys.contains_key(k), "the walk did not find {k}; found {:?}", keys.keys().collect::<Vec<_>>());
+        assert!(
+            keys.contains_key(k),
+            "the walk did not find {k}; found {:?}",
+            keys.keys().collect::<Vec<_>>()
+        );
     }
     assert!(keys.len() >= 30, "{keys:?}");
     let cfg_name = base.path().join("gemba.toml").display().to_string();
@@ -448,8 +572,14 @@ fn every_numeric_key_at_its_boundaries_is_refused_by_key_or_runs() {
                         stated_bounds.push(b);
                     }
                 }
-                assert!(err.contains(&format!("{key}:")), "{key} = {v}: the error does not name the key: {err}");
-                assert!(err.contains(&cfg_name), "{key} = {v}: the error does not name the file: {err}");
+                assert!(
+                    err.contains(&format!("{key}:")),
+                    "{key} = {v}: the error does not name the key: {err}"
+                );
+                assert!(
+                    err.contains(&cfg_name),
+                    "{key} = {v}: the error does not name the file: {err}"
+                );
                 assert_eq!(err.lines().count(), 1, "{key} = {v}: one line: {err}");
             }
         }
@@ -460,7 +590,10 @@ fn every_numeric_key_at_its_boundaries_is_refused_by_key_or_runs() {
                 let mut t = base.table();
                 set(&mut t, path, v.clone());
                 let (ok, err) = base.check(&t);
-                assert!(ok, "{key} = {v}: a bound the error message states is refused: {err}");
+                assert!(
+                    ok,
+                    "{key} = {v}: a bound the error message states is refused: {err}"
+                );
                 ok_values.push(v.clone());
             }
         }
@@ -468,10 +601,21 @@ fn every_numeric_key_at_its_boundaries_is_refused_by_key_or_runs() {
         if let (Some(lo), Some(hi)) = (ok_values.first(), ok_values.last()) {
             set(&mut low, path, lo.clone());
             set(&mut high, path, hi.clone());
-            passed.push(format!("{key} ∈ {{{}}}", ok_values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")));
+            passed.push(format!(
+                "{key} ∈ {{{}}}",
+                ok_values
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
     }
-    eprintln!("{} keys, {refused} values refused by key; passing:\n  {}", keys.len(), passed.join("\n  "));
+    eprintln!(
+        "{} keys, {refused} values refused by key; passing:\n  {}",
+        keys.len(),
+        passed.join("\n  ")
+    );
     assert!(!passed.is_empty());
     run_daemon_and_check_stages(&base, &low, "smallest passing values");
     run_daemon_and_check_stages(&base, &high, "largest passing values");
@@ -483,30 +627,82 @@ fn every_numeric_key_at_its_boundaries_is_refused_by_key_or_runs() {
 fn finding_7_configs_are_refused_by_key() {
     let base = Base::new();
     let cases: &[(&[&str], toml::Value, &str)] = &[
-        (&["cameras", "0", "fps"], toml::Value::Float(1e-20), "cameras[0].fps"),
-        (&["cameras", "0", "interval"], "0s".into(), "cameras[0].interval"),
+        (
+            &["cameras", "0", "fps"],
+            toml::Value::Float(1e-20),
+            "cameras[0].fps",
+        ),
+        (
+            &["cameras", "0", "interval"],
+            "0s".into(),
+            "cameras[0].interval",
+        ),
         (&["store", "check_every"], "0s".into(), "store.check_every"),
-        (&["api", "max_asks"], toml::Value::Integer(i64::MAX), "api.max_asks"),
-        (&["monitor", "queue"], toml::Value::Integer(i64::MAX), "monitor.queue"),
-        (&["api", "sse_buffer"], toml::Value::Integer(i64::MAX), "api.sse_buffer"),
-        (&["providers", "intra_op_threads"], toml::Value::Integer(100_000), "providers.intra_op_threads"),
-        (&["providers", "inter_op_threads"], toml::Value::Integer(400), "providers.inter_op_threads"),
+        (
+            &["api", "max_asks"],
+            toml::Value::Integer(i64::MAX),
+            "api.max_asks",
+        ),
+        (
+            &["monitor", "queue"],
+            toml::Value::Integer(i64::MAX),
+            "monitor.queue",
+        ),
+        (
+            &["api", "sse_buffer"],
+            toml::Value::Integer(i64::MAX),
+            "api.sse_buffer",
+        ),
+        (
+            &["providers", "intra_op_threads"],
+            toml::Value::Integer(100_000),
+            "providers.intra_op_threads",
+        ),
+        (
+            &["providers", "inter_op_threads"],
+            toml::Value::Integer(400),
+            "providers.inter_op_threads",
+        ),
         (&["model", "deadline"], "0s".into(), "model.deadline"),
-        (&["cameras", "0", "source"], "frames/nothing-*.jpg".into(), "cameras[0].source"),
+        (
+            &["cameras", "0", "source"],
+            "frames/nothing-*.jpg".into(),
+            "cameras[0].source",
+        ),
     ];
     for (path, value, key) in cases {
-        let p: Vec<Seg> = path.iter().map(|s| s.parse().map(Seg::Index).unwrap_or_else(|_| Seg::Key(s.to_string()))).collect();
+        let p: Vec<Seg> = path
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map(Seg::Index)
+                    .unwrap_or_else(|_| Seg::Key(s.to_string()))
+            })
+            .collect();
         let mut t = base.table();
         set(&mut t, &p, value.clone());
         let (ok, err) = base.check(&t);
         assert!(!ok, "{key} = {value} passed config check");
-        assert!(err.starts_with("gemba: error: ") && err.contains(&format!("gemba.toml: {key}: ")), "{key}: {err}");
+        assert!(
+            err.starts_with("gemba: error: ") && err.contains(&format!("gemba.toml: {key}: ")),
+            "{key}: {err}"
+        );
         // The daemon refuses it the same way, before anything starts.
-        let out = gemba().args(["run", "--config"]).arg(base.path().join("gemba.toml")).output().unwrap();
+        let out = gemba()
+            .args(["run", "--config"])
+            .arg(base.path().join("gemba.toml"))
+            .output()
+            .unwrap();
         let run_err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{key}: {run_err}");
-        assert!(run_err.contains(&format!("{key}: ")) && !run_err.contains("panicked"), "{key}: {run_err}");
-        assert!(!base.path().join("store/status.json").exists(), "{key}: the daemon got as far as status.json");
+        assert!(
+            run_err.contains(&format!("{key}: ")) && !run_err.contains("panicked"),
+            "{key}: {run_err}"
+        );
+        assert!(
+            !base.path().join("store/status.json").exists(),
+            "{key}: the daemon got as far as status.json"
+        );
     }
 }
 
@@ -516,15 +712,29 @@ fn finding_7_configs_are_refused_by_key() {
 #[test]
 fn a_camera_that_cannot_open_stops_start_up_before_the_model_loads() {
     let base = Base::new();
-    std::fs::write(base.path().join("frames/000-broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(
+        base.path().join("frames/000-broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
     let cfg = base.path().join("gemba.toml");
     std::fs::write(&cfg, toml::to_string(&base.table()).unwrap()).unwrap();
     let mut d = spawn(&cfg, &[("GEMBA_TEST_LOAD_DELAY_MS", "600000")]);
-    let status = d.wait_exit(Duration::from_secs(60)).expect("gemba run exits without loading the model");
+    let status = d
+        .wait_exit(Duration::from_secs(60))
+        .expect("gemba run exits without loading the model");
     let lines = d.lines();
     assert_eq!(status.code(), Some(1), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("camera press-1") && l.contains("000-broken.png")), "{lines:?}");
-    assert!(!lines.iter().any(|l| l.starts_with("gemba: serving")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("camera press-1") && l.contains("000-broken.png")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("gemba: serving")),
+        "{lines:?}"
+    );
     assert!(!base.path().join("store/status.json").exists());
 }
 
@@ -537,16 +747,38 @@ fn sigterm_during_the_model_load_stops_the_daemon() {
     std::fs::write(&cfg, toml::to_string(&base.table()).unwrap()).unwrap();
     let mut d = spawn(&cfg, &[("GEMBA_TEST_LOAD_DELAY_MS", "600000")]);
     // The API is bound and the cameras are open just before the load starts.
-    assert!(d.wait_line("gemba: API listening", Duration::from_secs(60)).is_some(), "{:?}", d.lines());
+    assert!(
+        d.wait_line("gemba: API listening", Duration::from_secs(60))
+            .is_some(),
+        "{:?}",
+        d.lines()
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(d.child.try_wait().unwrap().is_none(), "still loading: {:?}", d.lines());
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "still loading: {:?}",
+        d.lines()
+    );
     d.term();
-    let status = d.wait_exit(Duration::from_secs(60)).expect("the daemon exits during the load, not after it");
+    let status = d
+        .wait_exit(Duration::from_secs(60))
+        .expect("the daemon exits during the load, not after it");
     let lines = d.lines();
     assert_eq!(status.code(), Some(0), "a clean stop: {lines:?}");
-    assert!(lines.iter().any(|l| l.contains("gemba: SIGTERM during start-up (loading the model); stopped")), "{lines:?}");
-    assert!(!lines.iter().any(|l| l.starts_with("gemba: serving")), "{lines:?}");
-    assert!(!base.path().join("store/status.json").exists(), "never READY");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("gemba: SIGTERM during start-up (loading the model); stopped")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("gemba: serving")),
+        "{lines:?}"
+    );
+    assert!(
+        !base.path().join("store/status.json").exists(),
+        "never READY"
+    );
 }
 
 /// A stage that panics stops the daemon with an error (exit 1) naming the stage, after the
@@ -556,14 +788,29 @@ fn sigterm_during_the_model_load_stops_the_daemon() {
 fn a_stage_that_panics_stops_the_daemon_loudly() {
     let base = Base::new();
     let cfg = base.path().join("gemba.toml");
-    for stage in ["monitor", "retention", "dispatcher", "camera press-1", "model worker"] {
+    for stage in [
+        "monitor",
+        "retention",
+        "dispatcher",
+        "camera press-1",
+        "model worker",
+    ] {
         std::fs::write(&cfg, toml::to_string(&base.table()).unwrap()).unwrap();
         let mut d = spawn(&cfg, &[("GEMBA_FAULT_PANIC", stage)]);
-        let status = d.wait_exit(Duration::from_secs(180)).unwrap_or_else(|| panic!("{stage}: the daemon ran on without its stage"));
+        let status = d
+            .wait_exit(Duration::from_secs(180))
+            .unwrap_or_else(|| panic!("{stage}: the daemon ran on without its stage"));
         let lines = d.lines();
         assert_eq!(status.code(), Some(1), "{stage}: {lines:?}");
-        let last = lines.iter().rev().find(|l| l.starts_with("gemba: error: ")).unwrap_or_else(|| panic!("{stage}: {lines:?}"));
-        assert!(last.contains(&format!("stage {stage}: panicked: injected fault")), "{stage}: {last}");
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("gemba: error: "))
+            .unwrap_or_else(|| panic!("{stage}: {lines:?}"));
+        assert!(
+            last.contains(&format!("stage {stage}: panicked: injected fault")),
+            "{stage}: {last}"
+        );
     }
 }
 
@@ -574,19 +821,44 @@ fn a_bad_value_is_reported_in_the_file_it_came_from() {
     let dir = tempfile::tempdir().unwrap();
     let boards = dir.path().join("board");
     std::fs::create_dir(&boards).unwrap();
-    std::fs::write(boards.join("tiny-board.toml"), "[store]\ncheck_every = \"0s\"\n[monitor]\nqueue = 4\n").unwrap();
+    std::fs::write(
+        boards.join("tiny-board.toml"),
+        "[store]\ncheck_every = \"0s\"\n[monitor]\nqueue = 4\n",
+    )
+    .unwrap();
     let cfg = dir.path().join("gemba.toml");
     let check = |text: &str| {
         std::fs::write(&cfg, text).unwrap();
-        let out = gemba().args(["config", "check"]).arg(&cfg).env("GEMBA_BOARD_DIR", &boards).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        let out = gemba()
+            .args(["config", "check"])
+            .arg(&cfg)
+            .env("GEMBA_BOARD_DIR", &boards)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (code, err) = check("board = \"tiny-board\"\n");
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(&format!("{}: store.check_every: \"0s\" is out of range", boards.join("tiny-board.toml").display())), "{err}");
-    let (code, err) = check("board = \"tiny-board\"\n[store]\ncheck_every = \"1m\"\n[monitor]\nqueue = 0\n");
+    assert!(
+        err.contains(&format!(
+            "{}: store.check_every: \"0s\" is out of range",
+            boards.join("tiny-board.toml").display()
+        )),
+        "{err}"
+    );
+    let (code, err) =
+        check("board = \"tiny-board\"\n[store]\ncheck_every = \"1m\"\n[monitor]\nqueue = 0\n");
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(&format!("{}: monitor.queue: 0 is out of range 1–1024", cfg.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: monitor.queue: 0 is out of range 1–1024",
+            cfg.display()
+        )),
+        "{err}"
+    );
     let (code, err) = check("board = \"tiny-board\"\n[store]\ncheck_every = \"1m\"\n");
     assert_eq!(code, Some(0), "{err}");
 }

@@ -22,7 +22,11 @@ fn demo_bundle_tokens_match_ort_genai_for_text_image_audio_and_both() {
     let f = |name: &str| demo.join("frames").join(name);
     let a = |name: &str| demo.join("audio").join(name);
     let eval = root().join("tests/fixtures/demo_eval/frames");
-    let big = std::fs::read_dir(&eval).unwrap().map(|e| e.unwrap().path()).max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let big = std::fs::read_dir(&eval)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let cases = vec![
         json!({"name": "text-lamp", "prompt": prompt(None, "What colour is the lamp?")}),
         json!({"name": "text-hello", "prompt": prompt(None, "Hello! Who are you?")}),
@@ -50,21 +54,38 @@ fn demo_bundle_tokens_match_ort_genai_for_text_image_audio_and_both() {
     let spec = tmp.path().join("cases.json");
     std::fs::write(&spec, json!({"bundle": demo, "cases": cases}).to_string()).unwrap();
     let mut reference = std::process::Command::new(python());
-    reference.arg(root().join("tests/conformance/genai_mm_greedy.py")).arg(&spec);
+    reference
+        .arg(root().join("tests/conformance/genai_mm_greedy.py"))
+        .arg(&spec);
     let reference = json_of(&run_ok(reference));
     let mut ours = gemba();
     ours.args(["debug", "greedy-mm"]).arg(&spec);
     let ours = json_of(&run_ok(ours));
-    let (r, o) = (reference["cases"].as_array().unwrap(), ours["cases"].as_array().unwrap());
+    let (r, o) = (
+        reference["cases"].as_array().unwrap(),
+        ours["cases"].as_array().unwrap(),
+    );
     assert_eq!(r.len(), o.len());
     let mut kinds = std::collections::BTreeSet::new();
     for (r, o) in r.iter().zip(o) {
         let name = r["name"].as_str().unwrap();
-        assert_eq!(o["prompt_tokens"], r["prompt_tokens"], "{name}: prompt length (placeholder expansion)");
-        assert_eq!(o["output_ids"], r["output_ids"], "{name}: generated token ids differ");
+        assert_eq!(
+            o["prompt_tokens"], r["prompt_tokens"],
+            "{name}: prompt length (placeholder expansion)"
+        );
+        assert_eq!(
+            o["output_ids"], r["output_ids"],
+            "{name}: generated token ids differ"
+        );
         assert_eq!(o["finish"], r["finish"], "{name}");
-        assert!(!o["output_ids"].as_array().unwrap().is_empty(), "{name}: generated nothing");
+        assert!(
+            !o["output_ids"].as_array().unwrap().is_empty(),
+            "{name}: generated nothing"
+        );
         kinds.insert(name.split('-').next().unwrap().to_string());
     }
-    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["audio", "image", "images", "text"]);
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["audio", "image", "images", "text"]
+    );
 }

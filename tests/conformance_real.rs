@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 fn genai(args: &[&str]) -> Value {
     let mut cmd = std::process::Command::new(python());
-    cmd.arg(root().join("tests/conformance/genai_greedy.py")).args(args).current_dir(root());
+    cmd.arg(root().join("tests/conformance/genai_greedy.py"))
+        .args(args)
+        .current_dir(root());
     json_of(&run_ok(cmd))
 }
 
@@ -29,15 +31,28 @@ fn greedy_tokens_match_ort_genai_on_the_real_model_raw_and_chat() {
             "{} is missing: run scripts/setup test (it runs scripts/models/make_smollm2.py)",
             bundle.display()
         );
-        let reference = genai(&["tokenize", bundle.to_str().unwrap(), prompts_file.to_str().unwrap()]);
+        let reference = genai(&[
+            "tokenize",
+            bundle.to_str().unwrap(),
+            prompts_file.to_str().unwrap(),
+        ]);
         let mut tok = gemba();
-        tok.args(["debug", "tokenize"]).arg(&bundle).arg(&prompts_file);
+        tok.args(["debug", "tokenize"])
+            .arg(&bundle)
+            .arg(&prompts_file);
         let ours = json_of(&run_ok(tok));
-        let (r, o) = (reference["prompts"].as_array().unwrap(), ours["prompts"].as_array().unwrap());
+        let (r, o) = (
+            reference["prompts"].as_array().unwrap(),
+            ours["prompts"].as_array().unwrap(),
+        );
         assert_eq!(r.len(), o.len());
         for (r, o) in r.iter().zip(o) {
             for key in ["plain_ids", "chat_text", "chat_ids"] {
-                assert_eq!(r[key], o[key], "{precision}, prompt {}: {key} differs", r["name"]);
+                assert_eq!(
+                    r[key], o[key],
+                    "{precision}, prompt {}: {key} differs",
+                    r["name"]
+                );
             }
         }
         let mut cases = Vec::new();
@@ -52,10 +67,17 @@ fn greedy_tokens_match_ort_genai_on_the_real_model_raw_and_chat() {
         let mut cmd = gemba();
         cmd.args(["debug", "greedy"]).arg(&file);
         let ours = json_of(&run_ok(cmd));
-        let (r, o) = (reference["cases"].as_array().unwrap(), ours["cases"].as_array().unwrap());
+        let (r, o) = (
+            reference["cases"].as_array().unwrap(),
+            ours["cases"].as_array().unwrap(),
+        );
         assert_eq!(r.len(), o.len());
         for (o, r) in o.iter().zip(r) {
-            assert_eq!(o["output_ids"], r["output_ids"], "smollm2 {precision}, {}: token ids differ", r["name"]);
+            assert_eq!(
+                o["output_ids"], r["output_ids"],
+                "smollm2 {precision}, {}: token ids differ",
+                r["name"]
+            );
             assert_eq!(o["finish"], r["finish"], "{}", r["name"]);
             // A raw prompt may be answered by eos at once (both sides then give no ids).
             generated += o["output_ids"].as_array().unwrap().len();
@@ -63,5 +85,8 @@ fn greedy_tokens_match_ort_genai_on_the_real_model_raw_and_chat() {
         }
     }
     assert!(compared >= 2 * 24, "{compared} cases");
-    assert!(generated >= 10 * compared, "{generated} tokens over {compared} cases: too few to compare");
+    assert!(
+        generated >= 10 * compared,
+        "{generated} tokens over {compared} cases: too few to compare"
+    );
 }

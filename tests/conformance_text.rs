@@ -20,7 +20,9 @@ fn prompts() -> Value {
 
 fn genai(args: &[&str]) -> Value {
     let mut cmd = std::process::Command::new(python());
-    cmd.arg(root().join("tests/conformance/genai_greedy.py")).args(args).current_dir(root());
+    cmd.arg(root().join("tests/conformance/genai_greedy.py"))
+        .args(args)
+        .current_dir(root());
     json_of(&run_ok(cmd))
 }
 
@@ -28,11 +30,20 @@ fn genai(args: &[&str]) -> Value {
 fn tokenization_and_chat_template_match_ort_genai() {
     let bundle = root().join("models/tiny-qwen2/fp32");
     let prompts_file = root().join("tests/conformance/prompts.json");
-    let reference = genai(&["tokenize", bundle.to_str().unwrap(), prompts_file.to_str().unwrap()]);
+    let reference = genai(&[
+        "tokenize",
+        bundle.to_str().unwrap(),
+        prompts_file.to_str().unwrap(),
+    ]);
     let mut cmd = gemba();
-    cmd.args(["debug", "tokenize"]).arg(&bundle).arg(&prompts_file);
+    cmd.args(["debug", "tokenize"])
+        .arg(&bundle)
+        .arg(&prompts_file);
     let ours = json_of(&run_ok(cmd));
-    let (r, o) = (reference["prompts"].as_array().unwrap(), ours["prompts"].as_array().unwrap());
+    let (r, o) = (
+        reference["prompts"].as_array().unwrap(),
+        ours["prompts"].as_array().unwrap(),
+    );
     assert!(r.len() >= 12, "at least 12 prompts");
     assert_eq!(r.len(), o.len());
     for (r, o) in r.iter().zip(o) {
@@ -47,7 +58,9 @@ fn greedy_tokens_match_ort_genai_on_both_runtimes_precisions_and_kv_layouts() {
     let prompts_file = root().join("tests/conformance/prompts.json");
     let fp32 = root().join("models/tiny-qwen2/fp32");
     let mut tok = gemba();
-    tok.args(["debug", "tokenize"]).arg(&fp32).arg(&prompts_file);
+    tok.args(["debug", "tokenize"])
+        .arg(&fp32)
+        .arg(&prompts_file);
     let tokenized = json_of(&run_ok(tok));
     let cases: Vec<Value> = tokenized["prompts"]
         .as_array()
@@ -59,7 +72,12 @@ fn greedy_tokens_match_ort_genai_on_both_runtimes_precisions_and_kv_layouts() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["expected"].as_str().map(str::to_string)))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["expected"].as_str().map(str::to_string),
+            )
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut compared = 0;
@@ -67,12 +85,19 @@ fn greedy_tokens_match_ort_genai_on_both_runtimes_precisions_and_kv_layouts() {
         for share in [true, false] {
             let file = dir.path().join(format!("cases-{precision}-{share}.json"));
             let bundle = root().join("models/tiny-qwen2").join(precision);
-            std::fs::write(&file, json!({"bundle": bundle, "share_buffer": share, "cases": cases}).to_string()).unwrap();
+            std::fs::write(
+                &file,
+                json!({"bundle": bundle, "share_buffer": share, "cases": cases}).to_string(),
+            )
+            .unwrap();
             let reference = genai(&["greedy", file.to_str().unwrap()]);
             let ref_cases = reference["cases"].as_array().unwrap();
             for ort in ["1.31.1", "1.23.2"] {
                 let mut cmd = gemba();
-                cmd.arg("--onnxruntime").arg(ort_lib(ort)).args(["debug", "greedy"]).arg(&file);
+                cmd.arg("--onnxruntime")
+                    .arg(ort_lib(ort))
+                    .args(["debug", "greedy"])
+                    .arg(&file);
                 let ours = json_of(&run_ok(cmd));
                 assert_eq!(ours["onnxruntime_version"], ort);
                 assert_eq!(ours["share_buffer"], share);
@@ -85,7 +110,11 @@ fn greedy_tokens_match_ort_genai_on_both_runtimes_precisions_and_kv_layouts() {
                         r["name"]
                     );
                     assert_eq!(o["finish"], r["finish"], "prompt {}", r["name"]);
-                    assert!(!o["output_ids"].as_array().unwrap().is_empty(), "prompt {} generated nothing", r["name"]);
+                    assert!(
+                        !o["output_ids"].as_array().unwrap().is_empty(),
+                        "prompt {} generated nothing",
+                        r["name"]
+                    );
                     compared += 1;
                 }
             }
@@ -101,9 +130,12 @@ fn greedy_answers_are_the_memorised_facts() {
     let mut right = 0;
     let mut total = 0;
     for prompt in p["prompts"].as_array().unwrap() {
-        let Some(expected) = prompt["expected"].as_str() else { continue };
+        let Some(expected) = prompt["expected"].as_str() else {
+            continue;
+        };
         let mut cmd = gemba();
-        cmd.args(["ask", "--model"]).arg(root().join("models/tiny-qwen2/fp32"));
+        cmd.args(["ask", "--model"])
+            .arg(root().join("models/tiny-qwen2/fp32"));
         if let Some(s) = prompt["system"].as_str() {
             cmd.args(["--system", s]);
         }

@@ -62,9 +62,16 @@ impl Rng {
 
 #[test]
 fn kill_9_during_report_writes_loses_nothing_acknowledged() {
-    let seed: u64 = std::env::var("GEMBA_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let seed: u64 = std::env::var("GEMBA_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("GEMBA_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
@@ -86,8 +93,14 @@ fn kill_9_during_report_writes_loses_nothing_acknowledged() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(300 + rng.below(1500)));
-        assert!(child.try_wait().unwrap().is_none(), "the daemon exited by itself");
-        Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the daemon exited by itself"
+        );
+        Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status()
+            .unwrap();
         child.wait().unwrap();
         kills += 1;
 
@@ -103,35 +116,65 @@ fn kill_9_during_report_writes_loses_nothing_acknowledged() {
                     closed.insert(id.to_string());
                 }
                 [id, idx, kind, sha] => {
-                    expected.insert((id.to_string(), idx.parse().unwrap()), (kind.to_string(), sha.to_string()));
+                    expected.insert(
+                        (id.to_string(), idx.parse().unwrap()),
+                        (kind.to_string(), sha.to_string()),
+                    );
                 }
                 // A line cut by the kill: its ack had not been written out yet.
                 _ => {}
             }
         }
         // Recovery, as the next start runs it; then the independent consistency check.
-        let store = Store::open(&store_dir, RetentionPolicy { max_bytes: None, max_age: None, min_free_bytes: 0 }).unwrap();
+        let store = Store::open(
+            &store_dir,
+            RetentionPolicy {
+                max_bytes: None,
+                max_age: None,
+                min_free_bytes: 0,
+            },
+        )
+        .unwrap();
         let reports = assert_consistent(&store);
-        let by_id: HashMap<String, &gemba::report::Report> = reports.iter().map(|r| (r.id.as_str().to_string(), r)).collect();
+        let by_id: HashMap<String, &gemba::report::Report> = reports
+            .iter()
+            .map(|r| (r.id.as_str().to_string(), r))
+            .collect();
         for ((id, idx), (kind, sha)) in &expected {
-            let r = by_id.get(id).unwrap_or_else(|| panic!("report {id} with acknowledged segments is gone (seed {seed})"));
-            let seg = r.segments.iter().find(|s| s.index() == *idx).unwrap_or_else(|| {
-                panic!("report {id}: acknowledged segment {idx} ({kind}) is gone (seed {seed})")
+            let r = by_id.get(id).unwrap_or_else(|| {
+                panic!("report {id} with acknowledged segments is gone (seed {seed})")
             });
+            let seg = r
+                .segments
+                .iter()
+                .find(|s| s.index() == *idx)
+                .unwrap_or_else(|| {
+                    panic!("report {id}: acknowledged segment {idx} ({kind}) is gone (seed {seed})")
+                });
             assert_eq!(seg.kind(), kind, "report {id} segment {idx}");
             if sha != "-" {
-                assert_eq!(&seg.media().unwrap().sha256, sha, "report {id} segment {idx}");
+                assert_eq!(
+                    &seg.media().unwrap().sha256,
+                    sha,
+                    "report {id} segment {idx}"
+                );
             }
         }
         for r in &reports {
             let id = r.id.as_str();
             if closed.contains(id) {
-                assert!(matches!(r.status, ReportStatus::Complete), "report {id} was closed complete before the kill");
+                assert!(
+                    matches!(r.status, ReportStatus::Complete),
+                    "report {id} was closed complete before the kill"
+                );
             } else {
                 // Cut off by a kill (→ incomplete), or closed just before the kill landed, after
                 // the store's acknowledgement but before the log line (→ complete). Never open.
                 assert!(
-                    matches!(r.status, ReportStatus::Incomplete { .. } | ReportStatus::Complete),
+                    matches!(
+                        r.status,
+                        ReportStatus::Incomplete { .. } | ReportStatus::Complete
+                    ),
                     "report {id} is {:?}",
                     r.status
                 );
@@ -140,13 +183,34 @@ fn kill_9_during_report_writes_loses_nothing_acknowledged() {
         let total = store.list(&ListFilter::default()).unwrap().len();
         drop(store);
         // A kill between the store's begin and the log line leaves one report the log lacks.
-        assert!(total <= begun.len() + kills, "reports the daemon never began: {total} in the store, {} begun", begun.len());
-        eprintln!("kill {kills}: {} reports begun, {} in the store, {} acknowledged segments", begun.len(), total, expected.len());
+        assert!(
+            total <= begun.len() + kills,
+            "reports the daemon never began: {total} in the store, {} begun",
+            begun.len()
+        );
+        eprintln!(
+            "kill {kills}: {} reports begun, {} in the store, {} acknowledged segments",
+            begun.len(),
+            total,
+            expected.len()
+        );
         if total >= 200 && kills >= 10 {
-            assert!(closed.len() >= 100, "most reports complete between kills ({} of {})", closed.len(), begun.len());
+            assert!(
+                closed.len() >= 100,
+                "most reports complete between kills ({} of {})",
+                closed.len(),
+                begun.len()
+            );
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(240), "too slow: {} reports in 240 s", begun.len());
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "too slow: {} reports in 240 s",
+            begun.len()
+        );
     }
-    assert!(kills >= 10, "the daemon was killed mid-run at least 10 times ({kills})");
+    assert!(
+        kills >= 10,
+        "the daemon was killed mid-run at least 10 times ({kills})"
+    );
 }

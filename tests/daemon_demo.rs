@@ -19,15 +19,29 @@ use gemba::report::{ListFilter, Report, ReportStatus, Segment, Store};
 
 /// (camera, frame, prompt, sentences a right answer contains)
 const SCENES: &[(&str, &str, &str, &[&str])] = &[
-    ("press-2", "press-2_01.jpg", "Give me a status report.", &["The lamp is red.", "The pressure is too high."]),
+    (
+        "press-2",
+        "press-2_01.jpg",
+        "Give me a status report.",
+        &["The lamp is red.", "The pressure is too high."],
+    ),
     // belt-1_04, not belt-1_03: the model counts one box on belt-1_03's two (one of its held-out
     // mistakes; models/demo/README.md). This test checks the pipeline, demo_semantics the model.
-    ("belt-1", "belt-1_04.jpg", "How many boxes are on the belt?", &["The belt is empty."]),
+    (
+        "belt-1",
+        "belt-1_04.jpg",
+        "How many boxes are on the belt?",
+        &["The belt is empty."],
+    ),
     (
         "line-3",
         "line-3_05.jpg",
         "Give me a status report.",
-        &["The lamp is green.", "The pressure is high.", "There are three boxes on the belt."],
+        &[
+            "The lamp is green.",
+            "The pressure is high.",
+            "There are three boxes on the belt.",
+        ],
     ),
 ];
 
@@ -98,8 +112,12 @@ fn demo_daemon_writes_interleaved_reports_that_cite_frames_and_are_right() {
         .unwrap();
     let first_complete = |store: &Store| -> BTreeMap<String, Report> {
         let mut by_cam = BTreeMap::new();
-        let mut all: Vec<Report> =
-            store.list(&ListFilter::default()).unwrap().into_iter().map(|s| store.get(&s.id).unwrap()).collect();
+        let mut all: Vec<Report> = store
+            .list(&ListFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|s| store.get(&s.id).unwrap())
+            .collect();
         all.sort_by_key(|r| r.created_at);
         for r in all {
             if r.status == ReportStatus::Complete {
@@ -122,11 +140,20 @@ fn demo_daemon_writes_interleaved_reports_that_cite_frames_and_are_right() {
                 }
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(180), "no complete report from every camera within 180 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "no complete report from every camera within 180 s"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
-    assert!(daemon.wait().unwrap().success(), "the daemon stops cleanly on SIGTERM");
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        daemon.wait().unwrap().success(),
+        "the daemon stops cleanly on SIGTERM"
+    );
 
     let store = Store::open_read_only(&store_dir).unwrap();
     let reports = first_complete(&store);
@@ -135,16 +162,36 @@ fn demo_daemon_writes_interleaved_reports_that_cite_frames_and_are_right() {
         assert_eq!(r.meta.prompt.as_deref(), Some(*prompt));
         // The cited frame opens the report, before any sentence; no marker is left in the text.
         match r.segments.first() {
-            Some(Segment::Image(i)) => assert_eq!(&i.camera, camera, "report {}: the first segment is {camera}'s frame", r.id),
-            other => panic!("report {}: expected the cited frame first, got {other:?}", r.id),
+            Some(Segment::Image(i)) => assert_eq!(
+                &i.camera, camera,
+                "report {}: the first segment is {camera}'s frame",
+                r.id
+            ),
+            other => panic!(
+                "report {}: expected the cited frame first, got {other:?}",
+                r.id
+            ),
         }
-        assert_eq!(r.segments.iter().filter(|s| matches!(s, Segment::Image(_))).count(), 1);
+        assert_eq!(
+            r.segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Image(_)))
+                .count(),
+            1
+        );
         let said = texts(r);
         assert!(!said.is_empty());
-        assert!(said.iter().all(|t| !t.contains("[cam:")), "markers are stripped: {said:?}");
+        assert!(
+            said.iter().all(|t| !t.contains("[cam:")),
+            "markers are stripped: {said:?}"
+        );
         let joined = said.join(" ");
         for sentence in *right {
-            assert!(joined.contains(sentence), "report {} on {camera}: expected {sentence:?} in {joined:?}", r.id);
+            assert!(
+                joined.contains(sentence),
+                "report {} on {camera}: expected {sentence:?} in {joined:?}",
+                r.id
+            );
         }
         check_golden(&format!("demo_daemon/{camera}.json"), &normalized(r));
     }
@@ -155,16 +202,25 @@ fn demo_daemon_writes_interleaved_reports_that_cite_frames_and_are_right() {
         let dom = dump_dom(&store.page_path(&r.id));
         let imgs = img_tags(&dom);
         assert_eq!(imgs.len(), 1, "{dom}");
-        assert!(imgs[0].contains("data-loaded=\"yes\""), "the frame did not load: {}", imgs[0]);
+        assert!(
+            imgs[0].contains("data-loaded=\"yes\""),
+            "the frame did not load: {}",
+            imgs[0]
+        );
         let mut last = 0;
         for t in texts(r) {
             let at = dom[last..].find(&t).map(|p| p + last);
-            last = at.unwrap_or_else(|| panic!("sentence {t:?} missing or out of order in the page"));
+            last =
+                at.unwrap_or_else(|| panic!("sentence {t:?} missing or out of order in the page"));
         }
     }
     let index = store.dir().join("html/index.html");
     let dom = dump_dom(&index);
     for r in reports.values() {
-        assert!(dom.contains(r.id.as_str()), "the index lists report {}", r.id);
+        assert!(
+            dom.contains(r.id.as_str()),
+            "the index lists report {}",
+            r.id
+        );
     }
 }

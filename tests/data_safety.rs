@@ -32,7 +32,10 @@ use gemba::report::{ListFilter, ReportStats, ReportStatus, RetentionPolicy, Stor
 fn make_victim(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let files: &[(&str, &[u8])] = &[
         ("notes.txt", b"the plant's own notes"),
-        ("2026/12/05/20261205T101530Z-3f2a/0.jpg", b"\xff\xd8 not ours"),
+        (
+            "2026/12/05/20261205T101530Z-3f2a/0.jpg",
+            b"\xff\xd8 not ours",
+        ),
         ("2026/12/05/20261205T101530Z-3f2a.html", b"<p>not ours</p>"),
         ("index.html", b"<p>someone's index</p>"),
         (".tmp-half-written", b"someone's temp file"),
@@ -52,7 +55,8 @@ fn make_victim(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 fn assert_victim_intact(victim: &BTreeMap<PathBuf, Vec<u8>>) {
     for (p, bytes) in victim {
-        let now = std::fs::read(p).unwrap_or_else(|e| panic!("victim file {} is gone: {e}", p.display()));
+        let now =
+            std::fs::read(p).unwrap_or_else(|e| panic!("victim file {} is gone: {e}", p.display()));
         assert_eq!(&now, bytes, "victim file {} changed", p.display());
     }
 }
@@ -64,7 +68,11 @@ fn link_in_place_of(dir: &Path, target: &Path) {
 }
 
 fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 // ---- a daemon of the test's own -----------------------------------------------------------------
@@ -102,7 +110,12 @@ impl Run {
     }
 
     fn count(&self, needle: &str) -> usize {
-        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits for `pred` on the log, failing with the log after `secs`.
@@ -113,7 +126,10 @@ impl Run {
                 return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("the daemon exited ({st}) while waiting for {what}:\n{}", self.log());
+                panic!(
+                    "the daemon exited ({st}) while waiting for {what}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -201,15 +217,42 @@ fn a_store_whose_media_or_html_is_a_link_is_refused_and_the_target_survives() {
         std::os::unix::fs::symlink(&victim_dir, store_dir.join(sub)).unwrap();
 
         write_replay_frames(&tmp.path().join("frames"), 2);
-        let cfg = config(tmp.path(), &store_dir, "listen = \"127.0.0.1:0\"", "", &camera("press-1", &tmp.path().join("frames"), false));
-        let out = gemba().args(["run", "--config"]).arg(&cfg).args(["--stop-after", "20s"]).output().unwrap();
+        let cfg = config(
+            tmp.path(),
+            &store_dir,
+            "listen = \"127.0.0.1:0\"",
+            "",
+            &camera("press-1", &tmp.path().join("frames"), false),
+        );
+        let out = gemba()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--stop-after", "20s"])
+            .output()
+            .unwrap();
         let t = text(&out);
-        assert!(!out.status.success(), "the daemon started on a store whose {sub}/ is a link:\n{t}");
-        assert!(t.contains(&format!("{sub} is a symbolic link")), "the error names the link:\n{t}");
+        assert!(
+            !out.status.success(),
+            "the daemon started on a store whose {sub}/ is a link:\n{t}"
+        );
+        assert!(
+            t.contains(&format!("{sub} is a symbolic link")),
+            "the error names the link:\n{t}"
+        );
         assert_victim_intact(&victim);
         // `gemba report` (read-only, no sweep) and a second start do no harm either.
-        let _ = gemba().args(["report", "--data"]).arg(&store_dir).arg("list").output().unwrap();
-        let _ = gemba().args(["run", "--config"]).arg(&cfg).args(["--stop-after", "5s"]).output().unwrap();
+        let _ = gemba()
+            .args(["report", "--data"])
+            .arg(&store_dir)
+            .arg("list")
+            .output()
+            .unwrap();
+        let _ = gemba()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--stop-after", "5s"])
+            .output()
+            .unwrap();
         assert_victim_intact(&victim);
         assert!(victim_dir.join("notes.txt").exists());
     }
@@ -231,9 +274,15 @@ fn the_sweep_deletes_only_what_the_store_wrote() {
     std::os::unix::fs::symlink(tmp.path().join("victim"), media.join("2026/link")).unwrap();
     let store = Store::open(&store_dir, RetentionPolicy::default()).unwrap();
     let rec = store.recovery();
-    assert_eq!(rec.orphans_removed, ["media/2026/12/05/20261205T101530Z-3f2a/0.jpg"]);
+    assert_eq!(
+        rec.orphans_removed,
+        ["media/2026/12/05/20261205T101530Z-3f2a/0.jpg"]
+    );
     assert!(!own_orphan.exists());
-    assert_eq!(std::fs::read(media.join("README.txt")).unwrap(), b"an admin's note");
+    assert_eq!(
+        std::fs::read(media.join("README.txt")).unwrap(),
+        b"an admin's note"
+    );
     let mut kept = rec.foreign_kept.clone();
     kept.sort();
     assert_eq!(kept, ["media/2026/link", "media/README.txt"]);
@@ -251,14 +300,28 @@ fn the_updater_never_deletes_through_a_linked_staging_or_cache() {
         let victim_dir = fleet.path(&format!("victim-{sub}"));
         let victim = make_victim(&victim_dir);
         link_in_place_of(&root.join(sub), &victim_dir);
-        for args in [vec!["gc"], vec!["recover"], vec!["install", "--no-daemon", fleet.v2.to_str().unwrap()]] {
+        for args in [
+            vec!["gc"],
+            vec!["recover"],
+            vec!["install", "--no-daemon", fleet.v2.to_str().unwrap()],
+        ] {
             let out = fleet.model(&root, &state).args(&args).output().unwrap();
             let t = text(&out);
-            assert!(!out.status.success(), "gemba model {args:?} ran with {sub}/ a link:\n{t}");
-            assert!(t.contains("symbolic link") && t.contains(sub), "gemba model {args:?}: {t}");
+            assert!(
+                !out.status.success(),
+                "gemba model {args:?} ran with {sub}/ a link:\n{t}"
+            );
+            assert!(
+                t.contains("symbolic link") && t.contains(sub),
+                "gemba model {args:?}: {t}"
+            );
             assert_victim_intact(&victim);
         }
-        assert_eq!(update_support::current(&root).as_deref(), Some("1"), "nothing changed");
+        assert_eq!(
+            update_support::current(&root).as_deref(),
+            Some("1"),
+            "nothing changed"
+        );
     }
     // Inside a real cache/, gc removes only engine caches it made (named by bundle hash).
     let (root, state) = fleet.root_with_v1("foreign-cache");
@@ -269,8 +332,14 @@ fn the_updater_never_deletes_through_a_linked_staging_or_cache() {
     std::fs::create_dir_all(&stale).unwrap();
     let out = fleet.model(&root, &state).arg("gc").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(foreign.join("keep.txt")).unwrap(), b"ours, not gemba's");
-    assert!(!stale.exists(), "an engine cache of no installed bundle is gc'd");
+    assert_eq!(
+        std::fs::read(foreign.join("keep.txt")).unwrap(),
+        b"ours, not gemba's"
+    );
+    assert!(
+        !stale.exists(),
+        "an engine cache of no installed bundle is gc'd"
+    );
 }
 
 // ---- finding 2: the free-space floor on a small file system ------------------------------------
@@ -281,7 +350,11 @@ fn the_demo_on_a_50_mb_file_system_keeps_its_reports() {
     let tmp = tempfile::tempdir().unwrap();
     let demo = root().join("models/demo");
     let mut cams = String::new();
-    for (name, glob) in [("press-2", "press-2_*.jpg"), ("belt-1", "belt-1_*.jpg"), ("line-3", "line-3_*.jpg")] {
+    for (name, glob) in [
+        ("press-2", "press-2_*.jpg"),
+        ("belt-1", "belt-1_*.jpg"),
+        ("line-3", "line-3_*.jpg"),
+    ] {
         cams.push_str(&format!(
             "[[cameras]]\nname = \"{name}\"\nkind = \"replay\"\nsource = \"{}\"\nfps = 2.0\nmax_interval = \"1s\"\nprompt = \"Give me a status report.\"\n",
             demo.join("frames").join(glob).display()
@@ -299,20 +372,40 @@ fn the_demo_on_a_50_mb_file_system_keeps_its_reports() {
     )
     .unwrap();
     let mut run = Run::start(&cfg, &[]);
-    run.wait_log(240, "17 finished reports", |_| count_finished(&fs.path.join("store")) >= 17);
+    run.wait_log(240, "17 finished reports", |_| {
+        count_finished(&fs.path.join("store")) >= 17
+    });
     let (st, log) = run.stop();
     assert!(st.success(), "{log}");
     let store = Store::open_read_only(fs.path.join("store")).unwrap();
-    let complete = store.list(&ListFilter::default()).unwrap().iter().filter(|r| r.status == ReportStatus::Complete).count();
-    let evicted = log.lines().filter(|l| l.contains("evicted by retention")).count();
-    assert!(complete >= 17, "{complete} complete reports kept on a 50 MB file system:\n{log}");
-    assert_eq!(evicted, 0, "reports were evicted with plenty of room left:\n{log}");
+    let complete = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == ReportStatus::Complete)
+        .count();
+    let evicted = log
+        .lines()
+        .filter(|l| l.contains("evicted by retention"))
+        .count();
+    assert!(
+        complete >= 17,
+        "{complete} complete reports kept on a 50 MB file system:\n{log}"
+    );
+    assert_eq!(
+        evicted, 0,
+        "reports were evicted with plenty of room left:\n{log}"
+    );
 }
 
 fn count_finished(store: &Path) -> usize {
     Store::open_read_only(store)
         .and_then(|s| s.list(&ListFilter::default()))
-        .map(|l| l.iter().filter(|r| r.status == ReportStatus::Complete).count())
+        .map(|l| {
+            l.iter()
+                .filter(|r| r.status == ReportStatus::Complete)
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -329,7 +422,10 @@ fn noise_jpeg(path: &Path, w: u16, h: u16) {
             x as u8
         })
         .collect();
-    jpeg_encoder::Encoder::new_file(path, 100).unwrap().encode(&rgb, w, h, jpeg_encoder::ColorType::Rgb).unwrap();
+    jpeg_encoder::Encoder::new_file(path, 100)
+        .unwrap()
+        .encode(&rgb, w, h, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
 }
 
 #[test]
@@ -340,10 +436,19 @@ fn a_frame_larger_than_the_quota_evicts_nothing() {
     std::fs::create_dir_all(&huge).unwrap();
     noise_jpeg(&huge.join("big.jpg"), 2400, 1800);
     let size = std::fs::metadata(huge.join("big.jpg")).unwrap().len();
-    assert!(size > 4 << 20, "the test frame is {size} bytes, not more than the 4 MiB quota");
+    assert!(
+        size > 4 << 20,
+        "the test frame is {size} bytes, not more than the 4 MiB quota"
+    );
     let store_dir = tmp.path().join("store");
     let cams = camera("small", &tmp.path().join("small"), true);
-    let cfg = config(tmp.path(), &store_dir, "listen = \"127.0.0.1:0\"", "max_bytes = \"4MiB\"", &cams);
+    let cfg = config(
+        tmp.path(),
+        &store_dir,
+        "listen = \"127.0.0.1:0\"",
+        "max_bytes = \"4MiB\"",
+        &cams,
+    );
     // First the small camera alone: eight complete reports.
     let mut run = Run::start(&cfg, &[]);
     run.wait_log(120, "8 reports", |_| count_finished(&store_dir) >= 8);
@@ -359,23 +464,49 @@ fn a_frame_larger_than_the_quota_evicts_nothing() {
         .collect();
     assert!(before.len() >= 8);
     // Then a camera whose frame is larger than the whole quota.
-    let cams = format!("{}{}", camera("small", &tmp.path().join("small"), false), camera("huge", &huge, true));
-    let cfg = config(tmp.path(), &store_dir, "listen = \"127.0.0.1:0\"", "max_bytes = \"4MiB\"", &cams);
+    let cams = format!(
+        "{}{}",
+        camera("small", &tmp.path().join("small"), false),
+        camera("huge", &huge, true)
+    );
+    let cfg = config(
+        tmp.path(),
+        &store_dir,
+        "listen = \"127.0.0.1:0\"",
+        "max_bytes = \"4MiB\"",
+        &cams,
+    );
     let mut run = Run::start(&cfg, &[]);
-    run.wait_log(120, "the huge frame refused", |l| l.contains("cannot be stored"));
+    run.wait_log(120, "the huge frame refused", |l| {
+        l.contains("cannot be stored")
+    });
     let (_, log) = run.stop();
     assert!(log.contains("nothing was evicted"), "{log}");
     assert_eq!(log.matches("evicted by retention").count(), 0, "{log}");
     let store = Store::open_read_only(&store_dir).unwrap();
-    let after: Vec<String> = store.list(&ListFilter::default()).unwrap().iter().map(|r| r.id.to_string()).collect();
+    let after: Vec<String> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
     let lost: Vec<&String> = before.iter().filter(|id| !after.contains(id)).collect();
-    assert!(lost.is_empty(), "{} of {} earlier reports lost: {lost:?}\n{log}", lost.len(), before.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} earlier reports lost: {lost:?}\n{log}",
+        lost.len(),
+        before.len()
+    );
 }
 
 // ---- finding 5: SIGHUP applies the API's token and listen address --------------------------------
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// GET /status on `port` with this bearer token: the status code, or 0 when nothing listens.
@@ -428,31 +559,59 @@ fn sighup_rotates_the_token_and_moves_the_listener() {
     std::fs::write(&token_file, t2).unwrap();
     run.signal(libc::SIGHUP);
     wait_for(30, "the rotated token", || status_code(p1, Some(t2)) == 200);
-    assert_eq!(status_code(p1, Some(t1)), 401, "the old token still works after rotation");
-    assert!(run.count("token rotated") >= 1, "the reload logs the rotation:\n{}", run.log());
+    assert_eq!(
+        status_code(p1, Some(t1)),
+        401,
+        "the old token still works after rotation"
+    );
+    assert!(
+        run.count("token rotated") >= 1,
+        "the reload logs the rotation:\n{}",
+        run.log()
+    );
 
     // A new listen address: served there, no longer on the old one; the token still holds.
     config(tmp.path(), &store, &api(p2, &with_file), "", &cams);
     run.signal(libc::SIGHUP);
     wait_for(30, "the new address", || status_code(p2, Some(t2)) == 200);
-    wait_for(30, "the old address to close", || status_code(p1, Some(t2)) == 0);
+    wait_for(30, "the old address to close", || {
+        status_code(p1, Some(t2)) == 0
+    });
     assert_eq!(status_code(p2, None), 401);
 
     // Exposing the API on all interfaces without a token is refused: nothing changes.
-    config(tmp.path(), &store, &api(free_port(), "").replace("127.0.0.1", "0.0.0.0"), "", &cams);
+    config(
+        tmp.path(),
+        &store,
+        &api(free_port(), "").replace("127.0.0.1", "0.0.0.0"),
+        "",
+        &cams,
+    );
     run.signal(libc::SIGHUP);
-    run.wait_log(30, "the refused reload", |l| l.contains("keeping the running one") && l.contains("no token is set"));
+    run.wait_log(30, "the refused reload", |l| {
+        l.contains("keeping the running one") && l.contains("no token is set")
+    });
     assert_eq!(status_code(p2, Some(t2)), 200);
-    assert_eq!(status_code(p2, None), 401, "a refused reload removed the token");
+    assert_eq!(
+        status_code(p2, None),
+        401,
+        "a refused reload removed the token"
+    );
 
     // A listen address that is taken: the API part of the reload is refused, and said so.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     config(tmp.path(), &store, &api(taken_port, ""), "", &cams);
     run.signal(libc::SIGHUP);
-    run.wait_log(30, "the refused rebind", |l| l.contains("reload: api: refused"));
+    run.wait_log(30, "the refused rebind", |l| {
+        l.contains("reload: api: refused")
+    });
     assert_eq!(status_code(p2, Some(t2)), 200, "still served where it was");
-    assert_eq!(status_code(p2, None), 401, "the token stays with the refused reload");
+    assert_eq!(
+        status_code(p2, None),
+        401,
+        "the token stays with the refused reload"
+    );
     drop(taken);
 
     // The token removed on a loopback address: requests need none.
@@ -472,22 +631,52 @@ fn an_older_bundle_does_not_install_over_a_newer_one_unless_signed_as_a_rollback
     use update_support::{current, int4, opts, Fleet};
     let fleet = Fleet::new();
     let (root, state) = fleet.root_with_v1("downgrade");
-    let out = fleet.model(&root, &state).args(["install", "--no-daemon"]).arg(&fleet.v2).output().unwrap();
+    let out = fleet
+        .model(&root, &state)
+        .args(["install", "--no-daemon"])
+        .arg(&fleet.v2)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(current(&root).as_deref(), Some("2"));
     // Version 1 again (other content than the installed 1 would be a conflict; a new archive of
     // version "1.5" is older than 2 as well).
     let old = fleet.path("v1.5.tar");
     pack(&int4(), &fleet.signing_key(), &opts("1.5"), &old).unwrap();
-    let out = fleet.model(&root, &state).args(["install", "--no-daemon"]).arg(&old).output().unwrap();
+    let out = fleet
+        .model(&root, &state)
+        .args(["install", "--no-daemon"])
+        .arg(&old)
+        .output()
+        .unwrap();
     let t = text(&out);
-    assert!(!out.status.success(), "an older bundle installed over a newer one:\n{t}");
-    assert!(t.contains("older than the installed 2") && t.contains("--allow-downgrade"), "{t}");
+    assert!(
+        !out.status.success(),
+        "an older bundle installed over a newer one:\n{t}"
+    );
+    assert!(
+        t.contains("older than the installed 2") && t.contains("--allow-downgrade"),
+        "{t}"
+    );
     assert_eq!(current(&root).as_deref(), Some("2"));
     // Signed as an allowed rollback, it installs.
     let allowed = fleet.path("v1.6.tar");
-    pack(&int4(), &fleet.signing_key(), &PackOptions { allow_downgrade: true, ..opts("1.6") }, &allowed).unwrap();
-    let out = fleet.model(&root, &state).args(["install", "--no-daemon"]).arg(&allowed).output().unwrap();
+    pack(
+        &int4(),
+        &fleet.signing_key(),
+        &PackOptions {
+            allow_downgrade: true,
+            ..opts("1.6")
+        },
+        &allowed,
+    )
+    .unwrap();
+    let out = fleet
+        .model(&root, &state)
+        .args(["install", "--no-daemon"])
+        .arg(&allowed)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(current(&root).as_deref(), Some("1.6"));
 }
@@ -501,7 +690,12 @@ fn install_checks_free_space_before_unpacking() {
     let root = fs.path.join("models");
     let state = fleet.path("nospace-state");
     std::fs::create_dir_all(&state).unwrap();
-    let out = fleet.model(&root, &state).args(["install", "--no-daemon"]).arg(&fleet.v1).output().unwrap();
+    let out = fleet
+        .model(&root, &state)
+        .args(["install", "--no-daemon"])
+        .arg(&fleet.v1)
+        .output()
+        .unwrap();
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("bytes free; nothing was unpacked"), "{t}");

@@ -18,7 +18,8 @@ const ACCURACY_FLOOR: f64 = 0.93;
 #[test]
 fn demo_model_answers_held_out_spoken_questions_about_held_out_scenes() {
     let eval = root().join("tests/fixtures/demo_eval");
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(eval.join("cases.json")).unwrap()).unwrap();
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(eval.join("cases.json")).unwrap()).unwrap();
     let cases = cases["cases"].as_array().unwrap();
     assert!(cases.len() >= 100, "at least 100 held-out cases");
     let mut mm = Vec::new();
@@ -40,19 +41,32 @@ fn demo_model_answers_held_out_spoken_questions_about_held_out_scenes() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("cases.json");
-    std::fs::write(&spec, json!({"bundle": root().join("models/demo"), "cases": mm}).to_string()).unwrap();
+    std::fs::write(
+        &spec,
+        json!({"bundle": root().join("models/demo"), "cases": mm}).to_string(),
+    )
+    .unwrap();
     let mut cmd = gemba();
     cmd.args(["debug", "greedy-mm"]).arg(&spec);
     let answers = run_ok(cmd);
     let answers_file = tmp.path().join("answers.json");
     std::fs::write(&answers_file, &answers.stdout).unwrap();
     let mut score = std::process::Command::new(python());
-    score.arg(root().join("scripts/models/score_demo_answers.py")).arg(eval.join("cases.json")).arg(&answers_file);
+    score
+        .arg(root().join("scripts/models/score_demo_answers.py"))
+        .arg(eval.join("cases.json"))
+        .arg(&answers_file);
     let s = json_of(&run_ok(score));
     let acc = s["accuracy"].as_f64().unwrap();
-    eprintln!("demo accuracy: {} / {} = {acc:.3}; by intent {}", s["right"], s["total"], s["by_intent"]);
+    eprintln!(
+        "demo accuracy: {} / {} = {acc:.3}; by intent {}",
+        s["right"], s["total"], s["by_intent"]
+    );
     for f in s["failures"].as_array().unwrap() {
         eprintln!("  wrong {}: {} — {:?}", f["id"], f["reason"], f["text"]);
     }
-    assert!(acc >= ACCURACY_FLOOR, "accuracy {acc:.3} is under the floor {ACCURACY_FLOOR}");
+    assert!(
+        acc >= ACCURACY_FLOOR,
+        "accuracy {acc:.3} is under the floor {ACCURACY_FLOOR}"
+    );
 }

@@ -15,10 +15,20 @@ const A: &str = "The pressure on press 1 is 8.4 bar. That is above the limit of 
 
 fn engine() -> Engine {
     let rt = runtime::init(None).expect("ONNX Runtime (run scripts/setup test)");
-    Engine::load(rt, &root().join("models/tiny-qwen2/fp32"), &ProviderPolicy::default()).unwrap()
+    Engine::load(
+        rt,
+        &root().join("models/tiny-qwen2/fp32"),
+        &ProviderPolicy::default(),
+    )
+    .unwrap()
 }
 
-fn run(e: &mut Engine, params: &gemba::model::GenerateParams, cancel: &CancelToken, mut each: impl FnMut(&Event)) -> (gemba::model::Done, String) {
+fn run(
+    e: &mut Engine,
+    params: &gemba::model::GenerateParams,
+    cancel: &CancelToken,
+    mut each: impl FnMut(&Event),
+) -> (gemba::model::Done, String) {
     let ids = e.prompt_ids(Q, None, false).unwrap();
     let mut text = String::new();
     let done = e
@@ -47,13 +57,19 @@ fn every_way_a_generation_ends() {
     let mut p = base.clone();
     p.max_new_tokens = Some(5);
     let (d, _) = run(&mut e, &p, &CancelToken::new(), |_| {});
-    assert_eq!((d.stop.clone(), d.generated_tokens), (StopReason::MaxNewTokens, 5));
+    assert_eq!(
+        (d.stop.clone(), d.generated_tokens),
+        (StopReason::MaxNewTokens, 5)
+    );
 
     // max_length counts the prompt, as in ORT-GenAI.
     let mut p = base.clone();
     p.max_length = d.prompt_tokens + 3;
     let (d, _) = run(&mut e, &p, &CancelToken::new(), |_| {});
-    assert_eq!((d.stop.clone(), d.generated_tokens), (StopReason::MaxLength, 3));
+    assert_eq!(
+        (d.stop.clone(), d.generated_tokens),
+        (StopReason::MaxLength, 3)
+    );
 
     // A stop string ends the reply and is never emitted, even split across tokens.
     let mut p = base.clone();
@@ -75,7 +91,10 @@ fn every_way_a_generation_ends() {
             }
         }
     });
-    assert_eq!((d.stop.clone(), d.generated_tokens), (StopReason::Cancelled, 4));
+    assert_eq!(
+        (d.stop.clone(), d.generated_tokens),
+        (StopReason::Cancelled, 4)
+    );
     assert!(d.generated_tokens < full);
 
     // A hard deadline: a watcher terminates the step running when time is up, and between steps
@@ -114,9 +133,14 @@ fn seeded_sampling_is_reproducible_and_the_seed_matters() {
     let a = ids(&mut e, &p);
     let b = ids(&mut e, &p);
     assert_eq!(a, b, "same seed, same tokens");
-    let others: Vec<Vec<u32>> = (8..12).map(|s| {
-        p.sampling.seed = s;
-        ids(&mut e, &p)
-    }).collect();
-    assert!(others.iter().any(|o| *o != a), "a hot temperature with other seeds gives other tokens");
+    let others: Vec<Vec<u32>> = (8..12)
+        .map(|s| {
+            p.sampling.seed = s;
+            ids(&mut e, &p)
+        })
+        .collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "a hot temperature with other seeds gives other tokens"
+    );
 }

@@ -63,17 +63,28 @@ open(sys.argv[1], "wb").write(png)
 /// A real baseline JPEG of `w`×`h` (CMYK when asked).
 fn jpeg(w: u16, h: u16, cmyk: bool) -> Vec<u8> {
     let channels = if cmyk { 4 } else { 3 };
-    let px: Vec<u8> = (0..usize::from(w) * usize::from(h) * channels).map(|i| (i * 7 % 251) as u8).collect();
+    let px: Vec<u8> = (0..usize::from(w) * usize::from(h) * channels)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let mut out = Vec::new();
-    let color = if cmyk { jpeg_encoder::ColorType::Cmyk } else { jpeg_encoder::ColorType::Rgb };
-    jpeg_encoder::Encoder::new(&mut out, 90).encode(&px, w, h, color).unwrap();
+    let color = if cmyk {
+        jpeg_encoder::ColorType::Cmyk
+    } else {
+        jpeg_encoder::ColorType::Rgb
+    };
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(&px, w, h, color)
+        .unwrap();
     out
 }
 
 /// The same JPEG with its frame header claiming another size (nothing else changed).
 fn with_jpeg_size(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
     let mut out = jpeg.to_vec();
-    let sof = out.windows(2).position(|m| m == [0xFF, 0xC0]).expect("a baseline frame header");
+    let sof = out
+        .windows(2)
+        .position(|m| m == [0xFF, 0xC0])
+        .expect("a baseline frame header");
     out[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
     out[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
     out
@@ -102,7 +113,12 @@ fn png(w: u32, h: u32) -> Vec<u8> {
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// What a finished `gemba` command did, and its peak resident memory in KiB.
@@ -114,7 +130,11 @@ struct Run {
 
 /// Runs `cmd` to its end, sampling `VmHWM` every 5 ms and taking `ru_maxrss` from `wait4`.
 fn run_measured(mut cmd: Command) -> Run {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let mut err = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -134,17 +154,30 @@ fn run_measured(mut cmd: Command) -> Run {
         if r == pid as i32 {
             break (status, ru);
         }
-        assert!(t.elapsed() < Duration::from_secs(300), "gemba did not finish within 5 minutes");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "gemba did not finish within 5 minutes"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     std::mem::forget(child); // reaped above
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
-    Run { code, stderr: reader.join().unwrap(), peak_kib: peak.max(rusage.ru_maxrss as u64) }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    };
+    Run {
+        code,
+        stderr: reader.join().unwrap(),
+        peak_kib: peak.max(rusage.ru_maxrss as u64),
+    }
 }
 
 fn ask_cmd(model: &Path, args: &[&std::ffi::OsStr]) -> Command {
     let mut c = common::gemba();
-    c.args(["ask", "--max-tokens", "8", "--model"]).arg(model).args(args);
+    c.args(["ask", "--max-tokens", "8", "--model"])
+        .arg(model)
+        .args(args);
     c
 }
 
@@ -165,16 +198,27 @@ fn gemba_ask_refuses_png_and_jpeg_bombs_from_their_headers_in_bounded_memory() {
     for (bomb, size) in [(&f.png_bomb, "20000x20000"), (&f.jpeg_bomb, "60000x60000")] {
         let runs = four_at_once(
             &demo_model(),
-            &["--image".as_ref(), bomb.as_os_str(), "What colour is the lamp?".as_ref()],
+            &[
+                "--image".as_ref(),
+                bomb.as_os_str(),
+                "What colour is the lamp?".as_ref(),
+            ],
         );
         for r in &runs {
             assert_ne!(r.code, 0, "{}", r.stderr);
             assert!(
-                r.stderr.contains(size) && r.stderr.contains("limit") && r.stderr.contains("before decoding"),
+                r.stderr.contains(size)
+                    && r.stderr.contains("limit")
+                    && r.stderr.contains("before decoding"),
                 "{}",
                 r.stderr
             );
-            assert!(r.peak_kib < PEAK_LIMIT_KIB, "gemba ask peaked at {} KiB on {}", r.peak_kib, bomb.display());
+            assert!(
+                r.peak_kib < PEAK_LIMIT_KIB,
+                "gemba ask peaked at {} KiB on {}",
+                r.peak_kib,
+                bomb.display()
+            );
         }
         eprintln!(
             "gemba ask, 4 at once, {}: peak RSS {:?} KiB",
@@ -189,7 +233,8 @@ fn multipart(text: &str, field: &str, file: &[u8]) -> (String, Vec<u8>) {
     let boundary = "gemba-test-boundary-5f1c";
     let mut body = Vec::new();
     body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n{text}\r\n").as_bytes(),
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n{text}\r\n")
+            .as_bytes(),
     );
     body.extend_from_slice(
         format!(
@@ -204,10 +249,18 @@ fn multipart(text: &str, field: &str, file: &[u8]) -> (String, Vec<u8>) {
 
 fn post_multipart(d: &Daemon, text: &str, field: &str, file: &[u8]) -> (u16, Value) {
     let (ctype, body) = multipart(text, field, file);
-    let mut r = d.agent.post(d.url("/ask")).header("Content-Type", &ctype).send(&body[..]).unwrap();
+    let mut r = d
+        .agent
+        .post(d.url("/ask"))
+        .header("Content-Type", &ctype)
+        .send(&body[..])
+        .unwrap();
     let code = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap();
-    (code, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+    )
 }
 
 fn image_json(file: &[u8]) -> Value {
@@ -225,7 +278,10 @@ fn post_ask_refuses_bombs_before_decoding_and_the_daemon_stays_small() {
     // The OpenAI-compatible endpoint takes the same bombs as data URIs.
     let chat = |bytes: &[u8], mime: &str| {
         use base64::Engine as _;
-        let uri = format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes));
+        let uri = format!(
+            "data:{mime};base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        );
         let (code, v) = d.post_json(
             "/v1/chat/completions",
             &serde_json::json!({"model": "gemba", "messages": [{"role": "user", "content": [
@@ -238,7 +294,9 @@ fn post_ask_refuses_bombs_before_decoding_and_the_daemon_stays_small() {
         let mut hs = Vec::new();
         for _ in 0..4 {
             hs.push(s.spawn(|| d.post_json("/ask", &image_json(&png_bomb))));
-            hs.push(s.spawn(|| post_multipart(&d, "What colour is the lamp?", "image", &jpeg_bomb)));
+            hs.push(
+                s.spawn(|| post_multipart(&d, "What colour is the lamp?", "image", &jpeg_bomb)),
+            );
             hs.push(s.spawn(|| chat(&png_bomb, "image/png")));
             hs.push(s.spawn(|| chat(&jpeg_bomb, "image/jpeg")));
         }
@@ -247,12 +305,21 @@ fn post_ask_refuses_bombs_before_decoding_and_the_daemon_stays_small() {
     for (code, v) in &answers {
         assert_eq!(*code, 413, "{v}");
         let e = v["error"].as_str().unwrap();
-        assert!(e.contains("api.max_image_pixels") && e.contains("nothing was decoded"), "{e}");
-        assert!(e.contains("20000x20000") || e.contains("60000x60000"), "{e}");
+        assert!(
+            e.contains("api.max_image_pixels") && e.contains("nothing was decoded"),
+            "{e}"
+        );
+        assert!(
+            e.contains("20000x20000") || e.contains("60000x60000"),
+            "{e}"
+        );
     }
     let (peak_kib, _) = d.memory_kib();
     eprintln!("daemon: idle peak {idle_kib} KiB, after 8 PNG + 8 JPEG bombs at once (POST /ask and /v1/chat/completions) {peak_kib} KiB");
-    assert!(peak_kib < PEAK_LIMIT_KIB, "the daemon peaked at {peak_kib} KiB");
+    assert!(
+        peak_kib < PEAK_LIMIT_KIB,
+        "the daemon peaked at {peak_kib} KiB"
+    );
     // None of them took a slot: the daemon answers normally.
     let id = d.ask("What is the pressure on press 1?", &[]);
     assert_eq!(d.events(&id, None).last().unwrap().data["event"], "closed");
@@ -277,12 +344,26 @@ fn post_ask_takes_and_refuses_the_images_gemba_ask_takes_and_refuses() {
     for (name, bytes, ok, why) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let out = ask_cmd(&demo_model(), &["--image".as_ref(), path.as_os_str(), "What colour is the lamp?".as_ref()])
-            .output()
-            .unwrap();
+        let out = ask_cmd(
+            &demo_model(),
+            &[
+                "--image".as_ref(),
+                path.as_os_str(),
+                "What colour is the lamp?".as_ref(),
+            ],
+        )
+        .output()
+        .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.success(), ok, "gemba ask --image {name}: {stderr}");
-        for (code, v) in [d.post_json("/ask", &image_json(bytes)), post_multipart(&d, "What colour?", "image", bytes)] {
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "gemba ask --image {name}: {stderr}"
+        );
+        for (code, v) in [
+            d.post_json("/ask", &image_json(bytes)),
+            post_multipart(&d, "What colour?", "image", bytes),
+        ] {
             if ok {
                 assert_eq!(code, 202, "{name}: {v}");
                 let id = v["report_id"].as_str().unwrap();
@@ -307,10 +388,16 @@ fn uploads_over_the_byte_budget_are_refused_naming_it() {
     assert!(big.len() > 64 * 1024);
     let (code, v) = d.post_json("/ask", &image_json(&big));
     assert_eq!(code, 413, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("api.max_media_bytes"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("api.max_media_bytes"),
+        "{v}"
+    );
     let (code, v) = post_multipart(&d, "What colour?", "audio", &big);
     assert_eq!(code, 413, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("api.max_media_bytes"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("api.max_media_bytes"),
+        "{v}"
+    );
     // Under the budget, an upload is taken.
     let (code, v) = d.post_json("/ask", &image_json(&png(64, 64)));
     assert_eq!(code, 202, "{v}");
@@ -322,7 +409,10 @@ fn a_pixel_budget_in_the_config_is_applied_from_the_header() {
     let (code, v) = d.post_json("/ask", &image_json(&png(40, 30)));
     assert_eq!(code, 413, "{v}");
     let e = v["error"].as_str().unwrap();
-    assert!(e.contains("40x30 = 1200 pixels") && e.contains("api.max_image_pixels limit of 1000"), "{e}");
+    assert!(
+        e.contains("40x30 = 1200 pixels") && e.contains("api.max_image_pixels limit of 1000"),
+        "{e}"
+    );
     let (code, v) = d.post_json("/ask", &image_json(&png(40, 25)));
     assert_eq!(code, 202, "{v}");
     // Out-of-range budgets are config errors naming the key.
@@ -336,7 +426,11 @@ fn a_pixel_budget_in_the_config_is_applied_from_the_header() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = api_common::write_config(dir.path(), bad, &api_common::tiny_model());
-        let out = common::gemba().args(["config", "check"]).arg(&cfg).output().unwrap();
+        let out = common::gemba()
+            .args(["config", "check"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{bad}: accepted");
         let key = bad.split_whitespace().next().unwrap();
@@ -346,7 +440,12 @@ fn a_pixel_budget_in_the_config_is_applied_from_the_header() {
 
 /// A mono 16-bit WAV of `seconds` at `rate` Hz, written as a stream (a quiet tone).
 fn write_wav(path: &Path, rate: u32, seconds: u32) {
-    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
     let mut i16w = w.get_i16_writer(rate * seconds);
     for i in 0..rate * seconds {
@@ -369,15 +468,27 @@ fn an_hour_of_audio_costs_no_more_memory_than_the_thirty_seconds_the_model_hears
     for wav in [&short, &long] {
         let r = run_measured(ask_cmd(
             &demo_model(),
-            &["--audio".as_ref(), wav.as_os_str(), "What did you hear?".as_ref()],
+            &[
+                "--audio".as_ref(),
+                wav.as_os_str(),
+                "What did you hear?".as_ref(),
+            ],
         ));
         assert_eq!(r.code, 0, "{}", r.stderr);
         peaks.push(r.peak_kib);
     }
-    eprintln!("gemba ask --audio: peak RSS 10 s {} KiB, 1 h {} KiB", peaks[0], peaks[1]);
+    eprintln!(
+        "gemba ask --audio: peak RSS 10 s {} KiB, 1 h {} KiB",
+        peaks[0], peaks[1]
+    );
     // The hour reads, mixes and resamples only its first 30 s (plus the filter's reach): it may
     // cost what 20 more seconds of 16-bit samples in f32 do (a few MB), not the 570 MB of before.
-    assert!(peaks[1] < peaks[0] + 16 * 1024, "10 s: {} KiB, 1 h: {} KiB", peaks[0], peaks[1]);
+    assert!(
+        peaks[1] < peaks[0] + 16 * 1024,
+        "10 s: {} KiB, 1 h: {} KiB",
+        peaks[0],
+        peaks[1]
+    );
     assert!(peaks[1] < PEAK_LIMIT_KIB);
 }
 
@@ -387,14 +498,25 @@ fn a_chat_template_with_unbounded_output_fails_fast_naming_its_file() {
     let bundle = dir.path().join("bundle");
     common::copy_bundle(&demo_model(), &bundle);
     let cfg_path = bundle.join("tokenizer_config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["chat_template"] = json!("{{ 'a' * 100000000 }}{{ 'b' * 100000000 }}");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     let t = Instant::now();
     let r = run_measured(ask_cmd(&bundle, &["What colour is the lamp?".as_ref()]));
-    eprintln!("gemba ask with a 200 MB template: exit {} after {:?}, peak RSS {} KiB", r.code, t.elapsed(), r.peak_kib);
+    eprintln!(
+        "gemba ask with a 200 MB template: exit {} after {:?}, peak RSS {} KiB",
+        r.code,
+        t.elapsed(),
+        r.peak_kib
+    );
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains(&cfg_path.display().to_string()) && r.stderr.contains("renders more than"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&cfg_path.display().to_string())
+            && r.stderr.contains("renders more than"),
+        "{}",
+        r.stderr
+    );
     // minijinja builds the first expression's 100 MB string (and copies it into a value) before
     // it is written, and refused; nothing more: no 200 MB prompt, no tokenizing it (19.6 GB).
     assert!(r.peak_kib < 512 * 1024, "peak {} KiB", r.peak_kib);
@@ -416,13 +538,24 @@ fn a_bomb_among_a_replay_cameras_files_is_a_counted_bad_frame_not_a_gigabyte() {
     );
     let yard = |d: &Daemon| {
         let (_, v) = d.get_json("/status");
-        v["cameras"].as_array().unwrap().iter().find(|c| c["name"] == "yard").unwrap().clone()
+        v["cameras"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "yard")
+            .unwrap()
+            .clone()
     };
     // Looping at 10 fps, the bomb comes round every other frame.
-    d.wait_until(Duration::from_secs(20), |d| yard(d)["decode_errors"].as_u64() >= Some(5));
+    d.wait_until(Duration::from_secs(20), |d| {
+        yard(d)["decode_errors"].as_u64() >= Some(5)
+    });
     let c = yard(&d);
     let e = c["last_error"].as_str().unwrap();
-    assert!(e.contains("b.png") && e.contains("20000x20000") && !e.contains("JPEG"), "{e}");
+    assert!(
+        e.contains("b.png") && e.contains("20000x20000") && !e.contains("JPEG"),
+        "{e}"
+    );
     assert!(c["frames"].as_u64() >= Some(3), "{c}");
     let (peak_kib, _) = d.memory_kib();
     eprintln!("daemon with a PNG bomb in a replay directory: peak RSS {peak_kib} KiB");

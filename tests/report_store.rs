@@ -356,7 +356,10 @@ fn a_write_beyond_the_whole_budget_is_refused_cleanly() {
             else {
                 unreachable!()
             };
-            assert!(room < quota && needed > room && needed > 200_000 && id == w.id(), "{e}");
+            assert!(
+                room < quota && needed > room && needed > 200_000 && id == w.id(),
+                "{e}"
+            );
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -574,30 +577,59 @@ fn listings_filter_by_time_and_camera_and_page_by_position() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path());
     let mut ids = Vec::new();
-    for (n, cams) in [&["press-2"][..], &["belt"], &["press-2", "belt"], &[]].iter().enumerate() {
+    for (n, cams) in [&["press-2"][..], &["belt"], &["press-2", "belt"], &[]]
+        .iter()
+        .enumerate()
+    {
         let mut w = store.begin(meta(Trigger::Api, cams)).unwrap();
         w.add_text(&format!("Report {n}."), at(10)).unwrap();
         ids.push(w.finish(ReportStats::default()).unwrap());
         std::thread::sleep(Duration::from_millis(5));
     }
-    let list = |f: ListFilter| -> Vec<ReportId> { store.list(&f).unwrap().into_iter().map(|s| s.id).collect() };
+    let list = |f: ListFilter| -> Vec<ReportId> {
+        store.list(&f).unwrap().into_iter().map(|s| s.id).collect()
+    };
     let newest_first: Vec<ReportId> = ids.iter().rev().cloned().collect();
     assert_eq!(list(ListFilter::default()), newest_first);
     assert_eq!(
-        list(ListFilter { camera: Some("press-2".into()), ..Default::default() }),
+        list(ListFilter {
+            camera: Some("press-2".into()),
+            ..Default::default()
+        }),
         [ids[2].clone(), ids[0].clone()],
         "a camera of the query, not a substring of the meta"
     );
-    assert!(list(ListFilter { camera: Some("press".into()), ..Default::default() }).is_empty());
+    assert!(list(ListFilter {
+        camera: Some("press".into()),
+        ..Default::default()
+    })
+    .is_empty());
     let all = store.list(&ListFilter::default()).unwrap();
     let t1 = all.iter().find(|s| s.id == ids[1]).unwrap().created_at;
     let t2 = all.iter().find(|s| s.id == ids[2]).unwrap().created_at;
-    assert_eq!(list(ListFilter { since: Some(t1), until: Some(t2), ..Default::default() }), [ids[1].clone()], "since inclusive, until exclusive");
+    assert_eq!(
+        list(ListFilter {
+            since: Some(t1),
+            until: Some(t2),
+            ..Default::default()
+        }),
+        [ids[1].clone()],
+        "since inclusive, until exclusive"
+    );
     // Pages of two by position: no report twice, none left out.
-    let first = store.list(&ListFilter { limit: Some(2), ..Default::default() }).unwrap();
+    let first = store
+        .list(&ListFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
     let last = first.last().unwrap();
     let after = Some((last.created_at, last.id.as_str().to_string()));
-    let second = list(ListFilter { limit: Some(2), after, ..Default::default() });
+    let second = list(ListFilter {
+        limit: Some(2),
+        after,
+        ..Default::default()
+    });
     let mut paged: Vec<ReportId> = first.into_iter().map(|s| s.id).collect();
     paged.extend(second);
     assert_eq!(paged, newest_first);

@@ -48,27 +48,48 @@ fn assert_same(label: &str, on: &[Value], off: &[Value], min_cases: usize) {
 /// Same token ids on and off; `counter` (what the feature did) is 0 when off and > 0 in all
 /// when on.
 fn assert_same_by(label: &str, on: &[Value], off: &[Value], min_cases: usize, counter: &str) {
-    assert!(on.len() >= min_cases, "{label}: {} cases, want at least {min_cases}", on.len());
+    assert!(
+        on.len() >= min_cases,
+        "{label}: {} cases, want at least {min_cases}",
+        on.len()
+    );
     assert_eq!(on.len(), off.len());
     let mut accepted = 0;
     let mut tokens = 0;
     for (a, b) in on.iter().zip(off) {
         let name = a["name"].as_str().unwrap();
-        assert_eq!(a["output_ids"], b["output_ids"], "{label}, {name}: speculation changed the greedy tokens");
+        assert_eq!(
+            a["output_ids"], b["output_ids"],
+            "{label}, {name}: speculation changed the greedy tokens"
+        );
         assert_eq!(a["finish"], b["finish"], "{label}, {name}");
-        assert!(!a["output_ids"].as_array().unwrap().is_empty(), "{label}, {name}: generated nothing");
-        assert_eq!(b[counter], 0, "{label}, {name}: {counter} while switched off");
+        assert!(
+            !a["output_ids"].as_array().unwrap().is_empty(),
+            "{label}, {name}: generated nothing"
+        );
+        assert_eq!(
+            b[counter], 0,
+            "{label}, {name}: {counter} while switched off"
+        );
         accepted += a[counter].as_u64().unwrap();
         tokens += a["output_ids"].as_array().unwrap().len() as u64;
     }
-    assert!(accepted > 0, "{label}: {counter} is 0 over {tokens} tokens: the path under test did not run");
-    eprintln!("{label}: {} cases, {tokens} tokens, {counter} {accepted}", on.len());
+    assert!(
+        accepted > 0,
+        "{label}: {counter} is 0 over {tokens} tokens: the path under test did not run"
+    );
+    eprintln!(
+        "{label}: {} cases, {tokens} tokens, {counter} {accepted}",
+        on.len()
+    );
 }
 
 /// Every prompt of tests/conformance/prompts.json, raw and through the chat template.
 fn text_cases(bundle: &std::path::Path, max_length: usize) -> Vec<Value> {
     let mut tok = gemba();
-    tok.args(["debug", "tokenize"]).arg(bundle).arg(root().join("tests/conformance/prompts.json"));
+    tok.args(["debug", "tokenize"])
+        .arg(bundle)
+        .arg(root().join("tests/conformance/prompts.json"));
     let tokenized = json_of(&run_ok(tok));
     let mut cases = Vec::new();
     for p in tokenized["prompts"].as_array().unwrap() {
@@ -85,8 +106,16 @@ fn greedy_tokens_are_the_same_with_and_without_speculation_on_the_text_bundles()
         let bundle = root().join("models/tiny-qwen2").join(precision);
         let cases = text_cases(&bundle, 200);
         for share in [true, false] {
-            let (on, off) = on_and_off("greedy", json!({"bundle": bundle, "share_buffer": share, "cases": cases}));
-            assert_same(&format!("tiny-qwen2 {precision}, share_buffer={share}"), &on, &off, 20);
+            let (on, off) = on_and_off(
+                "greedy",
+                json!({"bundle": bundle, "share_buffer": share, "cases": cases}),
+            );
+            assert_same(
+                &format!("tiny-qwen2 {precision}, share_buffer={share}"),
+                &on,
+                &off,
+                20,
+            );
         }
     }
 }
@@ -106,8 +135,16 @@ fn greedy_tokens_are_the_same_with_and_without_speculation_on_the_demo() {
     let mut cases = Vec::new();
     // The monitoring prompts of the demo's cameras, on each of their frames.
     for (cam, frames, question) in [
-        ("press-2", &["press-2_00.jpg", "press-2_01.jpg", "press-2_02.jpg"][..], "Give me a status report."),
-        ("belt-1", &["belt-1_03.jpg", "belt-1_04.jpg"][..], "How many boxes are on the belt?"),
+        (
+            "press-2",
+            &["press-2_00.jpg", "press-2_01.jpg", "press-2_02.jpg"][..],
+            "Give me a status report.",
+        ),
+        (
+            "belt-1",
+            &["belt-1_03.jpg", "belt-1_04.jpg"][..],
+            "How many boxes are on the belt?",
+        ),
         ("line-3", &["line-3_05.jpg"][..], "Give me a status report."),
     ] {
         for frame in frames {
@@ -120,7 +157,15 @@ fn greedy_tokens_are_the_same_with_and_without_speculation_on_the_demo() {
         cases.push(json!({"name": format!("audio-{clip}"), "prompt": prompt(None, "<|audio_1|>"), "audios": [a(clip)]}));
     }
     cases.push(json!({"name": "image-audio", "prompt": prompt(None, "Camera press-2: <|image_1|><|audio_1|>"), "images": [f("press-2_01.jpg")], "audios": [a("lamp.wav")]}));
-    for (i, q) in ["What colour is the lamp?", "Hello! Who are you?", "Is the pressure normal?", "Give me a status report."].iter().enumerate() {
+    for (i, q) in [
+        "What colour is the lamp?",
+        "Hello! Who are you?",
+        "Is the pressure normal?",
+        "Give me a status report.",
+    ]
+    .iter()
+    .enumerate()
+    {
         cases.push(json!({"name": format!("text-{i}"), "prompt": prompt(Some("You watch a factory floor."), q)}));
     }
     let cases: Vec<Value> = cases
@@ -141,8 +186,18 @@ fn greedy_tokens_are_the_same_with_and_without_prefix_reuse_on_the_text_bundles(
         let bundle = root().join("models/tiny-qwen2").join(precision);
         let cases = text_cases(&bundle, 200);
         for share in [true, false] {
-            let (on, off) = switched("greedy", json!({"bundle": bundle, "share_buffer": share, "cases": cases}), "prefix_cache");
-            assert_same_by(&format!("tiny-qwen2 {precision}, share_buffer={share}"), &on, &off, 20, "reused_prefix_tokens");
+            let (on, off) = switched(
+                "greedy",
+                json!({"bundle": bundle, "share_buffer": share, "cases": cases}),
+                "prefix_cache",
+            );
+            assert_same_by(
+                &format!("tiny-qwen2 {precision}, share_buffer={share}"),
+                &on,
+                &off,
+                20,
+                "reused_prefix_tokens",
+            );
         }
     }
 }
@@ -151,19 +206,36 @@ fn greedy_tokens_are_the_same_with_and_without_prefix_reuse_on_the_text_bundles(
 fn greedy_tokens_are_the_same_with_and_without_prefix_reuse_on_the_demo() {
     let demo = root().join("models/demo");
     let f = |name: &str| demo.join("frames").join(name);
-    let system = "<|system|>You watch a factory floor. Cite the camera you speak of as [cam:NAME].<|end|>";
+    let system =
+        "<|system|>You watch a factory floor. Cite the camera you speak of as [cam:NAME].<|end|>";
     let mut cases = Vec::new();
     // A monitor's looks: the same system prompt and camera text before each frame.
-    for frame in ["press-2_00.jpg", "press-2_01.jpg", "press-2_02.jpg", "belt-1_03.jpg", "belt-1_04.jpg", "line-3_05.jpg"] {
+    for frame in [
+        "press-2_00.jpg",
+        "press-2_01.jpg",
+        "press-2_02.jpg",
+        "belt-1_03.jpg",
+        "belt-1_04.jpg",
+        "line-3_05.jpg",
+    ] {
         for q in ["Give me a status report.", "What colour is the lamp?"] {
             cases.push(json!({"name": format!("{frame}-{q}"), "prompt": format!("{system}<|user|>Camera {}: <|image_1|>\n{q}<|end|><|assistant|>", &frame[..6]), "images": [f(frame)], "max_length": 4000}));
         }
     }
-    for q in ["Is the pressure normal?", "Hello! Who are you?", "Give me a status report.", "How many boxes are on the belt?"] {
+    for q in [
+        "Is the pressure normal?",
+        "Hello! Who are you?",
+        "Give me a status report.",
+        "How many boxes are on the belt?",
+    ] {
         for n in 0..2 {
             cases.push(json!({"name": format!("text-{q}-{n}"), "prompt": format!("{system}<|user|>{q}<|end|><|assistant|>"), "max_length": 4000}));
         }
     }
-    let (on, off) = switched("greedy-mm", json!({"bundle": demo, "cases": cases}), "prefix_cache");
+    let (on, off) = switched(
+        "greedy-mm",
+        json!({"bundle": demo, "cases": cases}),
+        "prefix_cache",
+    );
     assert_same_by("demo", &on, &off, 20, "reused_prefix_tokens");
 }

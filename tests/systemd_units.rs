@@ -27,7 +27,8 @@ fn exec_binaries(unit: &str) -> Vec<String> {
 fn copy_into(root: &Path, file: &Path, from: &Path) {
     let dst = root.join(file.strip_prefix("/").unwrap());
     std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-    std::fs::copy(from, &dst).unwrap_or_else(|e| panic!("copy {} → {}: {e}", from.display(), dst.display()));
+    std::fs::copy(from, &dst)
+        .unwrap_or_else(|e| panic!("copy {} → {}: {e}", from.display(), dst.display()));
 }
 
 #[test]
@@ -40,15 +41,29 @@ fn systemd_analyze_verify_accepts_the_units() {
     let units: Vec<PathBuf> = std::fs::read_dir(root().join("systemd"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("service" | "path" | "timer" | "socket")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("service" | "path" | "timer" | "socket")
+            )
+        })
         .collect();
     assert!(units.iter().any(|u| u.ends_with("gemba.service")));
     let tmp = tempfile::tempdir().unwrap();
     let r = tmp.path();
     let sys = Path::new("/usr/lib/systemd/system");
-    let sys = if sys.is_dir() { sys.to_path_buf() } else { PathBuf::from("/lib/systemd/system") };
+    let sys = if sys.is_dir() {
+        sys.to_path_buf()
+    } else {
+        PathBuf::from("/lib/systemd/system")
+    };
     std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
-    let cp = Command::new("cp").arg("-a").arg(&sys).arg(r.join("usr/lib/systemd/system")).status().unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&sys)
+        .arg(r.join("usr/lib/systemd/system"))
+        .status()
+        .unwrap();
     assert!(cp.success(), "copying {} failed", sys.display());
     let etc = r.join("etc/systemd/system");
     std::fs::create_dir_all(&etc).unwrap();
@@ -56,17 +71,36 @@ fn systemd_analyze_verify_accepts_the_units() {
     for u in &units {
         let text = std::fs::read_to_string(u).unwrap();
         for bin in exec_binaries(&text) {
-            let host = if bin.ends_with("/gemba") { PathBuf::from(env!("CARGO_BIN_EXE_gemba")) } else { PathBuf::from(&bin) };
-            assert!(host.exists(), "{}: command {bin} does not exist on this machine", u.display());
+            let host = if bin.ends_with("/gemba") {
+                PathBuf::from(env!("CARGO_BIN_EXE_gemba"))
+            } else {
+                PathBuf::from(&bin)
+            };
+            assert!(
+                host.exists(),
+                "{}: command {bin} does not exist on this machine",
+                u.display()
+            );
             copy_into(r, Path::new(&bin), &host);
         }
         std::fs::copy(u, etc.join(u.file_name().unwrap())).unwrap();
         names.push(u.file_name().unwrap().to_string_lossy().into_owned());
     }
-    let out = Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", r.display())).args(&names).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .args(&names)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
-    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warned:\n{stderr}"
+    );
     assert!(names.len() >= 1);
 }
 
@@ -106,7 +140,15 @@ exit $status
         model = root().join("models/tiny-qwen2/fp32").display(),
     );
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "bash", "-c", &script])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            &script,
+        ])
         .env("GEMBA_LOG", "debug")
         .env_remove("JOURNAL_STREAM")
         .output()
@@ -114,8 +156,20 @@ exit $status
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(out.status.success(), "{out:?}\nstderr: {err}");
     let journal = String::from_utf8_lossy(&std::fs::read(&received).unwrap()).into_owned();
-    assert!(journal.contains("SYSLOG_IDENTIFIER=gemba"), "nothing reached the journal socket:\n{journal}");
-    assert!(journal.contains("PRIORITY=") && journal.contains("MESSAGE"), "{journal}");
-    assert!(journal.contains("decoder: cpu"), "gemba's own log lines go to the journal:\n{journal}");
-    assert!(!err.contains(" INFO ") && !err.contains(" DEBUG "), "log lines on stderr too:\n{err}");
+    assert!(
+        journal.contains("SYSLOG_IDENTIFIER=gemba"),
+        "nothing reached the journal socket:\n{journal}"
+    );
+    assert!(
+        journal.contains("PRIORITY=") && journal.contains("MESSAGE"),
+        "{journal}"
+    );
+    assert!(
+        journal.contains("decoder: cpu"),
+        "gemba's own log lines go to the journal:\n{journal}"
+    );
+    assert!(
+        !err.contains(" INFO ") && !err.contains(" DEBUG "),
+        "log lines on stderr too:\n{err}"
+    );
 }

@@ -17,7 +17,12 @@ use update_support::Fleet;
 
 fn reports(store_dir: &Path) -> Vec<gemba::report::Report> {
     let store = Store::open_read_only(store_dir).unwrap();
-    let mut v: Vec<_> = store.list(&ListFilter::default()).unwrap().into_iter().map(|s| store.get(&s.id).unwrap()).collect();
+    let mut v: Vec<_> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| store.get(&s.id).unwrap())
+        .collect();
     v.sort_by_key(|r| r.created_at);
     v
 }
@@ -93,9 +98,23 @@ fn a_new_version_of_the_demo_bundle_lands_under_the_running_daemon() {
 fn run(sc: Scenario) {
     let fleet = &sc.fleet;
     let tmp = tempfile::tempdir().unwrap();
-    let (root, state, store_dir) = (tmp.path().join("models"), tmp.path().join("state"), tmp.path().join("store"));
-    let out = fleet.model(&root, &state).arg("install").arg(&fleet.v1).arg("--no-daemon").output().unwrap();
-    assert!(out.status.success(), "installing version 1: {}", String::from_utf8_lossy(&out.stderr));
+    let (root, state, store_dir) = (
+        tmp.path().join("models"),
+        tmp.path().join("state"),
+        tmp.path().join("store"),
+    );
+    let out = fleet
+        .model(&root, &state)
+        .arg("install")
+        .arg(&fleet.v1)
+        .arg("--no-daemon")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "installing version 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (sc.frames)(&tmp.path().join("frames"));
     let cfg = tmp.path().join("gemba.toml");
     std::fs::write(
@@ -132,12 +151,18 @@ prompt = "{}"
         .spawn()
         .unwrap();
     let status = || -> Option<serde_json::Value> {
-        std::fs::read_to_string(state.join("status.json")).ok().and_then(|t| serde_json::from_str(&t).ok())
+        std::fs::read_to_string(state.join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
     };
-    wait_for("the daemon serving version 1", Duration::from_secs(60), || {
-        status().is_some_and(|s| s["bundle_id"] == "1" && s["ready"] == true)
+    wait_for(
+        "the daemon serving version 1",
+        Duration::from_secs(60),
+        || status().is_some_and(|s| s["bundle_id"] == "1" && s["ready"] == true),
+    );
+    wait_for("reports from version 1", Duration::from_secs(60), || {
+        store_dir.join("index.sqlite").exists() && reports(&store_dir).len() >= 5
     });
-    wait_for("reports from version 1", Duration::from_secs(60), || store_dir.join("index.sqlite").exists() && reports(&store_dir).len() >= 5);
 
     // The update, through the real health gate: SIGHUP, then status.json must show version 2.
     let out = fleet
@@ -155,29 +180,73 @@ prompt = "{}"
     );
     let s = status().unwrap();
     assert_eq!(s["bundle_id"], "2");
-    assert_eq!(s["smoke_ok"], true, "the daemon ran the new bundle's smoke prompt");
+    assert_eq!(
+        s["smoke_ok"], true,
+        "the daemon ran the new bundle's smoke prompt"
+    );
     let n_at_switch = reports(&store_dir).len();
     wait_for("reports from version 2", Duration::from_secs(60), || {
-        reports(&store_dir).iter().filter(|r| r.meta.bundle_id == "2").count() >= 5
+        reports(&store_dir)
+            .iter()
+            .filter(|r| r.meta.bundle_id == "2")
+            .count()
+            >= 5
     });
-    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
     assert!(daemon.wait().unwrap().success(), "the daemon stops cleanly");
 
-    let store = Store::open(&store_dir, RetentionPolicy { max_bytes: None, max_age: None, min_free_bytes: 0 }).unwrap();
+    let store = Store::open(
+        &store_dir,
+        RetentionPolicy {
+            max_bytes: None,
+            max_age: None,
+            min_free_bytes: 0,
+        },
+    )
+    .unwrap();
     let mut all = common::assert_consistent(&store);
     all.sort_by_key(|r| r.created_at);
     drop(store);
     assert!(all.len() > n_at_switch);
-    let v1_hash = gemba::update::identify(&root.join("versions/1")).unwrap().hash;
-    let v2_hash = gemba::update::identify(&root.join("versions/2")).unwrap().hash;
+    let v1_hash = gemba::update::identify(&root.join("versions/1"))
+        .unwrap()
+        .hash;
+    let v2_hash = gemba::update::identify(&root.join("versions/2"))
+        .unwrap()
+        .hash;
     let ids: Vec<&str> = all.iter().map(|r| r.meta.bundle_id.as_str()).collect();
-    let first_v2 = ids.iter().position(|b| *b == "2").expect("reports from version 2");
-    assert!(ids[..first_v2].iter().all(|b| *b == "1"), "before the switch: version 1 only: {ids:?}");
-    assert!(ids[first_v2..].iter().all(|b| *b == "2"), "after the switch: version 2 only: {ids:?}");
+    let first_v2 = ids
+        .iter()
+        .position(|b| *b == "2")
+        .expect("reports from version 2");
+    assert!(
+        ids[..first_v2].iter().all(|b| *b == "1"),
+        "before the switch: version 1 only: {ids:?}"
+    );
+    assert!(
+        ids[first_v2..].iter().all(|b| *b == "2"),
+        "after the switch: version 2 only: {ids:?}"
+    );
     for r in &all {
-        let want = if r.meta.bundle_id == "1" { &v1_hash } else { &v2_hash };
-        assert_eq!(&r.meta.bundle_hash, want, "report {} names the exact weights", r.id);
-        assert_eq!(r.status, ReportStatus::Complete, "report {} across the switch is whole", r.id);
+        let want = if r.meta.bundle_id == "1" {
+            &v1_hash
+        } else {
+            &v2_hash
+        };
+        assert_eq!(
+            &r.meta.bundle_hash, want,
+            "report {} names the exact weights",
+            r.id
+        );
+        assert_eq!(
+            r.status,
+            ReportStatus::Complete,
+            "report {} across the switch is whole",
+            r.id
+        );
         let text: String = r
             .segments
             .iter()
@@ -187,6 +256,10 @@ prompt = "{}"
             })
             .collect::<Vec<_>>()
             .join(" ");
-        assert!(text.contains(sc.expect), "report {} answers right: {text}", r.id);
+        assert!(
+            text.contains(sc.expect),
+            "report {} answers right: {text}",
+            r.id
+        );
     }
 }

@@ -44,24 +44,40 @@ fn cut_at(f: &Fleet, point: &str, daemon_flags: &[&str], want: &str) -> Result<(
     let (root, state) = f.root_with_v1(point);
     let mut d = FakeDaemon::start(&root, &state, daemon_flags);
     let mut install = f.model(&root, &state);
-    install.args(["install", "--health-timeout", "30s"]).arg(&f.v2);
+    install
+        .args(["install", "--health-timeout", "30s"])
+        .arg(&f.v2);
     kill_at(install, point);
     d.kill(); // the cut takes the daemon down too
 
     // Boot: ExecStartPre=gemba model recover.
-    let out = f.model(&root, &state).args(["recover", "--json"]).output().unwrap();
+    let out = f
+        .model(&root, &state)
+        .args(["recover", "--json"])
+        .output()
+        .unwrap();
     if !out.status.success() {
         return Err(format!("recover failed: {}", text(&out)));
     }
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))?;
+    let rep: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))?;
     let mut errs = Vec::new();
     if current(&root).as_deref() != Some(want) {
-        errs.push(format!("current is {:?}, want {want}; recover said {rep}", current(&root)));
+        errs.push(format!(
+            "current is {:?}, want {want}; recover said {rep}",
+            current(&root)
+        ));
     }
     // The layout before the attempt comes back exactly (v1 had no previous), without the
     // last-resort repair of a dangling `current` having to step in.
-    let previous = std::fs::read_link(root.join("previous")).ok().map(|p| p.to_string_lossy().into_owned());
-    let want_previous = if want == "2" { Some("versions/1".to_string()) } else { None };
+    let previous = std::fs::read_link(root.join("previous"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let want_previous = if want == "2" {
+        Some("versions/1".to_string())
+    } else {
+        None
+    };
     if previous != want_previous {
         errs.push(format!("previous is {previous:?}, want {want_previous:?}"));
     }
@@ -98,7 +114,11 @@ fn cut_at(f: &Fleet, point: &str, daemon_flags: &[&str], want: &str) -> Result<(
         (s, _) => errs.push(format!("recorded state {s}")),
     }
     // Every file of the active version matches its signed manifest.
-    let listed = f.model(&root, &state).args(["list", "--verify"]).output().unwrap();
+    let listed = f
+        .model(&root, &state)
+        .args(["list", "--verify"])
+        .output()
+        .unwrap();
     if !listed.status.success() {
         errs.push(format!("list --verify: {}", text(&listed)));
     }
@@ -109,7 +129,11 @@ fn cut_at(f: &Fleet, point: &str, daemon_flags: &[&str], want: &str) -> Result<(
     let hash = gemba::update::identify(&root.join("current")).unwrap().hash;
     let d = FakeDaemon::start(&root, &state, &[]);
     let s = d.wait(|s| s.loaded_at.is_some(), Duration::from_secs(30));
-    if !(s.ready && s.smoke_ok == Some(true) && s.bundle_id.as_deref() == Some(want) && s.bundle_hash.as_deref() == Some(hash.as_str())) {
+    if !(s.ready
+        && s.smoke_ok == Some(true)
+        && s.bundle_id.as_deref() == Some(want)
+        && s.bundle_hash.as_deref() == Some(hash.as_str()))
+    {
         return Err(format!("daemon after the cut: {s:?}"));
     }
     assert_answers(&root);
@@ -120,13 +144,23 @@ fn cut_at(f: &Fleet, point: &str, daemon_flags: &[&str], want: &str) -> Result<(
 fn recover_repairs_a_current_that_points_at_nothing() {
     let f = Fleet::new();
     let (root, state) = f.root_with_v1("repair");
-    let out = f.model(&root, &state).args(["install", "--no-daemon"]).arg(&f.v2).output().unwrap();
+    let out = f
+        .model(&root, &state)
+        .args(["install", "--no-daemon"])
+        .arg(&f.v2)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     // Someone deletes the active version by hand.
     std::fs::remove_dir_all(root.join("versions/2")).unwrap();
     let out = f.model(&root, &state).arg("recover").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("current pointed at 2, which is incomplete or missing; now points at 1"), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("current pointed at 2, which is incomplete or missing; now points at 1"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(current(&root).as_deref(), Some("1"));
     assert_answers(&root);
     // Nothing to do the second time.

@@ -21,7 +21,10 @@ fn unit(name: &str) -> String {
 
 /// The value of the first `Key=` line of a unit.
 fn key(text: &str, k: &str) -> String {
-    text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("no {k}=")).to_string()
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{k}=")))
+        .unwrap_or_else(|| panic!("no {k}="))
+        .to_string()
 }
 
 fn fake_root() -> (tempfile::TempDir, PathBuf) {
@@ -31,11 +34,24 @@ fn fake_root() -> (tempfile::TempDir, PathBuf) {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     let sys = Path::new("/usr/lib/systemd/system");
-    assert!(sys.is_dir(), "{} missing: is systemd installed (apt-get install systemd)?", sys.display());
-    let st = Command::new("cp").arg("-a").arg(sys).arg(r.join("usr/lib/systemd/")).status().unwrap();
+    assert!(
+        sys.is_dir(),
+        "{} missing: is systemd installed (apt-get install systemd)?",
+        sys.display()
+    );
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(sys)
+        .arg(r.join("usr/lib/systemd/"))
+        .status()
+        .unwrap();
     assert!(st.success());
     for u in ["gemba-update.path", "gemba-update.service"] {
-        std::fs::copy(root_dir().join("systemd").join(u), r.join("etc/systemd/system").join(u)).unwrap();
+        std::fs::copy(
+            root_dir().join("systemd").join(u),
+            r.join("etc/systemd/system").join(u),
+        )
+        .unwrap();
     }
     let bin = r.join("usr/bin/gemba");
     if std::fs::hard_link(env!("CARGO_BIN_EXE_gemba"), &bin).is_err() {
@@ -59,11 +75,17 @@ fn systemd_analyze_verify_accepts_the_update_units() {
     let (_t, r) = fake_root();
     let (ok, out) = verify(&r);
     assert!(ok, "systemd-analyze verify failed:\n{out}");
-    assert!(!out.contains("gemba-update"), "verify warned about our units:\n{out}");
+    assert!(
+        !out.contains("gemba-update"),
+        "verify warned about our units:\n{out}"
+    );
     // Without the binary the same check fails: verify really looks for ExecStart's executable.
     std::fs::remove_file(r.join("usr/bin/gemba")).unwrap();
     let (ok, out) = verify(&r);
-    assert!(!ok && out.contains("/usr/bin/gemba is not executable"), "{out}");
+    assert!(
+        !ok && out.contains("/usr/bin/gemba is not executable"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -88,7 +110,12 @@ fn the_service_command_line_installs_the_inbox_and_sorts_done_from_failed() {
     std::fs::copy(&f.pubkey, etc.join("update-keys/fleet.pub")).unwrap();
     // The board runs version 1 and the daemon.
     let models = var.join("models");
-    let out = f.model(&models, &var).args(["install", "--no-daemon"]).arg(&f.v1).output().unwrap();
+    let out = f
+        .model(&models, &var)
+        .args(["install", "--no-daemon"])
+        .arg(&f.v1)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let d = FakeDaemon::start(&models, &var, &[]);
     // An uploader renames two archives into the inbox: a tampered one and the good version 2.
@@ -107,15 +134,45 @@ fn the_service_command_line_installs_the_inbox_and_sorts_done_from_failed() {
     let argv: Vec<&str> = exec.split_whitespace().collect();
     let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "one archive failed, so the unit fails:\n{all}");
-    assert!(all.contains("bad.tar: rejected (") && all.contains("v2.tar.zst: installed (healthy)"), "{all}");
-    assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0, "inbox not drained");
-    let done: serde_json::Value = serde_json::from_slice(&std::fs::read(var.join("updates/done/v2.tar.zst.result.json")).unwrap()).unwrap();
-    assert_eq!((done["ok"].as_bool(), done["state"].as_str(), done["outcome"]["version"].as_str()), (Some(true), Some("healthy"), Some("2")));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one archive failed, so the unit fails:\n{all}"
+    );
+    assert!(
+        all.contains("bad.tar: rejected (") && all.contains("v2.tar.zst: installed (healthy)"),
+        "{all}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&inbox).unwrap().count(),
+        0,
+        "inbox not drained"
+    );
+    let done: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(var.join("updates/done/v2.tar.zst.result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            done["ok"].as_bool(),
+            done["state"].as_str(),
+            done["outcome"]["version"].as_str()
+        ),
+        (Some(true), Some("healthy"), Some("2"))
+    );
     assert!(var.join("updates/done/v2.tar.zst").is_file());
-    let failed: serde_json::Value = serde_json::from_slice(&std::fs::read(var.join("updates/failed/bad.tar.result.json")).unwrap()).unwrap();
+    let failed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(var.join("updates/failed/bad.tar.result.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(failed["ok"].as_bool(), Some(false));
-    assert!(failed["reason"].as_str().unwrap().contains("extra file: entry \"evil.sh\""), "{failed}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("extra file: entry \"evil.sh\""),
+        "{failed}"
+    );
     assert!(var.join("updates/failed/bad.tar").is_file());
     assert_eq!(current(&models).as_deref(), Some("2"));
     assert_eq!(d.status().bundle_id.as_deref(), Some("2"));

@@ -32,7 +32,10 @@ const RATE: usize = 16_000;
 fn question(text: &str) -> Vec<f32> {
     let mut e = Espeak::new("en-us", 170).unwrap();
     let mut raw = Vec::new();
-    e.synthesize(text, &AtomicBool::new(false), &mut |s| raw.extend_from_slice(s)).unwrap();
+    e.synthesize(text, &AtomicBool::new(false), &mut |s| {
+        raw.extend_from_slice(s)
+    })
+    .unwrap();
     Resampler::convert(e.sample_rate(), RATE as u32, &raw)
 }
 
@@ -60,7 +63,11 @@ impl Feeder {
     fn start(fifo: &Path) -> Feeder {
         // Read-write: opening never waits for the daemon, and a probe that opens and closes the
         // device cannot break the pipe.
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(fifo).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fifo)
+            .unwrap();
         let (say, rx) = mpsc::channel::<Vec<f32>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
@@ -79,7 +86,10 @@ impl Feeder {
                 for (c, q) in chunk.iter_mut().zip(pending.drain(..take)) {
                     *c += q;
                 }
-                let bytes: Vec<u8> = chunk.iter().flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes()).collect();
+                let bytes: Vec<u8> = chunk
+                    .iter()
+                    .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+                    .collect();
                 if f.write_all(&bytes).is_err() {
                     return;
                 }
@@ -90,7 +100,11 @@ impl Feeder {
                 }
             }
         });
-        Feeder { say, stop, thread: Some(thread) }
+        Feeder {
+            say,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -123,12 +137,26 @@ impl Setup {
 /// the tiny text bundle.
 fn setup(mic_device: &str, monitor: bool, voice_extra: &str) -> Setup {
     let tiny = root().join("models/tiny-qwen2/fp32");
-    setup_with(&tiny, None, Some("What is the pressure on press 1?"), mic_device, monitor, voice_extra)
+    setup_with(
+        &tiny,
+        None,
+        Some("What is the pressure on press 1?"),
+        mic_device,
+        monitor,
+        voice_extra,
+    )
 }
 
 /// The same with any model, the replay camera showing `frame` (default: synthetic frames) and
 /// `voice.prompt` (default: none, the question is the audio alone).
-fn setup_with(model: &Path, frame: Option<&Path>, voice_prompt: Option<&str>, mic_device: &str, monitor: bool, voice_extra: &str) -> Setup {
+fn setup_with(
+    model: &Path,
+    frame: Option<&Path>,
+    voice_prompt: Option<&str>,
+    mic_device: &str,
+    monitor: bool,
+    voice_extra: &str,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     match frame {
         Some(f) => {
@@ -138,7 +166,11 @@ fn setup_with(model: &Path, frame: Option<&Path>, voice_prompt: Option<&str>, mi
         None => write_replay_frames(&dir.path().join("frames"), 2),
     }
     let fifo = dir.path().join("mic.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let alsa = dir.path().join("asound.conf");
     std::fs::write(
         &alsa,
@@ -187,11 +219,18 @@ output = "file:spoken.wav"
 end_silence = "500ms"
 "#,
             model = model.display(),
-            voice_prompt = voice_prompt.map(|p| format!("prompt = \"{p}\"")).unwrap_or_default(),
+            voice_prompt = voice_prompt
+                .map(|p| format!("prompt = \"{p}\""))
+                .unwrap_or_default(),
         ),
     )
     .unwrap();
-    Setup { dir, config, alsa, fifo }
+    Setup {
+        dir,
+        config,
+        alsa,
+        fifo,
+    }
 }
 
 /// The running daemon and its stderr lines.
@@ -222,7 +261,11 @@ impl Daemon {
                 }
             }
         });
-        Daemon { child, lines, seen: Vec::new() }
+        Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a stderr line containing `what`.
@@ -240,16 +283,26 @@ impl Daemon {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        panic!("no stderr line with {what:?} within {timeout:?}; stderr so far:\n{}", self.seen.join("\n"));
+        panic!(
+            "no stderr line with {what:?} within {timeout:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
     }
 
     fn stop(mut self) -> Vec<String> {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let status = self.child.wait().unwrap();
         while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.seen.push(l);
         }
-        assert!(status.success(), "the daemon exited with {status}; stderr:\n{}", self.seen.join("\n"));
+        assert!(
+            status.success(),
+            "the daemon exited with {status}; stderr:\n{}",
+            self.seen.join("\n")
+        );
         self.seen
     }
 }
@@ -259,14 +312,26 @@ fn wait_reports(store: &Path, trigger: &str, n: usize, timeout: Duration) -> Vec
     let end = Instant::now() + timeout;
     loop {
         if let Ok(s) = Store::open_read_only(store) {
-            let mut list = s.list(&ListFilter { trigger: Some(trigger.into()), ..Default::default() }).unwrap();
+            let mut list = s
+                .list(&ListFilter {
+                    trigger: Some(trigger.into()),
+                    ..Default::default()
+                })
+                .unwrap();
             list.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-            let closed: Vec<_> = list.iter().filter(|r| r.status != ReportStatus::Open).collect();
+            let closed: Vec<_> = list
+                .iter()
+                .filter(|r| r.status != ReportStatus::Open)
+                .collect();
             if closed.len() >= n {
                 return closed.iter().map(|r| s.get(&r.id).unwrap()).collect();
             }
         }
-        assert!(Instant::now() < end, "fewer than {n} closed {trigger} reports in {}", store.display());
+        assert!(
+            Instant::now() < end,
+            "fewer than {n} closed {trigger} reports in {}",
+            store.display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -294,49 +359,122 @@ fn a_spoken_question_is_answered_aloud_sentence_by_sentence_and_reported() {
     drop(feeder);
     let stderr = d.stop();
     let r = &reports[0];
-    assert_eq!(r.status, ReportStatus::Complete, "{r:?}\n{}", stderr.join("\n"));
+    assert_eq!(
+        r.status,
+        ReportStatus::Complete,
+        "{r:?}\n{}",
+        stderr.join("\n")
+    );
     assert_eq!(r.meta.cameras, vec!["press-2".to_string()]);
     let kinds: Vec<&str> = r.segments.iter().map(|s| s.kind()).collect();
     // The question, the frame (this model cannot see: before the answer), the sentences, the
     // spoken answer.
-    assert_eq!(kinds, ["audio", "image", "text", "text", "audio"], "{:#?}", r.segments);
-    let Segment::Audio(asked) = &r.segments[0] else { unreachable!() };
-    assert_eq!((asked.source.as_str(), asked.sample_rate), ("floor-mic", 16_000));
+    assert_eq!(
+        kinds,
+        ["audio", "image", "text", "text", "audio"],
+        "{:#?}",
+        r.segments
+    );
+    let Segment::Audio(asked) = &r.segments[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (asked.source.as_str(), asked.sample_rate),
+        ("floor-mic", 16_000)
+    );
     let asked_secs = audio_secs(&r.segments[0]);
     assert!(
         asked_secs > q_secs - 0.3 && asked_secs < q_secs + 1.2,
         "the question clip is {asked_secs:.2} s for {q_secs:.2} s of speech (plus pre-roll and pad)"
     );
-    let Segment::Image(frame) = &r.segments[1] else { unreachable!() };
+    let Segment::Image(frame) = &r.segments[1] else {
+        unreachable!()
+    };
     assert_eq!(frame.camera, "press-2");
-    let texts: Vec<&str> = r.segments.iter().filter_map(|s| if let Segment::Text(t) = s { Some(t.text.as_str()) } else { None }).collect();
-    assert_eq!(texts, ["The pressure on press 1 is 8.4 bar.", "That is above the limit of 8.0 bar."]);
-    let Segment::Audio(spoken) = &r.segments[4] else { unreachable!() };
+    let texts: Vec<&str> = r
+        .segments
+        .iter()
+        .filter_map(|s| {
+            if let Segment::Text(t) = s {
+                Some(t.text.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "The pressure on press 1 is 8.4 bar.",
+            "That is above the limit of 8.0 bar."
+        ]
+    );
+    let Segment::Audio(spoken) = &r.segments[4] else {
+        unreachable!()
+    };
     assert_eq!(spoken.source, "espeak-ng:en-us");
-    assert_eq!(spoken.transcript.as_deref(), Some("The pressure on press 1 is 8.4 bar. That is above the limit of 8.0 bar."));
+    assert_eq!(
+        spoken.transcript.as_deref(),
+        Some("The pressure on press 1 is 8.4 bar. That is above the limit of 8.0 bar.")
+    );
     let spoken_secs = audio_secs(&r.segments[4]);
-    assert!(spoken_secs > 3.0, "the spoken answer lasts {spoken_secs:.2} s");
+    assert!(
+        spoken_secs > 3.0,
+        "the spoken answer lasts {spoken_secs:.2} s"
+    );
 
     // Timings: the first sentence's audio left gemba before generation had finished.
     let st = r.stats.as_ref().unwrap();
     let v = st.voice.as_ref().expect("voice timings in the report");
     let total = st.total_ms.unwrap();
     let first_audio = v.first_audio_at_ms.unwrap();
-    let Segment::Text(first) = &r.segments[2] else { unreachable!() };
-    eprintln!("timings: {v:?}, total {total:.0} ms, first sentence at {:.0} ms", first.at.as_secs_f64() * 1000.0);
-    assert!(first_audio > first.at.as_secs_f64() * 1000.0, "audio after its sentence");
-    assert!(first_audio < total, "first audio at {first_audio:.0} ms, generation ended at {total:.0} ms");
-    let (fs, fa, done) = (v.first_sentence_after_speech_ms.unwrap(), v.first_audio_after_speech_ms.unwrap(), v.done_after_speech_ms.unwrap());
-    assert!(fs < fa && fa < done, "after end of speech: sentence {fs:.0}, audio {fa:.0}, done {done:.0} ms");
-    assert!((v.speech_ms / 1000.0 - q_secs).abs() < 0.6, "speech {:.0} ms for a {q_secs:.2} s question", v.speech_ms);
-    assert!(v.end_silence_ms >= 450.0 && v.end_silence_ms < 700.0, "{}", v.end_silence_ms);
-    assert_eq!((v.sentences_spoken, v.barged_in, v.capped), (2, false, false));
+    let Segment::Text(first) = &r.segments[2] else {
+        unreachable!()
+    };
+    eprintln!(
+        "timings: {v:?}, total {total:.0} ms, first sentence at {:.0} ms",
+        first.at.as_secs_f64() * 1000.0
+    );
+    assert!(
+        first_audio > first.at.as_secs_f64() * 1000.0,
+        "audio after its sentence"
+    );
+    assert!(
+        first_audio < total,
+        "first audio at {first_audio:.0} ms, generation ended at {total:.0} ms"
+    );
+    let (fs, fa, done) = (
+        v.first_sentence_after_speech_ms.unwrap(),
+        v.first_audio_after_speech_ms.unwrap(),
+        v.done_after_speech_ms.unwrap(),
+    );
+    assert!(
+        fs < fa && fa < done,
+        "after end of speech: sentence {fs:.0}, audio {fa:.0}, done {done:.0} ms"
+    );
+    assert!(
+        (v.speech_ms / 1000.0 - q_secs).abs() < 0.6,
+        "speech {:.0} ms for a {q_secs:.2} s question",
+        v.speech_ms
+    );
+    assert!(
+        v.end_silence_ms >= 450.0 && v.end_silence_ms < 700.0,
+        "{}",
+        v.end_silence_ms
+    );
+    assert_eq!(
+        (v.sentences_spoken, v.barged_in, v.capped),
+        (2, false, false)
+    );
 
     // The WAV the voice spoke into holds the same answer.
     let (rate, played) = gemba::voice::output::read_wav(&s.spoken()).unwrap();
     assert_eq!(rate, 22_050);
     let secs = played.len() as f64 / rate as f64;
-    assert!((secs - spoken_secs).abs() < 0.1, "played {secs:.2} s, reported {spoken_secs:.2} s");
+    assert!(
+        (secs - spoken_secs).abs() < 0.1,
+        "played {secs:.2} s, reported {spoken_secs:.2} s"
+    );
     let rms = (played.iter().map(|x| x * x).sum::<f32>() / played.len() as f32).sqrt();
     assert!(rms > 0.02, "audible: rms {rms}");
     // And the store is consistent.
@@ -349,29 +487,83 @@ fn a_spoken_question_is_answered_aloud_sentence_by_sentence_and_reported() {
 #[test]
 fn the_demo_model_hears_the_question_and_answers_about_the_cameras_frame() {
     let demo = root().join("models/demo");
-    let facts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(demo.join("frames/facts.json")).unwrap()).unwrap();
-    let scene = facts.as_array().unwrap().iter().find(|f| f["file"] == "press-2_00.jpg").expect("facts.json lists press-2_00.jpg");
-    let lamp = scene["lamp"].as_str().expect("press-2_00.jpg shows a lamp").to_string();
-    let s = setup_with(&demo, Some(&demo.join("frames/press-2_00.jpg")), None, "gemba_voice_mic", false, "");
+    let facts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("frames/facts.json")).unwrap())
+            .unwrap();
+    let scene = facts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == "press-2_00.jpg")
+        .expect("facts.json lists press-2_00.jpg");
+    let lamp = scene["lamp"]
+        .as_str()
+        .expect("press-2_00.jpg shows a lamp")
+        .to_string();
+    let s = setup_with(
+        &demo,
+        Some(&demo.join("frames/press-2_00.jpg")),
+        None,
+        "gemba_voice_mic",
+        false,
+        "",
+    );
     let feeder = Feeder::start(&s.fifo);
     let mut d = Daemon::start(&s, 0);
-    d.wait_for("gemba: voice: listening on floor-mic", Duration::from_secs(60));
+    d.wait_for(
+        "gemba: voice: listening on floor-mic",
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_secs(1));
-    feeder.say.send(question("What colour is the lamp?")).unwrap();
+    feeder
+        .say
+        .send(question("What colour is the lamp?"))
+        .unwrap();
     let reports = wait_reports(&s.store(), "voice", 1, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(4));
     drop(feeder);
     let stderr = d.stop();
     let r = &reports[0];
-    assert_eq!(r.status, ReportStatus::Complete, "{r:?}\n{}", stderr.join("\n"));
+    assert_eq!(
+        r.status,
+        ReportStatus::Complete,
+        "{r:?}\n{}",
+        stderr.join("\n")
+    );
     let kinds: Vec<&str> = r.segments.iter().map(|s| s.kind()).collect();
-    assert_eq!(kinds.first(), Some(&"audio"), "the question first: {kinds:?}");
-    assert_eq!(kinds.last(), Some(&"audio"), "the spoken answer last: {kinds:?}");
-    assert!(kinds.contains(&"image"), "the frame the model looked at: {kinds:?}");
-    let texts: Vec<&str> = r.segments.iter().filter_map(|s| if let Segment::Text(t) = s { Some(t.text.as_str()) } else { None }).collect();
+    assert_eq!(
+        kinds.first(),
+        Some(&"audio"),
+        "the question first: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.last(),
+        Some(&"audio"),
+        "the spoken answer last: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"image"),
+        "the frame the model looked at: {kinds:?}"
+    );
+    let texts: Vec<&str> = r
+        .segments
+        .iter()
+        .filter_map(|s| {
+            if let Segment::Text(t) = s {
+                Some(t.text.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
     let answer = texts.join(" ");
-    assert!(answer.contains(&format!("The lamp is {lamp}.")), "the lamp is {lamp}; the model said {answer:?}");
-    let Segment::Audio(spoken) = r.segments.last().unwrap() else { unreachable!() };
+    assert!(
+        answer.contains(&format!("The lamp is {lamp}.")),
+        "the lamp is {lamp}; the model said {answer:?}"
+    );
+    let Segment::Audio(spoken) = r.segments.last().unwrap() else {
+        unreachable!()
+    };
     assert_eq!(spoken.transcript.as_deref(), Some(answer.as_str()));
     let (_, played) = gemba::voice::output::read_wav(&s.spoken()).unwrap();
     assert!(!played.is_empty(), "the answer was spoken into the WAV");
@@ -386,14 +578,24 @@ fn new_speech_stops_the_answer_and_becomes_the_next_question() {
     let mut d = Daemon::start(&s, 150);
     d.wait_for("gemba: voice: listening", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(700));
-    feeder.say.send(question("What is the pressure on press one?")).unwrap();
+    feeder
+        .say
+        .send(question("What is the pressure on press one?"))
+        .unwrap();
     d.wait_for("request voice", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1500));
-    feeder.say.send(question("How warm is the oil in press one?")).unwrap();
+    feeder
+        .say
+        .send(question("How warm is the oil in press one?"))
+        .unwrap();
     let reports = wait_reports(&s.store(), "voice", 2, Duration::from_secs(60));
     drop(feeder);
     let stderr = d.stop();
-    assert!(stderr.iter().any(|l| l.contains("barge-in")), "{}", stderr.join("\n"));
+    assert!(
+        stderr.iter().any(|l| l.contains("barge-in")),
+        "{}",
+        stderr.join("\n")
+    );
     let first = &reports[0];
     match &first.status {
         ReportStatus::Incomplete { reason } => assert!(reason.contains("Cancelled"), "{reason}"),
@@ -402,7 +604,11 @@ fn new_speech_stops_the_answer_and_becomes_the_next_question() {
     // What had been said before the interruption is kept.
     assert_eq!(first.segments[0].kind(), "audio");
     let second = &reports[1];
-    assert_eq!(second.segments[0].kind(), "audio", "the interruption is the next question");
+    assert_eq!(
+        second.segments[0].kind(),
+        "audio",
+        "the interruption is the next question"
+    );
     assert!(audio_secs(&second.segments[0]) > 1.0);
 }
 
@@ -412,7 +618,10 @@ fn without_a_microphone_voice_is_disabled_and_the_daemon_runs_on() {
     let mut d = Daemon::start(&s, 0);
     let line = d.wait_for("gemba: voice disabled", Duration::from_secs(60));
     assert!(line.contains("gemba: voice disabled: no audio input device named \"no-such-mic\"; available inputs: "), "{line}");
-    assert!(line.contains("gemba_voice_mic"), "the line lists the inputs there are: {line}");
+    assert!(
+        line.contains("gemba_voice_mic"),
+        "the line lists the inputs there are: {line}"
+    );
     // The monitor keeps reporting.
     let reports = wait_reports(&s.store(), "monitor", 1, Duration::from_secs(60));
     assert_eq!(reports[0].status, ReportStatus::Complete);
@@ -443,11 +652,30 @@ fn a_person_is_answered_before_the_queued_looks() {
     // 40 ms a token: a look takes about a second and a half, so looks pile up.
     let mut d = Daemon::start(&s, 40);
     let line = d.wait_for("gemba: API listening on http://", Duration::from_secs(60));
-    let addr = line.rsplit("http://").next().unwrap().split_whitespace().next().unwrap().to_string();
-    d.wait_for("gemba: voice: listening on floor-mic", Duration::from_secs(60));
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    d.wait_for(
+        "gemba: voice: listening on floor-mic",
+        Duration::from_secs(60),
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let looks_waiting = || {
-        let v: serde_json::Value = agent.get(format!("http://{addr}/status")).call().unwrap().body_mut().read_json().unwrap();
+        let v: serde_json::Value = agent
+            .get(format!("http://{addr}/status"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
         v["queue"]["by_class"]["look"].as_u64().unwrap_or(0)
     };
     let wait_busy = || {
@@ -459,16 +687,22 @@ fn a_person_is_answered_before_the_queued_looks() {
     };
     let created = |id: &str| -> i64 {
         let st = Store::open_read_only(s.store()).unwrap();
-        let r = st.get(&gemba::report::ReportId::parse(id).unwrap()).unwrap();
+        let r = st
+            .get(&gemba::report::ReportId::parse(id).unwrap())
+            .unwrap();
         r.created_at.as_millisecond()
     };
     let looks_started_between = |from_ms: i64, to_ms: i64| -> usize {
         let st = Store::open_read_only(s.store()).unwrap();
-        st.list(&ListFilter { trigger: Some("monitor".into()), limit: Some(500), ..Default::default() })
-            .unwrap()
-            .iter()
-            .filter(|r| (from_ms..to_ms).contains(&r.created_at.as_millisecond()))
-            .count()
+        st.list(&ListFilter {
+            trigger: Some("monitor".into()),
+            limit: Some(500),
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .filter(|r| (from_ms..to_ms).contains(&r.created_at.as_millisecond()))
+        .count()
     };
 
     // The API's question.
@@ -482,7 +716,10 @@ fn a_person_is_answered_before_the_queued_looks() {
     let v: serde_json::Value = resp.body_mut().read_json().unwrap();
     let api_start = created(v["report_id"].as_str().unwrap());
     let between = looks_started_between(asked, api_start);
-    assert!(between <= 1, "{between} queued looks were answered before the API's question");
+    assert!(
+        between <= 1,
+        "{between} queued looks were answered before the API's question"
+    );
 
     // The spoken question.
     wait_busy();
@@ -492,7 +729,10 @@ fn a_person_is_answered_before_the_queued_looks() {
     let voice = wait_reports(&s.store(), "voice", 1, Duration::from_secs(60));
     let voice_start = voice[0].created_at.as_millisecond();
     let between = looks_started_between(spoken_end, voice_start);
-    assert!(between <= 1, "{between} queued looks were answered before the spoken question");
+    assert!(
+        between <= 1,
+        "{between} queued looks were answered before the spoken question"
+    );
     drop(feeder);
     let stderr = d.stop();
     assert!(

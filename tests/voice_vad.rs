@@ -18,7 +18,10 @@ const RATE: u32 = 16_000;
 fn speech(text: &str, voice: &str) -> Vec<f32> {
     let mut e = Espeak::new(voice, 160).expect("espeak-ng (scripts/setup installs it)");
     let mut raw = Vec::new();
-    e.synthesize(text, &std::sync::atomic::AtomicBool::new(false), &mut |s| raw.extend_from_slice(s)).unwrap();
+    e.synthesize(text, &std::sync::atomic::AtomicBool::new(false), &mut |s| {
+        raw.extend_from_slice(s)
+    })
+    .unwrap();
     Resampler::convert(e.sample_rate(), RATE, &raw)
 }
 
@@ -55,7 +58,11 @@ struct Truth {
 }
 
 /// Silence/noise with the questions at the given offsets (seconds); returns the mix and truth.
-fn recording(questions: &[(&str, &str, f32)], total_s: f32, noise: Option<f32>) -> (Vec<f32>, Vec<Truth>) {
+fn recording(
+    questions: &[(&str, &str, f32)],
+    total_s: f32,
+    noise: Option<f32>,
+) -> (Vec<f32>, Vec<Truth>) {
     let n = (total_s * RATE as f32) as usize;
     let mut mix = match noise {
         Some(level) => factory_noise(n, level, 42),
@@ -69,7 +76,10 @@ fn recording(questions: &[(&str, &str, f32)], total_s: f32, noise: Option<f32>) 
         for (i, v) in s.iter().enumerate() {
             mix[off + i] += v;
         }
-        truth.push(Truth { start: off + a, end: off + b });
+        truth.push(Truth {
+            start: off + a,
+            end: off + b,
+        });
     }
     (mix, truth)
 }
@@ -79,23 +89,45 @@ fn detect(mix: &[f32]) -> Vec<(u64, u64)> {
     let vad = SileroVad::load(rt, &resolve_model(None).unwrap()).unwrap();
     let config = ListenConfig {
         mode: TriggerMode::Vad,
-        segment: SegmentConfig { end_silence: Duration::from_millis(500), ..SegmentConfig::default() },
+        segment: SegmentConfig {
+            end_silence: Duration::from_millis(500),
+            ..SegmentConfig::default()
+        },
         pre_roll: Duration::from_millis(300),
         source: "test".into(),
     };
     let mut l = Listener::new(config, Some(Box::new(vad) as Box<dyn SpeechDetector>));
     let mut heard = Vec::new();
     for c in mix.chunks(512) {
-        let clip = AudioClip { source: "t".into(), started_at: SystemTime::UNIX_EPOCH, sample_rate: RATE, samples: Arc::new(c.to_vec()) };
+        let clip = AudioClip {
+            source: "t".into(),
+            started_at: SystemTime::UNIX_EPOCH,
+            sample_rate: RATE,
+            samples: Arc::new(c.to_vec()),
+        };
         l.push(&clip, &mut heard).unwrap();
     }
     l.finish(&mut heard);
-    heard.into_iter().filter_map(|h| if let Heard::Utterance(u) = h { Some((u.span.start, u.span.end)) } else { None }).collect()
+    heard
+        .into_iter()
+        .filter_map(|h| {
+            if let Heard::Utterance(u) = h {
+                Some((u.span.start, u.span.end))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn check(name: &str, found: &[(u64, u64)], truth: &[Truth]) {
     let ms = |s: i64| s as f64 / 16.0;
-    assert_eq!(found.len(), truth.len(), "{name}: found {found:?}, truth {:?}", truth.iter().map(|t| (t.start, t.end)).collect::<Vec<_>>());
+    assert_eq!(
+        found.len(),
+        truth.len(),
+        "{name}: found {found:?}, truth {:?}",
+        truth.iter().map(|t| (t.start, t.end)).collect::<Vec<_>>()
+    );
     for (i, ((s, e), t)) in found.iter().zip(truth).enumerate() {
         let ds = ms(*s as i64 - t.start as i64);
         let de = ms(*e as i64 - t.end as i64);
@@ -108,7 +140,10 @@ fn check(name: &str, found: &[(u64, u64)], truth: &[Truth]) {
 #[test]
 fn boundaries_in_silence_are_within_100_ms() {
     let (mix, truth) = recording(
-        &[("What colour is the lamp?", "en-us", 1.0), ("How many boxes are on the belt?", "en-gb", 5.0)],
+        &[
+            ("What colour is the lamp?", "en-us", 1.0),
+            ("How many boxes are on the belt?", "en-gb", 5.0),
+        ],
         9.0,
         None,
     );
@@ -118,7 +153,10 @@ fn boundaries_in_silence_are_within_100_ms() {
 #[test]
 fn boundaries_in_factory_noise_are_within_100_ms() {
     let (mix, truth) = recording(
-        &[("Is the pressure normal?", "en-us", 1.5), ("Give me a status report.", "en-gb-x-rp", 5.5)],
+        &[
+            ("Is the pressure normal?", "en-us", 1.5),
+            ("Give me a status report.", "en-gb-x-rp", 5.5),
+        ],
         9.5,
         Some(0.03),
     );
@@ -128,5 +166,9 @@ fn boundaries_in_factory_noise_are_within_100_ms() {
 #[test]
 fn noise_alone_is_not_speech() {
     let mix = factory_noise(RATE as usize * 8, 0.05, 7);
-    assert_eq!(detect(&mix), vec![], "factory noise alone made an utterance");
+    assert_eq!(
+        detect(&mix),
+        vec![],
+        "factory noise alone made an utterance"
+    );
 }

@@ -100,7 +100,11 @@ pub struct Subscription {
 
 impl AskLog {
     pub fn new(buffer: usize, metrics: Arc<Metrics>) -> AskLog {
-        AskLog { inner: Mutex::new(LogInner::default()), buffer, metrics }
+        AskLog {
+            inner: Mutex::new(LogInner::default()),
+            buffer,
+            metrics,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
@@ -114,7 +118,11 @@ impl AskLog {
         if g.closed {
             return;
         }
-        let item = Item { seq: g.next_seq, kind, json: json.into() };
+        let item = Item {
+            seq: g.next_seq,
+            kind,
+            json: json.into(),
+        };
         g.next_seq += 1;
         if item.droppable() && g.items.len() >= MAX_LOG_EVENTS {
             self.metrics.sse_log_dropped.inc();
@@ -141,7 +149,12 @@ impl AskLog {
     /// The events after `after` (all with `None`), and a live channel unless the ask is closed.
     pub fn subscribe(&self, after: Option<u64>) -> Subscription {
         let mut g = self.lock();
-        let backlog: Vec<Item> = g.items.iter().filter(|i| after.is_none_or(|a| i.seq > a)).cloned().collect();
+        let backlog: Vec<Item> = g
+            .items
+            .iter()
+            .filter(|i| after.is_none_or(|a| i.seq > a))
+            .cloned()
+            .collect();
         let live = if g.closed {
             None
         } else {
@@ -155,7 +168,11 @@ impl AskLog {
     /// The kept events with `from <= seq < to` (`to`: `None` for all after `from`).
     pub fn range(&self, from: u64, to: Option<u64>) -> Vec<Item> {
         let g = self.lock();
-        g.items.iter().filter(|i| i.seq >= from && to.is_none_or(|t| i.seq < t)).cloned().collect()
+        g.items
+            .iter()
+            .filter(|i| i.seq >= from && to.is_none_or(|t| i.seq < t))
+            .cloned()
+            .collect()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -206,7 +223,11 @@ impl Registry {
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<AskLog>> {
-        self.asks.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.asks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     fn insert(&self, id: &str) -> Arc<AskLog> {
@@ -215,7 +236,10 @@ impl Registry {
         let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         // Forget closed asks past their time, and the oldest closed ones beyond the cap.
         let mut kept = Vec::with_capacity(order.len());
-        let closed_total = order.iter().filter(|id| asks.get(*id).is_some_and(|l| l.is_closed())).count();
+        let closed_total = order
+            .iter()
+            .filter(|id| asks.get(*id).is_some_and(|l| l.is_closed()))
+            .count();
         let mut excess = (closed_total + 1).saturating_sub(MAX_KEPT);
         for old in order.drain(..) {
             let forget = match asks.get(&old) {
@@ -309,40 +333,71 @@ fn b64(field: &str, s: &str, max: usize) -> Result<Vec<u8>, HttpError> {
 
 /// Reads the body's parts; uploaded files over `max_media` bytes are refused (413).
 async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpError> {
-    let ctype =
-        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ctype.starts_with("multipart/form-data") {
-        let mut mp = Multipart::from_request(req, &()).await.map_err(|e| HttpError::new(e.status(), e.body_text()))?;
+        let mut mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| HttpError::new(e.status(), e.body_text()))?;
         let mut parts = AskParts::default();
         let mut text = None;
-        while let Some(field) = mp.next_field().await.map_err(|e| HttpError::new(e.status(), e.body_text()))? {
+        while let Some(field) = mp
+            .next_field()
+            .await
+            .map_err(|e| HttpError::new(e.status(), e.body_text()))?
+        {
             let name = field.name().unwrap_or("").to_string();
-            let data = field.bytes().await.map_err(|e| HttpError::new(e.status(), e.body_text()))?;
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| HttpError::new(e.status(), e.body_text()))?;
             if matches!(name.as_str(), "image" | "audio") && data.len() > max_media {
                 return Err(too_big(&name, data.len(), max_media));
             }
-            let as_text =
-                || String::from_utf8(data.to_vec()).map_err(|_| unprocessable(format!("field {name}: not UTF-8 text")));
+            let as_text = || {
+                String::from_utf8(data.to_vec())
+                    .map_err(|_| unprocessable(format!("field {name}: not UTF-8 text")))
+            };
             match name.as_str() {
                 "text" => text = Some(as_text()?),
-                "cameras" => {
-                    parts.cameras.extend(as_text()?.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()))
-                }
+                "cameras" => parts.cameras.extend(
+                    as_text()?
+                        .split(',')
+                        .map(|c| c.trim().to_string())
+                        .filter(|c| !c.is_empty()),
+                ),
                 "image" => parts.image = Some(data.to_vec()),
                 "audio" => parts.audio = Some(data.to_vec()),
-                other => return Err(unprocessable(format!("unknown field {other:?} (text, cameras, image, audio)"))),
+                other => {
+                    return Err(unprocessable(format!(
+                        "unknown field {other:?} (text, cameras, image, audio)"
+                    )))
+                }
             }
         }
         parts.text = text.ok_or_else(|| unprocessable("the field \"text\" is missing"))?;
         Ok(parts)
     } else if ctype.starts_with("application/json") {
-        let Json(body) =
-            Json::<AskBody>::from_request(req, &()).await.map_err(|e| HttpError::new(e.status(), e.body_text()))?;
+        let Json(body) = Json::<AskBody>::from_request(req, &())
+            .await
+            .map_err(|e| HttpError::new(e.status(), e.body_text()))?;
         Ok(AskParts {
             text: body.text,
             cameras: body.cameras,
-            image: body.image.as_deref().map(|s| b64("image", s, max_media)).transpose()?,
-            audio: body.audio.as_deref().map(|s| b64("audio", s, max_media)).transpose()?,
+            image: body
+                .image
+                .as_deref()
+                .map(|s| b64("image", s, max_media))
+                .transpose()?,
+            audio: body
+                .audio
+                .as_deref()
+                .map(|s| b64("audio", s, max_media))
+                .transpose()?,
         })
     } else {
         Err(HttpError::new(
@@ -356,8 +411,10 @@ async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpErro
 /// (dr_wav's scaling), keeping at most [`MAX_AUDIO_SECONDS`].
 pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
     use crate::model::speech;
-    let pcm = speech::decode_wav_within(bytes, UPLOAD_CAMERA, &|rate| Some(rate as usize * MAX_AUDIO_SECONDS))
-        .map_err(|e| unprocessable(e.to_string()))?;
+    let pcm = speech::decode_wav_within(bytes, UPLOAD_CAMERA, &|rate| {
+        Some(rate as usize * MAX_AUDIO_SECONDS)
+    })
+    .map_err(|e| unprocessable(e.to_string()))?;
     if !(8_000..=192_000).contains(&pcm.sample_rate) {
         return Err(unprocessable(format!(
             "audio {UPLOAD_CAMERA}: {} channels at {} Hz is not usable (8000 to 192000 Hz)",
@@ -377,7 +434,8 @@ pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
 /// The uploaded image's header, checked against `api.max_image_pixels` before anything is
 /// decoded or queued (413 over the budget, 422 when it is not a PNG or JPEG header).
 pub(super) fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), HttpError> {
-    let h = crate::model::vision::read_header(bytes, UPLOAD_CAMERA).map_err(|e| unprocessable(e.to_string()))?;
+    let h = crate::model::vision::read_header(bytes, UPLOAD_CAMERA)
+        .map_err(|e| unprocessable(e.to_string()))?;
     let pixels = h.width as u64 * h.height as u64;
     if pixels > max_pixels {
         return Err(HttpError::new(
@@ -415,10 +473,18 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     let app = &inner.app;
     let reg = &inner.asks;
     if app.shutdown.is_cancelled() {
-        return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"));
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is stopping",
+        ));
     }
     let limits = app.settings.lock().expect("poisoned").api.clone();
-    let parts = match tokio::time::timeout(limits.body_timeout.0, read_parts(req, limits.max_media_bytes.0 as usize)).await {
+    let parts = match tokio::time::timeout(
+        limits.body_timeout.0,
+        read_parts(req, limits.max_media_bytes.0 as usize),
+    )
+    .await
+    {
         Ok(parts) => parts?,
         Err(_) => {
             return Err(HttpError::new(
@@ -436,11 +502,16 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     }
     let chars = text.chars().count();
     if chars > MAX_TEXT {
-        return Err(unprocessable(format!("text: {chars} characters; at most {MAX_TEXT}")));
+        return Err(unprocessable(format!(
+            "text: {chars} characters; at most {MAX_TEXT}"
+        )));
     }
     if !app.worker.is_loaded() {
         inner.metrics.asks_rejected("unloaded");
-        return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, crate::model::worker::NOT_LOADED));
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::model::worker::NOT_LOADED,
+        ));
     }
     let mut frames = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -448,15 +519,27 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
         if !seen.insert(name.clone()) {
             continue;
         }
-        let known: Vec<String> = app.cameras.lock().expect("poisoned").iter().map(|c| c.name.clone()).collect();
+        let known: Vec<String> = app
+            .cameras
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         if !known.contains(name) {
-            return Err(unprocessable(format!("cameras: no camera named {name:?} (cameras: {})", known.join(", "))));
+            return Err(unprocessable(format!(
+                "cameras: no camera named {name:?} (cameras: {})",
+                known.join(", ")
+            )));
         }
         match app.latest_frame(name) {
             Some(f) => frames.push(f),
             None => {
-                return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, format!("camera {name} has no frame yet"))
-                    .retry_after(1))
+                return Err(HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("camera {name} has no frame yet"),
+                )
+                .retry_after(1))
             }
         }
     }
@@ -471,7 +554,10 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
         inner.metrics.asks_rejected("busy");
         return Err(HttpError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            format!("{} questions are already queued or being answered; try again later", reg.max_asks),
+            format!(
+                "{} questions are already queued or being answered; try again later",
+                reg.max_asks
+            ),
         )
         .retry_after(reg.retry_after(reg.max_asks.max(queued))));
     };
@@ -479,7 +565,11 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     // held, so at most `max_asks` uploads are decoded at once (each within its pixel budget).
     let max_pixels = limits.max_image_pixels;
     let (image, audio) = super::blocking(move || {
-        let image = parts.image.as_deref().map(|b| decode_image(b, max_pixels)).transpose()?;
+        let image = parts
+            .image
+            .as_deref()
+            .map(|b| decode_image(b, max_pixels))
+            .transpose()?;
         let audio = parts.audio.as_deref().map(decode_wav).transpose()?;
         Ok::<_, HttpError>((image, audio))
     })
@@ -529,7 +619,11 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
                         l.push(kind, serde_json::to_string(&e).unwrap_or_default());
                     }
                 }
-                RequestEvent::Closed { report_id, complete, error } => {
+                RequestEvent::Closed {
+                    report_id,
+                    complete,
+                    error,
+                } => {
                     match &log {
                         Some(l) => l.push(
                             "closed",
@@ -551,7 +645,9 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
             l.push("closed", json!({ "event": "closed", "report_id": null, "complete": false, "error": "the daemon stopped before the answer was finished" }).to_string());
         }
         if let Some(s) = started.take() {
-            let _ = s.send(Err("the daemon stopped before the question was answered".into()));
+            let _ = s.send(Err(
+                "the daemon stopped before the question was answered".into()
+            ));
         }
         reg.record_duration(queued_at.elapsed());
         reg.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -571,7 +667,10 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
             Ok(res)
         }
         Ok(Err(e)) => Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
-        Err(_) => Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "the question was dropped")),
+        Err(_) => Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the question was dropped",
+        )),
     }
 }
 
@@ -585,12 +684,19 @@ impl Drop for ClientGuard {
 }
 
 fn sse_event(i: &Item) -> SseEvent {
-    SseEvent::default().id(i.seq.to_string()).event(i.kind).data(&*i.json)
+    SseEvent::default()
+        .id(i.seq.to_string())
+        .event(i.kind)
+        .data(&*i.json)
 }
 
 /// `GET /ask/{id}/events`: the ask's events as server-sent events — what the client missed
 /// first (all, or after `Last-Event-ID`), then live until `closed`.
-pub async fn events(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, HttpError> {
+pub async fn events(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
     let id = report_id(&id)?;
     let log = api.inner.asks.get(id.as_str()).ok_or_else(|| {
         HttpError::new(
@@ -604,7 +710,10 @@ pub async fn events(State(api): State<Api>, Path(id): Path<String>, headers: Hea
     let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         None => None,
         Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-            HttpError::new(StatusCode::BAD_REQUEST, format!("Last-Event-ID {v:?} is not an event id of this stream"))
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Last-Event-ID {v:?} is not an event id of this stream"),
+            )
         })?),
     };
     let metrics = Arc::clone(&api.inner.metrics);
@@ -622,30 +731,44 @@ pub async fn events(State(api): State<Api>, Path(id): Path<String>, headers: Hea
 /// the log, and so is the end if `closed` itself did not fit.
 pub fn follow(log: Arc<AskLog>, after: Option<u64>) -> impl Stream<Item = Item> + Send {
     let sub = log.subscribe(after);
-    let next = sub.backlog.last().map(|i| i.seq + 1).or(after.map(|a| a + 1)).unwrap_or(0);
+    let next = sub
+        .backlog
+        .last()
+        .map(|i| i.seq + 1)
+        .or(after.map(|a| a + 1))
+        .unwrap_or(0);
     let backlog = stream::iter(sub.backlog);
     let live = match sub.live {
         None => stream::empty().boxed(),
-        Some(rx) => stream::unfold((rx, next, log, false), |(mut rx, next, log, ended)| async move {
-            if ended {
-                return None;
-            }
-            match rx.recv().await {
-                // At or before what the client has (a Last-Event-ID beyond the log's end).
-                Some(item) if item.seq < next => Some((stream::iter(Vec::new()), (rx, next, log, false))),
-                Some(item) => {
-                    let mut items = if item.seq > next { log.range(next, Some(item.seq)) } else { Vec::new() };
-                    let next = item.seq + 1;
-                    items.push(item);
-                    Some((stream::iter(items), (rx, next, log, false)))
+        Some(rx) => stream::unfold(
+            (rx, next, log, false),
+            |(mut rx, next, log, ended)| async move {
+                if ended {
+                    return None;
                 }
-                // Closed: whatever the channel could not take is in the log.
-                None => {
-                    let rest = log.range(next, None);
-                    Some((stream::iter(rest), (rx, next, log, true)))
+                match rx.recv().await {
+                    // At or before what the client has (a Last-Event-ID beyond the log's end).
+                    Some(item) if item.seq < next => {
+                        Some((stream::iter(Vec::new()), (rx, next, log, false)))
+                    }
+                    Some(item) => {
+                        let mut items = if item.seq > next {
+                            log.range(next, Some(item.seq))
+                        } else {
+                            Vec::new()
+                        };
+                        let next = item.seq + 1;
+                        items.push(item);
+                        Some((stream::iter(items), (rx, next, log, false)))
+                    }
+                    // Closed: whatever the channel could not take is in the log.
+                    None => {
+                        let rest = log.range(next, None);
+                        Some((stream::iter(rest), (rx, next, log, true)))
+                    }
                 }
-            }
-        })
+            },
+        )
         .flatten()
         .boxed(),
     };
@@ -653,7 +776,9 @@ pub fn follow(log: Arc<AskLog>, after: Option<u64>) -> impl Stream<Item = Item> 
 }
 
 fn sse<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(s: S) -> Response {
-    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 #[cfg(test)]
@@ -675,7 +800,10 @@ mod tests {
         log.push("token", "t0".into());
         log.push("sentence", "s0".into());
         let mut sub = log.subscribe(None);
-        assert_eq!(sub.backlog.iter().map(|i| i.seq).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(
+            sub.backlog.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            [0, 1]
+        );
         log.push("token", "t1".into());
         log.push("done", "d".into());
         log.push("closed", "c".into());
@@ -685,10 +813,16 @@ mod tests {
             [(2, "token"), (3, "done"), (4, "closed")]
         );
         // The channel ends after `closed`.
-        assert!(matches!(sub.live.unwrap().try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            sub.live.unwrap().try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
         // Resuming after id 2, and a client arriving after the end: no live channel.
         let resumed = log.subscribe(Some(2));
-        assert_eq!(resumed.backlog.iter().map(|i| i.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            resumed.backlog.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            [3, 4]
+        );
         assert!(resumed.live.is_none());
         // Nothing more is appended once closed.
         log.push("token", "late".into());
@@ -696,7 +830,10 @@ mod tests {
     }
 
     fn collect(st: impl Stream<Item = Item>) -> Vec<Item> {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(st.collect::<Vec<_>>())
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(st.collect::<Vec<_>>())
     }
 
     #[test]
@@ -709,19 +846,29 @@ mod tests {
         let mut fast = log.subscribe(Some(0)).live.unwrap();
         let mut fast_seen = Vec::new();
         for t in 1..20 {
-            log.push(if t % 5 == 0 { "sentence" } else { "token" }, format!("e{t}"));
+            log.push(
+                if t % 5 == 0 { "sentence" } else { "token" },
+                format!("e{t}"),
+            );
             fast_seen.extend(drain(&mut fast));
         }
         log.push("done", "d".into());
         log.push("closed", "c".into());
         fast_seen.extend(drain(&mut fast));
-        assert_eq!(fast_seen.len(), 21, "the reader that keeps up gets each event live");
+        assert_eq!(
+            fast_seen.len(),
+            21,
+            "the reader that keeps up gets each event live"
+        );
         // The slow client's channel held 4; the other 17 overflowed, sentences and `closed`
         // included, and were counted…
         assert_eq!(m.sse_overflow.get(), 17);
         // …yet its stream is complete and in order: the gaps were filled from the log.
         let got = collect(slow);
-        assert_eq!(got.iter().map(|i| i.seq).collect::<Vec<_>>(), (0..22).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            (0..22).collect::<Vec<_>>()
+        );
         assert_eq!(got.last().unwrap().kind, "closed");
     }
 
@@ -733,7 +880,13 @@ mod tests {
             log.push("token", format!("t{t}"));
         }
         log.push("closed", "c".into());
-        assert_eq!(collect(follow(Arc::clone(&log), Some(3))).iter().map(|i| i.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(
+            collect(follow(Arc::clone(&log), Some(3)))
+                .iter()
+                .map(|i| i.seq)
+                .collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
         assert!(collect(follow(Arc::clone(&log), Some(6))).is_empty());
         assert!(collect(follow(log, Some(100))).is_empty());
     }
@@ -762,7 +915,10 @@ mod tests {
         }
         assert!(reg.get("r0").is_none() && reg.get("r4").is_none());
         assert!(reg.get(&format!("r{}", MAX_KEPT + 4)).is_some());
-        assert!(reg.get("open-one").is_some(), "an open ask is never forgotten");
+        assert!(
+            reg.get("open-one").is_some(),
+            "an open ask is never forgotten"
+        );
         drop(open);
     }
 
@@ -786,9 +942,16 @@ mod tests {
         let clip = decode_wav(buf.get_ref()).unwrap();
         assert_eq!((clip.sample_rate, clip.samples.len()), (16_000, 320));
         assert!((clip.samples[100] - 5000.0 / 32768.0).abs() < 1e-6);
-        assert!(decode_wav(b"RIFF....not a wav").unwrap_err().msg.starts_with("audio upload:"));
+        assert!(decode_wav(b"RIFF....not a wav")
+            .unwrap_err()
+            .msg
+            .starts_with("audio upload:"));
         let e = decode_image(b"\x89PNG\r\n\x1a\nbroken", 1 << 20).unwrap_err();
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(e.msg.starts_with("image upload:") && e.msg.contains("PNG") && !e.msg.contains("JPEG"), "{}", e.msg);
+        assert!(
+            e.msg.starts_with("image upload:") && e.msg.contains("PNG") && !e.msg.contains("JPEG"),
+            "{}",
+            e.msg
+        );
     }
 }

@@ -93,7 +93,9 @@ impl Metrics {
     }
 
     pub fn asks_rejected(&self, reason: &str) {
-        self.asks_rejected.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc();
+        self.asks_rejected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
     }
 
     /// Takes in one generation's summary.
@@ -104,7 +106,9 @@ impl Metrics {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_else(|| format!("{:?}", d.stop));
-        self.generations.get_or_create(&vec![("stop".to_string(), stop.to_lowercase())]).inc();
+        self.generations
+            .get_or_create(&vec![("stop".to_string(), stop.to_lowercase())])
+            .inc();
         if d.generated_tokens > 1 {
             self.decode_tokens_per_s.set(d.decode_tokens_per_s);
         }
@@ -115,7 +119,11 @@ impl Metrics {
     }
 
     fn register(&self, r: &mut Registry) {
-        r.register("api_asks_accepted", "Questions POST /ask queued", self.asks_accepted.clone());
+        r.register(
+            "api_asks_accepted",
+            "Questions POST /ask queued",
+            self.asks_accepted.clone(),
+        );
         r.register(
             "api_asks_rejected",
             "Questions POST /ask refused, by reason (busy, queue_full, unloaded)",
@@ -126,8 +134,16 @@ impl Metrics {
             "Requests refused for a missing or wrong bearer token",
             self.api_unauthorized.clone(),
         );
-        r.register("api_sse_clients", "Event streams open now", self.sse_clients.clone());
-        r.register("api_connections", "HTTP connections open now", self.connections.clone());
+        r.register(
+            "api_sse_clients",
+            "Event streams open now",
+            self.sse_clients.clone(),
+        );
+        r.register(
+            "api_connections",
+            "HTTP connections open now",
+            self.connections.clone(),
+        );
         r.register(
             "api_connections_refused",
             "Connections answered 503 and closed because api.max_connections were open",
@@ -153,9 +169,21 @@ impl Metrics {
             "Tokens generated (all requests); rate() gives tokens/s",
             self.generated_tokens.clone(),
         );
-        r.register("prompt_tokens", "Prompt tokens prefilled (all requests)", self.prompt_tokens.clone());
-        r.register("generations", "Generations finished, by stop reason", self.generations.clone());
-        r.register("decode_tokens_per_second", "Decode speed of the last generation", self.decode_tokens_per_s.clone());
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens prefilled (all requests)",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "generations",
+            "Generations finished, by stop reason",
+            self.generations.clone(),
+        );
+        r.register(
+            "decode_tokens_per_second",
+            "Decode speed of the last generation",
+            self.decode_tokens_per_s.clone(),
+        );
         r.register(
             "time_to_first_sentence_seconds",
             "From the start of generation to the first final sentence",
@@ -248,13 +276,22 @@ impl Collector for Pipeline {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let app = &self.app;
         let cams = app.cameras.lock().map(|c| c.clone()).unwrap_or_default();
-        let snaps: Vec<(String, crate::capture::CameraStatsSnapshot)> =
-            cams.iter().map(|c| (c.name.clone(), c.stats.snapshot())).collect();
-        let per_cam = |f: &dyn Fn(&crate::capture::CameraStatsSnapshot) -> f64| -> Vec<(Labels, f64)> {
-            snaps.iter().map(|(n, s)| (l1("camera", n), f(s))).collect()
-        };
+        let snaps: Vec<(String, crate::capture::CameraStatsSnapshot)> = cams
+            .iter()
+            .map(|c| (c.name.clone(), c.stats.snapshot()))
+            .collect();
+        let per_cam =
+            |f: &dyn Fn(&crate::capture::CameraStatsSnapshot) -> f64| -> Vec<(Labels, f64)> {
+                snaps.iter().map(|(n, s)| (l1("camera", n), f(s))).collect()
+            };
         use MetricType::{Counter as C, Gauge as G};
-        family(&mut e, "camera_frames", "Frames captured and published.", C, &per_cam(&|s| s.frames as f64))?;
+        family(
+            &mut e,
+            "camera_frames",
+            "Frames captured and published.",
+            C,
+            &per_cam(&|s| s.frames as f64),
+        )?;
         family(
             &mut e,
             "camera_frames_dropped",
@@ -276,7 +313,13 @@ impl Collector for Pipeline {
             C,
             &per_cam(&|s| s.decode_errors as f64),
         )?;
-        family(&mut e, "camera_reconnects", "Times the camera was reopened.", C, &per_cam(&|s| s.reconnects as f64))?;
+        family(
+            &mut e,
+            "camera_reconnects",
+            "Times the camera was reopened.",
+            C,
+            &per_cam(&|s| s.reconnects as f64),
+        )?;
         family(
             &mut e,
             "camera_fps",
@@ -292,15 +335,30 @@ impl Collector for Pipeline {
             "Requests the dispatcher took (monitor, API, voice).",
             st.queries.load(Ordering::Relaxed),
         )?;
-        counter(&mut e, "reports", "Reports closed.", st.reports.load(Ordering::Relaxed))?;
+        counter(
+            &mut e,
+            "reports",
+            "Reports closed.",
+            st.reports.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut e,
             "reports_incomplete",
             "Reports closed incomplete (cancelled, deadline, worker gone).",
             st.reports_incomplete.load(Ordering::Relaxed),
         )?;
-        counter(&mut e, "query_errors", "Requests the model failed.", st.query_errors.load(Ordering::Relaxed))?;
-        counter(&mut e, "report_write_errors", "Report writes that failed.", st.write_errors.load(Ordering::Relaxed))?;
+        counter(
+            &mut e,
+            "query_errors",
+            "Requests the model failed.",
+            st.query_errors.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "report_write_errors",
+            "Report writes that failed.",
+            st.write_errors.load(Ordering::Relaxed),
+        )?;
         let ms = &app.monitor_stats;
         counter(
             &mut e,
@@ -327,18 +385,36 @@ impl Collector for Pipeline {
             "Requests waiting for the model.",
             app.requests.len() as i64,
         )?;
-        gauge_int(&mut e, "request_queue_capacity", "Requests the queue holds at most.", cap as i64)?;
+        gauge_int(
+            &mut e,
+            "request_queue_capacity",
+            "Requests the queue holds at most.",
+            cap as i64,
+        )?;
 
         let info = app.worker.info();
-        gauge_int(&mut e, "model_loaded", "1 while a bundle is loaded.", i64::from(app.worker.is_loaded()))?;
-        gauge_int(&mut e, "model_busy", "1 while a generation runs.", i64::from(app.worker.is_busy()))?;
+        gauge_int(
+            &mut e,
+            "model_loaded",
+            "1 while a bundle is loaded.",
+            i64::from(app.worker.is_loaded()),
+        )?;
+        gauge_int(
+            &mut e,
+            "model_busy",
+            "1 while a generation runs.",
+            i64::from(app.worker.is_busy()),
+        )?;
         family(
             &mut e,
             "model_info",
             "The loaded bundle (value 1)",
             G,
             &[(
-                vec![("bundle_id".into(), info.bundle_id.clone()), ("bundle_hash".into(), info.bundle_hash.clone())],
+                vec![
+                    ("bundle_id".into(), info.bundle_id.clone()),
+                    ("bundle_hash".into(), info.bundle_hash.clone()),
+                ],
                 1.0,
             )],
         )?;
@@ -346,12 +422,27 @@ impl Collector for Pipeline {
             .providers
             .iter()
             .map(|r| {
-                (vec![("component".into(), r.component.clone()), ("provider".into(), r.actual().to_string())], 1.0)
+                (
+                    vec![
+                        ("component".into(), r.component.clone()),
+                        ("provider".into(), r.actual().to_string()),
+                    ],
+                    1.0,
+                )
             })
             .collect();
-        family(&mut e, "model_provider", "Execution provider each component runs on (value 1).", G, &prov)?;
-        let fallbacks: Vec<(Labels, f64)> =
-            info.providers.iter().map(|r| (l1("component", &r.component), r.failures.len() as f64)).collect();
+        family(
+            &mut e,
+            "model_provider",
+            "Execution provider each component runs on (value 1).",
+            G,
+            &prov,
+        )?;
+        let fallbacks: Vec<(Labels, f64)> = info
+            .providers
+            .iter()
+            .map(|r| (l1("component", &r.component), r.failures.len() as f64))
+            .collect();
         family(
             &mut e,
             "provider_fallbacks",
@@ -361,47 +452,169 @@ impl Collector for Pipeline {
         )?;
 
         if let Some(u) = &self.usage {
-            let kinds = [("media", u.media_bytes), ("html", u.html_bytes), ("index", u.index_bytes)];
-            let by_kind: Vec<(Labels, f64)> = kinds.iter().map(|(k, v)| (l1("kind", k), *v as f64)).collect();
-            family(&mut e, "store_bytes", "Report store size by kind.", G, &by_kind)?;
-            gauge_int(&mut e, "store_total_bytes", "Report store size the byte budget counts.", u.total_bytes as i64)?;
+            let kinds = [
+                ("media", u.media_bytes),
+                ("html", u.html_bytes),
+                ("index", u.index_bytes),
+            ];
+            let by_kind: Vec<(Labels, f64)> = kinds
+                .iter()
+                .map(|(k, v)| (l1("kind", k), *v as f64))
+                .collect();
+            family(
+                &mut e,
+                "store_bytes",
+                "Report store size by kind.",
+                G,
+                &by_kind,
+            )?;
+            gauge_int(
+                &mut e,
+                "store_total_bytes",
+                "Report store size the byte budget counts.",
+                u.total_bytes as i64,
+            )?;
             if let Some(m) = u.max_bytes {
-                gauge_int(&mut e, "store_max_bytes", "Report store byte budget.", m as i64)?;
+                gauge_int(
+                    &mut e,
+                    "store_max_bytes",
+                    "Report store byte budget.",
+                    m as i64,
+                )?;
             }
             if let Some(f) = u.fs_free_bytes {
-                gauge_int(&mut e, "store_fs_free_bytes", "Free space on the store's file system.", f as i64)?;
+                gauge_int(
+                    &mut e,
+                    "store_fs_free_bytes",
+                    "Free space on the store's file system.",
+                    f as i64,
+                )?;
             }
-            gauge_int(&mut e, "store_reports", "Reports in the store.", u.reports as i64)?;
+            gauge_int(
+                &mut e,
+                "store_reports",
+                "Reports in the store.",
+                u.reports as i64,
+            )?;
         }
         let ev = app.store.evictions();
-        counter(&mut e, "store_evicted_reports", "Reports evicted by retention since start.", ev.reports)?;
-        counter(&mut e, "store_evicted_bytes", "Bytes freed by evictions since start.", ev.bytes)?;
+        counter(
+            &mut e,
+            "store_evicted_reports",
+            "Reports evicted by retention since start.",
+            ev.reports,
+        )?;
+        counter(
+            &mut e,
+            "store_evicted_bytes",
+            "Bytes freed by evictions since start.",
+            ev.bytes,
+        )?;
 
         if let Some(m) = crate::publish::state() {
             let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            gauge_int(&mut e, "mqtt_connected", "1 while connected to the MQTT broker.", i64::from(m.connected.load(Ordering::Relaxed)))?;
-            gauge_int(&mut e, "mqtt_outbox_pending", "Messages in the outbox waiting for the broker's acknowledgement.", get(&m.pending) as i64)?;
-            gauge_int(&mut e, "mqtt_outbox_oldest_pending_seconds", "Age of the oldest waiting message.", (get(&m.oldest_pending_ms) / 1000) as i64)?;
-            counter(&mut e, "mqtt_outbox_dropped", "Messages dropped before delivery (their report evicted, or over the cap).", get(&m.dropped))?;
-            counter(&mut e, "mqtt_delivered", "Outbox messages the broker acknowledged.", get(&m.delivered))?;
-            counter(&mut e, "mqtt_sentences", "Live sentences published (QoS 0).", get(&m.sentences))?;
-            counter(&mut e, "mqtt_connects", "Connections made to the broker.", get(&m.connects))?;
-            counter(&mut e, "mqtt_connect_failures", "Connection attempts that failed.", get(&m.connect_failures))?;
-            counter(&mut e, "mqtt_asks", "Questions received on <prefix>/ask.", get(&m.asks))?;
-            counter(&mut e, "mqtt_ask_errors", "Questions refused as malformed or unanswerable.", get(&m.ask_errors))?;
+            gauge_int(
+                &mut e,
+                "mqtt_connected",
+                "1 while connected to the MQTT broker.",
+                i64::from(m.connected.load(Ordering::Relaxed)),
+            )?;
+            gauge_int(
+                &mut e,
+                "mqtt_outbox_pending",
+                "Messages in the outbox waiting for the broker's acknowledgement.",
+                get(&m.pending) as i64,
+            )?;
+            gauge_int(
+                &mut e,
+                "mqtt_outbox_oldest_pending_seconds",
+                "Age of the oldest waiting message.",
+                (get(&m.oldest_pending_ms) / 1000) as i64,
+            )?;
+            counter(
+                &mut e,
+                "mqtt_outbox_dropped",
+                "Messages dropped before delivery (their report evicted, or over the cap).",
+                get(&m.dropped),
+            )?;
+            counter(
+                &mut e,
+                "mqtt_delivered",
+                "Outbox messages the broker acknowledged.",
+                get(&m.delivered),
+            )?;
+            counter(
+                &mut e,
+                "mqtt_sentences",
+                "Live sentences published (QoS 0).",
+                get(&m.sentences),
+            )?;
+            counter(
+                &mut e,
+                "mqtt_connects",
+                "Connections made to the broker.",
+                get(&m.connects),
+            )?;
+            counter(
+                &mut e,
+                "mqtt_connect_failures",
+                "Connection attempts that failed.",
+                get(&m.connect_failures),
+            )?;
+            counter(
+                &mut e,
+                "mqtt_asks",
+                "Questions received on <prefix>/ask.",
+                get(&m.asks),
+            )?;
+            counter(
+                &mut e,
+                "mqtt_ask_errors",
+                "Questions refused as malformed or unanswerable.",
+                get(&m.ask_errors),
+            )?;
         }
         if let Some(rss) = resident_bytes() {
-            gauge_int(&mut e, "process_resident_memory_bytes", "Resident memory of the daemon.", rss as i64)?;
+            gauge_int(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory of the daemon.",
+                rss as i64,
+            )?;
         }
-        let uses_cuda = info.providers.iter().any(|r| matches!(r.actual().to_string().as_str(), "cuda" | "tensorrt"));
+        let uses_cuda = info
+            .providers
+            .iter()
+            .any(|r| matches!(r.actual().to_string().as_str(), "cuda" | "tensorrt"));
         if uses_cuda {
             let gpus = gpu_memory();
-            let total: Vec<(Labels, f64)> =
-                gpus.iter().map(|g| (l1("device", &g.index.to_string()), g.total as f64)).collect();
-            let used: Vec<(Labels, f64)> =
-                gpus.iter().map(|g| (l1("device", &g.index.to_string()), (g.total - g.free) as f64)).collect();
-            family(&mut e, "gpu_memory_total_bytes", "GPU memory on the device.", G, &total)?;
-            family(&mut e, "gpu_memory_used_bytes", "GPU memory in use on the device (all processes).", G, &used)?;
+            let total: Vec<(Labels, f64)> = gpus
+                .iter()
+                .map(|g| (l1("device", &g.index.to_string()), g.total as f64))
+                .collect();
+            let used: Vec<(Labels, f64)> = gpus
+                .iter()
+                .map(|g| {
+                    (
+                        l1("device", &g.index.to_string()),
+                        (g.total - g.free) as f64,
+                    )
+                })
+                .collect();
+            family(
+                &mut e,
+                "gpu_memory_total_bytes",
+                "GPU memory on the device.",
+                G,
+                &total,
+            )?;
+            family(
+                &mut e,
+                "gpu_memory_used_bytes",
+                "GPU memory in use on the device (all processes).",
+                G,
+                &used,
+            )?;
         }
         Ok(())
     }
@@ -433,23 +646,33 @@ fn gpu_memory() -> Vec<GpuMemory> {
     if !unsafe { sys::is_culib_present() } || result::init().is_err() {
         return out;
     }
-    let Ok(count) = result::device::get_count() else { return out };
+    let Ok(count) = result::device::get_count() else {
+        return out;
+    };
     for i in 0..count {
-        let Ok(dev) = result::device::get(i) else { continue };
+        let Ok(dev) = result::device::get(i) else {
+            continue;
+        };
         let (mut flags, mut active) = (0u32, 0i32);
         // SAFETY: plain out-parameters for a valid device handle.
-        let ok =
-            unsafe { sys::cuDevicePrimaryCtxGetState(dev, &mut flags, &mut active) } == sys::CUresult::CUDA_SUCCESS;
+        let ok = unsafe { sys::cuDevicePrimaryCtxGetState(dev, &mut flags, &mut active) }
+            == sys::CUresult::CUDA_SUCCESS;
         if !ok || active == 0 {
             continue;
         }
         // SAFETY: the context is retained before use and released after; this thread's current
         // context is restored to none.
         unsafe {
-            let Ok(ctx) = result::primary_ctx::retain(dev) else { continue };
+            let Ok(ctx) = result::primary_ctx::retain(dev) else {
+                continue;
+            };
             if result::ctx::set_current(ctx).is_ok() {
                 if let Ok((free, total)) = result::mem_get_info() {
-                    out.push(GpuMemory { index: i, total: total as u64, free: free as u64 });
+                    out.push(GpuMemory {
+                        index: i,
+                        total: total as u64,
+                        free: free as u64,
+                    });
                 }
                 let _ = result::ctx::set_current(std::ptr::null_mut());
             }
@@ -469,7 +692,10 @@ pub fn render(app: &AppHandle, metrics: &Metrics) -> String {
     let mut r = Registry::with_prefix("gemba");
     metrics.register(&mut r);
     let usage = app.store.usage().ok();
-    r.register_collector(Box::new(Pipeline { app: app.clone(), usage }));
+    r.register_collector(Box::new(Pipeline {
+        app: app.clone(),
+        usage,
+    }));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
         let _ = writeln!(out, "# EOF");
@@ -486,6 +712,7 @@ pub async fn handler(State(api): State<Api>) -> Result<Response, HttpError> {
     // The store's usage is an SQLite query and the GPU query a driver call: off the async threads.
     let text = blocking(move || render(&app, &metrics)).await?;
     let mut res = (StatusCode::OK, text).into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     Ok(res)
 }

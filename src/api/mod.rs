@@ -80,14 +80,19 @@ pub enum ApiError {
     )]
     Exposed { addr: SocketAddr },
     #[error("cannot listen on {addr} for the API: {source}; set api.listen in the config or pass --listen ADDR (port 0 picks a free port)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// True for addresses only this machine can reach: 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -141,13 +146,27 @@ pub async fn bind(settings: &ApiSettings) -> Result<Bound, ApiError> {
     check_exposure(settings)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|source| ApiError::Bind { addr: settings.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ApiError::Bind { addr: settings.listen, source })?;
+        .map_err(|source| ApiError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ApiError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
     *BOUND.lock().expect("poisoned") = Some(addr);
-    let auth = if settings.token.is_some() { "bearer token required" } else { "no token (loopback only)" };
+    let auth = if settings.token.is_some() {
+        "bearer token required"
+    } else {
+        "no token (loopback only)"
+    };
     log::info!("api: listening on http://{addr} ({auth})");
     eprintln!("gemba: API listening on http://{addr} ({auth})");
-    Ok(Bound { listener, addr, settings: settings.clone() })
+    Ok(Bound {
+        listener,
+        addr,
+        settings: settings.clone(),
+    })
 }
 
 /// Serves until the daemon's shutdown token is cancelled; open event streams end when their ask
@@ -155,8 +174,18 @@ pub async fn bind(settings: &ApiSettings) -> Result<Bound, ApiError> {
 pub fn serve(bound: Bound, app: AppHandle) -> Server {
     let api = Api::new(app, &bound.settings, bound.addr);
     let router = router(api.clone());
-    let listening = spawn_listener(bound.listener, router.clone(), &api, limits(&bound.settings));
-    Server { api, router, settings: bound.settings, listening }
+    let listening = spawn_listener(
+        bound.listener,
+        router.clone(),
+        &api,
+        limits(&bound.settings),
+    );
+    Server {
+        api,
+        router,
+        settings: bound.settings,
+        listening,
+    }
 }
 
 /// One listener's accept loop, stopped by its own token (a child of the daemon's shutdown, so
@@ -170,10 +199,18 @@ struct Listening {
 
 /// The connection limits of `[api]` (src/api/serve.rs).
 fn limits(s: &ApiSettings) -> serve::Limits {
-    serve::Limits { max_connections: s.max_connections, header_timeout: s.header_timeout.0 }
+    serve::Limits {
+        max_connections: s.max_connections,
+        header_timeout: s.header_timeout.0,
+    }
 }
 
-fn spawn_listener(listener: tokio::net::TcpListener, router: Router, api: &Api, limits: serve::Limits) -> Listening {
+fn spawn_listener(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    api: &Api,
+    limits: serve::Limits,
+) -> Listening {
     let stop = api.inner.app.shutdown.child_token();
     let until = stop.clone();
     let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -188,7 +225,11 @@ fn spawn_listener(listener: tokio::net::TcpListener, router: Router, api: &Api, 
             guard.replaced();
         }
     });
-    Listening { stop, replaced, task }
+    Listening {
+        stop,
+        replaced,
+        task,
+    }
 }
 
 /// The running API: served until shutdown, and changed in place by a reload (SIGHUP).
@@ -210,7 +251,10 @@ impl Server {
         check_exposure(new)?;
         let rebound = if new.listen != self.settings.listen {
             let b = bind(new).await?;
-            changed.push(format!("listening on http://{} (was {})", b.addr, self.settings.listen));
+            changed.push(format!(
+                "listening on http://{} (was {})",
+                b.addr, self.settings.listen
+            ));
             Some(b)
         } else {
             None
@@ -219,9 +263,12 @@ impl Server {
             changed.push(match (&self.settings.token, &new.token) {
                 (_, None) => "token removed: requests need none".to_string(),
                 (None, Some(_)) => "token set: every request needs it".to_string(),
-                (Some(_), Some(_)) => "token rotated: the old one is refused from now on".to_string(),
+                (Some(_), Some(_)) => {
+                    "token rotated: the old one is refused from now on".to_string()
+                }
             });
-            *self.api.inner.token_digest.write().expect("poisoned") = new.token.as_deref().map(digest);
+            *self.api.inner.token_digest.write().expect("poisoned") =
+                new.token.as_deref().map(digest);
         }
         if let Some(b) = rebound {
             let old = std::mem::replace(
@@ -292,7 +339,15 @@ fn digest(s: &str) -> [u8; 32] {
 /// The routes, their limits and the token check (outermost first: JSON errors, token, body
 /// limit).
 pub fn router(api: Api) -> Router {
-    let max_body = api.inner.app.settings.lock().expect("poisoned").api.max_body.0 as usize;
+    let max_body = api
+        .inner
+        .app
+        .settings
+        .lock()
+        .expect("poisoned")
+        .api
+        .max_body
+        .0 as usize;
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
@@ -306,7 +361,12 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(metrics::handler))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
-        .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such route (see docs/openapi.yaml)") })
+        .fallback(|| async {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "no such route (see docs/openapi.yaml)",
+            )
+        })
         .layer(DefaultBodyLimit::disable())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
@@ -325,7 +385,8 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
             .map(digest);
-        let ok = given.is_some_and(|g| bool::from(subtle::ConstantTimeEq::ct_eq(&g[..], &want[..])));
+        let ok =
+            given.is_some_and(|g| bool::from(subtle::ConstantTimeEq::ct_eq(&g[..], &want[..])));
         if !ok {
             api.inner.metrics.api_unauthorized.inc();
             let mut r = HttpError::new(
@@ -333,7 +394,10 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
                 "a valid bearer token is required (Authorization: Bearer TOKEN)",
             )
             .into_response();
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gemba\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gemba\""),
+            );
             return r;
         }
     }
@@ -359,11 +423,24 @@ async fn json_errors(res: Response) -> Response {
         return res;
     }
     let (mut parts, body) = res.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let msg = String::from_utf8_lossy(&text).trim().to_string();
-    let msg = if msg.is_empty() { parts.status.canonical_reason().unwrap_or("error").to_string() } else { msg };
+    let msg = if msg.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_string()
+    } else {
+        msg
+    };
     let body = serde_json::to_vec(&json!({ "error": msg })).unwrap_or_default();
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body))
 }
@@ -378,7 +455,11 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: StatusCode, msg: impl Into<String>) -> HttpError {
-        HttpError { status, msg: msg.into(), retry_after: None }
+        HttpError {
+            status,
+            msg: msg.into(),
+            retry_after: None,
+        }
     }
     pub fn retry_after(mut self, secs: u64) -> HttpError {
         self.retry_after = Some(secs);
@@ -390,17 +471,23 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut r = (self.status, Json(json!({ "error": self.msg }))).into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
 }
 
 /// Runs store work off the async threads (SQLite and file reads block).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, HttpError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal task failed: {e}")))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HttpError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal task failed: {e}"),
+        )
+    })
 }
 
 // ---- health and status ----
@@ -428,7 +515,13 @@ fn camera_health(app: &AppHandle) -> Vec<CameraHealth> {
             } else {
                 "ok"
             };
-            CameraHealth { name: c.name.clone(), state, frames: s.frames, fps: s.fps, last_error: s.last_error }
+            CameraHealth {
+                name: c.name.clone(),
+                state,
+                frames: s.frames,
+                fps: s.fps,
+                last_error: s.last_error,
+            }
         })
         .collect()
 }
@@ -465,7 +558,11 @@ async fn health(State(api): State<Api>) -> Response {
         "microphone": microphone,
         "store": store_state,
     });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -525,7 +622,12 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
     let camera_errors: serde_json::Map<String, Value> = cameras
         .iter()
         .filter(|c| !c["last_error"].is_null())
-        .map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c["last_error"].clone()))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["last_error"].clone(),
+            )
+        })
         .collect();
     let failed_reports: Vec<Value> = match failed {
         Ok(list) => list
@@ -535,7 +637,10 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
         Err(e) => vec![json!({ "error": e.to_string() })],
     };
     let now = SystemTime::now();
-    let uptime = now.duration_since(api.inner.started).unwrap_or_default().as_secs_f64();
+    let uptime = now
+        .duration_since(api.inner.started)
+        .unwrap_or_default()
+        .as_secs_f64();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -595,7 +700,11 @@ async fn status(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
 /// `[update] models_dir`, else the directory holding the config's model path (`…/current`);
 /// `null` when neither has one. Only the last few transitions.
 fn update_state(roots: &[std::path::PathBuf]) -> Value {
-    let Some(path) = roots.iter().map(|r| r.join("update-state.json")).find(|p| p.exists()) else {
+    let Some(path) = roots
+        .iter()
+        .map(|r| r.join("update-state.json"))
+        .find(|p| p.exists())
+    else {
         return Value::Null;
     };
     match std::fs::read(&path) {
@@ -630,7 +739,12 @@ fn model_json(app: &AppHandle) -> Value {
 
 fn write_status(app: &AppHandle) {
     let s = app.settings.lock().expect("poisoned").clone();
-    if let Err(e) = crate::app::write_status(&s.state_dir, &app.worker.info(), app.worker.is_loaded(), &s.data_dir) {
+    if let Err(e) = crate::app::write_status(
+        &s.state_dir,
+        &app.worker.info(),
+        app.worker.is_loaded(),
+        &s.data_dir,
+    ) {
         log::error!("writing status.json: {e}");
     }
 }
@@ -639,10 +753,13 @@ fn write_status(app: &AppHandle) {
 /// `current` link); the old one keeps serving if the new one fails.
 async fn model_reload(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
     let app = &api.inner.app;
-    let _op =
-        api.inner.model_ops.try_lock().map_err(|_| {
-            HttpError::new(StatusCode::CONFLICT, "another model operation is in progress").retry_after(5)
-        })?;
+    let _op = api.inner.model_ops.try_lock().map_err(|_| {
+        HttpError::new(
+            StatusCode::CONFLICT,
+            "another model operation is in progress",
+        )
+        .retry_after(5)
+    })?;
     let (path, providers) = {
         let s = app.settings.lock().expect("poisoned");
         (s.model.path.clone(), s.providers.clone())
@@ -652,13 +769,20 @@ async fn model_reload(State(api): State<Api>) -> Result<Json<Value>, HttpError> 
     write_status(app);
     match result {
         Ok(info) => {
-            log::info!("api: now serving {} ({})", info.bundle_id, &info.bundle_hash[..12.min(info.bundle_hash.len())]);
+            log::info!(
+                "api: now serving {} ({})",
+                info.bundle_id,
+                &info.bundle_hash[..12.min(info.bundle_hash.len())]
+            );
             crate::systemd::status(&format!("serving {}", info.bundle_id));
             Ok(Json(model_json(app)))
         }
         Err(e) => {
             log::error!("api: reload failed: {e}");
-            Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the model did not load: {e}")))
+            Err(HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the model did not load: {e}"),
+            ))
         }
     }
 }
@@ -667,11 +791,17 @@ async fn model_reload(State(api): State<Api>) -> Result<Json<Value>, HttpError> 
 /// ready and `POST /ask` answers 503 until a reload.
 async fn model_unload(State(api): State<Api>) -> Result<Json<Value>, HttpError> {
     let app = &api.inner.app;
-    let _op =
-        api.inner.model_ops.try_lock().map_err(|_| {
-            HttpError::new(StatusCode::CONFLICT, "another model operation is in progress").retry_after(5)
-        })?;
-    app.worker.unload().await.map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let _op = api.inner.model_ops.try_lock().map_err(|_| {
+        HttpError::new(
+            StatusCode::CONFLICT,
+            "another model operation is in progress",
+        )
+        .retry_after(5)
+    })?;
+    app.worker
+        .unload()
+        .await
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     log::info!("api: model unloaded");
     crate::systemd::status("model unloaded (POST /model/reload loads it again)");
     write_status(app);
@@ -690,7 +820,11 @@ fn report_id(raw: &str) -> Result<crate::report::ReportId, HttpError> {
                 17.. => matches!(b, b'0'..=b'9' | b'a'..=b'f'),
                 _ => b.is_ascii_digit(),
             });
-        let status = if form_ok { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+        let status = if form_ok {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         HttpError::new(status, e.to_string())
     })
 }
@@ -729,16 +863,31 @@ mod tests {
             ("[::ffff:192.168.1.2]:8470", false),
         ];
         for (addr, ok) in cases {
-            assert_eq!(check_exposure(&settings(addr, None)).is_ok(), ok, "{addr} without a token");
-            assert!(check_exposure(&settings(addr, Some("0123456789abcdef0123"))).is_ok(), "{addr} with a token");
+            assert_eq!(
+                check_exposure(&settings(addr, None)).is_ok(),
+                ok,
+                "{addr} without a token"
+            );
+            assert!(
+                check_exposure(&settings(addr, Some("0123456789abcdef0123"))).is_ok(),
+                "{addr} with a token"
+            );
         }
-        let e = check_exposure(&settings("0.0.0.0:8470", None)).unwrap_err().to_string();
+        let e = check_exposure(&settings("0.0.0.0:8470", None))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("0.0.0.0:8470") && e.contains("api.token"), "{e}");
     }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
-        for h in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr   abc ", "Bearer\tabc"] {
+        for h in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "BeArEr   abc ",
+            "Bearer\tabc",
+        ] {
             assert_eq!(bearer_token(h), Some("abc"), "{h:?}");
         }
         assert_eq!(bearer_token("Bearer ABC"), Some("ABC"));

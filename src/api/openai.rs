@@ -437,7 +437,12 @@ async fn chat(api: Api, body: Bytes) -> Result<Response, OpenAiError> {
     // anything is decoded or a slot is taken (as POST /ask does).
     let limits = app.settings.lock().expect("poisoned").api.clone();
     let max_pixels = limits.max_image_pixels;
-    for (what, b) in p.images.iter().map(|b| ("image_url", b)).chain(p.audio.iter().map(|b| ("input_audio", b))) {
+    for (what, b) in p
+        .images
+        .iter()
+        .map(|b| ("image_url", b))
+        .chain(p.audio.iter().map(|b| ("input_audio", b)))
+    {
         if b.len() as u64 > limits.max_media_bytes.0 {
             return Err(OpenAiError::too_large(format!(
                 "{what}: {} bytes, over the api.max_media_bytes limit of {}",

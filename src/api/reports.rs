@@ -40,18 +40,27 @@ fn bad(msg: impl Into<String>) -> HttpError {
 }
 
 fn time(key: &str, v: &str) -> Result<jiff::Timestamp, HttpError> {
-    v.parse().map_err(|e| bad(format!("{key}: {v:?} is not an RFC 3339 time (e.g. 2026-11-24T10:15:30Z): {e}")))
+    v.parse().map_err(|e| {
+        bad(format!(
+            "{key}: {v:?} is not an RFC 3339 time (e.g. 2026-11-24T10:15:30Z): {e}"
+        ))
+    })
 }
 
 /// A cursor is `<created_ms>.<report id>` of the last report of a page: a position in the
 /// listing order (the report itself may be gone since).
 fn cursor(v: &str) -> Result<(jiff::Timestamp, String), HttpError> {
-    let invalid = || bad(format!("cursor: {v:?} is not a cursor from a previous page"));
+    let invalid = || {
+        bad(format!(
+            "cursor: {v:?} is not a cursor from a previous page"
+        ))
+    };
     let (ms, id) = v.split_once('.').ok_or_else(invalid)?;
     if ms.is_empty() || ms.len() > 14 || !ms.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
-    let t = jiff::Timestamp::from_millisecond(ms.parse().map_err(|_| invalid())?).map_err(|_| invalid())?;
+    let t = jiff::Timestamp::from_millisecond(ms.parse().map_err(|_| invalid())?)
+        .map_err(|_| invalid())?;
     let form = id.len() == 21 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !form {
         return Err(invalid());
@@ -61,7 +70,9 @@ fn cursor(v: &str) -> Result<(jiff::Timestamp, String), HttpError> {
 
 fn store_error(e: ReportError) -> HttpError {
     match e {
-        ReportError::NotFound { id, .. } => HttpError::new(StatusCode::NOT_FOUND, format!("no report {id}")),
+        ReportError::NotFound { id, .. } => {
+            HttpError::new(StatusCode::NOT_FOUND, format!("no report {id}"))
+        }
         ReportError::BadId { .. } | ReportError::BadTrigger { .. } => bad(e.to_string()),
         e => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -69,24 +80,36 @@ fn store_error(e: ReportError) -> HttpError {
 
 /// `GET /reports`: newest first, `limit` per page (default 50, at most 500); `next` is the
 /// cursor of the following page, `null` on the last.
-pub async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Json<Value>, HttpError> {
+pub async fn list(
+    State(api): State<Api>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, HttpError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(bad(format!("limit: {limit} is out of range 1–{MAX_LIMIT}")));
     }
     if let Some(s) = &q.status {
         if !["open", "complete", "incomplete"].contains(&s.as_str()) {
-            return Err(bad(format!("status: {s:?} is not open, complete or incomplete")));
+            return Err(bad(format!(
+                "status: {s:?} is not open, complete or incomplete"
+            )));
         }
     }
     if let Some(c) = &q.camera {
-        if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(bad(format!("camera: {c:?} is not a camera name (letters, digits, '-' or '_')")));
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(format!(
+                "camera: {c:?} is not a camera name (letters, digits, '-' or '_')"
+            )));
         }
     }
     if let Some(t) = &q.trigger {
         if t != "monitor" {
-            t.parse::<crate::report::Trigger>().map_err(|e| bad(e.to_string()))?;
+            t.parse::<crate::report::Trigger>()
+                .map_err(|e| bad(e.to_string()))?;
         }
     }
     let filter = ListFilter {
@@ -100,10 +123,14 @@ pub async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<
         after: q.cursor.as_deref().map(cursor).transpose()?,
     };
     let store = api.inner.app.store.clone();
-    let mut reports = blocking(move || store.list(&filter)).await?.map_err(store_error)?;
+    let mut reports = blocking(move || store.list(&filter))
+        .await?
+        .map_err(store_error)?;
     let next = if reports.len() > limit {
         reports.truncate(limit);
-        reports.last().map(|r| format!("{}.{}", r.created_at.as_millisecond(), r.id))
+        reports
+            .last()
+            .map(|r| format!("{}.{}", r.created_at.as_millisecond(), r.id))
     } else {
         None
     };
@@ -120,14 +147,19 @@ pub async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<
 
 /// `GET /reports/{id}` (the JSON export) and `GET /reports/{id}.html` (the page, its media
 /// linked through this API).
-pub async fn get_one(State(api): State<Api>, Path(raw): Path<String>) -> Result<Response, HttpError> {
+pub async fn get_one(
+    State(api): State<Api>,
+    Path(raw): Path<String>,
+) -> Result<Response, HttpError> {
     let (raw_id, html) = match raw.strip_suffix(".html") {
         Some(id) => (id, true),
         None => (raw.as_str(), false),
     };
     let id = report_id(raw_id)?;
     let store = api.inner.app.store.clone();
-    let report = blocking(move || store.get(&id)).await?.map_err(store_error)?;
+    let report = blocking(move || store.get(&id))
+        .await?
+        .map_err(store_error)?;
     if html {
         let rid = report.id.clone();
         // Relative to /reports/{id}.html, so the page works behind a proxy that mounts the API
@@ -135,11 +167,17 @@ pub async fn get_one(State(api): State<Api>, Path(raw): Path<String>) -> Result<
         let media = move |n: u32, _: &crate::report::MediaRef| format!("{rid}/media/{n}");
         let page = crate::report::html::report_page_linked(&report, &media, None);
         let mut res = page.into_response();
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         return Ok(res);
     }
     let mut res = crate::report::export_json(&report).into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(res)
 }
 
@@ -149,7 +187,9 @@ pub async fn media(
     Path((raw_id, raw_n)): Path<(String, String)>,
 ) -> Result<Response, HttpError> {
     let id = report_id(&raw_id)?;
-    let n: u32 = raw_n.parse().map_err(|_| bad(format!("{raw_n:?} is not a segment index")))?;
+    let n: u32 = raw_n
+        .parse()
+        .map_err(|_| bad(format!("{raw_n:?} is not a segment index")))?;
     let store = api.inner.app.store.clone();
     let (bytes, ctype) = blocking(move || -> Result<(Vec<u8>, &'static str), HttpError> {
         let report = store.get(&id).map_err(store_error)?;
@@ -157,7 +197,12 @@ pub async fn media(
             .segments
             .iter()
             .find(|s| s.index() == n)
-            .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, format!("report {id} has no segment {n}")))?;
+            .ok_or_else(|| {
+                HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("report {id} has no segment {n}"),
+                )
+            })?;
         let (m, ctype) = match seg {
             Segment::Image(i) => (&i.media, "image/jpeg"),
             Segment::Audio(a) => (&a.media, "audio/wav"),
@@ -179,8 +224,12 @@ pub async fn media(
     })
     .await??;
     let mut res = bytes.into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     // Media never change once acknowledged.
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400, immutable"),
+    );
     Ok(res)
 }

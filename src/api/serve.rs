@@ -78,9 +78,9 @@ pub async fn serve(
             };
             let _ = stream.set_nodelay(true);
             metrics.connections.inc();
-            let service = TowerToHyperService::new(
-                router.map_request(|req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new)),
-            );
+            let service = TowerToHyperService::new(router.map_request(
+                |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+            ));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -115,7 +115,9 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
         let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
         let mut sink = [0u8; 4096];
-        while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
+        while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0)
+        {
+        }
     })
     .await;
 }
@@ -132,7 +134,10 @@ pub struct JsonParseErrors<S> {
 
 impl<S> JsonParseErrors<S> {
     pub fn new(inner: S) -> Self {
-        JsonParseErrors { inner, pending: None }
+        JsonParseErrors {
+            inner,
+            pending: None,
+        }
     }
 }
 
@@ -165,13 +170,21 @@ fn rewrite(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for JsonParseErrors<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_none() {
             match rewrite(buf) {
@@ -217,11 +230,19 @@ mod tests {
         let (out, n) = rewrite(bare).unwrap();
         assert_eq!(n, bare.len());
         let out = String::from_utf8(out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\n"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\n"),
+            "{out}"
+        );
         let body = out.split("\r\n\r\n").nth(1).unwrap();
         assert_eq!(out.matches("content-length: ").count(), 1);
         assert!(out.contains(&format!("content-length: {}\r\n", body.len())));
-        assert!(serde_json::from_str::<serde_json::Value>(body).unwrap()["error"].as_str().unwrap().contains("URI"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .contains("URI")
+        );
         // The router's own answers (JSON already), successes and body bytes pass untouched.
         for other in [
             &b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{\"error\":\"\"}"[..],

@@ -161,7 +161,9 @@ impl RequestQueue {
         }
         let mut pushed = Pushed::Queued;
         if st.len() >= self.shared.capacity {
-            let victim = (class as usize + 1..LANES).rev().find(|&l| !st.lanes[l].is_empty());
+            let victim = (class as usize + 1..LANES)
+                .rev()
+                .find(|&l| !st.lanes[l].is_empty());
             match victim {
                 Some(l) => {
                     let old = st.lanes[l].pop_front().expect("lane is not empty");
@@ -210,7 +212,12 @@ mod tests {
     use super::*;
 
     fn look(camera: &str, tag: &str) -> Request {
-        Request::new(Trigger::Monitor { camera: camera.into() }, tag)
+        Request::new(
+            Trigger::Monitor {
+                camera: camera.into(),
+            },
+            tag,
+        )
     }
 
     fn person(tag: &str) -> Request {
@@ -218,7 +225,9 @@ mod tests {
     }
 
     fn drain(q: &RequestQueue) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let mut out = Vec::new();
         while !q.is_empty() {
             out.push(rt.block_on(q.pop()).unwrap().prompt);
@@ -229,7 +238,13 @@ mod tests {
     #[test]
     fn people_go_before_looks_and_each_class_keeps_its_order() {
         let q = RequestQueue::new(8);
-        for r in [look("a", "a1"), look("b", "b1"), person("p1"), look("c", "c1"), person("p2")] {
+        for r in [
+            look("a", "a1"),
+            look("b", "b1"),
+            person("p1"),
+            look("c", "c1"),
+            person("p2"),
+        ] {
             assert!(matches!(q.try_push(r), Ok(Pushed::Queued)));
         }
         let mut alert = look("d", "alert1");
@@ -276,8 +291,13 @@ mod tests {
         q.try_push(person("p")).unwrap();
         let left: Vec<String> = q.close().into_iter().map(|r| r.prompt).collect();
         assert_eq!(left, ["p", "a"]);
-        assert!(matches!(q.try_push(person("late")), Err(Refused::Closed(_))));
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(matches!(
+            q.try_push(person("late")),
+            Err(Refused::Closed(_))
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         assert!(rt.block_on(q.pop()).is_none());
     }
 

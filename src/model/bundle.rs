@@ -44,7 +44,9 @@ pub struct Bundle {
 impl Bundle {
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
         if !dir.is_dir() {
-            return Err(BundleError::NotADirectory { dir: dir.to_path_buf() });
+            return Err(BundleError::NotADirectory {
+                dir: dir.to_path_buf(),
+            });
         }
         let cfg_path = dir.join("genai_config.json");
         if !cfg_path.is_file() {
@@ -75,7 +77,10 @@ impl Bundle {
                 continue;
             }
             let p = Path::new(name);
-            if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
                 return Err(BundleError::Config(ConfigError::Key {
                     path: cfg_path.clone(),
                     key: key.into(),
@@ -84,7 +89,10 @@ impl Bundle {
             }
             let path = dir.join(p);
             if !path.is_file() {
-                return Err(BundleError::MissingFile { path, key: key.into() });
+                return Err(BundleError::MissingFile {
+                    path,
+                    key: key.into(),
+                });
             }
         }
         let tok_dir = match &m.tokenizer_dir {
@@ -92,7 +100,11 @@ impl Bundle {
             _ => dir.to_path_buf(),
         };
         let tokenizer = TextTokenizer::load(&tok_dir)?;
-        Ok(Bundle { dir: dir.to_path_buf(), config, tokenizer })
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+        })
     }
 
     /// Path of a file named in the config.
@@ -103,12 +115,22 @@ impl Bundle {
     /// A short name for the bundle: its directory name.
     pub fn id(&self) -> String {
         let canon = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
-        canon.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into())
+        canon
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into())
     }
 
     /// Eos ids as u32.
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.config.model.eos_token_id.to_vec().into_iter().filter(|&i| i >= 0).map(|i| i as u32).collect()
+        self.config
+            .model
+            .eos_token_id
+            .to_vec()
+            .into_iter()
+            .filter(|&i| i >= 0)
+            .map(|i| i as u32)
+            .collect()
     }
 }
 
@@ -156,8 +178,15 @@ impl IntType {
 /// How the decoder takes its tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenInput {
-    Ids { name: String, ty: IntType },
-    Embeds { name: String, ty: FloatType, hidden: usize },
+    Ids {
+        name: String,
+        ty: IntType,
+    },
+    Embeds {
+        name: String,
+        ty: FloatType,
+        hidden: usize,
+    },
 }
 
 /// The decoder graph's inputs and outputs, checked against the config.
@@ -189,35 +218,64 @@ fn dtype_name(t: &ValueType) -> String {
 
 impl DecoderIo {
     /// Checks the decoder session's graph against `config`; `file` names the ONNX file in errors.
-    pub fn from_session(session: &Session, config: &GenaiConfig, file: &Path) -> Result<DecoderIo, BundleError> {
+    pub fn from_session(
+        session: &Session,
+        config: &GenaiConfig,
+        file: &Path,
+    ) -> Result<DecoderIo, BundleError> {
         let d = &config.model.decoder;
-        let gerr = |msg: String| BundleError::Graph { file: file.to_path_buf(), msg };
-        let inputs: Vec<(&str, &ValueType)> = session.inputs().iter().map(|o| (o.name(), o.dtype())).collect();
-        let outputs: Vec<(&str, &ValueType)> = session.outputs().iter().map(|o| (o.name(), o.dtype())).collect();
-        let find = |list: &[(&str, &ValueType)], name: &str| -> Option<(TensorElementType, Vec<i64>)> {
-            list.iter().find(|(n, _)| *n == name).and_then(|(_, t)| match t {
-                ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.to_vec())),
-                _ => None,
-            })
+        let gerr = |msg: String| BundleError::Graph {
+            file: file.to_path_buf(),
+            msg,
         };
+        let inputs: Vec<(&str, &ValueType)> = session
+            .inputs()
+            .iter()
+            .map(|o| (o.name(), o.dtype()))
+            .collect();
+        let outputs: Vec<(&str, &ValueType)> = session
+            .outputs()
+            .iter()
+            .map(|o| (o.name(), o.dtype()))
+            .collect();
+        let find =
+            |list: &[(&str, &ValueType)], name: &str| -> Option<(TensorElementType, Vec<i64>)> {
+                list.iter()
+                    .find(|(n, _)| *n == name)
+                    .and_then(|(_, t)| match t {
+                        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.to_vec())),
+                        _ => None,
+                    })
+            };
         let mut used: Vec<String> = Vec::new();
 
-        let int_input = |name: &str, key: &str, rank: usize| -> Result<Option<IntType>, BundleError> {
-            let Some((ty, shape)) = find(&inputs, name) else { return Ok(None) };
-            let it = IntType::from_ort(ty).ok_or_else(|| {
-                gerr(format!("input \"{name}\" ({key}) has dtype {ty:?}, expected int64 or int32"))
-            })?;
-            if shape.len() != rank {
-                return Err(gerr(format!("input \"{name}\" ({key}) has rank {}, expected {rank}", shape.len())));
-            }
-            Ok(Some(it))
-        };
+        let int_input =
+            |name: &str, key: &str, rank: usize| -> Result<Option<IntType>, BundleError> {
+                let Some((ty, shape)) = find(&inputs, name) else {
+                    return Ok(None);
+                };
+                let it = IntType::from_ort(ty).ok_or_else(|| {
+                    gerr(format!(
+                        "input \"{name}\" ({key}) has dtype {ty:?}, expected int64 or int32"
+                    ))
+                })?;
+                if shape.len() != rank {
+                    return Err(gerr(format!(
+                        "input \"{name}\" ({key}) has rank {}, expected {rank}",
+                        shape.len()
+                    )));
+                }
+                Ok(Some(it))
+            };
 
         let ids_name = &d.inputs.input_ids;
         let emb_name = &d.inputs.inputs_embeds;
         let token = if let Some(ty) = int_input(ids_name, "model.decoder.inputs.input_ids", 2)? {
             used.push(ids_name.clone());
-            TokenInput::Ids { name: ids_name.clone(), ty }
+            TokenInput::Ids {
+                name: ids_name.clone(),
+                ty,
+            }
         } else if let Some((ty, shape)) = find(&inputs, emb_name) {
             let ft = FloatType::from_ort(ty).ok_or_else(|| {
                 gerr(format!("input \"{emb_name}\" (model.decoder.inputs.inputs_embeds) has dtype {ty:?}, expected a float type"))
@@ -229,7 +287,11 @@ impl DecoderIo {
                 )));
             }
             used.push(emb_name.clone());
-            TokenInput::Embeds { name: emb_name.clone(), ty: ft, hidden: d.hidden_size as usize }
+            TokenInput::Embeds {
+                name: emb_name.clone(),
+                ty: ft,
+                hidden: d.hidden_size as usize,
+            }
         } else {
             let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
             return Err(gerr(format!(
@@ -237,25 +299,39 @@ impl DecoderIo {
                 names.join(", ")
             )));
         };
-        let attention_mask = int_input(&d.inputs.attention_mask, "model.decoder.inputs.attention_mask", 2)?
-            .map(|t| (d.inputs.attention_mask.clone(), t));
+        let attention_mask = int_input(
+            &d.inputs.attention_mask,
+            "model.decoder.inputs.attention_mask",
+            2,
+        )?
+        .map(|t| (d.inputs.attention_mask.clone(), t));
         if let Some((n, _)) = &attention_mask {
             used.push(n.clone());
         }
-        let position_ids = int_input(&d.inputs.position_ids, "model.decoder.inputs.position_ids", 2)?
-            .map(|t| (d.inputs.position_ids.clone(), t));
+        let position_ids = int_input(
+            &d.inputs.position_ids,
+            "model.decoder.inputs.position_ids",
+            2,
+        )?
+        .map(|t| (d.inputs.position_ids.clone(), t));
         if let Some((n, _)) = &position_ids {
             used.push(n.clone());
         }
         if let (Some((_, a)), Some((_, p))) = (&attention_mask, &position_ids) {
             if a != p {
-                return Err(gerr("attention_mask and position_ids must have the same integer type".into()));
+                return Err(gerr(
+                    "attention_mask and position_ids must have the same integer type".into(),
+                ));
             }
         }
 
         let layers = d.num_hidden_layers as usize;
         let mut kv_type: Option<FloatType> = None;
-        let mut names = |template: &str, key: &str, list: &[(&str, &ValueType)], kind: &str, used: &mut Vec<String>| {
+        let mut names = |template: &str,
+                         key: &str,
+                         list: &[(&str, &ValueType)],
+                         kind: &str,
+                         used: &mut Vec<String>| {
             let mut out = Vec::with_capacity(layers);
             for i in 0..layers {
                 let name = layer_name(template, i);
@@ -264,8 +340,11 @@ impl DecoderIo {
                         "{kind} \"{name}\" ({key} for layer {i} of model.decoder.num_hidden_layers={layers}) is not in the graph"
                     ))
                 })?;
-                let ft = FloatType::from_ort(ty)
-                    .ok_or_else(|| gerr(format!("{kind} \"{name}\" has dtype {ty:?}, expected a float type")))?;
+                let ft = FloatType::from_ort(ty).ok_or_else(|| {
+                    gerr(format!(
+                        "{kind} \"{name}\" has dtype {ty:?}, expected a float type"
+                    ))
+                })?;
                 if shape.len() != 4 {
                     return Err(gerr(format!(
                         "{kind} \"{name}\" has rank {}, expected 4 [batch, kv_heads, seq, head_size]",
@@ -287,7 +366,9 @@ impl DecoderIo {
                 match kv_type {
                     None => kv_type = Some(ft),
                     Some(k) if k != ft => {
-                        return Err(gerr(format!("{kind} \"{name}\" has dtype {ft:?}, other KV tensors {k:?}")))
+                        return Err(gerr(format!(
+                            "{kind} \"{name}\" has dtype {ft:?}, other KV tensors {k:?}"
+                        )))
                     }
                     _ => {}
                 }
@@ -297,11 +378,27 @@ impl DecoderIo {
             Ok::<Vec<String>, BundleError>(out)
         };
         let mut used_out: Vec<String> = Vec::new();
-        let past_key = names(&d.inputs.past_key_names, "model.decoder.inputs.past_key_names", &inputs, "input", &mut used)?;
-        let past_value =
-            names(&d.inputs.past_value_names, "model.decoder.inputs.past_value_names", &inputs, "input", &mut used)?;
-        let present_key =
-            names(&d.outputs.present_key_names, "model.decoder.outputs.present_key_names", &outputs, "output", &mut used_out)?;
+        let past_key = names(
+            &d.inputs.past_key_names,
+            "model.decoder.inputs.past_key_names",
+            &inputs,
+            "input",
+            &mut used,
+        )?;
+        let past_value = names(
+            &d.inputs.past_value_names,
+            "model.decoder.inputs.past_value_names",
+            &inputs,
+            "input",
+            &mut used,
+        )?;
+        let present_key = names(
+            &d.outputs.present_key_names,
+            "model.decoder.outputs.present_key_names",
+            &outputs,
+            "output",
+            &mut used_out,
+        )?;
         let present_value = names(
             &d.outputs.present_value_names,
             "model.decoder.outputs.present_value_names",
@@ -311,7 +408,10 @@ impl DecoderIo {
         )?;
 
         let (lt, lshape) = find(&outputs, &d.outputs.logits).ok_or_else(|| {
-            gerr(format!("output \"{}\" (model.decoder.outputs.logits) is not in the graph", d.outputs.logits))
+            gerr(format!(
+                "output \"{}\" (model.decoder.outputs.logits) is not in the graph",
+                d.outputs.logits
+            ))
         })?;
         let logits_type = FloatType::from_ort(lt).ok_or_else(|| {
             gerr(format!("output \"{}\" (model.decoder.outputs.logits) has dtype {lt:?}, expected a float type", d.outputs.logits))

@@ -13,11 +13,13 @@
 use std::path::Path;
 
 use super::bundle::{Bundle, BundleError};
-use super::generate::{generate, CancelToken, Decoder, Done, Event, GenerateError, GenerateParams, PromptInput};
-use super::providers::{ProviderPolicy, ProviderReport};
-use super::runtime::Runtime;
+use super::generate::{
+    generate, CancelToken, Decoder, Done, Event, GenerateError, GenerateParams, PromptInput,
+};
 use super::multimodal::Multimodal;
 use super::processor::{AudioSource, ImageSource};
+use super::providers::{ProviderPolicy, ProviderReport};
+use super::runtime::Runtime;
 use super::speech::Pcm;
 use super::tokenizer::{ChatMessage, TokenizerError};
 
@@ -40,13 +42,19 @@ impl Engine {
     /// Opens and checks the bundle at `dir`, then builds its sessions on the planned providers.
     pub fn load(rt: &Runtime, dir: &Path, policy: &ProviderPolicy) -> Result<Engine, BundleError> {
         let bundle = Bundle::open(dir)?;
-        let multimodal = if super::genai_config::MULTIMODAL_TYPES.contains(&bundle.config.model.model_type.as_str()) {
+        let multimodal = if super::genai_config::MULTIMODAL_TYPES
+            .contains(&bundle.config.model.model_type.as_str())
+        {
             Some(Multimodal::load(rt, &bundle, policy)?)
         } else {
             None
         };
         let decoder = Decoder::load(rt, &bundle, policy)?;
-        let engine = Engine { bundle, decoder, multimodal };
+        let engine = Engine {
+            bundle,
+            decoder,
+            multimodal,
+        };
         for r in engine.provider_reports() {
             log::info!("{}", r.summary());
         }
@@ -55,7 +63,11 @@ impl Engine {
 
     /// Every component's provider report.
     pub fn provider_reports(&self) -> Vec<ProviderReport> {
-        let mut v = self.multimodal.as_ref().map(|m| m.reports()).unwrap_or_default();
+        let mut v = self
+            .multimodal
+            .as_ref()
+            .map(|m| m.reports())
+            .unwrap_or_default();
         v.push(self.decoder.report.clone());
         v
     }
@@ -85,16 +97,27 @@ impl Engine {
         parts.join("\n")
     }
 
-    fn render(&self, content: &str, system: Option<&str>, raw: bool) -> Result<String, GenerateError> {
+    fn render(
+        &self,
+        content: &str,
+        system: Option<&str>,
+        raw: bool,
+    ) -> Result<String, GenerateError> {
         if raw {
             return Ok(content.to_string());
         }
         let mut messages = Vec::new();
         if let Some(s) = system {
-            messages.push(ChatMessage { role: "system".into(), content: s.into() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: s.into(),
+            });
         }
         messages.push(ChatMessage::user(content));
-        self.bundle.tokenizer.apply_chat_template(&messages, true).map_err(|e| GenerateError::Prompt(e.to_string()))
+        self.bundle
+            .tokenizer
+            .apply_chat_template(&messages, true)
+            .map_err(|e| GenerateError::Prompt(e.to_string()))
     }
 
     /// Runs a multimodal prompt (already rendered) with its media.
@@ -116,8 +139,20 @@ impl Engine {
         let adapter = mm.adapter_for(p.images, p.audios);
         self.decoder.set_adapter(adapter)?;
         let reports = mm.reports();
-        let prompt = PromptInput::Embeds { ids: p.ids, embeds: p.embeds };
-        generate(&mut self.decoder, &self.bundle, prompt, Some(&mut mm.embedding), params, cancel, &reports, on_event)
+        let prompt = PromptInput::Embeds {
+            ids: p.ids,
+            embeds: p.embeds,
+        };
+        generate(
+            &mut self.decoder,
+            &self.bundle,
+            prompt,
+            Some(&mut mm.embedding),
+            params,
+            cancel,
+            &reports,
+            on_event,
+        )
     }
 
     /// `gemba ask`: a prompt with media from files. Placeholders in the prompt are kept as the
@@ -140,20 +175,32 @@ impl Engine {
                     self.bundle.config.model.model_type
                 )));
             }
-            let ids = self.prompt_ids(prompt, system, raw).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+            let ids = self
+                .prompt_ids(prompt, system, raw)
+                .map_err(|e| GenerateError::Prompt(e.to_string()))?;
             return self.generate_ids(ids, params, cancel, on_event);
         }
         let rendered = self.render(prompt, system, raw)?;
-        let images: Vec<ImageSource<'_>> = media.images.iter().map(|p| ImageSource::File(p)).collect();
-        let audio: Vec<AudioSource<'_>> = media.audio.iter().map(|p| AudioSource::File(p)).collect();
+        let images: Vec<ImageSource<'_>> =
+            media.images.iter().map(|p| ImageSource::File(p)).collect();
+        let audio: Vec<AudioSource<'_>> =
+            media.audio.iter().map(|p| AudioSource::File(p)).collect();
         self.generate_multimodal(&rendered, &images, &audio, params, cancel, on_event)
     }
 
     /// Token ids for a user prompt: through the chat template unless `raw`.
-    pub fn prompt_ids(&self, prompt: &str, system: Option<&str>, raw: bool) -> Result<Vec<u32>, TokenizerError> {
+    pub fn prompt_ids(
+        &self,
+        prompt: &str,
+        system: Option<&str>,
+        raw: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
         let mut messages = Vec::new();
         if let Some(s) = system {
-            messages.push(ChatMessage { role: "system".into(), content: s.into() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: s.into(),
+            });
         }
         messages.push(ChatMessage::user(prompt));
         self.bundle.tokenizer.prompt_ids(&messages, raw)
@@ -183,25 +230,50 @@ impl Engine {
                     input.audio.len()
                 );
             }
-            let ids = self.prompt_ids(&input.text, system, false).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+            let ids = self
+                .prompt_ids(&input.text, system, false)
+                .map_err(|e| GenerateError::Prompt(e.to_string()))?;
             return self.generate_ids(ids, params, cancel, on_event);
         }
         // What this bundle cannot take is left out of the prompt rather than failing the query.
-        let frames: Vec<&crate::capture::Frame> = if self.sees() { input.frames.iter().collect() } else { Vec::new() };
-        let clips: Vec<&crate::capture::AudioClip> = if self.hears() { input.audio.iter().collect() } else { Vec::new() };
+        let frames: Vec<&crate::capture::Frame> = if self.sees() {
+            input.frames.iter().collect()
+        } else {
+            Vec::new()
+        };
+        let clips: Vec<&crate::capture::AudioClip> = if self.hears() {
+            input.audio.iter().collect()
+        } else {
+            Vec::new()
+        };
         let cameras: Vec<&str> = frames.iter().map(|f| f.camera.as_str()).collect();
         let content = Self::user_content(&input.text, &cameras, clips.len());
         let rendered = self.render(&content, system, false)?;
         let pcms: Vec<Pcm> = clips
             .iter()
-            .map(|c| Pcm { samples: c.samples.to_vec(), sample_rate: c.sample_rate, channels: 1 })
+            .map(|c| Pcm {
+                samples: c.samples.to_vec(),
+                sample_rate: c.sample_rate,
+                channels: 1,
+            })
             .collect();
         let images: Vec<ImageSource<'_>> = frames
             .iter()
-            .map(|f| ImageSource::Rgb { width: f.width as usize, height: f.height as usize, data: &f.rgb, name: &f.camera })
+            .map(|f| ImageSource::Rgb {
+                width: f.width as usize,
+                height: f.height as usize,
+                data: &f.rgb,
+                name: &f.camera,
+            })
             .collect();
-        let audio: Vec<AudioSource<'_>> =
-            pcms.iter().zip(&clips).map(|(p, c)| AudioSource::Pcm { pcm: p, name: &c.source }).collect();
+        let audio: Vec<AudioSource<'_>> = pcms
+            .iter()
+            .zip(&clips)
+            .map(|(p, c)| AudioSource::Pcm {
+                pcm: p,
+                name: &c.source,
+            })
+            .collect();
         self.generate_multimodal(&rendered, &images, &audio, params, cancel, on_event)
     }
 
@@ -215,7 +287,16 @@ impl Engine {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Done, GenerateError> {
         match &mut self.multimodal {
-            None => generate(&mut self.decoder, &self.bundle, PromptInput::Ids(ids), None, params, cancel, &[], on_event),
+            None => generate(
+                &mut self.decoder,
+                &self.bundle,
+                PromptInput::Ids(ids),
+                None,
+                params,
+                cancel,
+                &[],
+                on_event,
+            ),
             Some(mm) => {
                 use super::generate::Embedder;
                 let embeds = mm.embedding.embed(&ids)?;

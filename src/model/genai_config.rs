@@ -19,13 +19,29 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid JSON at line {line}, column {column}: {msg}")]
-    Syntax { path: PathBuf, line: usize, column: usize, msg: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
     #[error("{path}: {key}: {msg}")]
-    Key { path: PathBuf, key: String, msg: String },
+    Key {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
     #[error("{path}: {key}: ORT-GenAI feature not supported by gemba ({what})")]
-    Unsupported { path: PathBuf, key: String, what: String },
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        what: String,
+    },
 }
 
 /// `eos_token_id`: a single id or a list.
@@ -451,7 +467,9 @@ pub struct VisionOutputs {
 
 impl Default for VisionOutputs {
     fn default() -> Self {
-        VisionOutputs { image_features: default_image_features() }
+        VisionOutputs {
+            image_features: default_image_features(),
+        }
     }
 }
 
@@ -527,7 +545,9 @@ pub struct SpeechOutputs {
 
 impl Default for SpeechOutputs {
     fn default() -> Self {
-        SpeechOutputs { audio_features: default_audio_features() }
+        SpeechOutputs {
+            audio_features: default_audio_features(),
+        }
     }
 }
 
@@ -588,7 +608,10 @@ pub struct EmbeddingOutputs {
 
 impl Default for EmbeddingOutputs {
     fn default() -> Self {
-        EmbeddingOutputs { inputs_embeds: default_inputs_embeds(), per_layer_inputs: None }
+        EmbeddingOutputs {
+            inputs_embeds: default_inputs_embeds(),
+            per_layer_inputs: None,
+        }
     }
 }
 
@@ -664,8 +687,25 @@ fn minus_one() -> i64 {
 /// Model types whose decoder gemba runs: text decoders that share ORT-GenAI's decoder-only I/O,
 /// and phi4mm (vision + speech + embedding around such a decoder).
 pub const TEXT_TYPES: &[&str] = &[
-    "chatglm", "ernie4_5", "gemma", "gemma2", "gemma3_text", "gpt2", "granite", "llama", "mistral",
-    "nemotron", "olmo", "phi", "phi3", "phi3small", "phimoe", "qwen2", "qwen3", "smollm3", "gptoss",
+    "chatglm",
+    "ernie4_5",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gpt2",
+    "granite",
+    "llama",
+    "mistral",
+    "nemotron",
+    "olmo",
+    "phi",
+    "phi3",
+    "phi3small",
+    "phimoe",
+    "qwen2",
+    "qwen3",
+    "smollm3",
+    "gptoss",
 ];
 
 pub const MULTIMODAL_TYPES: &[&str] = &["phi4mm"];
@@ -673,7 +713,10 @@ pub const MULTIMODAL_TYPES: &[&str] = &["phi4mm"];
 impl GenaiConfig {
     /// Reads and validates `genai_config.json` at `path`.
     pub fn load(path: &Path) -> Result<GenaiConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -700,7 +743,11 @@ impl GenaiConfig {
                     Some(_) => "unknown key (ORT-GenAI rejects it too)".to_string(),
                     None => strip_position(&msg),
                 };
-                return Err(ConfigError::Key { path: path.into(), key, msg });
+                return Err(ConfigError::Key {
+                    path: path.into(),
+                    key,
+                    msg,
+                });
             }
         };
         cfg.check(path)?;
@@ -716,7 +763,11 @@ impl GenaiConfig {
             key: key.into(),
             what: what.into(),
         };
-        let bad = |key: &str, msg: String| ConfigError::Key { path: path.into(), key: key.into(), msg };
+        let bad = |key: &str, msg: String| ConfigError::Key {
+            path: path.into(),
+            key: key.into(),
+            msg,
+        };
         let m = &self.model;
         let t = m.model_type.as_str();
         if !TEXT_TYPES.contains(&t) && !MULTIMODAL_TYPES.contains(&t) {
@@ -730,10 +781,16 @@ impl GenaiConfig {
             ));
         }
         if m.context_length == 0 {
-            return Err(bad("model.context_length", "must be set and greater than 0".into()));
+            return Err(bad(
+                "model.context_length",
+                "must be set and greater than 0".into(),
+            ));
         }
         if m.eos_token_id.to_vec().is_empty() {
-            return Err(bad("model.eos_token_id", "must name at least one token id".into()));
+            return Err(bad(
+                "model.eos_token_id",
+                "must name at least one token id".into(),
+            ));
         }
         // Impossible sizes and ids are refused here, by key, instead of failing later as an
         // empty tensor, a division by zero or a stop token that can never be sampled.
@@ -742,11 +799,17 @@ impl GenaiConfig {
         }
         let token_id = |key: &str, id: i64| -> Result<(), ConfigError> {
             if id < 0 {
-                return Err(bad(key, format!("{id} is not a token id (ids are 0 or more)")));
+                return Err(bad(
+                    key,
+                    format!("{id} is not a token id (ids are 0 or more)"),
+                ));
             }
             if let Some(v) = m.vocab_size {
                 if id >= i64::from(v) {
-                    return Err(bad(key, format!("{id} is outside the vocabulary (model.vocab_size {v})")));
+                    return Err(bad(
+                        key,
+                        format!("{id} is outside the vocabulary (model.vocab_size {v})"),
+                    ));
                 }
             }
             Ok(())
@@ -764,19 +827,51 @@ impl GenaiConfig {
             }
         }
         for (present, key, what) in [
-            (m.encoder.is_some(), "model.encoder", "encoder-decoder models"),
+            (
+                m.encoder.is_some(),
+                "model.encoder",
+                "encoder-decoder models",
+            ),
             (m.draft.is_some(), "model.draft", "draft models"),
             (m.joiner.is_some(), "model.joiner", "RNN-T joiners"),
             (m.vad.is_some(), "model.vad", "built-in VAD models"),
             (m.mtp.is_some(), "model.mtp", "multi-token prediction"),
-            (m.decoder.sliding_window.is_some(), "model.decoder.sliding_window", "sliding-window KV caches"),
-            (m.decoder.pipeline.is_some(), "model.decoder.pipeline", "decoder pipelines"),
-            (m.decoder.layer_types.is_some(), "model.decoder.layer_types", "mixed layer types"),
-            (m.decoder.shared_initializers.is_some(), "model.decoder.shared_initializers", "shared initializers"),
-            (m.decoder.conv_cache_size.is_some(), "model.decoder.conv_cache_size", "convolution caches"),
-            (self.speculative.is_some(), "speculative", "speculative decoding"),
+            (
+                m.decoder.sliding_window.is_some(),
+                "model.decoder.sliding_window",
+                "sliding-window KV caches",
+            ),
+            (
+                m.decoder.pipeline.is_some(),
+                "model.decoder.pipeline",
+                "decoder pipelines",
+            ),
+            (
+                m.decoder.layer_types.is_some(),
+                "model.decoder.layer_types",
+                "mixed layer types",
+            ),
+            (
+                m.decoder.shared_initializers.is_some(),
+                "model.decoder.shared_initializers",
+                "shared initializers",
+            ),
+            (
+                m.decoder.conv_cache_size.is_some(),
+                "model.decoder.conv_cache_size",
+                "convolution caches",
+            ),
+            (
+                self.speculative.is_some(),
+                "speculative",
+                "speculative decoding",
+            ),
             (self.engine.is_some(), "engine", "batching engines"),
-            (self.search.chunk_size.is_some(), "search.chunk_size", "chunked prefill"),
+            (
+                self.search.chunk_size.is_some(),
+                "search.chunk_size",
+                "chunked prefill",
+            ),
         ] {
             if present {
                 return Err(unsupported(key, what));
@@ -785,28 +880,88 @@ impl GenaiConfig {
         let di = &m.decoder.inputs;
         for (present, key) in [
             (di.past_names.is_some(), "model.decoder.inputs.past_names"),
-            (di.cross_past_key_names.is_some(), "model.decoder.inputs.cross_past_key_names"),
-            (di.cross_past_value_names.is_some(), "model.decoder.inputs.cross_past_value_names"),
-            (di.past_sequence_length.is_some(), "model.decoder.inputs.past_sequence_length"),
-            (di.current_sequence_length.is_some(), "model.decoder.inputs.current_sequence_length"),
-            (di.total_sequence_length.is_some(), "model.decoder.inputs.total_sequence_length"),
-            (di.encoder_hidden_states.is_some(), "model.decoder.inputs.encoder_hidden_states"),
-            (di.encoder_attention_mask.is_some(), "model.decoder.inputs.encoder_attention_mask"),
-            (di.rnn_states_prev.is_some(), "model.decoder.inputs.rnn_states_prev"),
-            (di.past_key_values_length.is_some(), "model.decoder.inputs.past_key_values_length"),
-            (di.cache_indirection.is_some(), "model.decoder.inputs.cache_indirection"),
-            (di.cumulative_sequence_lengths.is_some(), "model.decoder.inputs.cumulative_sequence_lengths"),
-            (di.past_sequence_lengths.is_some(), "model.decoder.inputs.past_sequence_lengths"),
+            (
+                di.cross_past_key_names.is_some(),
+                "model.decoder.inputs.cross_past_key_names",
+            ),
+            (
+                di.cross_past_value_names.is_some(),
+                "model.decoder.inputs.cross_past_value_names",
+            ),
+            (
+                di.past_sequence_length.is_some(),
+                "model.decoder.inputs.past_sequence_length",
+            ),
+            (
+                di.current_sequence_length.is_some(),
+                "model.decoder.inputs.current_sequence_length",
+            ),
+            (
+                di.total_sequence_length.is_some(),
+                "model.decoder.inputs.total_sequence_length",
+            ),
+            (
+                di.encoder_hidden_states.is_some(),
+                "model.decoder.inputs.encoder_hidden_states",
+            ),
+            (
+                di.encoder_attention_mask.is_some(),
+                "model.decoder.inputs.encoder_attention_mask",
+            ),
+            (
+                di.rnn_states_prev.is_some(),
+                "model.decoder.inputs.rnn_states_prev",
+            ),
+            (
+                di.past_key_values_length.is_some(),
+                "model.decoder.inputs.past_key_values_length",
+            ),
+            (
+                di.cache_indirection.is_some(),
+                "model.decoder.inputs.cache_indirection",
+            ),
+            (
+                di.cumulative_sequence_lengths.is_some(),
+                "model.decoder.inputs.cumulative_sequence_lengths",
+            ),
+            (
+                di.past_sequence_lengths.is_some(),
+                "model.decoder.inputs.past_sequence_lengths",
+            ),
             (di.block_table.is_some(), "model.decoder.inputs.block_table"),
-            (di.block_table_windowed.is_some(), "model.decoder.inputs.block_table_windowed"),
-            (di.attention_metadata.is_some(), "model.decoder.inputs.attention_metadata"),
-            (di.past_conv_names.is_some(), "model.decoder.inputs.past_conv_names"),
-            (di.hidden_states.is_some(), "model.decoder.inputs.hidden_states"),
+            (
+                di.block_table_windowed.is_some(),
+                "model.decoder.inputs.block_table_windowed",
+            ),
+            (
+                di.attention_metadata.is_some(),
+                "model.decoder.inputs.attention_metadata",
+            ),
+            (
+                di.past_conv_names.is_some(),
+                "model.decoder.inputs.past_conv_names",
+            ),
+            (
+                di.hidden_states.is_some(),
+                "model.decoder.inputs.hidden_states",
+            ),
             (di.targets.is_some(), "model.decoder.inputs.targets"),
-            (di.lstm_hidden_state.is_some(), "model.decoder.inputs.lstm_hidden_state"),
-            (di.lstm_cell_state.is_some(), "model.decoder.inputs.lstm_cell_state"),
-            (di.per_layer_inputs.is_some(), "model.decoder.inputs.per_layer_inputs"),
-            (di.targets_length.is_some(), "model.decoder.inputs.targets_length"),
+            (
+                di.lstm_hidden_state.is_some(),
+                "model.decoder.inputs.lstm_hidden_state",
+            ),
+            (
+                di.lstm_cell_state.is_some(),
+                "model.decoder.inputs.lstm_cell_state",
+            ),
+            (
+                di.per_layer_inputs.is_some(),
+                "model.decoder.inputs.per_layer_inputs",
+            ),
+            (
+                di.targets_length.is_some(),
+                "model.decoder.inputs.targets_length",
+            ),
         ] {
             if present {
                 return Err(unsupported(key, "a decoder input of another model family"));
@@ -815,15 +970,36 @@ impl GenaiConfig {
         let d = &m.decoder;
         let o = &d.outputs;
         for (present, key) in [
-            (o.present_names.is_some(), "model.decoder.outputs.present_names"),
-            (o.output_cross_qk_names.is_some(), "model.decoder.outputs.output_cross_qk_names"),
+            (
+                o.present_names.is_some(),
+                "model.decoder.outputs.present_names",
+            ),
+            (
+                o.output_cross_qk_names.is_some(),
+                "model.decoder.outputs.output_cross_qk_names",
+            ),
             (o.rnn_states.is_some(), "model.decoder.outputs.rnn_states"),
-            (o.present_conv_names.is_some(), "model.decoder.outputs.present_conv_names"),
-            (o.hidden_states.is_some(), "model.decoder.outputs.hidden_states"),
+            (
+                o.present_conv_names.is_some(),
+                "model.decoder.outputs.present_conv_names",
+            ),
+            (
+                o.hidden_states.is_some(),
+                "model.decoder.outputs.hidden_states",
+            ),
             (o.outputs.is_some(), "model.decoder.outputs.outputs"),
-            (o.lstm_hidden_state.is_some(), "model.decoder.outputs.lstm_hidden_state"),
-            (o.lstm_cell_state.is_some(), "model.decoder.outputs.lstm_cell_state"),
-            (o.outputs_length.is_some(), "model.decoder.outputs.outputs_length"),
+            (
+                o.lstm_hidden_state.is_some(),
+                "model.decoder.outputs.lstm_hidden_state",
+            ),
+            (
+                o.lstm_cell_state.is_some(),
+                "model.decoder.outputs.lstm_cell_state",
+            ),
+            (
+                o.outputs_length.is_some(),
+                "model.decoder.outputs.outputs_length",
+            ),
         ] {
             if present {
                 return Err(unsupported(key, "a decoder output of another model family"));
@@ -831,12 +1007,24 @@ impl GenaiConfig {
         }
         for (name, key) in [
             (&di.past_key_names, "model.decoder.inputs.past_key_names"),
-            (&di.past_value_names, "model.decoder.inputs.past_value_names"),
-            (&o.present_key_names, "model.decoder.outputs.present_key_names"),
-            (&o.present_value_names, "model.decoder.outputs.present_value_names"),
+            (
+                &di.past_value_names,
+                "model.decoder.inputs.past_value_names",
+            ),
+            (
+                &o.present_key_names,
+                "model.decoder.outputs.present_key_names",
+            ),
+            (
+                &o.present_value_names,
+                "model.decoder.outputs.present_value_names",
+            ),
         ] {
             if name.matches("%d").count() != 1 {
-                return Err(bad(key, format!("\"{name}\" must contain exactly one %d (the layer index)")));
+                return Err(bad(
+                    key,
+                    format!("\"{name}\" must contain exactly one %d (the layer index)"),
+                ));
             }
         }
         for (value, key) in [
@@ -853,7 +1041,10 @@ impl GenaiConfig {
         if d.num_key_value_heads > d.num_attention_heads {
             return Err(bad(
                 "model.decoder.num_key_value_heads",
-                format!("{} is more than num_attention_heads {}", d.num_key_value_heads, d.num_attention_heads),
+                format!(
+                    "{} is more than num_attention_heads {}",
+                    d.num_key_value_heads, d.num_attention_heads
+                ),
             ));
         }
         let s = &self.search;
@@ -865,36 +1056,58 @@ impl GenaiConfig {
             (s.diversity_penalty, "search.diversity_penalty"),
         ] {
             if !value.is_finite() || value < 0.0 {
-                return Err(bad(key, format!("{value} must be a finite number, 0 or more")));
+                return Err(bad(
+                    key,
+                    format!("{value} must be a finite number, 0 or more"),
+                ));
             }
         }
         if s.top_p > 1.0 {
-            return Err(bad("search.top_p", format!("{} is out of range 0–1", s.top_p)));
+            return Err(bad(
+                "search.top_p",
+                format!("{} is out of range 0–1", s.top_p),
+            ));
         }
         if s.repetition_penalty == 0.0 {
-            return Err(bad("search.repetition_penalty", "must be greater than 0 (1.0 is none)".into()));
+            return Err(bad(
+                "search.repetition_penalty",
+                "must be greater than 0 (1.0 is none)".into(),
+            ));
         }
         if s.num_beams != 1 {
-            return Err(unsupported("search.num_beams", "beam search (gemba streams one sequence)"));
+            return Err(unsupported(
+                "search.num_beams",
+                "beam search (gemba streams one sequence)",
+            ));
         }
         if s.batch_size != 1 || s.num_return_sequences != 1 {
-            return Err(unsupported("search.batch_size", "batches (gemba streams one sequence)"));
+            return Err(unsupported(
+                "search.batch_size",
+                "batches (gemba streams one sequence)",
+            ));
         }
         if s.max_length > m.context_length {
             return Err(bad(
                 "search.max_length",
-                format!("{} exceeds model.context_length {}", s.max_length, m.context_length),
+                format!(
+                    "{} exceeds model.context_length {}",
+                    s.max_length, m.context_length
+                ),
             ));
         }
         if MULTIMODAL_TYPES.contains(&t) {
             if m.embedding.is_none() {
-                return Err(bad("model.embedding", format!("required for model type {t}")));
+                return Err(bad(
+                    "model.embedding",
+                    format!("required for model type {t}"),
+                ));
             }
             if let Some(v) = &m.vision {
                 if v.filename.is_empty() != v.config_filename.is_empty() {
                     return Err(bad(
                         "model.vision",
-                        "filename and config_filename must be given together (or both left empty)".into(),
+                        "filename and config_filename must be given together (or both left empty)"
+                            .into(),
                     ));
                 }
                 if v.pipeline.is_some() {
@@ -905,7 +1118,8 @@ impl GenaiConfig {
                 if sp.filename.is_empty() != sp.config_filename.is_empty() {
                     return Err(bad(
                         "model.speech",
-                        "filename and config_filename must be given together (or both left empty)".into(),
+                        "filename and config_filename must be given together (or both left empty)"
+                            .into(),
                     ));
                 }
             }
@@ -920,7 +1134,11 @@ impl GenaiConfig {
 
     /// The decoder's session options, or empty ones.
     pub fn decoder_session_options(&self) -> SessionOptions {
-        self.model.decoder.session_options.clone().unwrap_or_default()
+        self.model
+            .decoder
+            .session_options
+            .clone()
+            .unwrap_or_default()
     }
 }
 
@@ -969,15 +1187,29 @@ mod tests {
     #[test]
     fn good_config_parses_with_genai_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.search.max_length, 512, "max_length 0 means context_length");
+        assert_eq!(
+            c.search.max_length, 512,
+            "max_length 0 means context_length"
+        );
         assert_eq!(c.model.eos_token_id.to_vec(), vec![2, 3]);
         assert_eq!(c.search.temperature, 1.0);
         assert_eq!(c.search.top_k, 1);
         let so = c.decoder_session_options();
         assert_eq!(so.provider_options[0].name, "cuda");
-        assert_eq!(so.provider_options[0].options, vec![("enable_cuda_graph".into(), "0".into())]);
-        assert_eq!(so.config_entries.get("session.intra_op.allow_spinning").map(String::as_str), Some("0"));
-        assert_eq!(layer_name("past_key_values.%d.key", 7), "past_key_values.7.key");
+        assert_eq!(
+            so.provider_options[0].options,
+            vec![("enable_cuda_graph".into(), "0".into())]
+        );
+        assert_eq!(
+            so.config_entries
+                .get("session.intra_op.allow_spinning")
+                .map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(
+            layer_name("past_key_values.%d.key", 7),
+            "past_key_values.7.key"
+        );
     }
 
     #[test]
@@ -994,24 +1226,74 @@ mod tests {
     fn malformed_configs_are_named_precisely() {
         let cases: &[(&str, &str, &str)] = &[
             // (replace, with, expected fragment)
-            ("\"vocab_size\": 600,", "\"vocab_size\": 600, \"colour\": 1,", "model.colour: unknown key"),
-            ("\"top_k\": 1", "\"top_k\": 1, \"beam\": 2", "search.beam: unknown key"),
-            ("\"logits\": \"logits\",", "\"logits\": \"logits\", \"extra\": \"x\",", "model.decoder.outputs.extra: unknown key"),
-            ("\"context_length\": 512,", "", "model.context_length: must be set"),
-            ("\"head_size\": 16", "\"head_size\": \"16\"", "model.decoder.head_size"),
-            ("past_key_values.%d.key", "past_key_values.key", "model.decoder.inputs.past_key_names"),
+            (
+                "\"vocab_size\": 600,",
+                "\"vocab_size\": 600, \"colour\": 1,",
+                "model.colour: unknown key",
+            ),
+            (
+                "\"top_k\": 1",
+                "\"top_k\": 1, \"beam\": 2",
+                "search.beam: unknown key",
+            ),
+            (
+                "\"logits\": \"logits\",",
+                "\"logits\": \"logits\", \"extra\": \"x\",",
+                "model.decoder.outputs.extra: unknown key",
+            ),
+            (
+                "\"context_length\": 512,",
+                "",
+                "model.context_length: must be set",
+            ),
+            (
+                "\"head_size\": 16",
+                "\"head_size\": \"16\"",
+                "model.decoder.head_size",
+            ),
+            (
+                "past_key_values.%d.key",
+                "past_key_values.key",
+                "model.decoder.inputs.past_key_names",
+            ),
             ("\"type\": \"qwen2\"", "\"type\": \"whisper\"", "model.type"),
-            ("\"top_k\": 1", "\"top_k\": 1, \"num_beams\": 4", "search.num_beams"),
-            ("\"num_hidden_layers\": 2,", "\"num_hidden_layers\": 2, \"sliding_window\": {},", "sliding_window"),
-            ("\"max_length\": 0", "\"max_length\": 9999", "search.max_length"),
-            ("{\"cuda\": {\"enable_cuda_graph\": \"0\"}}", "{\"cuda\": {\"enable_cuda_graph\": 0}}", "must be a string"),
-            ("\"eos_token_id\": [2, 3],", "\"eos_token_id\": [],", "model.eos_token_id"),
+            (
+                "\"top_k\": 1",
+                "\"top_k\": 1, \"num_beams\": 4",
+                "search.num_beams",
+            ),
+            (
+                "\"num_hidden_layers\": 2,",
+                "\"num_hidden_layers\": 2, \"sliding_window\": {},",
+                "sliding_window",
+            ),
+            (
+                "\"max_length\": 0",
+                "\"max_length\": 9999",
+                "search.max_length",
+            ),
+            (
+                "{\"cuda\": {\"enable_cuda_graph\": \"0\"}}",
+                "{\"cuda\": {\"enable_cuda_graph\": 0}}",
+                "must be a string",
+            ),
+            (
+                "\"eos_token_id\": [2, 3],",
+                "\"eos_token_id\": [],",
+                "model.eos_token_id",
+            ),
         ];
         for (from, to, want) in cases {
             assert!(GOOD.contains(from), "fixture lacks {from}");
             let e = err(&GOOD.replacen(from, to, 1));
-            assert!(e.contains(want), "replacing {from:?}: expected {want:?} in {e:?}");
-            assert!(e.starts_with("b/genai_config.json"), "error names the file: {e}");
+            assert!(
+                e.contains(want),
+                "replacing {from:?}: expected {want:?} in {e:?}"
+            );
+            assert!(
+                e.starts_with("b/genai_config.json"),
+                "error names the file: {e}"
+            );
         }
     }
 

@@ -28,10 +28,10 @@ use ort::value::{DynTensor, DynValue, Tensor};
 use serde::Serialize;
 
 use super::bundle::{Bundle, BundleError, DecoderIo, FloatType, IntType, TokenInput};
+use super::prefix::{self as prefixes, HostKv, PrefixCache, PrefixLimits};
 use super::providers::{build_session, ProviderKind, ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
-use super::sample::{SamplingParams, Sampler};
-use super::prefix::{self as prefixes, HostKv, PrefixCache, PrefixLimits};
+use super::sample::{Sampler, SamplingParams};
 use super::speculate::{self, Speculation};
 use super::stream::{SentenceSplitter, SplitterConfig, TokenDecoder};
 use super::Sentence;
@@ -49,7 +49,13 @@ pub enum GenerateError {
     #[error("decoder output {name}: {reason}")]
     Output { name: String, reason: String },
     #[error("cannot allocate the KV cache ({layers} layers × [1, {kv_heads}, {capacity}, {head_size}]): {reason}")]
-    KvAlloc { layers: usize, kv_heads: usize, capacity: usize, head_size: usize, reason: String },
+    KvAlloc {
+        layers: usize,
+        kv_heads: usize,
+        capacity: usize,
+        head_size: usize,
+        reason: String,
+    },
     #[error("invalid generation settings: {0}")]
     Params(String),
     #[error("token stream: {0}")]
@@ -93,7 +99,11 @@ impl GenerateParams {
                 // same top_k/top_p combination rules.
                 top_p: s.top_p,
                 repetition_penalty: s.repetition_penalty,
-                seed: if s.random_seed < 0 { 0 } else { s.random_seed as u64 },
+                seed: if s.random_seed < 0 {
+                    0
+                } else {
+                    s.random_seed as u64
+                },
             },
             max_length: s.max_length as usize,
             min_length: s.min_length as usize,
@@ -187,7 +197,10 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 pub enum PromptInput {
     Ids(Vec<u32>),
     /// `[1, n, hidden]` embeddings and the ids they came from (for repetition penalty and length).
-    Embeds { ids: Vec<u32>, embeds: DynValue },
+    Embeds {
+        ids: Vec<u32>,
+        embeds: DynValue,
+    },
 }
 
 impl PromptInput {
@@ -208,9 +221,18 @@ pub trait Embedder {
 /// logits output are bound once, only the per-token inputs change between steps).
 enum Kv {
     /// One buffer per tensor, bound as past and present.
-    Shared { keys: Vec<DynTensor>, values: Vec<DynTensor>, capacity: usize, binding: Option<IoBinding> },
+    Shared {
+        keys: Vec<DynTensor>,
+        values: Vec<DynTensor>,
+        capacity: usize,
+        binding: Option<IoBinding>,
+    },
     /// The pasts for the next step (the last step's presents, moved).
-    Moving { keys: Vec<DynValue>, values: Vec<DynValue>, binding: Option<IoBinding> },
+    Moving {
+        keys: Vec<DynValue>,
+        values: Vec<DynValue>,
+        binding: Option<IoBinding>,
+    },
 }
 
 /// The decoder session and everything it needs to run token by token.
@@ -231,16 +253,31 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(rt: &Runtime, bundle: &Bundle, policy: &ProviderPolicy) -> Result<Decoder, BundleError> {
+    pub fn load(
+        rt: &Runtime,
+        bundle: &Bundle,
+        policy: &ProviderPolicy,
+    ) -> Result<Decoder, BundleError> {
         let d = &bundle.config.model.decoder;
         let file = bundle.file(&d.filename);
-        let (session, report) =
-            build_session(rt, "decoder", &file, &bundle.config.decoder_session_options(), "model.decoder", policy)?;
+        let (session, report) = build_session(
+            rt,
+            "decoder",
+            &file,
+            &bundle.config.decoder_session_options(),
+            "model.decoder",
+            policy,
+        )?;
         let io = DecoderIo::from_session(&session, &bundle.config, &file)?;
         let gpu = matches!(report.actual(), ProviderKind::Cuda | ProviderKind::Tensorrt);
         let kv_alloc = if gpu {
-            let info = MemoryInfo::new(AllocationDevice::CUDA, policy.cuda.device_id, AllocatorType::Device, MemoryType::Default)
-                .and_then(|mi| Allocator::new(&session, mi));
+            let info = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                policy.cuda.device_id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .and_then(|mi| Allocator::new(&session, mi));
             match info {
                 Ok(a) => a,
                 Err(e) => {
@@ -268,7 +305,10 @@ impl Decoder {
             run_options,
             // Off until configured: a chunked prefill is equal to a whole one only up to floating
             // point (seen flipping a near-tie on SmolLM2 int8).
-            prefix: PrefixCache::new(PrefixLimits { max_bytes: 0, ..PrefixLimits::default() }),
+            prefix: PrefixCache::new(PrefixLimits {
+                max_bytes: 0,
+                ..PrefixLimits::default()
+            }),
             adapter_tag: 0,
         })
     }
@@ -286,13 +326,18 @@ impl Decoder {
 
     /// Activates a LoRA adapter for the next generations (`None`: the base weights). The run
     /// options are made fresh, since ONNX Runtime adds adapters to them and cannot remove one.
-    pub fn set_adapter(&mut self, adapter: Option<&ort::session::Adapter>) -> Result<(), GenerateError> {
+    pub fn set_adapter(
+        &mut self,
+        adapter: Option<&ort::session::Adapter>,
+    ) -> Result<(), GenerateError> {
         let err = |e: ort::Error| GenerateError::Params(format!("run options: {e}"));
         let mut ro = RunOptions::new().map_err(err)?;
         if let Some(a) = adapter {
             ro.add_adapter(a).map_err(err)?;
         }
-        self.adapter_tag = adapter.map(|a| a as *const ort::session::Adapter as usize).unwrap_or(0);
+        self.adapter_tag = adapter
+            .map(|a| a as *const ort::session::Adapter as usize)
+            .unwrap_or(0);
         self.run_options = Arc::new(ro);
         Ok(())
     }
@@ -303,30 +348,48 @@ impl Decoder {
     }
 
     fn kv_shape(&self, seq: usize) -> [i64; 4] {
-        [1, self.io.kv_heads as i64, seq as i64, self.io.head_size as i64]
+        [
+            1,
+            self.io.kv_heads as i64,
+            seq as i64,
+            self.io.head_size as i64,
+        ]
     }
 
     fn alloc_kv(&self, seq: usize) -> Result<DynTensor, GenerateError> {
-        DynTensor::new(&self.kv_alloc, self.io.kv_type.ort(), self.kv_shape(seq)).map_err(|e| GenerateError::KvAlloc {
-            layers: self.io.layers,
-            kv_heads: self.io.kv_heads,
-            capacity: seq,
-            head_size: self.io.head_size,
-            reason: e.to_string(),
+        DynTensor::new(&self.kv_alloc, self.io.kv_type.ort(), self.kv_shape(seq)).map_err(|e| {
+            GenerateError::KvAlloc {
+                layers: self.io.layers,
+                kv_heads: self.io.kv_heads,
+                capacity: seq,
+                head_size: self.io.head_size,
+                reason: e.to_string(),
+            }
         })
     }
 
     /// Resets the cache for a new sequence of at most `capacity` tokens and binds what stays
     /// bound for the whole generation.
     fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
-        let bind_err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("binding: {e}") };
+        let bind_err = |e: ort::Error| GenerateError::Run {
+            step: 0,
+            reason: format!("binding: {e}"),
+        };
         let mut kv = if self.share_buffer {
             // Reuse the engine's buffers when they are large enough: a new query must not cost a
             // fresh allocation of the whole cache.
             match self.shared.take() {
-                Some(Kv::Shared { keys, values, capacity: have, .. }) if have >= capacity => {
-                    Kv::Shared { keys, values, capacity: have, binding: None }
-                }
+                Some(Kv::Shared {
+                    keys,
+                    values,
+                    capacity: have,
+                    ..
+                }) if have >= capacity => Kv::Shared {
+                    keys,
+                    values,
+                    capacity: have,
+                    binding: None,
+                },
                 _ => {
                     let mut keys = Vec::with_capacity(self.io.layers);
                     let mut values = Vec::with_capacity(self.io.layers);
@@ -334,7 +397,12 @@ impl Decoder {
                         keys.push(self.alloc_kv(capacity)?);
                         values.push(self.alloc_kv(capacity)?);
                     }
-                    Kv::Shared { keys, values, capacity, binding: None }
+                    Kv::Shared {
+                        keys,
+                        values,
+                        capacity,
+                        binding: None,
+                    }
                 }
             }
         } else {
@@ -344,23 +412,42 @@ impl Decoder {
                 keys.push(self.alloc_kv(0)?.into_dyn());
                 values.push(self.alloc_kv(0)?.into_dyn());
             }
-            Kv::Moving { keys, values, binding: None }
+            Kv::Moving {
+                keys,
+                values,
+                binding: None,
+            }
         };
         let mut b = self.session.create_binding().map_err(bind_err)?;
         match &mut kv {
-            Kv::Shared { keys, values, binding, .. } => {
+            Kv::Shared {
+                keys,
+                values,
+                binding,
+                ..
+            } => {
                 for i in 0..self.io.layers {
-                    b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(bind_err)?;
-                    b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(bind_err)?;
-                    b.bind_output(self.io.present_key[i].as_str(), keys[i].view_mut()).map_err(bind_err)?;
-                    b.bind_output(self.io.present_value[i].as_str(), values[i].view_mut()).map_err(bind_err)?;
+                    b.bind_input(self.io.past_key[i].as_str(), &keys[i])
+                        .map_err(bind_err)?;
+                    b.bind_input(self.io.past_value[i].as_str(), &values[i])
+                        .map_err(bind_err)?;
+                    b.bind_output(self.io.present_key[i].as_str(), keys[i].view_mut())
+                        .map_err(bind_err)?;
+                    b.bind_output(self.io.present_value[i].as_str(), values[i].view_mut())
+                        .map_err(bind_err)?;
                 }
                 *binding = Some(b);
             }
-            Kv::Moving { keys, values, binding } => {
+            Kv::Moving {
+                keys,
+                values,
+                binding,
+            } => {
                 for i in 0..self.io.layers {
-                    b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(bind_err)?;
-                    b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(bind_err)?;
+                    b.bind_input(self.io.past_key[i].as_str(), &keys[i])
+                        .map_err(bind_err)?;
+                    b.bind_input(self.io.past_value[i].as_str(), &values[i])
+                        .map_err(bind_err)?;
                 }
                 *binding = Some(b);
             }
@@ -370,8 +457,19 @@ impl Decoder {
 
     /// Keeps a shared cache for the next generation (its binding is per generation).
     fn keep(&mut self, kv: Kv) {
-        if let Kv::Shared { keys, values, capacity, .. } = kv {
-            self.shared = Some(Kv::Shared { keys, values, capacity, binding: None });
+        if let Kv::Shared {
+            keys,
+            values,
+            capacity,
+            ..
+        } = kv
+        {
+            self.shared = Some(Kv::Shared {
+                keys,
+                values,
+                capacity,
+                binding: None,
+            });
         }
     }
 
@@ -385,48 +483,69 @@ impl Decoder {
         step: usize,
         all_rows: bool,
     ) -> Result<&mut [f32], GenerateError> {
-        let run_err = |e: ort::Error| GenerateError::Run { step, reason: e.to_string() };
+        let run_err = |e: ort::Error| GenerateError::Run {
+            step,
+            reason: e.to_string(),
+        };
         let n = tokens.len();
         let total = past + n;
         let moving = matches!(kv, Kv::Moving { .. });
         let binding = match kv {
-            Kv::Shared { binding, .. } | Kv::Moving { binding, .. } => binding.as_mut().expect("bound in reset"),
+            Kv::Shared { binding, .. } | Kv::Moving { binding, .. } => {
+                binding.as_mut().expect("bound in reset")
+            }
         };
         match (&self.io.token, tokens) {
             (TokenInput::Ids { name, ty }, StepTokens::Ids(ids)) => {
-                let v = int_tensor(*ty, [1, n as i64], ids.iter().map(|&i| i as i64)).map_err(run_err)?;
+                let v = int_tensor(*ty, [1, n as i64], ids.iter().map(|&i| i as i64))
+                    .map_err(run_err)?;
                 binding.bind_input(name.as_str(), &v).map_err(run_err)?;
             }
             (TokenInput::Embeds { name, .. }, StepTokens::Embeds(v)) => {
                 binding.bind_input(name.as_str(), v).map_err(run_err)?;
             }
             (TokenInput::Ids { .. }, StepTokens::Embeds(_)) => {
-                return Err(GenerateError::Params("this decoder takes input_ids, not embeddings".into()))
+                return Err(GenerateError::Params(
+                    "this decoder takes input_ids, not embeddings".into(),
+                ))
             }
             (TokenInput::Embeds { .. }, StepTokens::Ids(_)) => {
-                return Err(GenerateError::Params("this decoder takes inputs_embeds; an embedding session is needed".into()))
+                return Err(GenerateError::Params(
+                    "this decoder takes inputs_embeds; an embedding session is needed".into(),
+                ))
             }
         }
         if let Some((name, ty)) = &self.io.attention_mask {
-            let v = int_tensor(*ty, [1, total as i64], std::iter::repeat_n(1i64, total)).map_err(run_err)?;
+            let v = int_tensor(*ty, [1, total as i64], std::iter::repeat_n(1i64, total))
+                .map_err(run_err)?;
             binding.bind_input(name.as_str(), &v).map_err(run_err)?;
         }
         if let Some((name, ty)) = &self.io.position_ids {
-            let v = int_tensor(*ty, [1, n as i64], (past as i64)..(total as i64)).map_err(run_err)?;
+            let v =
+                int_tensor(*ty, [1, n as i64], (past as i64)..(total as i64)).map_err(run_err)?;
             binding.bind_input(name.as_str(), &v).map_err(run_err)?;
         }
         // After a run, ONNX Runtime keeps the outputs it allocated bound as pre-allocated
         // values; outputs whose shape changes from step to step are bound to the device again.
         let cpu = MemoryInfo::default();
-        binding.bind_output_to_device(self.io.logits.as_str(), &cpu).map_err(run_err)?;
+        binding
+            .bind_output_to_device(self.io.logits.as_str(), &cpu)
+            .map_err(run_err)?;
         if moving {
             let kv_mem = self.kv_alloc.memory_info();
             for i in 0..self.io.layers {
-                binding.bind_output_to_device(self.io.present_key[i].as_str(), kv_mem).map_err(run_err)?;
-                binding.bind_output_to_device(self.io.present_value[i].as_str(), kv_mem).map_err(run_err)?;
+                binding
+                    .bind_output_to_device(self.io.present_key[i].as_str(), kv_mem)
+                    .map_err(run_err)?;
+                binding
+                    .bind_output_to_device(self.io.present_value[i].as_str(), kv_mem)
+                    .map_err(run_err)?;
             }
         }
-        let mut outputs = self.session.run_binding_with_options(binding, &self.run_options).map_err(run_err)?;
+        let mut outputs = self
+            .session
+            .run_binding_with_options(binding, &self.run_options)
+            .map_err(run_err)?;
         let logits = take_output(&mut outputs, &self.io.logits)?;
         let mut presents = Vec::new();
         if moving {
@@ -436,18 +555,31 @@ impl Decoder {
             }
         }
         drop(outputs);
-        if let Kv::Moving { keys, values, binding } = kv {
+        if let Kv::Moving {
+            keys,
+            values,
+            binding,
+        } = kv
+        {
             // This step's presents are the next step's pasts: moved, never copied.
             let b = binding.as_mut().expect("bound in reset");
             let mut it = presents.into_iter();
             for i in 0..self.io.layers {
                 keys[i] = it.next().expect("pushed above");
                 values[i] = it.next().expect("pushed above");
-                b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(run_err)?;
-                b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(run_err)?;
+                b.bind_input(self.io.past_key[i].as_str(), &keys[i])
+                    .map_err(run_err)?;
+                b.bind_input(self.io.past_value[i].as_str(), &values[i])
+                    .map_err(run_err)?;
             }
         }
-        rows_f32(&logits, self.io.logits_type, &self.io.logits, all_rows, &mut self.logits_buf)?;
+        rows_f32(
+            &logits,
+            self.io.logits_type,
+            &self.io.logits,
+            all_rows,
+            &mut self.logits_buf,
+        )?;
         Ok(&mut self.logits_buf)
     }
 
@@ -456,14 +588,26 @@ impl Decoder {
     /// covers only `len` positions and overwrites the rest); moving pasts are sliced (host only:
     /// speculation is off for a moving cache on a device).
     fn truncate(&mut self, kv: &mut Kv, len: usize) -> Result<(), GenerateError> {
-        let Kv::Moving { keys, values, binding } = kv else { return Ok(()) };
-        let err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("rolling the KV cache back: {e}") };
+        let Kv::Moving {
+            keys,
+            values,
+            binding,
+        } = kv
+        else {
+            return Ok(());
+        };
+        let err = |e: ort::Error| GenerateError::Run {
+            step: 0,
+            reason: format!("rolling the KV cache back: {e}"),
+        };
         let b = binding.as_mut().expect("bound in reset");
         for i in 0..self.io.layers {
             keys[i] = slice_seq(&keys[i], len, self.io.kv_type).map_err(err)?;
             values[i] = slice_seq(&values[i], len, self.io.kv_type).map_err(err)?;
-            b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(err)?;
-            b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(err)?;
+            b.bind_input(self.io.past_key[i].as_str(), &keys[i])
+                .map_err(err)?;
+            b.bind_input(self.io.past_value[i].as_str(), &values[i])
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -474,35 +618,87 @@ impl Decoder {
         if self.kv_on_device || !self.prefix.is_on() || ids.is_empty() {
             return Ok(0);
         }
-        let Some((entry, n)) = self.prefix.lookup(ids, self.adapter_tag) else { return Ok(0) };
+        let Some((entry, n)) = self.prefix.lookup(ids, self.adapter_tag) else {
+            return Ok(0);
+        };
         let (heads, d, have) = (self.io.kv_heads, self.io.head_size, entry.ids.len());
-        let err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("restoring a cached prefix: {e}") };
+        let err = |e: ort::Error| GenerateError::Run {
+            step: 0,
+            reason: format!("restoring a cached prefix: {e}"),
+        };
         match kv {
-            Kv::Shared { keys, values, capacity, .. } => {
+            Kv::Shared {
+                keys,
+                values,
+                capacity,
+                ..
+            } => {
                 let cap = *capacity;
                 for (i, (k, v)) in entry.layers.iter().enumerate() {
                     for (dst, src) in [(&mut keys[i], k), (&mut values[i], v)] {
                         match src {
-                            HostKv::F32(s) => prefixes::scatter(dst.try_extract_tensor_mut::<f32>().map_err(err)?.1, cap, s, heads, have, d, n),
-                            HostKv::F16(s) => prefixes::scatter(dst.try_extract_tensor_mut::<half::f16>().map_err(err)?.1, cap, s, heads, have, d, n),
-                            HostKv::Bf16(s) => prefixes::scatter(dst.try_extract_tensor_mut::<half::bf16>().map_err(err)?.1, cap, s, heads, have, d, n),
+                            HostKv::F32(s) => prefixes::scatter(
+                                dst.try_extract_tensor_mut::<f32>().map_err(err)?.1,
+                                cap,
+                                s,
+                                heads,
+                                have,
+                                d,
+                                n,
+                            ),
+                            HostKv::F16(s) => prefixes::scatter(
+                                dst.try_extract_tensor_mut::<half::f16>().map_err(err)?.1,
+                                cap,
+                                s,
+                                heads,
+                                have,
+                                d,
+                                n,
+                            ),
+                            HostKv::Bf16(s) => prefixes::scatter(
+                                dst.try_extract_tensor_mut::<half::bf16>().map_err(err)?.1,
+                                cap,
+                                s,
+                                heads,
+                                have,
+                                d,
+                                n,
+                            ),
                         }
                     }
                 }
             }
-            Kv::Moving { keys, values, binding } => {
+            Kv::Moving {
+                keys,
+                values,
+                binding,
+            } => {
                 let b = binding.as_mut().expect("bound in reset");
                 let shape = [1, heads, n, d];
                 for (i, (k, v)) in entry.layers.iter().enumerate() {
                     for (dst, src) in [(&mut keys[i], k), (&mut values[i], v)] {
                         *dst = match src {
-                            HostKv::F32(s) => Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n))).map_err(err)?.into_dyn(),
-                            HostKv::F16(s) => Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n))).map_err(err)?.into_dyn(),
-                            HostKv::Bf16(s) => Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n))).map_err(err)?.into_dyn(),
+                            HostKv::F32(s) => {
+                                Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n)))
+                                    .map_err(err)?
+                                    .into_dyn()
+                            }
+                            HostKv::F16(s) => {
+                                Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n)))
+                                    .map_err(err)?
+                                    .into_dyn()
+                            }
+                            HostKv::Bf16(s) => {
+                                Tensor::from_array((shape, prefixes::gather(s, heads, have, d, n)))
+                                    .map_err(err)?
+                                    .into_dyn()
+                            }
                         };
                     }
-                    b.bind_input(self.io.past_key[i].as_str(), &keys[i]).map_err(err)?;
-                    b.bind_input(self.io.past_value[i].as_str(), &values[i]).map_err(err)?;
+                    b.bind_input(self.io.past_key[i].as_str(), &keys[i])
+                        .map_err(err)?;
+                    b.bind_input(self.io.past_value[i].as_str(), &values[i])
+                        .map_err(err)?;
                 }
             }
         }
@@ -520,7 +716,12 @@ impl Decoder {
         let copy_dyn = |t: &DynValue, cap: usize| host_copy(t, ty, heads, cap, d, len);
         let mut layers = Vec::with_capacity(self.io.layers);
         match kv {
-            Kv::Shared { keys, values, capacity, .. } => {
+            Kv::Shared {
+                keys,
+                values,
+                capacity,
+                ..
+            } => {
                 for i in 0..self.io.layers {
                     layers.push((copy(&keys[i], *capacity)?, copy(&values[i], *capacity)?));
                 }
@@ -563,10 +764,16 @@ impl StepTokens<'_> {
     }
 }
 
-fn int_tensor(ty: IntType, shape: [i64; 2], values: impl Iterator<Item = i64>) -> ort::Result<DynValue> {
+fn int_tensor(
+    ty: IntType,
+    shape: [i64; 2],
+    values: impl Iterator<Item = i64>,
+) -> ort::Result<DynValue> {
     Ok(match ty {
         IntType::I64 => Tensor::from_array((shape, values.collect::<Vec<i64>>()))?.into_dyn(),
-        IntType::I32 => Tensor::from_array((shape, values.map(|v| v as i32).collect::<Vec<i32>>()))?.into_dyn(),
+        IntType::I32 => {
+            Tensor::from_array((shape, values.map(|v| v as i32).collect::<Vec<i32>>()))?.into_dyn()
+        }
     })
 }
 
@@ -579,11 +786,32 @@ fn host_copy<Ty: ort::value::TensorValueTypeMarker + ?Sized>(
     d: usize,
     len: usize,
 ) -> Result<HostKv, GenerateError> {
-    let err = |e: ort::Error| GenerateError::Run { step: 0, reason: format!("keeping a prefix: {e}") };
+    let err = |e: ort::Error| GenerateError::Run {
+        step: 0,
+        reason: format!("keeping a prefix: {e}"),
+    };
     Ok(match ty {
-        FloatType::F32 => HostKv::F32(prefixes::gather(t.try_extract_tensor::<f32>().map_err(err)?.1, heads, cap, d, len)),
-        FloatType::F16 => HostKv::F16(prefixes::gather(t.try_extract_tensor::<half::f16>().map_err(err)?.1, heads, cap, d, len)),
-        FloatType::Bf16 => HostKv::Bf16(prefixes::gather(t.try_extract_tensor::<half::bf16>().map_err(err)?.1, heads, cap, d, len)),
+        FloatType::F32 => HostKv::F32(prefixes::gather(
+            t.try_extract_tensor::<f32>().map_err(err)?.1,
+            heads,
+            cap,
+            d,
+            len,
+        )),
+        FloatType::F16 => HostKv::F16(prefixes::gather(
+            t.try_extract_tensor::<half::f16>().map_err(err)?.1,
+            heads,
+            cap,
+            d,
+            len,
+        )),
+        FloatType::Bf16 => HostKv::Bf16(prefixes::gather(
+            t.try_extract_tensor::<half::bf16>().map_err(err)?.1,
+            heads,
+            cap,
+            d,
+            len,
+        )),
     })
 }
 
@@ -602,7 +830,10 @@ fn embeds_from(v: &DynValue, from: usize, ty: FloatType) -> Result<DynValue, Gen
         FloatType::F16 => cut::<half::f16>(v, from),
         FloatType::Bf16 => cut::<half::bf16>(v, from),
     };
-    r.map_err(|e| GenerateError::Run { step: 0, reason: format!("prompt embeddings after a cached prefix: {e}") })
+    r.map_err(|e| GenerateError::Run {
+        step: 0,
+        reason: format!("prompt embeddings after a cached prefix: {e}"),
+    })
 }
 
 /// The first `len` positions of a host `[1, heads, seq, head_size]` tensor, as a new tensor.
@@ -612,7 +843,12 @@ fn slice_seq(v: &DynValue, len: usize, ty: FloatType) -> ort::Result<DynValue> {
         len: usize,
     ) -> ort::Result<DynValue> {
         let (shape, data) = v.try_extract_tensor::<T>()?;
-        let (b, h, seq, d) = (shape[0] as usize, shape[1] as usize, shape[2] as usize, shape[3] as usize);
+        let (b, h, seq, d) = (
+            shape[0] as usize,
+            shape[1] as usize,
+            shape[2] as usize,
+            shape[3] as usize,
+        );
         let len = len.min(seq);
         let mut out = Vec::with_capacity(b * h * len * d);
         for bh in 0..b * h {
@@ -628,16 +864,29 @@ fn slice_seq(v: &DynValue, len: usize, ty: FloatType) -> ort::Result<DynValue> {
     }
 }
 
-fn take_output(outputs: &mut ort::session::SessionOutputs<'_>, name: &str) -> Result<DynValue, GenerateError> {
-    outputs
-        .remove(name)
-        .ok_or_else(|| GenerateError::Output { name: name.into(), reason: "missing from the run's outputs".into() })
+fn take_output(
+    outputs: &mut ort::session::SessionOutputs<'_>,
+    name: &str,
+) -> Result<DynValue, GenerateError> {
+    outputs.remove(name).ok_or_else(|| GenerateError::Output {
+        name: name.into(),
+        reason: "missing from the run's outputs".into(),
+    })
 }
 
 /// Copies the last position of `[1, seq, vocab]` logits (every position when `all`) into `out`
 /// as f32.
-fn rows_f32(v: &DynValue, ty: FloatType, name: &str, all: bool, out: &mut Vec<f32>) -> Result<(), GenerateError> {
-    let err = |reason: String| GenerateError::Output { name: name.into(), reason };
+fn rows_f32(
+    v: &DynValue,
+    ty: FloatType,
+    name: &str,
+    all: bool,
+    out: &mut Vec<f32>,
+) -> Result<(), GenerateError> {
+    let err = |reason: String| GenerateError::Output {
+        name: name.into(),
+        reason,
+    };
     let shape = v.shape().to_vec();
     if shape.len() != 3 || shape[0] != 1 {
         return Err(err(format!("expected [1, seq, vocab], got {shape:?}")));
@@ -651,15 +900,21 @@ fn rows_f32(v: &DynValue, ty: FloatType, name: &str, all: bool, out: &mut Vec<f3
     out.clear();
     match ty {
         FloatType::F32 => {
-            let (_, data) = v.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
+            let (_, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| err(e.to_string()))?;
             out.extend_from_slice(&data[start..end]);
         }
         FloatType::F16 => {
-            let (_, data) = v.try_extract_tensor::<half::f16>().map_err(|e| err(e.to_string()))?;
+            let (_, data) = v
+                .try_extract_tensor::<half::f16>()
+                .map_err(|e| err(e.to_string()))?;
             out.extend(data[start..end].iter().map(|x| x.to_f32()));
         }
         FloatType::Bf16 => {
-            let (_, data) = v.try_extract_tensor::<half::bf16>().map_err(|e| err(e.to_string()))?;
+            let (_, data) = v
+                .try_extract_tensor::<half::bf16>()
+                .map_err(|e| err(e.to_string()))?;
             out.extend(data[start..end].iter().map(|x| x.to_f32()));
         }
     }
@@ -737,14 +992,23 @@ pub fn generate(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Done, GenerateError> {
     let start = params.started.unwrap_or_else(Instant::now);
-    params.sampling.validate().map_err(|e| GenerateError::Params(e.to_string()))?;
+    params
+        .sampling
+        .validate()
+        .map_err(|e| GenerateError::Params(e.to_string()))?;
     let prompt_len = prompt.ids().len();
     if prompt_len == 0 {
         return Err(GenerateError::EmptyPrompt);
     }
-    let max_length = params.max_length.min(bundle.config.model.context_length as usize).max(1);
+    let max_length = params
+        .max_length
+        .min(bundle.config.model.context_length as usize)
+        .max(1);
     if prompt_len >= max_length {
-        return Err(GenerateError::PromptTooLong { prompt: prompt_len, max: max_length });
+        return Err(GenerateError::PromptTooLong {
+            prompt: prompt_len,
+            max: max_length,
+        });
     }
     let capacity = match params.max_new_tokens {
         Some(n) => (prompt_len + n).min(max_length),
@@ -813,7 +1077,10 @@ fn run_loop(
     let mut sampler = Sampler::new(params.sampling.clone());
     let mut detok = TokenDecoder::with_table(bundle.tokenizer.decode_table());
     let mut splitter = SentenceSplitter::new(params.splitter.clone());
-    let mut stops = StopMatcher { stops: params.stop_strings.clone(), pending: String::new() };
+    let mut stops = StopMatcher {
+        stops: params.stop_strings.clone(),
+        pending: String::new(),
+    };
     let mut history: Vec<u32> = prompt.ids().to_vec();
     let mut warned_unknown = false;
     let mut text = String::new();
@@ -822,7 +1089,9 @@ fn run_loop(
     let mut first_token: Option<Duration> = None;
     let mut prefill_time = Duration::ZERO;
 
-    let was_terminated = |e: &GenerateError| deadline_hit.load(Ordering::SeqCst) && matches!(e, GenerateError::Run { .. });
+    let was_terminated = |e: &GenerateError| {
+        deadline_hit.load(Ordering::SeqCst) && matches!(e, GenerateError::Run { .. })
+    };
     let mut emit_text = |piece: &str,
                          index: usize,
                          at: Duration,
@@ -842,14 +1111,25 @@ fn run_loop(
     // The prompt's positions whose KV depends on its ids alone: up to the first image or audio
     // placeholder (there the embeddings come from the media).
     let keyable = |ids: &[u32]| {
-        ids.iter().position(|&t| t == super::processor::IMAGE_TOKEN_ID || t == super::processor::AUDIO_TOKEN_ID).unwrap_or(ids.len())
+        ids.iter()
+            .position(|&t| {
+                t == super::processor::IMAGE_TOKEN_ID || t == super::processor::AUDIO_TOKEN_ID
+            })
+            .unwrap_or(ids.len())
     };
     // A cached prefix, then the prefill of the rest (at least the last prompt token is run: its
     // logits give the first answer token).
-    let reused = decoder.restore_prefix(&mut kv, &history[..keyable(&history).min(prompt_len - 1)])?;
+    let reused =
+        decoder.restore_prefix(&mut kv, &history[..keyable(&history).min(prompt_len - 1)])?;
     let first_logits = {
         let r = match &prompt {
-            PromptInput::Ids(ids) => decoder.step(&mut kv, StepTokens::Ids(&ids[reused..]), reused, step, false),
+            PromptInput::Ids(ids) => decoder.step(
+                &mut kv,
+                StepTokens::Ids(&ids[reused..]),
+                reused,
+                step,
+                false,
+            ),
             PromptInput::Embeds { embeds, .. } if reused > 0 => {
                 let ty = match &decoder.io.token {
                     TokenInput::Embeds { ty, .. } => *ty,
@@ -858,15 +1138,29 @@ fn run_loop(
                 let rest = embeds_from(embeds, reused, ty)?;
                 decoder.step(&mut kv, StepTokens::Embeds(&rest), reused, step, false)
             }
-            PromptInput::Embeds { embeds, .. } => decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step, false),
+            PromptInput::Embeds { embeds, .. } => {
+                decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step, false)
+            }
         };
         match r {
             Ok(l) => l,
             Err(e) if was_terminated(&e) => {
                 decoder.keep(kv);
                 return Ok(finish_done(
-                    start, prompt_len, 0, StopReason::Deadline, String::new(), 0, None, None, Duration::ZERO,
-                    start.elapsed(), (0, 0, reused), decoder, extra_providers, on_event,
+                    start,
+                    prompt_len,
+                    0,
+                    StopReason::Deadline,
+                    String::new(),
+                    0,
+                    None,
+                    None,
+                    Duration::ZERO,
+                    start.elapsed(),
+                    (0, 0, reused),
+                    decoder,
+                    extra_providers,
+                    on_event,
                 ));
             }
             Err(e) => return Err(e),
@@ -880,7 +1174,11 @@ fn run_loop(
     let mut last_token_at;
     // Speculation needs every position's logits and a cache it can roll back: off for a moving
     // cache on a device.
-    let spec = if decoder.kv_on_device && !decoder.share_buffer { Speculation::OFF } else { params.speculation };
+    let spec = if decoder.kv_on_device && !decoder.share_buffer {
+        Speculation::OFF
+    } else {
+        params.speculation
+    };
     // The drafted tokens fed after the last emitted one in the run just made.
     let mut fed: Vec<u32> = Vec::new();
     let (mut runs, mut accepted_drafts) = (0usize, 0usize);
@@ -922,8 +1220,21 @@ fn run_loop(
                 }
             };
             let (safe, hit) = stops.push(&piece);
-            on_event(Event::Token(TokenEvent { index: generated - 1, id, text: safe.clone(), at }));
-            emit_text(&safe, generated - 1, at, &mut text, &mut n_sentences, &mut first_sentence, on_event);
+            on_event(Event::Token(TokenEvent {
+                index: generated - 1,
+                id,
+                text: safe.clone(),
+                at,
+            }));
+            emit_text(
+                &safe,
+                generated - 1,
+                at,
+                &mut text,
+                &mut n_sentences,
+                &mut first_sentence,
+                on_event,
+            );
             if is_eos {
                 break 'gen StopReason::Eos;
             }
@@ -931,7 +1242,11 @@ fn run_loop(
                 break 'gen StopReason::StopString(s);
             }
             if history.len() >= capacity {
-                break 'gen if history.len() >= params.max_length.min(bundle.config.model.context_length as usize) {
+                break 'gen if history.len()
+                    >= params
+                        .max_length
+                        .min(bundle.config.model.context_length as usize)
+                {
                     StopReason::MaxLength
                 } else {
                     StopReason::MaxNewTokens
@@ -942,7 +1257,11 @@ fn run_loop(
                 break 'gen StopReason::Deadline;
             }
             if cancel.is_cancelled() {
-                break 'gen if deadline_hit.load(Ordering::SeqCst) { StopReason::Deadline } else { StopReason::Cancelled };
+                break 'gen if deadline_hit.load(Ordering::SeqCst) {
+                    StopReason::Deadline
+                } else {
+                    StopReason::Cancelled
+                };
             }
             if !accepted {
                 break;
@@ -962,7 +1281,11 @@ fn run_loop(
         // The next run: the new token, then a draft of what may follow it (bounded by the
         // cache's capacity: the run writes history.len() + draft positions).
         fed.clear();
-        fed.extend_from_slice(speculate::draft(&history, &spec, capacity.saturating_sub(history.len())));
+        fed.extend_from_slice(speculate::draft(
+            &history,
+            &spec,
+            capacity.saturating_sub(history.len()),
+        ));
         step += 1;
         runs += 1;
         let all_rows = !fed.is_empty();
@@ -976,14 +1299,20 @@ fn run_loop(
                     ids.extend_from_slice(&fed);
                     emb.embed(&ids)?
                 };
-                decoder.step(&mut kv, StepTokens::Embeds(&e), past, step, all_rows).map(|_| ())
+                decoder
+                    .step(&mut kv, StepTokens::Embeds(&e), past, step, all_rows)
+                    .map(|_| ())
             }
-            None if fed.is_empty() => decoder.step(&mut kv, StepTokens::Ids(&[id]), past, step, false).map(|_| ()),
+            None if fed.is_empty() => decoder
+                .step(&mut kv, StepTokens::Ids(&[id]), past, step, false)
+                .map(|_| ()),
             None => {
                 let mut ids = Vec::with_capacity(1 + fed.len());
                 ids.push(id);
                 ids.extend_from_slice(&fed);
-                decoder.step(&mut kv, StepTokens::Ids(&ids), past, step, true).map(|_| ())
+                decoder
+                    .step(&mut kv, StepTokens::Ids(&ids), past, step, true)
+                    .map(|_| ())
             }
         };
         match r {
@@ -994,11 +1323,21 @@ fn run_loop(
     };
     // Flush what the decoder and the stop matcher held back, then the last sentence.
     if !matches!(stop, StopReason::StopString(_)) {
-        let mut rest = detok.finish().map_err(|e| GenerateError::Stream(e.to_string()))?;
+        let mut rest = detok
+            .finish()
+            .map_err(|e| GenerateError::Stream(e.to_string()))?;
         let (safe, _) = stops.push(&rest);
         rest = safe + &stops.finish();
         if !rest.is_empty() {
-            emit_text(&rest, generated.saturating_sub(1), start.elapsed(), &mut text, &mut n_sentences, &mut first_sentence, on_event);
+            emit_text(
+                &rest,
+                generated.saturating_sub(1),
+                start.elapsed(),
+                &mut text,
+                &mut n_sentences,
+                &mut first_sentence,
+                on_event,
+            );
         }
     }
     let at = start.elapsed();
@@ -1013,8 +1352,20 @@ fn run_loop(
     decoder.save_prefix(&kv, &history[..keep_len])?;
     decoder.keep(kv);
     Ok(finish_done(
-        start, prompt_len, generated, stop, text, n_sentences, first_token, first_sentence, prefill_time,
-        last_token_at, (runs, accepted_drafts, reused), decoder, extra_providers, on_event,
+        start,
+        prompt_len,
+        generated,
+        stop,
+        text,
+        n_sentences,
+        first_token,
+        first_sentence,
+        prefill_time,
+        last_token_at,
+        (runs, accepted_drafts, reused),
+        decoder,
+        extra_providers,
+        on_event,
     ))
 }
 
@@ -1039,7 +1390,10 @@ fn finish_done(
     let ft = first_token.unwrap_or(prefill);
     let decode_secs = (last_token_at.saturating_sub(ft)).as_secs_f64();
     let mut providers = BTreeMap::new();
-    for r in extra_providers.iter().chain(std::iter::once(&decoder.report)) {
+    for r in extra_providers
+        .iter()
+        .chain(std::iter::once(&decoder.report))
+    {
         providers.insert(r.component.clone(), r.actual().to_string());
     }
     let done = Done {
@@ -1051,8 +1405,16 @@ fn finish_done(
         time_to_first_token_ms: ms(ft),
         time_to_first_sentence_ms: first_sentence.map(ms),
         prefill_ms: ms(prefill),
-        prefill_tokens_per_s: if prefill.as_secs_f64() > 0.0 { prompt_tokens as f64 / prefill.as_secs_f64() } else { 0.0 },
-        decode_tokens_per_s: if generated > 1 && decode_secs > 0.0 { (generated - 1) as f64 / decode_secs } else { 0.0 },
+        prefill_tokens_per_s: if prefill.as_secs_f64() > 0.0 {
+            prompt_tokens as f64 / prefill.as_secs_f64()
+        } else {
+            0.0
+        },
+        decode_tokens_per_s: if generated > 1 && decode_secs > 0.0 {
+            (generated - 1) as f64 / decode_secs
+        } else {
+            0.0
+        },
         total_ms: ms(start.elapsed()),
         decoder_runs,
         accepted_drafts,
@@ -1069,7 +1431,10 @@ mod tests {
 
     #[test]
     fn stop_matcher_holds_back_prefixes() {
-        let mut m = StopMatcher { stops: vec!["<END>".into()], pending: String::new() };
+        let mut m = StopMatcher {
+            stops: vec!["<END>".into()],
+            pending: String::new(),
+        };
         assert_eq!(m.push("Hello <E"), ("Hello ".into(), None));
         assert_eq!(m.push("N"), ("".into(), None));
         assert_eq!(m.push("X more"), ("<ENX more".into(), None));

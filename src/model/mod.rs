@@ -11,24 +11,24 @@
 
 pub mod bundle;
 pub mod engine;
-pub mod generate;
 pub mod genai_config;
+pub mod generate;
 pub mod jpeg;
 pub mod multimodal;
 pub mod npz;
+pub mod prefix;
 pub mod processor;
 pub mod providers;
 pub mod resample;
 pub mod runtime;
-pub mod prefix;
 pub mod sample;
 pub mod speculate;
 pub mod speech;
-pub mod tokenizer;
-pub mod worker;
 pub mod stream;
 pub mod tensor;
+pub mod tokenizer;
 pub mod vision;
+pub mod worker;
 
 #[cfg(test)]
 mod alloc_count;

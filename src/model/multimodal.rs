@@ -45,13 +45,18 @@ impl Component {
     ) -> Result<Component, BundleError> {
         let path = bundle.file(file);
         // Components without session options inherit the decoder's, as in ORT-GenAI.
-        let opts = session_options.cloned().unwrap_or_else(|| bundle.config.decoder_session_options());
-        let (session, report) = build_session(rt, name, &path, &opts, &format!("model.{name}"), policy)?;
+        let opts = session_options
+            .cloned()
+            .unwrap_or_else(|| bundle.config.decoder_session_options());
+        let (session, report) =
+            build_session(rt, name, &path, &opts, &format!("model.{name}"), policy)?;
         let inputs = session
             .inputs()
             .iter()
             .filter_map(|o| match o.dtype() {
-                ValueType::Tensor { ty, shape, .. } => Some((o.name().to_string(), (*ty, shape.to_vec()))),
+                ValueType::Tensor { ty, shape, .. } => {
+                    Some((o.name().to_string(), (*ty, shape.to_vec())))
+                }
                 _ => None,
             })
             .collect();
@@ -59,10 +64,18 @@ impl Component {
             let have: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
             return Err(BundleError::Graph {
                 file: path,
-                msg: format!("output \"{output}\" (model.{name}.outputs) is not in the graph; it has {}", have.join(", ")),
+                msg: format!(
+                    "output \"{output}\" (model.{name}.outputs) is not in the graph; it has {}",
+                    have.join(", ")
+                ),
             });
         }
-        Ok(Component { session, report, inputs, output: output.to_string() })
+        Ok(Component {
+            session,
+            report,
+            inputs,
+            output: output.to_string(),
+        })
     }
 
     fn float_dtype(&self, name: &str) -> FloatDtype {
@@ -76,7 +89,10 @@ impl Component {
     /// Runs with every given tensor the graph takes; returns the configured output.
     fn run(&mut self, tensors: &[(&str, DynValue)]) -> Result<DynValue, GenerateError> {
         let name = self.report.component.clone();
-        let err = |reason: String| GenerateError::Run { step: 0, reason: format!("{name}: {reason}") };
+        let err = |reason: String| GenerateError::Run {
+            step: 0,
+            reason: format!("{name}: {reason}"),
+        };
         let mut feed: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for (n, v) in tensors {
             if self.inputs.contains_key(*n) {
@@ -89,7 +105,8 @@ impl Component {
             }
         }
         let mut out = self.session.run(feed).map_err(|e| err(e.to_string()))?;
-        out.remove(self.output.as_str()).ok_or_else(|| err(format!("no output \"{}\"", self.output)))
+        out.remove(self.output.as_str())
+            .ok_or_else(|| err(format!("no output \"{}\"", self.output)))
     }
 }
 
@@ -110,8 +127,12 @@ pub fn to_value(t: &HostTensor) -> ort::Result<DynValue> {
 fn empty_features(ty: TensorElementType, hidden: usize) -> ort::Result<DynValue> {
     let shape = [0i64, hidden as i64];
     Ok(match ty {
-        TensorElementType::Float16 => Tensor::<half::f16>::from_array((shape, Vec::new()))?.into_dyn(),
-        TensorElementType::Bfloat16 => Tensor::<half::bf16>::from_array((shape, Vec::new()))?.into_dyn(),
+        TensorElementType::Float16 => {
+            Tensor::<half::f16>::from_array((shape, Vec::new()))?.into_dyn()
+        }
+        TensorElementType::Bfloat16 => {
+            Tensor::<half::bf16>::from_array((shape, Vec::new()))?.into_dyn()
+        }
         _ => Tensor::<f32>::from_array((shape, Vec::new()))?.into_dyn(),
     })
 }
@@ -127,22 +148,48 @@ pub struct EmbeddingStage {
 
 impl EmbeddingStage {
     fn features_type(&self, name: &str) -> TensorElementType {
-        self.component.inputs.get(name).map(|(t, _)| *t).unwrap_or(TensorElementType::Float32)
+        self.component
+            .inputs
+            .get(name)
+            .map(|(t, _)| *t)
+            .unwrap_or(TensorElementType::Float32)
     }
 
-    fn run(&mut self, ids: &[i64], image: Option<DynValue>, audio: Option<DynValue>) -> Result<DynValue, GenerateError> {
-        let e = |x: ort::Error| GenerateError::Run { step: 0, reason: format!("embedding: {x}") };
-        let ids_v = Tensor::from_array(([1i64, ids.len() as i64], ids.to_vec())).map_err(e)?.into_dyn();
+    fn run(
+        &mut self,
+        ids: &[i64],
+        image: Option<DynValue>,
+        audio: Option<DynValue>,
+    ) -> Result<DynValue, GenerateError> {
+        let e = |x: ort::Error| GenerateError::Run {
+            step: 0,
+            reason: format!("embedding: {x}"),
+        };
+        let ids_v = Tensor::from_array(([1i64, ids.len() as i64], ids.to_vec()))
+            .map_err(e)?
+            .into_dyn();
         let image = match image {
             Some(v) => v,
-            None => empty_features(self.features_type(&self.image_features), self.hidden).map_err(e)?,
+            None => {
+                empty_features(self.features_type(&self.image_features), self.hidden).map_err(e)?
+            }
         };
         let audio = match audio {
             Some(v) => v,
-            None => empty_features(self.features_type(&self.audio_features), self.hidden).map_err(e)?,
+            None => {
+                empty_features(self.features_type(&self.audio_features), self.hidden).map_err(e)?
+            }
         };
-        let (a, b, c) = (self.input_ids.clone(), self.image_features.clone(), self.audio_features.clone());
-        self.component.run(&[(a.as_str(), ids_v), (b.as_str(), image), (c.as_str(), audio)])
+        let (a, b, c) = (
+            self.input_ids.clone(),
+            self.image_features.clone(),
+            self.audio_features.clone(),
+        );
+        self.component.run(&[
+            (a.as_str(), ids_v),
+            (b.as_str(), image),
+            (c.as_str(), audio),
+        ])
     }
 }
 
@@ -178,12 +225,17 @@ pub struct PromptEmbeds {
 }
 
 impl Multimodal {
-    pub fn load(rt: &Runtime, bundle: &Bundle, policy: &ProviderPolicy) -> Result<Multimodal, BundleError> {
+    pub fn load(
+        rt: &Runtime,
+        bundle: &Bundle,
+        policy: &ProviderPolicy,
+    ) -> Result<Multimodal, BundleError> {
         let m = &bundle.config.model;
-        let processor = Phi4mmProcessor::from_bundle(&bundle.dir).map_err(|e| BundleError::Graph {
-            file: bundle.dir.join("genai_config.json"),
-            msg: format!("processor: {e}"),
-        })?;
+        let processor =
+            Phi4mmProcessor::from_bundle(&bundle.dir).map_err(|e| BundleError::Graph {
+                file: bundle.dir.join("genai_config.json"),
+                msg: format!("processor: {e}"),
+            })?;
         let vision = match &m.vision {
             Some(v) if !v.filename.is_empty() => Some(Component::load(
                 rt,
@@ -208,9 +260,19 @@ impl Multimodal {
             )?),
             _ => None,
         };
-        let e = m.embedding.as_ref().expect("checked by the config parser for multimodal types");
-        let component =
-            Component::load(rt, bundle, "embedding", &e.filename, e.session_options.as_ref(), &e.outputs.inputs_embeds, policy)?;
+        let e = m
+            .embedding
+            .as_ref()
+            .expect("checked by the config parser for multimodal types");
+        let component = Component::load(
+            rt,
+            bundle,
+            "embedding",
+            &e.filename,
+            e.session_options.as_ref(),
+            &e.outputs.inputs_embeds,
+            policy,
+        )?;
         let hidden = component
             .inputs
             .get(&e.inputs.image_features)
@@ -219,19 +281,25 @@ impl Multimodal {
             .filter(|&h| h > 0)
             .map(|h| h as usize)
             .unwrap_or(m.decoder.hidden_size as usize);
-        let load_adapter = |name: Option<&String>| -> Result<Option<ort::session::Adapter>, BundleError> {
-            match name {
-                Some(f) if !f.is_empty() => {
-                    let path = bundle.file(f);
-                    ort::session::Adapter::from_file(&path, None)
-                        .map(Some)
-                        .map_err(|err| BundleError::Graph { file: path, msg: format!("cannot load the LoRA adapter: {err}") })
+        let load_adapter =
+            |name: Option<&String>| -> Result<Option<ort::session::Adapter>, BundleError> {
+                match name {
+                    Some(f) if !f.is_empty() => {
+                        let path = bundle.file(f);
+                        ort::session::Adapter::from_file(&path, None)
+                            .map(Some)
+                            .map_err(|err| BundleError::Graph {
+                                file: path,
+                                msg: format!("cannot load the LoRA adapter: {err}"),
+                            })
+                    }
+                    _ => Ok(None),
                 }
-                _ => Ok(None),
-            }
-        };
-        let vision_adapter = load_adapter(m.vision.as_ref().and_then(|v| v.adapter_filename.as_ref()))?;
-        let speech_adapter = load_adapter(m.speech.as_ref().and_then(|s| s.adapter_filename.as_ref()))?;
+            };
+        let vision_adapter =
+            load_adapter(m.vision.as_ref().and_then(|v| v.adapter_filename.as_ref()))?;
+        let speech_adapter =
+            load_adapter(m.speech.as_ref().and_then(|s| s.adapter_filename.as_ref()))?;
         Ok(Multimodal {
             processor,
             vision,
@@ -274,22 +342,46 @@ impl Multimodal {
     /// The dtypes the vision/speech sessions declare for their float inputs.
     fn dtypes(&self) -> InputDtypes {
         InputDtypes {
-            pixel_values: self.vision.as_ref().map(|c| c.float_dtype("pixel_values")).unwrap_or_default(),
-            image_attention_mask: self.vision.as_ref().map(|c| c.float_dtype("image_attention_mask")).unwrap_or_default(),
-            audio_embeds: self.speech.as_ref().map(|c| c.float_dtype("audio_embeds")).unwrap_or_default(),
+            pixel_values: self
+                .vision
+                .as_ref()
+                .map(|c| c.float_dtype("pixel_values"))
+                .unwrap_or_default(),
+            image_attention_mask: self
+                .vision
+                .as_ref()
+                .map(|c| c.float_dtype("image_attention_mask"))
+                .unwrap_or_default(),
+            audio_embeds: self
+                .speech
+                .as_ref()
+                .map(|c| c.float_dtype("audio_embeds"))
+                .unwrap_or_default(),
         }
     }
 
     /// Pre-processes `prompt` (already through the chat template) with its media and runs the
     /// prompt stage: vision, speech, embedding.
-    pub fn prompt(&mut self, prompt: &str, images: &[ImageSource<'_>], audios: &[AudioSource<'_>]) -> Result<PromptEmbeds, GenerateError> {
+    pub fn prompt(
+        &mut self,
+        prompt: &str,
+        images: &[ImageSource<'_>],
+        audios: &[AudioSource<'_>],
+    ) -> Result<PromptEmbeds, GenerateError> {
         if !images.is_empty() && self.vision.is_none() {
-            return Err(GenerateError::Prompt("this bundle has no vision component; it cannot take images".into()));
+            return Err(GenerateError::Prompt(
+                "this bundle has no vision component; it cannot take images".into(),
+            ));
         }
         if !audios.is_empty() && self.speech.is_none() {
-            return Err(GenerateError::Prompt("this bundle has no speech component; it cannot take audio".into()));
+            return Err(GenerateError::Prompt(
+                "this bundle has no speech component; it cannot take audio".into(),
+            ));
         }
-        let processed = self.processor.process(prompt, images, audios).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+        let processed = self
+            .processor
+            .process(prompt, images, audios)
+            .map_err(|e| GenerateError::Prompt(e.to_string()))?;
         let tensors = processed.tensors(self.dtypes());
         let values: Vec<(&str, DynValue)> = tensors
             .iter()
@@ -309,7 +401,9 @@ impl Multimodal {
             }
             _ => None,
         };
-        let embeds = self.embedding.run(&processed.input_ids, image_features, audio_features)?;
+        let embeds = self
+            .embedding
+            .run(&processed.input_ids, image_features, audio_features)?;
         Ok(PromptEmbeds {
             ids: processed.input_ids.iter().map(|&i| i as u32).collect(),
             embeds,
@@ -325,20 +419,29 @@ fn flatten_3d(v: DynValue) -> Result<DynValue, GenerateError> {
     if shape.len() != 3 {
         return Ok(v);
     }
-    let err = |e: ort::Error| GenerateError::Output { name: "audio_features".into(), reason: e.to_string() };
+    let err = |e: ort::Error| GenerateError::Output {
+        name: "audio_features".into(),
+        reason: e.to_string(),
+    };
     let new_shape = [shape[0] * shape[1], shape[2]];
     Ok(match v.dtype().tensor_type() {
         Some(TensorElementType::Float16) => {
             let (_, d) = v.try_extract_tensor::<half::f16>().map_err(err)?;
-            Tensor::from_array((new_shape, d.to_vec())).map_err(err)?.into_dyn()
+            Tensor::from_array((new_shape, d.to_vec()))
+                .map_err(err)?
+                .into_dyn()
         }
         Some(TensorElementType::Bfloat16) => {
             let (_, d) = v.try_extract_tensor::<half::bf16>().map_err(err)?;
-            Tensor::from_array((new_shape, d.to_vec())).map_err(err)?.into_dyn()
+            Tensor::from_array((new_shape, d.to_vec()))
+                .map_err(err)?
+                .into_dyn()
         }
         _ => {
             let (_, d) = v.try_extract_tensor::<f32>().map_err(err)?;
-            Tensor::from_array((new_shape, d.to_vec())).map_err(err)?.into_dyn()
+            Tensor::from_array((new_shape, d.to_vec()))
+                .map_err(err)?
+                .into_dyn()
         }
     })
 }
@@ -348,6 +451,10 @@ pub fn is_multimodal(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("genai_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["model"]["type"].as_str().map(|t| super::genai_config::MULTIMODAL_TYPES.contains(&t)))
+        .and_then(|v| {
+            v["model"]["type"]
+                .as_str()
+                .map(|t| super::genai_config::MULTIMODAL_TYPES.contains(&t))
+        })
         .unwrap_or(false)
 }

@@ -59,7 +59,11 @@ pub struct PrefixLimits {
 impl Default for PrefixLimits {
     /// 64 MiB, 10 minutes, at least 8 tokens.
     fn default() -> Self {
-        PrefixLimits { max_bytes: 64 << 20, ttl: Duration::from_secs(600), min_tokens: 8 }
+        PrefixLimits {
+            max_bytes: 64 << 20,
+            ttl: Duration::from_secs(600),
+            min_tokens: 8,
+        }
     }
 }
 
@@ -76,7 +80,11 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 impl PrefixCache {
     pub fn new(limits: PrefixLimits) -> PrefixCache {
-        PrefixCache { limits, entries: Vec::new(), used: 0 }
+        PrefixCache {
+            limits,
+            entries: Vec::new(),
+            used: 0,
+        }
     }
 
     pub fn is_on(&self) -> bool {
@@ -134,13 +142,19 @@ impl PrefixCache {
     pub fn wants(&self, ids: &[u32], adapter: usize) -> bool {
         self.is_on()
             && ids.len() >= self.limits.min_tokens.max(1)
-            && !self.entries.iter().any(|e| e.adapter == adapter && e.ids.len() >= ids.len() && e.ids[..ids.len()] == *ids)
+            && !self.entries.iter().any(|e| {
+                e.adapter == adapter && e.ids.len() >= ids.len() && e.ids[..ids.len()] == *ids
+            })
     }
 
     /// Stores a sequence's KV; entries it extends are replaced, then the least recently used
     /// go until the cache fits. An entry larger than the whole budget is not stored.
     pub fn insert(&mut self, ids: Vec<u32>, adapter: usize, layers: Vec<(HostKv, HostKv)>) {
-        let bytes: usize = layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum::<usize>() + ids.len() * 4;
+        let bytes: usize = layers
+            .iter()
+            .map(|(k, v)| k.bytes() + v.bytes())
+            .sum::<usize>()
+            + ids.len() * 4;
         if !self.is_on() || bytes > self.limits.max_bytes {
             return;
         }
@@ -157,7 +171,13 @@ impl PrefixCache {
         let now = Instant::now();
         self.evict(now, bytes);
         self.used += bytes;
-        self.entries.push(Entry { ids, adapter, layers, bytes, last_used: now });
+        self.entries.push(Entry {
+            ids,
+            adapter,
+            layers,
+            bytes,
+            last_used: now,
+        });
     }
 
     /// Drops expired entries, then the least recently used until `extra` more bytes fit.
@@ -173,7 +193,12 @@ impl PrefixCache {
         });
         self.used = used;
         while self.used + extra > self.limits.max_bytes && !self.entries.is_empty() {
-            let (i, _) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).expect("not empty");
+            let (i, _) = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .expect("not empty");
             self.used -= self.entries[i].bytes;
             self.entries.swap_remove(i);
         }
@@ -191,9 +216,18 @@ pub fn gather<T: Copy>(src: &[T], heads: usize, cap: usize, d: usize, len: usize
 
 /// Writes the first `len` positions of a `[heads, have, d]` entry into a `[heads, cap, d]`
 /// buffer.
-pub fn scatter<T: Copy>(dst: &mut [T], cap: usize, src: &[T], heads: usize, have: usize, d: usize, len: usize) {
+pub fn scatter<T: Copy>(
+    dst: &mut [T],
+    cap: usize,
+    src: &[T],
+    heads: usize,
+    have: usize,
+    d: usize,
+    len: usize,
+) {
     for h in 0..heads {
-        dst[h * cap * d..h * cap * d + len * d].copy_from_slice(&src[h * have * d..h * have * d + len * d]);
+        dst[h * cap * d..h * cap * d + len * d]
+            .copy_from_slice(&src[h * have * d..h * have * d + len * d]);
     }
 }
 
@@ -206,7 +240,11 @@ mod tests {
     }
 
     fn limits(max_bytes: usize) -> PrefixLimits {
-        PrefixLimits { max_bytes, ttl: Duration::from_secs(60), min_tokens: 2 }
+        PrefixLimits {
+            max_bytes,
+            ttl: Duration::from_secs(60),
+            min_tokens: 2,
+        }
     }
 
     #[test]
@@ -214,7 +252,11 @@ mod tests {
         let mut c = PrefixCache::new(limits(1 << 20));
         c.insert(vec![1, 2, 3, 4], 0, kv(4));
         c.insert(vec![1, 2, 9], 0, kv(3));
-        assert_eq!(c.lookup(&[1, 2, 3, 4, 5], 0).map(|(e, n)| (e.ids.clone(), n)), Some((vec![1, 2, 3, 4], 4)));
+        assert_eq!(
+            c.lookup(&[1, 2, 3, 4, 5], 0)
+                .map(|(e, n)| (e.ids.clone(), n)),
+            Some((vec![1, 2, 3, 4], 4))
+        );
         assert_eq!(c.lookup(&[1, 2, 9, 9], 0).map(|(_, n)| n), Some(3));
         // Below min_tokens, another adapter: no reuse.
         assert!(c.lookup(&[1, 7], 0).is_none());
@@ -234,7 +276,10 @@ mod tests {
         assert!(c.lookup(&[1, 1, 1], 0).is_some()); // 1 is now the most recent
         c.insert(vec![3, 3, 3], 0, kv(10));
         assert!(c.used_bytes() <= 200);
-        assert!(c.lookup(&[2, 2, 2], 0).is_none(), "the least recently used went");
+        assert!(
+            c.lookup(&[2, 2, 2], 0).is_none(),
+            "the least recently used went"
+        );
         assert!(c.lookup(&[1, 1, 1], 0).is_some());
         // Larger than the budget: not stored, nothing evicted.
         c.insert(vec![4, 4, 4], 0, kv(100));
@@ -246,7 +291,11 @@ mod tests {
 
     #[test]
     fn expired_entries_are_dropped() {
-        let mut c = PrefixCache::new(PrefixLimits { max_bytes: 1 << 20, ttl: Duration::ZERO, min_tokens: 1 });
+        let mut c = PrefixCache::new(PrefixLimits {
+            max_bytes: 1 << 20,
+            ttl: Duration::ZERO,
+            min_tokens: 1,
+        });
         c.insert(vec![1, 2], 0, kv(2));
         std::thread::sleep(Duration::from_millis(5));
         assert!(c.lookup(&[1, 2], 0).is_none());

@@ -24,23 +24,47 @@ use super::runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("{component}: provider \"{name}\" in {key} is not one gemba can use (tensorrt, cuda, cpu)")]
-    UnknownProvider { component: String, name: String, key: String },
+    #[error(
+        "{component}: provider \"{name}\" in {key} is not one gemba can use (tensorrt, cuda, cpu)"
+    )]
+    UnknownProvider {
+        component: String,
+        name: String,
+        key: String,
+    },
     #[error("{component}: {provider} failed to register and providers are strict: {reason}")]
-    StrictRegistration { component: String, provider: ProviderKind, reason: String },
+    StrictRegistration {
+        component: String,
+        provider: ProviderKind,
+        reason: String,
+    },
     #[error("{component}: cannot load {file}: {reason}")]
-    Load { component: String, file: PathBuf, reason: String },
+    Load {
+        component: String,
+        file: PathBuf,
+        reason: String,
+    },
     #[error("{component}: session option {what}: {reason}")]
-    Option { component: String, what: String, reason: String },
+    Option {
+        component: String,
+        what: String,
+        reason: String,
+    },
     #[error("{component}: cannot hash {file} for the TensorRT cache key: {source}")]
-    Hash { component: String, file: PathBuf, source: std::io::Error },
+    Hash {
+        component: String,
+        file: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The most ONNX Runtime threads a session may ask for (intra-op or inter-op): four per logical
 /// CPU of this machine. More only costs memory and start-up time (each thread has its own
 /// stack and arena), and a session with thousands of them takes minutes to build and to stop.
 pub fn max_threads() -> usize {
-    4 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    4 * std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -64,7 +88,8 @@ impl std::fmt::Display for ProviderKind {
 impl std::str::FromStr for ProviderKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ProviderKind::from_genai_name(s).ok_or_else(|| format!("unknown provider \"{s}\" (tensorrt, cuda, cpu)"))
+        ProviderKind::from_genai_name(s)
+            .ok_or_else(|| format!("unknown provider \"{s}\" (tensorrt, cuda, cpu)"))
     }
 }
 
@@ -161,13 +186,22 @@ pub struct ProviderReport {
 impl ProviderReport {
     /// The provider that runs this component's work: the first that registered (CPU otherwise).
     pub fn actual(&self) -> ProviderKind {
-        self.registered.first().copied().unwrap_or(ProviderKind::Cpu)
+        self.registered
+            .first()
+            .copied()
+            .unwrap_or(ProviderKind::Cpu)
     }
 
     /// One line for logs and `doctor`: `decoder: cpu (asked cuda, cpu; cuda failed: …)`.
     pub fn summary(&self) -> String {
         let asked: Vec<String> = self.requested.iter().map(|p| p.to_string()).collect();
-        let mut s = format!("{}: {} (asked {} from {})", self.component, self.actual(), asked.join(", "), self.order_from);
+        let mut s = format!(
+            "{}: {} (asked {} from {})",
+            self.component,
+            self.actual(),
+            asked.join(", "),
+            self.order_from
+        );
         for (p, why) in &self.failures {
             s.push_str(&format!("; {p} failed: {why}"));
         }
@@ -183,15 +217,21 @@ pub fn plan(
     bundle_key: &str,
     policy: &ProviderPolicy,
 ) -> Result<(Vec<ProviderKind>, &'static str), ProviderError> {
-    let (mut order, from) = if let Some(o) = policy.per_component.get(component).or(policy.order.as_ref()) {
+    let (mut order, from) = if let Some(o) = policy
+        .per_component
+        .get(component)
+        .or(policy.order.as_ref())
+    {
         (o.clone(), "config")
     } else {
         let mut o = Vec::new();
         for p in &bundle.provider_options {
-            let kind = ProviderKind::from_genai_name(&p.name).ok_or_else(|| ProviderError::UnknownProvider {
-                component: component.into(),
-                name: p.name.clone(),
-                key: format!("{bundle_key}.session_options.provider_options"),
+            let kind = ProviderKind::from_genai_name(&p.name).ok_or_else(|| {
+                ProviderError::UnknownProvider {
+                    component: component.into(),
+                    name: p.name.clone(),
+                    key: format!("{bundle_key}.session_options.provider_options"),
+                }
             })?;
             o.push(kind);
         }
@@ -247,22 +287,36 @@ pub fn build_session(
         reason: e.to_string(),
     };
     let mut b = Session::builder(&rt.env).map_err(|e| opt_err("builder", e))?;
-    let intra = policy.intra_op_threads.or(bundle.intra_op_num_threads.map(|n| n as usize));
-    let inter = policy.inter_op_threads.or(bundle.inter_op_num_threads.map(|n| n as usize));
-    for (n, what) in [(intra, "intra_op_num_threads"), (inter, "inter_op_num_threads")] {
+    let intra = policy
+        .intra_op_threads
+        .or(bundle.intra_op_num_threads.map(|n| n as usize));
+    let inter = policy
+        .inter_op_threads
+        .or(bundle.inter_op_num_threads.map(|n| n as usize));
+    for (n, what) in [
+        (intra, "intra_op_num_threads"),
+        (inter, "inter_op_num_threads"),
+    ] {
         if let Some(n) = n.filter(|&n| n > max_threads()) {
             return Err(ProviderError::Option {
                 component: component.into(),
                 what: what.into(),
-                reason: format!("{n} threads is more than {} (4 per CPU of this machine)", max_threads()),
+                reason: format!(
+                    "{n} threads is more than {} (4 per CPU of this machine)",
+                    max_threads()
+                ),
             });
         }
     }
     if let Some(n) = intra {
-        b = b.with_intra_threads(n).map_err(|e| opt_err("intra_op_num_threads", e.into()))?;
+        b = b
+            .with_intra_threads(n)
+            .map_err(|e| opt_err("intra_op_num_threads", e.into()))?;
     }
     if let Some(n) = inter {
-        b = b.with_inter_threads(n).map_err(|e| opt_err("inter_op_num_threads", e.into()))?;
+        b = b
+            .with_inter_threads(n)
+            .map_err(|e| opt_err("inter_op_num_threads", e.into()))?;
     }
     if let Some(level) = bundle.graph_optimization_level {
         let l = match level {
@@ -271,17 +325,25 @@ pub fn build_session(
             GraphOptLevel::Extended => GraphOptimizationLevel::Level2,
             GraphOptLevel::All => GraphOptimizationLevel::All,
         };
-        b = b.with_optimization_level(l).map_err(|e| opt_err("graph_optimization_level", e.into()))?;
+        b = b
+            .with_optimization_level(l)
+            .map_err(|e| opt_err("graph_optimization_level", e.into()))?;
     }
     if let Some(m) = bundle.enable_mem_pattern {
-        b = b.with_memory_pattern(m).map_err(|e| opt_err("enable_mem_pattern", e.into()))?;
+        b = b
+            .with_memory_pattern(m)
+            .map_err(|e| opt_err("enable_mem_pattern", e.into()))?;
     }
     for (k, v) in &bundle.config_entries {
-        b = b.with_config_entry(k, v).map_err(|e| opt_err(k, e.into()))?;
+        b = b
+            .with_config_entry(k, v)
+            .map_err(|e| opt_err(k, e.into()))?;
     }
     if let Some(prefix) = &bundle.enable_profiling {
         // As in ORT-GenAI: the value is the file prefix; ONNX Runtime appends a timestamp.
-        b = b.with_profiling(prefix).map_err(|e| opt_err("enable_profiling", e.into()))?;
+        b = b
+            .with_profiling(prefix)
+            .map_err(|e| opt_err("enable_profiling", e.into()))?;
     }
 
     let mut report = ProviderReport {
@@ -310,24 +372,34 @@ pub fn build_session(
             }
             ProviderKind::Cuda => {
                 let mut cuda = ep::CUDA::default().with_device_id(policy.cuda.device_id);
-                for (k, v) in bundle_opts(ProviderKind::Cuda).into_iter().chain(policy.cuda.options.clone()) {
+                for (k, v) in bundle_opts(ProviderKind::Cuda)
+                    .into_iter()
+                    .chain(policy.cuda.options.clone())
+                {
                     cuda = cuda.with_arbitrary_config(k, v);
                 }
                 cuda.build().error_on_failure()
             }
             ProviderKind::Tensorrt => {
                 let t = &policy.tensorrt;
-                let mut trt = ep::TensorRT::default().with_device_id(policy.cuda.device_id).with_fp16(t.fp16);
+                let mut trt = ep::TensorRT::default()
+                    .with_device_id(policy.cuda.device_id)
+                    .with_fp16(t.fp16);
                 if let Some(ws) = t.workspace_bytes {
                     trt = trt.with_max_workspace_size(ws as usize);
                 }
                 if let Some(l) = t.builder_optimization_level {
                     trt = trt.with_builder_optimization_level(l);
                 }
-                if let (Some(min), Some(opt), Some(max)) =
-                    (&t.profile_min_shapes, &t.profile_opt_shapes, &t.profile_max_shapes)
-                {
-                    trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
+                if let (Some(min), Some(opt), Some(max)) = (
+                    &t.profile_min_shapes,
+                    &t.profile_opt_shapes,
+                    &t.profile_max_shapes,
+                ) {
+                    trt = trt
+                        .with_profile_min_shapes(min)
+                        .with_profile_opt_shapes(opt)
+                        .with_profile_max_shapes(max);
                 }
                 if let Some(root) = &t.cache_dir {
                     let hash = content_hash(onnx).map_err(|source| ProviderError::Hash {
@@ -345,7 +417,10 @@ pub fn build_session(
                         .with_timing_cache_path(&d);
                     report.tensorrt_cache = Some(dir);
                 }
-                for (k, v) in bundle_opts(ProviderKind::Tensorrt).into_iter().chain(t.options.clone()) {
+                for (k, v) in bundle_opts(ProviderKind::Tensorrt)
+                    .into_iter()
+                    .chain(t.options.clone())
+                {
                     trt = trt.with_arbitrary_config(k, v);
                 }
                 trt.build().error_on_failure()
@@ -366,13 +441,17 @@ pub fn build_session(
                     });
                 }
                 log::warn!("{component}: {kind} did not register, falling back: {reason}");
-                report.tensorrt_cache = report.tensorrt_cache.filter(|_| *kind != ProviderKind::Tensorrt);
+                report.tensorrt_cache = report
+                    .tensorrt_cache
+                    .filter(|_| *kind != ProviderKind::Tensorrt);
                 report.failures.push((*kind, reason));
             }
         }
     }
     if policy.strict && !report.registered.contains(&ProviderKind::Cpu) {
-        b = b.with_disable_cpu_fallback().map_err(|e| opt_err("disable_cpu_fallback", e.into()))?;
+        b = b
+            .with_disable_cpu_fallback()
+            .map_err(|e| opt_err("disable_cpu_fallback", e.into()))?;
     }
     let session = b.commit_from_file(onnx).map_err(|e| ProviderError::Load {
         component: component.into(),
@@ -395,7 +474,10 @@ mod tests {
         SessionOptions {
             provider_options: names
                 .iter()
-                .map(|n| ProviderOptions { name: n.to_string(), options: vec![] })
+                .map(|n| ProviderOptions {
+                    name: n.to_string(),
+                    options: vec![],
+                })
                 .collect(),
             ..Default::default()
         }
@@ -403,34 +485,76 @@ mod tests {
 
     #[test]
     fn bundle_order_gets_cpu_last() {
-        let (o, from) = plan("decoder", &opts(&["cuda"]), "model.decoder", &ProviderPolicy::default()).unwrap();
+        let (o, from) = plan(
+            "decoder",
+            &opts(&["cuda"]),
+            "model.decoder",
+            &ProviderPolicy::default(),
+        )
+        .unwrap();
         assert_eq!(o, vec![ProviderKind::Cuda, ProviderKind::Cpu]);
         assert_eq!(from, "bundle");
-        let (o, _) = plan("decoder", &opts(&[]), "model.decoder", &ProviderPolicy::default()).unwrap();
+        let (o, _) = plan(
+            "decoder",
+            &opts(&[]),
+            "model.decoder",
+            &ProviderPolicy::default(),
+        )
+        .unwrap();
         assert_eq!(o, vec![ProviderKind::Cpu]);
     }
 
     #[test]
     fn config_overrides_per_component_then_default() {
-        let mut p = ProviderPolicy { order: Some(vec![ProviderKind::Cuda]), ..Default::default() };
-        p.per_component.insert("vision".into(), vec![ProviderKind::Tensorrt, ProviderKind::Cuda]);
+        let mut p = ProviderPolicy {
+            order: Some(vec![ProviderKind::Cuda]),
+            ..Default::default()
+        };
+        p.per_component.insert(
+            "vision".into(),
+            vec![ProviderKind::Tensorrt, ProviderKind::Cuda],
+        );
         let (o, from) = plan("vision", &opts(&["cpu"]), "model.vision", &p).unwrap();
-        assert_eq!((o, from), (vec![ProviderKind::Tensorrt, ProviderKind::Cuda, ProviderKind::Cpu], "config"));
+        assert_eq!(
+            (o, from),
+            (
+                vec![
+                    ProviderKind::Tensorrt,
+                    ProviderKind::Cuda,
+                    ProviderKind::Cpu
+                ],
+                "config"
+            )
+        );
         let (o, _) = plan("decoder", &opts(&[]), "model.decoder", &p).unwrap();
         assert_eq!(o, vec![ProviderKind::Cuda, ProviderKind::Cpu]);
     }
 
     #[test]
     fn strict_means_exactly_the_list() {
-        let p = ProviderPolicy { order: Some(vec![ProviderKind::Cuda]), strict: true, ..Default::default() };
+        let p = ProviderPolicy {
+            order: Some(vec![ProviderKind::Cuda]),
+            strict: true,
+            ..Default::default()
+        };
         let (o, _) = plan("decoder", &opts(&[]), "model.decoder", &p).unwrap();
         assert_eq!(o, vec![ProviderKind::Cuda]);
     }
 
     #[test]
     fn unknown_bundle_provider_names_the_key() {
-        let e = plan("decoder", &opts(&["dml"]), "model.decoder", &ProviderPolicy::default()).unwrap_err();
-        assert!(e.to_string().contains("model.decoder.session_options.provider_options"), "{e}");
+        let e = plan(
+            "decoder",
+            &opts(&["dml"]),
+            "model.decoder",
+            &ProviderPolicy::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("model.decoder.session_options.provider_options"),
+            "{e}"
+        );
         assert!(e.to_string().contains("dml"), "{e}");
     }
 }

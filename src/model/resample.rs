@@ -149,7 +149,12 @@ fn clip8(acc: i32) -> u8 {
 /// One row of the 8-bit horizontal pass for `C` channels: the taps of an output pixel are read as
 /// one slice (no per-sample bounds checks) and all channels accumulate together. Integer sums,
 /// so the result is the generic loop's exactly.
-fn horizontal_u8<const C: usize>(in_row: &[u8], out_row: &mut [u8], horiz: &Coefficients, k: &[i32]) {
+fn horizontal_u8<const C: usize>(
+    in_row: &[u8],
+    out_row: &mut [u8],
+    horiz: &Coefficients,
+    k: &[i32],
+) {
     for (xx, out_px) in out_row.chunks_exact_mut(C).enumerate() {
         let (start, count) = horiz.bounds[xx];
         let kk = &k[xx * horiz.ksize..xx * horiz.ksize + count];
@@ -200,7 +205,10 @@ pub fn resize_u8(
         w * h * channels,
         "resize_u8: buffer does not match its size"
     );
-    assert!((1..=4).contains(&channels), "resize_u8: 1 to 4 channels, not {channels}");
+    assert!(
+        (1..=4).contains(&channels),
+        "resize_u8: 1 to 4 channels, not {channels}"
+    );
     let horiz = Coefficients::new(w, out_w, filter);
     let vert = Coefficients::new(h, out_h, filter);
     let need_h = out_w != w;
@@ -276,7 +284,10 @@ pub fn resize_f32(
         w * h * channels,
         "resize_f32: buffer does not match its size"
     );
-    assert!((1..=4).contains(&channels), "resize_f32: 1 to 4 channels, not {channels}");
+    assert!(
+        (1..=4).contains(&channels),
+        "resize_f32: 1 to 4 channels, not {channels}"
+    );
     let horiz = Coefficients::new(w, out_w, filter);
     let vert = Coefficients::new(h, out_h, filter);
     let need_h = out_w != w;

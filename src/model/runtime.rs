@@ -23,7 +23,10 @@ pub enum RuntimeError {
     )]
     NotFound { tried: String },
     #[error("ONNX Runtime library {path} given by {source_name} does not exist; fix the path or run scripts/setup")]
-    ExplicitMissing { path: PathBuf, source_name: &'static str },
+    ExplicitMissing {
+        path: PathBuf,
+        source_name: &'static str,
+    },
     #[error(
         "ONNX Runtime at {path} is version {version}, older than the 1.{MIN_ORT_MINOR} gemba needs; install onnxruntime >= 1.{MIN_ORT_MINOR} (scripts/setup) or point --onnxruntime at a newer library"
     )]
@@ -47,7 +50,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("path", &self.path).field("version", &self.version).finish()
+        f.debug_struct("Runtime")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -118,7 +124,10 @@ fn resolve(path: &Path) -> Option<PathBuf> {
 /// Parses `1.23.2` → (1, 23).
 fn major_minor(version: &str) -> Option<(u32, u32)> {
     let mut it = version.split('.');
-    Some((it.next()?.trim().parse().ok()?, it.next()?.trim().parse().ok()?))
+    Some((
+        it.next()?.trim().parse().ok()?,
+        it.next()?.trim().parse().ok()?,
+    ))
 }
 
 /// Reads the library's version without handing it to `ort`, so that a too-old library becomes a
@@ -126,8 +135,10 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
 fn probe_version(path: &Path) -> Result<String, RuntimeError> {
     // SAFETY: loading a shared library runs its initialisers; we only do this for files that the
     // user or the setup pointed us at as ONNX Runtime.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| RuntimeError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| RuntimeError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let getter: libloading::Symbol<unsafe extern "system" fn() -> *const ort::sys::OrtApiBase> =
         unsafe { lib.get(b"OrtGetApiBase") }.map_err(|_| RuntimeError::Load {
             path: path.to_path_buf(),
@@ -135,7 +146,10 @@ fn probe_version(path: &Path) -> Result<String, RuntimeError> {
         })?;
     let base = unsafe { getter() };
     if base.is_null() {
-        return Err(RuntimeError::Load { path: path.to_path_buf(), reason: "OrtGetApiBase returned null".into() });
+        return Err(RuntimeError::Load {
+            path: path.to_path_buf(),
+            reason: "OrtGetApiBase returned null".into(),
+        });
     }
     let cstr = unsafe { std::ffi::CStr::from_ptr(((*base).GetVersionString)()) };
     let version = cstr.to_string_lossy().into_owned();
@@ -151,9 +165,13 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
     if let Some(rt) = RUNTIME.get() {
         if let Some(p) = explicit {
             let requested = resolve(p).unwrap_or_else(|| p.to_path_buf());
-            let same = std::fs::canonicalize(&requested).ok() == std::fs::canonicalize(&rt.path).ok();
+            let same =
+                std::fs::canonicalize(&requested).ok() == std::fs::canonicalize(&rt.path).ok();
             if !same {
-                return Err(RuntimeError::AlreadyLoaded { loaded: rt.path.clone(), requested });
+                return Err(RuntimeError::AlreadyLoaded {
+                    loaded: rt.path.clone(),
+                    requested,
+                });
             }
         }
         return Ok(rt);
@@ -162,7 +180,10 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
     for (candidate, found_by) in candidates(explicit) {
         let Some(path) = resolve(&candidate) else {
             if found_by == "--onnxruntime" || found_by == "ORT_DYLIB_PATH" {
-                return Err(RuntimeError::ExplicitMissing { path: candidate, source_name: found_by });
+                return Err(RuntimeError::ExplicitMissing {
+                    path: candidate,
+                    source_name: found_by,
+                });
             }
             tried.push(candidate.display().to_string());
             continue;
@@ -172,22 +193,34 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
             Some((1, minor)) if minor >= MIN_ORT_MINOR => {}
             _ => return Err(RuntimeError::TooOld { path, version }),
         }
-        let builder = ort::init_from(&path)
-            .map_err(|e| RuntimeError::Load { path: path.clone(), reason: e.to_string() })?;
+        let builder = ort::init_from(&path).map_err(|e| RuntimeError::Load {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let env = builder
             .with_name("gemba")
             .with_telemetry(false)
             .build()
-            .map_err(|e| RuntimeError::Environment { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| RuntimeError::Environment {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         // ort creates the environment at ONNX Runtime's VERBOSE level (its `tracing` bridge
         // filters later), which makes ONNX Runtime format verbose messages inside kernels on every
         // run: ~14 µs a decode step on the tiny int4 bundle (MatMulNBits), a quarter of the step.
         // Ask ONNX Runtime only for what gemba's own log level will show.
         env.set_log_level(ort_log_level(log::max_level()));
-        let rt = Runtime { env, path, version, found_by };
+        let rt = Runtime {
+            env,
+            path,
+            version,
+            found_by,
+        };
         return Ok(RUNTIME.get_or_init(|| rt));
     }
-    Err(RuntimeError::NotFound { tried: tried.join(", ") })
+    Err(RuntimeError::NotFound {
+        tried: tried.join(", "),
+    })
 }
 
 /// ONNX Runtime's log level for gemba's: verbose only at trace, info at -v/-vv, else warnings.
@@ -254,7 +287,10 @@ mod tests {
     #[test]
     fn explicit_path_comes_first() {
         let c = candidates(Some(Path::new("/x/libonnxruntime.so")));
-        assert_eq!(c[0], (PathBuf::from("/x/libonnxruntime.so"), "--onnxruntime"));
+        assert_eq!(
+            c[0],
+            (PathBuf::from("/x/libonnxruntime.so"), "--onnxruntime")
+        );
         assert!(c.iter().any(|(_, by)| *by == "system"));
     }
 

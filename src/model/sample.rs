@@ -113,7 +113,11 @@ impl SamplingParams {
 /// What [`Sampler::distribution`] leaves in the scratch buffers.
 enum Dist {
     Fixed(u32),
-    Weighted { keep: usize, total: f64, by_id: bool },
+    Weighted {
+        keep: usize,
+        total: f64,
+        by_id: bool,
+    },
 }
 
 /// A seeded sampler with reusable scratch; one per generation (or reused, it keeps its RNG state).
@@ -179,7 +183,11 @@ impl Sampler {
     pub fn sample_draft(&mut self, logits: &mut [f32], history: &[u32], draft: u32) -> (u32, bool) {
         match self.distribution(logits, history) {
             Dist::Fixed(t) => (t, t == draft),
-            Dist::Weighted { keep, mut total, by_id } => {
+            Dist::Weighted {
+                keep,
+                mut total,
+                by_id,
+            } => {
                 let pos = if by_id {
                     ((draft as usize) < keep).then_some(draft as usize)
                 } else {
@@ -289,7 +297,11 @@ impl Sampler {
             }
         }
         let total: f64 = self.weights[..keep].iter().map(|&w| w as f64).sum();
-        Dist::Weighted { keep, total, by_id: false }
+        Dist::Weighted {
+            keep,
+            total,
+            by_id: false,
+        }
     }
 
     /// `top_k == 0`, `top_p < 1`: the smallest set of most likely tokens whose probability mass
@@ -340,7 +352,11 @@ impl Sampler {
             chunk = (chunk * 4).min(n);
         }
         let total: f64 = self.weights[..keep].iter().map(|&w| w as f64).sum();
-        Dist::Weighted { keep, total, by_id: false }
+        Dist::Weighted {
+            keep,
+            total,
+            by_id: false,
+        }
     }
 
     /// No truncation: the whole softmax at the temperature, walked in id order.
@@ -359,7 +375,11 @@ impl Sampler {
         if !(sum.is_finite() && sum > 0.0) {
             return Dist::Fixed(argmax(logits));
         }
-        Dist::Weighted { keep: self.weights.len(), total: sum, by_id: true }
+        Dist::Weighted {
+            keep: self.weights.len(),
+            total: sum,
+            by_id: true,
+        }
     }
 }
 
@@ -916,7 +936,14 @@ mod tests {
         let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0, -3.0];
         let modes = [(0usize, 1.0f32), (3, 1.0), (0, 0.8)];
         for (top_k, top_p) in modes {
-            let p = SamplingParams { do_sample: true, temperature: 1.0, top_k, top_p, repetition_penalty: 1.0, seed: 7 };
+            let p = SamplingParams {
+                do_sample: true,
+                temperature: 1.0,
+                top_k,
+                top_p,
+                repetition_penalty: 1.0,
+                seed: 7,
+            };
             // The reference frequencies: plain sampling.
             let n = 200_000;
             let mut plain = Sampler::new(p.clone());
@@ -925,7 +952,10 @@ mod tests {
                 want[plain.sample(&mut logits.clone(), &[]) as usize] += 1.0 / n as f64;
             }
             for draft in [0u32, 2, 5] {
-                let mut s = Sampler::new(SamplingParams { seed: 11, ..p.clone() });
+                let mut s = Sampler::new(SamplingParams {
+                    seed: 11,
+                    ..p.clone()
+                });
                 let mut got = [0f64; 6];
                 let mut accepted = 0;
                 for _ in 0..n {

@@ -22,7 +22,11 @@ pub struct Speculation {
 
 impl Speculation {
     /// No drafts: one decoder run per token.
-    pub const OFF: Speculation = Speculation { max_draft: 0, ngram_max: 3, ngram_min: 1 };
+    pub const OFF: Speculation = Speculation {
+        max_draft: 0,
+        ngram_max: 3,
+        ngram_min: 1,
+    };
 
     pub fn is_on(&self) -> bool {
         self.max_draft > 0 && self.ngram_max >= self.ngram_min.max(1)
@@ -32,7 +36,11 @@ impl Speculation {
 impl Default for Speculation {
     /// On: up to 8 drafted tokens after a 3- to 1-gram match.
     fn default() -> Self {
-        Speculation { max_draft: 8, ngram_max: 3, ngram_min: 1 }
+        Speculation {
+            max_draft: 8,
+            ngram_max: 3,
+            ngram_min: 1,
+        }
     }
 }
 
@@ -72,7 +80,11 @@ mod tests {
 
     #[test]
     fn drafts_what_followed_the_latest_match_of_the_longest_ngram() {
-        let spec = Speculation { max_draft: 3, ngram_max: 2, ngram_min: 1 };
+        let spec = Speculation {
+            max_draft: 3,
+            ngram_max: 2,
+            ngram_min: 1,
+        };
         // "5 6" occurred at 1 (followed by 7 8 9) and at 6 (followed by 1 2): the latest wins.
         let h = [4, 5, 6, 7, 8, 9, 5, 6, 1, 2, 3, 5, 6];
         assert_eq!(draft(&h, &spec, 10), &[1, 2, 3]);
@@ -89,7 +101,11 @@ mod tests {
 
     #[test]
     fn a_match_at_the_end_drafts_up_to_the_end() {
-        let spec = Speculation { max_draft: 8, ngram_max: 1, ngram_min: 1 };
+        let spec = Speculation {
+            max_draft: 8,
+            ngram_max: 1,
+            ngram_min: 1,
+        };
         // The latest earlier 7 is at index 2; what follows it runs to the end.
         assert_eq!(draft(&[7, 7, 7], &spec, 8), &[7]);
         assert_eq!(draft(&[7, 1, 7], &spec, 8), &[1, 7]);

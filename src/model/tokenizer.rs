@@ -26,7 +26,11 @@ pub enum TokenizerError {
     #[error("{path}: the tokenizer has an empty vocabulary")]
     Empty { path: PathBuf },
     #[error("{path}: {key}: {reason}")]
-    Config { path: PathBuf, key: String, reason: String },
+    Config {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("{path}: chat_template does not compile: {reason}")]
     Template { path: PathBuf, reason: String },
     #[error("rendering the chat template from {path} failed: {reason}")]
@@ -36,7 +40,11 @@ pub enum TokenizerError {
          conversation; a chat template only wraps the messages in their markers (check its loops \
          and string repetitions)"
     )]
-    RenderTooLarge { path: PathBuf, limit: usize, input: usize },
+    RenderTooLarge {
+        path: PathBuf,
+        limit: usize,
+        input: usize,
+    },
     #[error("tokenizing the prompt failed: {0}")]
     Encode(String),
 }
@@ -63,7 +71,9 @@ impl std::io::Write for LimitedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.out.len() + buf.len() > self.limit {
             self.exceeded = true;
-            return Err(std::io::Error::other("the rendered template is over its size limit"));
+            return Err(std::io::Error::other(
+                "the rendered template is over its size limit",
+            ));
         }
         self.out.extend_from_slice(buf);
         Ok(buf.len())
@@ -82,7 +92,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn user(content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: "user".into(), content: content.into() }
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -98,7 +111,9 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("has_template", &self.template.is_some()).finish()
+        f.debug_struct("TextTokenizer")
+            .field("has_template", &self.template.is_some())
+            .finish()
     }
 }
 
@@ -106,7 +121,11 @@ impl std::fmt::Debug for TextTokenizer {
 fn token_string(v: Option<&serde_json::Value>) -> String {
     match v {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
         _ => String::new(),
     }
 }
@@ -118,21 +137,26 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(TokenizerError::Missing { path });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| TokenizerError::Load { path: path.clone(), reason: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| TokenizerError::Load {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if inner.get_vocab_size(true) == 0 {
             return Err(TokenizerError::Empty { path });
         }
         let config_path = dir.join("tokenizer_config.json");
         let (mut template, mut bos_token, mut eos_token) = (None, String::new(), String::new());
         if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path)
-                .map_err(|e| TokenizerError::Load { path: config_path.clone(), reason: e.to_string() })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TokenizerError::Config {
+            let text = std::fs::read_to_string(&config_path).map_err(|e| TokenizerError::Load {
                 path: config_path.clone(),
-                key: "(file)".into(),
                 reason: e.to_string(),
             })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| TokenizerError::Config {
+                    path: config_path.clone(),
+                    key: "(file)".into(),
+                    reason: e.to_string(),
+                })?;
             bos_token = token_string(v.get("bos_token"));
             eos_token = token_string(v.get("eos_token"));
             template = match v.get("chat_template") {
@@ -160,10 +184,20 @@ impl TextTokenizer {
         let jinja = dir.join("chat_template.jinja");
         if template.is_none() && jinja.is_file() {
             template = Some(
-                std::fs::read_to_string(&jinja).map_err(|e| TokenizerError::Load { path: jinja.clone(), reason: e.to_string() })?,
+                std::fs::read_to_string(&jinja).map_err(|e| TokenizerError::Load {
+                    path: jinja.clone(),
+                    reason: e.to_string(),
+                })?,
             );
         }
-        let tok = TextTokenizer { inner, table, template, config_path, bos_token, eos_token };
+        let tok = TextTokenizer {
+            inner,
+            table,
+            template,
+            config_path,
+            bos_token,
+            eos_token,
+        };
         if let Some(t) = &tok.template {
             tok.environment(t)?;
         }
@@ -186,7 +220,10 @@ impl TextTokenizer {
     /// Token ids of `text` as the tokenizer's post-processor defines them (e.g. a BOS for
     /// Llama-style tokenizers) — what ORT-GenAI's `Tokenizer.encode` gives.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -197,24 +234,38 @@ impl TextTokenizer {
 
     /// Decodes ids to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, true).map_err(|e| TokenizerError::Encode(e.to_string()))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
-    fn environment<'s>(&self, template: &'s str) -> Result<minijinja::Environment<'s>, TokenizerError> {
+    fn environment<'s>(
+        &self,
+        template: &'s str,
+    ) -> Result<minijinja::Environment<'s>, TokenizerError> {
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use it for "today's date" in system prompts; UTC keeps renders reproducible.
             format_utc_now(&fmt)
         });
         env.add_template("chat", template)
-            .map_err(|e| TokenizerError::Template { path: self.config_path.clone(), reason: e.to_string() })?;
+            .map_err(|e| TokenizerError::Template {
+                path: self.config_path.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(env)
     }
 
@@ -226,13 +277,24 @@ impl TextTokenizer {
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
         let Some(t) = &self.template else {
-            return Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"));
+            return Ok(messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"));
         };
         let env = self.environment(t)?;
         let tmpl = env.get_template("chat").expect("added above");
-        let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let input: usize = messages
+            .iter()
+            .map(|m| m.content.len() + m.role.len())
+            .sum();
         let limit = rendered_limit(input);
-        let mut w = LimitedWriter { out: Vec::new(), limit, exceeded: false };
+        let mut w = LimitedWriter {
+            out: Vec::new(),
+            limit,
+            exceeded: false,
+        };
         let rendered = tmpl.render_captured_to(
             minijinja::context! {
                 messages => messages,
@@ -243,9 +305,16 @@ impl TextTokenizer {
             &mut w,
         );
         if w.exceeded {
-            return Err(TokenizerError::RenderTooLarge { path: self.config_path.clone(), limit, input });
+            return Err(TokenizerError::RenderTooLarge {
+                path: self.config_path.clone(),
+                limit,
+                input,
+            });
         }
-        rendered.map_err(|e| TokenizerError::Render { path: self.config_path.clone(), reason: e.to_string() })?;
+        rendered.map_err(|e| TokenizerError::Render {
+            path: self.config_path.clone(),
+            reason: e.to_string(),
+        })?;
         String::from_utf8(w.out).map_err(|e| TokenizerError::Render {
             path: self.config_path.clone(),
             reason: format!("the output is not UTF-8: {e}"),
@@ -255,13 +324,24 @@ impl TextTokenizer {
     /// Prompt ids for a user message: through the chat template unless `raw`. The rendered
     /// template already holds its special tokens as text, so it is tokenized without the
     /// post-processor's additions (as transformers does).
-    pub fn prompt_ids(&self, messages: &[ChatMessage], raw: bool) -> Result<Vec<u32>, TokenizerError> {
+    pub fn prompt_ids(
+        &self,
+        messages: &[ChatMessage],
+        raw: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
         if raw || self.template.is_none() {
-            let text = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            let text = messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
             return self.encode(&text);
         }
         let text = self.apply_chat_template(messages, true)?;
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 }
@@ -283,19 +363,30 @@ mod tests {
 
     #[test]
     fn a_template_with_unbounded_output_fails_on_its_first_write_past_the_limit() {
-        let mut w = LimitedWriter { out: Vec::new(), limit: 10, exceeded: false };
+        let mut w = LimitedWriter {
+            out: Vec::new(),
+            limit: 10,
+            exceeded: false,
+        };
         let tmpl = "{{ 'a' * 8 }}{{ 'b' * 100000000 }}{{ 'c' * 100000000 }}";
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template("t", tmpl).unwrap();
-        assert!(env.get_template("t").unwrap().render_captured_to((), &mut w).is_err());
+        assert!(env
+            .get_template("t")
+            .unwrap()
+            .render_captured_to((), &mut w)
+            .is_err());
         assert!(w.exceeded);
         assert_eq!(w.out, b"aaaaaaaa", "nothing of the refused write is kept");
         // A loop that never ends within the fuel fails too, without output limits.
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
-        env.add_template("t", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
-            .unwrap();
+        env.add_template(
+            "t",
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
         let e = env.get_template("t").unwrap().render(()).unwrap_err();
         assert_eq!(e.kind(), minijinja::ErrorKind::OutOfFuel);
     }
@@ -325,9 +416,15 @@ mod tests {
         let t = "{{ bos_token }}{% for m in messages %}\n<|{{ m.role }}|> {{ m.content.strip() }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
         write_bundle(dir.path(), Some(t));
         let tok = TextTokenizer::load(dir.path()).unwrap();
-        let s = tok.apply_chat_template(&[ChatMessage::user("  hello world ")], true).unwrap();
+        let s = tok
+            .apply_chat_template(&[ChatMessage::user("  hello world ")], true)
+            .unwrap();
         assert_eq!(s, "<s><|user|> hello world\n<|assistant|>");
-        assert_eq!(tok.prompt_ids(&[ChatMessage::user("hello world")], true).unwrap(), vec![1, 2]);
+        assert_eq!(
+            tok.prompt_ids(&[ChatMessage::user("hello world")], true)
+                .unwrap(),
+            vec![1, 2]
+        );
     }
 
     #[test]
@@ -335,10 +432,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_bundle(dir.path(), Some("{% for m in messages %}"));
         let e = TextTokenizer::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("tokenizer_config.json") && e.contains("chat_template"), "{e}");
+        assert!(
+            e.contains("tokenizer_config.json") && e.contains("chat_template"),
+            "{e}"
+        );
         write_bundle(dir.path(), Some("{{ raise_exception('only user turns') }}"));
         let tok = TextTokenizer::load(dir.path()).unwrap();
-        let e = tok.apply_chat_template(&[ChatMessage::user("x")], true).unwrap_err().to_string();
+        let e = tok
+            .apply_chat_template(&[ChatMessage::user("x")], true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("only user turns"), "{e}");
     }
 

@@ -75,7 +75,9 @@ pub enum Job {
         reply: tokio::sync::oneshot::Sender<Result<ModelInfo, String>>,
     },
     /// Drops the engine; answered once it is gone.
-    Unload { reply: tokio::sync::oneshot::Sender<()> },
+    Unload {
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// Why an ask fails while the model is unloaded.
@@ -106,7 +108,10 @@ pub struct ModelInfo {
 }
 
 pub(crate) mod rfc3339 {
-    pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        t: &std::time::SystemTime,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let ts = jiff::Timestamp::try_from(*t).map_err(serde::ser::Error::custom)?;
         s.serialize_str(&ts.to_string())
     }
@@ -133,7 +138,11 @@ pub fn bundle_hash(dir: &Path) -> std::io::Result<String> {
     let mut all = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for f in files {
-        let rel = f.strip_prefix(dir).unwrap_or(&f).to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
         let mut h = Sha256::new();
         let mut file = std::fs::File::open(&f)?;
         loop {
@@ -150,11 +159,18 @@ pub fn bundle_hash(dir: &Path) -> std::io::Result<String> {
     Ok(hex::encode(all.finalize()))
 }
 
-fn load(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy) -> Result<(Engine, ModelInfo), String> {
+fn load(
+    rt: &'static Runtime,
+    path: &Path,
+    policy: &ProviderPolicy,
+) -> Result<(Engine, ModelInfo), String> {
     let t0 = std::time::Instant::now();
     // Test hook: `GEMBA_TEST_LOAD_DELAY_MS` makes the load take that much longer (a big bundle on
     // a board, or a stuck file system), so the tests can signal the daemon while it loads.
-    if let Some(ms) = std::env::var("GEMBA_TEST_LOAD_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = std::env::var("GEMBA_TEST_LOAD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         std::thread::sleep(Duration::from_millis(ms));
     }
     // Resolve `current` symlinks now: the info names the exact version that was loaded.
@@ -164,7 +180,8 @@ fn load(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy) -> Result<(E
     // install` waits for), and proves itself with the manifest's smoke prompt.
     let (id, hash, smoke_ok) = match crate::update::identify(&dir) {
         Ok(ident) => {
-            let smoke = crate::update::smoke::run_smoke(&mut engine, &ident.manifest.smoke, &mut |_| {});
+            let smoke =
+                crate::update::smoke::run_smoke(&mut engine, &ident.manifest.smoke, &mut |_| {});
             if let Err(e) = &smoke {
                 log::error!("{}: smoke test failed: {e}", ident.id);
             }
@@ -200,7 +217,12 @@ pub struct Worker {
 
 impl Worker {
     /// Loads the bundle at `path` on a new thread and returns once it is loaded (or failed).
-    pub fn spawn(rt: &'static Runtime, path: &Path, policy: &ProviderPolicy, beat: Beat) -> Result<Worker, String> {
+    pub fn spawn(
+        rt: &'static Runtime,
+        path: &Path,
+        policy: &ProviderPolicy,
+        beat: Beat,
+    ) -> Result<Worker, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = path.to_path_buf();
@@ -227,8 +249,15 @@ impl Worker {
                 stage.finish();
             })
             .map_err(|e| format!("cannot start the model thread: {e}"))?;
-        let info = ready_rx.recv().map_err(|_| "the model thread died while loading".to_string())??;
-        Ok(Worker { tx, info, busy, loaded })
+        let info = ready_rx
+            .recv()
+            .map_err(|_| "the model thread died while loading".to_string())??;
+        Ok(Worker {
+            tx,
+            info,
+            busy,
+            loaded,
+        })
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -253,24 +282,32 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|_| "the model worker has stopped".to_string())?;
-        rx.await.map_err(|_| "the model worker stopped during the unload".to_string())
+        rx.await
+            .map_err(|_| "the model worker stopped during the unload".to_string())
     }
 
     /// Queues a job; blocks while the worker's queue is full.
     pub fn submit(&self, job: Job) -> Result<(), String> {
-        self.tx.send(job).map_err(|_| "the model worker has stopped".to_string())
+        self.tx
+            .send(job)
+            .map_err(|_| "the model worker has stopped".to_string())
     }
 
     /// Loads another bundle; the old one keeps serving if this fails.
     pub async fn reload(&self, path: &Path, policy: &ProviderPolicy) -> Result<ModelInfo, String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let tx = self.tx.clone();
-        let job = Job::Reload { path: path.to_path_buf(), policy: policy.clone(), reply };
+        let job = Job::Reload {
+            path: path.to_path_buf(),
+            policy: policy.clone(),
+            reply,
+        };
         tokio::task::spawn_blocking(move || tx.send(job))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|_| "the model worker has stopped".to_string())?;
-        rx.await.map_err(|_| "the model worker stopped during the reload".to_string())?
+        rx.await
+            .map_err(|_| "the model worker stopped during the reload".to_string())?
     }
 }
 
@@ -291,7 +328,12 @@ fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
         match job {
-            Job::Ask { input, settings, cancel, events } => {
+            Job::Ask {
+                input,
+                settings,
+                cancel,
+                events,
+            } => {
                 let Some(engine) = engine.as_mut() else {
                     let _ = events.send(JobEvent::Failed(NOT_LOADED.to_string()));
                     continue;
@@ -308,7 +350,11 @@ fn run(
                 engine = None;
                 let _ = reply.send(());
             }
-            Job::Reload { path, policy, reply } => {
+            Job::Reload {
+                path,
+                policy,
+                reply,
+            } => {
                 beat.alive();
                 match load(rt, &path, &policy) {
                     Ok((new, new_info)) => {
@@ -337,7 +383,10 @@ fn ask(
 ) -> Result<Done, GenerateError> {
     let mut params = engine.default_params();
     let o = &settings.overrides;
-    params.max_new_tokens = Some(o.max_new_tokens.map_or(settings.max_new_tokens, |n| n.min(settings.max_new_tokens)));
+    params.max_new_tokens = Some(
+        o.max_new_tokens
+            .map_or(settings.max_new_tokens, |n| n.min(settings.max_new_tokens)),
+    );
     params.deadline = Some(settings.deadline);
     if let Some(t) = o.temperature {
         params.sampling.do_sample = t > 0.0;
@@ -350,7 +399,10 @@ fn ask(
         params.sampling.seed = seed;
     }
     params.stop_strings.extend(o.stop.iter().cloned());
-    let system_prompt = o.system_prompt.as_deref().or(settings.system_prompt.as_deref());
+    let system_prompt = o
+        .system_prompt
+        .as_deref()
+        .or(settings.system_prompt.as_deref());
     if settings.speculate {
         params.speculation = super::speculate::Speculation::default();
     }
@@ -360,7 +412,10 @@ fn ask(
     // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
     // tiny test models decode thousands of tokens per second), so tests can show what overlaps
     // with generation.
-    let delay = std::env::var("GEMBA_TEST_TOKEN_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+    let delay = std::env::var("GEMBA_TEST_TOKEN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
     engine.ask(input, system_prompt, &params, cancel, &mut |ev| {
         if let (Some(d), Event::Token(_)) = (delay, &ev) {
             std::thread::sleep(d);

@@ -160,7 +160,10 @@ pub fn start(s: &MqttSettings, app: AppHandle) -> Result<Publisher, PublishError
         state: st,
     };
     // A supervised stage: a publisher that panics stops the daemon naming it (src/stage.rs).
-    let task = tokio::spawn(crate::stage::run_until_stop("mqtt", mqtt::run(ctx, stop.clone())));
+    let task = tokio::spawn(crate::stage::run_until_stop(
+        "mqtt",
+        mqtt::run(ctx, stop.clone()),
+    ));
     log::info!("mqtt: publishing to {} under {}", s.broker, s.topic_prefix);
     Ok(Publisher { stop, task })
 }

@@ -80,7 +80,10 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 pub fn fs_bytes(path: &Path) -> io::Result<u64> {
     let mut p = path;
     while !p.exists() {
-        p = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        p = p
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
     }
     let c = std::ffi::CString::new(p.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -103,7 +103,11 @@ pub fn report_page(report: &Report) -> String {
 /// The page of one report with its links pointing elsewhere than the store's directory (the
 /// local API serves media by report id and segment index): `media` gives a media file's
 /// address from its segment index (unescaped), `index` the "All reports" link, if any.
-pub fn report_page_linked(report: &Report, media: &dyn Fn(u32, &MediaRef) -> String, index: Option<&str>) -> String {
+pub fn report_page_linked(
+    report: &Report,
+    media: &dyn Fn(u32, &MediaRef) -> String,
+    index: Option<&str>,
+) -> String {
     let mut o = String::new();
     let id = report.id.as_str();
     head(
@@ -113,7 +117,11 @@ pub fn report_page_linked(report: &Report, media: &dyn Fn(u32, &MediaRef) -> Str
     let _ = writeln!(o, "<body class=\"status-{}\">", report.status.word());
     match index {
         Some(index) => {
-            let _ = writeln!(o, "<nav><a href=\"{}\">All reports</a></nav>\n<header>", esc(index));
+            let _ = writeln!(
+                o,
+                "<nav><a href=\"{}\">All reports</a></nav>\n<header>",
+                esc(index)
+            );
         }
         None => {
             let _ = writeln!(o, "<header>");

@@ -80,7 +80,10 @@ pub fn id_of_page(rel: &str) -> Option<ReportId> {
 /// Whether `rel` is a media path this store writes (`media/YYYY/MM/DD/<id>/<n>.jpg|wav`, the
 /// date directory matching the id): only such files may be swept as orphans.
 pub fn is_media_path(rel: &str) -> bool {
-    let Some(rest) = rel.strip_prefix(MEDIA_DIR).and_then(|r| r.strip_prefix('/')) else {
+    let Some(rest) = rel
+        .strip_prefix(MEDIA_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
         return false;
     };
     let Some((dir, file)) = rest.rsplit_once('/') else {

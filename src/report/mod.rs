@@ -35,8 +35,8 @@ pub use cli::{run_report_command, ReportCommand};
 pub use id::ReportId;
 pub use retention::RetentionPolicy;
 pub use store::{
-    Ack, Eviction, Evictions, ListFilter, MediaProblem, RecoveryReport, ReportSummary, ReportWriter,
-    SentencePlacement, Store, Usage,
+    Ack, Eviction, Evictions, ListFilter, MediaProblem, RecoveryReport, ReportSummary,
+    ReportWriter, SentencePlacement, Store, Usage,
 };
 
 use crate::model::Sentence;

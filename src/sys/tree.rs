@@ -147,14 +147,11 @@ impl Tree {
     /// Opens the directory `rel` (`/`-separated, relative, no `..`) one component at a time.
     fn descend(&self, parts: &[&str]) -> Result<Tree, TreeError> {
         let mut t = Tree {
-            fd: self
-                .fd
-                .try_clone()
-                .map_err(|e| TreeError::Io {
-                    op: "duplicating",
-                    path: self.path.clone(),
-                    source: e,
-                })?,
+            fd: self.fd.try_clone().map_err(|e| TreeError::Io {
+                op: "duplicating",
+                path: self.path.clone(),
+                source: e,
+            })?,
             path: self.path.clone(),
         };
         for p in parts {
@@ -167,7 +164,9 @@ impl Tree {
     /// A directory on the way that is a link or missing ends it with `Ok(false)` / an error.
     pub fn remove_file(&self, rel: &str) -> Result<bool, TreeError> {
         let parts = split_rel(&self.path, rel)?;
-        let (name, dirs) = parts.split_last().expect("split_rel returns at least one part");
+        let (name, dirs) = parts
+            .split_last()
+            .expect("split_rel returns at least one part");
         let dir = match self.descend(dirs) {
             Ok(d) => d,
             Err(TreeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -187,7 +186,9 @@ impl Tree {
     /// was not there.
     pub fn remove_tree(&self, rel: &str) -> Result<bool, TreeError> {
         let parts = split_rel(&self.path, rel)?;
-        let (name, dirs) = parts.split_last().expect("split_rel returns at least one part");
+        let (name, dirs) = parts
+            .split_last()
+            .expect("split_rel returns at least one part");
         let parent = match self.descend(dirs) {
             Ok(d) => d,
             Err(TreeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -248,7 +249,9 @@ impl Tree {
             if ty == FileType::Directory {
                 match Self::open_at(&self.fd, Path::new(name_str), full.clone()) {
                     Ok(sub) => sub.clear()?,
-                    Err(TreeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    Err(TreeError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
                         continue
                     }
                     Err(e) => return Err(e),
@@ -285,7 +288,12 @@ impl Tree {
                 ty = match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => FileType::from_raw_mode(st.st_mode),
                     Err(e) if e == rustix::io::Errno::NOENT => continue,
-                    Err(e) => return Err(io_at("inspecting", &self.path.join(OsStr::from_bytes(name.to_bytes())))(e)),
+                    Err(e) => {
+                        return Err(io_at(
+                            "inspecting",
+                            &self.path.join(OsStr::from_bytes(name.to_bytes())),
+                        )(e))
+                    }
                 };
             }
             out.push((name.to_owned(), ty));
@@ -333,9 +341,17 @@ impl Tree {
             let crel = child_rel(name_str);
             match ty {
                 FileType::Directory => {
-                    let sub = match Self::open_at(&self.fd, Path::new(name_str), self.path.join(name_str)) {
+                    let sub = match Self::open_at(
+                        &self.fd,
+                        Path::new(name_str),
+                        self.path.join(name_str),
+                    ) {
                         Ok(sub) => sub,
-                        Err(TreeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+                        Err(TreeError::Io { source, .. })
+                            if source.kind() == io::ErrorKind::NotFound =>
+                        {
+                            continue
+                        }
                         Err(e) => return Err(e),
                     };
                     if sub.walk_inner(&crel, visit, stats)? {
@@ -353,11 +369,15 @@ impl Tree {
                         .unwrap_or(0);
                     match visit(&crel, size) {
                         Action::Keep => empty = false,
-                        Action::Remove => match rfs::unlinkat(&self.fd, name.as_c_str(), AtFlags::empty()) {
-                            Ok(()) => {}
-                            Err(e) if e == rustix::io::Errno::NOENT => {}
-                            Err(e) => return Err(io_at("removing", &self.path.join(name_str))(e)),
-                        },
+                        Action::Remove => {
+                            match rfs::unlinkat(&self.fd, name.as_c_str(), AtFlags::empty()) {
+                                Ok(()) => {}
+                                Err(e) if e == rustix::io::Errno::NOENT => {}
+                                Err(e) => {
+                                    return Err(io_at("removing", &self.path.join(name_str))(e))
+                                }
+                            }
+                        }
                     }
                 }
                 _ => {
@@ -442,7 +462,10 @@ mod tests {
         let err = t.sub("media", true).unwrap_err();
         assert!(matches!(err, TreeError::Symlink { .. }), "{err}");
         assert!(err.to_string().contains("symbolic link"), "{err}");
-        assert!(matches!(Tree::open(&root.join("media"), true), Err(TreeError::Symlink { .. })));
+        assert!(matches!(
+            Tree::open(&root.join("media"), true),
+            Err(TreeError::Symlink { .. })
+        ));
         assert_victim_intact(&v);
     }
 
@@ -472,12 +495,24 @@ mod tests {
         assert_victim_intact(&v);
 
         // Paths through a link are not followed; the link itself can be removed.
-        assert!(matches!(t.remove_file("d/link-to-dir/a.txt"), Err(TreeError::Symlink { .. })));
-        assert!(matches!(t.remove_tree("d/link-to-dir/sub"), Err(TreeError::Symlink { .. })));
+        assert!(matches!(
+            t.remove_file("d/link-to-dir/a.txt"),
+            Err(TreeError::Symlink { .. })
+        ));
+        assert!(matches!(
+            t.remove_tree("d/link-to-dir/sub"),
+            Err(TreeError::Symlink { .. })
+        ));
         assert!(t.remove_tree("d/link-to-dir").unwrap());
         assert!(t.remove_file("d/link-to-file").unwrap());
-        assert!(matches!(t.remove_file("../victim/a.txt"), Err(TreeError::BadPath { .. })));
-        assert!(matches!(t.remove_file("/etc/passwd"), Err(TreeError::BadPath { .. })));
+        assert!(matches!(
+            t.remove_file("../victim/a.txt"),
+            Err(TreeError::BadPath { .. })
+        ));
+        assert!(matches!(
+            t.remove_file("/etc/passwd"),
+            Err(TreeError::BadPath { .. })
+        ));
         assert_victim_intact(&v);
 
         symlink(&v, root.join("d/again")).unwrap();
@@ -496,7 +531,10 @@ mod tests {
         let t = Tree::open(&root, false).unwrap();
         assert!(t.remove_tree("2026/12/05/r1").unwrap());
         assert!(!root.join("2026/12/05").exists());
-        assert!(root.join("2026/12/04/r0").exists(), "a sibling with content stays");
+        assert!(
+            root.join("2026/12/04/r0").exists(),
+            "a sibling with content stays"
+        );
         assert!(!t.remove_tree("2026/12/05/r1").unwrap(), "gone already");
         assert!(root.exists());
     }

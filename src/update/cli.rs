@@ -171,13 +171,25 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 
 fn print_transition(state: &State, attempt: Option<&Attempt>) {
     let v = attempt
-        .and_then(|a| a.version.clone().or_else(|| a.archive.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned())))
+        .and_then(|a| {
+            a.version.clone().or_else(|| {
+                a.archive
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+        })
         .unwrap_or_else(|| "?".into());
     eprintln!("gemba model: {v}: {state}");
 }
 
 /// Runs a `gemba model` command; `base` is the config's update section.
-pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxruntime: Option<&Path>) -> Result<ExitCode> {
+pub fn run(
+    args: ModelArgs,
+    base: UpdateConfig,
+    policy: ProviderPolicy,
+    onnxruntime: Option<&Path>,
+) -> Result<ExitCode> {
     let mut cfg = base;
     if let Some(m) = args.models {
         cfg.models_dir = m;
@@ -191,7 +203,11 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
     match args.command {
         ModelCommand::Keygen { out, force } => {
             let (id, sk, pk) = keys::keygen(&out, force)?;
-            println!("key {id}: secret {} (keep it off the boards), public {}", sk.display(), pk.display());
+            println!(
+                "key {id}: secret {} (keep it off the boards), public {}",
+                sk.display(),
+                pk.display()
+            );
         }
         ModelCommand::Pack {
             dir,
@@ -215,18 +231,38 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                 system: smoke_system,
                 max_tokens: smoke_max_tokens,
             });
-            let opts = PackOptions { version, name, min_gemba, smoke, zstd_level, allow_downgrade };
+            let opts = PackOptions {
+                version,
+                name,
+                min_gemba,
+                smoke,
+                zstd_level,
+                allow_downgrade,
+            };
             if manifest_only {
                 let hash = pack::write_manifest(&dir, &opts, &out)?;
                 println!("wrote {} (bundle {hash}); sign it with `minisign -Sm {}` and pack again with --signature", out.display(), out.display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let trusted = if cfg.trusted_keys.is_empty() { None } else { Some(TrustedKeys::load(&cfg.trusted_keys)?) };
+            let trusted = if cfg.trusted_keys.is_empty() {
+                None
+            } else {
+                Some(TrustedKeys::load(&cfg.trusted_keys)?)
+            };
             let s = match (key, signature) {
                 (Some(k), _) => pack::pack(&dir, &SigningKey::load(&k)?, &opts, &out)?,
                 (None, Some(sig)) => {
-                    let text = std::fs::read_to_string(&sig).with_context(|| format!("reading {}", sig.display()))?;
-                    pack::pack_signed(&dir, pack::Signer::Detached { signature: text, trusted: trusted.as_ref() }, &opts, &out)?
+                    let text = std::fs::read_to_string(&sig)
+                        .with_context(|| format!("reading {}", sig.display()))?;
+                    pack::pack_signed(
+                        &dir,
+                        pack::Signer::Detached {
+                            signature: text,
+                            trusted: trusted.as_ref(),
+                        },
+                        &opts,
+                        &out,
+                    )?
                 }
                 (None, None) => unreachable!("clap requires --key or --signature"),
             };
@@ -257,7 +293,13 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                 v.signed.key_id
             );
         }
-        ModelCommand::Install { file, inbox: inbox_dir, done, failed, gate } => {
+        ModelCommand::Install {
+            file,
+            inbox: inbox_dir,
+            done,
+            failed,
+            gate,
+        } => {
             apply_gate(&mut cfg, &gate);
             let ctx = InstallContext {
                 config: &cfg,
@@ -267,7 +309,10 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                 observer: Some(&print_transition),
             };
             if let Some(dir) = inbox_dir {
-                let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+                let parent = dir
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
                 let done = done.unwrap_or_else(|| parent.join("done"));
                 let failed = failed.unwrap_or_else(|| parent.join("failed"));
                 let results = inbox::process(&dir, &done, &failed, &ctx)?;
@@ -277,12 +322,26 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                 } else {
                     for r in &results {
                         match &r.reason {
-                            None => println!("{}: installed ({}) → {}", r.archive, r.state, r.moved_to.display()),
-                            Some(why) => println!("{}: {} ({why}) → {}", r.archive, r.state, r.moved_to.display()),
+                            None => println!(
+                                "{}: installed ({}) → {}",
+                                r.archive,
+                                r.state,
+                                r.moved_to.display()
+                            ),
+                            Some(why) => println!(
+                                "{}: {} ({why}) → {}",
+                                r.archive,
+                                r.state,
+                                r.moved_to.display()
+                            ),
                         }
                     }
                 }
-                return Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                return Ok(if bad == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
             }
             let file = file.expect("clap requires FILE without --inbox");
             let outcome = install::install(&file, &ctx)?;
@@ -305,7 +364,11 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else if r.actions.is_empty() {
-                println!("nothing to recover (state {}); current: {}", r.found, r.current.as_deref().unwrap_or("none"));
+                println!(
+                    "nothing to recover (state {}); current: {}",
+                    r.found,
+                    r.current.as_deref().unwrap_or("none")
+                );
             } else {
                 for a in &r.actions {
                     println!("recovered: {a}");
@@ -314,7 +377,11 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
             }
         }
         ModelCommand::List { verify, json } => {
-            let keys = if verify { Some(TrustedKeys::load(&cfg.trusted_keys)?) } else { None };
+            let keys = if verify {
+                Some(TrustedKeys::load(&cfg.trusted_keys)?)
+            } else {
+                None
+            };
             let versions = install::list(&cfg, keys.as_ref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&versions)?);
@@ -367,9 +434,18 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                         a.kind,
                         a.version.as_deref().unwrap_or("?"),
                         a.from.as_deref().unwrap_or("none"),
-                        a.archive.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                        a.gate.as_ref().map(|g| format!("; gate: {g}")).unwrap_or_default(),
-                        a.note.as_ref().map(|n| format!("; {n}")).unwrap_or_default(),
+                        a.archive
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        a.gate
+                            .as_ref()
+                            .map(|g| format!("; gate: {g}"))
+                            .unwrap_or_default(),
+                        a.note
+                            .as_ref()
+                            .map(|n| format!("; {n}"))
+                            .unwrap_or_default(),
                     );
                 }
                 for h in record.history.iter().rev().take(8) {
@@ -378,11 +454,15 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                         h.at,
                         h.state,
                         h.version.as_deref().unwrap_or(""),
-                        h.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                        h.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
                     );
                 }
                 match d {
-                    Ok(Some(s)) => println!(
+                    Ok(Some(s)) => {
+                        println!(
                         "daemon:   pid {}{}, bundle {} ({}), ready {}, smoke_ok {:?}, error {:?}",
                         s.pid,
                         if daemon::is_gemba_alive(s.pid) { "" } else { " (not running)" },
@@ -391,8 +471,12 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
                         s.ready,
                         s.smoke_ok,
                         s.error
+                    )
+                    }
+                    Ok(None) => println!(
+                        "daemon:   no {}",
+                        daemon::status_path(&cfg.state_dir).display()
                     ),
-                    Ok(None) => println!("daemon:   no {}", daemon::status_path(&cfg.state_dir).display()),
                     Err(e) => println!("daemon:   {e}"),
                 }
             }
@@ -404,7 +488,13 @@ pub fn run(args: ModelArgs, base: UpdateConfig, policy: ProviderPolicy, onnxrunt
             }
             println!("{} removed", removed.len());
         }
-        ModelCommand::FakeDaemon { fail_version, crash_version, degrade_version, degrade_after, ignore_reload } => {
+        ModelCommand::FakeDaemon {
+            fail_version,
+            crash_version,
+            degrade_version,
+            degrade_after,
+            ignore_reload,
+        } => {
             fake_daemon::run(&FakeDaemonOptions {
                 models_dir: cfg.models_dir.clone(),
                 state_dir: cfg.state_dir.clone(),
@@ -438,11 +528,24 @@ fn print_outcome(o: &Outcome, json: bool) -> Result<()> {
         return Ok(());
     }
     match o {
-        Outcome::Installed { version, bundle_hash, gate } => {
-            println!("{version} ({}) is active; health gate {gate}", daemon::short(bundle_hash))
+        Outcome::Installed {
+            version,
+            bundle_hash,
+            gate,
+        } => {
+            println!(
+                "{version} ({}) is active; health gate {gate}",
+                daemon::short(bundle_hash)
+            )
         }
-        Outcome::AlreadyActive { version, bundle_hash } => {
-            println!("{version} ({}) is already active; nothing changed", daemon::short(bundle_hash))
+        Outcome::AlreadyActive {
+            version,
+            bundle_hash,
+        } => {
+            println!(
+                "{version} ({}) is already active; nothing changed",
+                daemon::short(bundle_hash)
+            )
         }
     }
     Ok(())

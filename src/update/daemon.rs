@@ -38,7 +38,9 @@ impl DaemonStatus {
             self.bundle_id.as_deref().unwrap_or("-"),
             self.bundle_hash.as_deref().map(short).unwrap_or("-"),
             self.ready,
-            self.smoke_ok.map(|b| b.to_string()).unwrap_or_else(|| "null".into()),
+            self.smoke_ok
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "null".into()),
             self.error.as_deref().unwrap_or("null")
         )
     }
@@ -55,7 +57,10 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
 /// Writes the daemon's status atomically (the daemon's side of the contract).
 pub fn write_status(state_dir: &Path, status: &DaemonStatus) -> Result<(), UpdateError> {
     std::fs::create_dir_all(state_dir).map_err(|e| UpdateError::io(state_dir, e))?;
-    write_atomic(&status_path(state_dir), &serde_json::to_vec_pretty(status).expect("status serialises"))
+    write_atomic(
+        &status_path(state_dir),
+        &serde_json::to_vec_pretty(status).expect("status serialises"),
+    )
 }
 
 /// Reads status.json: `Ok(None)` when there is none.
@@ -64,7 +69,9 @@ pub fn read_status(state_dir: &Path) -> Result<Option<DaemonStatus>, String> {
     match std::fs::read(&p) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", p.display())),
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| format!("{}: not a daemon status: {e}", p.display())),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: not a daemon status: {e}", p.display())),
     }
 }
 
@@ -78,7 +85,9 @@ pub fn is_gemba_alive(pid: u32) -> bool {
         return false;
     };
     // "pid (comm) S ...": comm may contain spaces and parentheses; the state follows the last ')'.
-    let Some(close) = stat.rfind(')') else { return false };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
     let state = stat[close + 1..].trim_start().chars().next();
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
@@ -91,9 +100,15 @@ pub fn is_gemba_alive(pid: u32) -> bool {
 pub fn probe(state_dir: &Path) -> Result<DaemonStatus, UpdateError> {
     match read_status(state_dir) {
         Err(detail) => Err(UpdateError::NoDaemon { detail }),
-        Ok(None) => Err(UpdateError::NoDaemon { detail: format!("{} does not exist", status_path(state_dir).display()) }),
+        Ok(None) => Err(UpdateError::NoDaemon {
+            detail: format!("{} does not exist", status_path(state_dir).display()),
+        }),
         Ok(Some(s)) if !is_gemba_alive(s.pid) => Err(UpdateError::NoDaemon {
-            detail: format!("{} names pid {}, which is not a running gemba", status_path(state_dir).display(), s.pid),
+            detail: format!(
+                "{} names pid {}, which is not a running gemba",
+                status_path(state_dir).display(),
+                s.pid
+            ),
         }),
         Ok(Some(s)) => Ok(s),
     }
@@ -101,14 +116,19 @@ pub fn probe(state_dir: &Path) -> Result<DaemonStatus, UpdateError> {
 
 /// Sends SIGHUP to the daemon named in status.json; returns when it was sent.
 pub fn reload(state_dir: &Path) -> Result<SystemTime, String> {
-    let s = read_status(state_dir)?.ok_or_else(|| format!("{} is gone", status_path(state_dir).display()))?;
+    let s = read_status(state_dir)?
+        .ok_or_else(|| format!("{} is gone", status_path(state_dir).display()))?;
     if !is_gemba_alive(s.pid) {
         return Err(format!("daemon pid {} is not running", s.pid));
     }
     let at = SystemTime::now();
     // SAFETY: kill(2) with a pid we checked is a live gemba process.
     if unsafe { libc::kill(s.pid as i32, libc::SIGHUP) } != 0 {
-        return Err(format!("SIGHUP to pid {}: {}", s.pid, std::io::Error::last_os_error()));
+        return Err(format!(
+            "SIGHUP to pid {}: {}",
+            s.pid,
+            std::io::Error::last_os_error()
+        ));
     }
     log::info!("update: sent SIGHUP to the daemon (pid {})", s.pid);
     Ok(at)
@@ -116,7 +136,13 @@ pub fn reload(state_dir: &Path) -> Result<SystemTime, String> {
 
 /// Waits until the daemon reports `hash` ready (and not `smoke_ok: false`) within `timeout`, then
 /// until it has stayed so for `hold`. `Err` is the reason the gate failed.
-pub fn wait_healthy(state_dir: &Path, hash: &str, since: SystemTime, timeout: Duration, hold: Duration) -> Result<DaemonStatus, String> {
+pub fn wait_healthy(
+    state_dir: &Path,
+    hash: &str,
+    since: SystemTime,
+    timeout: Duration,
+    hold: Duration,
+) -> Result<DaemonStatus, String> {
     let poll = Duration::from_millis(50);
     let t0 = Instant::now();
     let mut last: Option<DaemonStatus> = None;
@@ -124,7 +150,10 @@ pub fn wait_healthy(state_dir: &Path, hash: &str, since: SystemTime, timeout: Du
     let ready = loop {
         match read_status(state_dir) {
             Ok(Some(s)) => {
-                let fresh = std::fs::metadata(status_path(state_dir)).and_then(|m| m.modified()).map(|m| m >= since).unwrap_or(false);
+                let fresh = std::fs::metadata(status_path(state_dir))
+                    .and_then(|m| m.modified())
+                    .map(|m| m >= since)
+                    .unwrap_or(false);
                 if s.bundle_hash.as_deref() == Some(hash) {
                     if s.smoke_ok == Some(false) {
                         return Err(format!(
@@ -134,7 +163,10 @@ pub fn wait_healthy(state_dir: &Path, hash: &str, since: SystemTime, timeout: Du
                         ));
                     }
                     if let (false, Some(e)) = (s.ready, &s.error) {
-                        return Err(format!("the daemon reports an error on bundle {}: {e}", short(hash)));
+                        return Err(format!(
+                            "the daemon reports an error on bundle {}: {e}",
+                            short(hash)
+                        ));
                     }
                     if s.ready {
                         break s;
@@ -154,7 +186,11 @@ pub fn wait_healthy(state_dir: &Path, hash: &str, since: SystemTime, timeout: Du
         if t0.elapsed() >= timeout {
             let seen = match (&last, &last_err) {
                 (Some(s), _) => {
-                    let alive = if is_gemba_alive(s.pid) { "" } else { " (not running)" };
+                    let alive = if is_gemba_alive(s.pid) {
+                        ""
+                    } else {
+                        " (not running)"
+                    };
                     format!("last status: {}{alive}", s.summary())
                 }
                 (None, Some(e)) => e.clone(),
@@ -171,7 +207,11 @@ pub fn wait_healthy(state_dir: &Path, hash: &str, since: SystemTime, timeout: Du
     if hold.is_zero() {
         return Ok(ready);
     }
-    log::info!("update: daemon ready on {}; holding {}", short(hash), humantime::format_duration(hold));
+    log::info!(
+        "update: daemon ready on {}; holding {}",
+        short(hash),
+        humantime::format_duration(hold)
+    );
     let t1 = Instant::now();
     while t1.elapsed() < hold {
         std::thread::sleep(poll);
@@ -180,9 +220,14 @@ pub fn wait_healthy(state_dir: &Path, hash: &str, since: SystemTime, timeout: Du
             Ok(None) => return Err("status.json disappeared during the health hold".into()),
             Err(e) => return Err(e),
         };
-        let healthy = s.bundle_hash.as_deref() == Some(hash) && s.ready && s.smoke_ok != Some(false);
+        let healthy =
+            s.bundle_hash.as_deref() == Some(hash) && s.ready && s.smoke_ok != Some(false);
         if !healthy || !is_gemba_alive(s.pid) {
-            let alive = if is_gemba_alive(s.pid) { "" } else { " (not running)" };
+            let alive = if is_gemba_alive(s.pid) {
+                ""
+            } else {
+                " (not running)"
+            };
             return Err(format!(
                 "the daemon stopped being healthy {:.1} s into the {} hold: {}{alive}",
                 t1.elapsed().as_secs_f64(),

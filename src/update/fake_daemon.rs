@@ -60,11 +60,15 @@ pub fn run(opts: &FakeDaemonOptions) -> Result<(), UpdateError> {
             }
         }
         let degrade = status.ready
-            && status.bundle_id.as_ref().is_some_and(|v| opts.degrade_versions.contains(v))
+            && status
+                .bundle_id
+                .as_ref()
+                .is_some_and(|v| opts.degrade_versions.contains(v))
             && ready_since.elapsed() >= opts.degrade_after;
         if degrade {
             status.ready = false;
-            status.error = Some("injected: degraded after becoming ready (--degrade-version)".into());
+            status.error =
+                Some("injected: degraded after becoming ready (--degrade-version)".into());
             write_status(&opts.state_dir, &status)?;
             eprintln!("fake-daemon: degraded");
         }
@@ -72,9 +76,16 @@ pub fn run(opts: &FakeDaemonOptions) -> Result<(), UpdateError> {
     }
 }
 
-fn load(opts: &FakeDaemonOptions, engine: &mut Option<Engine>) -> Result<DaemonStatus, UpdateError> {
+fn load(
+    opts: &FakeDaemonOptions,
+    engine: &mut Option<Engine>,
+) -> Result<DaemonStatus, UpdateError> {
     *engine = None;
-    let mut st = DaemonStatus { pid: std::process::id(), loaded_at: Some(now()), ..Default::default() };
+    let mut st = DaemonStatus {
+        pid: std::process::id(),
+        loaded_at: Some(now()),
+        ..Default::default()
+    };
     let current = opts.models_dir.join("current");
     let dir = match std::fs::canonicalize(&current) {
         Ok(d) => d,
@@ -94,11 +105,13 @@ fn load(opts: &FakeDaemonOptions, engine: &mut Option<Engine>) -> Result<DaemonS
                 eprintln!("fake-daemon: injected crash while loading {}", id.id);
                 std::process::exit(3);
             }
-            let loaded = runtime::init(opts.onnxruntime.as_deref()).map_err(|e| e.to_string()).and_then(|rt| {
-                let mut policy = ProviderPolicy::default();
-                policy.tensorrt.cache_dir = Some(cache_dir(&opts.models_dir, &id.hash));
-                Engine::load(rt, &dir, &policy).map_err(|e| e.to_string())
-            });
+            let loaded = runtime::init(opts.onnxruntime.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    let mut policy = ProviderPolicy::default();
+                    policy.tensorrt.cache_dir = Some(cache_dir(&opts.models_dir, &id.hash));
+                    Engine::load(rt, &dir, &policy).map_err(|e| e.to_string())
+                });
             match loaded {
                 Err(e) => st.error = Some(format!("load: {e}")),
                 Ok(mut e) => {
@@ -115,7 +128,10 @@ fn load(opts: &FakeDaemonOptions, engine: &mut Option<Engine>) -> Result<DaemonS
                     }
                     if opts.fail_versions.contains(&id.id) {
                         st.smoke_ok = Some(false);
-                        st.error = Some(format!("injected health failure on {} (--fail-version)", id.id));
+                        st.error = Some(format!(
+                            "injected health failure on {} (--fail-version)",
+                            id.id
+                        ));
                     }
                     st.ready = st.smoke_ok == Some(true);
                     *engine = Some(e);

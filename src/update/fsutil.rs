@@ -17,8 +17,14 @@ pub fn fsync_dir(dir: &Path) -> Result<(), UpdateError> {
 /// Writes `bytes` to `path` so that a reader (or a reboot) sees either the old or the new
 /// contents: a temp file beside it, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = File::create(&tmp).at(&tmp)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp)?;
@@ -63,9 +69,15 @@ pub fn remove_tree(dir: &Path, trash: &Path) -> Result<(), UpdateError> {
     if std::fs::symlink_metadata(dir).is_err() {
         return Ok(());
     }
-    let layout = |e: crate::sys::tree::TreeError| UpdateError::Layout { path: trash.to_path_buf(), detail: e.to_string() };
+    let layout = |e: crate::sys::tree::TreeError| UpdateError::Layout {
+        path: trash.to_path_buf(),
+        detail: e.to_string(),
+    };
     let bin = Tree::open(trash, true).map_err(layout)?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let doomed = format!("deleting-{name}-{}", std::process::id());
     bin.remove_tree(&doomed).map_err(layout)?;
     std::fs::rename(dir, trash.join(&doomed)).at(dir)?;
@@ -83,10 +95,15 @@ pub fn clear_dir(dir: &Path) -> Result<(), UpdateError> {
     use crate::sys::tree::{Tree, TreeError};
     match Tree::open(dir, false) {
         Ok(t) => t.clear(),
-        Err(TreeError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(TreeError::Io { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
-    .map_err(|e| UpdateError::Layout { path: dir.to_path_buf(), detail: e.to_string() })
+    .map_err(|e| UpdateError::Layout {
+        path: dir.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 /// An exclusive `flock` on `<root>/.lock`, released when dropped or when the process dies
@@ -97,14 +114,25 @@ pub struct Lock {
 
 impl Lock {
     pub fn acquire(path: &Path) -> Result<Lock, UpdateError> {
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).at(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .at(path)?;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let holder = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok());
-                return Err(UpdateError::Locked { path: path.to_path_buf(), holder });
+                let holder = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(UpdateError::Locked {
+                    path: path.to_path_buf(),
+                    holder,
+                });
             }
             return Err(UpdateError::io(path, err));
         }
@@ -126,11 +154,19 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), UpdateError> {
 /// Walks `dir` recursively: (relative path with `/`, absolute path, metadata without following
 /// links), sorted by relative path.
 pub fn walk(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>, UpdateError> {
-    fn rec(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, std::fs::Metadata)>) -> Result<(), UpdateError> {
+    fn rec(
+        base: &Path,
+        dir: &Path,
+        out: &mut Vec<(String, PathBuf, std::fs::Metadata)>,
+    ) -> Result<(), UpdateError> {
         for e in std::fs::read_dir(dir).at(dir)? {
             let p = e.at(dir)?.path();
             let meta = std::fs::symlink_metadata(&p).at(&p)?;
-            let rel = p.strip_prefix(base).expect("walk stays under base").to_string_lossy().replace('\\', "/");
+            let rel = p
+                .strip_prefix(base)
+                .expect("walk stays under base")
+                .to_string_lossy()
+                .replace('\\', "/");
             if meta.is_dir() {
                 rec(base, &p, out)?;
             } else {

@@ -36,7 +36,12 @@ pub struct InboxResult {
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 
 /// Installs every archive in `inbox`; moves each to `done` or `failed`.
-pub fn process(inbox: &Path, done: &Path, failed: &Path, ctx: &InstallContext) -> Result<Vec<InboxResult>, UpdateError> {
+pub fn process(
+    inbox: &Path,
+    done: &Path,
+    failed: &Path,
+    ctx: &InstallContext,
+) -> Result<Vec<InboxResult>, UpdateError> {
     for d in [inbox, done, failed] {
         std::fs::create_dir_all(d).at(d)?;
     }
@@ -58,12 +63,19 @@ pub fn process(inbox: &Path, done: &Path, failed: &Path, ctx: &InstallContext) -
         let t0 = Instant::now();
         let result = loop {
             match install(&file, ctx) {
-                Err(UpdateError::Locked { .. }) if t0.elapsed() < LOCK_WAIT => std::thread::sleep(Duration::from_secs(2)),
+                Err(UpdateError::Locked { .. }) if t0.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_secs(2))
+                }
                 r => break r,
             }
         };
-        let state = super::read_record(&ctx.config.models_dir).map(|r| r.state.name().to_string()).unwrap_or_else(|e| e.to_string());
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let state = super::read_record(&ctx.config.models_dir)
+            .map(|r| r.state.name().to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let (ok, outcome, reason) = match result {
             Ok(o) => (true, Some(o), None),
             Err(e) => (false, None, Some(e.to_string())),
@@ -71,13 +83,27 @@ pub fn process(inbox: &Path, done: &Path, failed: &Path, ctx: &InstallContext) -
         let dest_dir = if ok { done } else { failed };
         let mut dest = dest_dir.join(&name);
         if dest.exists() {
-            dest = dest_dir.join(format!("{}.{name}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")));
+            dest = dest_dir.join(format!(
+                "{}.{name}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
+            ));
         }
         std::fs::rename(&file, &dest).at(&dest)?;
-        let r = InboxResult { archive: name, ok, moved_to: dest.clone(), outcome, reason, state, at: now() };
+        let r = InboxResult {
+            archive: name,
+            ok,
+            moved_to: dest.clone(),
+            outcome,
+            reason,
+            state,
+            at: now(),
+        };
         let mut result_path = dest.into_os_string();
         result_path.push(".result.json");
-        write_atomic(Path::new(&result_path), &serde_json::to_vec_pretty(&r).expect("result serialises"))?;
+        write_atomic(
+            Path::new(&result_path),
+            &serde_json::to_vec_pretty(&r).expect("result serialises"),
+        )?;
         match &r.reason {
             None => log::info!("inbox: {} installed", r.archive),
             Some(why) => log::warn!("inbox: {} failed: {why}", r.archive),

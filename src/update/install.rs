@@ -37,17 +37,26 @@ pub struct InstallContext<'a> {
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// The version is active and passed the gate (or the gate was skipped: `gate` says which).
-    Installed { version: String, bundle_hash: String, gate: String },
+    Installed {
+        version: String,
+        bundle_hash: String,
+        gate: String,
+    },
     /// That exact bundle was already `current`; nothing changed.
-    AlreadyActive { version: String, bundle_hash: String },
+    AlreadyActive {
+        version: String,
+        bundle_hash: String,
+    },
 }
 
 fn unpack_bar() -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     pb.set_style(
-        ProgressStyle::with_template("{spinner} verify+unpack [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} verify+unpack [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb
 }
@@ -83,7 +92,9 @@ pub fn install(archive: &Path, ctx: &InstallContext) -> Result<Outcome, UpdateEr
 
     // Verify while unpacking into staging/; the policy sees the verified manifest first.
     fsutil::clear_dir(&root.staging())?;
-    let staging = root.staging().join(format!("unpack-{}", std::process::id()));
+    let staging = root
+        .staging()
+        .join(format!("unpack-{}", std::process::id()));
     let pb = unpack_bar();
     let mut policy = |s: &SignedManifest| check_policy(&root, ctx.config, s);
     let verified = verify_archive(&archive, &keys, &mut policy, Some(&staging), &pb);
@@ -112,9 +123,14 @@ pub fn install(archive: &Path, ctx: &InstallContext) -> Result<Outcome, UpdateEr
     if from.as_deref() == Some(version.as_str()) {
         // The policy refused a different bundle under the same version, so this is the same one.
         fsutil::clear_dir(&root.staging())?;
-        m.attempt_mut().note = Some(format!("bundle {version} is already active; nothing changed"));
+        m.attempt_mut().note = Some(format!(
+            "bundle {version} is already active; nothing changed"
+        ));
         m.transition_to(State::Healthy)?;
-        return Ok(Outcome::AlreadyActive { version, bundle_hash: s.bundle_hash.clone() });
+        return Ok(Outcome::AlreadyActive {
+            version,
+            bundle_hash: s.bundle_hash.clone(),
+        });
     }
     let vdir = root.version_dir(&version);
     if vdir.exists() {
@@ -143,7 +159,14 @@ fn finish_from_unpacked(
     smoke: &super::manifest::SmokeSpec,
 ) -> Result<Outcome, UpdateError> {
     let vdir = root.version_dir(version);
-    if let Err(e) = smoke_test(ctx.onnxruntime, &vdir, version, smoke, ctx.policy, &cache_dir(&root.dir, hash)) {
+    if let Err(e) = smoke_test(
+        ctx.onnxruntime,
+        &vdir,
+        version,
+        smoke,
+        ctx.policy,
+        &cache_dir(&root.dir, hash),
+    ) {
         return reject(root, m, Some(version), e);
     }
     m.transition_to(State::Smoked)?;
@@ -159,32 +182,64 @@ fn finish_from_unpacked(
     if ctx.no_daemon {
         m.attempt_mut().gate = Some("skipped (--no-daemon)".into());
         m.transition_to(State::Healthy)?;
-        return Ok(Outcome::Installed { version: version.into(), bundle_hash: hash.into(), gate: "skipped (--no-daemon)".into() });
+        return Ok(Outcome::Installed {
+            version: version.into(),
+            bundle_hash: hash.into(),
+            gate: "skipped (--no-daemon)".into(),
+        });
     }
     let since = match daemon::reload(&ctx.config.state_dir) {
         Ok(t) => t,
-        Err(r) => return Err(roll_back(root, m, ctx, format!("could not tell the daemon to reload: {r}"))),
+        Err(r) => {
+            return Err(roll_back(
+                root,
+                m,
+                ctx,
+                format!("could not tell the daemon to reload: {r}"),
+            ))
+        }
     };
     m.transition_to(State::Reloaded)?;
-    match daemon::wait_healthy(&ctx.config.state_dir, hash, since, ctx.config.health_timeout, ctx.config.health_hold) {
+    match daemon::wait_healthy(
+        &ctx.config.state_dir,
+        hash,
+        since,
+        ctx.config.health_timeout,
+        ctx.config.health_hold,
+    ) {
         Ok(s) => {
-            let gate = format!("passed (daemon pid {} ready on {})", s.pid, daemon::short(hash));
+            let gate = format!(
+                "passed (daemon pid {} ready on {})",
+                s.pid,
+                daemon::short(hash)
+            );
             m.attempt_mut().gate = Some(gate.clone());
             m.transition_to(State::Healthy)?;
-            Ok(Outcome::Installed { version: version.into(), bundle_hash: hash.into(), gate })
+            Ok(Outcome::Installed {
+                version: version.into(),
+                bundle_hash: hash.into(),
+                gate,
+            })
         }
         Err(reason) => Err(roll_back(root, m, ctx, reason)),
     }
 }
 
 /// Refused before the switch: clean up what this attempt made, record why.
-fn reject(root: &Root, m: &mut Machine, version: Option<&str>, e: UpdateError) -> Result<Outcome, UpdateError> {
+fn reject(
+    root: &Root,
+    m: &mut Machine,
+    version: Option<&str>,
+    e: UpdateError,
+) -> Result<Outcome, UpdateError> {
     let fresh = m.attempt().is_some_and(|a| a.fresh);
     if let (true, Some(v)) = (fresh, version) {
         fsutil::remove_tree(&root.version_dir(v), &root.staging())?;
     }
     fsutil::clear_dir(&root.staging())?;
-    m.transition_to(State::Rejected { reason: e.to_string() })?;
+    m.transition_to(State::Rejected {
+        reason: e.to_string(),
+    })?;
     Err(e)
 }
 
@@ -196,9 +251,16 @@ fn roll_back(root: &Root, m: &mut Machine, ctx: &InstallContext, reason: String)
     }
 }
 
-fn roll_back_inner(root: &Root, m: &mut Machine, ctx: &InstallContext, reason: &str) -> Result<UpdateError, UpdateError> {
+fn roll_back_inner(
+    root: &Root,
+    m: &mut Machine,
+    ctx: &InstallContext,
+    reason: &str,
+) -> Result<UpdateError, UpdateError> {
     m.attempt_mut().gate = Some(format!("failed: {reason}"));
-    m.transition_to(State::RollingBack { reason: reason.into() })?;
+    m.transition_to(State::RollingBack {
+        reason: reason.into(),
+    })?;
     let a = m.attempt().expect("attempt in flight").clone();
     restore(root, &a)?;
     if !ctx.no_daemon {
@@ -206,26 +268,43 @@ fn roll_back_inner(root: &Root, m: &mut Machine, ctx: &InstallContext, reason: &
         m.attempt_mut().note = Some(note);
     }
     delete_fresh(root, &a)?;
-    m.transition_to(State::RolledBack { reason: reason.into() })?;
+    m.transition_to(State::RolledBack {
+        reason: reason.into(),
+    })?;
     Ok(UpdateError::RolledBack {
         version: a.version.clone().unwrap_or_default(),
         reason: reason.into(),
-        rolled_back_to: a.from.clone().unwrap_or_else(|| "no model (there was none before)".into()),
+        rolled_back_to: a
+            .from
+            .clone()
+            .unwrap_or_else(|| "no model (there was none before)".into()),
     })
 }
 
 /// SIGHUP so the daemon goes back to the old bundle, and wait for it (best effort: the layout is
 /// already restored; the note says whether the daemon confirmed).
 fn tell_daemon_back(root: &Root, a: &Attempt, cfg: &UpdateConfig) -> String {
-    let Some(from) = &a.from else { return "no earlier bundle to return the daemon to".into() };
+    let Some(from) = &a.from else {
+        return "no earlier bundle to return the daemon to".into();
+    };
     let hash = match identify(&root.version_dir(from)) {
         Ok(id) => id.hash,
         Err(e) => return format!("cannot identify {from}: {e}"),
     };
     match daemon::reload(&cfg.state_dir) {
         Err(e) => format!("daemon not told to reload after the rollback: {e}"),
-        Ok(since) => match daemon::wait_healthy(&cfg.state_dir, &hash, since, cfg.health_timeout, std::time::Duration::ZERO) {
-            Ok(s) => format!("daemon pid {} serves {from} ({}) again", s.pid, daemon::short(&hash)),
+        Ok(since) => match daemon::wait_healthy(
+            &cfg.state_dir,
+            &hash,
+            since,
+            cfg.health_timeout,
+            std::time::Duration::ZERO,
+        ) {
+            Ok(s) => format!(
+                "daemon pid {} serves {from} ({}) again",
+                s.pid,
+                daemon::short(&hash)
+            ),
             Err(e) => format!("daemon did not confirm {from} after the rollback: {e}"),
         },
     }
@@ -254,9 +333,15 @@ fn check_policy(root: &Root, cfg: &UpdateConfig, s: &SignedManifest) -> Result<(
     let min = semver::Version::parse(&m.min_gemba).expect("validated");
     let ours = gemba_version();
     if min > ours {
-        return Err(UpdateError::TooNew { version: m.version.clone(), min: m.min_gemba.clone(), ours: ours.to_string() });
+        return Err(UpdateError::TooNew {
+            version: m.version.clone(),
+            min: m.min_gemba.clone(),
+            ours: ours.to_string(),
+        });
     }
-    if !cfg.accept_model_types.is_empty() && !cfg.accept_model_types.iter().any(|t| t == &m.model_type) {
+    if !cfg.accept_model_types.is_empty()
+        && !cfg.accept_model_types.iter().any(|t| t == &m.model_type)
+    {
         return Err(UpdateError::ModelTypeNotAccepted {
             version: m.version.clone(),
             model_type: m.model_type.clone(),
@@ -265,7 +350,10 @@ fn check_policy(root: &Root, cfg: &UpdateConfig, s: &SignedManifest) -> Result<(
     }
     if let Some(cur) = root.link_version(CURRENT)? {
         if !m.allow_downgrade && version_cmp(&m.version, &cur) == std::cmp::Ordering::Less {
-            return Err(UpdateError::Downgrade { version: m.version.clone(), current: cur });
+            return Err(UpdateError::Downgrade {
+                version: m.version.clone(),
+                current: cur,
+            });
         }
     }
     // Room to unpack, before a byte is written (the manifest lists every file with its size);
@@ -273,7 +361,12 @@ fn check_policy(root: &Root, cfg: &UpdateConfig, s: &SignedManifest) -> Result<(
     let needed = m.files.iter().map(|f| f.size).sum::<u64>() + (1 << 20);
     if let Ok(free) = crate::report::durable::free_bytes(&root.staging()) {
         if needed > free {
-            return Err(UpdateError::NoSpace { version: m.version.clone(), path: root.staging(), needed, free });
+            return Err(UpdateError::NoSpace {
+                version: m.version.clone(),
+                path: root.staging(),
+                needed,
+                free,
+            });
         }
     }
     let vdir = root.version_dir(&m.version);
@@ -294,12 +387,16 @@ fn check_policy(root: &Root, cfg: &UpdateConfig, s: &SignedManifest) -> Result<(
 fn check_model_type(dir: &Path, s: &SignedManifest) -> Result<(), UpdateError> {
     let p = dir.join("genai_config.json");
     let bytes = std::fs::read(&p).map_err(|e| UpdateError::io(&p, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| UpdateError::ModelTypeMismatch {
-        version: s.manifest.version.clone(),
-        manifest: s.manifest.model_type.clone(),
-        config: format!("(unreadable: {e})"),
-    })?;
-    let t = v.pointer("/model/type").and_then(|t| t.as_str()).unwrap_or("(none)");
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| UpdateError::ModelTypeMismatch {
+            version: s.manifest.version.clone(),
+            manifest: s.manifest.model_type.clone(),
+            config: format!("(unreadable: {e})"),
+        })?;
+    let t = v
+        .pointer("/model/type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("(none)");
     if t != s.manifest.model_type {
         return Err(UpdateError::ModelTypeMismatch {
             version: s.manifest.version.clone(),
@@ -331,7 +428,12 @@ pub fn recover(cfg: &UpdateConfig) -> Result<RecoverReport, UpdateError> {
     recover_locked(&root, &mut m, true, cfg)
 }
 
-fn recover_locked(root: &Root, m: &mut Machine, tell_daemon: bool, cfg: &UpdateConfig) -> Result<RecoverReport, UpdateError> {
+fn recover_locked(
+    root: &Root,
+    m: &mut Machine,
+    tell_daemon: bool,
+    cfg: &UpdateConfig,
+) -> Result<RecoverReport, UpdateError> {
     let found = m.state().clone();
     let mut actions = Vec::new();
     if !found.is_terminal() {
@@ -340,19 +442,28 @@ fn recover_locked(root: &Root, m: &mut Machine, tell_daemon: bool, cfg: &UpdateC
             detail: format!("state {} without an attempt", found.name()),
         })?;
         let current_now = root.link_version(CURRENT).ok().flatten();
-        let switched = matches!(found, State::Switched | State::Reloaded | State::RollingBack { .. })
-            || (found == State::Smoked && current_now != a.from);
+        let switched = matches!(
+            found,
+            State::Switched | State::Reloaded | State::RollingBack { .. }
+        ) || (found == State::Smoked && current_now != a.from);
         let reason = match &found {
             State::RollingBack { reason } => format!("{reason} (rollback finished by recovery)"),
-            s => format!("interrupted at {} (power cut, kill or crash); the previous layout was restored", s.name()),
+            s => format!(
+                "interrupted at {} (power cut, kill or crash); the previous layout was restored",
+                s.name()
+            ),
         };
         if switched && !matches!(found, State::RollingBack { .. }) {
-            m.transition_to(State::RollingBack { reason: reason.clone() })?;
+            m.transition_to(State::RollingBack {
+                reason: reason.clone(),
+            })?;
         }
         restore(root, &a)?;
         delete_fresh(root, &a)?;
         if switched {
-            m.transition_to(State::RolledBack { reason: reason.clone() })?;
+            m.transition_to(State::RolledBack {
+                reason: reason.clone(),
+            })?;
             if tell_daemon {
                 if let Ok(Some(s)) = daemon::read_status(&cfg.state_dir) {
                     if daemon::is_gemba_alive(s.pid) {
@@ -362,7 +473,9 @@ fn recover_locked(root: &Root, m: &mut Machine, tell_daemon: bool, cfg: &UpdateC
                 }
             }
         } else {
-            m.transition_to(State::Rejected { reason: reason.clone() })?;
+            m.transition_to(State::Rejected {
+                reason: reason.clone(),
+            })?;
         }
         actions.push(format!("{}: {reason}", m.state().name()));
     }
@@ -375,14 +488,23 @@ fn recover_locked(root: &Root, m: &mut Machine, tell_daemon: bool, cfg: &UpdateC
     }
     // `current` must resolve to a complete version (guards against hand edits and disk damage).
     let cur = root.link_version(CURRENT)?;
-    let cur_ok = cur.as_deref().is_some_and(|v| verify_installed(&root.version_dir(v), None, Check::Structure).is_ok());
+    let cur_ok = cur
+        .as_deref()
+        .is_some_and(|v| verify_installed(&root.version_dir(v), None, Check::Structure).is_ok());
     if !cur_ok {
         let installed = root.installed()?;
         let good = |v: &str| verify_installed(&root.version_dir(v), None, Check::Structure).is_ok();
-        let prev = root.link_version(PREVIOUS).ok().flatten().filter(|v| good(v));
+        let prev = root
+            .link_version(PREVIOUS)
+            .ok()
+            .flatten()
+            .filter(|v| good(v));
         let newest = || {
-            let mut by_time: Vec<(std::time::SystemTime, String)> =
-                installed.iter().filter(|v| good(v)).map(|v| (installed_at(&root.version_dir(v)), v.clone())).collect();
+            let mut by_time: Vec<(std::time::SystemTime, String)> = installed
+                .iter()
+                .filter(|v| good(v))
+                .map(|v| (installed_at(&root.version_dir(v)), v.clone()))
+                .collect();
             by_time.sort();
             by_time.pop().map(|(_, v)| v)
         };
@@ -390,16 +512,24 @@ fn recover_locked(root: &Root, m: &mut Machine, tell_daemon: bool, cfg: &UpdateC
             root.point(CURRENT, Some(&v))?;
             fsutil::fsync_dir(&root.dir)?;
             let what = match &cur {
-                Some(c) => format!("current pointed at {c}, which is incomplete or missing; now points at {v}"),
+                Some(c) => format!(
+                    "current pointed at {c}, which is incomplete or missing; now points at {v}"
+                ),
                 None => format!("current was missing; now points at {v}"),
             };
             m.note(what.clone())?;
             actions.push(what);
         } else if cur.is_some() {
-            actions.push("current points at an incomplete version and no complete one is installed".into());
+            actions.push(
+                "current points at an incomplete version and no complete one is installed".into(),
+            );
         }
     }
-    Ok(RecoverReport { found: found.name().into(), actions, current: root.link_version(CURRENT)? })
+    Ok(RecoverReport {
+        found: found.name().into(),
+        actions,
+        current: root.link_version(CURRENT)?,
+    })
 }
 
 /// Back to `previous` (swapping the two), through the same checks as an install: the previous
@@ -412,10 +542,14 @@ pub fn rollback(ctx: &InstallContext) -> Result<Outcome, UpdateError> {
     recover_locked(&root, &mut m, !ctx.no_daemon, ctx.config)?;
     let from = root.link_version(CURRENT)?;
     let Some(target) = root.link_version(PREVIOUS)? else {
-        return Err(UpdateError::NothingToRollBack { detail: format!("{} does not exist", root.link(PREVIOUS).display()) });
+        return Err(UpdateError::NothingToRollBack {
+            detail: format!("{} does not exist", root.link(PREVIOUS).display()),
+        });
     };
     if from.as_deref() == Some(target.as_str()) {
-        return Err(UpdateError::NothingToRollBack { detail: format!("previous and current are both {target}") });
+        return Err(UpdateError::NothingToRollBack {
+            detail: format!("previous and current are both {target}"),
+        });
     }
     let keys = TrustedKeys::load(&ctx.config.trusted_keys)?;
     if !ctx.no_daemon {
@@ -460,19 +594,28 @@ pub struct VersionInfo {
 }
 
 fn installed_at(dir: &Path) -> std::time::SystemTime {
-    std::fs::metadata(dir.join(MANIFEST_NAME)).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH)
+    std::fs::metadata(dir.join(MANIFEST_NAME))
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
 }
 
 /// Installed versions, newest first. With `keys`, every file is re-hashed and the signature
 /// re-checked.
-pub fn list(cfg: &UpdateConfig, keys: Option<&TrustedKeys>) -> Result<Vec<VersionInfo>, UpdateError> {
+pub fn list(
+    cfg: &UpdateConfig,
+    keys: Option<&TrustedKeys>,
+) -> Result<Vec<VersionInfo>, UpdateError> {
     let root = Root::new(&cfg.models_dir);
     let cur = root.link_version(CURRENT)?;
     let prev = root.link_version(PREVIOUS)?;
     let mut out = Vec::new();
     for v in root.installed()? {
         let dir = root.version_dir(&v);
-        let check = if keys.is_some() { Check::Full } else { Check::Structure };
+        let check = if keys.is_some() {
+            Check::Full
+        } else {
+            Check::Structure
+        };
         let (id, check) = match verify_installed(&dir, keys, check) {
             Ok(id) => (Some(id), "ok".to_string()),
             Err(e) => (identify(&dir).ok(), e.to_string()),
@@ -486,7 +629,8 @@ pub fn list(cfg: &UpdateConfig, keys: Option<&TrustedKeys>) -> Result<Vec<Versio
                 model_type: id.as_ref().map(|i| i.model_type.clone()),
                 files: id.as_ref().map(|i| i.manifest.files.len()).unwrap_or(0),
                 bytes: id.as_ref().map(|i| i.manifest.total_bytes()).unwrap_or(0),
-                installed_at: chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                installed_at: chrono::DateTime::<chrono::Utc>::from(t)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 current: cur.as_deref() == Some(v.as_str()),
                 previous: prev.as_deref() == Some(v.as_str()),
                 check,
@@ -524,14 +668,24 @@ pub fn gc(cfg: &UpdateConfig, keep: usize) -> Result<Vec<PathBuf>, UpdateError> 
     }
     // Engine caches are named by bundle hash (64 hex digits); anything else under cache/ is not
     // ours to remove, and the listing never follows a link.
-    for name in root.tree(layout::CACHE)?.subdirs().map_err(|e| UpdateError::Layout { path: root.cache(), detail: e.to_string() })? {
+    for name in root
+        .tree(layout::CACHE)?
+        .subdirs()
+        .map_err(|e| UpdateError::Layout {
+            path: root.cache(),
+            detail: e.to_string(),
+        })?
+    {
         let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
         if is_hash && !kept_hashes.contains(&name) {
             let p = root.cache().join(&name);
             fsutil::remove_tree(&p, &root.staging())?;
             removed.push(p);
         } else if !is_hash {
-            log::info!("gc: left {} alone (not an engine cache gemba made)", root.cache().join(&name).display());
+            log::info!(
+                "gc: left {} alone (not an engine cache gemba made)",
+                root.cache().join(&name).display()
+            );
         }
     }
     fsutil::clear_dir(&root.staging())?;

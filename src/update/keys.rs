@@ -41,15 +41,32 @@ pub fn keygen(prefix: &Path, force: bool) -> Result<(String, PathBuf, PathBuf), 
             return Err(UpdateError::KeyExists { path: p.clone() });
         }
     }
-    let kp = KeyPair::generate_unencrypted_keypair().map_err(|e| UpdateError::BadKey { path: sk_path.clone(), reason: e.to_string() })?;
+    let kp = KeyPair::generate_unencrypted_keypair().map_err(|e| UpdateError::BadKey {
+        path: sk_path.clone(),
+        reason: e.to_string(),
+    })?;
     let id = key_id(kp.pk.keynum());
     let sk_box = kp
         .sk
         .to_box(Some(&format!("gemba secret key {id}")))
-        .map_err(|e| UpdateError::BadKey { path: sk_path.clone(), reason: e.to_string() })?;
-    let pk_box = kp.pk.to_box().map_err(|e| UpdateError::BadKey { path: pk_path.clone(), reason: e.to_string() })?;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&sk_path).at(&sk_path)?;
-    f.write_all(sk_box.to_string().as_bytes()).and_then(|_| f.sync_all()).at(&sk_path)?;
+        .map_err(|e| UpdateError::BadKey {
+            path: sk_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let pk_box = kp.pk.to_box().map_err(|e| UpdateError::BadKey {
+        path: pk_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&sk_path)
+        .at(&sk_path)?;
+    f.write_all(sk_box.to_string().as_bytes())
+        .and_then(|_| f.sync_all())
+        .at(&sk_path)?;
     std::fs::write(&pk_path, pk_box.to_string()).at(&pk_path)?;
     Ok((id, sk_path, pk_path))
 }
@@ -70,15 +87,29 @@ pub struct SigningKey {
 impl SigningKey {
     pub fn load(path: &Path) -> Result<SigningKey, UpdateError> {
         let text = std::fs::read_to_string(path).at(path)?;
-        let bad = |reason: String| UpdateError::BadKey { path: path.to_path_buf(), reason };
-        let sk = match SecretKey::from_unencrypted_box(SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?) {
+        let bad = |reason: String| UpdateError::BadKey {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let sk = match SecretKey::from_unencrypted_box(
+            SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?,
+        ) {
             Ok(sk) => sk,
             Err(e) if e.to_string().contains("encrypted") => {
-                let pw = std::env::var(PASSWORD_ENV).map_err(|_| UpdateError::EncryptedKey { path: path.to_path_buf() })?;
-                SecretKey::from_box(SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?, Some(pw))
-                    .map_err(|e| bad(e.to_string()))?
+                let pw = std::env::var(PASSWORD_ENV).map_err(|_| UpdateError::EncryptedKey {
+                    path: path.to_path_buf(),
+                })?;
+                SecretKey::from_box(
+                    SecretKeyBox::from_string(&text).map_err(|e| bad(e.to_string()))?,
+                    Some(pw),
+                )
+                .map_err(|e| bad(e.to_string()))?
             }
-            Err(e) => return Err(bad(format!("{e} (is this a minisign secret key, PREFIX.key?)"))),
+            Err(e) => {
+                return Err(bad(format!(
+                    "{e} (is this a minisign secret key, PREFIX.key?)"
+                )))
+            }
         };
         let id = key_id(sk.keynum());
         Ok(SigningKey { sk, id })
@@ -86,9 +117,15 @@ impl SigningKey {
 
     /// A minisign signature box (text) over `data`.
     pub fn sign(&self, data: &[u8], trusted_comment: &str) -> String {
-        minisign::sign(None, &self.sk, Cursor::new(data), Some(trusted_comment), Some(&format!("signature from gemba key {}", self.id)))
-            .expect("signing with a decrypted key cannot fail")
-            .to_string()
+        minisign::sign(
+            None,
+            &self.sk,
+            Cursor::new(data),
+            Some(trusted_comment),
+            Some(&format!("signature from gemba key {}", self.id)),
+        )
+        .expect("signing with a decrypted key cannot fail")
+        .to_string()
     }
 }
 
@@ -129,7 +166,12 @@ impl TrustedKeys {
 
     /// Verifies a signature box over `data`; returns the signer's key id. `archive` names the
     /// source in errors.
-    pub fn verify(&self, archive: &Path, data: &[u8], signature: &str) -> Result<String, UpdateError> {
+    pub fn verify(
+        &self,
+        archive: &Path,
+        data: &[u8],
+        signature: &str,
+    ) -> Result<String, UpdateError> {
         let sig = SignatureBox::from_string(signature).map_err(|e| UpdateError::BadSignature {
             archive: archive.to_path_buf(),
             key_id: "?".into(),
@@ -137,13 +179,24 @@ impl TrustedKeys {
         })?;
         let id = key_id(sig.keynum());
         let Some((_, pk, _)) = self.keys.iter().find(|(k, _, _)| *k == id) else {
-            let trusted = self.keys.iter().map(|(id, _, p)| format!("{id} from {}", p.display())).collect::<Vec<_>>().join(", ");
-            return Err(UpdateError::UntrustedKey { archive: archive.to_path_buf(), key_id: id, trusted });
+            let trusted = self
+                .keys
+                .iter()
+                .map(|(id, _, p)| format!("{id} from {}", p.display()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(UpdateError::UntrustedKey {
+                archive: archive.to_path_buf(),
+                key_id: id,
+                trusted,
+            });
         };
-        minisign::verify(pk, &sig, Cursor::new(data), true, false, false).map_err(|e| UpdateError::BadSignature {
-            archive: archive.to_path_buf(),
-            key_id: id.clone(),
-            detail: e.to_string(),
+        minisign::verify(pk, &sig, Cursor::new(data), true, false, false).map_err(|e| {
+            UpdateError::BadSignature {
+                archive: archive.to_path_buf(),
+                key_id: id.clone(),
+                detail: e.to_string(),
+            }
         })?;
         Ok(id)
     }
@@ -157,7 +210,10 @@ fn load_public(path: &Path) -> Result<(String, PublicKey, PathBuf), UpdateError>
     } else {
         PublicKey::from_base64(trimmed)
     }
-    .map_err(|e| UpdateError::BadKey { path: path.to_path_buf(), reason: format!("{e} (is this a minisign public key, PREFIX.pub?)") })?;
+    .map_err(|e| UpdateError::BadKey {
+        path: path.to_path_buf(),
+        reason: format!("{e} (is this a minisign public key, PREFIX.pub?)"),
+    })?;
     Ok((key_id(pk.keynum()), pk, path.to_path_buf()))
 }
 
@@ -170,7 +226,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (id_a, ska, pka) = keygen(&dir.path().join("a"), false).unwrap();
         let (_id_b, skb, _pkb) = keygen(&dir.path().join("b"), false).unwrap();
-        assert!(matches!(keygen(&dir.path().join("a"), false), Err(UpdateError::KeyExists { .. })));
+        assert!(matches!(
+            keygen(&dir.path().join("a"), false),
+            Err(UpdateError::KeyExists { .. })
+        ));
         let trusted = TrustedKeys::load(&[pka]).unwrap();
         assert_eq!(trusted.ids(), vec![id_a.clone()]);
         let a = SigningKey::load(&ska).unwrap();
@@ -181,14 +240,31 @@ mod tests {
         let e = trusted.verify(arch, b"manifesT", &sig).unwrap_err();
         assert!(matches!(e, UpdateError::BadSignature { .. }), "{e}");
         let b = SigningKey::load(&skb).unwrap();
-        let e = trusted.verify(arch, b"manifest", &b.sign(b"manifest", "x")).unwrap_err();
-        assert!(e.to_string().contains("wrong key") && e.to_string().contains(&b.id), "{e}");
+        let e = trusted
+            .verify(arch, b"manifest", &b.sign(b"manifest", "x"))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("wrong key") && e.to_string().contains(&b.id),
+            "{e}"
+        );
         let e = trusted.verify(arch, b"manifest", "hello").unwrap_err();
         assert!(e.to_string().contains("not a minisign signature"), "{e}");
         // Secret key as a public key, and no key at all.
-        assert!(matches!(TrustedKeys::load(&[ska]), Err(UpdateError::BadKey { .. })));
-        assert!(matches!(TrustedKeys::load(&[]), Err(UpdateError::NoTrustedKey)));
+        assert!(matches!(
+            TrustedKeys::load(&[ska]),
+            Err(UpdateError::BadKey { .. })
+        ));
+        assert!(matches!(
+            TrustedKeys::load(&[]),
+            Err(UpdateError::NoTrustedKey)
+        ));
         // A directory of .pub files.
-        assert_eq!(TrustedKeys::load(&[dir.path().to_path_buf()]).unwrap().ids().len(), 2);
+        assert_eq!(
+            TrustedKeys::load(&[dir.path().to_path_buf()])
+                .unwrap()
+                .ids()
+                .len(),
+            2
+        );
     }
 }

@@ -20,9 +20,12 @@ pub const CACHE: &str = "cache";
 /// A tree that cannot be owned (a link, a file) as a layout error naming it.
 fn tree_err(e: TreeError) -> UpdateError {
     match e {
-        TreeError::Symlink { ref path, .. } | TreeError::NotADirectory { ref path } | TreeError::BadPath { ref path, .. } => {
-            UpdateError::Layout { path: path.clone(), detail: e.to_string() }
-        }
+        TreeError::Symlink { ref path, .. }
+        | TreeError::NotADirectory { ref path }
+        | TreeError::BadPath { ref path, .. } => UpdateError::Layout {
+            path: path.clone(),
+            detail: e.to_string(),
+        },
         TreeError::Io { path, source, .. } => UpdateError::io(&path, source),
     }
 }
@@ -35,7 +38,9 @@ pub struct Root {
 
 impl Root {
     pub fn new(dir: &Path) -> Root {
-        Root { dir: dir.to_path_buf() }
+        Root {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// Creates the root and its directories (not the links). `versions/`, `staging/` and
@@ -52,7 +57,9 @@ impl Root {
 
     /// A tree under the root (`staging`, `cache`, `versions`), opened without following links.
     pub fn tree(&self, name: &str) -> Result<Tree, UpdateError> {
-        Tree::open(&self.dir, false).and_then(|t| t.sub(name, false)).map_err(tree_err)
+        Tree::open(&self.dir, false)
+            .and_then(|t| t.sub(name, false))
+            .map_err(tree_err)
     }
 
     pub fn versions(&self) -> PathBuf {
@@ -87,7 +94,9 @@ impl Root {
             Ok(m) if !m.file_type().is_symlink() => {
                 return Err(UpdateError::Layout {
                     path: link,
-                    detail: "not a symlink; gemba manages it as a link into versions/ (move it away)".into(),
+                    detail:
+                        "not a symlink; gemba manages it as a link into versions/ (move it away)"
+                            .into(),
                 })
             }
             Ok(_) => {}
@@ -96,13 +105,20 @@ impl Root {
         let t = target.to_string_lossy();
         match t.strip_prefix("versions/") {
             Some(v) if super::manifest::check_version(v).is_ok() => Ok(Some(v.to_string())),
-            _ => Err(UpdateError::Layout { path: link, detail: format!("points at {t:?}, not into versions/") }),
+            _ => Err(UpdateError::Layout {
+                path: link,
+                detail: format!("points at {t:?}, not into versions/"),
+            }),
         }
     }
 
     /// Points a link at `versions/<v>` (or removes it for `None`), atomically.
     pub fn point(&self, name: &str, version: Option<&str>) -> Result<(), UpdateError> {
-        fsutil::point_link(&self.dir, name, version.map(|v| format!("versions/{v}")).as_deref())
+        fsutil::point_link(
+            &self.dir,
+            name,
+            version.map(|v| format!("versions/{v}")).as_deref(),
+        )
     }
 
     /// Installed version names, sorted.
@@ -147,8 +163,16 @@ pub struct BundleIdentity {
 pub fn identify(dir: &Path) -> Result<BundleIdentity, UpdateError> {
     let path = dir.join(MANIFEST_NAME);
     let bytes = std::fs::read(&path).at(&path)?;
-    let manifest = Manifest::parse(&bytes).map_err(|detail| UpdateError::Installed { dir: dir.to_path_buf(), detail })?;
-    Ok(BundleIdentity { id: manifest.version.clone(), hash: bundle_hash(&bytes), model_type: manifest.model_type.clone(), manifest })
+    let manifest = Manifest::parse(&bytes).map_err(|detail| UpdateError::Installed {
+        dir: dir.to_path_buf(),
+        detail,
+    })?;
+    Ok(BundleIdentity {
+        id: manifest.version.clone(),
+        hash: bundle_hash(&bytes),
+        model_type: manifest.model_type.clone(),
+        manifest,
+    })
 }
 
 /// How thoroughly to check an installed version.
@@ -161,9 +185,16 @@ pub enum Check {
 }
 
 /// Checks an installed version directory against its manifest.
-pub fn verify_installed(dir: &Path, keys: Option<&TrustedKeys>, check: Check) -> Result<BundleIdentity, UpdateError> {
+pub fn verify_installed(
+    dir: &Path,
+    keys: Option<&TrustedKeys>,
+    check: Check,
+) -> Result<BundleIdentity, UpdateError> {
     let id = identify(dir)?;
-    let bad = |detail: String| UpdateError::Installed { dir: dir.to_path_buf(), detail };
+    let bad = |detail: String| UpdateError::Installed {
+        dir: dir.to_path_buf(),
+        detail,
+    };
     if check == Check::Full {
         let keys = keys.ok_or(UpdateError::NoTrustedKey)?;
         let sig_path = dir.join(SIGNATURE_NAME);
@@ -183,17 +214,29 @@ pub fn verify_installed(dir: &Path, keys: Option<&TrustedKeys>, check: Check) ->
             return Err(bad(format!("{rel}: not a regular file")));
         }
         if meta.len() != entry.size {
-            return Err(bad(format!("{rel}: size {} bytes, the manifest says {}", meta.len(), entry.size)));
+            return Err(bad(format!(
+                "{rel}: size {} bytes, the manifest says {}",
+                meta.len(),
+                entry.size
+            )));
         }
         if check == Check::Full {
             let (sha, _) = fsutil::sha256_file(abs)?;
             if sha != entry.sha256 {
-                return Err(bad(format!("{rel}: sha256 {sha}, the manifest says {}", entry.sha256)));
+                return Err(bad(format!(
+                    "{rel}: sha256 {sha}, the manifest says {}",
+                    entry.sha256
+                )));
             }
         }
     }
-    let missing: Vec<&str> =
-        id.manifest.files.iter().map(|f| f.path.as_str()).filter(|p| !on_disk.iter().any(|(r, _, _)| r == p)).collect();
+    let missing: Vec<&str> = id
+        .manifest
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| !on_disk.iter().any(|(r, _, _)| r == p))
+        .collect();
     if !missing.is_empty() {
         return Err(bad(format!("missing {}", missing.join(", "))));
     }

@@ -91,7 +91,9 @@ impl std::fmt::Display for PathProblem {
             PathProblem::Traversal => "path traversal (`..`)",
             PathProblem::NotNormal => "not a normalised relative path (empty or `.` component)",
             PathProblem::BadChar => "NUL, backslash or control character in the path",
-            PathProblem::Reserved => "reserved name (gemba-manifest.json / .minisig / gemba-smoke.json)",
+            PathProblem::Reserved => {
+                "reserved name (gemba-manifest.json / .minisig / gemba-smoke.json)"
+            }
         })
     }
 }
@@ -127,8 +129,13 @@ pub fn check_version(v: &str) -> Result<(), String> {
     if v.starts_with('.') || v.starts_with('-') {
         return Err(format!("version {v:?}: must not start with '.' or '-'"));
     }
-    if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))) {
-        return Err(format!("version {v:?}: character {c:?} not allowed (use A-Z a-z 0-9 . _ - +)"));
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')))
+    {
+        return Err(format!(
+            "version {v:?}: character {c:?} not allowed (use A-Z a-z 0-9 . _ - +)"
+        ));
     }
     Ok(())
 }
@@ -183,10 +190,14 @@ impl Manifest {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.format != FORMAT {
-            return Err(format!("format {:?} is not {FORMAT:?} (a newer gemba made it?)", self.format));
+            return Err(format!(
+                "format {:?} is not {FORMAT:?} (a newer gemba made it?)",
+                self.format
+            ));
         }
         check_version(&self.version)?;
-        semver::Version::parse(&self.min_gemba).map_err(|e| format!("min_gemba {:?}: {e}", self.min_gemba))?;
+        semver::Version::parse(&self.min_gemba)
+            .map_err(|e| format!("min_gemba {:?}: {e}", self.min_gemba))?;
         if self.model_type.is_empty() {
             return Err("model_type is empty".into());
         }
@@ -202,8 +213,16 @@ impl Manifest {
         let mut seen = BTreeSet::new();
         for f in &self.files {
             check_path(&f.path).map_err(|p| format!("files: {:?}: {p}", f.path))?;
-            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return Err(format!("files: {:?}: sha256 {:?} is not 64 lower-case hex digits", f.path, f.sha256));
+            if f.sha256.len() != 64
+                || !f
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(format!(
+                    "files: {:?}: sha256 {:?} is not 64 lower-case hex digits",
+                    f.path, f.sha256
+                ));
             }
             if !seen.insert(f.path.as_str()) {
                 return Err(format!("files: {:?} listed twice", f.path));
@@ -212,13 +231,24 @@ impl Manifest {
         // "a" and "a/b" cannot both be files.
         for f in &self.files {
             let mut prefix = String::new();
-            for comp in f.path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+            for comp in f
+                .path
+                .split('/')
+                .collect::<Vec<_>>()
+                .iter()
+                .rev()
+                .skip(1)
+                .rev()
+            {
                 if !prefix.is_empty() {
                     prefix.push('/');
                 }
                 prefix.push_str(comp);
                 if seen.contains(prefix.as_str()) {
-                    return Err(format!("files: {prefix:?} is a file and also the directory of {:?}", f.path));
+                    return Err(format!(
+                        "files: {prefix:?} is a file and also the directory of {:?}",
+                        f.path
+                    ));
                 }
             }
         }
@@ -235,7 +265,11 @@ impl Manifest {
 
     /// Whether `dir` (no trailing `/`) is a directory some listed file lives under.
     pub fn is_listed_dir(&self, dir: &str) -> bool {
-        self.files.iter().any(|f| f.path.len() > dir.len() && f.path.starts_with(dir) && f.path.as_bytes()[dir.len()] == b'/')
+        self.files.iter().any(|f| {
+            f.path.len() > dir.len()
+                && f.path.starts_with(dir)
+                && f.path.as_bytes()[dir.len()] == b'/'
+        })
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -306,7 +340,16 @@ mod tests {
         for ok in ["1", "2026.11.2", "v1.2.3-rc1+build.5", "a_b"] {
             assert!(check_version(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", "..", "ü", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "..",
+            "ü",
+            &"x".repeat(65),
+        ] {
             assert!(check_version(bad).is_err(), "{bad}");
         }
     }
@@ -318,10 +361,23 @@ mod tests {
             name: None,
             min_gemba: "0.1.0".into(),
             model_type: "qwen2".into(),
-            smoke: SmokeSpec { prompt: "p".into(), expect_contains: "x".into(), system: None, max_tokens: 8 },
+            smoke: SmokeSpec {
+                prompt: "p".into(),
+                expect_contains: "x".into(),
+                system: None,
+                max_tokens: 8,
+            },
             files: vec![
-                FileEntry { path: "genai_config.json".into(), size: 1, sha256: "a".repeat(64) },
-                FileEntry { path: "vision/model.onnx".into(), size: 2, sha256: "b".repeat(64) },
+                FileEntry {
+                    path: "genai_config.json".into(),
+                    size: 1,
+                    sha256: "a".repeat(64),
+                },
+                FileEntry {
+                    path: "vision/model.onnx".into(),
+                    size: 2,
+                    sha256: "b".repeat(64),
+                },
             ],
             allow_downgrade: false,
         }
@@ -333,7 +389,10 @@ mod tests {
         let bytes = m.to_bytes();
         assert_eq!(Manifest::parse(&bytes).unwrap(), m);
         assert_eq!(bundle_hash(&bytes).len(), 64);
-        assert_ne!(bundle_hash(&bytes), bundle_hash(&[bytes.as_slice(), b" "].concat()));
+        assert_ne!(
+            bundle_hash(&bytes),
+            bundle_hash(&[bytes.as_slice(), b" "].concat())
+        );
         assert!(m.is_listed_dir("vision"));
         assert!(!m.is_listed_dir("visio"));
         assert_eq!(m.total_bytes(), 3);
@@ -349,8 +408,14 @@ mod tests {
             (|m| m.files[1].path = "../evil".into(), "path traversal"),
             (|m| m.files[1].path = "/abs".into(), "absolute path"),
             (|m| m.files[1].sha256 = "XYZ".into(), "sha256"),
-            (|m| m.files[1].path = "genai_config.json".into(), "listed twice"),
-            (|m| m.files[0].path = "tokenizer.json".into(), "genai_config.json is not listed"),
+            (
+                |m| m.files[1].path = "genai_config.json".into(),
+                "listed twice",
+            ),
+            (
+                |m| m.files[0].path = "tokenizer.json".into(),
+                "genai_config.json is not listed",
+            ),
             (|m| m.smoke.expect_contains.clear(), "smoke"),
         ];
         for (edit, want) in cases {
@@ -362,9 +427,18 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&good().to_bytes()).unwrap();
         v["files"][0]["mode"] = 0o755.into();
         let e = Manifest::parse(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(e.contains("files[0]") && e.contains("unknown field `mode`"), "{e}");
+        assert!(
+            e.contains("files[0]") && e.contains("unknown field `mode`"),
+            "{e}"
+        );
         let mut m = good();
-        m.files.push(FileEntry { path: "vision".into(), size: 0, sha256: "c".repeat(64) });
-        assert!(Manifest::parse(&m.to_bytes()).unwrap_err().contains("also the directory"));
+        m.files.push(FileEntry {
+            path: "vision".into(),
+            size: 0,
+            sha256: "c".repeat(64),
+        });
+        assert!(Manifest::parse(&m.to_bytes())
+            .unwrap_err()
+            .contains("also the directory"));
     }
 }

@@ -144,7 +144,11 @@ mod human_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); write e.g. \"30s\", \"2m\"")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); write e.g. \"30s\", \"2m\""
+            ))
+        })
     }
 }
 
@@ -154,12 +158,17 @@ mod human_duration {
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("no trusted key: pass --trusted-key PUB (or set update.trusted_keys); bundles are never installed unverified")]
     NoTrustedKey,
     #[error("{path}: not a usable minisign key: {reason}")]
     BadKey { path: PathBuf, reason: String },
-    #[error("{path}: the secret key is password-protected: put the password in GEMBA_SIGNING_PASSWORD")]
+    #[error(
+        "{path}: the secret key is password-protected: put the password in GEMBA_SIGNING_PASSWORD"
+    )]
     EncryptedKey { path: PathBuf },
     #[error("{path}: exists; pass --force to overwrite a key")]
     KeyExists { path: PathBuf },
@@ -171,30 +180,71 @@ pub enum UpdateError {
     NoManifest { archive: PathBuf, found: String },
     #[error("{archive}: no signature: the entry after the manifest must be gemba-manifest.json.minisig, found {found}")]
     NoSignature { archive: PathBuf, found: String },
-    #[error("{archive}: wrong key: signed by key {key_id}, which is not trusted (trusted: {trusted})")]
-    UntrustedKey { archive: PathBuf, key_id: String, trusted: String },
+    #[error(
+        "{archive}: wrong key: signed by key {key_id}, which is not trusted (trusted: {trusted})"
+    )]
+    UntrustedKey {
+        archive: PathBuf,
+        key_id: String,
+        trusted: String,
+    },
     #[error("{archive}: bad signature: gemba-manifest.json does not match its signature by key {key_id} ({detail})")]
-    BadSignature { archive: PathBuf, key_id: String, detail: String },
+    BadSignature {
+        archive: PathBuf,
+        key_id: String,
+        detail: String,
+    },
     #[error("{archive}: gemba-manifest.json: {detail}")]
     Manifest { archive: PathBuf, detail: String },
     #[error("{archive}: entry {path:?}: {why}; refused")]
-    UnsafeEntry { archive: PathBuf, path: String, why: String },
+    UnsafeEntry {
+        archive: PathBuf,
+        path: String,
+        why: String,
+    },
     #[error("{archive}: extra file: entry {path:?} is not listed in the manifest")]
     Unlisted { archive: PathBuf, path: String },
     #[error("{archive}: entry {path:?} appears twice")]
     Duplicate { archive: PathBuf, path: String },
     #[error("{archive}: {path}: size {actual} bytes, the manifest says {expected}")]
-    SizeMismatch { archive: PathBuf, path: String, expected: u64, actual: u64 },
-    #[error("{archive}: {path}: sha256 {actual}, the manifest says {expected} (tampered or corrupted)")]
-    HashMismatch { archive: PathBuf, path: String, expected: String, actual: String },
+    SizeMismatch {
+        archive: PathBuf,
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "{archive}: {path}: sha256 {actual}, the manifest says {expected} (tampered or corrupted)"
+    )]
+    HashMismatch {
+        archive: PathBuf,
+        path: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{archive}: missing file(s) listed in the manifest: {}", paths.join(", "))]
-    Missing { archive: PathBuf, paths: Vec<String> },
+    Missing {
+        archive: PathBuf,
+        paths: Vec<String>,
+    },
     #[error("bundle {version}: the manifest says model type {manifest} but genai_config.json says {config}")]
-    ModelTypeMismatch { version: String, manifest: String, config: String },
+    ModelTypeMismatch {
+        version: String,
+        manifest: String,
+        config: String,
+    },
     #[error("bundle {version} is for model type {model_type}; this board accepts {accepted} (update.accept_model_types)")]
-    ModelTypeNotAccepted { version: String, model_type: String, accepted: String },
+    ModelTypeNotAccepted {
+        version: String,
+        model_type: String,
+        accepted: String,
+    },
     #[error("bundle {version} needs gemba >= {min}; this is gemba {ours}")]
-    TooNew { version: String, min: String, ours: String },
+    TooNew {
+        version: String,
+        min: String,
+        ours: String,
+    },
     #[error(
         "bundle {version} is older than the installed {current}; refused (a deliberate rollback \
          is packed with `gemba model pack --allow-downgrade`, or use `gemba model rollback`)"
@@ -204,21 +254,42 @@ pub enum UpdateError {
         "bundle {version} needs {needed} bytes unpacked, and {path} has {free} bytes free; nothing \
          was unpacked (run `gemba model gc` or free space)"
     )]
-    NoSpace { version: String, path: PathBuf, needed: u64, free: u64 },
+    NoSpace {
+        version: String,
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     #[error("version {version} is already installed with other content (bundle {installed}, this one {new}); give the new bundle a new version")]
-    VersionConflict { version: String, installed: String, new: String },
+    VersionConflict {
+        version: String,
+        installed: String,
+        new: String,
+    },
     #[error("smoke test: bundle {version} does not load: {error}")]
-    SmokeLoad { version: String, error: crate::model::bundle::BundleError },
+    SmokeLoad {
+        version: String,
+        error: crate::model::bundle::BundleError,
+    },
     #[error("smoke test: bundle {version}: {detail}")]
     SmokeRun { version: String, detail: String },
     #[error("smoke test failed: bundle {version}: the reply to {prompt:?} does not contain {expected:?}; it was {reply:?}")]
-    SmokeFailed { version: String, prompt: String, expected: String, reply: String },
+    SmokeFailed {
+        version: String,
+        prompt: String,
+        expected: String,
+        reply: String,
+    },
     #[error("smoke test: {0}")]
     Runtime(crate::model::runtime::RuntimeError),
     #[error("no daemon to health-check: {detail}; start gemba.service or pass --no-daemon to install without the health gate")]
     NoDaemon { detail: String },
     #[error("health gate failed after switching to {version}: {reason}; rolled back to {rolled_back_to}")]
-    RolledBack { version: String, reason: String, rolled_back_to: String },
+    RolledBack {
+        version: String,
+        reason: String,
+        rolled_back_to: String,
+    },
     #[error("{path}: another update holds the lock{}; try again when it has finished", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { path: PathBuf, holder: Option<u32> },
     #[error("{path}: {detail}")]
@@ -235,7 +306,10 @@ pub enum UpdateError {
 
 impl UpdateError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> UpdateError {
-        UpdateError::Io { path: path.into(), error: source }
+        UpdateError::Io {
+            path: path.into(),
+            error: source,
+        }
     }
 }
 
@@ -276,9 +350,13 @@ mod tests {
         assert_eq!(c.health_hold, Duration::from_secs(900));
         assert_eq!(c.state_dir, UpdateConfig::default().state_dir);
         assert_eq!(c.keep, 3);
-        let e = toml::from_str::<UpdateConfig>("health_timeout = \"soon\"").unwrap_err().to_string();
+        let e = toml::from_str::<UpdateConfig>("health_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("soon") && e.contains("30s"), "{e}");
-        let e = toml::from_str::<UpdateConfig>("trusted_key = []").unwrap_err().to_string();
+        let e = toml::from_str::<UpdateConfig>("trusted_key = []")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `trusted_key`"), "{e}");
         let round: UpdateConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 use super::fsutil::{sha256_file, walk};
 use super::keys::SigningKey;
-use super::manifest::{check_path, check_version, FileEntry, Manifest, SmokeSpec, FORMAT, MANIFEST_NAME, SIGNATURE_NAME, SMOKE_FILE};
+use super::manifest::{
+    check_path, check_version, FileEntry, Manifest, SmokeSpec, FORMAT, MANIFEST_NAME,
+    SIGNATURE_NAME, SMOKE_FILE,
+};
 use super::{IoAt, UpdateError};
 
 #[derive(Debug, Clone, Default)]
@@ -63,16 +66,23 @@ pub struct PackSummary {
 
 /// Builds the manifest for `dir` (hashing every file).
 pub fn build_manifest(dir: &Path, opts: &PackOptions) -> Result<Manifest, UpdateError> {
-    let err = |detail: String| UpdateError::Pack { dir: dir.to_path_buf(), detail };
+    let err = |detail: String| UpdateError::Pack {
+        dir: dir.to_path_buf(),
+        detail,
+    };
     check_version(&opts.version).map_err(err)?;
     let cfg_path = dir.join("genai_config.json");
-    let cfg = crate::model::genai_config::GenaiConfig::load(&cfg_path).map_err(|e| err(e.to_string()))?;
+    let cfg =
+        crate::model::genai_config::GenaiConfig::load(&cfg_path).map_err(|e| err(e.to_string()))?;
     let smoke = match &opts.smoke {
         Some(s) => s.clone(),
         None => {
             let p = dir.join(SMOKE_FILE);
             if !p.is_file() {
-                return Err(err(format!("no smoke test: pass --smoke-prompt and --expect-contains, or write {}", p.display())));
+                return Err(err(format!(
+                    "no smoke test: pass --smoke-prompt and --expect-contains, or write {}",
+                    p.display()
+                )));
             }
             let text = std::fs::read(&p).at(&p)?;
             serde_json::from_slice(&text).map_err(|e| err(format!("{}: {e}", p.display())))?
@@ -84,17 +94,26 @@ pub fn build_manifest(dir: &Path, opts: &PackOptions) -> Result<Manifest, Update
             continue;
         }
         if !meta.file_type().is_file() {
-            return Err(err(format!("{rel}: not a regular file (links and special files cannot be packed)")));
+            return Err(err(format!(
+                "{rel}: not a regular file (links and special files cannot be packed)"
+            )));
         }
         check_path(&rel).map_err(|p| err(format!("{rel}: {p}")))?;
         let (sha256, size) = sha256_file(&abs)?;
-        files.push(FileEntry { path: rel, size, sha256 });
+        files.push(FileEntry {
+            path: rel,
+            size,
+            sha256,
+        });
     }
     let m = Manifest {
         format: FORMAT.into(),
         version: opts.version.clone(),
         name: opts.name.clone(),
-        min_gemba: opts.min_gemba.clone().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+        min_gemba: opts
+            .min_gemba
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         model_type: cfg.model.model_type.clone(),
         smoke,
         files,
@@ -106,7 +125,12 @@ pub fn build_manifest(dir: &Path, opts: &PackOptions) -> Result<Manifest, Update
 
 /// The trusted comment signed with every manifest.
 pub fn trusted_comment(m: &Manifest) -> String {
-    format!("timestamp:{} gemba bundle {} ({})", chrono::Utc::now().timestamp(), m.version, m.model_type)
+    format!(
+        "timestamp:{} gemba bundle {} ({})",
+        chrono::Utc::now().timestamp(),
+        m.version,
+        m.model_type
+    )
 }
 
 /// Who signs the manifest.
@@ -117,11 +141,19 @@ pub enum Signer<'a> {
     /// gemba-manifest.json` on an offline machine, over the bytes `--manifest-only` wrote; the
     /// manifest is deterministic, so packing again reproduces them). Checked against `trusted`
     /// when given.
-    Detached { signature: String, trusted: Option<&'a super::keys::TrustedKeys> },
+    Detached {
+        signature: String,
+        trusted: Option<&'a super::keys::TrustedKeys>,
+    },
 }
 
 /// Packs `dir` into `out`, signed with `key`.
-pub fn pack(dir: &Path, key: &SigningKey, opts: &PackOptions, out: &Path) -> Result<PackSummary, UpdateError> {
+pub fn pack(
+    dir: &Path,
+    key: &SigningKey,
+    opts: &PackOptions,
+    out: &Path,
+) -> Result<PackSummary, UpdateError> {
     pack_signed(dir, Signer::Key(key), opts, out)
 }
 
@@ -133,7 +165,12 @@ pub fn write_manifest(dir: &Path, opts: &PackOptions, out: &Path) -> Result<Stri
 }
 
 /// Packs `dir` into `out` with the manifest signed by `signer`.
-pub fn pack_signed(dir: &Path, signer: Signer, opts: &PackOptions, out: &Path) -> Result<PackSummary, UpdateError> {
+pub fn pack_signed(
+    dir: &Path,
+    signer: Signer,
+    opts: &PackOptions,
+    out: &Path,
+) -> Result<PackSummary, UpdateError> {
     let compression = Compression::from_path(out).ok_or_else(|| UpdateError::Pack {
         dir: dir.to_path_buf(),
         detail: format!("{}: the output must end in .tar or .tar.zst", out.display()),
@@ -141,19 +178,27 @@ pub fn pack_signed(dir: &Path, signer: Signer, opts: &PackOptions, out: &Path) -
     let manifest = build_manifest(dir, opts)?;
     let bytes = manifest.to_bytes();
     let (sig, key_id) = match signer {
-        Signer::Key(key) => (key.sign(&bytes, &trusted_comment(&manifest)), key.id.clone()),
+        Signer::Key(key) => (
+            key.sign(&bytes, &trusted_comment(&manifest)),
+            key.id.clone(),
+        ),
         Signer::Detached { signature, trusted } => {
             let id = match trusted {
                 Some(t) => t.verify(Path::new(MANIFEST_NAME), &bytes, &signature)?,
                 None => minisign::SignatureBox::from_string(&signature)
                     .map(|b| super::keys::key_id(b.keynum()))
-                    .map_err(|e| UpdateError::Pack { dir: dir.to_path_buf(), detail: format!("--signature: not a minisign signature: {e}") })?,
+                    .map_err(|e| UpdateError::Pack {
+                        dir: dir.to_path_buf(),
+                        detail: format!("--signature: not a minisign signature: {e}"),
+                    })?,
             };
             (signature, id)
         }
     };
-    let mut entries: Vec<(String, EntrySource)> =
-        vec![(MANIFEST_NAME.into(), EntrySource::Bytes(bytes.clone())), (SIGNATURE_NAME.into(), EntrySource::Bytes(sig.into_bytes()))];
+    let mut entries: Vec<(String, EntrySource)> = vec![
+        (MANIFEST_NAME.into(), EntrySource::Bytes(bytes.clone())),
+        (SIGNATURE_NAME.into(), EntrySource::Bytes(sig.into_bytes())),
+    ];
     for f in &manifest.files {
         entries.push((f.path.clone(), EntrySource::File(dir.join(&f.path))));
     }
@@ -175,7 +220,12 @@ pub enum EntrySource {
 }
 
 /// Writes regular-file entries, in order, to `out` (temp + rename).
-pub fn write_archive(out: &Path, compression: Compression, level: i32, entries: &[(String, EntrySource)]) -> Result<(), UpdateError> {
+pub fn write_archive(
+    out: &Path,
+    compression: Compression,
+    level: i32,
+    entries: &[(String, EntrySource)],
+) -> Result<(), UpdateError> {
     let tmp = {
         let mut s = out.as_os_str().to_owned();
         s.push(format!(".part.{}", std::process::id()));
@@ -205,7 +255,10 @@ pub fn write_archive(out: &Path, compression: Compression, level: i32, entries: 
     std::fs::rename(&tmp, out).at(out)
 }
 
-fn append_all<W: Write>(mut b: tar::Builder<W>, entries: &[(String, EntrySource)]) -> std::io::Result<W> {
+fn append_all<W: Write>(
+    mut b: tar::Builder<W>,
+    entries: &[(String, EntrySource)],
+) -> std::io::Result<W> {
     b.mode(tar::HeaderMode::Deterministic);
     for (path, src) in entries {
         let mut h = tar::Header::new_gnu();

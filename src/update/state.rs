@@ -20,7 +20,10 @@ pub const PAUSE_ENV: &str = "GEMBA_UPDATE_PAUSE_AFTER";
 /// Stops the process at `point` when [`PAUSE_ENV`] names it.
 pub fn pause_point(point: &str) {
     if std::env::var(PAUSE_ENV).ok().as_deref() == Some(point) {
-        eprintln!("gemba-update: paused after {point} (pid {})", std::process::id());
+        eprintln!(
+            "gemba-update: paused after {point} (pid {})",
+            std::process::id()
+        );
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
@@ -70,12 +73,17 @@ impl State {
 
     /// No update in flight.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, State::Idle | State::Healthy | State::RolledBack { .. } | State::Rejected { .. })
+        matches!(
+            self,
+            State::Idle | State::Healthy | State::RolledBack { .. } | State::Rejected { .. }
+        )
     }
 
     pub fn reason(&self) -> Option<&str> {
         match self {
-            State::RollingBack { reason } | State::RolledBack { reason } | State::Rejected { reason } => Some(reason),
+            State::RollingBack { reason }
+            | State::RolledBack { reason }
+            | State::Rejected { reason } => Some(reason),
             _ => None,
         }
     }
@@ -85,7 +93,10 @@ impl State {
         use State::*;
         match (self, next) {
             (s, Verifying) => s.is_terminal(),
-            (Verifying, Unpacked) | (Unpacked, Smoked) | (Smoked, Switched) | (Switched, Reloaded) => true,
+            (Verifying, Unpacked)
+            | (Unpacked, Smoked)
+            | (Smoked, Switched)
+            | (Switched, Reloaded) => true,
             // Already active (nothing to switch), or the gate skipped with --no-daemon.
             (Verifying, Healthy) | (Switched, Healthy) | (Reloaded, Healthy) => true,
             (Verifying | Unpacked | Smoked, Rejected { .. }) => true,
@@ -167,7 +178,13 @@ pub const HISTORY: usize = 200;
 
 impl Default for UpdateRecord {
     fn default() -> Self {
-        UpdateRecord { schema: 1, state: State::Idle, attempt: None, updated_at: now(), history: Vec::new() }
+        UpdateRecord {
+            schema: 1,
+            state: State::Idle,
+            attempt: None,
+            updated_at: now(),
+            history: Vec::new(),
+        }
     }
 }
 
@@ -181,7 +198,10 @@ pub fn read_record(root: &Path) -> Result<UpdateRecord, UpdateError> {
     match std::fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UpdateRecord::default()),
         Err(e) => Err(UpdateError::io(&path, e)),
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| UpdateError::State { path, detail: format!("not a valid record: {e}") }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| UpdateError::State {
+            path,
+            detail: format!("not a valid record: {e}"),
+        }),
     }
 }
 
@@ -197,7 +217,11 @@ pub struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     pub fn load(root: &Path, observer: Option<Observer<'a>>) -> Result<Machine<'a>, UpdateError> {
-        Ok(Machine { path: root.join("update-state.json"), record: read_record(root)?, observer })
+        Ok(Machine {
+            path: root.join("update-state.json"),
+            record: read_record(root)?,
+            observer,
+        })
     }
 
     pub fn state(&self) -> &State {
@@ -209,7 +233,10 @@ impl<'a> Machine<'a> {
     }
 
     pub fn attempt_mut(&mut self) -> &mut Attempt {
-        self.record.attempt.as_mut().expect("an attempt is in flight")
+        self.record
+            .attempt
+            .as_mut()
+            .expect("an attempt is in flight")
     }
 
     /// Starts an attempt: → Verifying.
@@ -235,7 +262,12 @@ impl<'a> Machine<'a> {
     /// Appends a note to the history without changing state (e.g. a repaired link).
     pub fn note(&mut self, text: String) -> Result<(), UpdateError> {
         log::warn!("update: {text}");
-        self.record.history.push(HistoryEntry { at: now(), state: "note".into(), version: None, reason: Some(text) });
+        self.record.history.push(HistoryEntry {
+            at: now(),
+            state: "note".into(),
+            version: None,
+            reason: Some(text),
+        });
         self.save()
     }
 
@@ -245,7 +277,11 @@ impl<'a> Machine<'a> {
         } else {
             Err(UpdateError::State {
                 path: self.path.clone(),
-                detail: format!("transition {} → {} is not allowed (a bug)", self.record.state.name(), next.name()),
+                detail: format!(
+                    "transition {} → {} is not allowed (a bug)",
+                    self.record.state.name(),
+                    next.name()
+                ),
             })
         }
     }
@@ -266,8 +302,16 @@ impl<'a> Machine<'a> {
         self.record.updated_at = now();
         self.persist()?;
         match self.record.state.reason() {
-            Some(r) => log::warn!("update {}: {} ({r})", version.as_deref().unwrap_or("?"), self.record.state.name()),
-            None => log::info!("update {}: {}", version.as_deref().unwrap_or("?"), self.record.state.name()),
+            Some(r) => log::warn!(
+                "update {}: {} ({r})",
+                version.as_deref().unwrap_or("?"),
+                self.record.state.name()
+            ),
+            None => log::info!(
+                "update {}: {}",
+                version.as_deref().unwrap_or("?"),
+                self.record.state.name()
+            ),
         }
         if let Some(obs) = self.observer {
             obs(&self.record.state, self.record.attempt.as_ref());
@@ -352,12 +396,29 @@ mod tests {
             note: None,
         })
         .unwrap();
-        m.transition_to(State::Rejected { reason: "bad".into() }).unwrap();
+        m.transition_to(State::Rejected {
+            reason: "bad".into(),
+        })
+        .unwrap();
         assert!(m.transition_to(State::Switched).is_err());
         let r = read_record(dir.path()).unwrap();
-        assert_eq!(r.state, State::Rejected { reason: "bad".into() });
-        assert_eq!(r.history.iter().map(|h| h.state.as_str()).collect::<Vec<_>>(), ["verifying", "rejected"]);
+        assert_eq!(
+            r.state,
+            State::Rejected {
+                reason: "bad".into()
+            }
+        );
+        assert_eq!(
+            r.history
+                .iter()
+                .map(|h| h.state.as_str())
+                .collect::<Vec<_>>(),
+            ["verifying", "rejected"]
+        );
         let text = std::fs::read_to_string(dir.path().join("update-state.json")).unwrap();
-        assert!(text.contains("\"state\": \"rejected\"") && text.contains("\"reason\": \"bad\""), "{text}");
+        assert!(
+            text.contains("\"state\": \"rejected\"") && text.contains("\"reason\": \"bad\""),
+            "{text}"
+        );
     }
 }

@@ -24,7 +24,10 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 
 use super::keys::TrustedKeys;
-use super::manifest::{bundle_hash, check_path, Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_NAME};
+use super::manifest::{
+    bundle_hash, check_path, Manifest, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+};
 use super::{IoAt, UpdateError};
 
 /// A manifest whose signature checked out.
@@ -89,21 +92,42 @@ pub fn verify_archive(
     progress: &indicatif::ProgressBar,
 ) -> Result<Verified, UpdateError> {
     let file = File::open(archive).at(archive)?;
-    let mut raw = BufReader::with_capacity(1 << 16, RawReader { inner: file, hash: Sha256::new(), bytes: 0 });
-    let zstd = raw.fill_buf().at(archive)?.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]);
+    let mut raw = BufReader::with_capacity(
+        1 << 16,
+        RawReader {
+            inner: file,
+            hash: Sha256::new(),
+            bytes: 0,
+        },
+    );
+    let zstd = raw
+        .fill_buf()
+        .at(archive)?
+        .starts_with(&[0x28, 0xB5, 0x2F, 0xFD]);
     let eof = Rc::new(Cell::new(false));
     let stream: Box<dyn Read + '_> = if zstd {
-        Box::new(EofFlag { inner: zstd::Decoder::with_buffer(&mut raw).at(archive)?, eof: eof.clone() })
+        Box::new(EofFlag {
+            inner: zstd::Decoder::with_buffer(&mut raw).at(archive)?,
+            eof: eof.clone(),
+        })
     } else {
-        Box::new(EofFlag { inner: &mut raw, eof: eof.clone() })
+        Box::new(EofFlag {
+            inner: &mut raw,
+            eof: eof.clone(),
+        })
     };
     let mut tar = tar::Archive::new(stream);
-    let signed = read_entries(archive, &mut tar, keys, policy, dest, progress, &eof).map_err(|e| classify(archive, e, &eof))?;
+    let signed = read_entries(archive, &mut tar, keys, policy, dest, progress, &eof)
+        .map_err(|e| classify(archive, e, &eof))?;
     drop(tar);
     // The rest of the raw file (tar's trailing zero blocks, zstd's frame end) for the archive hash.
     std::io::copy(&mut raw, &mut std::io::sink()).at(archive)?;
     let raw = raw.into_inner();
-    Ok(Verified { signed, archive_sha256: hex::encode(raw.hash.finalize()), archive_bytes: raw.bytes })
+    Ok(Verified {
+        signed,
+        archive_sha256: hex::encode(raw.hash.finalize()),
+        archive_bytes: raw.bytes,
+    })
 }
 
 /// Errors while reading are either ours (already precise) or the stream's; a stream error at end
@@ -125,10 +149,19 @@ fn classify(archive: &Path, e: ReadErr, eof: &Cell<bool>) -> UpdateError {
         ReadErr::Stream(io) => {
             let detail = readable(&io.to_string());
             // zstd reports a cut frame as an error once its input is exhausted.
-            if eof.get() || io.kind() == std::io::ErrorKind::UnexpectedEof || detail.contains("incomplete frame") {
-                UpdateError::Truncated { archive: archive.to_path_buf(), detail }
+            if eof.get()
+                || io.kind() == std::io::ErrorKind::UnexpectedEof
+                || detail.contains("incomplete frame")
+            {
+                UpdateError::Truncated {
+                    archive: archive.to_path_buf(),
+                    detail,
+                }
             } else {
-                UpdateError::Corrupt { archive: archive.to_path_buf(), detail }
+                UpdateError::Corrupt {
+                    archive: archive.to_path_buf(),
+                    detail,
+                }
             }
         }
     }
@@ -139,13 +172,19 @@ fn classify(archive: &Path, e: ReadErr, eof: &Cell<bool>) -> UpdateError {
 /// invalid UTF-8) on the terminal. Such a message says what it means instead; any other keeps
 /// its text with unprintable characters escaped, cut at 200 characters.
 fn readable(detail: &str) -> String {
-    let binary = detail.chars().any(|c| c == char::REPLACEMENT_CHARACTER || (c.is_control() && c != ' '));
+    let binary = detail
+        .chars()
+        .any(|c| c == char::REPLACEMENT_CHARACTER || (c.is_control() && c != ' '));
     if detail.starts_with("numeric field") && (binary || detail.contains("when getting")) {
         return "a header is not a tar header (a numeric field holds other bytes): this is not a tar archive, \
                 or it is corrupt; bundles are the .tar or .tar.zst files `gemba model pack` makes"
             .into();
     }
-    let mut out: String = detail.chars().flat_map(char::escape_debug).take(200).collect();
+    let mut out: String = detail
+        .chars()
+        .flat_map(char::escape_debug)
+        .take(200)
+        .collect();
     if out.len() < detail.escape_debug().map(char::len_utf8).sum::<usize>() {
         out.push('…');
     }
@@ -172,15 +211,31 @@ fn kind_name(t: tar::EntryType) -> &'static str {
     }
 }
 
-fn read_small(entry: &mut tar::Entry<impl Read>, limit: u64, what: &str, archive: &Path) -> Result<Vec<u8>, ReadErr> {
+fn read_small(
+    entry: &mut tar::Entry<impl Read>,
+    limit: u64,
+    what: &str,
+    archive: &Path,
+) -> Result<Vec<u8>, ReadErr> {
     let size = entry.header().size().map_err(ReadErr::Stream)?;
     if size > limit {
-        return Err(UpdateError::Manifest { archive: archive.to_path_buf(), detail: format!("{what} is {size} bytes; the limit is {limit}") }.into());
+        return Err(UpdateError::Manifest {
+            archive: archive.to_path_buf(),
+            detail: format!("{what} is {size} bytes; the limit is {limit}"),
+        }
+        .into());
     }
     let mut buf = Vec::with_capacity(size as usize);
-    entry.take(limit).read_to_end(&mut buf).map_err(ReadErr::Stream)?;
+    entry
+        .take(limit)
+        .read_to_end(&mut buf)
+        .map_err(ReadErr::Stream)?;
     if (buf.len() as u64) < size {
-        return Err(UpdateError::Truncated { archive: archive.to_path_buf(), detail: format!("{what} ends after {} of {size} bytes", buf.len()) }.into());
+        return Err(UpdateError::Truncated {
+            archive: archive.to_path_buf(),
+            detail: format!("{what} ends after {} of {size} bytes", buf.len()),
+        }
+        .into());
     }
     Ok(buf)
 }
@@ -199,16 +254,31 @@ fn read_entries(
     let mut entries = tar.entries().map_err(ReadErr::Stream)?;
     let end = |eof: &Cell<bool>, what: &str| -> ReadErr {
         if eof.get() {
-            UpdateError::Truncated { archive: archive.to_path_buf(), detail: format!("the archive ends before {what}") }.into()
+            UpdateError::Truncated {
+                archive: archive.to_path_buf(),
+                detail: format!("the archive ends before {what}"),
+            }
+            .into()
         } else {
-            UpdateError::Corrupt { archive: archive.to_path_buf(), detail: format!("empty archive (no {what})") }.into()
+            UpdateError::Corrupt {
+                archive: archive.to_path_buf(),
+                detail: format!("empty archive (no {what})"),
+            }
+            .into()
         }
     };
 
     // Entry 0: the manifest.
-    let mut e0 = entries.next().ok_or_else(|| end(eof, "the manifest"))?.map_err(ReadErr::Stream)?;
+    let mut e0 = entries
+        .next()
+        .ok_or_else(|| end(eof, "the manifest"))?
+        .map_err(ReadErr::Stream)?;
     if !(is_regular(&e0) && &*e0.path_bytes() == MANIFEST_NAME.as_bytes()) {
-        return Err(UpdateError::NoManifest { archive: a(), found: describe(&e0) }.into());
+        return Err(UpdateError::NoManifest {
+            archive: a(),
+            found: describe(&e0),
+        }
+        .into());
     }
     let bytes = read_small(&mut e0, MAX_MANIFEST_BYTES, MANIFEST_NAME, archive)?;
     drop(e0);
@@ -216,19 +286,41 @@ fn read_entries(
     // Entry 1: its signature, checked before the manifest is trusted for anything.
     let mut e1 = match entries.next() {
         None if eof.get() => return Err(end(eof, "the signature")),
-        None => return Err(UpdateError::NoSignature { archive: a(), found: "the end of the archive".into() }.into()),
+        None => {
+            return Err(UpdateError::NoSignature {
+                archive: a(),
+                found: "the end of the archive".into(),
+            }
+            .into())
+        }
         Some(e) => e.map_err(ReadErr::Stream)?,
     };
     if !(is_regular(&e1) && &*e1.path_bytes() == SIGNATURE_NAME.as_bytes()) {
-        return Err(UpdateError::NoSignature { archive: a(), found: describe(&e1) }.into());
+        return Err(UpdateError::NoSignature {
+            archive: a(),
+            found: describe(&e1),
+        }
+        .into());
     }
     let sig_bytes = read_small(&mut e1, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, archive)?;
     drop(e1);
-    let signature = String::from_utf8(sig_bytes)
-        .map_err(|_| UpdateError::BadSignature { archive: a(), key_id: "?".into(), detail: "the signature is not text".into() })?;
+    let signature = String::from_utf8(sig_bytes).map_err(|_| UpdateError::BadSignature {
+        archive: a(),
+        key_id: "?".into(),
+        detail: "the signature is not text".into(),
+    })?;
     let key_id = keys.verify(archive, &bytes, &signature)?;
-    let manifest = Manifest::parse(&bytes).map_err(|detail| UpdateError::Manifest { archive: a(), detail })?;
-    let signed = SignedManifest { bundle_hash: bundle_hash(&bytes), manifest, bytes, signature, key_id };
+    let manifest = Manifest::parse(&bytes).map_err(|detail| UpdateError::Manifest {
+        archive: a(),
+        detail,
+    })?;
+    let signed = SignedManifest {
+        bundle_hash: bundle_hash(&bytes),
+        manifest,
+        bytes,
+        signature,
+        key_id,
+    };
     policy(&signed)?;
     let manifest = &signed.manifest;
 
@@ -246,36 +338,76 @@ fn read_entries(
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let ty = entry.header().entry_type();
-        let unsafe_entry = |why: String| -> ReadErr { UpdateError::UnsafeEntry { archive: a(), path: shown.clone(), why }.into() };
+        let unsafe_entry = |why: String| -> ReadErr {
+            UpdateError::UnsafeEntry {
+                archive: a(),
+                path: shown.clone(),
+                why,
+            }
+            .into()
+        };
         // Type first: a link is refused as a link, whatever its name.
         match ty {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {}
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-                return Err(unsafe_entry(format!("{} to {target:?} (bundles hold regular files only)", kind_name(ty))));
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                return Err(unsafe_entry(format!(
+                    "{} to {target:?} (bundles hold regular files only)",
+                    kind_name(ty)
+                )));
             }
-            other => return Err(unsafe_entry(format!("{} (bundles hold regular files only)", kind_name(other)))),
+            other => {
+                return Err(unsafe_entry(format!(
+                    "{} (bundles hold regular files only)",
+                    kind_name(other)
+                )))
+            }
         }
         let Ok(path) = std::str::from_utf8(&raw_path) else {
             return Err(unsafe_entry("path is not UTF-8".into()));
         };
-        let path = if ty == tar::EntryType::Directory { path.trim_end_matches('/') } else { path };
+        let path = if ty == tar::EntryType::Directory {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
         check_path(path).map_err(|p| unsafe_entry(p.to_string()))?;
         if ty == tar::EntryType::Directory {
             if !manifest.is_listed_dir(path) {
-                return Err(UpdateError::Unlisted { archive: a(), path: format!("{path}/") }.into());
+                return Err(UpdateError::Unlisted {
+                    archive: a(),
+                    path: format!("{path}/"),
+                }
+                .into());
             }
             continue;
         }
         let Some(listed) = manifest.file(path) else {
-            return Err(UpdateError::Unlisted { archive: a(), path: path.to_string() }.into());
+            return Err(UpdateError::Unlisted {
+                archive: a(),
+                path: path.to_string(),
+            }
+            .into());
         };
         if !seen.insert(path.to_string()) {
-            return Err(UpdateError::Duplicate { archive: a(), path: path.to_string() }.into());
+            return Err(UpdateError::Duplicate {
+                archive: a(),
+                path: path.to_string(),
+            }
+            .into());
         }
         let size = entry.header().size().map_err(ReadErr::Stream)?;
         if size != listed.size {
-            return Err(UpdateError::SizeMismatch { archive: a(), path: path.into(), expected: listed.size, actual: size }.into());
+            return Err(UpdateError::SizeMismatch {
+                archive: a(),
+                path: path.into(),
+                expected: listed.size,
+                actual: size,
+            }
+            .into());
         }
         let mut out = match dest {
             Some(d) => {
@@ -305,11 +437,21 @@ fn read_entries(
             progress.inc(n as u64);
         }
         if got < size {
-            return Err(UpdateError::Truncated { archive: a(), detail: format!("{path} ends after {got} of {size} bytes") }.into());
+            return Err(UpdateError::Truncated {
+                archive: a(),
+                detail: format!("{path} ends after {got} of {size} bytes"),
+            }
+            .into());
         }
         let actual = hex::encode(hash.finalize());
         if actual != listed.sha256 {
-            return Err(UpdateError::HashMismatch { archive: a(), path: path.into(), expected: listed.sha256.clone(), actual }.into());
+            return Err(UpdateError::HashMismatch {
+                archive: a(),
+                path: path.into(),
+                expected: listed.sha256.clone(),
+                actual,
+            }
+            .into());
         }
         if let Some((f, t)) = out {
             f.sync_all().at(&t)?;
@@ -320,14 +462,31 @@ fn read_entries(
         }
     }
     if eof.get() {
-        return Err(UpdateError::Truncated { archive: a(), detail: "no end-of-archive marker".into() }.into());
+        return Err(UpdateError::Truncated {
+            archive: a(),
+            detail: "no end-of-archive marker".into(),
+        }
+        .into());
     }
-    let missing: Vec<String> = manifest.files.iter().filter(|f| !seen.contains(&f.path)).map(|f| f.path.clone()).collect();
+    let missing: Vec<String> = manifest
+        .files
+        .iter()
+        .filter(|f| !seen.contains(&f.path))
+        .map(|f| f.path.clone())
+        .collect();
     if !missing.is_empty() {
-        return Err(UpdateError::Missing { archive: a(), paths: missing }.into());
+        return Err(UpdateError::Missing {
+            archive: a(),
+            paths: missing,
+        }
+        .into());
     }
     if let Some(d) = dest {
-        for dir in made_dirs.iter().rev().chain(std::iter::once(&d.to_path_buf())) {
+        for dir in made_dirs
+            .iter()
+            .rev()
+            .chain(std::iter::once(&d.to_path_buf()))
+        {
             super::fsutil::fsync_dir(dir)?;
         }
     }
@@ -335,7 +494,10 @@ fn read_entries(
 }
 
 fn is_regular(e: &tar::Entry<impl Read>) -> bool {
-    matches!(e.header().entry_type(), tar::EntryType::Regular | tar::EntryType::Continuous)
+    matches!(
+        e.header().entry_type(),
+        tar::EntryType::Regular | tar::EntryType::Continuous
+    )
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
@@ -351,11 +513,17 @@ mod tests {
     fn reader_errors_never_carry_raw_binary() {
         let tar_err = "numeric field did not have utf-8 text: \u{fffd}\u{1}rMK when getting cksum for \t\u{fffd}x";
         let r = readable(tar_err);
-        assert!(r.contains("not a tar archive") && !r.contains('\u{fffd}'), "{r}");
+        assert!(
+            r.contains("not a tar archive") && !r.contains('\u{fffd}'),
+            "{r}"
+        );
         let r = readable("odd \u{7}bell and \u{1b}[31mcolour");
         assert!(!r.chars().any(|c| c.is_control()), "{r}");
         assert!(r.contains("\\u{7}"), "{r}");
-        assert_eq!(readable("archive header checksum mismatch"), "archive header checksum mismatch");
+        assert_eq!(
+            readable("archive header checksum mismatch"),
+            "archive header checksum mismatch"
+        );
         assert!(readable(&"x".repeat(500)).ends_with('…'));
     }
 }

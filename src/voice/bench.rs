@@ -60,15 +60,47 @@ pub struct VoiceBench {
 
 impl std::fmt::Display for VoiceBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "voice bench: {} — {:?}, {} runs (medians)", self.model, self.question, self.repeat)?;
+        writeln!(
+            f,
+            "voice bench: {} — {:?}, {} runs (medians)",
+            self.model, self.question, self.repeat
+        )?;
         writeln!(f, "  end-of-speech wait (voice.vad.end_silence)  {:>8.1} ms (a setting, not counted below)", self.end_silence_ms)?;
-        writeln!(f, "  peer: decoder prefill                      {:>8.1} ms", self.peer_prefill_ms)?;
-        writeln!(f, "  peer: decoder prefill + decode to sentence {:>8.1} ms", self.peer_decoder_first_sentence_ms)?;
-        writeln!(f, "  peer: ask → first sentence (all of it)     {:>8.1} ms", self.peer_first_sentence_ms)?;
-        writeln!(f, "  gemba: end of speech → first sentence      {:>8.1} ms", self.first_sentence_after_speech_ms)?;
-        writeln!(f, "  gemba: end of speech → first audio sample  {:>8.1} ms", self.first_audio_after_speech_ms)?;
-        writeln!(f, "  overhead over the peer (to first sentence) {:>8.1} ms", self.overhead_ms)?;
-        writeln!(f, "  first sentence → first audio sample        {:>8.1} ms", self.speech_start_ms)?;
+        writeln!(
+            f,
+            "  peer: decoder prefill                      {:>8.1} ms",
+            self.peer_prefill_ms
+        )?;
+        writeln!(
+            f,
+            "  peer: decoder prefill + decode to sentence {:>8.1} ms",
+            self.peer_decoder_first_sentence_ms
+        )?;
+        writeln!(
+            f,
+            "  peer: ask → first sentence (all of it)     {:>8.1} ms",
+            self.peer_first_sentence_ms
+        )?;
+        writeln!(
+            f,
+            "  gemba: end of speech → first sentence      {:>8.1} ms",
+            self.first_sentence_after_speech_ms
+        )?;
+        writeln!(
+            f,
+            "  gemba: end of speech → first audio sample  {:>8.1} ms",
+            self.first_audio_after_speech_ms
+        )?;
+        writeln!(
+            f,
+            "  overhead over the peer (to first sentence) {:>8.1} ms",
+            self.overhead_ms
+        )?;
+        writeln!(
+            f,
+            "  first sentence → first audio sample        {:>8.1} ms",
+            self.speech_start_ms
+        )?;
         writeln!(f, "  first sentence: {:?}", self.first_sentence)
     }
 }
@@ -86,26 +118,58 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench_frame(path: Option<&Path>) -> anyhow::Result<Frame> {
     let (w, h, rgb) = match path {
         Some(p) => {
-            let img = image::open(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.to_rgb8();
+            let img = image::open(p)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                .to_rgb8();
             (img.width(), img.height(), img.into_raw())
         }
         None => (320, 240, vec![128u8; 320 * 240 * 3]),
     };
-    Ok(Frame { camera: "press-2".into(), seq: 0, captured_at: SystemTime::now(), width: w, height: h, rgb: Arc::new(rgb) })
+    Ok(Frame {
+        camera: "press-2".into(),
+        seq: 0,
+        captured_at: SystemTime::now(),
+        width: w,
+        height: h,
+        rgb: Arc::new(rgb),
+    })
 }
 
 /// Runs the listener over the recording in 32 ms chunks until it decides the question is over.
-fn listen(rt: &'static Runtime, clip: &[f32], end_silence: Duration) -> anyhow::Result<super::listen::Utterance> {
+fn listen(
+    rt: &'static Runtime,
+    clip: &[f32],
+    end_silence: Duration,
+) -> anyhow::Result<super::listen::Utterance> {
     let vad = SileroVad::load(rt, &resolve_model(None)?)?;
     let mut l = Listener::new(
-        ListenConfig { mode: TriggerMode::Vad, segment: SegmentConfig { end_silence, ..SegmentConfig::default() }, pre_roll: Duration::from_millis(300), source: "bench".into() },
+        ListenConfig {
+            mode: TriggerMode::Vad,
+            segment: SegmentConfig {
+                end_silence,
+                ..SegmentConfig::default()
+            },
+            pre_roll: Duration::from_millis(300),
+            source: "bench".into(),
+        },
         Some(Box::new(vad)),
     );
     let mut heard = Vec::new();
     for c in clip.chunks(512) {
-        let chunk = AudioClip { source: "bench".into(), started_at: SystemTime::now(), sample_rate: 16_000, samples: Arc::new(c.to_vec()) };
+        let chunk = AudioClip {
+            source: "bench".into(),
+            started_at: SystemTime::now(),
+            sample_rate: 16_000,
+            samples: Arc::new(c.to_vec()),
+        };
         l.push(&chunk, &mut heard)?;
-        if let Some(u) = heard.drain(..).find_map(|h| if let Heard::Utterance(u) = h { Some(u) } else { None }) {
+        if let Some(u) = heard.drain(..).find_map(|h| {
+            if let Heard::Utterance(u) = h {
+                Some(u)
+            } else {
+                None
+            }
+        }) {
             return Ok(u);
         }
     }
@@ -113,14 +177,26 @@ fn listen(rt: &'static Runtime, clip: &[f32], end_silence: Duration) -> anyhow::
 }
 
 /// Runs the benchmark (`repeat` ≥ 1).
-pub fn run(rt: &'static Runtime, model: &Path, question: &str, frame: Option<&Path>, repeat: usize) -> anyhow::Result<VoiceBench> {
+pub fn run(
+    rt: &'static Runtime,
+    model: &Path,
+    question: &str,
+    frame: Option<&Path>,
+    repeat: usize,
+) -> anyhow::Result<VoiceBench> {
     let end_silence = Duration::from_millis(600);
     // The question: 0.5 s of low noise, the speech, 1 s of silence.
     let mut es = super::tts::Espeak::new("en-us", 170)?;
     let mut raw = Vec::new();
-    es.synthesize(question, &std::sync::atomic::AtomicBool::new(false), &mut |s| raw.extend_from_slice(s))?;
+    es.synthesize(
+        question,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |s| raw.extend_from_slice(s),
+    )?;
     let speech = Resampler::convert(es.sample_rate(), 16_000, &raw);
-    let mut clip: Vec<f32> = (0..8_000).map(|i| 0.002 * ((i * 7919 % 97) as f32 / 48.0 - 1.0)).collect();
+    let mut clip: Vec<f32> = (0..8_000)
+        .map(|i| 0.002 * ((i * 7919 % 97) as f32 / 48.0 - 1.0))
+        .collect();
     clip.extend(speech);
     clip.extend(std::iter::repeat_n(0.0, 16_000));
     let frame = bench_frame(frame)?;
@@ -132,7 +208,11 @@ pub fn run(rt: &'static Runtime, model: &Path, question: &str, frame: Option<&Pa
     params.max_new_tokens = Some(64);
     // The peer gets the same utterance the listener cuts.
     let utterance = listen(rt, &clip, end_silence)?.clip;
-    let input = AskInput { text: String::new(), frames: vec![frame.clone()], audio: vec![utterance] };
+    let input = AskInput {
+        text: String::new(),
+        frames: vec![frame.clone()],
+        audio: vec![utterance],
+    };
     let (mut peer_fs, mut peer_dec, mut peer_prefill) = (Vec::new(), Vec::new(), Vec::new());
     let mut first_sentence = String::new();
     for i in 0..repeat + 1 {
@@ -157,7 +237,8 @@ pub fn run(rt: &'static Runtime, model: &Path, question: &str, frame: Option<&Pa
 
     // gemba's path: listener → worker thread → speaker.
     let progress = crate::systemd::Progress::new();
-    let worker = Worker::spawn(rt, model, &policy, progress.stage("worker")).map_err(|e| anyhow::anyhow!(e))?;
+    let worker = Worker::spawn(rt, model, &policy, progress.stage("worker"))
+        .map_err(|e| anyhow::anyhow!(e))?;
     let tts = super::tts::build(&TtsSettings::default(), Some(rt))?;
     let output = Output::open(&OutputTarget::None, tts.sample_rate())?;
     let voice = Voice::new(tts, output);
@@ -168,8 +249,19 @@ pub fn run(rt: &'static Runtime, model: &Path, question: &str, frame: Option<&Pa
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         worker
             .submit(Job::Ask {
-                input: AskInput { text: String::new(), frames: vec![frame.clone()], audio: vec![u.clip.clone()] },
-                settings: AskSettings { system_prompt: None, max_new_tokens: 64, deadline: Duration::from_secs(120), overrides: Default::default(), speculate: false, prefix_cache: Default::default() },
+                input: AskInput {
+                    text: String::new(),
+                    frames: vec![frame.clone()],
+                    audio: vec![u.clip.clone()],
+                },
+                settings: AskSettings {
+                    system_prompt: None,
+                    max_new_tokens: 64,
+                    deadline: Duration::from_secs(120),
+                    overrides: Default::default(),
+                    speculate: false,
+                    prefix_cache: Default::default(),
+                },
                 cancel: CancelToken::new(),
                 events: tx,
             })
@@ -186,7 +278,10 @@ pub fn run(rt: &'static Runtime, model: &Path, question: &str, frame: Option<&Pa
             continue;
         }
         let t = spoken.timings;
-        if let (Some(fs), Some(fa)) = (t.first_sentence_after_speech_ms, t.first_audio_after_speech_ms) {
+        if let (Some(fs), Some(fa)) = (
+            t.first_sentence_after_speech_ms,
+            t.first_audio_after_speech_ms,
+        ) {
             g_fs.push(fs);
             g_fa.push(fa);
             start.push(fa - fs);

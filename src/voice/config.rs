@@ -113,7 +113,9 @@ pub struct MicSettings {
 impl MicSettings {
     pub fn pace(&self) -> Pace {
         match self.source {
-            MicSource::Wav { realtime: false, .. } => Pace::Fast,
+            MicSource::Wav {
+                realtime: false, ..
+            } => Pace::Fast,
             _ => Pace::RealTime,
         }
     }
@@ -163,68 +165,120 @@ fn format_of(key: &str, s: Option<&str>) -> Result<SampleFormat, KeyError> {
     match s.unwrap_or("i16") {
         "i16" | "s16" | "s16le" => Ok(SampleFormat::I16),
         "f32" | "float" => Ok(SampleFormat::F32),
-        other => Err((key.into(), format!("\"{other}\" is not a sample format (i16, f32)"))),
+        other => Err((
+            key.into(),
+            format!("\"{other}\" is not a sample format (i16, f32)"),
+        )),
     }
 }
 
 /// Validates `[microphone]`; `abs` resolves relative paths against the config's directory.
-pub fn validate_microphone(raw: RawMicrophone, abs: &dyn Fn(PathBuf) -> PathBuf) -> Result<MicSettings, KeyError> {
+pub fn validate_microphone(
+    raw: RawMicrophone,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<MicSettings, KeyError> {
     let name = raw.name.unwrap_or_else(|| "mic".into());
     if name.is_empty() {
         return Err(("microphone.name".into(), "must not be empty".into()));
     }
-    let chunk = raw.chunk.unwrap_or(HumanDuration(Duration::from_millis(32)));
+    let chunk = raw
+        .chunk
+        .unwrap_or(HumanDuration(Duration::from_millis(32)));
     if chunk.0 < Duration::from_millis(1) || chunk.0 > Duration::from_secs(1) {
-        return Err(("microphone.chunk".into(), format!("{:?} is out of range 1ms–1s", chunk.0)));
+        return Err((
+            "microphone.chunk".into(),
+            format!("{:?} is out of range 1ms–1s", chunk.0),
+        ));
     }
     // Checked wherever they are written, even where the kind ignores them (a WAV has its own).
     let rate = raw.rate.unwrap_or(16_000);
     if !(8_000..=192_000).contains(&rate) {
-        return Err(("microphone.rate".into(), format!("{rate} Hz is out of range 8000–192000")));
+        return Err((
+            "microphone.rate".into(),
+            format!("{rate} Hz is out of range 8000–192000"),
+        ));
     }
     let channels = raw.channels.unwrap_or(1);
     if !(1..=32).contains(&channels) {
-        return Err(("microphone.channels".into(), format!("{channels} is out of range 1–32")));
+        return Err((
+            "microphone.channels".into(),
+            format!("{channels} is out of range 1–32"),
+        ));
     }
     let source = match raw.kind.as_deref().unwrap_or("cpal") {
-        "cpal" | "alsa" => {
-            MicSource::Cpal {
-                device: raw.device.unwrap_or_else(|| "default".into()),
-                format: format_of("microphone.format", raw.format.as_deref())?,
-                rate,
-                channels,
-            }
-        }
+        "cpal" | "alsa" => MicSource::Cpal {
+            device: raw.device.unwrap_or_else(|| "default".into()),
+            format: format_of("microphone.format", raw.format.as_deref())?,
+            rate,
+            channels,
+        },
         "wav" => MicSource::Wav {
-            path: abs(raw.path.ok_or_else(|| ("microphone.path".to_string(), "a wav microphone needs a path".to_string()))?),
+            path: abs(raw.path.ok_or_else(|| {
+                (
+                    "microphone.path".to_string(),
+                    "a wav microphone needs a path".to_string(),
+                )
+            })?),
             realtime: match raw.pace.as_deref().unwrap_or("realtime") {
                 "realtime" => true,
                 "fast" => false,
-                other => return Err(("microphone.pace".into(), format!("\"{other}\" is not a pace (realtime, fast)"))),
+                other => {
+                    return Err((
+                        "microphone.pace".into(),
+                        format!("\"{other}\" is not a pace (realtime, fast)"),
+                    ))
+                }
             },
         },
-        other => return Err(("microphone.kind".into(), format!("\"{other}\" is not a microphone kind (cpal, wav)"))),
+        other => {
+            return Err((
+                "microphone.kind".into(),
+                format!("\"{other}\" is not a microphone kind (cpal, wav)"),
+            ))
+        }
     };
-    Ok(MicSettings { name, source, chunk })
+    Ok(MicSettings {
+        name,
+        source,
+        chunk,
+    })
 }
 
 /// Validates `[voice]` against the cameras the config defines.
-pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf) -> PathBuf) -> Result<Option<VoiceSettings>, KeyError> {
+pub fn validate_voice(
+    raw: RawVoice,
+    camera_names: &[&str],
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<VoiceSettings>, KeyError> {
     if raw.enabled == Some(false) {
         return Ok(None);
     }
     let trigger = match raw.trigger.as_deref().unwrap_or("vad") {
         "vad" => TriggerMode::Vad,
         "push_to_talk" | "push-to-talk" | "ptt" => TriggerMode::PushToTalk,
-        other => return Err(("voice.trigger".into(), format!("\"{other}\" is not a trigger (vad, push_to_talk)"))),
+        other => {
+            return Err((
+                "voice.trigger".into(),
+                format!("\"{other}\" is not a trigger (vad, push_to_talk)"),
+            ))
+        }
     };
     if trigger == TriggerMode::PushToTalk && raw.push_to_talk.is_none() {
-        return Err(("voice.push_to_talk".into(), "trigger = \"push_to_talk\" needs a FIFO path here (e.g. /run/gemba/talk)".into()));
+        return Err((
+            "voice.push_to_talk".into(),
+            "trigger = \"push_to_talk\" needs a FIFO path here (e.g. /run/gemba/talk)".into(),
+        ));
     }
     let cameras = raw.cameras.unwrap_or_default();
     for (i, c) in cameras.iter().enumerate() {
         if !camera_names.contains(&c.as_str()) {
-            return Err((format!("voice.cameras[{i}]"), format!("\"{c}\" is not a configured camera (cameras: {})", camera_names.join(", "))));
+            return Err((
+                format!("voice.cameras[{i}]"),
+                format!(
+                    "\"{c}\" is not a configured camera (cameras: {})",
+                    camera_names.join(", ")
+                ),
+            ));
         }
     }
     let prompt = raw.prompt.unwrap_or_else(|| DEFAULT_PROMPT.into());
@@ -235,17 +289,26 @@ pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf
     let out_format = format_of("voice.output_format", raw.output_format.as_deref())?;
     let out_channels = raw.output_channels.unwrap_or(1);
     if !(1..=32).contains(&out_channels) {
-        return Err(("voice.output_channels".into(), format!("{out_channels} is out of range 1–32")));
+        return Err((
+            "voice.output_channels".into(),
+            format!("{out_channels} is out of range 1–32"),
+        ));
     }
     if let Some(r) = raw.output_rate {
         if !(8_000..=192_000).contains(&r) {
-            return Err(("voice.output_rate".into(), format!("{r} Hz is out of range 8000–192000")));
+            return Err((
+                "voice.output_rate".into(),
+                format!("{r} Hz is out of range 8000–192000"),
+            ));
         }
     }
     let mut output = OutputTarget::parse(&output_spec, out_format, raw.output_rate, out_channels);
     if let OutputTarget::File { path, .. } = &mut output {
         if path.as_os_str().is_empty() {
-            return Err(("voice.output".into(), "\"file:\" needs a path (file:/var/lib/gemba/spoken.wav)".into()));
+            return Err((
+                "voice.output".into(),
+                "\"file:\" needs a path (file:/var/lib/gemba/spoken.wav)".into(),
+            ));
         }
         *path = abs(path.clone());
     }
@@ -253,44 +316,96 @@ pub fn validate_voice(raw: RawVoice, camera_names: &[&str], abs: &dyn Fn(PathBuf
         "espeak-ng" | "espeak" => {
             let speed = raw.espeak_speed.unwrap_or(175);
             if !(80..=450).contains(&speed) {
-                return Err(("voice.espeak_speed".into(), format!("{speed} words per minute is out of range 80–450")));
+                return Err((
+                    "voice.espeak_speed".into(),
+                    format!("{speed} words per minute is out of range 80–450"),
+                ));
             }
-            TtsSettings::EspeakNg { voice: raw.espeak_voice.unwrap_or_else(|| "en-us".into()), speed }
+            TtsSettings::EspeakNg {
+                voice: raw.espeak_voice.unwrap_or_else(|| "en-us".into()),
+                speed,
+            }
         }
         "piper" => TtsSettings::Piper {
-            model: abs(raw.piper_model.ok_or_else(|| ("voice.piper_model".to_string(), "tts = \"piper\" needs the voice's .onnx (with its .onnx.json beside it)".to_string()))?),
+            model: abs(raw.piper_model.ok_or_else(|| {
+                (
+                    "voice.piper_model".to_string(),
+                    "tts = \"piper\" needs the voice's .onnx (with its .onnx.json beside it)"
+                        .to_string(),
+                )
+            })?),
             speaker: raw.piper_speaker,
             espeak_voice: raw.espeak_voice,
         },
-        other => return Err(("voice.tts".into(), format!("\"{other}\" is not a synthesizer (espeak-ng, piper)"))),
+        other => {
+            return Err((
+                "voice.tts".into(),
+                format!("\"{other}\" is not a synthesizer (espeak-ng, piper)"),
+            ))
+        }
     };
     let v = raw.vad;
     let vad = VadSettings {
         model: v.model.map(abs),
         threshold: v.threshold.unwrap_or(0.5),
-        min_speech: v.min_speech.unwrap_or(HumanDuration(Duration::from_millis(250))),
-        end_silence: v.end_silence.unwrap_or(HumanDuration(Duration::from_millis(600))),
-        pre_roll: v.pre_roll.unwrap_or(HumanDuration(Duration::from_millis(300))),
-        max_utterance: v.max_utterance.unwrap_or(HumanDuration(Duration::from_secs(30))),
+        min_speech: v
+            .min_speech
+            .unwrap_or(HumanDuration(Duration::from_millis(250))),
+        end_silence: v
+            .end_silence
+            .unwrap_or(HumanDuration(Duration::from_millis(600))),
+        pre_roll: v
+            .pre_roll
+            .unwrap_or(HumanDuration(Duration::from_millis(300))),
+        max_utterance: v
+            .max_utterance
+            .unwrap_or(HumanDuration(Duration::from_secs(30))),
     };
     if !(0.05..=0.95).contains(&vad.threshold) {
-        return Err(("voice.vad.threshold".into(), format!("{} is out of range 0.05–0.95", vad.threshold)));
+        return Err((
+            "voice.vad.threshold".into(),
+            format!("{} is out of range 0.05–0.95", vad.threshold),
+        ));
     }
-    if vad.end_silence.0 < Duration::from_millis(64) || vad.end_silence.0 > Duration::from_secs(10) {
-        return Err(("voice.vad.end_silence".into(), format!("{:?} is out of range 64ms–10s (two VAD windows at least)", vad.end_silence.0)));
+    if vad.end_silence.0 < Duration::from_millis(64) || vad.end_silence.0 > Duration::from_secs(10)
+    {
+        return Err((
+            "voice.vad.end_silence".into(),
+            format!(
+                "{:?} is out of range 64ms–10s (two VAD windows at least)",
+                vad.end_silence.0
+            ),
+        ));
     }
-    if vad.max_utterance.0 < Duration::from_secs(1) || vad.max_utterance.0 > Duration::from_secs(600) {
-        return Err(("voice.vad.max_utterance".into(), format!("{:?} is out of range 1s–10m", vad.max_utterance.0)));
+    if vad.max_utterance.0 < Duration::from_secs(1)
+        || vad.max_utterance.0 > Duration::from_secs(600)
+    {
+        return Err((
+            "voice.vad.max_utterance".into(),
+            format!("{:?} is out of range 1s–10m", vad.max_utterance.0),
+        ));
     }
     if vad.pre_roll.0 > Duration::from_secs(5) {
-        return Err(("voice.vad.pre_roll".into(), format!("{:?} is out of range 0s–5s", vad.pre_roll.0)));
+        return Err((
+            "voice.vad.pre_roll".into(),
+            format!("{:?} is out of range 0s–5s", vad.pre_roll.0),
+        ));
     }
     if vad.min_speech.0 < Duration::from_millis(32) || vad.min_speech.0 > Duration::from_secs(10) {
-        return Err(("voice.vad.min_speech".into(), format!("{:?} is out of range 32ms–10s (one VAD window at least)", vad.min_speech.0)));
+        return Err((
+            "voice.vad.min_speech".into(),
+            format!(
+                "{:?} is out of range 32ms–10s (one VAD window at least)",
+                vad.min_speech.0
+            ),
+        ));
     }
     if let Some(s) = raw.piper_speaker {
         if !(0..=65_535).contains(&s) {
-            return Err(("voice.piper_speaker".into(), format!("{s} is out of range 0–65535")));
+            return Err((
+                "voice.piper_speaker".into(),
+                format!("{s} is out of range 0–65535"),
+            ));
         }
     }
     Ok(Some(VoiceSettings {
@@ -320,35 +435,151 @@ mod tests {
 
     #[test]
     fn defaults_and_paths() {
-        let v = validate_voice(RawVoice { cameras: Some(vec!["press-2".into()]), output: Some("file:spoken.wav".into()), ..Default::default() }, &["press-2"], &id)
-            .unwrap()
-            .unwrap();
+        let v = validate_voice(
+            RawVoice {
+                cameras: Some(vec!["press-2".into()]),
+                output: Some("file:spoken.wav".into()),
+                ..Default::default()
+            },
+            &["press-2"],
+            &id,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(v.trigger, TriggerMode::Vad);
-        assert_eq!(v.output, OutputTarget::File { path: "/etc/gemba/spoken.wav".into(), paced: true, rate: None });
-        assert_eq!(v.tts, TtsSettings::EspeakNg { voice: "en-us".into(), speed: 175 });
+        assert_eq!(
+            v.output,
+            OutputTarget::File {
+                path: "/etc/gemba/spoken.wav".into(),
+                paced: true,
+                rate: None
+            }
+        );
+        assert_eq!(
+            v.tts,
+            TtsSettings::EspeakNg {
+                voice: "en-us".into(),
+                speed: 175
+            }
+        );
         assert_eq!(v.vad.end_silence.0, Duration::from_millis(600));
         let m = validate_microphone(RawMicrophone::default(), &id).unwrap();
-        assert_eq!(m.source, MicSource::Cpal { device: "default".into(), format: SampleFormat::I16, rate: 16_000, channels: 1 });
-        let w = validate_microphone(RawMicrophone { kind: Some("wav".into()), path: Some("q.wav".into()), pace: Some("fast".into()), ..Default::default() }, &id).unwrap();
-        assert_eq!(w.source, MicSource::Wav { path: "/etc/gemba/q.wav".into(), realtime: false });
+        assert_eq!(
+            m.source,
+            MicSource::Cpal {
+                device: "default".into(),
+                format: SampleFormat::I16,
+                rate: 16_000,
+                channels: 1
+            }
+        );
+        let w = validate_microphone(
+            RawMicrophone {
+                kind: Some("wav".into()),
+                path: Some("q.wav".into()),
+                pace: Some("fast".into()),
+                ..Default::default()
+            },
+            &id,
+        )
+        .unwrap();
+        assert_eq!(
+            w.source,
+            MicSource::Wav {
+                path: "/etc/gemba/q.wav".into(),
+                realtime: false
+            }
+        );
         assert_eq!(w.pace(), Pace::Fast);
-        assert!(validate_voice(RawVoice { enabled: Some(false), ..Default::default() }, &[], &id).unwrap().is_none());
+        assert!(validate_voice(
+            RawVoice {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            &[],
+            &id
+        )
+        .unwrap()
+        .is_none());
     }
 
     #[test]
     fn bad_values_name_their_key() {
         let cases: Vec<(RawVoice, &str)> = vec![
-            (RawVoice { cameras: Some(vec!["nope".into()]), ..Default::default() }, "voice.cameras[0]"),
-            (RawVoice { trigger: Some("clap".into()), ..Default::default() }, "voice.trigger"),
-            (RawVoice { trigger: Some("push_to_talk".into()), ..Default::default() }, "voice.push_to_talk"),
-            (RawVoice { tts: Some("piper".into()), ..Default::default() }, "voice.piper_model"),
-            (RawVoice { tts: Some("sam".into()), ..Default::default() }, "voice.tts"),
-            (RawVoice { output: Some("file:".into()), ..Default::default() }, "voice.output"),
-            (RawVoice { output_format: Some("u8".into()), ..Default::default() }, "voice.output_format"),
-            (RawVoice { prompt: Some("<|audio_1|>".into()), ..Default::default() }, "voice.prompt"),
-            (RawVoice { vad: RawVad { threshold: Some(1.5), ..Default::default() }, ..Default::default() }, "voice.vad.threshold"),
             (
-                RawVoice { vad: RawVad { max_utterance: Some(HumanDuration(Duration::from_secs(3600))), ..Default::default() }, ..Default::default() },
+                RawVoice {
+                    cameras: Some(vec!["nope".into()]),
+                    ..Default::default()
+                },
+                "voice.cameras[0]",
+            ),
+            (
+                RawVoice {
+                    trigger: Some("clap".into()),
+                    ..Default::default()
+                },
+                "voice.trigger",
+            ),
+            (
+                RawVoice {
+                    trigger: Some("push_to_talk".into()),
+                    ..Default::default()
+                },
+                "voice.push_to_talk",
+            ),
+            (
+                RawVoice {
+                    tts: Some("piper".into()),
+                    ..Default::default()
+                },
+                "voice.piper_model",
+            ),
+            (
+                RawVoice {
+                    tts: Some("sam".into()),
+                    ..Default::default()
+                },
+                "voice.tts",
+            ),
+            (
+                RawVoice {
+                    output: Some("file:".into()),
+                    ..Default::default()
+                },
+                "voice.output",
+            ),
+            (
+                RawVoice {
+                    output_format: Some("u8".into()),
+                    ..Default::default()
+                },
+                "voice.output_format",
+            ),
+            (
+                RawVoice {
+                    prompt: Some("<|audio_1|>".into()),
+                    ..Default::default()
+                },
+                "voice.prompt",
+            ),
+            (
+                RawVoice {
+                    vad: RawVad {
+                        threshold: Some(1.5),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                "voice.vad.threshold",
+            ),
+            (
+                RawVoice {
+                    vad: RawVad {
+                        max_utterance: Some(HumanDuration(Duration::from_secs(3600))),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
                 "voice.vad.max_utterance",
             ),
         ];
@@ -357,11 +588,41 @@ mod tests {
             assert_eq!(k, key, "{msg}");
         }
         for (raw, key) in [
-            (RawMicrophone { kind: Some("usb".into()), ..Default::default() }, "microphone.kind"),
-            (RawMicrophone { kind: Some("wav".into()), ..Default::default() }, "microphone.path"),
-            (RawMicrophone { format: Some("s24".into()), ..Default::default() }, "microphone.format"),
-            (RawMicrophone { rate: Some(1000), ..Default::default() }, "microphone.rate"),
-            (RawMicrophone { channels: Some(0), ..Default::default() }, "microphone.channels"),
+            (
+                RawMicrophone {
+                    kind: Some("usb".into()),
+                    ..Default::default()
+                },
+                "microphone.kind",
+            ),
+            (
+                RawMicrophone {
+                    kind: Some("wav".into()),
+                    ..Default::default()
+                },
+                "microphone.path",
+            ),
+            (
+                RawMicrophone {
+                    format: Some("s24".into()),
+                    ..Default::default()
+                },
+                "microphone.format",
+            ),
+            (
+                RawMicrophone {
+                    rate: Some(1000),
+                    ..Default::default()
+                },
+                "microphone.rate",
+            ),
+            (
+                RawMicrophone {
+                    channels: Some(0),
+                    ..Default::default()
+                },
+                "microphone.channels",
+            ),
         ] {
             assert_eq!(validate_microphone(raw, &id).unwrap_err().0, key);
         }

@@ -62,7 +62,10 @@ impl Utterance {
 #[derive(Debug, Clone)]
 pub enum Heard {
     /// Speech confirmed (`min_speech` long, or the talk button pressed) at this stream sample.
-    SpeechStarted { start: u64, at: Instant },
+    SpeechStarted {
+        start: u64,
+        at: Instant,
+    },
     Utterance(Utterance),
 }
 
@@ -93,7 +96,10 @@ pub struct Listener {
 impl Listener {
     /// `detector` may be `None` only in push-to-talk mode.
     pub fn new(config: ListenConfig, detector: Option<Box<dyn SpeechDetector>>) -> Listener {
-        let window = detector.as_ref().map(|d| d.window()).unwrap_or(super::vad::WINDOW);
+        let window = detector
+            .as_ref()
+            .map(|d| d.window())
+            .unwrap_or(super::vad::WINDOW);
         let seg = Segmenter::new(&config.segment, window, RATE);
         let pre_roll = (config.pre_roll.as_secs_f64() * f64::from(RATE)) as u64;
         let max_samples = (config.segment.max_utterance.as_secs_f64() * f64::from(RATE)) as u64;
@@ -139,7 +145,13 @@ impl Listener {
         }
         let mut converted = std::mem::take(&mut self.scratch);
         converted.clear();
-        let clean = clip.samples.iter().map(|&s| if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 });
+        let clean = clip.samples.iter().map(|&s| {
+            if s.is_finite() {
+                s.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        });
         match (&mut self.resampler, rate == RATE) {
             (_, true) => converted.extend(clean),
             (Some(r), false) => {
@@ -178,9 +190,15 @@ impl Listener {
 
     fn on_segment(&mut self, ev: SegmentEvent, out: &mut Vec<Heard>) {
         match ev {
-            SegmentEvent::Started { start } => out.push(Heard::SpeechStarted { start, at: Instant::now() }),
+            SegmentEvent::Started { start } => out.push(Heard::SpeechStarted {
+                start,
+                at: Instant::now(),
+            }),
             SegmentEvent::Ended { span } => {
-                let span = Span { start: span.start, end: self.refine_end(span) };
+                let span = Span {
+                    start: span.start,
+                    end: self.refine_end(span),
+                };
                 out.push(Heard::Utterance(self.cut(span, false)))
             }
             SegmentEvent::Capped { span } => out.push(Heard::Utterance(self.cut(span, true))),
@@ -190,17 +208,31 @@ impl Listener {
 
     /// The utterance's audio: pre-roll before, a pad after (up to what has been heard).
     fn cut(&self, span: Span, capped: bool) -> Utterance {
-        let pad_after = self.pre_roll.min((self.config.segment.end_silence.as_secs_f64() * f64::from(RATE)) as u64);
+        let pad_after = self
+            .pre_roll
+            .min((self.config.segment.end_silence.as_secs_f64() * f64::from(RATE)) as u64);
         let from = span.start.saturating_sub(self.pre_roll).max(self.base);
         let to = (span.end + if capped { 0 } else { pad_after }).min(self.pos);
-        let samples: Vec<f32> = self.history.range((from - self.base) as usize..(to - self.base) as usize).copied().collect();
-        let started_at = self.t0.unwrap_or(SystemTime::now()) + Duration::from_secs_f64(from as f64 / f64::from(RATE));
+        let samples: Vec<f32> = self
+            .history
+            .range((from - self.base) as usize..(to - self.base) as usize)
+            .copied()
+            .collect();
+        let started_at = self.t0.unwrap_or(SystemTime::now())
+            + Duration::from_secs_f64(from as f64 / f64::from(RATE));
         Utterance {
-            clip: AudioClip { source: self.config.source.clone(), started_at, sample_rate: RATE, samples: Arc::new(samples) },
+            clip: AudioClip {
+                source: self.config.source.clone(),
+                started_at,
+                sample_rate: RATE,
+                samples: Arc::new(samples),
+            },
             span,
             capped,
             decided_at: Instant::now(),
-            end_silence: Duration::from_secs_f64(self.pos.saturating_sub(span.end) as f64 / f64::from(RATE)),
+            end_silence: Duration::from_secs_f64(
+                self.pos.saturating_sub(span.end) as f64 / f64::from(RATE),
+            ),
         }
     }
 
@@ -217,12 +249,19 @@ impl Listener {
                 return None;
             }
             let i = (from - self.base) as usize;
-            let sum: f32 = self.history.range(i..i + FRAME as usize).map(|s| s * s).sum();
+            let sum: f32 = self
+                .history
+                .range(i..i + FRAME as usize)
+                .map(|s| s * s)
+                .sum();
             Some((sum / FRAME as f32).sqrt())
         };
         let pre_from = span.start.saturating_sub(self.pre_roll).max(self.base);
         let pre_to = span.start.saturating_sub(2 * self.window as u64);
-        let mut floor: Vec<f32> = (pre_from..pre_to).step_by(FRAME as usize).filter_map(|f| level(f)).collect();
+        let mut floor: Vec<f32> = (pre_from..pre_to)
+            .step_by(FRAME as usize)
+            .filter_map(|f| level(f))
+            .collect();
         if floor.len() < 5 {
             return span.end; // too little pre-roll to know the noise
         }
@@ -243,9 +282,13 @@ impl Listener {
     fn trim(&mut self) {
         let keep_from = match (self.config.mode, self.seg.speech_start(), self.pressed) {
             (TriggerMode::Vad, Some(start), _) => start.saturating_sub(self.pre_roll),
-            (TriggerMode::PushToTalk, _, Some(p)) if !self.ptt_capped => p.saturating_sub(self.pre_roll),
+            (TriggerMode::PushToTalk, _, Some(p)) if !self.ptt_capped => {
+                p.saturating_sub(self.pre_roll)
+            }
             // Idle: keep the pre-roll plus a window the detector may still confirm.
-            _ => self.pos.saturating_sub(self.pre_roll + 2 * self.window as u64),
+            _ => self
+                .pos
+                .saturating_sub(self.pre_roll + 2 * self.window as u64),
         };
         if keep_from > self.base {
             let n = ((keep_from - self.base) as usize).min(self.history.len());
@@ -263,12 +306,21 @@ impl Listener {
             (true, None) => {
                 self.pressed = Some(self.pos);
                 self.ptt_capped = false;
-                out.push(Heard::SpeechStarted { start: self.pos, at: Instant::now() });
+                out.push(Heard::SpeechStarted {
+                    start: self.pos,
+                    at: Instant::now(),
+                });
             }
             (false, Some(start)) => {
                 self.pressed = None;
                 if !self.ptt_capped && self.pos > start {
-                    let mut u = self.cut(Span { start, end: self.pos }, false);
+                    let mut u = self.cut(
+                        Span {
+                            start,
+                            end: self.pos,
+                        },
+                        false,
+                    );
                     u.end_silence = Duration::ZERO;
                     out.push(Heard::Utterance(u));
                 }
@@ -282,7 +334,13 @@ impl Listener {
         if let Some(start) = self.pressed {
             if !self.ptt_capped && self.pos - start >= self.max_samples {
                 self.ptt_capped = true;
-                out.push(Heard::Utterance(self.cut(Span { start, end: self.pos }, true)));
+                out.push(Heard::Utterance(self.cut(
+                    Span {
+                        start,
+                        end: self.pos,
+                    },
+                    true,
+                )));
             }
         }
     }
@@ -337,14 +395,22 @@ mod tests {
     }
 
     fn clip(rate: u32, samples: Vec<f32>) -> AudioClip {
-        AudioClip { source: "m".into(), started_at: SystemTime::UNIX_EPOCH, sample_rate: rate, samples: Arc::new(samples) }
+        AudioClip {
+            source: "m".into(),
+            started_at: SystemTime::UNIX_EPOCH,
+            sample_rate: rate,
+            samples: Arc::new(samples),
+        }
     }
 
     /// `secs` of silence, `speech` s of a loud tone, then silence, at `rate`.
     fn signal(rate: u32, before: f32, speech: f32, after: f32) -> Vec<f32> {
         let n = |s: f32| (s * rate as f32) as usize;
         let mut v = vec![0.0; n(before)];
-        v.extend((0..n(speech)).map(|i| 0.5 * (i as f32 * 300.0 * std::f32::consts::TAU / rate as f32).sin()));
+        v.extend(
+            (0..n(speech))
+                .map(|i| 0.5 * (i as f32 * 300.0 * std::f32::consts::TAU / rate as f32).sin()),
+        );
         v.extend(vec![0.0; n(after)]);
         v
     }
@@ -366,16 +432,30 @@ mod tests {
             let heard = listen(&mut l, rate, &x, rate as usize / 50);
             assert_eq!(heard.len(), 2, "{rate}: {heard:?}");
             assert!(matches!(heard[0], Heard::SpeechStarted { .. }));
-            let Heard::Utterance(u) = &heard[1] else { panic!() };
+            let Heard::Utterance(u) = &heard[1] else {
+                panic!()
+            };
             let (s, e) = (u.span.start as f64 / 16e3, u.span.end as f64 / 16e3);
-            assert!((s - 1.0).abs() < 0.04 && (e - 2.5).abs() < 0.04, "{rate}: speech {s}..{e}");
+            assert!(
+                (s - 1.0).abs() < 0.04 && (e - 2.5).abs() < 0.04,
+                "{rate}: speech {s}..{e}"
+            );
             // pre-roll 200 ms before, pad min(200, 300) ms after.
             let len = u.clip.samples.len() as f64 / 16e3;
             assert!((len - (e - s + 0.4)).abs() < 0.01, "{rate}: clip {len} s");
             assert_eq!(u.clip.sample_rate, 16_000);
             assert!(!u.capped);
-            assert!((u.end_silence.as_secs_f64() - 0.3).abs() < 0.04, "{:?}", u.end_silence);
-            let t = u.clip.started_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+            assert!(
+                (u.end_silence.as_secs_f64() - 0.3).abs() < 0.04,
+                "{:?}",
+                u.end_silence
+            );
+            let t = u
+                .clip
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
             assert!((t - (s - 0.2)).abs() < 0.01, "clip starts at {t}");
         }
     }
@@ -388,11 +468,21 @@ mod tests {
         x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
         x.extend(vec![0.0; 16_000]);
         let heard = listen(&mut l, 16_000, &x, 333);
-        let Some(Heard::Utterance(u)) = heard.last() else { panic!("{heard:?}") };
-        assert!(u.clip.samples.iter().all(|s| s.is_finite() && (-1.0..=1.0).contains(s)));
+        let Some(Heard::Utterance(u)) = heard.last() else {
+            panic!("{heard:?}")
+        };
+        assert!(u
+            .clip
+            .samples
+            .iter()
+            .all(|s| s.is_finite() && (-1.0..=1.0).contains(s)));
         let mut quiet = Listener::new(config(TriggerMode::Vad), Some(Box::new(Energy)));
         assert!(listen(&mut quiet, 16_000, &vec![0.0; 160_000], 512).is_empty());
-        assert!(quiet.history.len() <= 16_000, "idle history stays bounded: {}", quiet.history.len());
+        assert!(
+            quiet.history.len() <= 16_000,
+            "idle history stays bounded: {}",
+            quiet.history.len()
+        );
     }
 
     #[test]
@@ -406,7 +496,16 @@ mod tests {
             most = most.max(l.history.len());
         }
         l.finish(&mut out);
-        let utts: Vec<&Utterance> = out.iter().filter_map(|h| if let Heard::Utterance(u) = h { Some(u) } else { None }).collect();
+        let utts: Vec<&Utterance> = out
+            .iter()
+            .filter_map(|h| {
+                if let Heard::Utterance(u) = h {
+                    Some(u)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(utts.len(), 1);
         assert!(utts[0].capped);
         assert!((utts[0].speech_duration().as_secs_f64() - 5.0).abs() < 0.05);
@@ -423,7 +522,9 @@ mod tests {
         l.talk(false, &mut out);
         l.talk(false, &mut out); // a stray release
         assert_eq!(out.len(), 2);
-        let Heard::Utterance(u) = &out[1] else { panic!() };
+        let Heard::Utterance(u) = &out[1] else {
+            panic!()
+        };
         assert_eq!((u.span.start, u.span.end), (16_000, 24_000));
         // 200 ms of pre-roll from before the press.
         assert_eq!(u.clip.samples.len(), 3_200 + 8_000);
@@ -431,9 +532,19 @@ mod tests {
         assert_eq!(*u.clip.samples.last().unwrap(), 0.2);
         // Held past the cap: cut at 5 s, and the release adds nothing.
         l.talk(true, &mut out);
-        l.push(&clip(16_000, vec![0.3; 16_000 * 7]), &mut out).unwrap();
+        l.push(&clip(16_000, vec![0.3; 16_000 * 7]), &mut out)
+            .unwrap();
         l.talk(false, &mut out);
-        let caps: Vec<_> = out[2..].iter().filter_map(|h| if let Heard::Utterance(u) = h { Some(u.capped) } else { None }).collect();
+        let caps: Vec<_> = out[2..]
+            .iter()
+            .filter_map(|h| {
+                if let Heard::Utterance(u) = h {
+                    Some(u.capped)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(caps, vec![true]);
     }
 }

@@ -41,7 +41,10 @@ pub enum VoiceError {
     #[error(transparent)]
     Output(#[from] output::OutputError),
     #[error("push-to-talk FIFO {path}: {err}")]
-    PushToTalk { path: std::path::PathBuf, err: String },
+    PushToTalk {
+        path: std::path::PathBuf,
+        err: String,
+    },
     #[error("cannot start a voice thread: {0}")]
     Thread(String),
     #[error("voice is configured but there is no [microphone] section")]
@@ -52,9 +55,17 @@ pub enum VoiceError {
 
 /// Starts the voice stage when the settings ask for it: `Ok(None)` when voice is off, `Err` when
 /// it is on but cannot run (the daemon says "voice disabled: …" and carries on).
-pub fn start(settings: &crate::config::Settings, app: crate::app::AppHandle) -> Result<Option<VoiceStage>, VoiceError> {
-    let Some(voice) = &settings.voice else { return Ok(None) };
-    let mic = settings.microphone.as_ref().ok_or(VoiceError::NoMicrophone)?;
+pub fn start(
+    settings: &crate::config::Settings,
+    app: crate::app::AppHandle,
+) -> Result<Option<VoiceStage>, VoiceError> {
+    let Some(voice) = &settings.voice else {
+        return Ok(None);
+    };
+    let mic = settings
+        .microphone
+        .as_ref()
+        .ok_or(VoiceError::NoMicrophone)?;
     let rt = crate::model::runtime::init(settings.onnxruntime.as_deref())?;
     stage::start(app, voice, mic, rt).map(Some)
 }

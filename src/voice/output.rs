@@ -26,9 +26,16 @@ use crate::capture::mic::SampleFormat;
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("no audio output device named {device:?}; available outputs: {}", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
-    NoDevice { device: String, available: Vec<String> },
+    NoDevice {
+        device: String,
+        available: Vec<String>,
+    },
     #[error("audio output {device:?} cannot play {wanted}; it offers: {offered}")]
-    Unsupported { device: String, wanted: String, offered: String },
+    Unsupported {
+        device: String,
+        wanted: String,
+        offered: String,
+    },
     #[error("audio output {device:?}: {err}")]
     Open { device: String, err: String },
     #[error("speech output file {path}: {err}")]
@@ -41,9 +48,18 @@ pub enum OutputTarget {
     /// Synthesize (for the report) but play nothing.
     None,
     /// A 16-bit mono WAV file; `paced`: at real-time speed, like a device.
-    File { path: PathBuf, paced: bool, rate: Option<u32> },
+    File {
+        path: PathBuf,
+        paced: bool,
+        rate: Option<u32>,
+    },
     /// A cpal (ALSA) output device, opened with exactly this format.
-    Device { device: String, format: SampleFormat, rate: u32, channels: u16 },
+    Device {
+        device: String,
+        format: SampleFormat,
+        rate: u32,
+        channels: u16,
+    },
 }
 
 impl OutputTarget {
@@ -52,9 +68,18 @@ impl OutputTarget {
         if s == "none" {
             OutputTarget::None
         } else if let Some(p) = s.strip_prefix("file:") {
-            OutputTarget::File { path: PathBuf::from(p), paced: true, rate }
+            OutputTarget::File {
+                path: PathBuf::from(p),
+                paced: true,
+                rate,
+            }
         } else {
-            OutputTarget::Device { device: s.to_string(), format, rate: rate.unwrap_or(48_000), channels }
+            OutputTarget::Device {
+                device: s.to_string(),
+                format,
+                rate: rate.unwrap_or(48_000),
+                channels,
+            }
         }
     }
 }
@@ -88,7 +113,9 @@ impl Queue {
     fn fill(&mut self, out: &mut [f32]) -> usize {
         let mut n = 0;
         while n < out.len() {
-            let Some(p) = self.pieces.front_mut() else { break };
+            let Some(p) = self.pieces.front_mut() else {
+                break;
+            };
             if p.at == 0 {
                 let a = p.answer;
                 self.mark_started(a);
@@ -128,7 +155,10 @@ pub struct Output {
 
 fn device_label(d: &cpal::Device) -> String {
     let id = d.id().map(|i| i.id().to_string()).unwrap_or_default();
-    let name = d.description().map(|desc| desc.name().to_string()).unwrap_or_default();
+    let name = d
+        .description()
+        .map(|desc| desc.name().to_string())
+        .unwrap_or_default();
     if name.is_empty() || name == id {
         id
     } else {
@@ -138,45 +168,100 @@ fn device_label(d: &cpal::Device) -> String {
 
 /// The output devices the host lists.
 pub fn list_output_devices() -> Vec<String> {
-    cpal::default_host().output_devices().map(|ds| ds.map(|d| device_label(&d)).collect()).unwrap_or_default()
+    cpal::default_host()
+        .output_devices()
+        .map(|ds| ds.map(|d| device_label(&d)).collect())
+        .unwrap_or_default()
 }
 
 fn find_output(host: &cpal::Host, wanted: &str) -> Result<cpal::Device, OutputError> {
-    let devices: Vec<cpal::Device> =
-        host.output_devices().map_err(|e| OutputError::Open { device: wanted.into(), err: e.to_string() })?.collect();
+    let devices: Vec<cpal::Device> = host
+        .output_devices()
+        .map_err(|e| OutputError::Open {
+            device: wanted.into(),
+            err: e.to_string(),
+        })?
+        .collect();
     let found = devices
         .iter()
         .find(|d| d.id().is_ok_and(|i| i.id() == wanted))
-        .or_else(|| devices.iter().find(|d| d.description().is_ok_and(|desc| desc.name() == wanted)));
+        .or_else(|| {
+            devices
+                .iter()
+                .find(|d| d.description().is_ok_and(|desc| desc.name() == wanted))
+        });
     match found {
         Some(d) => Ok(d.clone()),
-        None if wanted == "default" => host
-            .default_output_device()
-            .ok_or_else(|| OutputError::NoDevice { device: wanted.into(), available: Vec::new() }),
-        None => Err(OutputError::NoDevice { device: wanted.into(), available: devices.iter().map(device_label).collect() }),
+        None if wanted == "default" => {
+            host.default_output_device()
+                .ok_or_else(|| OutputError::NoDevice {
+                    device: wanted.into(),
+                    available: Vec::new(),
+                })
+        }
+        None => Err(OutputError::NoDevice {
+            device: wanted.into(),
+            available: devices.iter().map(device_label).collect(),
+        }),
     }
 }
 
 impl Output {
     /// Opens the target; `natural_rate` (the synthesizer's) is used where the target names none.
     pub fn open(target: &OutputTarget, natural_rate: u32) -> Result<Output, OutputError> {
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), drained: Condvar::new(), underruns: AtomicU64::new(0), played: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            drained: Condvar::new(),
+            underruns: AtomicU64::new(0),
+            played: AtomicU64::new(0),
+        });
         let stop_thread = Arc::new(std::sync::atomic::AtomicBool::new(false));
         match target {
             OutputTarget::None => {
                 let rate = natural_rate;
-                let thread = Self::spawn_writer(Arc::clone(&shared), Arc::clone(&stop_thread), rate, false, None);
-                Ok(Output { shared, rate, describe: "none".into(), stream: None, thread: Some(thread), stop_thread, sync_file: None })
+                let thread = Self::spawn_writer(
+                    Arc::clone(&shared),
+                    Arc::clone(&stop_thread),
+                    rate,
+                    false,
+                    None,
+                );
+                Ok(Output {
+                    shared,
+                    rate,
+                    describe: "none".into(),
+                    stream: None,
+                    thread: Some(thread),
+                    stop_thread,
+                    sync_file: None,
+                })
             }
             OutputTarget::File { path, paced, rate } => {
                 let rate = rate.unwrap_or(natural_rate);
-                let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+                let spec = hound::WavSpec {
+                    channels: 1,
+                    sample_rate: rate,
+                    bits_per_sample: 16,
+                    sample_format: hound::SampleFormat::Int,
+                };
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| OutputError::File { path: path.clone(), err: e.to_string() })?;
+                    std::fs::create_dir_all(dir).map_err(|e| OutputError::File {
+                        path: path.clone(),
+                        err: e.to_string(),
+                    })?;
                 }
-                let w = hound::WavWriter::create(path, spec).map_err(|e| OutputError::File { path: path.clone(), err: e.to_string() })?;
+                let w = hound::WavWriter::create(path, spec).map_err(|e| OutputError::File {
+                    path: path.clone(),
+                    err: e.to_string(),
+                })?;
                 let writer = Arc::new(Mutex::new(Some(w)));
-                let thread = Self::spawn_writer(Arc::clone(&shared), Arc::clone(&stop_thread), rate, *paced, Some((path.clone(), Arc::clone(&writer))));
+                let thread = Self::spawn_writer(
+                    Arc::clone(&shared),
+                    Arc::clone(&stop_thread),
+                    rate,
+                    *paced,
+                    Some((path.clone(), Arc::clone(&writer))),
+                );
                 Ok(Output {
                     shared,
                     rate,
@@ -187,35 +272,75 @@ impl Output {
                     sync_file: Some(writer),
                 })
             }
-            OutputTarget::Device { device, format, rate, channels } => {
-                let stream = Self::open_device(Arc::clone(&shared), device, *format, *rate, *channels)?;
-                Ok(Output { shared, rate: *rate, describe: device.clone(), stream: Some(stream), thread: None, stop_thread, sync_file: None })
+            OutputTarget::Device {
+                device,
+                format,
+                rate,
+                channels,
+            } => {
+                let stream =
+                    Self::open_device(Arc::clone(&shared), device, *format, *rate, *channels)?;
+                Ok(Output {
+                    shared,
+                    rate: *rate,
+                    describe: device.clone(),
+                    stream: Some(stream),
+                    thread: None,
+                    stop_thread,
+                    sync_file: None,
+                })
             }
         }
     }
 
-    fn open_device(shared: Arc<Shared>, device: &str, format: SampleFormat, rate: u32, channels: u16) -> Result<cpal::Stream, OutputError> {
+    fn open_device(
+        shared: Arc<Shared>,
+        device: &str,
+        format: SampleFormat,
+        rate: u32,
+        channels: u16,
+    ) -> Result<cpal::Stream, OutputError> {
         let host = cpal::default_host();
         let dev = find_output(&host, device)?;
-        let open_err = |e: cpal::Error| OutputError::Open { device: device.into(), err: e.to_string() };
-        let ranges: Vec<cpal::SupportedStreamConfigRange> = dev.supported_output_configs().map_err(open_err)?.collect();
+        let open_err = |e: cpal::Error| OutputError::Open {
+            device: device.into(),
+            err: e.to_string(),
+        };
+        let ranges: Vec<cpal::SupportedStreamConfigRange> =
+            dev.supported_output_configs().map_err(open_err)?.collect();
         let want = match format {
             SampleFormat::I16 => cpal::SampleFormat::I16,
             SampleFormat::F32 => cpal::SampleFormat::F32,
         };
-        let ok = ranges.iter().any(|r| r.sample_format() == want && r.channels() == channels && (r.min_sample_rate()..=r.max_sample_rate()).contains(&rate));
+        let ok = ranges.iter().any(|r| {
+            r.sample_format() == want
+                && r.channels() == channels
+                && (r.min_sample_rate()..=r.max_sample_rate()).contains(&rate)
+        });
         if !ok {
             return Err(OutputError::Unsupported {
                 device: device.into(),
                 wanted: format!("{format:?} {rate} Hz {channels} ch"),
                 offered: ranges
                     .iter()
-                    .map(|r| format!("{:?} {}-{} Hz {} ch", r.sample_format(), r.min_sample_rate(), r.max_sample_rate(), r.channels()))
+                    .map(|r| {
+                        format!(
+                            "{:?} {}-{} Hz {} ch",
+                            r.sample_format(),
+                            r.min_sample_rate(),
+                            r.max_sample_rate(),
+                            r.channels()
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
             });
         }
-        let config = cpal::StreamConfig { channels, sample_rate: rate, buffer_size: cpal::BufferSize::Default };
+        let config = cpal::StreamConfig {
+            channels,
+            sample_rate: rate,
+            buffer_size: cpal::BufferSize::Default,
+        };
         let ch = usize::from(channels);
         let on_error = {
             let device = device.to_string();
@@ -270,7 +395,10 @@ impl Output {
         stop: Arc<std::sync::atomic::AtomicBool>,
         rate: u32,
         paced: bool,
-        file: Option<(PathBuf, Arc<Mutex<Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>>>>)>,
+        file: Option<(
+            PathBuf,
+            Arc<Mutex<Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>>>>,
+        )>,
     ) -> JoinHandle<Result<(), OutputError>> {
         std::thread::Builder::new()
             .name("voice-out".into())
@@ -301,7 +429,10 @@ impl Output {
                         if let Some(w) = guard.as_mut() {
                             for s in &buf[..n] {
                                 w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
-                                    .map_err(|e| OutputError::File { path: path.clone(), err: e.to_string() })?;
+                                    .map_err(|e| OutputError::File {
+                                        path: path.clone(),
+                                        err: e.to_string(),
+                                    })?;
                             }
                         }
                     }
@@ -314,7 +445,10 @@ impl Output {
                 }
                 if let Some((path, w)) = file {
                     if let Some(w) = w.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        w.finalize().map_err(|e| OutputError::File { path, err: e.to_string() })?;
+                        w.finalize().map_err(|e| OutputError::File {
+                            path,
+                            err: e.to_string(),
+                        })?;
                     }
                 }
                 Ok(())
@@ -340,7 +474,11 @@ impl Output {
         if q.stopped.contains(&answer) {
             return;
         }
-        q.pieces.push_back(Piece { answer, samples, at: 0 });
+        q.pieces.push_back(Piece {
+            answer,
+            samples,
+            at: 0,
+        });
     }
 
     /// Stops `answer` now: what is queued is dropped, and whatever of it comes later.
@@ -359,7 +497,10 @@ impl Output {
     /// When the first sample of `answer` went out.
     pub fn first_sample_at(&self, answer: u64) -> Option<Instant> {
         let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.started.iter().find(|(a, _)| *a == answer).map(|(_, t)| *t)
+        q.started
+            .iter()
+            .find(|(a, _)| *a == answer)
+            .map(|(_, t)| *t)
     }
 
     /// Waits until everything queued has been played; false on timeout.
@@ -367,8 +508,15 @@ impl Output {
         let deadline = Instant::now() + timeout;
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         while !q.pieces.is_empty() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
-            q = self.shared.drained.wait_timeout(q, left.min(Duration::from_millis(50))).unwrap_or_else(|e| e.into_inner()).0;
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            q = self
+                .shared
+                .drained
+                .wait_timeout(q, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         true
     }
@@ -386,7 +534,10 @@ impl Output {
 
     /// Samples played so far, and device periods that found the queue busy.
     pub fn counters(&self) -> (u64, u64) {
-        (self.shared.played.load(Ordering::Relaxed), self.shared.underruns.load(Ordering::Relaxed))
+        (
+            self.shared.played.load(Ordering::Relaxed),
+            self.shared.underruns.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops the output; a file is finalized.
@@ -431,7 +582,10 @@ fn play_into(shared: &Shared, out: &mut [f32]) {
 
 /// Reads a 16-bit mono WAV written by a file output (tests, `gemba ask --speak-to`).
 pub fn read_wav(path: &Path) -> Result<(u32, Vec<f32>), OutputError> {
-    crate::capture::mic::read_wav_mono(path).map_err(|e| OutputError::File { path: path.into(), err: e.to_string() })
+    crate::capture::mic::read_wav_mono(path).map_err(|e| OutputError::File {
+        path: path.into(),
+        err: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -442,7 +596,11 @@ mod tests {
     fn a_file_output_writes_what_was_played_and_stops_cut_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/answer.wav");
-        let target = OutputTarget::File { path: path.clone(), paced: false, rate: None };
+        let target = OutputTarget::File {
+            path: path.clone(),
+            paced: false,
+            rate: None,
+        };
         let out = Output::open(&target, 16_000).unwrap();
         assert_eq!(out.rate(), 16_000);
         out.play(1, vec![0.5; 8_000]);
@@ -458,14 +616,26 @@ mod tests {
         let (rate, samples) = read_wav(&path).unwrap();
         assert_eq!(rate, 16_000);
         assert_eq!(samples.len(), 17_000);
-        assert!((samples[0] - 0.5).abs() < 1e-3 && (samples[8_000] + 0.25).abs() < 1e-3 && (samples[16_500] - 0.1).abs() < 1e-3);
+        assert!(
+            (samples[0] - 0.5).abs() < 1e-3
+                && (samples[8_000] + 0.25).abs() < 1e-3
+                && (samples[16_500] - 0.1).abs() < 1e-3
+        );
     }
 
     #[test]
     fn a_paced_file_output_takes_real_time_and_a_stop_cuts_it_short() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("paced.wav");
-        let out = Output::open(&OutputTarget::File { path: path.clone(), paced: true, rate: Some(8_000) }, 22_050).unwrap();
+        let out = Output::open(
+            &OutputTarget::File {
+                path: path.clone(),
+                paced: true,
+                rate: Some(8_000),
+            },
+            22_050,
+        )
+        .unwrap();
         assert_eq!(out.rate(), 8_000);
         let t = Instant::now();
         out.play(7, vec![0.3; 8_000 * 2]); // two seconds
@@ -475,19 +645,34 @@ mod tests {
         out.close().unwrap();
         let (_, samples) = read_wav(&path).unwrap();
         let secs = samples.len() as f64 / 8_000.0;
-        assert!(secs > 0.2 && secs < 1.2, "{secs} s written in {took:?}: a stop at 0.5 s cuts a 2 s answer");
+        assert!(
+            secs > 0.2 && secs < 1.2,
+            "{secs} s written in {took:?}: a stop at 0.5 s cuts a 2 s answer"
+        );
     }
 
     #[test]
     fn output_targets_parse() {
-        assert_eq!(OutputTarget::parse("none", SampleFormat::I16, None, 1), OutputTarget::None);
+        assert_eq!(
+            OutputTarget::parse("none", SampleFormat::I16, None, 1),
+            OutputTarget::None
+        );
         assert_eq!(
             OutputTarget::parse("file:/tmp/a.wav", SampleFormat::I16, Some(16_000), 1),
-            OutputTarget::File { path: "/tmp/a.wav".into(), paced: true, rate: Some(16_000) }
+            OutputTarget::File {
+                path: "/tmp/a.wav".into(),
+                paced: true,
+                rate: Some(16_000)
+            }
         );
         assert_eq!(
             OutputTarget::parse("hw:CARD=USB,DEV=0", SampleFormat::F32, None, 2),
-            OutputTarget::Device { device: "hw:CARD=USB,DEV=0".into(), format: SampleFormat::F32, rate: 48_000, channels: 2 }
+            OutputTarget::Device {
+                device: "hw:CARD=USB,DEV=0".into(),
+                format: SampleFormat::F32,
+                rate: 48_000,
+                channels: 2
+            }
         );
     }
 }

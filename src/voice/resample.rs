@@ -63,7 +63,8 @@ impl Resampler {
                     (std::f64::consts::PI * cutoff * x).sin() / (std::f64::consts::PI * x)
                 };
                 let n = (x + half as f64) / (2.0 * half as f64); // 0..1 across the window
-                let w = 0.42 - 0.5 * (std::f64::consts::TAU * n).cos() + 0.08 * (2.0 * std::f64::consts::TAU * n).cos();
+                let w = 0.42 - 0.5 * (std::f64::consts::TAU * n).cos()
+                    + 0.08 * (2.0 * std::f64::consts::TAU * n).cos();
                 let v = s * w;
                 taps[p * width + k] = v as f32;
                 sum += v;
@@ -73,7 +74,18 @@ impl Resampler {
                 taps[p * width + k] /= sum as f32;
             }
         }
-        Resampler { from, to, up, down, taps, width, buf: vec![0.0; half - 1], pos: 0, fed: 0, produced: 0 }
+        Resampler {
+            from,
+            to,
+            up,
+            down,
+            taps,
+            width,
+            buf: vec![0.0; half - 1],
+            pos: 0,
+            fed: 0,
+            produced: 0,
+        }
     }
 
     pub fn rates(&self) -> (u32, u32) {
@@ -106,7 +118,11 @@ impl Resampler {
             }
             let phase = self.pos % up;
             let taps = &self.taps[phase * width..(phase + 1) * width];
-            let acc: f32 = self.buf[base..base + width].iter().zip(taps).map(|(a, b)| a * b).sum();
+            let acc: f32 = self.buf[base..base + width]
+                .iter()
+                .zip(taps)
+                .map(|(a, b)| a * b)
+                .sum();
             out.push(acc);
             self.pos += down;
         }
@@ -148,7 +164,9 @@ mod tests {
     use super::*;
 
     fn sine(rate: u32, hz: f32, secs: f32, amp: f32) -> Vec<f32> {
-        (0..(rate as f32 * secs) as usize).map(|i| amp * (i as f32 * hz * std::f32::consts::TAU / rate as f32).sin()).collect()
+        (0..(rate as f32 * secs) as usize)
+            .map(|i| amp * (i as f32 * hz * std::f32::consts::TAU / rate as f32).sin())
+            .collect()
     }
 
     /// Amplitude of `hz` in `x` (correlation with a sine and cosine), skipping the edges.
@@ -166,21 +184,39 @@ mod tests {
 
     #[test]
     fn lengths_follow_the_ratio() {
-        for (from, to) in [(48_000, 16_000), (22_050, 16_000), (16_000, 48_000), (22_050, 48_000), (44_100, 16_000)] {
+        for (from, to) in [
+            (48_000, 16_000),
+            (22_050, 16_000),
+            (16_000, 48_000),
+            (22_050, 48_000),
+            (44_100, 16_000),
+        ] {
             let x = sine(from, 440.0, 1.0, 0.5);
             let y = Resampler::convert(from, to, &x);
             let want = to as i64;
-            assert!((y.len() as i64 - want).abs() <= 2, "{from}->{to}: {} samples, want ~{want}", y.len());
+            assert!(
+                (y.len() as i64 - want).abs() <= 2,
+                "{from}->{to}: {} samples, want ~{want}",
+                y.len()
+            );
         }
     }
 
     #[test]
     fn passband_tones_keep_their_level_and_stopband_tones_vanish() {
-        for (from, to) in [(48_000, 16_000), (22_050, 16_000), (16_000, 22_050), (22_050, 48_000)] {
+        for (from, to) in [
+            (48_000, 16_000),
+            (22_050, 16_000),
+            (16_000, 22_050),
+            (22_050, 48_000),
+        ] {
             let x = sine(from, 1000.0, 1.0, 0.5);
             let y = Resampler::convert(from, to, &x);
             let level = tone_level(&y, to, 1000.0);
-            assert!((level - 0.5).abs() < 0.01, "{from}->{to}: 1 kHz level {level}");
+            assert!(
+                (level - 0.5).abs() < 0.01,
+                "{from}->{to}: 1 kHz level {level}"
+            );
         }
         // 12 kHz at 48 kHz is above 16 kHz's Nyquist: it must not fold back to 4 kHz.
         let x = sine(48_000, 12_000.0, 1.0, 0.5);

@@ -60,9 +60,16 @@ enum State {
     /// Speech since window `start`: `voiced` is the last window at or above the threshold (where
     /// the utterance ends), `last` the last one above the lower threshold (silence counts from
     /// there); `confirmed` once min_speech passed.
-    Speech { start: u64, last: u64, voiced: u64, confirmed: bool },
+    Speech {
+        start: u64,
+        last: u64,
+        voiced: u64,
+        confirmed: bool,
+    },
     /// After a cap: ignore speech until silence.
-    Draining { last: u64 },
+    Draining {
+        last: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +125,10 @@ impl Segmenter {
     }
 
     fn span(&self, start: u64, last: u64) -> Span {
-        Span { start: start * self.window, end: (last + 1) * self.window }
+        Span {
+            start: start * self.window,
+            end: (last + 1) * self.window,
+        }
     }
 
     /// Feeds the next window's probability (NaN counts as silence).
@@ -130,18 +140,35 @@ impl Segmenter {
         match self.state {
             State::Idle => {
                 if speech {
-                    self.state = State::Speech { start: i, last: i, voiced: i, confirmed: false };
+                    self.state = State::Speech {
+                        start: i,
+                        last: i,
+                        voiced: i,
+                        confirmed: false,
+                    };
                     return self.confirm(i);
                 }
                 None
             }
-            State::Speech { start, last, voiced, confirmed } => {
+            State::Speech {
+                start,
+                last,
+                voiced,
+                confirmed,
+            } => {
                 if !silence {
                     let voiced = if speech { i } else { voiced };
-                    self.state = State::Speech { start, last: i, voiced, confirmed };
+                    self.state = State::Speech {
+                        start,
+                        last: i,
+                        voiced,
+                        confirmed,
+                    };
                     if i + 1 - start >= self.max_windows {
                         self.state = State::Draining { last: i };
-                        return Some(SegmentEvent::Capped { span: self.span(start, i) });
+                        return Some(SegmentEvent::Capped {
+                            span: self.span(start, i),
+                        });
                     }
                     return if confirmed { None } else { self.confirm(i) };
                 }
@@ -168,10 +195,23 @@ impl Segmenter {
     }
 
     fn confirm(&mut self, i: u64) -> Option<SegmentEvent> {
-        if let State::Speech { start, last, voiced, confirmed: false } = self.state {
+        if let State::Speech {
+            start,
+            last,
+            voiced,
+            confirmed: false,
+        } = self.state
+        {
             if i + 1 - start >= self.min_speech {
-                self.state = State::Speech { start, last, voiced, confirmed: true };
-                return Some(SegmentEvent::Started { start: start * self.window });
+                self.state = State::Speech {
+                    start,
+                    last,
+                    voiced,
+                    confirmed: true,
+                };
+                return Some(SegmentEvent::Started {
+                    start: start * self.window,
+                });
             }
         }
         None
@@ -210,8 +250,11 @@ mod tests {
     }
 
     fn run(s: &mut Segmenter, probs: &[f32]) -> Vec<(usize, SegmentEvent)> {
-        let mut out: Vec<(usize, SegmentEvent)> =
-            probs.iter().enumerate().filter_map(|(i, &p)| s.push(p).map(|e| (i, e))).collect();
+        let mut out: Vec<(usize, SegmentEvent)> = probs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &p)| s.push(p).map(|e| (i, e)))
+            .collect();
         if let Some(e) = s.finish() {
             out.push((probs.len(), e));
         }
@@ -220,7 +263,10 @@ mod tests {
 
     #[test]
     fn table() {
-        let span = |a: u64, b: u64| Span { start: a * 100, end: b * 100 };
+        let span = |a: u64, b: u64| Span {
+            start: a * 100,
+            end: b * 100,
+        };
         // (probabilities, min speech, end silence, max, expected (window index, event))
         let cases: Vec<(&str, Vec<f32>, (u64, u64, u64), Vec<(usize, SegmentEvent)>)> = vec![
             ("silence", vec![0.0; 20], (200, 300, 10_000), vec![]),
@@ -228,19 +274,28 @@ mod tests {
                 "one utterance",
                 vec![0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.0],
                 (200, 300, 10_000),
-                vec![(3, SegmentEvent::Started { start: 200 }), (8, SegmentEvent::Ended { span: span(2, 6) })],
+                vec![
+                    (3, SegmentEvent::Started { start: 200 }),
+                    (8, SegmentEvent::Ended { span: span(2, 6) }),
+                ],
             ),
             (
                 "hysteresis: 0.4 keeps speech going, a short gap does not end it",
                 vec![0.9, 0.9, 0.4, 0.4, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 0.0],
                 (200, 300, 10_000),
-                vec![(1, SegmentEvent::Started { start: 0 }), (9, SegmentEvent::Ended { span: span(0, 7) })],
+                vec![
+                    (1, SegmentEvent::Started { start: 0 }),
+                    (9, SegmentEvent::Ended { span: span(0, 7) }),
+                ],
             ),
             (
                 "an in-between tail keeps the utterance open but does not extend it",
                 vec![0.9, 0.9, 0.9, 0.4, 0.4, 0.0, 0.0, 0.0, 0.0],
                 (200, 300, 10_000),
-                vec![(1, SegmentEvent::Started { start: 0 }), (7, SegmentEvent::Ended { span: span(0, 3) })],
+                vec![
+                    (1, SegmentEvent::Started { start: 0 }),
+                    (7, SegmentEvent::Ended { span: span(0, 3) }),
+                ],
             ),
             (
                 "a blip shorter than min_speech is discarded",
@@ -252,11 +307,16 @@ mod tests {
                 "NaN is silence",
                 vec![0.9, 0.9, f32::NAN, f32::NAN, f32::NAN],
                 (200, 300, 10_000),
-                vec![(1, SegmentEvent::Started { start: 0 }), (4, SegmentEvent::Ended { span: span(0, 2) })],
+                vec![
+                    (1, SegmentEvent::Started { start: 0 }),
+                    (4, SegmentEvent::Ended { span: span(0, 2) }),
+                ],
             ),
             (
                 "capped, then ignored until silence, then a new one",
-                vec![0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.0, 0.0, 0.0, 0.9, 0.9, 0.0, 0.0, 0.0],
+                vec![
+                    0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.0, 0.0, 0.0, 0.9, 0.9, 0.0, 0.0, 0.0,
+                ],
                 (200, 300, 400),
                 vec![
                     (1, SegmentEvent::Started { start: 0 }),
@@ -269,7 +329,10 @@ mod tests {
                 "the stream ends mid-utterance",
                 vec![0.0, 0.9, 0.9, 0.9],
                 (200, 300, 10_000),
-                vec![(2, SegmentEvent::Started { start: 100 }), (4, SegmentEvent::Ended { span: span(1, 4) })],
+                vec![
+                    (2, SegmentEvent::Started { start: 100 }),
+                    (4, SegmentEvent::Ended { span: span(1, 4) }),
+                ],
             ),
         ];
         for (name, probs, (ms, es, mx), want) in cases {
@@ -280,7 +343,10 @@ mod tests {
 
     #[test]
     fn ten_minutes_of_speech_is_cut_at_the_cap() {
-        let c = SegmentConfig { max_utterance: Duration::from_secs(30), ..SegmentConfig::default() };
+        let c = SegmentConfig {
+            max_utterance: Duration::from_secs(30),
+            ..SegmentConfig::default()
+        };
         let mut s = Segmenter::new(&c, 512, 16_000);
         let windows = 10 * 60 * 16_000 / 512;
         let mut capped = Vec::new();

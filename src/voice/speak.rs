@@ -36,8 +36,14 @@ struct AnswerState {
 }
 
 enum Job {
-    Say { answer: Arc<AnswerState>, text: String },
-    Finish { answer: Arc<AnswerState>, done: std::sync::mpsc::Sender<()> },
+    Say {
+        answer: Arc<AnswerState>,
+        text: String,
+    },
+    Finish {
+        answer: Arc<AnswerState>,
+        done: std::sync::mpsc::Sender<()>,
+    },
 }
 
 /// A synthesizer and an output, shared by every answer.
@@ -74,16 +80,28 @@ impl Voice {
                             let (_, rs) = current.as_mut().expect("set above");
                             let mut converted = Vec::new();
                             let r = tts.synthesize(&text, &answer.cancel, &mut |piece| {
-                                answer.audio.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(piece);
+                                answer
+                                    .audio
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .extend_from_slice(piece);
                                 converted.clear();
                                 rs.process(piece, &mut converted);
                                 out.play(answer.id, std::mem::take(&mut converted));
                             });
                             match r {
-                                Ok(()) => answer.spoken.lock().unwrap_or_else(|e| e.into_inner()).push(text),
+                                Ok(()) => answer
+                                    .spoken
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(text),
                                 Err(e) => {
                                     log::warn!("speech: {e}");
-                                    answer.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+                                    answer
+                                        .error
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .get_or_insert(e.to_string());
                                 }
                             }
                         }
@@ -101,7 +119,14 @@ impl Voice {
                 }
             })
             .expect("spawning the speech thread");
-        Voice { jobs: Mutex::new(Some(tx)), output, tts_name, tts_rate, next: AtomicU64::new(1), thread: Mutex::new(Some(thread)) }
+        Voice {
+            jobs: Mutex::new(Some(tx)),
+            output,
+            tts_name,
+            tts_rate,
+            next: AtomicU64::new(1),
+            thread: Mutex::new(Some(thread)),
+        }
     }
 
     pub fn output(&self) -> &Output {
@@ -195,7 +220,10 @@ pub struct SpokenAnswer {
 
 impl Answer {
     pub fn stopper(&self) -> Stopper {
-        Stopper { state: Arc::clone(&self.state), output: Arc::clone(&self.output) }
+        Stopper {
+            state: Arc::clone(&self.state),
+            output: Arc::clone(&self.output),
+        }
     }
 
     /// Takes the next generation event.
@@ -217,7 +245,10 @@ impl Answer {
                 let text = speakable(&s.text);
                 if !text.is_empty() && !self.state.cancel.load(Ordering::Relaxed) {
                     if let Some(j) = &self.jobs {
-                        let _ = j.send(Job::Say { answer: Arc::clone(&self.state), text });
+                        let _ = j.send(Job::Say {
+                            answer: Arc::clone(&self.state),
+                            text,
+                        });
                     }
                 }
             }
@@ -233,16 +264,24 @@ impl Answer {
     pub fn finish(self, timeout: Duration) -> SpokenAnswer {
         if let Some(j) = &self.jobs {
             let (tx, rx) = std::sync::mpsc::channel();
-            if j.send(Job::Finish { answer: Arc::clone(&self.state), done: tx }).is_ok() && rx.recv_timeout(timeout).is_err() {
+            if j.send(Job::Finish {
+                answer: Arc::clone(&self.state),
+                done: tx,
+            })
+            .is_ok()
+                && rx.recv_timeout(timeout).is_err()
+            {
                 log::warn!("speech: synthesis did not finish within {timeout:?}");
             }
         }
-        let samples = std::mem::take(&mut *self.state.audio.lock().unwrap_or_else(|e| e.into_inner()));
+        let samples =
+            std::mem::take(&mut *self.state.audio.lock().unwrap_or_else(|e| e.into_inner()));
         let stopped = self.state.cancel.load(Ordering::Relaxed);
         // The output picks queued audio up within one period.
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut first_audio = self.output.first_sample_at(self.state.id);
-        while first_audio.is_none() && !samples.is_empty() && !stopped && Instant::now() < deadline {
+        while first_audio.is_none() && !samples.is_empty() && !stopped && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(2));
             first_audio = self.output.first_sample_at(self.state.id);
         }
@@ -251,7 +290,8 @@ impl Answer {
             _ => None,
         };
         let origin = Some(self.origin);
-        let spoken = std::mem::take(&mut *self.state.spoken.lock().unwrap_or_else(|e| e.into_inner()));
+        let spoken =
+            std::mem::take(&mut *self.state.spoken.lock().unwrap_or_else(|e| e.into_inner()));
         let timings = VoiceTimings {
             first_sentence_after_speech_ms: ms(self.first_sentence, origin),
             first_audio_after_speech_ms: ms(first_audio, origin),
@@ -263,7 +303,16 @@ impl Answer {
             barged_in: stopped,
             ..Default::default()
         };
-        let timings = if self.spoken_question { timings } else { VoiceTimings { first_sentence_after_speech_ms: None, done_after_speech_ms: None, first_audio_after_speech_ms: None, ..timings } };
+        let timings = if self.spoken_question {
+            timings
+        } else {
+            VoiceTimings {
+                first_sentence_after_speech_ms: None,
+                done_after_speech_ms: None,
+                first_audio_after_speech_ms: None,
+                ..timings
+            }
+        };
         self.output.sync();
         SpokenAnswer {
             clip: (!samples.is_empty()).then(|| AudioClip {
@@ -275,7 +324,12 @@ impl Answer {
             text: spoken.join(" "),
             timings,
             stopped,
-            error: self.state.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            error: self
+                .state
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -310,7 +364,9 @@ impl Speech {
         let spoken = self.answer.finish(Duration::from_secs(300));
         if let Some(c) = &spoken.clip {
             let secs = c.samples.len() as u64 / u64::from(c.sample_rate.max(1));
-            self.voice.output().wait_drained(Duration::from_secs(secs + 10));
+            self.voice
+                .output()
+                .wait_drained(Duration::from_secs(secs + 10));
         }
         self.voice.shutdown();
         spoken
@@ -333,7 +389,12 @@ mod tests {
         fn sample_rate(&self) -> u32 {
             8_000
         }
-        fn synthesize(&mut self, text: &str, cancel: &AtomicBool, out: &mut dyn FnMut(&[f32])) -> Result<(), TtsError> {
+        fn synthesize(
+            &mut self,
+            text: &str,
+            cancel: &AtomicBool,
+            out: &mut dyn FnMut(&[f32]),
+        ) -> Result<(), TtsError> {
             for _ in 0..2 {
                 if cancel.load(Ordering::Relaxed) {
                     return Ok(());
@@ -346,14 +407,27 @@ mod tests {
     }
 
     fn sentence(index: usize, text: &str, at_ms: u64) -> Event {
-        Event::Sentence(Sentence { index, text: text.into(), token_span: (0, 1), at: Duration::from_millis(at_ms) })
+        Event::Sentence(Sentence {
+            index,
+            text: text.into(),
+            token_span: (0, 1),
+            at: Duration::from_millis(at_ms),
+        })
     }
 
     #[test]
     fn sentences_are_spoken_in_order_without_citations_and_timed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.wav");
-        let out = Output::open(&OutputTarget::File { path: path.clone(), paced: false, rate: None }, 8_000).unwrap();
+        let out = Output::open(
+            &OutputTarget::File {
+                path: path.clone(),
+                paced: false,
+                rate: None,
+            },
+            8_000,
+        )
+        .unwrap();
         let voice = Voice::new(Box::new(Fake), out);
         let eos = Instant::now();
         let mut a = voice.answer(Some(eos));
@@ -366,9 +440,18 @@ mod tests {
         assert_eq!(clip.samples[0], 0.06);
         assert_eq!(clip.samples[800], 0.16);
         let t = &spoken.timings;
-        assert_eq!((t.sentences_spoken, t.tts.as_str(), t.barged_in), (2, "fake", false));
-        let (fs, fa) = (t.first_sentence_after_speech_ms.unwrap(), t.first_audio_after_speech_ms.unwrap());
-        assert!(fa >= fs + 15.0, "audio {fa} ms comes after the sentence {fs} ms plus synthesis");
+        assert_eq!(
+            (t.sentences_spoken, t.tts.as_str(), t.barged_in),
+            (2, "fake", false)
+        );
+        let (fs, fa) = (
+            t.first_sentence_after_speech_ms.unwrap(),
+            t.first_audio_after_speech_ms.unwrap(),
+        );
+        assert!(
+            fa >= fs + 15.0,
+            "audio {fa} ms comes after the sentence {fs} ms plus synthesis"
+        );
         assert!(t.first_audio_at_ms.unwrap() > 5.0);
         voice.shutdown();
     }
@@ -383,9 +466,15 @@ mod tests {
         a.on_event(&sentence(1, "Two.", 2));
         let spoken = a.finish(Duration::from_secs(5));
         assert!(spoken.stopped && spoken.timings.barged_in);
-        assert!(spoken.clip.map(|c| c.samples.len()).unwrap_or(0) <= 400, "at most the piece under way");
+        assert!(
+            spoken.clip.map(|c| c.samples.len()).unwrap_or(0) <= 400,
+            "at most the piece under way"
+        );
         assert!(!spoken.text.contains("Two"));
-        assert_eq!(spoken.timings.first_sentence_after_speech_ms, None, "a typed question has no end of speech");
+        assert_eq!(
+            spoken.timings.first_sentence_after_speech_ms, None,
+            "a typed question has no end of speech"
+        );
         voice.shutdown();
     }
 }

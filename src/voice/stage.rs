@@ -91,29 +91,62 @@ impl VoiceStage {
     }
 }
 
-fn open_mic(m: &MicSettings, tx: mpsc::Sender<AudioClip>, cancel: CancellationToken) -> Result<MicHandle, VoiceError> {
+fn open_mic(
+    m: &MicSettings,
+    tx: mpsc::Sender<AudioClip>,
+    cancel: CancellationToken,
+) -> Result<MicHandle, VoiceError> {
     Ok(match &m.source {
-        MicSource::Cpal { device, format, rate, channels } => open_microphone(
-            &MicConfig { name: m.name.clone(), device: device.clone(), format: *format, sample_rate: *rate, channels: *channels, chunk: m.chunk.0 },
+        MicSource::Cpal {
+            device,
+            format,
+            rate,
+            channels,
+        } => open_microphone(
+            &MicConfig {
+                name: m.name.clone(),
+                device: device.clone(),
+                format: *format,
+                sample_rate: *rate,
+                channels: *channels,
+                chunk: m.chunk.0,
+            },
             tx,
             cancel,
         )?,
-        MicSource::Wav { path, .. } => open_wav_microphone(&WavConfig { name: m.name.clone(), path: path.clone(), chunk: m.chunk.0, pace: m.pace() }, tx, cancel)?,
+        MicSource::Wav { path, .. } => open_wav_microphone(
+            &WavConfig {
+                name: m.name.clone(),
+                path: path.clone(),
+                chunk: m.chunk.0,
+                pace: m.pace(),
+            },
+            tx,
+            cancel,
+        )?,
     })
 }
 
 /// Makes the push-to-talk FIFO (if missing) and forwards its lines as presses and releases.
 fn spawn_fifo(path: &Path, talk: std::sync::mpsc::Sender<bool>) -> Result<(), VoiceError> {
-    let fifo_err = |e: std::io::Error| VoiceError::PushToTalk { path: path.into(), err: e.to_string() };
+    let fifo_err = |e: std::io::Error| VoiceError::PushToTalk {
+        path: path.into(),
+        err: e.to_string(),
+    };
     if !path.exists() {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| fifo_err(std::io::Error::other(e)))?;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|e| fifo_err(std::io::Error::other(e)))?;
         // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
         if unsafe { libc::mkfifo(c.as_ptr(), 0o660) } != 0 {
             return Err(fifo_err(std::io::Error::last_os_error()));
         }
     }
     // Read-write, so opening never waits for a writer and the FIFO never reports end-of-file.
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(fifo_err)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(fifo_err)?;
     let path: PathBuf = path.into();
     std::thread::Builder::new()
         .name("voice-ptt".into())
@@ -125,7 +158,10 @@ fn spawn_fifo(path: &Path, talk: std::sync::mpsc::Sender<bool>) -> Result<(), Vo
                     "up" | "release" | "0" | "off" => false,
                     "" => continue,
                     other => {
-                        log::warn!("push-to-talk {}: ignoring {other:?} (write down/up)", path.display());
+                        log::warn!(
+                            "push-to-talk {}: ignoring {other:?} (write down/up)",
+                            path.display()
+                        );
                         continue;
                     }
                 };
@@ -139,7 +175,12 @@ fn spawn_fifo(path: &Path, talk: std::sync::mpsc::Sender<bool>) -> Result<(), Vo
 }
 
 /// Starts the stage. `rt`: the daemon's ONNX Runtime (for the VAD and a Piper voice).
-pub fn start(app: AppHandle, voice: &VoiceSettings, mic: &MicSettings, rt: &'static crate::model::runtime::Runtime) -> Result<VoiceStage, VoiceError> {
+pub fn start(
+    app: AppHandle,
+    voice: &VoiceSettings,
+    mic: &MicSettings,
+    rt: &'static crate::model::runtime::Runtime,
+) -> Result<VoiceStage, VoiceError> {
     let detector: Option<Box<dyn SpeechDetector>> = match voice.trigger {
         TriggerMode::Vad => {
             let path = resolve_model(voice.vad.model.as_deref())?;
@@ -152,7 +193,8 @@ pub fn start(app: AppHandle, voice: &VoiceSettings, mic: &MicSettings, rt: &'sta
         Ok(o) => o,
         Err(e) => {
             log::warn!("voice: {e}; answers are synthesized into the reports but not played");
-            Output::open(&OutputTarget::None, tts.sample_rate()).expect("the null output always opens")
+            Output::open(&OutputTarget::None, tts.sample_rate())
+                .expect("the null output always opens")
         }
     };
     let out_desc = output.describe().to_string();
@@ -170,7 +212,12 @@ pub fn start(app: AppHandle, voice: &VoiceSettings, mic: &MicSettings, rt: &'sta
     }
     let (htx, hrx) = mpsc::unbounded_channel::<Heard>();
     let mut listener = Listener::new(
-        ListenConfig { mode: voice.trigger, segment: voice.vad.segment(), pre_roll: voice.vad.pre_roll.0, source: mic.name.clone() },
+        ListenConfig {
+            mode: voice.trigger,
+            segment: voice.vad.segment(),
+            pre_roll: voice.vad.pre_roll.0,
+            source: mic.name.clone(),
+        },
         detector,
     );
     let listener_thread = std::thread::Builder::new()
@@ -210,13 +257,39 @@ pub fn start(app: AppHandle, voice: &VoiceSettings, mic: &MicSettings, rt: &'sta
         },
         match voice.trigger {
             TriggerMode::Vad => "Silero VAD".to_string(),
-            TriggerMode::PushToTalk => format!("push-to-talk {}", voice.push_to_talk.as_deref().unwrap_or(Path::new("-")).display()),
+            TriggerMode::PushToTalk => format!(
+                "push-to-talk {}",
+                voice
+                    .push_to_talk
+                    .as_deref()
+                    .unwrap_or(Path::new("-"))
+                    .display()
+            ),
         },
         tts_name,
         out_desc
     );
-    let task = tokio::spawn(crate::stage::run("voice", run(app, voice.clone(), Arc::clone(&voice_out), hrx, Arc::clone(&stats), stop.clone())));
-    Ok(VoiceStage { stop, mic: Some(mic_handle), listener: Some(listener_thread), task, voice: voice_out, talk: talk_tx, stats, summary })
+    let task = tokio::spawn(crate::stage::run(
+        "voice",
+        run(
+            app,
+            voice.clone(),
+            Arc::clone(&voice_out),
+            hrx,
+            Arc::clone(&stats),
+            stop.clone(),
+        ),
+    ));
+    Ok(VoiceStage {
+        stop,
+        mic: Some(mic_handle),
+        listener: Some(listener_thread),
+        task,
+        voice: voice_out,
+        talk: talk_tx,
+        stats,
+        summary,
+    })
 }
 
 /// The answer being generated or spoken, for barge-in.
@@ -227,7 +300,14 @@ struct Active {
     done: Arc<std::sync::atomic::AtomicBool>,
 }
 
-async fn run(app: AppHandle, settings: VoiceSettings, voice: Arc<Voice>, mut heard: mpsc::UnboundedReceiver<Heard>, stats: Arc<VoiceStats>, stop: CancellationToken) {
+async fn run(
+    app: AppHandle,
+    settings: VoiceSettings,
+    voice: Arc<Voice>,
+    mut heard: mpsc::UnboundedReceiver<Heard>,
+    stats: Arc<VoiceStats>,
+    stop: CancellationToken,
+) {
     let active: Arc<Mutex<Option<Active>>> = Arc::new(Mutex::new(None));
     let mut missing_logged = std::collections::HashSet::new();
     loop {
@@ -272,13 +352,21 @@ async fn run(app: AppHandle, settings: VoiceSettings, voice: Arc<Voice>, mut hea
                 let (tx, rx) = mpsc::unbounded_channel();
                 let (ftx, frx) = std::sync::mpsc::channel();
                 let mut req = Request::new(Trigger::Voice, prompt);
-                req.reason = format!("utterance {:.1} s{}", u.speech_duration().as_secs_f64(), if u.capped { " (capped)" } else { "" });
+                req.reason = format!(
+                    "utterance {:.1} s{}",
+                    u.speech_duration().as_secs_f64(),
+                    if u.capped { " (capped)" } else { "" }
+                );
                 req.frames = frames;
                 req.audio = vec![u.clip.clone()];
                 req.listener = Some(tx);
                 req.follow_up = Some(frx);
                 let answer = voice.answer(Some(u.decided_at));
-                let a = Active { cancel: req.cancel.clone(), stopper: answer.stopper(), done: Arc::new(std::sync::atomic::AtomicBool::new(false)) };
+                let a = Active {
+                    cancel: req.cancel.clone(),
+                    stopper: answer.stopper(),
+                    done: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                };
                 match app.try_submit(req) {
                     Ok(()) => {
                         stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -314,18 +402,28 @@ async fn follow(
                 answer.on_event(&e);
                 if done {
                     done_flag.store(true, Ordering::Relaxed);
-                    let spoken = tokio::task::spawn_blocking(move || answer.finish(Duration::from_secs(60))).await;
+                    let spoken =
+                        tokio::task::spawn_blocking(move || answer.finish(Duration::from_secs(60)))
+                            .await;
                     if let Ok(spoken) = spoken {
                         let mut t = spoken.timings;
                         t.speech_ms = u.speech_duration().as_secs_f64() * 1000.0;
                         t.end_silence_ms = u.end_silence.as_secs_f64() * 1000.0;
-                        t.request_after_speech_ms = Some(queued.saturating_duration_since(u.decided_at).as_secs_f64() * 1000.0);
+                        t.request_after_speech_ms = Some(
+                            queued.saturating_duration_since(u.decided_at).as_secs_f64() * 1000.0,
+                        );
                         t.capped = u.capped;
                         if let Some(e) = &spoken.error {
                             log::warn!("voice: part of the answer could not be spoken: {e}");
                         }
-                        let audio = spoken.clip.map(|c| vec![(c, Some(spoken.text.clone()))]).unwrap_or_default();
-                        let _ = follow_up.send(FollowUp { audio, voice: Some(t) });
+                        let audio = spoken
+                            .clip
+                            .map(|c| vec![(c, Some(spoken.text.clone()))])
+                            .unwrap_or_default();
+                        let _ = follow_up.send(FollowUp {
+                            audio,
+                            voice: Some(t),
+                        });
                     }
                     sent = true;
                     break;

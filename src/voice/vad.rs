@@ -27,12 +27,18 @@ pub const MODEL_FILE: &str = "silero_vad_16k_op15.onnx";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VadError {
-    #[error("VAD model {path} not found (tried: {tried}); run scripts/setup or set voice.vad.model")]
+    #[error(
+        "VAD model {path} not found (tried: {tried}); run scripts/setup or set voice.vad.model"
+    )]
     NotFound { path: PathBuf, tried: String },
     #[error("VAD model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("VAD model {path}: expected {what}, found {found}")]
-    Shape { path: PathBuf, what: String, found: String },
+    Shape {
+        path: PathBuf,
+        what: String,
+        found: String,
+    },
     #[error("VAD model {path}: run failed: {reason}")]
     Run { path: PathBuf, reason: String },
 }
@@ -58,7 +64,11 @@ pub fn default_model_candidates() -> Vec<PathBuf> {
             v.push(dir.join("../share/gemba/models/vad").join(MODEL_FILE));
         }
     }
-    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/vad").join(MODEL_FILE));
+    v.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/vad")
+            .join(MODEL_FILE),
+    );
     v
 }
 
@@ -68,10 +78,18 @@ pub fn resolve_model(configured: Option<&Path>) -> Result<PathBuf, VadError> {
         Some(p) => vec![p.to_path_buf()],
         None => default_model_candidates(),
     };
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| VadError::NotFound {
-        path: candidates.first().cloned().unwrap_or_default(),
-        tried: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| VadError::NotFound {
+            path: candidates.first().cloned().unwrap_or_default(),
+            tried: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 pub struct SileroVad {
@@ -85,7 +103,10 @@ pub struct SileroVad {
 impl SileroVad {
     /// Builds the session on the CPU with one thread (a 32 ms window takes well under 1 ms).
     pub fn load(rt: &Runtime, path: &Path) -> Result<SileroVad, VadError> {
-        let load_err = |e: ort::Error| VadError::Load { path: path.into(), reason: e.to_string() };
+        let load_err = |e: ort::Error| VadError::Load {
+            path: path.into(),
+            reason: e.to_string(),
+        };
         let session = Session::builder(&rt.env)
             .map_err(load_err)?
             .with_intra_threads(1)
@@ -97,14 +118,27 @@ impl SileroVad {
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for want in ["input", "state", "sr"] {
             if !names.contains(&want) {
-                return Err(VadError::Shape { path: path.into(), what: format!("an input named {want:?}"), found: format!("inputs {names:?}") });
+                return Err(VadError::Shape {
+                    path: path.into(),
+                    what: format!("an input named {want:?}"),
+                    found: format!("inputs {names:?}"),
+                });
             }
         }
         let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         if outs.len() < 2 {
-            return Err(VadError::Shape { path: path.into(), what: "outputs (probability, state)".into(), found: format!("{outs:?}") });
+            return Err(VadError::Shape {
+                path: path.into(),
+                what: "outputs (probability, state)".into(),
+                found: format!("{outs:?}"),
+            });
         }
-        Ok(SileroVad { session, path: path.into(), state: vec![0.0; 2 * 128], input: vec![0.0; CONTEXT + WINDOW] })
+        Ok(SileroVad {
+            session,
+            path: path.into(),
+            state: vec![0.0; 2 * 128],
+            input: vec![0.0; CONTEXT + WINDOW],
+        })
     }
 }
 
@@ -114,21 +148,36 @@ impl SpeechDetector for SileroVad {
     }
 
     fn probability(&mut self, window: &[f32]) -> Result<f32, VadError> {
-        let run_err = |e: ort::Error| VadError::Run { path: self.path.clone(), reason: e.to_string() };
+        let run_err = |e: ort::Error| VadError::Run {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
         if window.len() != WINDOW {
-            return Err(VadError::Shape { path: self.path.clone(), what: format!("{WINDOW} samples"), found: window.len().to_string() });
+            return Err(VadError::Shape {
+                path: self.path.clone(),
+                what: format!("{WINDOW} samples"),
+                found: window.len().to_string(),
+            });
         }
         // [context | window]; the context is the previous window's last 64 samples.
         self.input.copy_within(WINDOW.., 0);
         self.input[CONTEXT..].copy_from_slice(window);
-        let input = Tensor::from_array(([1usize, CONTEXT + WINDOW], self.input.clone())).map_err(run_err)?;
+        let input = Tensor::from_array(([1usize, CONTEXT + WINDOW], self.input.clone()))
+            .map_err(run_err)?;
         let state = Tensor::from_array(([2usize, 1, 128], self.state.clone())).map_err(run_err)?;
         let sr = Tensor::from_array(((), vec![i64::from(RATE)])).map_err(run_err)?;
-        let outputs = self.session.run(ort::inputs! { "input" => input, "state" => state, "sr" => sr }).map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs! { "input" => input, "state" => state, "sr" => sr })
+            .map_err(run_err)?;
         let (_, p) = outputs[0].try_extract_tensor::<f32>().map_err(run_err)?;
         let (shape, st) = outputs[1].try_extract_tensor::<f32>().map_err(run_err)?;
         if st.len() != self.state.len() {
-            return Err(VadError::Shape { path: self.path.clone(), what: "state [2, 1, 128]".into(), found: format!("{shape:?}") });
+            return Err(VadError::Shape {
+                path: self.path.clone(),
+                what: "state [2, 1, 128]".into(),
+                found: format!("{shape:?}"),
+            });
         }
         self.state.copy_from_slice(st);
         Ok(p.first().copied().unwrap_or(0.0))

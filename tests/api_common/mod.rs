@@ -90,16 +90,28 @@ impl Daemon {
     /// The tiny model decoding at `ms` per token (a board's pace), so an answer's stream stays
     /// open long enough to be seen open.
     pub fn start_slow(api: &str, ms: u64) -> Daemon {
-        Self::start_full(api, |_| tiny_model(), &[("GEMBA_TEST_TOKEN_DELAY_MS", &ms.to_string())])
+        Self::start_full(
+            api,
+            |_| tiny_model(),
+            &[("GEMBA_TEST_TOKEN_DELAY_MS", &ms.to_string())],
+        )
     }
 
-    pub fn start_full(api: &str, prepare: impl FnOnce(&Path) -> PathBuf, env: &[(&str, &str)]) -> Daemon {
+    pub fn start_full(
+        api: &str,
+        prepare: impl FnOnce(&Path) -> PathBuf,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let model = prepare(dir.path());
         let cfg = write_config(dir.path(), api, &model);
         let token = api
             .lines()
-            .find_map(|l| l.trim().strip_prefix("token = \"").and_then(|t| t.strip_suffix('"')))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("token = \"")
+                    .and_then(|t| t.strip_suffix('"'))
+            })
             .map(String::from);
         let mut child = gemba()
             .args(["run", "--config"])
@@ -144,11 +156,21 @@ impl Daemon {
             }
         }
         let addr = addr.expect("the API address was printed before serving");
-        let d = Daemon { child, addr, dir, stderr, token, agent: agent() };
+        let d = Daemon {
+            child,
+            addr,
+            dir,
+            stderr,
+            token,
+            agent: agent(),
+        };
         // Serving starts right after the line above; wait until the cameras have a frame.
         d.wait_until(Duration::from_secs(20), |d| {
             let (code, v) = d.get_json("/health");
-            code == 200 && v["cameras"].as_array().is_some_and(|c| c.iter().all(|c| c["frames"].as_u64() > Some(0)))
+            code == 200
+                && v["cameras"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().all(|c| c["frames"].as_u64() > Some(0)))
         });
         d
     }
@@ -174,17 +196,32 @@ impl Daemon {
     pub fn get(&self, path: &str) -> (u16, String) {
         let mut r = self.auth(self.agent.get(self.url(path))).call().unwrap();
         let code = r.status().as_u16();
-        (code, r.body_mut().with_config().limit(64 << 20).read_to_string().unwrap())
+        (
+            code,
+            r.body_mut()
+                .with_config()
+                .limit(64 << 20)
+                .read_to_string()
+                .unwrap(),
+        )
     }
 
     pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let (code, body) = self.get(path);
-        (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}")))
+        (
+            code,
+            serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}")),
+        )
     }
 
     pub fn get_bytes(&self, path: &str) -> (u16, String, Vec<u8>) {
         let mut r = self.auth(self.agent.get(self.url(path))).call().unwrap();
-        let ctype = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let ctype = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         let code = r.status().as_u16();
         (code, ctype, r.body_mut().read_to_vec().unwrap())
     }
@@ -197,7 +234,11 @@ impl Daemon {
         let mut r = req.send_json(body).unwrap();
         let code = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap();
-        (code, serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text}")))
+        (
+            code,
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text}")),
+        )
     }
 
     pub fn post_empty(&self, path: &str) -> (u16, serde_json::Value) {
@@ -208,12 +249,19 @@ impl Daemon {
         let mut r = req.send_empty().unwrap();
         let code = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap();
-        (code, serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text}")))
+        (
+            code,
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("POST {path}: not JSON ({e}): {text}")),
+        )
     }
 
     /// Asks and returns the report id.
     pub fn ask(&self, text: &str, cameras: &[&str]) -> String {
-        let (code, v) = self.post_json("/ask", &serde_json::json!({ "text": text, "cameras": cameras }));
+        let (code, v) = self.post_json(
+            "/ask",
+            &serde_json::json!({ "text": text, "cameras": cameras }),
+        );
         assert_eq!(code, 202, "POST /ask: {v}");
         v["report_id"].as_str().unwrap().to_string()
     }
@@ -226,7 +274,10 @@ impl Daemon {
         }
         let r = req.call().unwrap();
         assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(r.headers().get("content-type").unwrap(), "text/event-stream");
+        assert_eq!(
+            r.headers().get("content-type").unwrap(),
+            "text/event-stream"
+        );
         read_sse(BufReader::new(r.into_body().into_reader()))
     }
 
@@ -247,7 +298,12 @@ impl Daemon {
     pub fn memory_kib(&self) -> (u64, u64) {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let field = |n: &str| {
-            s.lines().find(|l| l.starts_with(n)).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+            s.lines()
+                .find(|l| l.starts_with(n))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap()
+                .parse()
+                .unwrap()
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
@@ -302,7 +358,8 @@ pub struct SseEvent {
 /// or a `:` comment, and every event has data that is JSON.
 pub fn read_sse(r: impl BufRead) -> Vec<SseEvent> {
     let mut out = Vec::new();
-    let (mut id, mut event, mut data): (Option<u64>, Option<String>, Vec<String>) = (None, None, Vec::new());
+    let (mut id, mut event, mut data): (Option<u64>, Option<String>, Vec<String>) =
+        (None, None, Vec::new());
     for line in r.lines() {
         let line = line.unwrap();
         if line.is_empty() {
@@ -342,6 +399,10 @@ pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, text)
 }

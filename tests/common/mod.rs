@@ -17,14 +17,22 @@ pub fn gemba() -> Command {
 /// The project's virtualenv Python (made by `scripts/setup test`).
 pub fn python() -> PathBuf {
     let p = root().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/setup test", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup test",
+        p.display()
+    );
     p
 }
 
 /// An ONNX Runtime library installed by scripts/setup (`1.31.1`, `1.23.2`).
 pub fn ort_lib(version: &str) -> PathBuf {
     let p = root().join(format!(".ort/{version}/libonnxruntime.so.{version}"));
-    assert!(p.exists(), "{} is missing: run scripts/setup test", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup test",
+        p.display()
+    );
     p
 }
 
@@ -295,7 +303,6 @@ pub fn img_tags(dom: &str) -> Vec<&str> {
         .collect()
 }
 
-
 /// Compares `actual` with `tests/golden/<name>`; on a mismatch panics with a unified diff.
 /// `GEMBA_BLESS=1` (re)writes the golden file instead.
 pub fn check_golden(name: &str, actual: &str) {
@@ -312,7 +319,9 @@ pub fn check_golden(name: &str, actual: &str) {
         panic!(
             "{name} differs from {} (- golden, + now; GEMBA_BLESS=1 rewrites it):\n{}",
             path.display(),
-            diff.unified_diff().context_radius(2).header("golden", "now")
+            diff.unified_diff()
+                .context_radius(2)
+                .header("golden", "now")
         );
     }
 }

@@ -33,11 +33,20 @@ pub fn gemba() -> Command {
 }
 
 pub fn smoke() -> SmokeSpec {
-    SmokeSpec { prompt: PROMPT.into(), expect_contains: EXPECT.into(), system: None, max_tokens: 64 }
+    SmokeSpec {
+        prompt: PROMPT.into(),
+        expect_contains: EXPECT.into(),
+        system: None,
+        max_tokens: 64,
+    }
 }
 
 pub fn opts(version: &str) -> PackOptions {
-    PackOptions { version: version.into(), smoke: Some(smoke()), ..Default::default() }
+    PackOptions {
+        version: version.into(),
+        smoke: Some(smoke()),
+        ..Default::default()
+    }
 }
 
 /// Keys and the two good archives, in a temp dir.
@@ -64,10 +73,21 @@ impl Fleet {
         let k = SigningKey::load(&key).unwrap();
         let v1 = tmp.path().join("v1.tar");
         let v2 = tmp.path().join("v2.tar.zst");
-        let o = |v: &str| PackOptions { version: v.into(), smoke: smoke.clone(), ..Default::default() };
+        let o = |v: &str| PackOptions {
+            version: v.into(),
+            smoke: smoke.clone(),
+            ..Default::default()
+        };
         pack(v1_dir, &k, &o("1"), &v1).unwrap();
         pack(v2_dir, &k, &o("2"), &v2).unwrap();
-        Fleet { tmp, key, pubkey, rogue_key, v1, v2 }
+        Fleet {
+            tmp,
+            key,
+            pubkey,
+            rogue_key,
+            v1,
+            v2,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -81,7 +101,13 @@ impl Fleet {
     /// `gemba model --models ROOT --trusted-key fleet.pub --state-dir STATE`.
     pub fn model(&self, root: &Path, state: &Path) -> Command {
         let mut c = gemba();
-        c.arg("model").arg("--models").arg(root).arg("--trusted-key").arg(&self.pubkey).arg("--state-dir").arg(state);
+        c.arg("model")
+            .arg("--models")
+            .arg(root)
+            .arg("--trusted-key")
+            .arg(&self.pubkey)
+            .arg("--state-dir")
+            .arg(state);
         c
     }
 
@@ -90,8 +116,17 @@ impl Fleet {
         let root = self.path(&format!("{name}/models"));
         let state = self.path(&format!("{name}/state"));
         std::fs::create_dir_all(&state).unwrap();
-        let out = self.model(&root, &state).args(["install", "--no-daemon"]).arg(&self.v1).output().unwrap();
-        assert!(out.status.success(), "installing v1: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .model(&root, &state)
+            .args(["install", "--no-daemon"])
+            .arg(&self.v1)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "installing v1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(current(&root).as_deref(), Some("1"));
         (root, state)
     }
@@ -99,18 +134,26 @@ impl Fleet {
 
 /// The version `current` points at.
 pub fn current(root: &Path) -> Option<String> {
-    std::fs::read_link(root.join("current")).ok().map(|t| t.to_string_lossy().trim_start_matches("versions/").to_string())
+    std::fs::read_link(root.join("current")).ok().map(|t| {
+        t.to_string_lossy()
+            .trim_start_matches("versions/")
+            .to_string()
+    })
 }
 
 pub fn installed(root: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(root.join("versions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(root.join("versions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
 
 pub fn staging_empty(root: &Path) -> bool {
-    std::fs::read_dir(root.join("staging")).map(|mut d| d.next().is_none()).unwrap_or(true)
+    std::fs::read_dir(root.join("staging"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
 }
 
 pub fn record(root: &Path) -> gemba::update::UpdateRecord {
@@ -119,7 +162,13 @@ pub fn record(root: &Path) -> gemba::update::UpdateRecord {
 
 /// `gemba ask --model ROOT/current` answers the smoke question right.
 pub fn assert_answers(root: &Path) {
-    let out = gemba().arg("ask").arg("--model").arg(root.join("current")).arg(PROMPT).output().unwrap();
+    let out = gemba()
+        .arg("ask")
+        .arg("--model")
+        .arg(root.join("current"))
+        .arg(PROMPT)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains(EXPECT),
@@ -131,7 +180,11 @@ pub fn assert_answers(root: &Path) {
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The stand-in daemon as a real process; killed (SIGKILL) on drop.
@@ -155,8 +208,14 @@ impl FakeDaemon {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let d = FakeDaemon { child, state: state.to_path_buf() };
-        d.wait(|s| s.pid == d.child.id() && s.loaded_at.is_some(), Duration::from_secs(60));
+        let d = FakeDaemon {
+            child,
+            state: state.to_path_buf(),
+        };
+        d.wait(
+            |s| s.pid == d.child.id() && s.loaded_at.is_some(),
+            Duration::from_secs(60),
+        );
         d
     }
 
@@ -197,7 +256,12 @@ impl Drop for FakeDaemon {
 /// Spawns `cmd` with `GEMBA_UPDATE_PAUSE_AFTER=point`, waits until it says it paused there, and
 /// kills it with SIGKILL. Panics if it finishes without pausing.
 pub fn kill_at(mut cmd: Command, point: &str) {
-    let mut child = cmd.env("GEMBA_UPDATE_PAUSE_AFTER", point).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .env("GEMBA_UPDATE_PAUSE_AFTER", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut seen = String::new();
     let mut paused = false;
@@ -212,7 +276,10 @@ pub fn kill_at(mut cmd: Command, point: &str) {
     }
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
-    assert!(paused, "the installer never paused after {point} ({status}):\n{seen}");
+    assert!(
+        paused,
+        "the installer never paused after {point} ({status}):\n{seen}"
+    );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{seen}");
 }
@@ -230,10 +297,22 @@ pub struct Raw {
 
 impl Raw {
     pub fn file(name: &str, data: Vec<u8>) -> Raw {
-        Raw { name: name.as_bytes().to_vec(), kind: tar::EntryType::Regular, data, link: None, size: None }
+        Raw {
+            name: name.as_bytes().to_vec(),
+            kind: tar::EntryType::Regular,
+            data,
+            link: None,
+            size: None,
+        }
     }
     pub fn special(name: &str, kind: tar::EntryType, link: Option<&str>) -> Raw {
-        Raw { name: name.as_bytes().to_vec(), kind, data: Vec::new(), link: link.map(|l| l.as_bytes().to_vec()), size: None }
+        Raw {
+            name: name.as_bytes().to_vec(),
+            kind,
+            data: Vec::new(),
+            link: link.map(|l| l.as_bytes().to_vec()),
+            size: None,
+        }
     }
 }
 
@@ -265,11 +344,24 @@ pub fn write_raw(out: &Path, entries: &[Raw]) {
 }
 
 /// A signed manifest for `dir` (edited by `edit` before signing) and the bundle's file entries.
-pub fn signed(fleet: &Fleet, dir: &Path, o: &PackOptions, edit: impl FnOnce(&mut Manifest)) -> (Raw, Raw, Vec<Raw>) {
+pub fn signed(
+    fleet: &Fleet,
+    dir: &Path,
+    o: &PackOptions,
+    edit: impl FnOnce(&mut Manifest),
+) -> (Raw, Raw, Vec<Raw>) {
     let mut m = build_manifest(dir, o).unwrap();
     edit(&mut m);
     let bytes = m.to_bytes();
     let sig = fleet.signing_key().sign(&bytes, &trusted_comment(&m));
-    let files = m.files.iter().map(|f| Raw::file(&f.path, std::fs::read(dir.join(&f.path)).unwrap())).collect();
-    (Raw::file(MANIFEST_NAME, bytes), Raw::file(SIGNATURE_NAME, sig.into_bytes()), files)
+    let files = m
+        .files
+        .iter()
+        .map(|f| Raw::file(&f.path, std::fs::read(dir.join(&f.path)).unwrap()))
+        .collect();
+    (
+        Raw::file(MANIFEST_NAME, bytes),
+        Raw::file(SIGNATURE_NAME, sig.into_bytes()),
+        files,
+    )
 }

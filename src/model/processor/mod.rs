@@ -300,7 +300,8 @@ impl Phi4mmProcessor {
                 speech.process(&pcm, &path.display().to_string())?
             }
             AudioSource::Wav { bytes, name } => {
-                let pcm = speech::decode_wav_within(bytes, name, &|rate| speech.max_input_frames(rate))?;
+                let pcm =
+                    speech::decode_wav_within(bytes, name, &|rate| speech.max_input_frames(rate))?;
                 speech.process(&pcm, name)?
             }
             AudioSource::Pcm { pcm, name } => speech.process(pcm, name)?,
@@ -533,7 +534,11 @@ mod tests {
     fn demo_processor(strip: bool) -> (tempfile::TempDir, Phi4mmProcessor) {
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
         let dir = tempfile::tempdir().unwrap();
-        for f in ["genai_config.json", "vision_processor.json", "speech_processor.json"] {
+        for f in [
+            "genai_config.json",
+            "vision_processor.json",
+            "speech_processor.json",
+        ] {
             std::fs::copy(demo.join(f), dir.path().join(f)).unwrap();
         }
         let mut tok: serde_json::Value =

@@ -211,13 +211,21 @@ const CASES: &[Case] = &[
         "unit abbreviation before a capital ends the sentence",
         plain,
         "Temp. is 35 deg. Check again in 5 min. The valve is shut.",
-        &["Temp. is 35 deg.", "Check again in 5 min.", "The valve is shut."],
+        &[
+            "Temp. is 35 deg.",
+            "Check again in 5 min.",
+            "The valve is shut.",
+        ],
     ),
     case(
         "unit abbreviations at the default lengths",
         SplitterConfig::default,
         "Temp. is 35 deg. Check again in 5 min. The valve is shut.",
-        &["Temp. is 35 deg.", "Check again in 5 min.", "The valve is shut."],
+        &[
+            "Temp. is 35 deg.",
+            "Check again in 5 min.",
+            "The valve is shut.",
+        ],
     ),
     case(
         "max and min before a number stay inside",

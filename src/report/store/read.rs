@@ -128,17 +128,17 @@ impl Inner {
                     filter.after.as_ref().map(|(_, id)| id.as_str()),
                 ],
                 |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, u32>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                ))
-            },
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, u32>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                },
             )
             .map_err(self.db_err("listing reports"))?;
         let mut out = Vec::new();

@@ -90,21 +90,23 @@ impl Inner {
         // Only through handles that never follow a link (crate::sys::tree), and only files
         // whose names the store generates: anything else in its directories is left alone.
         let root = Tree::open(&self.dir, false)?;
-        let media_stats = root.sub(layout::MEDIA_DIR, true)?.walk(layout::MEDIA_DIR, &mut |rel, _| {
-            let name = rel.rsplit('/').next().unwrap_or(rel);
-            if name.starts_with(TEMP_PREFIX) {
-                rec.temp_removed.push(rel.to_string());
-                Action::Remove
-            } else if known.contains(rel) {
-                Action::Keep
-            } else if layout::is_media_path(rel) {
-                rec.orphans_removed.push(rel.to_string());
-                Action::Remove
-            } else {
-                rec.foreign_kept.push(rel.to_string());
-                Action::Keep
-            }
-        })?;
+        let media_stats =
+            root.sub(layout::MEDIA_DIR, true)?
+                .walk(layout::MEDIA_DIR, &mut |rel, _| {
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    if name.starts_with(TEMP_PREFIX) {
+                        rec.temp_removed.push(rel.to_string());
+                        Action::Remove
+                    } else if known.contains(rel) {
+                        Action::Keep
+                    } else if layout::is_media_path(rel) {
+                        rec.orphans_removed.push(rel.to_string());
+                        Action::Remove
+                    } else {
+                        rec.foreign_kept.push(rel.to_string());
+                        Action::Keep
+                    }
+                })?;
         rec.foreign_kept.extend(media_stats.foreign);
 
         // The store's own top-level files (the reserve) are written the same way.
@@ -131,32 +133,34 @@ impl Inner {
             .collect();
         let mut with_page: HashSet<ReportId> = HashSet::new();
         let mut html_bytes = 0;
-        let html_stats = root.sub(layout::HTML_DIR, true)?.walk(layout::HTML_DIR, &mut |rel, size| {
-            let name = rel.rsplit('/').next().unwrap_or(rel);
-            if name.starts_with(TEMP_PREFIX) {
-                rec.temp_removed.push(rel.to_string());
-                return Action::Remove;
-            }
-            if rel == layout::INDEX_PAGE {
-                html_bytes += size;
-                return Action::Keep;
-            }
-            match layout::id_of_page(rel) {
-                Some(id) if ids.contains(&id) => {
-                    html_bytes += size;
-                    with_page.insert(id);
-                    Action::Keep
-                }
-                Some(_) => {
-                    rec.orphans_removed.push(rel.to_string());
-                    Action::Remove
-                }
-                None => {
-                    rec.foreign_kept.push(rel.to_string());
-                    Action::Keep
-                }
-            }
-        })?;
+        let html_stats =
+            root.sub(layout::HTML_DIR, true)?
+                .walk(layout::HTML_DIR, &mut |rel, size| {
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    if name.starts_with(TEMP_PREFIX) {
+                        rec.temp_removed.push(rel.to_string());
+                        return Action::Remove;
+                    }
+                    if rel == layout::INDEX_PAGE {
+                        html_bytes += size;
+                        return Action::Keep;
+                    }
+                    match layout::id_of_page(rel) {
+                        Some(id) if ids.contains(&id) => {
+                            html_bytes += size;
+                            with_page.insert(id);
+                            Action::Keep
+                        }
+                        Some(_) => {
+                            rec.orphans_removed.push(rel.to_string());
+                            Action::Remove
+                        }
+                        None => {
+                            rec.foreign_kept.push(rel.to_string());
+                            Action::Keep
+                        }
+                    }
+                })?;
         rec.foreign_kept.extend(html_stats.foreign);
         if !rec.foreign_kept.is_empty() {
             log::warn!(

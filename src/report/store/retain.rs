@@ -65,8 +65,13 @@ impl Inner {
         let free = durable::free_bytes(&self.dir).unwrap_or(0);
         let reclaimable = self.reclaimable_bytes().unwrap_or(0);
         let bare = needed + DISK_FULL_HEADROOM + RESERVE_BYTES;
-        let with_floor = needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM) + RESERVE_BYTES;
-        let target = if free + reclaimable >= with_floor { with_floor } else { bare };
+        let with_floor =
+            needed + self.policy.min_free_bytes.max(DISK_FULL_HEADROOM) + RESERVE_BYTES;
+        let target = if free + reclaimable >= with_floor {
+            with_floor
+        } else {
+            bare
+        };
         if free + reclaimable < needed {
             log::warn!(
                 "store {}: disk full writing {} ({needed} bytes): more than evicting every \
@@ -238,8 +243,8 @@ impl Inner {
             // recorded.
             if floor_reachable && self.policy.min_free_bytes > 0 {
                 if let Ok(free) = durable::free_bytes(&self.dir) {
-                    deficit = deficit
-                        .max((needed + self.policy.min_free_bytes).saturating_sub(free));
+                    deficit =
+                        deficit.max((needed + self.policy.min_free_bytes).saturating_sub(free));
                 }
             }
             if deficit == 0

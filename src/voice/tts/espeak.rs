@@ -33,14 +33,29 @@ pub struct WavHeader {
 
 /// Parses the 44-byte header espeak-ng writes (PCM `fmt ` chunk followed by `data`).
 pub fn parse_header(h: &[u8]) -> Result<WavHeader, String> {
-    if h.len() < 44 || &h[0..4] != b"RIFF" || &h[8..12] != b"WAVE" || &h[12..16] != b"fmt " || &h[36..40] != b"data" {
-        return Err(format!("not the expected 44-byte WAV header: {:02x?}", &h[..h.len().min(44)]));
+    if h.len() < 44
+        || &h[0..4] != b"RIFF"
+        || &h[8..12] != b"WAVE"
+        || &h[12..16] != b"fmt "
+        || &h[36..40] != b"data"
+    {
+        return Err(format!(
+            "not the expected 44-byte WAV header: {:02x?}",
+            &h[..h.len().min(44)]
+        ));
     }
     let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let header = WavHeader { channels: u16_at(22), rate: u32_at(24), bits: u16_at(34) };
+    let header = WavHeader {
+        channels: u16_at(22),
+        rate: u32_at(24),
+        bits: u16_at(34),
+    };
     if u16_at(20) != 1 || header.bits != 16 || header.channels == 0 || header.rate == 0 {
-        return Err(format!("unsupported WAV format {header:?} (format tag {}); expected 16-bit PCM", u16_at(20)));
+        return Err(format!(
+            "unsupported WAV format {header:?} (format tag {}); expected 16-bit PCM",
+            u16_at(20)
+        ));
     }
     Ok(header)
 }
@@ -49,9 +64,17 @@ impl Espeak {
     /// Checks the command runs and learns its output rate.
     pub fn new(voice: &str, speed: u32) -> Result<Espeak, TtsError> {
         let program = std::env::var("GEMBA_ESPEAK").unwrap_or_else(|_| "espeak-ng".into());
-        let mut e = Espeak { program, voice: voice.into(), speed, rate: 0 };
+        let mut e = Espeak {
+            program,
+            voice: voice.into(),
+            speed,
+            rate: 0,
+        };
         // espeak-ng falls back to its default voice without a word: check the name ourselves.
-        let list = Command::new(&e.program).arg("--voices").output().map_err(|err| e.err(format!("cannot run it: {err}")))?;
+        let list = Command::new(&e.program)
+            .arg("--voices")
+            .output()
+            .map_err(|err| e.err(format!("cannot run it: {err}")))?;
         let list = String::from_utf8_lossy(&list.stdout);
         let base = voice.split('+').next().unwrap_or(voice);
         if !known_voice(&list, base) {
@@ -59,16 +82,30 @@ impl Espeak {
         }
         // Synthesize a pause to read the header.
         let mut rate = 0;
-        e.run(".", &AtomicBool::new(false), &mut |h| rate = h.rate, &mut |_| {})?;
+        e.run(
+            ".",
+            &AtomicBool::new(false),
+            &mut |h| rate = h.rate,
+            &mut |_| {},
+        )?;
         e.rate = rate;
         Ok(e)
     }
 
     fn err(&self, reason: impl Into<String>) -> TtsError {
-        TtsError::Espeak { program: self.program.clone(), reason: reason.into() }
+        TtsError::Espeak {
+            program: self.program.clone(),
+            reason: reason.into(),
+        }
     }
 
-    fn run(&self, text: &str, cancel: &AtomicBool, on_header: &mut dyn FnMut(WavHeader), out: &mut dyn FnMut(&[f32])) -> Result<(), TtsError> {
+    fn run(
+        &self,
+        text: &str,
+        cancel: &AtomicBool,
+        on_header: &mut dyn FnMut(WavHeader),
+        out: &mut dyn FnMut(&[f32]),
+    ) -> Result<(), TtsError> {
         let mut child = Command::new(&self.program)
             .args(["--stdout", "-v", &self.voice, "-s", &self.speed.to_string()])
             .stdin(Stdio::piped())
@@ -110,7 +147,10 @@ impl Espeak {
                         let whole = carry.len() / (2 * ch) * (2 * ch);
                         mono.clear();
                         mono.extend(carry[..whole].chunks_exact(2 * ch).map(|f| {
-                            f.chunks_exact(2).map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0).sum::<f32>() / ch as f32
+                            f.chunks_exact(2)
+                                .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0)
+                                .sum::<f32>()
+                                / ch as f32
                         }));
                         carry.drain(..whole);
                         if !mono.is_empty() {
@@ -134,8 +174,16 @@ impl Espeak {
             return Err(self.err(format!(
                 "voice {:?}: {}{}",
                 self.voice,
-                if status.success() { "no WAV output".to_string() } else { format!("exited with {status}") },
-                if why.is_empty() { String::new() } else { format!(": {why}") }
+                if status.success() {
+                    "no WAV output".to_string()
+                } else {
+                    format!("exited with {status}")
+                },
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
             )));
         }
         result
@@ -161,7 +209,12 @@ impl Synthesizer for Espeak {
         self.rate
     }
 
-    fn synthesize(&mut self, text: &str, cancel: &AtomicBool, out: &mut dyn FnMut(&[f32])) -> Result<(), TtsError> {
+    fn synthesize(
+        &mut self,
+        text: &str,
+        cancel: &AtomicBool,
+        out: &mut dyn FnMut(&[f32]),
+    ) -> Result<(), TtsError> {
         let rate = self.rate;
         let mut seen = 0;
         self.run(text, cancel, &mut |h| seen = h.rate, out)?;
@@ -184,7 +237,14 @@ mod tests {
         h.extend_from_slice(&22050u32.to_le_bytes());
         h.extend_from_slice(&44100u32.to_le_bytes());
         h.extend_from_slice(b"\x02\x00\x10\x00data\x00\xf0\xff\x7f");
-        assert_eq!(parse_header(&h), Ok(WavHeader { channels: 1, rate: 22050, bits: 16 }));
+        assert_eq!(
+            parse_header(&h),
+            Ok(WavHeader {
+                channels: 1,
+                rate: 22050,
+                bits: 16
+            })
+        );
         let mut float = h.clone();
         float[20] = 3;
         assert!(parse_header(&float).unwrap_err().contains("format tag 3"));
@@ -197,10 +257,14 @@ mod tests {
         assert_eq!(e.sample_rate(), 22050);
         let mut pieces = 0;
         let mut samples = Vec::new();
-        e.synthesize("The lamp is amber. Check the press before the next cycle.", &AtomicBool::new(false), &mut |s| {
-            pieces += 1;
-            samples.extend_from_slice(s);
-        })
+        e.synthesize(
+            "The lamp is amber. Check the press before the next cycle.",
+            &AtomicBool::new(false),
+            &mut |s| {
+                pieces += 1;
+                samples.extend_from_slice(s);
+            },
+        )
         .unwrap();
         let secs = samples.len() as f32 / 22050.0;
         assert!((1.5..8.0).contains(&secs), "{secs} s of speech");
@@ -209,13 +273,18 @@ mod tests {
         assert!(rms > 0.01, "audible: rms {rms}");
         let cancel = AtomicBool::new(true);
         let mut after_cancel = 0;
-        e.synthesize("This is never heard.", &cancel, &mut |s| after_cancel += s.len()).unwrap();
+        e.synthesize("This is never heard.", &cancel, &mut |s| {
+            after_cancel += s.len()
+        })
+        .unwrap();
         assert_eq!(after_cancel, 0);
     }
 
     #[test]
     fn a_missing_program_or_voice_is_a_clear_error() {
-        let e = Espeak::new("no-such-voice-xx", 175).err().expect("unknown voice accepted");
+        let e = Espeak::new("no-such-voice-xx", 175)
+            .err()
+            .expect("unknown voice accepted");
         assert!(e.to_string().contains("no-such-voice-xx"), "{e}");
     }
 }

@@ -33,7 +33,12 @@ pub trait Synthesizer: Send {
     fn name(&self) -> String;
     fn sample_rate(&self) -> u32;
     /// Speaks `text`, handing samples to `out` as they are made; stops early when `cancel` is set.
-    fn synthesize(&mut self, text: &str, cancel: &AtomicBool, out: &mut dyn FnMut(&[f32])) -> Result<(), TtsError>;
+    fn synthesize(
+        &mut self,
+        text: &str,
+        cancel: &AtomicBool,
+        out: &mut dyn FnMut(&[f32]),
+    ) -> Result<(), TtsError>;
 }
 
 /// Which synthesizer, as configured.
@@ -56,17 +61,35 @@ pub enum TtsSettings {
 
 impl Default for TtsSettings {
     fn default() -> Self {
-        TtsSettings::EspeakNg { voice: "en-us".into(), speed: 175 }
+        TtsSettings::EspeakNg {
+            voice: "en-us".into(),
+            speed: 175,
+        }
     }
 }
 
 /// Builds the configured synthesizer (Piper needs the runtime for its session).
-pub fn build(settings: &TtsSettings, rt: Option<&crate::model::runtime::Runtime>) -> Result<Box<dyn Synthesizer>, TtsError> {
+pub fn build(
+    settings: &TtsSettings,
+    rt: Option<&crate::model::runtime::Runtime>,
+) -> Result<Box<dyn Synthesizer>, TtsError> {
     Ok(match settings {
         TtsSettings::EspeakNg { voice, speed } => Box::new(Espeak::new(voice, *speed)?),
-        TtsSettings::Piper { model, speaker, espeak_voice } => {
-            let rt = rt.ok_or_else(|| TtsError::PiperModel { path: model.clone(), reason: "ONNX Runtime is not loaded".into() })?;
-            Box::new(PiperVoice::load(rt, model, *speaker, espeak_voice.as_deref())?)
+        TtsSettings::Piper {
+            model,
+            speaker,
+            espeak_voice,
+        } => {
+            let rt = rt.ok_or_else(|| TtsError::PiperModel {
+                path: model.clone(),
+                reason: "ONNX Runtime is not loaded".into(),
+            })?;
+            Box::new(PiperVoice::load(
+                rt,
+                model,
+                *speaker,
+                espeak_voice.as_deref(),
+            )?)
         }
     })
 }
@@ -98,7 +121,10 @@ mod tests {
     fn citations_are_not_spoken() {
         for (text, want) in [
             ("[cam:press-2] The lamp is amber.", "The lamp is amber."),
-            ("The lamp [cam:press-2]  is amber. [cam:belt-1]", "The lamp is amber."),
+            (
+                "The lamp [cam:press-2]  is amber. [cam:belt-1]",
+                "The lamp is amber.",
+            ),
             ("Pressure [bar] is 3.5.", "Pressure [bar] is 3.5."),
             ("[cam:unterminated", "[cam:unterminated"),
             ("", ""),

@@ -75,7 +75,11 @@ pub struct PiperInference {
 
 impl Default for PiperInference {
     fn default() -> Self {
-        PiperInference { noise_scale: noise_scale(), length_scale: length_scale(), noise_w: noise_w() }
+        PiperInference {
+            noise_scale: noise_scale(),
+            length_scale: length_scale(),
+            noise_w: noise_w(),
+        }
     }
 }
 
@@ -98,21 +102,35 @@ fn noise_w() -> f32 {
 
 impl PiperConfig {
     pub fn parse(text: &str, path: &Path) -> Result<PiperConfig, TtsError> {
-        let bad = |reason: String| TtsError::PiperConfig { path: path.into(), reason };
+        let bad = |reason: String| TtsError::PiperConfig {
+            path: path.into(),
+            reason,
+        };
         let c: PiperConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if c.phoneme_type != "espeak" {
-            return Err(bad(format!("phoneme_type {:?}: only \"espeak\" voices are supported", c.phoneme_type)));
+            return Err(bad(format!(
+                "phoneme_type {:?}: only \"espeak\" voices are supported",
+                c.phoneme_type
+            )));
         }
         if c.audio.sample_rate == 0 {
             return Err(bad("audio.sample_rate is 0".into()));
         }
         for sym in [PAD, BOS, EOS] {
             if !c.phoneme_id_map.contains_key(&sym.to_string()) {
-                return Err(bad(format!("phoneme_id_map has no {sym:?} (pad, begin and end are required)")));
+                return Err(bad(format!(
+                    "phoneme_id_map has no {sym:?} (pad, begin and end are required)"
+                )));
             }
         }
-        if let Some((k, _)) = c.phoneme_id_map.iter().find(|(k, _)| k.chars().count() != 1) {
-            return Err(bad(format!("phoneme_id_map key {k:?} is not one code point")));
+        if let Some((k, _)) = c
+            .phoneme_id_map
+            .iter()
+            .find(|(k, _)| k.chars().count() != 1)
+        {
+            return Err(bad(format!(
+                "phoneme_id_map key {k:?} is not one code point"
+            )));
         }
         Ok(c)
     }
@@ -146,7 +164,8 @@ pub fn clauses(text: &str) -> Vec<(String, Option<char>)> {
     let mut cur = String::new();
     let chars: Vec<char> = text.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
-        let ends = matches!(c, ',' | ';' | ':' | '.' | '!' | '?') && chars.get(i + 1).is_none_or(|n| n.is_whitespace());
+        let ends = matches!(c, ',' | ';' | ':' | '.' | '!' | '?')
+            && chars.get(i + 1).is_none_or(|n| n.is_whitespace());
         if ends {
             if !cur.trim().is_empty() {
                 out.push((cur.trim().to_string(), Some(c)));
@@ -168,7 +187,13 @@ pub fn join_clauses(ipa_lines: &[String], clauses: &[(String, Option<char>)]) ->
     let aligned = ipa_lines.len() == clauses.len();
     for (i, line) in ipa_lines.iter().enumerate() {
         s.push_str(line.trim());
-        let term = if aligned { clauses[i].1 } else if i + 1 == ipa_lines.len() { clauses.last().and_then(|c| c.1) } else { None };
+        let term = if aligned {
+            clauses[i].1
+        } else if i + 1 == ipa_lines.len() {
+            clauses.last().and_then(|c| c.1)
+        } else {
+            None
+        };
         if let Some(c) = term {
             s.push(c);
         }
@@ -179,7 +204,10 @@ pub fn join_clauses(ipa_lines: &[String], clauses: &[(String, Option<char>)]) ->
 
 /// espeak-ng's IPA for `text` (one line per clause), language-switch marks like `(en)` removed.
 pub fn espeak_ipa(program: &str, voice: &str, text: &str) -> Result<Vec<String>, TtsError> {
-    let err = |reason: String| TtsError::Phonemes { text: text.into(), reason };
+    let err = |reason: String| TtsError::Phonemes {
+        text: text.into(),
+        reason,
+    };
     let mut child = Command::new(program)
         .args(["-q", "--ipa", "-v", voice])
         .stdin(Stdio::piped())
@@ -187,10 +215,18 @@ pub fn espeak_ipa(program: &str, voice: &str, text: &str) -> Result<Vec<String>,
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| err(format!("cannot run {program}: {e}")))?;
-    let _ = child.stdin.take().expect("piped").write_all(text.as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes());
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
-        return Err(err(format!("{program} exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(err(format!(
+            "{program} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
@@ -224,28 +260,46 @@ pub struct PiperVoice {
 
 impl PiperVoice {
     /// Loads `model` (an `.onnx`) and its `model.onnx.json`.
-    pub fn load(rt: &Runtime, model: &Path, speaker: Option<i64>, espeak_voice: Option<&str>) -> Result<PiperVoice, TtsError> {
+    pub fn load(
+        rt: &Runtime,
+        model: &Path,
+        speaker: Option<i64>,
+        espeak_voice: Option<&str>,
+    ) -> Result<PiperVoice, TtsError> {
         let json_path = PathBuf::from(format!("{}.json", model.display()));
-        let text = std::fs::read_to_string(&json_path)
-            .map_err(|e| TtsError::PiperConfig { path: json_path.clone(), reason: format!("cannot read it ({e}); a Piper voice is model.onnx + model.onnx.json") })?;
+        let text = std::fs::read_to_string(&json_path).map_err(|e| TtsError::PiperConfig {
+            path: json_path.clone(),
+            reason: format!("cannot read it ({e}); a Piper voice is model.onnx + model.onnx.json"),
+        })?;
         let config = PiperConfig::parse(&text, &json_path)?;
-        let model_err = |reason: String| TtsError::PiperModel { path: model.into(), reason };
+        let model_err = |reason: String| TtsError::PiperModel {
+            path: model.into(),
+            reason,
+        };
         let session = Session::builder(&rt.env)
             .and_then(|mut b| b.commit_from_file(model))
             .map_err(|e| model_err(e.to_string()))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for want in ["input", "input_lengths", "scales"] {
             if !names.contains(&want) {
-                return Err(model_err(format!("no input {want:?} (inputs: {names:?}); not a Piper voice")));
+                return Err(model_err(format!(
+                    "no input {want:?} (inputs: {names:?}); not a Piper voice"
+                )));
             }
         }
         let has_sid = names.contains(&"sid");
         if config.num_speakers > 1 && !has_sid {
-            return Err(model_err(format!("{} speakers but no \"sid\" input", config.num_speakers)));
+            return Err(model_err(format!(
+                "{} speakers but no \"sid\" input",
+                config.num_speakers
+            )));
         }
         if let Some(s) = speaker {
             if s < 0 || s >= i64::from(config.num_speakers) {
-                return Err(model_err(format!("speaker {s} out of range (the voice has {})", config.num_speakers)));
+                return Err(model_err(format!(
+                    "speaker {s} out of range (the voice has {})",
+                    config.num_speakers
+                )));
             }
         }
         let espeak_voice = espeak_voice
@@ -253,7 +307,15 @@ impl PiperVoice {
             .or_else(|| config.espeak.as_ref().map(|e| e.voice.clone()))
             .unwrap_or_else(|| "en-us".into());
         let program = std::env::var("GEMBA_ESPEAK").unwrap_or_else(|_| "espeak-ng".into());
-        Ok(PiperVoice { config, session, path: model.into(), speaker, espeak_voice, program, has_sid })
+        Ok(PiperVoice {
+            config,
+            session,
+            path: model.into(),
+            speaker,
+            espeak_voice,
+            program,
+            has_sid,
+        })
     }
 
     pub fn config(&self) -> &PiperConfig {
@@ -269,14 +331,25 @@ impl PiperVoice {
 
 impl Synthesizer for PiperVoice {
     fn name(&self) -> String {
-        format!("piper:{}", self.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        format!(
+            "piper:{}",
+            self.path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )
     }
 
     fn sample_rate(&self) -> u32 {
         self.config.audio.sample_rate
     }
 
-    fn synthesize(&mut self, text: &str, cancel: &AtomicBool, out: &mut dyn FnMut(&[f32])) -> Result<(), TtsError> {
+    fn synthesize(
+        &mut self,
+        text: &str,
+        cancel: &AtomicBool,
+        out: &mut dyn FnMut(&[f32]),
+    ) -> Result<(), TtsError> {
         let phonemes = self.phonemes(text)?;
         let (ids, missing) = self.config.phoneme_ids(&phonemes);
         if !missing.is_empty() {
@@ -285,21 +358,33 @@ impl Synthesizer for PiperVoice {
         if ids.len() <= 3 || cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let model_err = |e: ort::Error| TtsError::PiperModel { path: self.path.clone(), reason: e.to_string() };
+        let model_err = |e: ort::Error| TtsError::PiperModel {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
         let n = ids.len();
         let inf = &self.config.inference;
         let input = Tensor::from_array(([1usize, n], ids)).map_err(model_err)?;
         let lengths = Tensor::from_array(([1usize], vec![n as i64])).map_err(model_err)?;
-        let scales = Tensor::from_array(([3usize], vec![inf.noise_scale, inf.length_scale, inf.noise_w])).map_err(model_err)?;
-        let mut inputs = ort::inputs! { "input" => input, "input_lengths" => lengths, "scales" => scales };
+        let scales = Tensor::from_array((
+            [3usize],
+            vec![inf.noise_scale, inf.length_scale, inf.noise_w],
+        ))
+        .map_err(model_err)?;
+        let mut inputs =
+            ort::inputs! { "input" => input, "input_lengths" => lengths, "scales" => scales };
         if self.has_sid {
-            let sid = Tensor::from_array(([1usize], vec![self.speaker.unwrap_or(0)])).map_err(model_err)?;
+            let sid = Tensor::from_array(([1usize], vec![self.speaker.unwrap_or(0)]))
+                .map_err(model_err)?;
             inputs.push(("sid".into(), sid.into()));
         }
         let outputs = self.session.run(inputs).map_err(model_err)?;
         let (_, audio) = outputs[0].try_extract_tensor::<f32>().map_err(model_err)?;
         let peak = audio.iter().fold(0.0f32, |m, s| m.max(s.abs())).max(0.01);
-        let scaled: Vec<f32> = audio.iter().map(|s| (s / peak * (32767.0 / 32768.0)).clamp(-1.0, 1.0)).collect();
+        let scaled: Vec<f32> = audio
+            .iter()
+            .map(|s| (s / peak * (32767.0 / 32768.0)).clamp(-1.0, 1.0))
+            .collect();
         out(&scaled);
         Ok(())
     }
@@ -331,7 +416,14 @@ mod tests {
         let c = config();
         assert_eq!(c.audio.sample_rate, 22050);
         assert_eq!(c.espeak.as_ref().unwrap().voice, "en-us");
-        assert_eq!((c.inference.noise_scale, c.inference.length_scale, c.inference.noise_w), (0.667, 1.0, 0.8));
+        assert_eq!(
+            (
+                c.inference.noise_scale,
+                c.inference.length_scale,
+                c.inference.noise_w
+            ),
+            (0.667, 1.0, 0.8)
+        );
         assert_eq!(c.num_speakers, 1);
     }
 
@@ -339,14 +431,29 @@ mod tests {
     fn bad_configs_say_what_is_wrong() {
         let p = Path::new("v.onnx.json");
         for (text, want) in [
-            (r#"{"audio": {"sample_rate": 22050}, "phoneme_id_map": {"^": [1], "$": [2]}}"#, "has no '_'"),
-            (r#"{"audio": {"sample_rate": 22050}, "phoneme_type": "text", "phoneme_id_map": {}}"#, "only \"espeak\""),
-            (r#"{"audio": {"sample_rate": 0}, "phoneme_id_map": {"_": [0], "^": [1], "$": [2]}}"#, "sample_rate is 0"),
-            (r#"{"audio": {"sample_rate": 1}, "phoneme_id_map": {"_": [0], "^": [1], "$": [2], "ab": [3]}}"#, "not one code point"),
+            (
+                r#"{"audio": {"sample_rate": 22050}, "phoneme_id_map": {"^": [1], "$": [2]}}"#,
+                "has no '_'",
+            ),
+            (
+                r#"{"audio": {"sample_rate": 22050}, "phoneme_type": "text", "phoneme_id_map": {}}"#,
+                "only \"espeak\"",
+            ),
+            (
+                r#"{"audio": {"sample_rate": 0}, "phoneme_id_map": {"_": [0], "^": [1], "$": [2]}}"#,
+                "sample_rate is 0",
+            ),
+            (
+                r#"{"audio": {"sample_rate": 1}, "phoneme_id_map": {"_": [0], "^": [1], "$": [2], "ab": [3]}}"#,
+                "not one code point",
+            ),
             (r#"{"phoneme_id_map": {}}"#, "missing field `audio`"),
         ] {
             let e = PiperConfig::parse(text, p).unwrap_err().to_string();
-            assert!(e.starts_with("Piper voice config v.onnx.json: ") && e.contains(want), "{e}");
+            assert!(
+                e.starts_with("Piper voice config v.onnx.json: ") && e.contains(want),
+                "{e}"
+            );
         }
     }
 
@@ -355,7 +462,10 @@ mod tests {
         let c = config();
         let (ids, missing) = c.phoneme_ids("ðə lˈæmp.");
         // ^ _ ð _ ə _ ' ' _ l _ ˈ _ æ _ m _ p _ . _ $
-        assert_eq!(ids, vec![1, 0, 41, 0, 59, 0, 3, 0, 24, 0, 120, 0, 39, 0, 25, 0, 28, 0, 10, 0, 2]);
+        assert_eq!(
+            ids,
+            vec![1, 0, 41, 0, 59, 0, 3, 0, 24, 0, 120, 0, 39, 0, 25, 0, 28, 0, 10, 0, 2]
+        );
         assert!(missing.is_empty());
         // Unknown phonemes are skipped and counted; precomposed ç is decomposed (NFD) into c + U+0327 first.
         let (ids, missing) = c.phoneme_ids("çx");
@@ -369,17 +479,34 @@ mod tests {
         let cl = clauses(text);
         assert_eq!(
             cl,
-            vec![("The lamp is amber".into(), Some(',')), ("check the press".into(), Some('.')), ("Now".into(), Some('!'))]
+            vec![
+                ("The lamp is amber".into(), Some(',')),
+                ("check the press".into(), Some('.')),
+                ("Now".into(), Some('!'))
+            ]
         );
-        let lines: Vec<String> = ["ðə lˈæmp ɪz ˈæmbɚ", "tʃˈɛk ðə pɹˈɛs", "nˈaʊ"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(join_clauses(&lines, &cl), "ðə lˈæmp ɪz ˈæmbɚ, tʃˈɛk ðə pɹˈɛs. nˈaʊ!");
+        let lines: Vec<String> = ["ðə lˈæmp ɪz ˈæmbɚ", "tʃˈɛk ðə pɹˈɛs", "nˈaʊ"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            join_clauses(&lines, &cl),
+            "ðə lˈæmp ɪz ˈæmbɚ, tʃˈɛk ðə pɹˈɛs. nˈaʊ!"
+        );
         // A decimal point is not a clause end.
         assert_eq!(clauses("It is 3.5 bar.").len(), 1);
     }
 
     #[test]
     fn espeak_gives_ipa_per_clause() {
-        let lines = espeak_ipa("espeak-ng", "en-us", "The lamp is amber, check the press.").unwrap();
-        assert_eq!(lines, vec!["ðə lˈæmp ɪz ˈæmbɚ".to_string(), "tʃˈɛk ðə pɹˈɛs".to_string()]);
+        let lines =
+            espeak_ipa("espeak-ng", "en-us", "The lamp is amber, check the press.").unwrap();
+        assert_eq!(
+            lines,
+            vec![
+                "ðə lˈæmp ɪz ˈæmbɚ".to_string(),
+                "tʃˈɛk ðə pɹˈɛs".to_string()
+            ]
+        );
     }
 }
