@@ -503,13 +503,13 @@ impl AppHandle {
     }
 
     /// Queues a request; `Err` gives it back when the queue is full or the daemon is stopping.
-    pub fn try_submit(&self, req: Request) -> Result<(), Request> {
+    pub fn try_submit(&self, req: Request) -> Result<(), Box<Request>> {
         submit(&self.requests, &self.stats, req)
     }
 }
 
 /// Queues a request, counting (and telling the listener of) whatever the queue dropped for it.
-fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(), Request> {
+fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(), Box<Request>> {
     match queue.try_push(req) {
         Ok(Pushed::Queued) => Ok(()),
         Ok(Pushed::Replaced(old)) => {
@@ -528,7 +528,7 @@ fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(),
             old.drop_unanswered("dropped from a full queue for a request that ranks higher");
             Ok(())
         }
-        Err(refused) => Err(refused.into_request()),
+        Err(refused) => Err(Box::new(refused.into_request())),
     }
 }
 

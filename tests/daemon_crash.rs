@@ -8,6 +8,7 @@
 //!   there, same kind and media hash;
 //! - every report that was cut off is marked incomplete, and no report is left open;
 //! - the daemon starts again and keeps writing.
+//!
 //! The kill points come from a seeded generator (`GEMBA_CRASH_SEED` replays a run).
 
 mod common;

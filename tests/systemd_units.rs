@@ -101,7 +101,7 @@ fn systemd_analyze_verify_accepts_the_units() {
         stderr.trim().is_empty(),
         "systemd-analyze verify warned:\n{stderr}"
     );
-    assert!(names.len() >= 1);
+    assert!(!names.is_empty());
 }
 
 /// Under systemd (JOURNAL_STREAM naming stderr, as a service gets it) the log goes to journald

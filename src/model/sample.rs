@@ -201,7 +201,7 @@ impl Sampler {
                     total -= w;
                     self.weights[j] = 0.0;
                 }
-                if !(total > 0.0) {
+                if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                     // Only the draft had mass (accepted above unless rounding); keep it.
                     return (draft, true);
                 }

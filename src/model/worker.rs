@@ -278,7 +278,7 @@ impl Worker {
     pub async fn unload(&self) -> Result<(), String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(Job::Unload { reply }))
+        tokio::task::spawn_blocking(move || tx.send(Job::Unload { reply }).map_err(drop))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|_| "the model worker has stopped".to_string())?;
@@ -302,7 +302,7 @@ impl Worker {
             policy: policy.clone(),
             reply,
         };
-        tokio::task::spawn_blocking(move || tx.send(job))
+        tokio::task::spawn_blocking(move || tx.send(job).map_err(drop))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|_| "the model worker has stopped".to_string())?;

@@ -260,7 +260,7 @@ impl Listener {
         let pre_to = span.start.saturating_sub(2 * self.window as u64);
         let mut floor: Vec<f32> = (pre_from..pre_to)
             .step_by(FRAME as usize)
-            .filter_map(|f| level(f))
+            .filter_map(&level)
             .collect();
         if floor.len() < 5 {
             return span.end; // too little pre-roll to know the noise

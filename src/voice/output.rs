@@ -23,6 +23,9 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
 use crate::capture::mic::SampleFormat;
 
+/// The WAV file the voice speaks into, shared with the writer thread.
+type SharedWav = Arc<Mutex<Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>>>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("no audio output device named {device:?}; available outputs: {}", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
@@ -150,7 +153,7 @@ pub struct Output {
     thread: Option<JoinHandle<Result<(), OutputError>>>,
     stop_thread: Arc<std::sync::atomic::AtomicBool>,
     /// The file writer: brought up to date after each answer.
-    sync_file: Option<Arc<Mutex<Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>>>>>,
+    sync_file: Option<SharedWav>,
 }
 
 fn device_label(d: &cpal::Device) -> String {

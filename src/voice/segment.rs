@@ -136,7 +136,11 @@ impl Segmenter {
         let i = self.next;
         self.next += 1;
         let speech = p >= self.threshold;
-        let silence = !(p >= self.neg_threshold); // NaN → silence
+        // NaN → silence.
+        let silence = !matches!(
+            p.partial_cmp(&self.neg_threshold),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        );
         match self.state {
             State::Idle => {
                 if speech {
@@ -268,7 +272,13 @@ mod tests {
             end: b * 100,
         };
         // (probabilities, min speech, end silence, max, expected (window index, event))
-        let cases: Vec<(&str, Vec<f32>, (u64, u64, u64), Vec<(usize, SegmentEvent)>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Vec<f32>,
+            (u64, u64, u64),
+            Vec<(usize, SegmentEvent)>,
+        );
+        let cases: Vec<Case> = vec![
             ("silence", vec![0.0; 20], (200, 300, 10_000), vec![]),
             (
                 "one utterance",
