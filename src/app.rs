@@ -1061,12 +1061,13 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         events,
         shutdown: CancellationToken::new(),
     };
-    let mut api_server = crate::api::serve(api, handle.clone());
+    // The publisher before the API serves, so /status never shows a configured [mqtt] as absent.
     let publisher = settings
         .mqtt
         .as_ref()
         .map(|m| crate::publish::start(m, handle.clone()))
         .transpose()?;
+    let mut api_server = crate::api::serve(api, handle.clone());
 
     let voice = match crate::voice::start(&settings, handle.clone()) {
         Ok(Some(v)) => {
