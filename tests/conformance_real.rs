@@ -6,15 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
-
-fn genai(args: &[&str]) -> Value {
-    let mut cmd = std::process::Command::new(python());
-    cmd.arg(root().join("tests/conformance/genai_greedy.py"))
-        .args(args)
-        .current_dir(root());
-    json_of(&run_ok(cmd))
-}
+use serde_json::json;
 
 /// The real model (SmolLM2-135M-Instruct, int8 and int4, made by scripts/models/make_smollm2.py
 /// through `scripts/real-model-check`): tokenization and chat template as ORT-GenAI's, and the same

@@ -18,14 +18,6 @@ fn prompts() -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-fn genai(args: &[&str]) -> Value {
-    let mut cmd = std::process::Command::new(python());
-    cmd.arg(root().join("tests/conformance/genai_greedy.py"))
-        .args(args)
-        .current_dir(root());
-    json_of(&run_ok(cmd))
-}
-
 #[test]
 fn tokenization_and_chat_template_match_ort_genai() {
     let bundle = root().join("models/tiny-qwen2/fp32");

@@ -381,3 +381,12 @@ impl Drop for Tmpfs {
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
 }
+
+/// tests/conformance/genai_greedy.py (ORT-GenAI, pip) with these arguments; its JSON answer.
+pub fn genai(args: &[&str]) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(root().join("tests/conformance/genai_greedy.py"))
+        .args(args)
+        .current_dir(root());
+    json_of(&run_ok(cmd))
+}
