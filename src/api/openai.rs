@@ -362,6 +362,7 @@ fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiEr
             // Any 64-bit seed, negative ones included, keeps its bits.
             seed: req.seed.map(|s| s as u64),
             stop,
+            response_format: None,
         },
         stream: req.stream.unwrap_or(false),
         include_usage: req

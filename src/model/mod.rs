@@ -10,6 +10,7 @@
 //! the provider every component actually ran on.
 
 pub mod bundle;
+pub mod constrain;
 pub mod engine;
 pub mod genai_config;
 pub mod generate;

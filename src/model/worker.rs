@@ -58,6 +58,8 @@ pub struct GenOverrides {
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// The shape the answer is held to (constrained decoding); `None` = free text.
+    pub response_format: Option<super::constrain::ResponseFormat>,
 }
 
 pub enum Job {
