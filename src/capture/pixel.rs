@@ -77,9 +77,9 @@ pub enum PixelError {
         actual_w: u32,
         actual_h: u32,
     },
-    /// An image file (replay, upload), decoded by [`crate::model::vision`]; names the file.
+    /// An image file (replay, upload), decoded by [`crate::media::vision`]; names the file.
     #[error(transparent)]
-    File(#[from] crate::model::vision::VisionError),
+    File(#[from] crate::media::vision::VisionError),
 }
 
 impl PixelError {
@@ -93,7 +93,7 @@ impl PixelError {
             PixelError::JpegTooLarge { .. } => "JPEG too large",
             PixelError::JpegSize { .. } => "JPEG size mismatch",
             PixelError::File(e) => {
-                use crate::model::vision::VisionError as V;
+                use crate::media::vision::VisionError as V;
                 match e {
                     V::TooLarge { .. } => "image too large",
                     V::Empty { .. } => "empty image",
@@ -325,19 +325,16 @@ pub fn mjpeg_to_rgb(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, Pix
 }
 
 /// Decode an image file (a replay camera's PNG or JPEG) by its content, with the decoder of
-/// the model's own file path ([`crate::model::vision`]: PNG, and JPEG with libjpeg 9's
+/// the model's own file path ([`crate::media::vision`]: PNG, and JPEG with libjpeg 9's
 /// arithmetic), so a frame read from a file reaches the model with the same pixels as
 /// `gemba ask --image` gives it. Images over `max_pixels` are refused from their header,
 /// before any pixel buffer is allocated. `input` names the file in errors.
-///
-/// (`model::vision` and `model::jpeg` are pure pixel code with no ONNX Runtime in them; they
-/// are the `media/` layer of the module map in all but their path.)
 pub fn decode_image_file(
     data: &[u8],
     input: &str,
     max_pixels: usize,
 ) -> Result<RgbImage, PixelError> {
-    let img = crate::model::vision::decode_image_within(data, input, max_pixels)?;
+    let img = crate::media::vision::decode_image_within(data, input, max_pixels)?;
     let side = |v: usize| u32::try_from(v).expect("sides are at most 16384");
     Ok(RgbImage {
         width: side(img.width),
