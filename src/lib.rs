@@ -7,7 +7,9 @@
 //!   (cpal, WAV replay) sending audio chunks.
 //! - [`monitor`]: when to look — per camera an interval and a change gate → `Query`.
 //! - [`model`]: bundles, ONNX Runtime sessions and providers, pre-processing, generation, the
-//!   token → sentence stream, the worker thread that owns the sessions.
+//!   token → sentence stream.
+//! - [`daemon`]: `gemba run` — requests and their queue with classes, dispatch to the model
+//!   worker (the thread that owns the sessions), cameras, `status.json`, start-up and shutdown.
 //! - [`report`]: reports (frames, sentences, audio in order) and their crash-safe store,
 //!   retention, HTML pages and JSON export.
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
@@ -21,7 +23,6 @@
 //! prints, and picks the exit code.
 
 pub mod api;
-pub mod app;
 pub mod bench;
 pub mod capture;
 pub mod config;

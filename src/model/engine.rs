@@ -23,6 +23,14 @@ use super::runtime::Runtime;
 use super::speech::Pcm;
 use super::tokenizer::{ChatMessage, TokenizerError};
 
+/// What a question holds: text, camera frames (named as the prompt names them) and audio.
+#[derive(Debug, Clone, Default)]
+pub struct AskInput {
+    pub text: String,
+    pub frames: Vec<crate::capture::Frame>,
+    pub audio: Vec<crate::capture::AudioClip>,
+}
+
 pub struct Engine {
     pub bundle: Bundle,
     pub decoder: Decoder,
@@ -217,7 +225,7 @@ impl Engine {
     /// audio. A text-only bundle answers from the text alone (its provider report says so).
     pub fn ask(
         &mut self,
-        input: &super::worker::AskInput,
+        input: &AskInput,
         system: Option<&str>,
         params: &GenerateParams,
         cancel: &CancelToken,

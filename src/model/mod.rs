@@ -29,7 +29,6 @@ pub mod stream;
 pub mod tensor;
 pub mod tokenizer;
 pub mod vision;
-pub mod worker;
 
 #[cfg(test)]
 mod alloc_count;
