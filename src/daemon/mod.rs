@@ -25,6 +25,7 @@
 
 pub mod cameras;
 pub mod dispatch;
+pub mod prompt;
 pub mod queue;
 pub mod request;
 pub mod status;

@@ -17,12 +17,19 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-pub use crate::model::engine::AskInput;
 use crate::model::generate::{CancelToken, Done, Event, GenerateError};
 use crate::model::providers::{ProviderPolicy, ProviderReport};
 use crate::model::runtime::Runtime;
 use crate::model::Engine;
 use crate::systemd::Beat;
+
+/// What a question holds: text, camera frames (named as the prompt names them) and audio.
+#[derive(Debug, Clone, Default)]
+pub struct AskInput {
+    pub text: String,
+    pub frames: Vec<crate::capture::Frame>,
+    pub audio: Vec<crate::capture::AudioClip>,
+}
 
 /// Per-job generation settings (the rest comes from the bundle).
 #[derive(Debug, Clone)]
