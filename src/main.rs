@@ -452,14 +452,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(r) => {
-            gemba::app::run(gemba::app::RunArgs {
+            let args = gemba::daemon::RunArgs {
                 config: r.config,
                 demo: r.demo,
                 data: r.data,
                 onnxruntime: cli.onnxruntime,
                 stop_after: r.stop_after,
                 listen: r.listen,
-            })?;
+            };
+            gemba::daemon::main(args, gemba::daemon::stop_signals())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {

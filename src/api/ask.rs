@@ -1,7 +1,7 @@
 //! `POST /ask` and `GET /ask/{id}/events`: a question in, its answer out as server-sent events.
 //!
 //! What flows through: the request body (JSON `{text, cameras?, image?, audio?}` or multipart)
-//! becomes an [`app::Request`](crate::app::Request) on the daemon's bounded queue, with the
+//! becomes an [`daemon::Request`](crate::daemon::Request) on the daemon's bounded queue, with the
 //! named cameras' latest frames and the decoded image and audio. The request's listener feeds a
 //! pump task that owns the ask's [`AskLog`]: every event, serialized once, numbered, appended.
 //!
@@ -37,8 +37,8 @@ use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
 use super::{report_id, Api, HttpError};
-use crate::app::{Request as AppRequest, RequestEvent};
 use crate::capture::{AudioClip, Frame};
+use crate::daemon::{Request as AppRequest, RequestEvent};
 use crate::model::Event;
 use crate::report::Trigger;
 
@@ -510,7 +510,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
         inner.metrics.asks_rejected("unloaded");
         return Err(HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            crate::model::worker::NOT_LOADED,
+            crate::daemon::worker::NOT_LOADED,
         ));
     }
     let mut frames = Vec::new();

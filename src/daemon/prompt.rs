@@ -6,8 +6,8 @@
 //! clips' samples. No channels.
 
 use crate::capture::{AudioClip, Frame};
+use crate::daemon::worker::AskInput;
 use crate::model::engine::{Prompt, PromptAudio, PromptImage};
-use crate::model::worker::AskInput;
 
 impl<'a> From<&'a Frame> for PromptImage<'a> {
     fn from(f: &'a Frame) -> Self {

@@ -24,7 +24,6 @@ pub mod sample;
 pub mod speculate;
 pub mod stream;
 pub mod tokenizer;
-pub mod worker;
 
 #[cfg(test)]
 mod alloc_count;
