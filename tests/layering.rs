@@ -16,12 +16,6 @@ use std::path::{Path, PathBuf};
 const MEDIA_MAY_USE: &[&str] = &["media", "sys"];
 const MODEL_MAY_USE: &[&str] = &["model", "media", "config", "sys"];
 
-/// Files that still break the rule and are being moved out of the layer elsewhere: the model
-/// worker (which runs update's smoke test and systemd's watchdog beat) moves to `daemon/` on the
-/// arch-daemon branch. The entry must be removed once the file is gone — the test fails until
-/// it is, so an exemption cannot outlive its reason.
-const PENDING_MOVE: &[&str] = &["src/model/worker.rs"];
-
 #[derive(Debug, PartialEq)]
 struct Import {
     line: usize,
@@ -290,9 +284,6 @@ fn media_and_model_import_only_lower_layers() {
         for file in files {
             let rel = file.strip_prefix(&src).unwrap();
             let shown = format!("src/{}", rel.display());
-            if PENDING_MOVE.contains(&shown.as_str()) {
-                continue;
-            }
             let text = std::fs::read_to_string(&file).unwrap();
             let module = module_path(rel);
             files_read += 1;
@@ -320,17 +311,6 @@ fn media_and_model_import_only_lower_layers() {
         "a lower layer imports a higher one:\n{}",
         violations.join("\n")
     );
-}
-
-#[test]
-fn pending_moves_still_exist() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in PENDING_MOVE {
-        assert!(
-            root.join(f).is_file(),
-            "{f} has moved: remove it from PENDING_MOVE in tests/layering.rs"
-        );
-    }
 }
 
 fn module(s: &str) -> Vec<String> {
