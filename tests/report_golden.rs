@@ -48,6 +48,7 @@ fn fixed_report() -> Report {
             total_ms: Some(3105.5),
             tokens_per_s: Some(18.24),
             voice: None,
+            dropped_regions: 0,
         }),
         unknown_citations: 1,
         segments: vec![

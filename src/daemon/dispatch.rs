@@ -308,6 +308,8 @@ fn write_report(
                 total_ms: Some(d.total_ms),
                 tokens_per_s: Some(d.decode_tokens_per_s),
                 voice,
+                // The writer fills in its own counts (dropped regions).
+                ..Default::default()
             })
         }
         (Some(d), _) => abort(&stats, format!("generation stopped: {:?}", d.stop)),

@@ -1,10 +1,23 @@
-//! Citations: the model cites a camera's frame with `[cam:NAME]` inside a sentence; the report
-//! shows that frame at that point and the reader never sees the marker.
+//! Citations: the model cites a camera's frame with `[cam:NAME]` inside a sentence, or a region
+//! of it with `[cam:NAME box:x0,y0,x1,y1]`; the report shows that frame (and the region) at that
+//! point and the reader never sees the marker.
 //!
 //! What flows in: one streamed sentence and the names of the cameras in the query. What flows
 //! out: the sentence without markers (spacing tidied), the cited cameras in order of first
-//! mention, and the names that matched no camera (the caller counts them and logs once — a model
-//! inventing a camera is not an error). Pure: no I/O, no state.
+//! mention, the cited regions in order, the names that matched no camera (the caller counts them
+//! and logs once — a model inventing a camera is not an error) and the region markers that were
+//! dropped as malformed (the caller counts and logs them). Pure: no I/O, no state.
+//!
+//! Region boxes use the convention of Qwen2.5-VL's and Florence-2's location outputs: integers
+//! 0–1000 of the frame's width and height, `x0,y0` the top-left and `x1,y1` the bottom-right
+//! corner. A box that is not four integers, leaves 0–1000, or is empty (`x0 >= x1`,
+//! `y0 >= y1`), or names no camera of the query, is dropped: its marker leaves the text.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest marker (between the brackets, in bytes) that counts as one; a longer bracket is
+/// text. The sentence splitter uses the same bound so it never cuts inside a marker.
+pub const MAX_MARKER_BYTES: usize = 96;
 
 /// A sentence with its citations taken out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -12,13 +25,69 @@ pub struct Citations {
     /// The sentence as the reader sees it.
     pub text: String,
     /// Cited cameras of the query (their configured spelling), first mention first, no repeats.
+    /// A region's camera counts as cited.
     pub cameras: Vec<String>,
+    /// Cited regions, in order of mention, no repeats.
+    pub regions: Vec<Region>,
     /// Cited names that are no camera of the query, as written, no repeats.
     pub unknown: Vec<String>,
+    /// Region markers dropped, each with why (the marker as written, the reason).
+    pub dropped: Vec<DroppedRegion>,
 }
 
-/// Strips `[cam:NAME]` markers from `sentence`. Markers are matched leniently as models write
-/// them: `cam` in any case, spaces around the colon and the name. A name matches a camera
+/// A region of one camera's frame, in thousandths of its width and height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BoxK {
+    pub x0: u16,
+    pub y0: u16,
+    pub x1: u16,
+    pub y1: u16,
+}
+
+impl BoxK {
+    /// The box in pixels of a `width`×`height` frame: `(x, y, w, h)`, at least 1×1, inside it.
+    pub fn pixels(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+        let sx = |v: u16| (u64::from(v) * u64::from(width) / 1000) as u32;
+        let sy = |v: u16| (u64::from(v) * u64::from(height) / 1000) as u32;
+        let x = sx(self.x0).min(width.saturating_sub(1));
+        let y = sy(self.y0).min(height.saturating_sub(1));
+        let w = sx(self.x1).saturating_sub(x).max(1).min(width - x);
+        let h = sy(self.y1).saturating_sub(y).max(1).min(height - y);
+        (x, y, w, h)
+    }
+}
+
+impl std::fmt::Display for BoxK {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{},{}", self.x0, self.y0, self.x1, self.y1)
+    }
+}
+
+/// One cited region: a camera of the query and a box of its frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Region {
+    pub camera: String,
+    #[serde(rename = "box")]
+    pub bbox: BoxK,
+}
+
+/// A region marker that was taken out of the text but not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedRegion {
+    /// The marker's inside, as written.
+    pub marker: String,
+    pub reason: &'static str,
+}
+
+/// What a complete marker holds.
+enum Marker<'a> {
+    Camera(&'a str),
+    Region(&'a str, Result<BoxK, &'static str>),
+}
+
+/// Strips `[cam:NAME]` and `[cam:NAME box:x0,y0,x1,y1]` markers from `sentence`. Markers are
+/// matched leniently as models write them: `cam` and `box` in any case, spaces around the colons,
+/// the name and the numbers, the numbers optionally in parentheses. A name matches a camera
 /// exactly, or case-insensitively when that picks out exactly one camera. Anything that is not a
 /// complete marker (`[cam:` without `]`, `[1]`) stays as text.
 pub fn cite<S: AsRef<str>>(sentence: &str, cameras: &[S]) -> Citations {
@@ -26,15 +95,39 @@ pub fn cite<S: AsRef<str>>(sentence: &str, cameras: &[S]) -> Citations {
     let mut text = String::with_capacity(sentence.len());
     let mut rest = sentence;
     while let Some(open) = rest.find('[') {
-        let Some((name, after)) = marker(&rest[open..]) else {
+        let Some((found, inner, after)) = marker(&rest[open..]) else {
             text.push_str(&rest[..=open]);
             rest = &rest[open + 1..];
             continue;
         };
         text.push_str(&rest[..open]);
-        match resolve(name, cameras) {
-            Some(cam) => push_once(&mut out.cameras, cam),
-            None => push_once(&mut out.unknown, name),
+        match found {
+            Marker::Camera(name) => match resolve(name, cameras) {
+                Some(cam) => push_once(&mut out.cameras, cam),
+                None => push_once(&mut out.unknown, name),
+            },
+            Marker::Region(name, bbox) => {
+                let mut reject = |reason| {
+                    out.dropped.push(DroppedRegion {
+                        marker: inner.to_string(),
+                        reason,
+                    })
+                };
+                match (resolve(name, cameras), bbox) {
+                    (Some(cam), Ok(bbox)) => {
+                        push_once(&mut out.cameras, cam);
+                        let region = Region {
+                            camera: cam.to_string(),
+                            bbox,
+                        };
+                        if !out.regions.contains(&region) {
+                            out.regions.push(region);
+                        }
+                    }
+                    (_, Err(reason)) => reject(reason),
+                    (None, Ok(_)) => reject("unknown camera"),
+                }
+            }
         }
         // Close the gap the marker leaves: one space between words, none before punctuation.
         let had_text = {
@@ -53,19 +146,67 @@ pub fn cite<S: AsRef<str>>(sentence: &str, cameras: &[S]) -> Citations {
     out
 }
 
-/// If `s` starts with a complete marker, its name and the text after it.
-fn marker(s: &str) -> Option<(&str, &str)> {
+/// Whether `inner` — what follows an unclosed `[` so far — may still become a marker: the
+/// splitter does not cut a sentence there. `inner` excludes the bracket.
+pub fn may_be_marker(inner: &str) -> bool {
+    if inner.len() > MAX_MARKER_BYTES || inner.contains(['\n', '[', ']']) {
+        return false;
+    }
+    let t = inner.trim_start().as_bytes();
+    let n = t.len().min(3);
+    t[..n].eq_ignore_ascii_case(&b"cam"[..n])
+}
+
+/// If `s` starts with a complete marker: what it holds, its inside and the text after it.
+fn marker(s: &str) -> Option<(Marker<'_>, &str, &str)> {
     let inner_end = s.find(']')?;
-    let inner = s[1..inner_end].trim();
+    if inner_end - 1 > MAX_MARKER_BYTES {
+        return None;
+    }
+    let raw = &s[1..inner_end];
+    let inner = raw.trim();
     // `get` rather than indexing: the bracket may hold any text, a multi-byte char included.
     if !inner.get(..3)?.eq_ignore_ascii_case("cam") {
         return None;
     }
-    let name = inner[3..].trim_start().strip_prefix(':')?.trim();
-    if name.is_empty() || name.contains(['[', '\n']) {
+    let body = inner[3..].trim_start().strip_prefix(':')?.trim();
+    if body.is_empty() || body.contains(['[', '\n']) {
         return None;
     }
-    Some((name, &s[inner_end + 1..]))
+    let after = &s[inner_end + 1..];
+    // `NAME box:…`: the name ends at the first space; what follows must be the box.
+    if let Some((name, tail)) = body.split_once(char::is_whitespace) {
+        let tail = tail.trim_start();
+        if tail.get(..3).is_some_and(|b| b.eq_ignore_ascii_case("box")) {
+            if let Some(coords) = tail[3..].trim_start().strip_prefix(':') {
+                return Some((Marker::Region(name, parse_box(coords)), inner, after));
+            }
+        }
+    }
+    Some((Marker::Camera(body), inner, after))
+}
+
+/// `x0,y0,x1,y1` (spaces and parentheses allowed) as a box, or why not.
+fn parse_box(coords: &str) -> Result<BoxK, &'static str> {
+    let coords = coords.trim().trim_start_matches('(').trim_end_matches(')');
+    let mut v = [0u16; 4];
+    let mut parts = coords.split(',');
+    for slot in &mut v {
+        let part = parts.next().ok_or("fewer than four numbers")?.trim();
+        let n: u32 = part.parse().map_err(|_| "not a whole number")?;
+        if n > 1000 {
+            return Err("outside 0-1000");
+        }
+        *slot = n as u16;
+    }
+    if parts.next().is_some() {
+        return Err("more than four numbers");
+    }
+    let [x0, y0, x1, y1] = v;
+    if x0 >= x1 || y0 >= y1 {
+        return Err("empty box (x0 >= x1 or y0 >= y1)");
+    }
+    Ok(BoxK { x0, y0, x1, y1 })
 }
 
 fn resolve<'a, S: AsRef<str>>(name: &str, cameras: &'a [S]) -> Option<&'a str> {
@@ -153,5 +294,94 @@ mod tests {
             (got.text.as_str(), got.unknown),
             ("See.", vec!["belt".to_string()])
         );
+    }
+
+    fn bx(x0: u16, y0: u16, x1: u16, y1: u16) -> BoxK {
+        BoxK { x0, y0, x1, y1 }
+    }
+
+    /// Sentence, clean text, regions, dropped markers.
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, BoxK)], usize);
+
+    #[test]
+    fn regions_are_taken_out_and_checked() {
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            // sentence, clean text, regions, dropped markers
+            ("The lamp [cam:press-2 box:10,20,300,400] is amber.", "The lamp is amber.",
+                &[("press-2", bx(10, 20, 300, 400))], 0),
+            ("Gauge [CAM : belt  BOX : ( 0, 0 ,1000,1000 )].", "Gauge.",
+                &[("belt", bx(0, 0, 1000, 1000))], 0),
+            ("Two [cam:belt box:1,2,3,4][cam:Dock.A box:5,6,7,8] boxes.", "Two boxes.",
+                &[("belt", bx(1, 2, 3, 4)), ("Dock.A", bx(5, 6, 7, 8))], 0),
+            ("Same [cam:belt box:1,2,3,4] [cam:belt box:1,2,3,4] twice.", "Same twice.",
+                &[("belt", bx(1, 2, 3, 4))], 0),
+            ("Flipped [cam:belt box:300,20,10,400] x.", "Flipped x.", &[], 1),
+            ("Flat [cam:belt box:10,20,300,20] y.", "Flat y.", &[], 1),
+            ("Big [cam:belt box:0,0,1001,10] out.", "Big out.", &[], 1),
+            ("Huge [cam:belt box:0,0,99999999999,10] out.", "Huge out.", &[], 1),
+            ("Neg [cam:belt box:-1,0,10,10] out.", "Neg out.", &[], 1),
+            ("Float [cam:belt box:0.1,0,10,10] out.", "Float out.", &[], 1),
+            ("Words [cam:belt box:a,b,c,d] out.", "Words out.", &[], 1),
+            ("Three [cam:belt box:1,2,3] out.", "Three out.", &[], 1),
+            ("Five [cam:belt box:1,2,3,4,5] out.", "Five out.", &[], 1),
+            ("Empty [cam:belt box:] out.", "Empty out.", &[], 1),
+            ("Ghost [cam:roof box:1,2,3,4] out.", "Ghost out.", &[], 1),
+            ("Unclosed [cam:belt box:1,2,3,4 stays.", "Unclosed [cam:belt box:1,2,3,4 stays.", &[], 0),
+        ];
+        for (input, text, regions, dropped) in cases {
+            let got = cite(input, CAMS);
+            assert_eq!(got.text, *text, "text of {input:?}");
+            let want: Vec<Region> = regions
+                .iter()
+                .map(|(c, b)| Region {
+                    camera: c.to_string(),
+                    bbox: *b,
+                })
+                .collect();
+            assert_eq!(got.regions, want, "regions of {input:?}");
+            assert_eq!(
+                got.dropped.len(),
+                *dropped,
+                "dropped of {input:?}: {:?}",
+                got.dropped
+            );
+            for r in &got.regions {
+                assert!(
+                    got.cameras.contains(&r.camera),
+                    "{input:?}: region camera is cited"
+                );
+            }
+        }
+        // A dropped region names its reason; a ghost's camera is not cited.
+        let got = cite("Ghost [cam:roof box:1,2,3,4].", CAMS);
+        assert_eq!(got.dropped[0].reason, "unknown camera");
+        assert!(got.cameras.is_empty() && got.unknown.is_empty());
+        assert_eq!(
+            cite("[cam:belt box:5,1,2,3]", CAMS).dropped[0].marker,
+            "cam:belt box:5,1,2,3"
+        );
+    }
+
+    #[test]
+    fn box_pixels_stay_inside_the_frame() {
+        assert_eq!(bx(0, 0, 1000, 1000).pixels(640, 480), (0, 0, 640, 480));
+        assert_eq!(
+            bx(500, 500, 750, 1000).pixels(640, 480),
+            (320, 240, 160, 240)
+        );
+        // A sliver narrower than a pixel still crops one pixel.
+        assert_eq!(bx(999, 999, 1000, 1000).pixels(10, 10), (9, 9, 1, 1));
+    }
+
+    #[test]
+    fn overlong_brackets_are_text() {
+        let long = format!(
+            "Long [cam:belt box:1,2,3,4{}] stays.",
+            " ".repeat(MAX_MARKER_BYTES)
+        );
+        assert_eq!(cite(&long, CAMS).text, long);
+        assert!(may_be_marker(" ca") && may_be_marker("CAM:belt box:1, 2"));
+        assert!(!may_be_marker("cb") && !may_be_marker("cam:belt\n") && !may_be_marker(&long));
     }
 }

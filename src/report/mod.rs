@@ -132,6 +132,14 @@ pub struct ReportStats {
     /// their golden files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice: Option<VoiceTimings>,
+    /// Region markers (`[cam:NAME box:…]`) dropped as malformed, out of range or naming no
+    /// camera of the query; filled in by the report writer (absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_regions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Latencies of a spoken exchange. `*_after_speech_ms` count from the moment the end of the

@@ -24,7 +24,9 @@
 //!   `St.`, `Inc.`, `vs.`, `approx.`, `ca.`, `z.B.`), number words before a digit (`No. 3`,
 //!   `Fig. 2`, `Nr. 5`, `min. 4 bar`), or letters with inner dots (`e.g.`, `i.e.`, `U.S.`);
 //! - the line so far is only a list marker (`1.`, `12.`, `a.`, `iv.`) — `1. Check the valve`;
-//! - an ellipsis followed directly by CJK (`他说……我`).
+//! - an ellipsis followed directly by CJK (`他说……我`);
+//! - anything inside a citation marker (`[cam:belt box:10, 20, 30, 40]`, see
+//!   [`cite`](crate::report::cite)), which always reaches one sentence whole.
 //!
 //! Lengths (in chars of the trimmed sentence, [`SplitterConfig`]):
 //! - A boundary that would close a sentence shorter than `min_sentence_chars` is passed over, so
@@ -242,6 +244,9 @@ impl SentenceSplitter {
                 Some(next) => self.decide(i, next, after, Cut::Sentence),
             };
         }
+        if self.inside_marker(i) {
+            return Step::Skip(after);
+        }
         if is_stop(c) {
             return self.stop_candidate(i);
         }
@@ -260,6 +265,23 @@ impl SentenceSplitter {
             }
         }
         Step::Skip(after)
+    }
+
+    /// Whether byte `i` lies inside what may still be a citation marker (`[cam:belt box:1, 2`):
+    /// no cut there, so a marker always reaches one sentence whole, however the tokens fell.
+    /// Looks back at most [`MAX_MARKER_BYTES`](crate::report::cite::MAX_MARKER_BYTES).
+    fn inside_marker(&self, i: usize) -> bool {
+        let head = &self.buf[..i];
+        let limit = crate::report::cite::MAX_MARKER_BYTES + 2;
+        match head
+            .char_indices()
+            .rev()
+            .take(limit)
+            .find(|(_, c)| *c == '[' || *c == ']')
+        {
+            Some((open, '[')) => crate::report::cite::may_be_marker(&head[open + 1..]),
+            _ => false,
+        }
     }
 
     /// A run of stops starting at byte `i`.

@@ -212,6 +212,8 @@ pub struct SentencePlacement {
     pub text: Option<Ack>,
     /// Cited names that are no camera of the query.
     pub unknown: Vec<String>,
+    /// Regions the sentence cites (well-formed, of cameras of the query), in order.
+    pub regions: Vec<cite::Region>,
 }
 
 /// Reports removed by retention.
@@ -372,6 +374,7 @@ impl Store {
             id,
             cameras_placed: HashSet::new(),
             unknown_citations: 0,
+            dropped_regions: 0,
             next: 0,
             closed: false,
         })
@@ -434,6 +437,8 @@ pub struct ReportWriter {
     id: ReportId,
     cameras_placed: HashSet<String>,
     unknown_citations: u32,
+    /// Region markers dropped so far (see [`ReportStats::dropped_regions`]).
+    dropped_regions: u32,
     next: u32,
     closed: bool,
 }
@@ -561,12 +566,31 @@ impl ReportWriter {
         for name in &cited.unknown {
             log_unknown_camera_once(&self.id, name, &names);
         }
+        for d in &cited.dropped {
+            if self.dropped_regions == 0 {
+                log::warn!(
+                    "report {}: region marker [{}] dropped ({}); further drops in this report \
+                     are only counted (stats.dropped_regions)",
+                    self.id,
+                    d.marker,
+                    d.reason
+                );
+            }
+            self.dropped_regions += 1;
+        }
+        placed.regions = cited.regions;
         Ok(placed)
     }
 
+    /// Region markers dropped so far in this report.
+    pub fn dropped_regions(&self) -> u32 {
+        self.dropped_regions
+    }
+
     /// Marks the report complete with its generation figures and writes its page.
-    pub fn finish(&mut self, stats: ReportStats) -> Result<ReportId> {
+    pub fn finish(&mut self, mut stats: ReportStats) -> Result<ReportId> {
         self.check_open()?;
+        stats.dropped_regions = self.dropped_regions;
         self.store.lock().close(
             &self.id,
             &ReportStatus::Complete,
