@@ -5,7 +5,7 @@
 //! backtrace unless `RUST_BACKTRACE` asks for one.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -222,6 +222,11 @@ struct AskArgs {
     /// (faster on answers that repeat their prompt; greedy output equal up to floating point).
     #[arg(long)]
     speculate: bool,
+    /// Write the region crops the reply cites (`[cam:NAME box:x0,y0,x1,y1]`) into DIR (created
+    /// if missing; new names only, nothing there is overwritten). An --image answers to the
+    /// camera name of its file name (`press-2_00.jpg` → `press-2`).
+    #[arg(long, value_name = "DIR", requires = "images")]
+    crops: Option<PathBuf>,
     #[command(flatten)]
     providers: ProviderArgs,
     #[command(flatten)]
@@ -634,6 +639,23 @@ fn store_from_config(config: Option<PathBuf>) -> Result<PathBuf> {
     Ok(gemba::config::Settings::load(&path)?.data_dir)
 }
 
+/// `ask --crops`: the --image files as frames named after their files.
+fn ask_crops(dir: &Path, images: &[PathBuf]) -> Result<gemba::report::crop::ReplyCrops> {
+    use gemba::report::crop::{camera_of_file, CropFrame, ReplyCrops};
+    let mut frames = Vec::new();
+    for path in images {
+        let img = gemba::media::vision::load_image(path)
+            .with_context(|| format!("--crops: reading --image {}", path.display()))?;
+        frames.push(CropFrame {
+            camera: camera_of_file(path),
+            width: img.width as u32,
+            height: img.height as u32,
+            rgb: img.rgb,
+        });
+    }
+    ReplyCrops::new(dir, frames).context("--crops")
+}
+
 fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     let rt = runtime::init(ort.as_deref())?;
     let mut engine = Engine::load(rt, &a.model, &a.providers.policy())?;
@@ -667,6 +689,11 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
         audio: a.audio.clone(),
     };
     let mut speech = a.speech.open().context("--speak")?;
+    let mut crops = match &a.crops {
+        Some(dir) => Some(ask_crops(dir, &a.images)?),
+        None => None,
+    };
+    let mut crop_err = None;
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
@@ -681,6 +708,19 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
         &mut |ev: Event| {
             if let Some(s) = &mut speech {
                 s.on_event(&ev);
+            }
+            if let (Some(c), Event::Sentence(s)) = (&mut crops, &ev) {
+                match c.on_sentence(&s.text) {
+                    Ok(written) => {
+                        for (path, r) in written {
+                            eprintln!("[crop: {} ({} box {})]", path.display(), r.camera, r.bbox);
+                        }
+                    }
+                    // Reported after the reply; the answer itself goes on.
+                    Err(e) => {
+                        crop_err.get_or_insert(e);
+                    }
+                }
             }
             let mut out = stdout.lock();
             let r = if json {
@@ -720,6 +760,19 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("writing to stdout");
         }
+    }
+    if let Some(e) = crop_err {
+        return Err(anyhow::Error::new(e).context("--crops"));
+    }
+    if let Some(c) = &crops {
+        for d in &c.dropped {
+            eprintln!("gemba: region marker [{}] dropped: {}", d.marker, d.reason);
+        }
+        eprintln!(
+            "[{} crop(s) written, {} region marker(s) dropped]",
+            c.written.len(),
+            c.dropped.len()
+        );
     }
     if !json {
         let ttfs = done

@@ -14,6 +14,7 @@
 
 pub mod cite;
 pub mod cli;
+pub mod crop;
 pub mod durable;
 pub mod html;
 mod id;
