@@ -6,7 +6,8 @@ mod common;
 
 use common::{assert_consistent, at, frame, meta};
 use gemba::report::cite::{BoxK, Region};
-use gemba::report::{ReportStats, RetentionPolicy, Segment, Store, Trigger};
+use gemba::report::cli::run_report_command_to;
+use gemba::report::{ReportCommand, ReportStats, RetentionPolicy, Segment, Store, Trigger};
 
 #[test]
 fn regions_are_returned_and_bad_boxes_counted() {
@@ -69,4 +70,17 @@ fn regions_are_returned_and_bad_boxes_counted() {
         .collect();
     assert_eq!(texts, ["The lamp is amber.", "Bad and and boxes."]);
     assert_consistent(&store);
+    drop(store);
+    let mut out = Vec::new();
+    run_report_command_to(
+        tmp.path(),
+        ReportCommand::Show { id: id.to_string() },
+        &mut out,
+    )
+    .unwrap();
+    let show = String::from_utf8(out).unwrap();
+    assert!(
+        show.contains("3 region citation(s) dropped"),
+        "report show counts the drops: {show}"
+    );
 }

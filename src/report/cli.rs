@@ -217,6 +217,14 @@ pub fn show_text(r: &Report) -> String {
         parts.extend(st.tokens_per_s.map(|v| format!("{v:.1} tokens/s")));
         o += &format!("\nGeneration: {}\n", parts.join(", "));
     }
+    if let Some(n) = r
+        .stats
+        .as_ref()
+        .map(|s| s.dropped_regions)
+        .filter(|&n| n > 0)
+    {
+        o += &format!("{n} region citation(s) dropped (malformed or out-of-range boxes).\n");
+    }
     if r.unknown_citations > 0 {
         o += &format!(
             "{} citation(s) named no camera of the query.\n",
