@@ -491,6 +491,8 @@ pub struct AppHandle {
     pub events: tokio::sync::broadcast::Sender<(String, Event)>,
     /// Cancelled when the daemon stops.
     pub shutdown: CancellationToken,
+    /// Alert rules and their states (src/alerts/).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl AppHandle {
@@ -536,6 +538,7 @@ fn submit(queue: &RequestQueue, stats: &DaemonStats, req: Request) -> Result<(),
 struct MonitorLooks {
     queue: RequestQueue,
     stats: Arc<DaemonStats>,
+    alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Looks for MonitorLooks {
@@ -545,6 +548,21 @@ impl Looks for MonitorLooks {
             .first()
             .map(|f| f.camera.clone())
             .unwrap_or_default();
+        // A camera with alert rules: its rules on this frame first (an alert look).
+        if self.alerts.has_rules(&camera) {
+            let mut a = Request::new(
+                Trigger::Monitor {
+                    camera: camera.clone(),
+                },
+                "",
+            );
+            a.class = Class::Alert;
+            a.reason = format!("alert rules; {}", q.trigger);
+            a.frames = q.frames.clone();
+            if let Ok(Pushed::Replaced(_)) = self.queue.try_push(a) {
+                self.stats.looks_replaced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
         r.reason = q.trigger;
         r.frames = q.frames;
@@ -570,6 +588,7 @@ struct Dispatch {
     in_flight: InFlight,
     beat: Beat,
     events: tokio::sync::broadcast::Sender<(String, Event)>,
+    alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Dispatch {
@@ -608,6 +627,22 @@ impl Dispatch {
             return;
         }
         let info = self.worker.info();
+        if req.class == Class::Alert {
+            if let Some(frame) = req.frames.first() {
+                *self.in_flight.lock().expect("poisoned") = Some(req.cancel.clone());
+                let ctx = crate::alerts::look::LookCtx {
+                    worker: &self.worker,
+                    store: &self.store,
+                    settings: &self.settings,
+                    alerts: &self.alerts,
+                    info: &info,
+                    announce: None,
+                };
+                crate::alerts::look::run(&ctx, frame, &req.cancel).await;
+                *self.in_flight.lock().expect("poisoned") = None;
+            }
+            return;
+        }
         let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
         log::info!(
             "request {} ({}): cameras [{}]",
@@ -1018,9 +1053,14 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
     let stats = Arc::new(DaemonStats::default());
     let monitor_stats = Arc::new(MonitorStats::default());
     let requests = RequestQueue::new(settings.monitor_queue);
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        &settings.cameras,
+        &store.alert_states().context("reading the alert states")?,
+    ));
     let looks: Arc<dyn Looks> = Arc::new(MonitorLooks {
         queue: requests.clone(),
         stats: Arc::clone(&stats),
+        alerts: Arc::clone(&alerts),
     });
     let in_flight: InFlight = Arc::new(Mutex::new(None));
     let shared_settings = Arc::new(Mutex::new(settings.clone()));
@@ -1034,6 +1074,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         in_flight: Arc::clone(&in_flight),
         beat: progress.stage("dispatcher"),
         events: events.clone(),
+        alerts: Arc::clone(&alerts),
     };
     let mut pipeline = Some(start_pipeline(
         opened,
@@ -1060,6 +1101,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
         settings: Arc::clone(&shared_settings),
         events,
         shutdown: CancellationToken::new(),
+        alerts: Arc::clone(&alerts),
     };
     // The publisher before the API serves, so /status never shows a configured [mqtt] as absent.
     let publisher = settings
@@ -1202,6 +1244,7 @@ async fn daemon(settings: Settings, args: RunArgs) -> Result<()> {
                             }
                             Err(e) => log::error!("reload: cameras: {e:#}"),
                         }
+                        alerts.configure(&new.cameras);
                         *shared_settings.lock().expect("poisoned") = new;
                     }
                 }

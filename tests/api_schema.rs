@@ -58,7 +58,7 @@ fn every_route_is_in_the_openapi_document_and_every_operation_is_a_route() {
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
-    assert_eq!(doc.len(), 13, "{doc:?}");
+    assert_eq!(doc.len(), 18, "{doc:?}");
     assert_eq!(doc, routes);
 }
 
