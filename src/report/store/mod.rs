@@ -1072,7 +1072,10 @@ impl Inner {
 
     fn write_page(&mut self, id: &ReportId) -> Result<PathBuf> {
         let report = self.get(id)?;
-        let page = html::report_page(&report);
+        let mark = self.alert_mark(id)?;
+        let media = |_: u32, m: &MediaRef| format!("{}{}", layout::PAGE_TO_STORE, m.path);
+        let page =
+            html::report_page_full(&report, &media, Some(layout::PAGE_TO_INDEX), mark.as_ref());
         self.write_file(&layout::page_path(id), &page)
     }
 
