@@ -322,8 +322,8 @@ fn alert_events_is_an_event_stream_that_ends_with_the_daemon() {
 /// are the same as from an engine that encoded the frame afresh.
 #[test]
 fn rules_on_one_frame_encode_the_image_once_with_the_same_answers() {
-    use gemba::model::providers::ProviderPolicy;
     use gemba::daemon::worker::AskInput;
+    use gemba::model::providers::ProviderPolicy;
     use gemba::model::{runtime, CancelToken, Engine, Event};
     let rt = runtime::init(None).expect("ONNX Runtime (run scripts/setup test)");
     let load = || {

@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 use super::{AlertEvent, AlertRule, Alerts};
 use crate::capture::Frame;
 use crate::config::Settings;
-use crate::daemon::worker::{AskInput, AskSettings, GenOverrides, Job, JobEvent, ModelInfo, Worker};
+use crate::daemon::worker::{
+    AskInput, AskSettings, GenOverrides, Job, JobEvent, ModelInfo, Worker,
+};
 use crate::model::{CancelToken, Event};
 use crate::report::{AlertMark, ReportMeta, ReportStats, Store, TextTimings, Trigger};
 
