@@ -143,7 +143,7 @@ fn the_running_api_answers_as_its_openapi_document_says() {
     );
     // It really tested: every selected operation, every phase.
     assert!(
-        stdout.contains("Selected: 12/13") && stdout.contains("Tested: 12"),
+        stdout.contains("Selected: 15/18") && stdout.contains("Tested: 15"),
         "{tail}"
     );
     for phase in ["Coverage", "Fuzzing", "Stateful"] {

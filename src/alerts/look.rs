@@ -6,8 +6,8 @@
 //! is the same for all of them, so the vision encoder's output is reused (the worker keeps the
 //! features of the last image it encoded). Out: per rule, the persisted state, and for a raise or
 //! a clear a report (`alert:NAME`: the frame, the answer) closed in the same transaction as the
-//! state; then the event ([`Alerts::committed`]), the MQTT message (`alerts` topic, through the
-//! outbox) and, if asked for, the spoken announcement.
+//! state; then the event ([`Alerts::committed`]) and the MQTT message (`alerts` topic, through
+//! the outbox).
 //!
 //! A rule whose answer cannot be judged (the run failed, the text is not JSON or not a choice)
 //! leaves its state as it was; it is counted (`errors`) and logged once per rule and cause.
@@ -34,8 +34,6 @@ pub struct LookCtx<'a> {
     pub settings: &'a Mutex<Settings>,
     pub alerts: &'a Arc<Alerts>,
     pub info: &'a ModelInfo,
-    /// Speaks a raised alert (the voice output); `None`: no announcement.
-    pub announce: Option<&'a (dyn Fn(String) + Send + Sync)>,
 }
 
 /// Causes already logged, per rule (a model that cannot give the shape would otherwise log
@@ -225,7 +223,7 @@ pub async fn run(ctx: &LookCtx<'_>, frame: &Frame, cancel: &CancelToken) -> Vec<
                 if let Some(id) = report {
                     applied.row.report_id = Some(id);
                 }
-                if let Some(ev) = ctx.alerts.committed(&applied, answer) {
+                if let Some(ev) = ctx.alerts.committed(&applied, answer, frame.seq) {
                     publish(ctx, &ev).await;
                     out.push(ev);
                 }
@@ -243,7 +241,7 @@ pub async fn run(ctx: &LookCtx<'_>, frame: &Frame, cancel: &CancelToken) -> Vec<
     out
 }
 
-/// The MQTT message (through the outbox, when `[mqtt]` is set) and the spoken announcement.
+/// The MQTT message (through the outbox, when `[mqtt]` is set).
 async fn publish(ctx: &LookCtx<'_>, ev: &AlertEvent) {
     let mqtt_board = {
         let s = ctx.settings.lock().expect("poisoned");
@@ -268,16 +266,6 @@ async fn publish(ctx: &LookCtx<'_>, ev: &AlertEvent) {
             );
         }
     }
-    if ev.kind == Some("raise") {
-        if let Some(say) = ctx.announce {
-            say(format!(
-                "{} alert on {}: {}.",
-                ev.severity.word(),
-                ev.camera,
-                ev.rule.replace(['-', '_'], " ")
-            ));
-        }
-    }
 }
 
 /// `<prefix>/alerts`: one per change of a rule's state (docs/mqtt.md).
@@ -294,6 +282,7 @@ pub fn alert_payload(ev: &AlertEvent, board: &str) -> Value {
         "severity": ev.severity,
         "at": ev.at,
         "answer": ev.answer,
+        "frame_seq": ev.frame_seq,
         "report_id": ev.report_id,
     })
 }

@@ -7,7 +7,7 @@
 //!   ─▶ dispatcher ─▶ [`look::run`]: every rule of the camera on the same frame
 //!        ─▶ worker (constrained ask) ─▶ judge ─▶ [`Alerts::apply`] ─▶ store (state, and for a
 //!           raise or a clear a report `alert:NAME` with the frame and the answer)
-//!        ─▶ events (broadcast: `GET /alerts/events`, the board, MQTT `alerts`, voice)
+//!        ─▶ events (broadcast: `GET /alerts/events`, the board, MQTT `alerts`)
 //! ```
 //! [`Alerts`] owns the rules and each rule's machine, shared by the dispatcher (writes) and the
 //! API (reads). States are loaded from the store at start-up, so a raised alert is still raised
@@ -46,6 +46,8 @@ pub struct AlertEvent {
     pub at_ms: i64,
     /// The structured answer the change was decided on.
     pub answer: Value,
+    /// The camera's sequence number of the frame it was decided on.
+    pub frame_seq: u64,
     /// The report of a raise or a clear.
     pub report_id: Option<String>,
 }
@@ -268,7 +270,12 @@ impl Alerts {
 
     /// The persisted `applied` becomes the rule's state; its change (if any) is counted and
     /// broadcast. Returns the event sent.
-    pub fn committed(&self, applied: &Applied, answer: Value) -> Option<AlertEvent> {
+    pub fn committed(
+        &self,
+        applied: &Applied,
+        answer: Value,
+        frame_seq: u64,
+    ) -> Option<AlertEvent> {
         let row = &applied.row;
         {
             let mut book = self.book.lock().expect("poisoned");
@@ -298,6 +305,7 @@ impl Alerts {
             at: rfc3339(row.updated_ms),
             at_ms: row.updated_ms,
             answer,
+            frame_seq,
             report_id: ch.kind().and(row.report_id.clone()),
         };
         log::info!(

@@ -389,7 +389,7 @@ pub fn router(api: Api) -> Router {
 
 /// Bearer token check, in constant time over SHA-256 digests (so neither the content nor the
 /// length of the token leaks through timing).
-async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
+async fn authorize(State(api): State<Api>, mut req: Request, next: Next) -> Response {
     let want = *api.inner.token_digest.read().expect("poisoned");
     if let Some(want) = &want {
         // A browser cannot set a header on an <img> or an EventSource: a GET may carry the
@@ -420,6 +420,25 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
                 HeaderValue::from_static("Bearer realm=\"gemba\""),
             );
             return r;
+        }
+    }
+    // The handlers never see `access_token` (their queries are strict about their keys).
+    if let Some(q) = req.uri().query().filter(|q| q.contains("access_token=")) {
+        let rest: Vec<&str> = q
+            .split('&')
+            .filter(|kv| !kv.starts_with("access_token="))
+            .collect();
+        let pq = if rest.is_empty() {
+            req.uri().path().to_string()
+        } else {
+            format!("{}?{}", req.uri().path(), rest.join("&"))
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(u) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
         }
     }
     next.run(req).await

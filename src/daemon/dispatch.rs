@@ -83,12 +83,14 @@ impl Dispatch {
                     settings: &self.settings,
                     alerts: &self.alerts,
                     info: &info,
-                    announce: None,
                 };
                 crate::alerts::look::run(&ctx, frame, &req.cancel).await;
                 *self.in_flight.lock().expect("poisoned") = None;
             }
-            return;
+            // Then the routine look on the same frame (its encoding is reused).
+            if req.prompt.is_empty() || req.cancel.is_cancelled() {
+                return;
+            }
         }
         let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
         log::info!(

@@ -237,22 +237,14 @@ impl Looks for MonitorLooks {
             .first()
             .map(|f| f.camera.clone())
             .unwrap_or_default();
-        // A camera with alert rules: its rules on this frame first (an alert look).
-        if self.alerts.has_rules(&camera) {
-            let mut a = Request::new(
-                Trigger::Monitor {
-                    camera: camera.clone(),
-                },
-                "",
-            );
-            a.class = Class::Alert;
-            a.reason = format!("alert rules; {}", q.trigger);
-            a.frames = q.frames.clone();
-            if let Ok(Pushed::Replaced(_)) = self.queue.try_push(a) {
-                self.stats.looks_replaced.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // A camera with alert rules: an alert look — its rules on this frame, then the routine
+        // look on the same frame, in one request (two requests would let a camera's alert looks,
+        // ranked higher, starve its routine looks on a busy model).
+        let rules = self.alerts.has_rules(&camera);
         let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
+        if rules {
+            r.class = Class::Alert;
+        }
         r.reason = q.trigger;
         r.frames = q.frames;
         match self.queue.try_push(r) {

@@ -38,6 +38,8 @@ table{border-collapse:collapse;font-size:.92rem}
 td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 tr.incomplete td{background:#fdf0ef}
 table.reports td:not(:last-child){white-space:nowrap}
+img.thumb{display:block;height:auto;border:1px solid #ccc}
+tr.alert td{background:#fff1f0;font-weight:600}
 ";
 
 fn alert_block(
@@ -363,7 +365,7 @@ pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp
     );
     let _ = writeln!(
         o,
-        "<table class=\"reports\">\n<thead><tr><th>Started (UTC)</th><th>Trigger</th><th>Status</th>\
+        "<table class=\"reports\">\n<thead><tr><th>Frame</th><th>Started (UTC)</th><th>Trigger</th><th>Status</th>\
          <th>Segments</th><th>First sentence</th></tr></thead>\n<tbody>"
     );
     for r in reports {
@@ -380,9 +382,23 @@ pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp
             ReportStatus::Incomplete { reason } => format!("incomplete: {}", esc(reason)),
             other => other.word().to_string(),
         };
+        // The report's first frame as a thumbnail (the store's media, relative to html/).
+        let thumb = match &r.first_image_path {
+            Some(p) => format!(
+                "<img class=\"thumb\" src=\"../{}\" width=\"96\" alt=\"first frame\" loading=\"lazy\">",
+                esc(p)
+            ),
+            None => String::new(),
+        };
+        // An alert's raise or clear stands out.
+        let alert = if r.trigger.starts_with("alert:") {
+            " alert"
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
-            "<tr class=\"{}\" data-id=\"{}\"><td>{link}</td><td>{}</td><td>{status}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"{}{alert}\" data-id=\"{}\"><td>{thumb}</td><td>{link}</td><td>{}</td><td>{status}</td><td>{}</td><td>{}</td></tr>",
             r.status.word(),
             r.id,
             esc(&r.trigger),

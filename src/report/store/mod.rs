@@ -263,6 +263,12 @@ pub struct ReportSummary {
     pub segments: u32,
     pub first_sentence: Option<String>,
     pub media_bytes: u64,
+    /// The segment index of its first frame (the thumbnail), if it has one.
+    pub first_image: Option<u32>,
+    /// That frame's file, relative to the store (the index page links it; the API does not
+    /// show paths).
+    #[serde(skip)]
+    pub first_image_path: Option<String>,
 }
 
 /// Space the store takes.
