@@ -301,6 +301,23 @@ fn alert_events_is_an_event_stream_that_ends_with_the_daemon() {
     assert_eq!(code, 200);
     assert_eq!(v["alerts"][0]["state"], "ok", "{v}");
     assert_eq!(v["alerts"][0]["report_id"], serde_json::Value::Null);
+    // The board's own routes: the camera's latest frame as JPEG, the page with no external asset.
+    let (code, ctype, jpeg) = d.get_bytes("/cameras/press-1/frame");
+    assert_eq!((code, ctype.as_str()), (200, "image/jpeg"));
+    let img = image::load_from_memory(&jpeg).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 48));
+    let (code, v) = d.get_json("/cameras/nope/frame");
+    assert_eq!(code, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    let (code, page) = d.get("/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>gemba board</title>"));
+    for external in ["http://", "https://", "//cdn", "@import"] {
+        assert!(
+            !page.contains(external),
+            "the board must work offline: {external}"
+        );
+    }
     let r = d.agent.get(d.url("/alerts/events")).call().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(

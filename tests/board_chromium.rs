@@ -180,7 +180,9 @@ fn the_board_shows_frames_states_and_the_answer_streaming() {
     let dir = tempfile::tempdir().unwrap();
     let token = "board-test-token-0123456789abcdef";
     let cfg = demo_config(dir.path(), &format!("token = \"{token}\""));
-    let mut d = Daemon::start_config_token(dir, &cfg, token);
+    // Tokens at a board's pace, so the sentences of an answer come apart in time.
+    let mut d =
+        Daemon::start_config_token(dir, &cfg, token, &[("GEMBA_TEST_TOKEN_DELAY_MS", "40")]);
     // A report exists before the page opens, so the report list has a thumbnail to load.
     d.wait_until(Duration::from_secs(180), |d| {
         let (_, v) = d.get_json("/reports?trigger=monitor");
@@ -192,6 +194,18 @@ fn the_board_shows_frames_states_and_the_answer_streaming() {
     // Without the token the page is refused like every other route.
     let (code, _) = api_common::raw_request(&d.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(code, 401);
+    // A wrong token in the query is refused; the right one works on a route with a strict query
+    // (it is taken out before the handler reads its parameters).
+    let (code, _) = api_common::raw_request(
+        &d.addr,
+        b"GET /reports?limit=1&access_token=wrong-token-0123456789 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 401);
+    let (code, body) = api_common::raw_request(
+        &d.addr,
+        format!("GET /reports?limit=1&access_token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
 
     let mut b = Browser::open(&d.url(&format!("/?access_token={token}")));
     let mut seen: Vec<serde_json::Value> = Vec::new();
@@ -208,6 +222,13 @@ fn the_board_shows_frames_states_and_the_answer_streaming() {
                 .iter()
                 .all(|i| i["loaded"] == true && i["marked"] == "yes")
     };
+    // The answer's text as read so far (non-empty reads, in order).
+    let mut texts: Vec<String> = Vec::new();
+    let grew = |texts: &[String]| {
+        texts
+            .windows(2)
+            .any(|w| w[1].len() > w[0].len() && w[1].starts_with(w[0].as_str()))
+    };
     let page = loop {
         let v = b.eval(READ_PAGE);
         // Before the page has loaded there is nothing to read yet.
@@ -220,7 +241,12 @@ fn the_board_shows_frames_states_and_the_answer_streaming() {
             continue;
         };
         let p: serde_json::Value = serde_json::from_str(text).unwrap();
-        if done(&p) {
+        if let Some(a) = p["answering"][0].as_str().filter(|a| !a.is_empty()) {
+            if texts.last().map(String::as_str) != Some(a) {
+                texts.push(a.to_string());
+            }
+        }
+        if done(&p) && grew(&texts) {
             break p;
         }
         seen.push(p);
@@ -246,20 +272,9 @@ fn the_board_shows_frames_states_and_the_answer_streaming() {
     );
     assert_eq!(r["cls"], format!("state-{state}"));
     assert!(r["text"].as_str().unwrap().contains("(critical)"), "{r}");
-    // The answer came in sentence by sentence: some earlier read showed a shorter text that the
-    // later one continues.
-    let texts: Vec<String> = seen
-        .iter()
-        .chain(std::iter::once(&page))
-        .filter_map(|p| p["answering"][0].as_str().map(String::from))
-        .filter(|t| !t.is_empty())
-        .collect();
-    assert!(
-        texts
-            .windows(2)
-            .any(|w| w[1].len() > w[0].len() && w[1].starts_with(w[0].as_str())),
-        "no answer grew on the page: {texts:?}"
-    );
+    // The answer came in sentence by sentence: a read showed a text that a later read continued
+    // (the loop above waited for it).
+    assert!(grew(&texts), "{texts:?}");
     drop(b);
     assert!(d.stop().success());
 }

@@ -121,9 +121,15 @@ impl Daemon {
         Self::launch(dir, cfg, None, &[])
     }
 
-    /// As [`Daemon::start_config`], for a config with `token` set (requests carry it).
-    pub fn start_config_token(dir: tempfile::TempDir, cfg: &Path, token: &str) -> Daemon {
-        Self::launch(dir, cfg, Some(token.to_string()), &[])
+    /// As [`Daemon::start_config`], for a config with `token` set (requests carry it), with
+    /// `env` for the daemon.
+    pub fn start_config_token(
+        dir: tempfile::TempDir,
+        cfg: &Path,
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Self::launch(dir, cfg, Some(token.to_string()), env)
     }
 
     fn launch(
