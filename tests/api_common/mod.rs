@@ -105,6 +105,12 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let model = prepare(dir.path());
         let cfg = write_config(dir.path(), api, &model);
+        Self::spawn(dir, &cfg, api, env)
+    }
+
+    /// `gemba run --config cfg` (a config the caller wrote into `dir`); `api` is its `[api]`
+    /// section, read for the bearer token.
+    pub fn spawn(dir: tempfile::TempDir, cfg: &Path, api: &str, env: &[(&str, &str)]) -> Daemon {
         let token = api
             .lines()
             .find_map(|l| {
