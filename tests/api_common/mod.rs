@@ -119,7 +119,7 @@ impl Daemon {
                     .and_then(|t| t.strip_suffix('"'))
             })
             .map(String::from);
-        Self::launch(dir, &cfg, token, env)
+        Self::launch(dir, cfg, token, env)
     }
 
     /// A daemon on a config the test wrote itself (in `dir`, which the daemon keeps).
