@@ -335,6 +335,9 @@ pub struct RawCamera {
     pub prompt: Option<String>,
     /// Off: captured (for voice questions and the API) but never monitored.
     pub monitor: Option<bool>,
+    /// Alert rules asked on each look (`[[cameras.alerts]]`, see src/alerts/).
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::rules::RawAlert>,
 }
 
 // ---- Validated settings ----
@@ -431,6 +434,7 @@ pub struct CameraSettings {
     pub max_interval: HumanDuration,
     pub prompt: String,
     pub monitor: bool,
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// Reads one TOML file and checks it against the schema on its own.
@@ -841,6 +845,8 @@ impl Settings {
                 Duration::from_secs(1),
                 30 * DAY,
             )?;
+            let alerts = crate::alerts::rules::validate(i, &c.name, c.alerts)
+                .map_err(|(k, m)| bad(&k, m))?;
             cameras.push(CameraSettings {
                 name: c.name,
                 source,
@@ -852,6 +858,7 @@ impl Settings {
                     .prompt
                     .unwrap_or_else(|| "Give me a status report.".into()),
                 monitor: c.monitor.unwrap_or(true),
+                alerts,
             });
         }
         let monitor_queue = range.int("monitor.queue", raw.monitor.queue.unwrap_or(4), 1, 1024)?;

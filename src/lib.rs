@@ -5,6 +5,8 @@
 //!
 //! - [`capture`]: camera sources (V4L2, replay) publishing their latest frame, microphones
 //!   (cpal, WAV replay) sending audio chunks.
+//! - [`alerts`]: rules per camera (a constrained question and a `when`), their states with
+//!   hysteresis, persisted in the store; raises and clears are reports.
 //! - [`monitor`]: when to look — per camera an interval and a change gate → `Query`.
 //! - [`media`]: pixels and samples the model sees — JPEG/PNG/WAV decoding (one policy), vision
 //!   and speech pre-processing, resize, tensors; no ONNX Runtime.
@@ -24,6 +26,7 @@
 //! The binary (`src/main.rs`) is thin glue: it parses the command line, calls into these modules,
 //! prints, and picks the exit code.
 
+pub mod alerts;
 pub mod api;
 pub mod bench;
 pub mod capture;

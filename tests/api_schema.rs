@@ -58,7 +58,7 @@ fn every_route_is_in_the_openapi_document_and_every_operation_is_a_route() {
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
-    assert_eq!(doc.len(), 13, "{doc:?}");
+    assert_eq!(doc.len(), 18, "{doc:?}");
     assert_eq!(doc, routes);
 }
 
@@ -143,7 +143,7 @@ fn the_running_api_answers_as_its_openapi_document_says() {
     );
     // It really tested: every selected operation, every phase.
     assert!(
-        stdout.contains("Selected: 12/13") && stdout.contains("Tested: 12"),
+        stdout.contains("Selected: 15/18") && stdout.contains("Tested: 15"),
         "{tail}"
     );
     for phase in ["Coverage", "Fuzzing", "Stateful"] {

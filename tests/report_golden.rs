@@ -111,6 +111,8 @@ fn summaries(r: &Report) -> Vec<ReportSummary> {
             segments: 2,
             first_sentence: Some("The belt is moving again.".into()),
             media_bytes: 20_000,
+            first_image: None,
+            first_image_path: None,
         },
         ReportSummary {
             id: ReportId::parse("20261124T101545Z-77e0").unwrap(),
@@ -122,6 +124,8 @@ fn summaries(r: &Report) -> Vec<ReportSummary> {
             segments: 1,
             first_sentence: None,
             media_bytes: 0,
+            first_image: None,
+            first_image_path: None,
         },
         ReportSummary {
             id: r.id.clone(),
@@ -131,6 +135,14 @@ fn summaries(r: &Report) -> Vec<ReportSummary> {
             segments: r.segments.len() as u32,
             first_sentence: r.first_sentence().map(str::to_string),
             media_bytes: 149_171,
+            first_image: r.segments.iter().find_map(|s| match s {
+                gemba::report::Segment::Image(i) => Some(i.index),
+                _ => None,
+            }),
+            first_image_path: r.segments.iter().find_map(|s| match s {
+                gemba::report::Segment::Image(i) => Some(i.media.path.clone()),
+                _ => None,
+            }),
         },
     ]
 }

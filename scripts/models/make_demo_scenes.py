@@ -20,6 +20,8 @@ Subcommands:
   speech OUT --n N --seed S [--held-out]   WAVs + questions.jsonl
   demo  --seed S                            models/demo/frames, models/demo/audio
   fixtures --seed S                         tests/fixtures/demo_eval (held-out eval set)
+  alert-lamp --seed S                       tests/fixtures/alert_lamp (a press camera's lamp
+                                            green x3, red x4, green x4: the alert daemon test)
 """
 from __future__ import annotations
 
@@ -408,6 +410,25 @@ def make_demo_assets(seed: int) -> None:
     (adir / "questions.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
+ALERT_LAMP_PLAN = ["green"] * 3 + ["red"] * 4 + ["green"] * 4
+
+
+def make_alert_lamp(out: Path, seed: int) -> None:
+    """Frames of one press camera (panel and gauge) whose lamp goes green -> red -> green, each
+    frame freshly placed and lit (so the change gate fires on every one); facts.json says which."""
+    rng = random.Random(seed)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    facts_out = []
+    for i, lamp in enumerate(ALERT_LAMP_PLAN):
+        img = render_scene(rng, SceneFacts(lamp, "green", None), (640, 480))
+        name = f"press-1_{i:02d}.jpg"
+        img.save(out / name, format="JPEG", quality=80)
+        facts_out.append({"file": name, "lamp": lamp, "gauge": "green", "boxes": None})
+    (out / "facts.json").write_text(json.dumps(facts_out, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -424,6 +445,9 @@ def main():
     p.add_argument("--n", type=int, default=108)
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--out", type=Path, default=REPO / "tests/fixtures/demo_eval")
+    p = sub.add_parser("alert-lamp")
+    p.add_argument("--seed", type=int, default=1212)
+    p.add_argument("--out", type=Path, default=REPO / "tests/fixtures/alert_lamp")
     a = ap.parse_args()
     if a.cmd == "scenes":
         make_scene_set(a.out, a.n, a.seed)
@@ -433,6 +457,8 @@ def main():
         make_demo_assets(a.seed)
     elif a.cmd == "fixtures":
         make_eval_set(a.out, a.n, a.seed, a.clips)
+    elif a.cmd == "alert-lamp":
+        make_alert_lamp(a.out, a.seed)
 
 
 if __name__ == "__main__":

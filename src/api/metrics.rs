@@ -616,6 +616,63 @@ impl Collector for Pipeline {
                 &used,
             )?;
         }
+        // Alert rules: state per rule (0 ok, 1 pending, 2 raised, 3 clearing) and changes.
+        let rules = app.alerts.snapshot();
+        let states: Vec<(Labels, f64)> = rules
+            .iter()
+            .map(|a| {
+                (
+                    vec![
+                        ("camera".to_string(), a.camera.clone()),
+                        ("rule".to_string(), a.rule.clone()),
+                    ],
+                    a.state.metric() as f64,
+                )
+            })
+            .collect();
+        family(
+            &mut e,
+            "alert_state",
+            "An alert rule's state: 0 ok, 1 pending, 2 raised, 3 clearing.",
+            G,
+            &states,
+        )?;
+        let changes: Vec<(Labels, f64)> = app
+            .alerts
+            .transitions()
+            .into_iter()
+            .map(|((camera, rule, to), n)| {
+                (
+                    vec![
+                        ("camera".to_string(), camera),
+                        ("rule".to_string(), rule),
+                        ("to".to_string(), to.word().to_string()),
+                    ],
+                    n as f64,
+                )
+            })
+            .collect();
+        family(
+            &mut e,
+            "alert_transitions",
+            "Changes of an alert rule's state since start, by the state entered.",
+            C,
+            &changes,
+        )?;
+        if !rules.is_empty() {
+            counter(
+                &mut e,
+                "alert_looks",
+                "Looks that asked a camera's alert rules.",
+                app.alerts.looks.load(std::sync::atomic::Ordering::Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "alert_answer_errors",
+                "Alert answers that could not be judged (a failed run, not JSON, not a choice).",
+                app.alerts.errors.load(std::sync::atomic::Ordering::Relaxed),
+            )?;
+        }
         Ok(())
     }
 }

@@ -15,6 +15,8 @@
 //! | `GET /reports`, `/reports/{id}`, `/reports/{id}.html`, `/reports/{id}/media/{n}` | the store |
 //! | `POST /model/reload`, `POST /model/unload` | the worker's bundle |
 //! | `GET /metrics` | OpenMetrics text |
+//! | `GET /alerts`, `GET /alerts/events` | alert rules' states, and their changes as SSE ([`alerts`]) |
+//! | `GET /`, `GET /events`, `GET /cameras/{name}/frame` | the live board page and what it reads |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | OpenAI-compatible chat ([`openai`]) |
 //!
 //! Exposure: the server binds loopback by default. Any other address needs a bearer token
@@ -24,6 +26,7 @@
 //! request queue full, 429 with `Retry-After`), and every live-stream client has its own bounded
 //! channel (see [`ask`]) so a slow reader never holds up the model.
 
+pub mod alerts;
 pub mod ask;
 pub mod metrics;
 pub mod openai;
@@ -69,6 +72,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("post", "/v1/chat/completions"),
     ("get", "/v1/models"),
+    ("get", "/alerts"),
+    ("get", "/alerts/events"),
+    ("get", "/events"),
+    ("get", "/cameras/{name}/frame"),
+    ("get", "/"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +369,11 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(metrics::handler))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/events", get(alerts::events))
+        .route("/events", get(alerts::board_events))
+        .route("/cameras/{name}/frame", get(alerts::frame))
+        .route("/", get(alerts::board))
         .fallback(|| async {
             HttpError::new(
                 StatusCode::NOT_FOUND,
@@ -376,15 +389,23 @@ pub fn router(api: Api) -> Router {
 
 /// Bearer token check, in constant time over SHA-256 digests (so neither the content nor the
 /// length of the token leaks through timing).
-async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
+async fn authorize(State(api): State<Api>, mut req: Request, next: Next) -> Response {
     let want = *api.inner.token_digest.read().expect("poisoned");
     if let Some(want) = &want {
+        // A browser cannot set a header on an <img> or an EventSource: a GET may carry the
+        // token as `access_token` in its query instead (RFC 6750 §2.3), as the board page does.
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
-            .map(digest);
+            .map(digest)
+            .or_else(|| {
+                (req.method() == axum::http::Method::GET)
+                    .then(|| query_token(req.uri().query().unwrap_or("")))
+                    .flatten()
+                    .map(|t| digest(&t))
+            });
         let ok =
             given.is_some_and(|g| bool::from(subtle::ConstantTimeEq::ct_eq(&g[..], &want[..])));
         if !ok {
@@ -401,7 +422,55 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
             return r;
         }
     }
+    // The handlers never see `access_token` (their queries are strict about their keys).
+    if let Some(q) = req.uri().query().filter(|q| q.contains("access_token=")) {
+        let rest: Vec<&str> = q
+            .split('&')
+            .filter(|kv| !kv.starts_with("access_token="))
+            .collect();
+        let pq = if rest.is_empty() {
+            req.uri().path().to_string()
+        } else {
+            format!("{}?{}", req.uri().path(), rest.join("&"))
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(u) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
     next.run(req).await
+}
+
+/// The `access_token` parameter of a query string, percent-decoded (`+` is a space, which no
+/// valid token holds).
+fn query_token(q: &str) -> Option<String> {
+    let raw = q
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("access_token="))?;
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().filter(|t| !t.is_empty())
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header. The scheme name is case-insensitive

@@ -27,7 +27,7 @@ pub struct ListQuery {
     since: Option<String>,
     /// RFC 3339; reports begun before.
     until: Option<String>,
-    /// `monitor`, `monitor:CAMERA`, `api`, `voice`, `cli`.
+    /// `monitor`, `monitor:CAMERA`, `alert`, `alert:RULE`, `api`, `voice`, `cli`.
     trigger: Option<String>,
     camera: Option<String>,
     status: Option<String>,
@@ -107,7 +107,7 @@ pub async fn list(
         }
     }
     if let Some(t) = &q.trigger {
-        if t != "monitor" {
+        if t != "monitor" && t != "alert" {
             t.parse::<crate::report::Trigger>()
                 .map_err(|e| bad(e.to_string()))?;
         }
@@ -157,15 +157,19 @@ pub async fn get_one(
     };
     let id = report_id(raw_id)?;
     let store = api.inner.app.store.clone();
-    let report = blocking(move || store.get(&id))
-        .await?
-        .map_err(store_error)?;
+    let (report, mark) = blocking(move || {
+        let r = store.get(&id)?;
+        let mark = if html { store.alert_mark(&id)? } else { None };
+        Ok::<_, ReportError>((r, mark))
+    })
+    .await?
+    .map_err(store_error)?;
     if html {
         let rid = report.id.clone();
         // Relative to /reports/{id}.html, so the page works behind a proxy that mounts the API
         // under a prefix.
         let media = move |n: u32, _: &crate::report::MediaRef| format!("{rid}/media/{n}");
-        let page = crate::report::html::report_page_linked(&report, &media, None);
+        let page = crate::report::html::report_page_full(&report, &media, None, mark.as_ref());
         let mut res = page.into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,

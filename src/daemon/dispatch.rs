@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::RequestQueue;
+use super::queue::{Class, RequestQueue};
 use super::request::{FollowUp, Request, RequestEvent};
 use super::status::DaemonStats;
 use super::worker::{AskInput, AskSettings, Job, JobEvent, Worker};
@@ -35,6 +35,7 @@ pub(crate) struct Dispatch {
     pub(crate) in_flight: InFlight,
     pub(crate) beat: Beat,
     pub(crate) events: tokio::sync::broadcast::Sender<(String, Event)>,
+    pub(crate) alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Dispatch {
@@ -73,6 +74,24 @@ impl Dispatch {
             return;
         }
         let info = self.worker.info();
+        if req.class == Class::Alert {
+            if let Some(frame) = req.frames.first() {
+                *self.in_flight.lock().expect("poisoned") = Some(req.cancel.clone());
+                let ctx = crate::alerts::look::LookCtx {
+                    worker: &self.worker,
+                    store: &self.store,
+                    settings: &self.settings,
+                    alerts: &self.alerts,
+                    info: &info,
+                };
+                crate::alerts::look::run(&ctx, frame, &req.cancel).await;
+                *self.in_flight.lock().expect("poisoned") = None;
+            }
+            // Then the routine look on the same frame (its encoding is reused).
+            if req.prompt.is_empty() || req.cancel.is_cancelled() {
+                return;
+            }
+        }
         let cameras: Vec<String> = req.frames.iter().map(|f| f.camera.clone()).collect();
         log::info!(
             "request {} ({}): cameras [{}]",

@@ -281,9 +281,14 @@ pub async fn run_with(
     let stats = Arc::new(DaemonStats::default());
     let monitor_stats = Arc::new(MonitorStats::default());
     let requests = RequestQueue::new(settings.monitor_queue);
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        &settings.cameras,
+        &store.alert_states().context("reading the alert states")?,
+    ));
     let looks: Arc<dyn Looks> = Arc::new(MonitorLooks {
         queue: requests.clone(),
         stats: Arc::clone(&stats),
+        alerts: Arc::clone(&alerts),
     });
     let in_flight: InFlight = Arc::new(Mutex::new(None));
     let shared_settings = Arc::new(Mutex::new(settings.clone()));
@@ -297,6 +302,7 @@ pub async fn run_with(
         in_flight: Arc::clone(&in_flight),
         beat: progress.stage("dispatcher"),
         events: events.clone(),
+        alerts: Arc::clone(&alerts),
     };
     let mut pipeline = Some(start_pipeline(
         opened,
@@ -323,6 +329,7 @@ pub async fn run_with(
         settings: Arc::clone(&shared_settings),
         events,
         shutdown: CancellationToken::new(),
+        alerts: Arc::clone(&alerts),
     };
     // The publisher before the API serves, so /status never shows a configured [mqtt] as absent.
     let publisher = settings
@@ -474,6 +481,7 @@ pub async fn run_with(
                             }
                             Err(e) => log::error!("reload: cameras: {e:#}"),
                         }
+                        alerts.configure(&new.cameras);
                         *shared_settings.lock().expect("poisoned") = new;
                     }
                 }

@@ -5,7 +5,8 @@
 //! highest class first, oldest first within a class.
 //!
 //! Drop policy, stated per case:
-//! - A newer look at a camera **replaces** its older queued one (in place, so cameras keep their
+//! - A newer look at a camera **replaces** its older queued one of the same class (a routine
+//!   look, or an alert look: `Trigger::Monitor` with `Class::Alert`) (in place, so cameras keep their
 //!   turn): the model should see the newest scene, not a backlog of stale ones.
 //! - Full, and the newcomer outranks something queued: the oldest request of the lowest class
 //!   below it is **dropped** to make room (a technician never waits behind routine looks).
@@ -37,6 +38,7 @@ impl Class {
     pub fn of(trigger: &Trigger) -> Class {
         match trigger {
             Trigger::Monitor { .. } => Class::Look,
+            Trigger::Alert { .. } => Class::Alert,
             _ => Class::Person,
         }
     }
@@ -150,9 +152,9 @@ impl RequestQueue {
         if st.closed {
             return Err(Refused::Closed(Box::new(req)));
         }
-        if class == Class::Look {
+        if class == Class::Look || class == Class::Alert {
             if let Some(cam) = look_camera(&req) {
-                let lane = &mut st.lanes[Class::Look as usize];
+                let lane = &mut st.lanes[class as usize];
                 if let Some(old) = lane.iter_mut().find(|q| look_camera(q) == Some(cam)) {
                     let old = std::mem::replace(old, req);
                     return Ok(Pushed::Replaced(Box::new(old)));

@@ -131,6 +131,8 @@ pub struct AppHandle {
     pub events: tokio::sync::broadcast::Sender<(String, Event)>,
     /// Cancelled when the daemon stops.
     pub shutdown: CancellationToken,
+    /// Alert rules and their states (src/alerts/).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl AppHandle {
@@ -225,6 +227,7 @@ impl AppHandle {
 pub(crate) struct MonitorLooks {
     pub(crate) queue: RequestQueue,
     pub(crate) stats: Arc<DaemonStats>,
+    pub(crate) alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Looks for MonitorLooks {
@@ -234,7 +237,14 @@ impl Looks for MonitorLooks {
             .first()
             .map(|f| f.camera.clone())
             .unwrap_or_default();
+        // A camera with alert rules: an alert look — its rules on this frame, then the routine
+        // look on the same frame, in one request (two requests would let a camera's alert looks,
+        // ranked higher, starve its routine looks on a busy model).
+        let rules = self.alerts.has_rules(&camera);
         let mut r = Request::new(Trigger::Monitor { camera }, q.prompt);
+        if rules {
+            r.class = Class::Alert;
+        }
         r.reason = q.trigger;
         r.frames = q.frames;
         match self.queue.try_push(r) {

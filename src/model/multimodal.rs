@@ -214,6 +214,56 @@ pub struct Multimodal {
     pub embedding: EmbeddingStage,
     vision_adapter: Option<ort::session::Adapter>,
     speech_adapter: Option<ort::session::Adapter>,
+    /// The vision encoder's output for the last images it encoded, keyed by a hash of its
+    /// inputs: an alert look asks each of a camera's rules on the same frame, and the frame is
+    /// encoded once (the questions differ only in text). One entry; a host copy.
+    vision_cache: Option<(u64, HostTensor)>,
+    /// Vision encoder runs, and prompts that reused the cached features instead.
+    pub vision_runs: u64,
+    pub vision_reused: u64,
+}
+
+/// A hash of the tensors `c` takes (names, shapes, contents): equal for the same images.
+fn inputs_key(c: &Component, tensors: &[(&str, HostTensor)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (n, t) in tensors.iter().filter(|(n, _)| c.inputs.contains_key(*n)) {
+        n.hash(&mut h);
+        t.shape.hash(&mut h);
+        match &t.data {
+            TensorData::F32(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            TensorData::F16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            TensorData::BF16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            TensorData::I64(v) => v.hash(&mut h),
+            TensorData::I32(v) => v.hash(&mut h),
+            TensorData::Bool(v) => v.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// A host copy of a float output (`None` where it cannot be read on the host).
+fn to_host(v: &DynValue) -> Option<HostTensor> {
+    let shape = |s: &[i64]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
+    if let Ok((s, d)) = v.try_extract_tensor::<f32>() {
+        return Some(HostTensor {
+            shape: shape(s),
+            data: TensorData::F32(d.to_vec()),
+        });
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<half::f16>() {
+        return Some(HostTensor {
+            shape: shape(s),
+            data: TensorData::F16(d.to_vec()),
+        });
+    }
+    if let Ok((s, d)) = v.try_extract_tensor::<half::bf16>() {
+        return Some(HostTensor {
+            shape: shape(s),
+            data: TensorData::BF16(d.to_vec()),
+        });
+    }
+    None
 }
 
 /// What the prompt stage produced.
@@ -312,6 +362,9 @@ impl Multimodal {
             },
             vision_adapter,
             speech_adapter,
+            vision_cache: None,
+            vision_runs: 0,
+            vision_reused: 0,
         })
     }
 
@@ -390,7 +443,23 @@ impl Multimodal {
         let n_images = processed.images.as_ref().map(|b| b.images).unwrap_or(0);
         let n_audios = processed.audios.as_ref().map(|a| a.clips).unwrap_or(0);
         let image_features = match (&mut self.vision, n_images) {
-            (Some(v), n) if n > 0 => Some(v.run(&values)?),
+            (Some(v), n) if n > 0 => {
+                let key = inputs_key(v, &tensors);
+                match &self.vision_cache {
+                    Some((k, host)) if *k == key => {
+                        self.vision_reused += 1;
+                        Some(to_value(host).map_err(|e| {
+                            GenerateError::Prompt(format!("cached image features: {e}"))
+                        })?)
+                    }
+                    _ => {
+                        let out = v.run(&values)?;
+                        self.vision_runs += 1;
+                        self.vision_cache = to_host(&out).map(|h| (key, h));
+                        Some(out)
+                    }
+                }
+            }
             _ => None,
         };
         let audio_features = match (&mut self.speech, n_audios) {

@@ -156,6 +156,7 @@ impl Ctx {
             last_report_at: last,
             outbox_pending: outbox.pending,
             outbox_dropped: outbox.dropped,
+            alerts_raised: app.alerts.raised(),
         }
     }
 

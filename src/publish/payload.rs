@@ -75,6 +75,8 @@ pub struct BoardFacts {
     pub last_report_at: Option<String>,
     pub outbox_pending: u64,
     pub outbox_dropped: u64,
+    /// Alert rules raised (or clearing) now.
+    pub alerts_raised: u64,
 }
 
 /// `<prefix>/status`: the retained birth message, refreshed while connected; the last will is
@@ -95,8 +97,7 @@ pub fn status(f: &BoardFacts, online: bool, at: jiff::Timestamp) -> Value {
         "health": f.health,
         "reports": f.reports,
         "last_report_at": f.last_report_at,
-        // Alerts are not built yet: always 0 until they are (docs/mqtt.md).
-        "alerts_raised": 0,
+        "alerts_raised": f.alerts_raised,
         "outbox": { "pending": f.outbox_pending, "dropped": f.outbox_dropped },
     })
 }

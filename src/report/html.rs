@@ -38,7 +38,63 @@ table{border-collapse:collapse;font-size:.92rem}
 td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 tr.incomplete td{background:#fdf0ef}
 table.reports td:not(:last-child){white-space:nowrap}
+img.thumb{display:block;height:auto;border:1px solid #ccc}
+tr.alert td{background:#fff1f0;font-weight:600}
 ";
+
+fn alert_block(
+    o: &mut String,
+    a: &super::AlertMark,
+    report: &Report,
+    media: &dyn Fn(u32, &MediaRef) -> String,
+) {
+    let what = if a.kind == "raise" {
+        "raised"
+    } else {
+        "cleared"
+    };
+    let _ = writeln!(
+        o,
+        "<style>\n{ALERT_STYLE}</style>\n<section class=\"alert severity-{sev}\" data-kind=\"{kind}\" data-state=\"{state}\">\n\
+         <h2>{sev_word} alert {rule} {what} on {camera}</h2>\n<dl class=\"meta\"><dt>Severity</dt><dd>{sev}</dd>\
+         <dt>State</dt><dd>{state}</dd><dt>Rule</dt><dd>{rule}</dd><dt>Camera</dt><dd>{camera}</dd></dl>\n<div class=\"evidence\">",
+        sev = esc(&a.severity),
+        sev_word = esc(&capitalise(&a.severity)),
+        kind = esc(&a.kind),
+        state = esc(&a.state),
+        rule = esc(&a.rule),
+        camera = esc(&a.camera),
+    );
+    // The frame the transition was decided on (the report's first image).
+    if let Some(Segment::Image(img)) = report
+        .segments
+        .iter()
+        .find(|s| matches!(s, Segment::Image(_)))
+    {
+        let _ = writeln!(
+            o,
+            "<figure><img src=\"{}\" alt=\"frame of {}\"></figure>",
+            esc(&media(img.index, &img.media)),
+            esc(&a.camera)
+        );
+    }
+    let answer = serde_json::from_str::<serde_json::Value>(&a.answer)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| a.answer.clone());
+    let _ = writeln!(
+        o,
+        "<pre class=\"answer\" title=\"the structured answer\">{}</pre>\n</div>\n</section>",
+        esc(&answer)
+    );
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
 
 /// Marks frames whose file did not load, so the page says so instead of showing nothing.
 const CHECK_IMAGES: &str = "\
@@ -108,6 +164,28 @@ pub fn report_page_linked(
     media: &dyn Fn(u32, &MediaRef) -> String,
     index: Option<&str>,
 ) -> String {
+    report_page_full(report, media, index, None)
+}
+
+/// Shown first on the page of an alert's raise or clear: severity, state, rule, and the
+/// structured answer beside the frame it was decided on.
+const ALERT_STYLE: &str = "section.alert{border-radius:6px;padding:.6rem .9rem;margin:.6rem 0;border:2px solid #888}
+section.alert h2{margin:.1rem 0 .4rem;font-size:1.2rem}
+section.alert.severity-critical{border-color:#c0392b;background:#fde2e1}
+section.alert.severity-warning{border-color:#d69e00;background:#fff4d6}
+section.alert.severity-info{border-color:#2b6cb0;background:#e6f0fb}
+section.alert .evidence{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
+section.alert .evidence figure{flex:1 1 18rem;margin:0}
+section.alert pre.answer{flex:1 1 12rem;background:#fff;padding:.6rem;border:1px solid #ccc;white-space:pre-wrap;margin:0}
+";
+
+/// As [`report_page_linked`], with the report's alert mark (if it is an alert's raise or clear).
+pub fn report_page_full(
+    report: &Report,
+    media: &dyn Fn(u32, &MediaRef) -> String,
+    index: Option<&str>,
+    alert: Option<&super::AlertMark>,
+) -> String {
     let mut o = String::new();
     let id = report.id.as_str();
     head(
@@ -128,6 +206,9 @@ pub fn report_page_linked(
         }
     }
     let _ = writeln!(o, "<h1>Report {id}</h1>");
+    if let Some(a) = alert {
+        alert_block(&mut o, a, report, media);
+    }
     match &report.status {
         ReportStatus::Incomplete { reason } => {
             let _ = writeln!(
@@ -284,7 +365,7 @@ pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp
     );
     let _ = writeln!(
         o,
-        "<table class=\"reports\">\n<thead><tr><th>Started (UTC)</th><th>Trigger</th><th>Status</th>\
+        "<table class=\"reports\">\n<thead><tr><th>Frame</th><th>Started (UTC)</th><th>Trigger</th><th>Status</th>\
          <th>Segments</th><th>First sentence</th></tr></thead>\n<tbody>"
     );
     for r in reports {
@@ -301,9 +382,23 @@ pub fn index_page(reports: &[ReportSummary], total: u64, generated_at: Timestamp
             ReportStatus::Incomplete { reason } => format!("incomplete: {}", esc(reason)),
             other => other.word().to_string(),
         };
+        // The report's first frame as a thumbnail (the store's media, relative to html/).
+        let thumb = match &r.first_image_path {
+            Some(p) => format!(
+                "<img class=\"thumb\" src=\"../{}\" width=\"96\" alt=\"first frame\" loading=\"lazy\">",
+                esc(p)
+            ),
+            None => String::new(),
+        };
+        // An alert's raise or clear stands out.
+        let alert = if r.trigger.starts_with("alert:") {
+            " alert"
+        } else {
+            ""
+        };
         let _ = writeln!(
             o,
-            "<tr class=\"{}\" data-id=\"{}\"><td>{link}</td><td>{}</td><td>{status}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"{}{alert}\" data-id=\"{}\"><td>{thumb}</td><td>{link}</td><td>{}</td><td>{status}</td><td>{}</td><td>{}</td></tr>",
             r.status.word(),
             r.id,
             esc(&r.trigger),

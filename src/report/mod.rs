@@ -36,8 +36,8 @@ pub use cli::{run_report_command, ReportCommand};
 pub use id::ReportId;
 pub use retention::RetentionPolicy;
 pub use store::{
-    Ack, Eviction, Evictions, ListFilter, MediaProblem, RecoveryReport, ReportSummary,
-    ReportWriter, SentencePlacement, Store, Usage,
+    Ack, AlertMark, AlertStateRow, Eviction, Evictions, ListFilter, MediaProblem, RecoveryReport,
+    ReportSummary, ReportWriter, SentencePlacement, Store, Usage,
 };
 
 use crate::model::Sentence;
@@ -56,6 +56,8 @@ pub enum Trigger {
     Api,
     /// `gemba ask` on the command line.
     Cli,
+    /// An alert rule was raised or cleared (`alert:NAME`); the report's camera is in its meta.
+    Alert { rule: String },
 }
 
 impl fmt::Display for Trigger {
@@ -65,6 +67,7 @@ impl fmt::Display for Trigger {
             Trigger::Voice => f.write_str("voice"),
             Trigger::Api => f.write_str("api"),
             Trigger::Cli => f.write_str("cli"),
+            Trigger::Alert { rule } => write!(f, "alert:{rule}"),
         }
     }
 }
@@ -80,6 +83,11 @@ impl FromStr for Trigger {
                 Some(camera) if !camera.is_empty() => Ok(Trigger::Monitor {
                     camera: camera.to_string(),
                 }),
+                _ if s.strip_prefix("alert:").is_some_and(|r| !r.is_empty()) => {
+                    Ok(Trigger::Alert {
+                        rule: s["alert:".len()..].to_string(),
+                    })
+                }
                 _ => Err(ReportError::BadTrigger {
                     value: s.to_string(),
                 }),

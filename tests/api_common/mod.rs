@@ -119,6 +119,31 @@ impl Daemon {
                     .and_then(|t| t.strip_suffix('"'))
             })
             .map(String::from);
+        Self::launch(dir, cfg, token, env)
+    }
+
+    /// A daemon on a config the test wrote itself (in `dir`, which the daemon keeps).
+    pub fn start_config(dir: tempfile::TempDir, cfg: &Path) -> Daemon {
+        Self::launch(dir, cfg, None, &[])
+    }
+
+    /// As [`Daemon::start_config`], for a config with `token` set (requests carry it), with
+    /// `env` for the daemon.
+    pub fn start_config_token(
+        dir: tempfile::TempDir,
+        cfg: &Path,
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Self::launch(dir, cfg, Some(token.to_string()), env)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        cfg: &Path,
+        token: Option<String>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = gemba()
             .args(["run", "--config"])
             .arg(cfg)

@@ -40,15 +40,18 @@ use super::{
 use crate::capture::{AudioClip, Frame};
 use crate::sys::tree::Tree;
 
+mod alerts;
 mod outbox;
 mod read;
 mod recover;
 mod retain;
 
+pub use alerts::{AlertMark, AlertStateRow};
 pub use outbox::{OutboxHook, OutboxMessage, OutboxRow, OutboxStats};
 
 /// Schema version in `PRAGMA user_version`; bump with a migration when the tables change.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: alert states and marks ([`alerts`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE reports (
@@ -262,6 +265,12 @@ pub struct ReportSummary {
     pub segments: u32,
     pub first_sentence: Option<String>,
     pub media_bytes: u64,
+    /// The segment index of its first frame (the thumbnail), if it has one.
+    pub first_image: Option<u32>,
+    /// That frame's file, relative to the store (the index page links it; the API does not
+    /// show paths).
+    #[serde(skip)]
+    pub first_image_path: Option<String>,
 }
 
 /// Space the store takes.
@@ -596,6 +605,30 @@ impl ReportWriter {
             &ReportStatus::Complete,
             Some(&stats),
             self.unknown_citations,
+            None,
+        )?;
+        self.closed = true;
+        Ok(self.id.clone())
+    }
+
+    /// As [`ReportWriter::finish`], for an alert's raise or clear: the report's mark and the
+    /// rule's new state (its `report_id` set to this report) are written in the transaction that
+    /// closes the report.
+    pub fn finish_alert(
+        &mut self,
+        stats: ReportStats,
+        mark: &AlertMark,
+        state: &AlertStateRow,
+    ) -> Result<ReportId> {
+        self.check_open()?;
+        let mut state = state.clone();
+        state.report_id = Some(self.id.as_str().to_string());
+        self.store.lock().close(
+            &self.id,
+            &ReportStatus::Complete,
+            Some(&stats),
+            self.unknown_citations,
+            Some((mark, &state)),
         )?;
         self.closed = true;
         Ok(self.id.clone())
@@ -609,7 +642,7 @@ impl ReportWriter {
         };
         self.store
             .lock()
-            .close(&self.id, &status, None, self.unknown_citations)?;
+            .close(&self.id, &status, None, self.unknown_citations, None)?;
         self.closed = true;
         Ok(self.id.clone())
     }
@@ -631,10 +664,10 @@ impl Drop for ReportWriter {
             let status = ReportStatus::Incomplete {
                 reason: "abandoned: the writer was dropped before finish".to_string(),
             };
-            if let Err(e) = self
-                .store
-                .lock()
-                .close(&self.id, &status, None, self.unknown_citations)
+            if let Err(e) =
+                self.store
+                    .lock()
+                    .close(&self.id, &status, None, self.unknown_citations, None)
             {
                 // Recovery will mark it cut off on the next start.
                 log::warn!(
@@ -804,7 +837,7 @@ impl Inner {
     fn migrate(&mut self) -> Result<()> {
         let version = self.schema_version()?;
         self.check_schema(version)?;
-        if version == 0 {
+        if version < SCHEMA_VERSION {
             let tx = self
                 .conn
                 .transaction()
@@ -813,7 +846,10 @@ impl Inner {
                     op: "creating the schema",
                     source,
                 })?;
-            tx.execute_batch(SCHEMA)
+            // 0 → everything; 1 → 2 adds the alert tables (reports untouched).
+            let batch = if version == 0 { SCHEMA } else { "" };
+            tx.execute_batch(batch)
+                .and_then(|()| tx.execute_batch(alerts::ALERT_SCHEMA))
                 .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
                 .and_then(|()| tx.commit())
                 .map_err(|source| ReportError::Index {
@@ -970,6 +1006,7 @@ impl Inner {
         status: &ReportStatus,
         stats: Option<&ReportStats>,
         unknown: u32,
+        alert: Option<(&AlertMark, &AlertStateRow)>,
     ) -> Result<()> {
         self.check_writable("closing a report")?;
         let reason = match status {
@@ -978,7 +1015,8 @@ impl Inner {
         };
         let stats_json = stats.map(|s| serde_json::to_string(s).expect("stats serialize"));
         // With an outbox, the report's messages are written in the transaction that closes it.
-        let queue = self.outbox_hook.is_some();
+        // An alert's mark and state likewise.
+        let queue = self.outbox_hook.is_some() || alert.is_some();
         if queue {
             if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 return Err(self.db_failure(e, "closing a report", self.index_path(), 0));
@@ -998,11 +1036,14 @@ impl Inner {
             ],
         );
         let updated = match updated {
-            Ok(1) if queue => self.queue_report_messages(id).and_then(|()| {
-                self.conn
-                    .execute_batch("COMMIT")
-                    .map_err(|e| self.db_failure(e, "closing a report", self.index_path(), 0))
-            }),
+            Ok(1) if queue => alert
+                .map_or(Ok(()), |(mark, state)| self.write_alert(id, mark, state))
+                .and_then(|()| self.queue_report_messages(id))
+                .and_then(|()| {
+                    self.conn
+                        .execute_batch("COMMIT")
+                        .map_err(|e| self.db_failure(e, "closing a report", self.index_path(), 0))
+                }),
             Ok(1) => Ok(()),
             Ok(_) => Err(ReportError::Closed {
                 id: id.clone(),
@@ -1061,7 +1102,10 @@ impl Inner {
 
     fn write_page(&mut self, id: &ReportId) -> Result<PathBuf> {
         let report = self.get(id)?;
-        let page = html::report_page(&report);
+        let mark = self.alert_mark(id)?;
+        let media = |_: u32, m: &MediaRef| format!("{}{}", layout::PAGE_TO_STORE, m.path);
+        let page =
+            html::report_page_full(&report, &media, Some(layout::PAGE_TO_INDEX), mark.as_ref());
         self.write_file(&layout::page_path(id), &page)
     }
 

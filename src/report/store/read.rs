@@ -102,7 +102,10 @@ impl Inner {
                 "SELECT r.id, r.created_ms, r.trigger, r.status, r.reason, r.media_bytes,
                         (SELECT COUNT(*) FROM segments s WHERE s.report_id = r.id),
                         (SELECT text FROM segments s WHERE s.report_id = r.id AND s.kind = 'text'
-                         ORDER BY s.seq LIMIT 1)
+                         ORDER BY s.seq LIMIT 1),
+                        (SELECT m.seq || ' ' || m.path FROM segments s JOIN media m
+                           ON m.report_id = s.report_id AND m.seq = s.seq
+                         WHERE s.report_id = r.id AND s.kind = 'image' ORDER BY s.seq LIMIT 1)
                  FROM reports r
                  WHERE (?1 IS NULL OR r.trigger = ?1 OR substr(r.trigger, 1, length(?1) + 1) = ?1 || ':')
                    AND (?2 IS NULL OR r.status = ?2)
@@ -137,14 +140,29 @@ impl Inner {
                         r.get::<_, i64>(5)?,
                         r.get::<_, u32>(6)?,
                         r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
                     ))
                 },
             )
             .map_err(self.db_err("listing reports"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, created_ms, trigger, status, reason, media_bytes, segments, first_sentence) =
-                row.map_err(self.db_err("listing reports"))?;
+            let (
+                id,
+                created_ms,
+                trigger,
+                status,
+                reason,
+                media_bytes,
+                segments,
+                first_sentence,
+                image,
+            ) = row.map_err(self.db_err("listing reports"))?;
+            let (first_image, first_image_path) =
+                match image.as_deref().and_then(|i| i.split_once(' ')) {
+                    Some((n, p)) => (n.parse().ok(), Some(p.to_string())),
+                    None => (None, None),
+                };
             let status = match status.as_str() {
                 "open" => ReportStatus::Open,
                 "complete" => ReportStatus::Complete,
@@ -160,6 +178,8 @@ impl Inner {
                 segments,
                 first_sentence,
                 media_bytes: media_bytes as u64,
+                first_image,
+                first_image_path,
             });
         }
         Ok(out)
