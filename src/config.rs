@@ -40,28 +40,7 @@ pub enum ConfigError {
     },
 }
 
-/// A duration in human units (`"500ms"`, `"30s"`, `"10m"`, `"30d"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "\"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\", \"7d\""
-                ))
-            })
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
+pub use crate::sys::duration::HumanDuration;
 
 /// A size in human units (`"512MiB"`, `"2GiB"`, `"100 MB"`) or a number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -487,7 +487,7 @@ fn read_entries(
             .rev()
             .chain(std::iter::once(&d.to_path_buf()))
         {
-            super::fsutil::fsync_dir(dir)?;
+            crate::sys::fs::sync_dir(dir).at(dir)?;
         }
     }
     Ok(signed)
