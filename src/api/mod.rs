@@ -25,6 +25,7 @@
 //! channel (see [`ask`]) so a slow reader never holds up the model.
 
 pub mod ask;
+pub mod config;
 pub mod metrics;
 pub mod openai;
 mod reports;
@@ -44,8 +45,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::ApiSettings;
 use crate::daemon::AppHandle;
+pub use config::ApiSettings;
 use tokio_util::sync::CancellationToken;
 
 /// Where the API listens unless the config or `--listen` says otherwise.
@@ -141,9 +142,9 @@ impl Bound {
     }
 }
 
-/// Checks the exposure rule and binds. Logs and prints the address actually bound.
+/// Binds (the settings passed the exposure rule when they were made). Logs and prints the
+/// address actually bound.
 pub async fn bind(settings: &ApiSettings) -> Result<Bound, ApiError> {
-    check_exposure(settings)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ApiError::Bind {
@@ -243,12 +244,11 @@ pub struct Server {
 impl Server {
     /// Applies a reloaded `[api]`: a rotated or removed token takes effect for the next request,
     /// a new `listen` address is bound and served (the old listener stops accepting; its open
-    /// streams finish). All or nothing: when the new settings would expose the API without a
-    /// token, or the new address cannot be bound, nothing changes and the error says why.
+    /// streams finish). All or nothing: when the new address cannot be bound, nothing changes
+    /// and the error says why (the exposure rule held when the new settings were made).
     /// Returns what changed, for the log.
     pub async fn apply(&mut self, new: &ApiSettings) -> Result<Vec<String>, ApiError> {
         let mut changed = Vec::new();
-        check_exposure(new)?;
         let rebound = if new.listen != self.settings.listen {
             let b = bind(new).await?;
             changed.push(format!(

@@ -5,6 +5,7 @@
 //! chunks on a bounded channel (a full channel drops the chunk and counts it).
 
 pub mod camera;
+pub mod config;
 pub mod mic;
 pub mod negotiate;
 pub mod pixel;

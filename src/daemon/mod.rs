@@ -95,8 +95,7 @@ pub fn settings_for(args: &RunArgs) -> Result<Settings> {
         s.onnxruntime = args.onnxruntime.clone();
     }
     if let Some(l) = args.listen {
-        s.api.listen = l;
-        crate::api::check_exposure(&s.api)?;
+        s.api.listen_on(l)?;
     }
     Ok(s)
 }

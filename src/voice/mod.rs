@@ -26,7 +26,8 @@ pub mod stage;
 pub mod tts;
 pub mod vad;
 
-pub use config::{MicSettings, VoiceSettings};
+pub use crate::capture::config::MicSettings;
+pub use config::VoiceSettings;
 pub use speak::{Answer, Speech, SpokenAnswer, Voice};
 pub use stage::VoiceStage;
 
