@@ -24,12 +24,12 @@
 //! request queue full, 429 with `Retry-After`), and every live-stream client has its own bounded
 //! channel (see [`ask`]) so a slow reader never holds up the model.
 
-pub mod ask;
-pub mod config;
-pub mod metrics;
-pub mod openai;
+pub(crate) mod ask;
+pub(crate) mod config;
+pub(crate) mod metrics;
+pub(crate) mod openai;
 mod reports;
-pub mod serve;
+pub(crate) mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;

@@ -23,12 +23,12 @@
 //! owns the ONNX sessions), [`cameras`] (sources opened before the model loads), [`status`]
 //! (`status.json`, shared with the updater).
 
-pub mod cameras;
-pub mod dispatch;
-pub mod queue;
-pub mod request;
+pub(crate) mod cameras;
+pub(crate) mod dispatch;
+pub(crate) mod queue;
+pub(crate) mod request;
 pub mod status;
-pub mod worker;
+pub(crate) mod worker;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

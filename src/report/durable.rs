@@ -32,13 +32,7 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 
 /// Bytes an unprivileged writer can still use on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = statvfs(path)?;
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
@@ -51,14 +45,21 @@ pub fn fs_bytes(path: &Path) -> io::Result<u64> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
     }
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+    let st = statvfs(p)?;
+    Ok(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
+fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero bytes are a value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter, both
+    // alive across the call.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_blocks as u64 * st.f_frsize as u64)
+    Ok(st)
 }
 
 #[cfg(test)]

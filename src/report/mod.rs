@@ -12,14 +12,14 @@
 //! ([`retention`]). Every fallible operation returns [`ReportError`], which names the report, the
 //! file or the store it concerns.
 
-pub mod cite;
+pub(crate) mod cite;
 pub mod cli;
-pub mod durable;
+pub(crate) mod durable;
 pub mod html;
 mod id;
-pub mod layout;
+pub(crate) mod layout;
 mod media;
-pub mod retention;
+pub(crate) mod retention;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -7,5 +7,5 @@
 //!   never follow a symbolic link, so no sweep, eviction or gc can leave its root.
 
 pub mod duration;
-pub mod fs;
-pub mod tree;
+pub(crate) mod fs;
+pub(crate) mod tree;

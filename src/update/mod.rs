@@ -73,17 +73,17 @@
 pub mod cli;
 pub mod daemon;
 #[doc(hidden)]
-pub mod fake_daemon;
+pub(crate) mod fake_daemon;
 mod fsutil;
-pub mod inbox;
-pub mod install;
+pub(crate) mod inbox;
+pub(crate) mod install;
 pub mod keys;
-pub mod layout;
+pub(crate) mod layout;
 pub mod manifest;
 pub mod pack;
-pub mod smoke;
+pub(crate) mod smoke;
 pub mod state;
-pub mod unpack;
+pub(crate) mod unpack;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -16,13 +16,13 @@
 //! listeners, reports), the ONNX Runtime. Out: requests and report follow-ups.
 
 pub mod bench;
-pub mod config;
+pub(crate) mod config;
 pub mod listen;
 pub mod output;
 pub mod resample;
 pub mod segment;
-pub mod speak;
-pub mod stage;
+pub(crate) mod speak;
+pub(crate) mod stage;
 pub mod tts;
 pub mod vad;
 
