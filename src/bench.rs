@@ -545,7 +545,7 @@ pub fn soak(
     mut on_sample: impl FnMut(&SoakSample),
 ) -> Result<SoakReport> {
     let exe = std::env::current_exe().context("locating the gemba binary")?;
-    let _ = std::fs::remove_file(state_dir.join("status.json"));
+    let _ = std::fs::remove_file(crate::daemon::status::status_path(state_dir));
     let mut child = std::process::Command::new(exe)
         .arg("run")
         .args(run_args)
@@ -565,34 +565,22 @@ pub fn soak(
         if let Some(st) = child.try_wait()? {
             bail!("the daemon exited during the soak: {st}");
         }
-        let Ok(text) = std::fs::read_to_string(state_dir.join("status.json")) else {
+        let Ok(Some(status)) = crate::daemon::status::read_status(state_dir) else {
             continue;
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        let Some(c) = status.counters else {
             continue;
         };
-        let c = &v["counters"];
-        if c.is_null() {
-            continue;
-        }
-        let u = |k: &str| c[k].as_u64().unwrap_or(0);
-        let cams = c["cameras"].as_object().cloned().unwrap_or_default();
         let s = SoakSample {
             t_s: t0.elapsed().as_secs_f64(),
-            rss_mib: u("rss_bytes") as f64 / (1024.0 * 1024.0),
-            open_fds: u("open_fds"),
-            reports: u("reports"),
-            requests: u("requests"),
-            frames: cams
-                .values()
-                .map(|x| x["frames"].as_u64().unwrap_or(0))
-                .sum(),
-            frames_dropped: cams
-                .values()
-                .map(|x| x["dropped"].as_u64().unwrap_or(0))
-                .sum(),
-            monitor_dropped: u("monitor_dropped"),
-            errors: u("errors"),
+            rss_mib: c.rss_bytes as f64 / (1024.0 * 1024.0),
+            open_fds: c.open_fds,
+            reports: c.reports,
+            requests: c.requests,
+            frames: c.cameras.values().map(|x| x.frames).sum(),
+            frames_dropped: c.cameras.values().map(|x| x.dropped).sum(),
+            monitor_dropped: c.monitor_dropped,
+            errors: c.errors,
         };
         on_sample(&s);
         samples.push(s);

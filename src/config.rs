@@ -4,9 +4,12 @@
 //! Each file is first checked on its own against the schema, so an unknown key is reported with
 //! the file it is in and its full path (`cameras[1].fsp`). The profile is then deep-merged under
 //! the config (tables merge, values and arrays from the config win) and the result is validated:
-//! durations and sizes in human units (`"30s"`, `"2GiB"`), unique camera names, sources that make
-//! sense. Defaults live here, in one place. [`Settings`] is what the rest of gemba consumes; an
-//! invalid state cannot be represented in it.
+//! durations and sizes in human units (`"30s"`, `"2GiB"`) and ranges. Each section is validated
+//! by the module that owns it — `[[cameras]]` and `[microphone]` by [`crate::capture::config`],
+//! `[api]` (token, exposure) by [`crate::api::config`], `[voice]` by [`crate::voice::config`],
+//! `[mqtt]` by [`crate::publish::config`] — which return `(key, message)`; this module attaches
+//! the file the key came from. [`Settings`] is what the rest of gemba consumes; an invalid state
+//! cannot be represented in it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,28 +43,8 @@ pub enum ConfigError {
     },
 }
 
-/// A duration in human units (`"500ms"`, `"30s"`, `"10m"`, `"30d"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "\"{s}\" is not a duration ({e}); write e.g. \"30s\", \"10m\", \"7d\""
-                ))
-            })
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
+use crate::capture::config::CameraSettings;
+pub use crate::sys::duration::HumanDuration;
 
 /// A size in human units (`"512MiB"`, `"2GiB"`, `"100 MB"`) or a number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,13 +159,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub monitor: RawMonitor,
     #[serde(default)]
-    pub cameras: Vec<RawCamera>,
+    pub cameras: Vec<crate::capture::config::RawCamera>,
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default)]
-    pub api: RawApi,
+    pub api: crate::api::config::RawApi,
     /// The microphone the voice stage listens on.
-    pub microphone: Option<crate::voice::config::RawMicrophone>,
+    pub microphone: Option<crate::capture::config::RawMicrophone>,
     /// Spoken questions and answers (needs `[microphone]`).
     pub voice: Option<crate::voice::config::RawVoice>,
     /// Fleet updates (`gemba model …`): models root, trusted keys, health gate.
@@ -277,69 +260,6 @@ pub struct RawDaemon {
     pub drain_deadline: Option<HumanDuration>,
 }
 
-/// The local HTTP API (see docs/api.md).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApi {
-    /// `IP:PORT` to listen on (default 127.0.0.1:8470; port 0 picks a free one).
-    pub listen: Option<String>,
-    /// Bearer token every request must carry; required to listen on a non-loopback address.
-    pub token: Option<String>,
-    /// A file holding the token (first line), instead of `token`.
-    pub token_file: Option<PathBuf>,
-    /// Largest request body accepted (default 16MiB).
-    pub max_body: Option<HumanSize>,
-    /// API questions queued or answered at once; beyond it `POST /ask` answers 429 (default 4).
-    pub max_asks: Option<usize>,
-    /// Events buffered per live-stream client before its token events are dropped (default 256).
-    pub sse_buffer: Option<usize>,
-    /// Most pixels an uploaded image may have, checked from its header before it is decoded
-    /// (default 16777216 = 4096², at most 100000000, the model processor's own limit).
-    pub max_image_pixels: Option<u64>,
-    /// Largest uploaded image or WAV file, in bytes once base64 is undone (default 8MiB).
-    pub max_media_bytes: Option<HumanSize>,
-    /// Open connections at once; further ones get 503 and are closed (default 256).
-    pub max_connections: Option<usize>,
-    /// Time a client has to send a request's headers, and that an idle connection stays open
-    /// (default "10s").
-    pub header_timeout: Option<HumanDuration>,
-    /// Time a client has to send a request's body (default "60s").
-    pub body_timeout: Option<HumanDuration>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCamera {
-    pub name: String,
-    /// `v4l2` or `replay`.
-    pub kind: String,
-    // v4l2
-    pub device: Option<PathBuf>,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub formats: Option<Vec<String>>,
-    // replay
-    pub source: Option<String>,
-    #[serde(rename = "loop")]
-    pub looped: Option<bool>,
-    // both
-    pub fps: Option<f64>,
-    /// How often the monitor looks at the newest frame and runs the change gate (default: every
-    /// frame, so a change is seen within one frame period).
-    pub interval: Option<HumanDuration>,
-    /// Mean absolute difference of downscaled grey frames, in luma levels (0–255), that counts as
-    /// a change (default 6).
-    pub change_threshold: Option<f32>,
-    /// Look again after this long even when nothing changed.
-    pub max_interval: Option<HumanDuration>,
-    pub prompt: Option<String>,
-    /// Off: captured (for voice questions and the API) but never monitored.
-    pub monitor: Option<bool>,
-    /// Alert rules asked on each look (`[[cameras.alerts]]`, see src/alerts/).
-    #[serde(default)]
-    pub alerts: Vec<crate::alerts::rules::RawAlert>,
-}
-
 // ---- Validated settings ----
 
 #[derive(Debug, Clone, Serialize)]
@@ -354,8 +274,8 @@ pub struct Settings {
     pub monitor_queue: usize,
     pub cameras: Vec<CameraSettings>,
     pub drain_deadline: HumanDuration,
-    pub api: ApiSettings,
-    pub microphone: Option<crate::voice::MicSettings>,
+    pub api: crate::api::config::ApiSettings,
+    pub microphone: Option<crate::capture::config::MicSettings>,
     /// Present when `[voice]` is there and not `enabled = false`.
     pub voice: Option<crate::voice::VoiceSettings>,
     pub update: crate::update::UpdateConfig,
@@ -363,31 +283,6 @@ pub struct Settings {
     pub mqtt: Option<crate::publish::MqttSettings>,
     /// The files this came from, for status and `config check`.
     pub sources: Vec<PathBuf>,
-}
-
-/// The local HTTP API's settings; the exposure rule (a non-loopback address needs a token) is
-/// checked by [`crate::api::check_exposure`], here and again after `--listen`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ApiSettings {
-    pub listen: std::net::SocketAddr,
-    /// Never printed: `config check` shows whether one is set.
-    #[serde(serialize_with = "redacted")]
-    pub token: Option<String>,
-    pub max_body: HumanSize,
-    pub max_asks: usize,
-    pub sse_buffer: usize,
-    pub max_image_pixels: u64,
-    pub max_media_bytes: HumanSize,
-    pub max_connections: usize,
-    pub header_timeout: HumanDuration,
-    pub body_timeout: HumanDuration,
-}
-
-fn redacted<S: serde::Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(_) => s.serialize_str("(set)"),
-        None => s.serialize_none(),
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -407,34 +302,6 @@ pub struct StoreSettings {
     pub max_age: HumanDuration,
     pub check_every: HumanDuration,
     pub min_free: MinFree,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum CameraSource {
-    V4l2 {
-        device: PathBuf,
-        width: u32,
-        height: u32,
-        formats: Vec<String>,
-    },
-    Replay {
-        source: String,
-        looped: bool,
-    },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CameraSettings {
-    pub name: String,
-    pub source: CameraSource,
-    pub fps: f64,
-    pub interval: HumanDuration,
-    pub change_threshold: f32,
-    pub max_interval: HumanDuration,
-    pub prompt: String,
-    pub monitor: bool,
-    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// Reads one TOML file and checks it against the schema on its own.
@@ -743,124 +610,8 @@ impl Settings {
             Duration::from_secs(1),
             DAY,
         )?;
-        let mut cameras: Vec<CameraSettings> = Vec::new();
-        for (i, c) in raw.cameras.into_iter().enumerate() {
-            let key = |k: &str| format!("cameras[{i}].{k}");
-            if c.name.is_empty()
-                || !c
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-            {
-                return Err(bad(&key("name"), format!("\"{}\" must be letters, digits, '-' or '_' (it appears in prompts and [cam:NAME] citations)", c.name)));
-            }
-            if cameras.iter().any(|o| o.name == c.name) {
-                return Err(bad(
-                    &key("name"),
-                    format!("\"{}\" is used by another camera", c.name),
-                ));
-            }
-            for (k, v) in [("width", c.width), ("height", c.height)] {
-                if let Some(v) = v {
-                    range.int(&key(k), v, 16, 16_384)?;
-                }
-            }
-            let source = match c.kind.as_str() {
-                "v4l2" => CameraSource::V4l2 {
-                    device: c.device.ok_or_else(|| {
-                        bad(
-                            &key("device"),
-                            "a v4l2 camera needs a device (e.g. /dev/video0)".into(),
-                        )
-                    })?,
-                    width: c.width.unwrap_or(1280),
-                    height: c.height.unwrap_or(720),
-                    // Empty: the capture module's own preference (cheapest to convert first).
-                    formats: {
-                        let f = c.formats.unwrap_or_default();
-                        if let Some(bad_f) = f
-                            .iter()
-                            .find(|x| !["mjpeg", "yuyv", "nv12", "rgb24"].contains(&x.as_str()))
-                        {
-                            return Err(bad(&key("formats"), format!("\"{bad_f}\" is not a format gemba decodes (mjpeg, yuyv, nv12, rgb24)")));
-                        }
-                        f
-                    },
-                },
-                "replay" => {
-                    CameraSource::Replay {
-                        source: {
-                            let s = c.source.ok_or_else(|| bad(&key("source"), "a replay camera needs a source (a directory or glob of images)".into()))?;
-                            let s = if Path::new(&s).is_absolute() {
-                                s
-                            } else {
-                                base.join(s).display().to_string()
-                            };
-                            // A source that matches nothing would only fail once the model had loaded.
-                            if let Err(e) = crate::capture::replay::list_images(&c.name, &s) {
-                                return Err(bad(&key("source"), e.to_string()));
-                            }
-                            s
-                        },
-                        looped: c.looped.unwrap_or(true),
-                    }
-                }
-                other => {
-                    return Err(bad(
-                        &key("kind"),
-                        format!("\"{other}\" is not a camera kind (v4l2, replay)"),
-                    ))
-                }
-            };
-            let fps = c.fps.unwrap_or(match source {
-                CameraSource::V4l2 { .. } => 15.0,
-                CameraSource::Replay { .. } => 1.0,
-            });
-            range.float(
-                &key("fps"),
-                fps,
-                *crate::capture::FPS_RANGE.start(),
-                *crate::capture::FPS_RANGE.end(),
-                " frames per second",
-            )?;
-            let change_threshold = c.change_threshold.unwrap_or(6.0);
-            range.float(
-                &key("change_threshold"),
-                f64::from(change_threshold),
-                0.0,
-                255.0,
-                " (luma levels)",
-            )?;
-            let interval = match c.interval {
-                Some(i) => range.duration(&key("interval"), i, Duration::from_millis(10), DAY)?,
-                // Every frame (the frame period is at most 1000 s: fps ≥ 0.001).
-                None => {
-                    HumanDuration(Duration::from_secs_f64(1.0 / fps).max(Duration::from_millis(10)))
-                }
-            };
-            let max_interval = range.duration(
-                &key("max_interval"),
-                c.max_interval
-                    .unwrap_or(HumanDuration(Duration::from_secs(600))),
-                Duration::from_secs(1),
-                30 * DAY,
-            )?;
-            let alerts = crate::alerts::rules::validate(i, &c.name, c.alerts)
-                .map_err(|(k, m)| bad(&k, m))?;
-            cameras.push(CameraSettings {
-                name: c.name,
-                source,
-                fps,
-                interval,
-                change_threshold,
-                max_interval,
-                prompt: c
-                    .prompt
-                    .unwrap_or_else(|| "Give me a status report.".into()),
-                monitor: c.monitor.unwrap_or(true),
-                alerts,
-            });
-        }
+        let cameras = crate::capture::config::validate_cameras(raw.cameras, base)
+            .map_err(|(key, msg)| bad(&key, msg))?;
         let monitor_queue = range.int("monitor.queue", raw.monitor.queue.unwrap_or(4), 1, 1024)?;
         let drain_deadline = range.duration(
             "daemon.drain_deadline",
@@ -870,11 +621,12 @@ impl Settings {
             Duration::ZERO,
             Duration::from_secs(3600),
         )?;
-        let api = api_settings(raw.api, &bad, &abs)?;
+        let api =
+            crate::api::config::validate(raw.api, &abs).map_err(|(key, msg)| bad(&key, msg))?;
         let key_err = |(key, msg): (String, String)| bad(&key, msg);
         let microphone = raw
             .microphone
-            .map(|m| crate::voice::config::validate_microphone(m, &abs))
+            .map(|m| crate::capture::config::validate_microphone(m, &abs))
             .transpose()
             .map_err(key_err)?;
         let names: Vec<&str> = cameras.iter().map(|c| c.name.as_str()).collect();
@@ -949,26 +701,28 @@ impl Settings {
     }
 }
 
-/// `api.max_image_pixels` unless set: 4096 × 4096, 48 MiB decoded.
-pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
-
-const DAY: Duration = Duration::from_secs(86_400);
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 /// humantime's year (365.25 days), so that the bound prints as "100years".
 const YEAR: Duration = Duration::from_secs(31_557_600);
 
-/// Range checks that name the key (and, through `bad`, the file) of a value out of bounds.
-struct Ranges<'a> {
-    bad: &'a dyn Fn(&str, String) -> ConfigError,
+/// A bad value in a section validated by the module that owns it: `(key, message)`, to which
+/// this module attaches the file.
+pub type KeyError = (String, String);
+
+/// Range checks that name the key (and, through `bad`, the file) of a value out of bounds;
+/// `E` is [`ConfigError`] here and [`KeyError`] in the modules that validate their own section.
+pub(crate) struct Ranges<'a, E> {
+    pub(crate) bad: &'a dyn Fn(&str, String) -> E,
 }
 
-impl Ranges<'_> {
-    fn int<T: Copy + TryInto<i128> + std::fmt::Display>(
+impl<E> Ranges<'_, E> {
+    pub(crate) fn int<T: Copy + TryInto<i128> + std::fmt::Display>(
         &self,
         key: &str,
         v: T,
         lo: i64,
         hi: i64,
-    ) -> Result<T, ConfigError> {
+    ) -> Result<T, E> {
         let x: i128 = v.try_into().unwrap_or(i128::MAX);
         if x < i128::from(lo) || x > i128::from(hi) {
             return Err((self.bad)(key, format!("{v} is out of range {lo}–{hi}")));
@@ -976,7 +730,7 @@ impl Ranges<'_> {
         Ok(v)
     }
 
-    fn float(&self, key: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, ConfigError> {
+    pub(crate) fn float(&self, key: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, E> {
         if !v.is_finite() || v < lo || v > hi {
             return Err((self.bad)(
                 key,
@@ -986,13 +740,13 @@ impl Ranges<'_> {
         Ok(v)
     }
 
-    fn duration(
+    pub(crate) fn duration(
         &self,
         key: &str,
         d: HumanDuration,
         lo: Duration,
         hi: Duration,
-    ) -> Result<HumanDuration, ConfigError> {
+    ) -> Result<HumanDuration, E> {
         if d.0 < lo || d.0 > hi {
             let show = |d: Duration| humantime::format_duration(d).to_string();
             let why = if d.0.is_zero() {
@@ -1013,7 +767,7 @@ impl Ranges<'_> {
         Ok(d)
     }
 
-    fn size(&self, key: &str, s: HumanSize, lo: u64, hi: u64) -> Result<HumanSize, ConfigError> {
+    pub(crate) fn size(&self, key: &str, s: HumanSize, lo: u64, hi: u64) -> Result<HumanSize, E> {
         if s.0 < lo || s.0 > hi {
             let show = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
             return Err((self.bad)(
@@ -1044,97 +798,10 @@ fn has_key(table: &toml::Table, key: &str) -> bool {
     false
 }
 
-fn api_settings(
-    raw: RawApi,
-    bad: &dyn Fn(&str, String) -> ConfigError,
-    abs: &dyn Fn(PathBuf) -> PathBuf,
-) -> Result<ApiSettings, ConfigError> {
-    let listen_text = raw
-        .listen
-        .unwrap_or_else(|| crate::api::DEFAULT_LISTEN.to_string());
-    let listen = listen_text.parse().map_err(|_| {
-        bad("api.listen", format!("\"{listen_text}\" is not an IP:PORT address (e.g. \"127.0.0.1:8470\", \"[::1]:8470\")"))
-    })?;
-    let token = match (raw.token, raw.token_file) {
-        (Some(_), Some(_)) => {
-            return Err(bad(
-                "api.token_file",
-                "set api.token or api.token_file, not both".into(),
-            ))
-        }
-        (Some(t), None) => Some(t),
-        (None, Some(f)) => {
-            let f = abs(f);
-            let text = std::fs::read_to_string(&f).map_err(|e| {
-                bad(
-                    "api.token_file",
-                    format!("cannot read {}: {e}", f.display()),
-                )
-            })?;
-            Some(text.lines().next().unwrap_or("").trim().to_string())
-        }
-        (None, None) => None,
-    };
-    if let Some(t) = &token {
-        if let Err(why) = crate::api::check_token(t) {
-            return Err(bad("api.token", why));
-        }
-    }
-    let range = Ranges { bad };
-    let max_body = range.size(
-        "api.max_body",
-        raw.max_body.unwrap_or(HumanSize(16 << 20)),
-        1 << 10,
-        1 << 30,
-    )?;
-    let max_image_pixels = range.int(
-        "api.max_image_pixels",
-        raw.max_image_pixels.unwrap_or(DEFAULT_MAX_IMAGE_PIXELS),
-        1,
-        crate::media::vision::MAX_IMAGE_PIXELS as i64,
-    )?;
-    let max_media_bytes = range.size(
-        "api.max_media_bytes",
-        raw.max_media_bytes.unwrap_or(HumanSize(8 << 20)),
-        1 << 10,
-        1 << 30,
-    )?;
-    let max_connections = range.int(
-        "api.max_connections",
-        raw.max_connections.unwrap_or(256),
-        1,
-        65_536,
-    )?;
-    let timeout = |key: &str, v: Option<HumanDuration>, default: u64| {
-        let d = v.unwrap_or(HumanDuration(Duration::from_secs(default)));
-        range.duration(
-            key,
-            d,
-            Duration::from_millis(100),
-            Duration::from_secs(3600),
-        )
-    };
-    let header_timeout = timeout("api.header_timeout", raw.header_timeout, 10)?;
-    let body_timeout = timeout("api.body_timeout", raw.body_timeout, 60)?;
-    let api = ApiSettings {
-        listen,
-        token,
-        max_body,
-        max_asks: range.int("api.max_asks", raw.max_asks.unwrap_or(4), 1, 256)?,
-        sse_buffer: range.int("api.sse_buffer", raw.sse_buffer.unwrap_or(256), 4, 65_536)?,
-        max_image_pixels,
-        max_media_bytes,
-        max_connections,
-        header_timeout,
-        body_timeout,
-    };
-    crate::api::check_exposure(&api).map_err(|e| bad("api.listen", e.to_string()))?;
-    Ok(api)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::config::CameraSource;
 
     /// Relative paths resolve here: the demo's frames are real images for replay cameras.
     const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo");
@@ -1248,6 +915,7 @@ fps = 2.0
             ("board = \"x86-dev\"\n[store]\nmax_age = \"forever\"\n", "store.max_age"),
             ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"usb\"\n", "cameras[0].kind"),
             ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"v4l2\"\n", "cameras[0].device"),
+            ("board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"v4l2\"\ndevice = \"/dev/video9\"\nformats = [\"mjpeg\", \"h264\"]\n", "cameras[0].formats[1]: \"h264\" is not a format gemba decodes (mjpeg, yuyv, nv12, rgb24)"),
             ("board = \"x86-dev\"\n[[cameras]]\nname = \"a b\"\nkind = \"replay\"\nsource = \"frames\"\n", "cameras[0].name"),
             (
                 "board = \"x86-dev\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\n[[cameras]]\nname = \"a\"\nkind = \"replay\"\nsource = \"frames\"\n",

@@ -77,6 +77,8 @@ pub fn board_model() -> Option<String> {
 pub fn gpu_facts() -> GpuFacts {
     use cudarc::driver::{result, sys};
     // cudarc panics when the driver library is absent unless asked first.
+    // SAFETY: is_culib_present only tries to load the driver library; it takes no arguments
+    // and touches no CUDA state.
     if !unsafe { sys::is_culib_present() } {
         return GpuFacts {
             driver_version: None,
@@ -92,6 +94,8 @@ pub fn gpu_facts() -> GpuFacts {
         };
     }
     let mut v: std::ffi::c_int = 0;
+    // SAFETY: the driver library is present and initialised (above); `v` is a valid out-pointer
+    // for the duration of the call.
     let driver_version = (unsafe { sys::cuDriverGetVersion(&mut v) }
         == sys::CUresult::CUDA_SUCCESS)
         .then(|| format!("{}.{}", v / 1000, (v % 1000) / 10));
@@ -111,7 +115,9 @@ pub fn gpu_facts() -> GpuFacts {
             continue;
         };
         let name = result::device::get_name(dev).unwrap_or_else(|_| "unknown".into());
+        // SAFETY: `dev` is a device handle the driver just returned for an index below its count.
         let mem = unsafe { result::device::total_mem(dev) }.unwrap_or(0) as u64 / (1024 * 1024);
+        // SAFETY: as above; `a` is one of the driver's own attribute enum values.
         let attr = |a| unsafe { result::device::get_attribute(dev, a) }.unwrap_or(0);
         let major = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
         let minor = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);

@@ -84,7 +84,7 @@ struct RunCmd {
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
     /// Stop by itself after this long (e.g. 90s), as on SIGTERM.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = gemba::sys::duration::parse, value_name = "DURATION")]
     stop_after: Option<Duration>,
 }
 
@@ -107,7 +107,7 @@ enum BenchCmd {
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
         /// Sampling period (e.g. 10s).
-        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        #[arg(long, value_parser = gemba::sys::duration::parse, default_value = "10s")]
         every: Duration,
         #[arg(long)]
         json: bool,
@@ -216,7 +216,7 @@ struct AskArgs {
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
     /// Give up after this long (e.g. 30s, 2m); a running step is terminated.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = gemba::sys::duration::parse)]
     deadline: Option<Duration>,
     /// Prompt-lookup speculative decoding: drafts from the prompt verified in one decoder run
     /// (faster on answers that repeat their prompt; greedy output equal up to floating point).
@@ -323,10 +323,6 @@ struct DoctorArgs {
     json: bool,
     #[command(flatten)]
     providers: ProviderArgs,
-}
-
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
 }
 
 /// glibc gives every freed block over 128 KiB (its starting mmap threshold) back to the kernel

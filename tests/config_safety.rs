@@ -403,6 +403,7 @@ impl Running {
     }
 
     fn term(&self) {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }

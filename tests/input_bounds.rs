@@ -149,7 +149,9 @@ fn run_measured(mut cmd: Command) -> Run {
             peak = peak.max(k);
         }
         let mut status = 0;
+        // SAFETY: rusage is a plain C struct of integers, for which all-zero bytes are a value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are valid out-pointers for the call; the pid is our child.
         let r = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut ru) };
         if r == pid as i32 {
             break (status, ru);

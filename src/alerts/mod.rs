@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::CameraSettings;
+use crate::capture::config::CameraSettings;
 use crate::report::AlertStateRow;
 pub use rules::{AlertRule, Severity};
 pub use state::{Change, Machine, State};

@@ -700,6 +700,8 @@ fn gpu_memory() -> Vec<GpuMemory> {
     use cudarc::driver::{result, sys};
     let mut out = Vec::new();
     // cudarc panics when the driver library is absent unless asked first.
+    // SAFETY: is_culib_present only tries to load the driver library; it takes no arguments
+    // and touches no CUDA state.
     if !unsafe { sys::is_culib_present() } || result::init().is_err() {
         return out;
     }

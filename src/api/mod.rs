@@ -26,12 +26,13 @@
 //! request queue full, 429 with `Retry-After`), and every live-stream client has its own bounded
 //! channel (see [`ask`]) so a slow reader never holds up the model.
 
-pub mod alerts;
-pub mod ask;
-pub mod metrics;
-pub mod openai;
+pub(crate) mod alerts;
+pub(crate) mod ask;
+pub(crate) mod config;
+pub(crate) mod metrics;
+pub(crate) mod openai;
 mod reports;
-pub mod serve;
+pub(crate) mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -47,8 +48,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::ApiSettings;
 use crate::daemon::AppHandle;
+pub use config::ApiSettings;
 use tokio_util::sync::CancellationToken;
 
 /// Where the API listens unless the config or `--listen` says otherwise.
@@ -149,9 +150,9 @@ impl Bound {
     }
 }
 
-/// Checks the exposure rule and binds. Logs and prints the address actually bound.
+/// Binds (the settings passed the exposure rule when they were made). Logs and prints the
+/// address actually bound.
 pub async fn bind(settings: &ApiSettings) -> Result<Bound, ApiError> {
-    check_exposure(settings)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ApiError::Bind {
@@ -251,12 +252,11 @@ pub struct Server {
 impl Server {
     /// Applies a reloaded `[api]`: a rotated or removed token takes effect for the next request,
     /// a new `listen` address is bound and served (the old listener stops accepting; its open
-    /// streams finish). All or nothing: when the new settings would expose the API without a
-    /// token, or the new address cannot be bound, nothing changes and the error says why.
+    /// streams finish). All or nothing: when the new address cannot be bound, nothing changes
+    /// and the error says why (the exposure rule held when the new settings were made).
     /// Returns what changed, for the log.
     pub async fn apply(&mut self, new: &ApiSettings) -> Result<Vec<String>, ApiError> {
         let mut changed = Vec::new();
-        check_exposure(new)?;
         let rebound = if new.listen != self.settings.listen {
             let b = bind(new).await?;
             changed.push(format!(

@@ -4,13 +4,14 @@
 //! a slow consumer skips frames, never stalls capture); each microphone sends [`AudioClip`]
 //! chunks on a bounded channel (a full channel drops the chunk and counts it).
 
-pub mod camera;
+pub(crate) mod camera;
+pub(crate) mod config;
 pub mod mic;
-pub mod negotiate;
+pub(crate) mod negotiate;
 pub mod pixel;
 pub mod replay;
 #[cfg(feature = "v4l2")]
-pub mod v4l2;
+pub(crate) mod v4l2;
 
 pub use camera::{
     spawn_camera, Camera, CameraError, CameraSource, CameraStats, CameraStatsSnapshot,

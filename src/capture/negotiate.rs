@@ -44,21 +44,59 @@ impl PixelFormat {
         }
     }
 
+    /// Every format, in the order the config's error message lists them.
+    pub const ALL: [PixelFormat; 4] = [
+        PixelFormat::Mjpeg,
+        PixelFormat::Yuyv,
+        PixelFormat::Nv12,
+        PixelFormat::Rgb24,
+    ];
+
+    /// The name a config's `formats` list uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PixelFormat::Mjpeg => "mjpeg",
+            PixelFormat::Yuyv => "yuyv",
+            PixelFormat::Nv12 => "nv12",
+            PixelFormat::Rgb24 => "rgb24",
+        }
+    }
+
     pub fn from_fourcc(code: [u8; 4]) -> Option<Self> {
-        [
-            PixelFormat::Mjpeg,
-            PixelFormat::Yuyv,
-            PixelFormat::Nv12,
-            PixelFormat::Rgb24,
-        ]
-        .into_iter()
-        .find(|f| f.fourcc() == code)
+        PixelFormat::ALL.into_iter().find(|f| f.fourcc() == code)
     }
 }
 
 impl fmt::Display for PixelFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(fourcc_str(self.fourcc()).as_str())
+    }
+}
+
+impl std::str::FromStr for PixelFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PixelFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                format!("\"{s}\" is not a format gemba decodes (mjpeg, yuyv, nv12, rgb24)")
+            })
+    }
+}
+
+impl serde::Serialize for PixelFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PixelFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

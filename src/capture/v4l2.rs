@@ -79,7 +79,6 @@ impl V4l2Config {
 pub struct DeviceInfo {
     pub path: PathBuf,
     pub card: String,
-    pub driver: String,
     pub bus: String,
     /// Empty for nodes that do not capture (UVC metadata nodes, encoders).
     pub formats: Vec<OfferedFormat>,
@@ -105,7 +104,6 @@ pub fn list_devices() -> Vec<DeviceInfo> {
             Some(DeviceInfo {
                 path,
                 card: caps.card,
-                driver: caps.driver,
                 bus: caps.bus,
                 formats,
             })
@@ -259,27 +257,6 @@ impl V4l2Camera {
             )));
         }
         Ok(V4l2Camera { config })
-    }
-
-    /// Open the device and negotiate now (nothing streams): the start-up check and `gemba doctor`.
-    pub fn probe(&self) -> Result<FormatChoice, CameraError> {
-        let c = &self.config;
-        let dev = Device::with_path(&c.device).map_err(|e| self.device_error(e.to_string()))?;
-        let offered = enumerate_at(&dev, Some((c.width, c.height)))
-            .map_err(|e| self.device_error(e.to_string()))?;
-        negotiate(&offered, &self.request()).map_err(|err| CameraError::Negotiate {
-            camera: c.name.clone(),
-            device: c.device.clone(),
-            err,
-        })
-    }
-
-    fn device_error(&self, err: String) -> CameraError {
-        CameraError::Device {
-            camera: self.config.name.clone(),
-            device: self.config.device.clone(),
-            err,
-        }
     }
 
     fn request(&self) -> FormatRequest {
@@ -467,23 +444,6 @@ mod tests {
     }
 
     /// Without a camera the probe fails with the OS error and names camera and device.
-    #[test]
-    fn probing_a_missing_device_says_which() {
-        let cam = V4l2Camera::new(V4l2Config::new(
-            "press-2",
-            "/dev/video-gemba-missing",
-            640,
-            480,
-            30.0,
-        ))
-        .unwrap();
-        let e = cam.probe().unwrap_err().to_string();
-        assert!(
-            e.starts_with("camera press-2: /dev/video-gemba-missing: No such file or directory"),
-            "{e}"
-        );
-    }
-
     /// A node that is not a video device: the ioctl fails and the loop keeps retrying, visible
     /// in stats, until stopped.
     #[test]
@@ -505,12 +465,5 @@ mod tests {
             err.contains("/dev/video-gemba-missing") && err.contains("No such file"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn a_non_video_node_is_a_clear_error() {
-        let cam = V4l2Camera::new(V4l2Config::new("press-2", "/dev/null", 640, 480, 30.0)).unwrap();
-        let e = cam.probe().unwrap_err().to_string();
-        assert!(e.starts_with("camera press-2: /dev/null: "), "{e}");
     }
 }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::config::{CameraSettings, CameraSource};
 use crate::capture::{spawn_camera, Camera, ReplayCamera, ReplayConfig};
-use crate::config::{CameraSettings, CameraSource, Settings};
+use crate::config::Settings;
 use crate::monitor::{CameraWatch, GateConfig, Looks, MonitorStats};
 
 /// A camera as other stages see it: its latest frame and its stats.
@@ -52,19 +53,8 @@ fn camera_source(c: &CameraSettings) -> Result<Box<dyn crate::capture::CameraSou
                 *height,
                 c.fps,
             );
-            use crate::capture::negotiate::PixelFormat;
-            let prefs: Vec<PixelFormat> = formats
-                .iter()
-                .filter_map(|f| match f.as_str() {
-                    "mjpeg" => Some(PixelFormat::Mjpeg),
-                    "yuyv" => Some(PixelFormat::Yuyv),
-                    "nv12" => Some(PixelFormat::Nv12),
-                    "rgb24" => Some(PixelFormat::Rgb24),
-                    _ => None, // rejected by config validation
-                })
-                .collect();
-            if !prefs.is_empty() {
-                vc.formats = prefs;
+            if !formats.is_empty() {
+                vc.formats = formats.clone();
             }
             Box::new(
                 crate::capture::v4l2::V4l2Camera::new(vc)

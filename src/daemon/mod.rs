@@ -23,11 +23,11 @@
 //! owns the ONNX sessions), [`cameras`] (sources opened before the model loads), [`status`]
 //! (`status.json`, shared with the updater).
 
-pub mod cameras;
-pub mod dispatch;
-pub mod prompt;
-pub mod queue;
-pub mod request;
+pub(crate) mod cameras;
+pub(crate) mod dispatch;
+pub(crate) mod prompt;
+pub(crate) mod queue;
+pub(crate) mod request;
 pub mod status;
 pub mod worker;
 
@@ -96,8 +96,7 @@ pub fn settings_for(args: &RunArgs) -> Result<Settings> {
         s.onnxruntime = args.onnxruntime.clone();
     }
     if let Some(l) = args.listen {
-        s.api.listen = l;
-        crate::api::check_exposure(&s.api)?;
+        s.api.listen_on(l)?;
     }
     Ok(s)
 }

@@ -199,5 +199,5 @@ pub fn write_status_with(
     counters: Option<Counters>,
 ) -> std::io::Result<()> {
     let status = DaemonStatus::of(info, ready, data_dir, counters);
-    crate::report::durable::write_atomic(&status_path(state_dir), &status.to_json())
+    crate::sys::fs::write_atomic(&status_path(state_dir), &status.to_json())
 }

@@ -122,38 +122,18 @@ pub(crate) mod rfc3339 {
 /// identity of the exact weights a report was made with.
 pub fn bundle_hash(dir: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file() {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    // Regular files, and links to files (their contents are what the engine loads); in the
+    // order of their paths, as this hash has always been computed.
+    let mut files: Vec<crate::sys::fs::Entry> = crate::sys::fs::walk(dir)?
+        .into_iter()
+        .filter(|e| e.meta.is_file() || (e.meta.is_symlink() && e.path.is_file()))
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut all = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     for f in files {
-        let rel = f
-            .strip_prefix(dir)
-            .unwrap_or(&f)
-            .to_string_lossy()
-            .into_owned();
         let mut h = Sha256::new();
-        let mut file = std::fs::File::open(&f)?;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        all.update(rel.as_bytes());
+        crate::sys::fs::hash_file(&mut h, &f.path)?;
+        all.update(f.rel.as_bytes());
         all.update([0]);
         all.update(h.finalize());
     }

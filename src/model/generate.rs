@@ -739,15 +739,6 @@ impl Decoder {
         self.prefix.insert(ids.to_vec(), self.adapter_tag, layers);
         Ok(())
     }
-
-    /// Where the KV cache lives, for status: `host` or `device`.
-    pub fn kv_location(&self) -> &'static str {
-        if self.kv_on_device {
-            "device"
-        } else {
-            "host"
-        }
-    }
 }
 
 enum StepTokens<'a> {

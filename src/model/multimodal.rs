@@ -13,7 +13,6 @@
 //! adapter when the prompt has images, otherwise the speech adapter when it has audio.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
@@ -198,12 +197,6 @@ impl Embedder for EmbeddingStage {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         self.run(&ids, None, None)
     }
-}
-
-/// An image or audio clip handed to the model.
-pub enum Media<'a> {
-    Image(ImageSource<'a>),
-    Audio(AudioSource<'a>),
 }
 
 /// The loaded phi4mm front end.
@@ -512,17 +505,4 @@ fn flatten_3d(v: DynValue) -> Result<DynValue, GenerateError> {
                 .into_dyn()
         }
     })
-}
-
-/// Whether a bundle directory holds a multimodal bundle.
-pub fn is_multimodal(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("genai_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            v["model"]["type"]
-                .as_str()
-                .map(|t| super::genai_config::MULTIMODAL_TYPES.contains(&t))
-        })
-        .unwrap_or(false)
 }

@@ -135,15 +135,20 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
 fn probe_version(path: &Path) -> Result<String, RuntimeError> {
     // SAFETY: loading a shared library runs its initialisers; we only do this for files that the
     // user or the setup pointed us at as ONNX Runtime.
+    // SAFETY: loading runs the library's initialisers; `path` was resolved to an ONNX Runtime
+    // shared library (the same file `ort` loads next), whose initialisers have no preconditions.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| RuntimeError::Load {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     let getter: libloading::Symbol<unsafe extern "system" fn() -> *const ort::sys::OrtApiBase> =
+        // SAFETY: OrtGetApiBase has exactly this signature in every ONNX Runtime release (C API).
         unsafe { lib.get(b"OrtGetApiBase") }.map_err(|_| RuntimeError::Load {
             path: path.to_path_buf(),
             reason: "it does not export OrtGetApiBase".into(),
         })?;
+    // SAFETY: OrtGetApiBase takes no arguments and returns a pointer to a static table (checked
+    // for null below); `lib` stays mapped (forgotten below).
     let base = unsafe { getter() };
     if base.is_null() {
         return Err(RuntimeError::Load {
@@ -151,6 +156,8 @@ fn probe_version(path: &Path) -> Result<String, RuntimeError> {
             reason: "OrtGetApiBase returned null".into(),
         });
     }
+    // SAFETY: `base` is non-null and points to the library's static OrtApiBase; its
+    // GetVersionString returns a static NUL-terminated string.
     let cstr = unsafe { std::ffi::CStr::from_ptr(((*base).GetVersionString)()) };
     let version = cstr.to_string_lossy().into_owned();
     // Keep the library mapped: `ort` opens the same file next, and unloading ONNX Runtime is not
@@ -246,18 +253,25 @@ pub fn available_providers() -> Vec<String> {
     let api = ort::api();
     let mut list: *mut *mut c_char = std::ptr::null_mut();
     let mut n: i32 = 0;
+    // SAFETY: `list` and `n` are valid out-pointers for the call; ONNX Runtime fills them with
+    // an array it owns (released below) and its length.
     let status = unsafe { (api.GetAvailableProviders)(&mut list, &mut n) };
     if !status.0.is_null() {
+        // SAFETY: a non-null status from the call above, released exactly once.
         unsafe { (api.ReleaseStatus)(status.0) };
         return Vec::new();
     }
     let mut out = Vec::new();
     for i in 0..n.max(0) as isize {
+        // SAFETY: 0 <= i < n, and `list` holds `n` pointers (the call succeeded).
         let p = unsafe { *list.offset(i) };
         if !p.is_null() {
+            // SAFETY: each entry is a NUL-terminated provider name owned by `list`, still alive.
             out.push(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
         }
     }
+    // SAFETY: `list` and `n` are exactly what GetAvailableProviders returned, released once;
+    // nothing borrowed from it outlives this line (the names were copied).
     let _ = unsafe { (api.ReleaseAvailableProviders)(list, n) };
     out
 }

@@ -213,10 +213,6 @@ impl TextTokenizer {
         Arc::clone(&self.table)
     }
 
-    pub fn has_chat_template(&self) -> bool {
-        self.template.is_some()
-    }
-
     /// Token ids of `text` as the tokenizer's post-processor defines them (e.g. a BOS for
     /// Llama-style tokenizers) — what ORT-GenAI's `Tokenizer.encode` gives.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
@@ -225,11 +221,6 @@ impl TextTokenizer {
             .encode(text, true)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
-    }
-
-    /// Id of a token string (special or not), if the vocabulary has it.
-    pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
     }
 
     /// Decodes ids to text, skipping special tokens.

@@ -33,7 +33,7 @@ pub struct FleetStatusArgs {
     #[arg(long, env = "GEMBA_MQTT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// How long to collect retained messages after subscribing.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "1s", value_parser = crate::sys::duration::parse, value_name = "DURATION")]
     pub wait: Duration,
     /// JSON lines instead of the table.
     #[arg(long)]

@@ -21,10 +21,10 @@
 //! exponential backoff from 0.5 s to 60 s; each failure's cause is logged once and kept in the
 //! state (`last_error`), e.g. the broker refusing the user name and password.
 
-pub mod config;
+pub(crate) mod config;
 pub mod fleet;
 mod mqtt;
-pub mod payload;
+pub(crate) mod payload;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

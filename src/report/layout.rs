@@ -20,8 +20,8 @@ pub const RESERVE_FILE: &str = "reserve";
 pub const MEDIA_DIR: &str = "media";
 pub const HTML_DIR: &str = "html";
 pub const INDEX_PAGE: &str = "html/index.html";
-/// Prefix of a file still being written; never a final name.
-pub const TEMP_PREFIX: &str = ".tmp-";
+/// Prefix of a file still being written; never a final name (the shared atomic write's).
+pub use crate::sys::fs::TEMP_PREFIX;
 
 /// How a segment's media is encoded, which fixes its file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

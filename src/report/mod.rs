@@ -15,12 +15,12 @@
 pub mod cite;
 pub mod cli;
 pub mod crop;
-pub mod durable;
+pub(crate) mod durable;
 pub mod html;
 mod id;
-pub mod layout;
+pub(crate) mod layout;
 mod media;
-pub mod retention;
+pub(crate) mod retention;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -123,10 +123,6 @@ impl Tree {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The subdirectory `name` (one component), created when `create` and missing; a link in its
     /// place is refused like a link at the root.
     pub fn sub(&self, name: &str, create: bool) -> Result<Tree, TreeError> {

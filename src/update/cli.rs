@@ -41,10 +41,10 @@ pub struct GateArgs {
     #[arg(long)]
     pub no_daemon: bool,
     /// How long the daemon has to report the new bundle ready (e.g. 60s, 5m) [config: update.health_timeout].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::sys::duration::parse, value_name = "DURATION")]
     pub health_timeout: Option<Duration>,
     /// How long it must then stay ready before the update is kept [config: update.health_hold].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::sys::duration::parse, value_name = "DURATION")]
     pub health_hold: Option<Duration>,
     /// Accept only bundles of this genai model type (repeatable) [config: update.accept_model_types].
     #[arg(long = "accept-model-type", value_name = "TYPE")]
@@ -158,15 +158,11 @@ pub enum ModelCommand {
         crash_version: Vec<String>,
         #[arg(long)]
         degrade_version: Vec<String>,
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = crate::sys::duration::parse, default_value = "0s")]
         degrade_after: Duration,
         #[arg(long)]
         ignore_reload: bool,
     },
-}
-
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
 }
 
 fn print_transition(state: &State, attempt: Option<&Attempt>) {

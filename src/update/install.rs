@@ -10,14 +10,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::daemon;
-use super::fsutil::{self, Lock};
+use super::fsutil;
 use super::keys::TrustedKeys;
 use super::layout::{self, cache_dir, identify, verify_installed, Check, Root, CURRENT, PREVIOUS};
 use super::manifest::{version_cmp, MANIFEST_NAME};
 use super::smoke::smoke_test;
 use super::state::{now, Attempt, AttemptKind, Machine, Observer, State};
 use super::unpack::{verify_archive, SignedManifest};
-use super::{gemba_version, UpdateConfig, UpdateError};
+use super::{gemba_version, IoAt, UpdateConfig, UpdateError};
 use crate::model::providers::ProviderPolicy;
 
 /// What an install or rollback needs besides the archive.
@@ -65,7 +65,7 @@ fn unpack_bar() -> ProgressBar {
 /// back on a failed gate. `Err` carries the precise reason, which is also the recorded state's.
 pub fn install(archive: &Path, ctx: &InstallContext) -> Result<Outcome, UpdateError> {
     let root = Root::create(&ctx.config.models_dir)?;
-    let _lock = Lock::acquire(&root.lock_file())?;
+    let _lock = fsutil::lock(&root.lock_file())?;
     let mut m = Machine::load(&root.dir, ctx.observer)?;
     recover_locked(&root, &mut m, !ctx.no_daemon, ctx.config)?;
     let keys = TrustedKeys::load(&ctx.config.trusted_keys)?;
@@ -141,7 +141,7 @@ pub fn install(archive: &Path, ctx: &InstallContext) -> Result<Outcome, UpdateEr
         m.attempt_mut().fresh = true;
         m.save()?;
         std::fs::rename(&staging, &vdir).map_err(|e| UpdateError::io(&vdir, e))?;
-        fsutil::fsync_dir(&root.versions())?;
+        crate::sys::fs::sync_dir(&root.versions()).at(&root.versions())?;
     }
     m.transition_to(State::Unpacked)?;
     let manifest = s.manifest.clone();
@@ -176,7 +176,7 @@ fn finish_from_unpacked(
         root.point(PREVIOUS, Some(f))?;
     }
     root.point(CURRENT, Some(version))?;
-    fsutil::fsync_dir(&root.dir)?;
+    crate::sys::fs::sync_dir(&root.dir).at(&root.dir)?;
     m.transition_to(State::Switched)?;
 
     if ctx.no_daemon {
@@ -314,7 +314,7 @@ fn tell_daemon_back(root: &Root, a: &Attempt, cfg: &UpdateConfig) -> String {
 fn restore(root: &Root, a: &Attempt) -> Result<(), UpdateError> {
     root.point(CURRENT, a.from.as_deref())?;
     root.point(PREVIOUS, a.from_previous.as_deref())?;
-    fsutil::fsync_dir(&root.dir)
+    crate::sys::fs::sync_dir(&root.dir).at(&root.dir)
 }
 
 /// Deletes the version this attempt unpacked, unless a link still names it.
@@ -423,7 +423,7 @@ pub struct RecoverReport {
 /// every other entry point.
 pub fn recover(cfg: &UpdateConfig) -> Result<RecoverReport, UpdateError> {
     let root = Root::create(&cfg.models_dir)?;
-    let _lock = Lock::acquire(&root.lock_file())?;
+    let _lock = fsutil::lock(&root.lock_file())?;
     let mut m = Machine::load(&root.dir, None)?;
     recover_locked(&root, &mut m, true, cfg)
 }
@@ -510,7 +510,7 @@ fn recover_locked(
         };
         if let Some(v) = prev.or_else(newest) {
             root.point(CURRENT, Some(&v))?;
-            fsutil::fsync_dir(&root.dir)?;
+            crate::sys::fs::sync_dir(&root.dir).at(&root.dir)?;
             let what = match &cur {
                 Some(c) => format!(
                     "current pointed at {c}, which is incomplete or missing; now points at {v}"
@@ -537,7 +537,7 @@ fn recover_locked(
 /// health-gated, with the same automatic rollback.
 pub fn rollback(ctx: &InstallContext) -> Result<Outcome, UpdateError> {
     let root = Root::create(&ctx.config.models_dir)?;
-    let _lock = Lock::acquire(&root.lock_file())?;
+    let _lock = fsutil::lock(&root.lock_file())?;
     let mut m = Machine::load(&root.dir, ctx.observer)?;
     recover_locked(&root, &mut m, !ctx.no_daemon, ctx.config)?;
     let from = root.link_version(CURRENT)?;
@@ -645,7 +645,7 @@ pub fn list(
 /// no longer installed, and staging leftovers. Returns what was removed.
 pub fn gc(cfg: &UpdateConfig, keep: usize) -> Result<Vec<PathBuf>, UpdateError> {
     let root = Root::create(&cfg.models_dir)?;
-    let _lock = Lock::acquire(&root.lock_file())?;
+    let _lock = fsutil::lock(&root.lock_file())?;
     let mut m = Machine::load(&root.dir, None)?;
     recover_locked(&root, &mut m, false, cfg)?;
     let versions = list(cfg, None)?;

@@ -203,7 +203,12 @@ pub fn verify_installed(
         keys.verify(&dir.join(MANIFEST_NAME), &bytes, &sig)?;
     }
     let on_disk = fsutil::walk(dir)?;
-    for (rel, abs, meta) in &on_disk {
+    for crate::sys::fs::Entry {
+        rel,
+        path: abs,
+        meta,
+    } in &on_disk
+    {
         if rel == MANIFEST_NAME || rel == SIGNATURE_NAME {
             continue;
         }
@@ -235,7 +240,7 @@ pub fn verify_installed(
         .files
         .iter()
         .map(|f| f.path.as_str())
-        .filter(|p| !on_disk.iter().any(|(r, _, _)| r == p))
+        .filter(|p| !on_disk.iter().any(|e| e.rel == *p))
         .collect();
     if !missing.is_empty() {
         return Err(bad(format!("missing {}", missing.join(", "))));

@@ -73,17 +73,17 @@
 pub mod cli;
 pub mod daemon;
 #[doc(hidden)]
-pub mod fake_daemon;
+pub(crate) mod fake_daemon;
 mod fsutil;
-pub mod inbox;
-pub mod install;
+pub(crate) mod inbox;
+pub(crate) mod install;
 pub mod keys;
-pub mod layout;
+pub(crate) mod layout;
 pub mod manifest;
 pub mod pack;
-pub mod smoke;
+pub(crate) mod smoke;
 pub mod state;
-pub mod unpack;
+pub(crate) mod unpack;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -107,10 +107,10 @@ pub struct UpdateConfig {
     /// The daemon's state directory, where it writes `status.json`.
     pub state_dir: PathBuf,
     /// How long the daemon has to report the new bundle ready after SIGHUP.
-    #[serde(with = "human_duration")]
+    #[serde(with = "crate::sys::duration::serde_std")]
     pub health_timeout: Duration,
     /// How long the daemon must then stay ready on the new bundle before the update is committed.
-    #[serde(with = "human_duration")]
+    #[serde(with = "crate::sys::duration::serde_std")]
     pub health_hold: Duration,
     /// genai model types this board accepts (`phi4mm`, `qwen2`, …); empty accepts any.
     pub accept_model_types: Vec<String>,
@@ -129,26 +129,6 @@ impl Default for UpdateConfig {
             accept_model_types: Vec::new(),
             keep: 3,
         }
-    }
-}
-
-/// `"30s"`, `"2m"` in config files.
-mod human_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration ({e}); write e.g. \"30s\", \"2m\""
-            ))
-        })
     }
 }
 

@@ -89,7 +89,12 @@ pub fn build_manifest(dir: &Path, opts: &PackOptions) -> Result<Manifest, Update
         }
     };
     let mut files = Vec::new();
-    for (rel, abs, meta) in walk(dir)? {
+    for crate::sys::fs::Entry {
+        rel,
+        path: abs,
+        meta,
+    } in walk(dir)?
+    {
         if [MANIFEST_NAME, SIGNATURE_NAME, SMOKE_FILE].contains(&rel.as_str()) {
             continue;
         }

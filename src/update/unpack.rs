@@ -46,7 +46,6 @@ pub struct Verified {
     pub signed: SignedManifest,
     /// sha256 of the archive file as stored (compressed or not).
     pub archive_sha256: String,
-    pub archive_bytes: u64,
 }
 
 /// Counts and hashes the raw file; remembers whether it hit end of file.
@@ -126,7 +125,6 @@ pub fn verify_archive(
     Ok(Verified {
         signed,
         archive_sha256: hex::encode(raw.hash.finalize()),
-        archive_bytes: raw.bytes,
     })
 }
 
@@ -487,7 +485,7 @@ fn read_entries(
             .rev()
             .chain(std::iter::once(&d.to_path_buf()))
         {
-            super::fsutil::fsync_dir(dir)?;
+            crate::sys::fs::sync_dir(dir).at(dir)?;
         }
     }
     Ok(signed)

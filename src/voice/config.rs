@@ -1,7 +1,8 @@
-//! The `[microphone]` and `[voice]` sections of the config: the file schema (every field
-//! optional, unknown keys rejected) and its validation into [`MicSettings`] / [`VoiceSettings`].
+//! The `[voice]` section of the config: the file schema (every field optional, unknown keys
+//! rejected) and its validation into [`VoiceSettings`]. (`[microphone]` is the capture
+//! module's: [`crate::capture::config`].)
 //!
-//! `config.rs` owns the file as a whole; this module owns these two sections so the voice stage's
+//! `config.rs` owns the file as a whole; this module owns this section so the voice stage's
 //! keys, defaults and checks live in one place. Errors come back as `(key, message)` for
 //! `config.rs` to attach the file to.
 
@@ -14,29 +15,8 @@ use super::listen::TriggerMode;
 use super::output::OutputTarget;
 use super::segment::SegmentConfig;
 use super::tts::TtsSettings;
-use crate::capture::mic::{Pace, SampleFormat};
-use crate::config::HumanDuration;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMicrophone {
-    /// `cpal` (a sound device; default) or `wav` (a file replayed as a microphone).
-    pub kind: Option<String>,
-    /// Name used in reports (default `mic`).
-    pub name: Option<String>,
-    /// cpal: the ALSA PCM or device name (default `default`).
-    pub device: Option<String>,
-    /// cpal: `i16` (default) or `f32` — opened exactly so, never converted by ALSA.
-    pub format: Option<String>,
-    pub rate: Option<u32>,
-    pub channels: Option<u16>,
-    /// Length of each chunk handed on (default 32ms: one VAD window at 16 kHz).
-    pub chunk: Option<HumanDuration>,
-    /// wav: the file.
-    pub path: Option<PathBuf>,
-    /// wav: `realtime` (default) or `fast`.
-    pub pace: Option<String>,
-}
+use crate::capture::config::format_of;
+use crate::config::{HumanDuration, KeyError};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,47 +60,6 @@ pub struct RawVad {
     pub max_utterance: Option<HumanDuration>,
 }
 
-fn ser_format<S: serde::Serializer>(f: &SampleFormat, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match f {
-        SampleFormat::I16 => "i16",
-        SampleFormat::F32 => "f32",
-    })
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum MicSource {
-    Cpal {
-        device: String,
-        #[serde(serialize_with = "ser_format")]
-        format: SampleFormat,
-        rate: u32,
-        channels: u16,
-    },
-    Wav {
-        path: PathBuf,
-        realtime: bool,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MicSettings {
-    pub name: String,
-    pub source: MicSource,
-    pub chunk: HumanDuration,
-}
-
-impl MicSettings {
-    pub fn pace(&self) -> Pace {
-        match self.source {
-            MicSource::Wav {
-                realtime: false, ..
-            } => Pace::Fast,
-            _ => Pace::RealTime,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VadSettings {
     pub model: Option<PathBuf>,
@@ -158,91 +97,6 @@ pub struct VoiceSettings {
 }
 
 pub const DEFAULT_PROMPT: &str = "";
-
-type KeyError = (String, String);
-
-fn format_of(key: &str, s: Option<&str>) -> Result<SampleFormat, KeyError> {
-    match s.unwrap_or("i16") {
-        "i16" | "s16" | "s16le" => Ok(SampleFormat::I16),
-        "f32" | "float" => Ok(SampleFormat::F32),
-        other => Err((
-            key.into(),
-            format!("\"{other}\" is not a sample format (i16, f32)"),
-        )),
-    }
-}
-
-/// Validates `[microphone]`; `abs` resolves relative paths against the config's directory.
-pub fn validate_microphone(
-    raw: RawMicrophone,
-    abs: &dyn Fn(PathBuf) -> PathBuf,
-) -> Result<MicSettings, KeyError> {
-    let name = raw.name.unwrap_or_else(|| "mic".into());
-    if name.is_empty() {
-        return Err(("microphone.name".into(), "must not be empty".into()));
-    }
-    let chunk = raw
-        .chunk
-        .unwrap_or(HumanDuration(Duration::from_millis(32)));
-    if chunk.0 < Duration::from_millis(1) || chunk.0 > Duration::from_secs(1) {
-        return Err((
-            "microphone.chunk".into(),
-            format!("{:?} is out of range 1ms–1s", chunk.0),
-        ));
-    }
-    // Checked wherever they are written, even where the kind ignores them (a WAV has its own).
-    let rate = raw.rate.unwrap_or(16_000);
-    if !(8_000..=192_000).contains(&rate) {
-        return Err((
-            "microphone.rate".into(),
-            format!("{rate} Hz is out of range 8000–192000"),
-        ));
-    }
-    let channels = raw.channels.unwrap_or(1);
-    if !(1..=32).contains(&channels) {
-        return Err((
-            "microphone.channels".into(),
-            format!("{channels} is out of range 1–32"),
-        ));
-    }
-    let source = match raw.kind.as_deref().unwrap_or("cpal") {
-        "cpal" | "alsa" => MicSource::Cpal {
-            device: raw.device.unwrap_or_else(|| "default".into()),
-            format: format_of("microphone.format", raw.format.as_deref())?,
-            rate,
-            channels,
-        },
-        "wav" => MicSource::Wav {
-            path: abs(raw.path.ok_or_else(|| {
-                (
-                    "microphone.path".to_string(),
-                    "a wav microphone needs a path".to_string(),
-                )
-            })?),
-            realtime: match raw.pace.as_deref().unwrap_or("realtime") {
-                "realtime" => true,
-                "fast" => false,
-                other => {
-                    return Err((
-                        "microphone.pace".into(),
-                        format!("\"{other}\" is not a pace (realtime, fast)"),
-                    ))
-                }
-            },
-        },
-        other => {
-            return Err((
-                "microphone.kind".into(),
-                format!("\"{other}\" is not a microphone kind (cpal, wav)"),
-            ))
-        }
-    };
-    Ok(MicSettings {
-        name,
-        source,
-        chunk,
-    })
-}
 
 /// Validates `[voice]` against the cameras the config defines.
 pub fn validate_voice(
@@ -463,34 +317,6 @@ mod tests {
             }
         );
         assert_eq!(v.vad.end_silence.0, Duration::from_millis(600));
-        let m = validate_microphone(RawMicrophone::default(), &id).unwrap();
-        assert_eq!(
-            m.source,
-            MicSource::Cpal {
-                device: "default".into(),
-                format: SampleFormat::I16,
-                rate: 16_000,
-                channels: 1
-            }
-        );
-        let w = validate_microphone(
-            RawMicrophone {
-                kind: Some("wav".into()),
-                path: Some("q.wav".into()),
-                pace: Some("fast".into()),
-                ..Default::default()
-            },
-            &id,
-        )
-        .unwrap();
-        assert_eq!(
-            w.source,
-            MicSource::Wav {
-                path: "/etc/gemba/q.wav".into(),
-                realtime: false
-            }
-        );
-        assert_eq!(w.pace(), Pace::Fast);
         assert!(validate_voice(
             RawVoice {
                 enabled: Some(false),
@@ -586,45 +412,6 @@ mod tests {
         for (raw, key) in cases {
             let (k, msg) = validate_voice(raw, &["press-2"], &id).unwrap_err();
             assert_eq!(k, key, "{msg}");
-        }
-        for (raw, key) in [
-            (
-                RawMicrophone {
-                    kind: Some("usb".into()),
-                    ..Default::default()
-                },
-                "microphone.kind",
-            ),
-            (
-                RawMicrophone {
-                    kind: Some("wav".into()),
-                    ..Default::default()
-                },
-                "microphone.path",
-            ),
-            (
-                RawMicrophone {
-                    format: Some("s24".into()),
-                    ..Default::default()
-                },
-                "microphone.format",
-            ),
-            (
-                RawMicrophone {
-                    rate: Some(1000),
-                    ..Default::default()
-                },
-                "microphone.rate",
-            ),
-            (
-                RawMicrophone {
-                    channels: Some(0),
-                    ..Default::default()
-                },
-                "microphone.channels",
-            ),
-        ] {
-            assert_eq!(validate_microphone(raw, &id).unwrap_err().0, key);
         }
     }
 }

@@ -16,17 +16,18 @@
 //! listeners, reports), the ONNX Runtime. Out: requests and report follow-ups.
 
 pub mod bench;
-pub mod config;
+pub(crate) mod config;
 pub mod listen;
 pub mod output;
 pub mod resample;
 pub mod segment;
-pub mod speak;
-pub mod stage;
+pub(crate) mod speak;
+pub(crate) mod stage;
 pub mod tts;
 pub mod vad;
 
-pub use config::{MicSettings, VoiceSettings};
+pub use crate::capture::config::MicSettings;
+pub use config::VoiceSettings;
 pub use speak::{Answer, Speech, SpokenAnswer, Voice};
 pub use stage::VoiceStage;
 

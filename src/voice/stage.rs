@@ -25,12 +25,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{MicSettings, MicSource, VoiceSettings};
+use super::config::VoiceSettings;
 use super::listen::{Heard, ListenConfig, Listener, TriggerMode, Utterance};
 use super::output::{Output, OutputTarget};
 use super::speak::{Stopper, Voice};
 use super::vad::{resolve_model, SileroVad, SpeechDetector};
 use super::VoiceError;
+use crate::capture::config::{MicSettings, MicSource};
 use crate::capture::mic::{open_microphone, open_wav_microphone, MicConfig, MicHandle, WavConfig};
 use crate::capture::AudioClip;
 use crate::daemon::{AppHandle, FollowUp, Request, RequestEvent};

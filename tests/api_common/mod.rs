@@ -341,6 +341,7 @@ impl Daemon {
 
     /// SIGTERM, then wait (kill after 30 s); returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -361,6 +362,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
             unsafe {
                 libc::kill(self.child.id() as i32, libc::SIGTERM);
             }

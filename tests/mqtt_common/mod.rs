@@ -131,6 +131,7 @@ impl Broker {
     /// SIGTERM and wait: clients are cut off, persistence is written.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
@@ -416,6 +417,7 @@ impl Daemon {
     /// SIGTERM and wait.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
+        // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         c.wait().ok()
     }

@@ -7,7 +7,7 @@
 //! Durability contract: a segment is *acknowledged* when its `add_*` call returns Ok, and from
 //! then on it survives kill -9 and power cuts. The order that makes this so:
 //! 1. media bytes are encoded in memory, written to `.tmp-<n>.ext`, fsynced, renamed to their
-//!    final name and the directory fsynced (`durable::write_atomic`);
+//!    final name and the directory fsynced (`crate::sys::fs::write_atomic`);
 //! 2. then the segment and media rows are committed in one transaction, with
 //!    `synchronous=FULL` — in WAL mode, NORMAL survives a process crash but may lose the last
 //!    commits on power loss, and an acknowledged segment must survive both; the price is one WAL
@@ -23,7 +23,7 @@
 //! `Send`. Writers of several reports may run at once; their writes are serialized by one lock.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -136,7 +136,7 @@ struct Inner {
     /// False for a store opened by `open_read_only` (the CLI beside a running daemon).
     writable: bool,
     /// The flock that makes this process the store's only writer; dropped with the store.
-    _lock: Option<File>,
+    _lock: Option<crate::sys::fs::Lock>,
     /// Sums kept in step with the index and the html directory, for the byte budget.
     media_bytes: u64,
     html_bytes: u64,
@@ -302,7 +302,7 @@ impl Store {
             root.sub(sub, true)?;
         }
         let lock_path = dir.join(layout::LOCK_FILE);
-        let lock = durable::try_lock(&lock_path)
+        let lock = crate::sys::fs::Lock::try_acquire(&lock_path)
             .map_err(|source| ReportError::Io {
                 op: "locking",
                 path: lock_path.clone(),
@@ -767,7 +767,11 @@ fn is_db_full(e: &rusqlite::Error) -> bool {
 
 impl Inner {
     /// With `lock`, the store's writer; without, a reader (see [`Store::open_read_only`]).
-    fn new(dir: &Path, policy: RetentionPolicy, lock: Option<File>) -> Result<Inner> {
+    fn new(
+        dir: &Path,
+        policy: RetentionPolicy,
+        lock: Option<crate::sys::fs::Lock>,
+    ) -> Result<Inner> {
         let writable = lock.is_some();
         Ok(Inner {
             dir: dir.to_path_buf(),
@@ -926,7 +930,7 @@ impl Inner {
         if let Err(e) = durable::create_dirs(&self.dir, &dir_rel) {
             return Err(self.io_failure(e, "creating", self.dir.join(&dir_rel), needed));
         }
-        if let Err(e) = durable::write_atomic(&path, bytes) {
+        if let Err(e) = crate::sys::fs::write_atomic(&path, bytes) {
             return Err(self.io_failure(e, "writing", path, needed));
         }
         let media = MediaRef {
@@ -1082,7 +1086,7 @@ impl Inner {
         let old = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let write = |root: &Path| {
             durable::create_dirs(root, dir_rel)
-                .and_then(|()| durable::write_atomic(&path, content.as_bytes()))
+                .and_then(|()| crate::sys::fs::write_atomic(&path, content.as_bytes()))
         };
         let mut result = write(&self.dir);
         // Pages are not worth failing for, but worth one eviction: a report without its page is

@@ -138,7 +138,7 @@ impl Inner {
             return;
         }
         // Real zeros, not a sparse file: the point is that the blocks are allocated.
-        if let Err(e) = durable::write_atomic(&path, &vec![0u8; RESERVE_BYTES as usize]) {
+        if let Err(e) = crate::sys::fs::write_atomic(&path, &vec![0u8; RESERVE_BYTES as usize]) {
             self.warn_once(
                 "reserve",
                 format!(

@@ -6,8 +6,8 @@
 //! in pieces, Piper hands over the sentence whole — so playback can start before synthesis ends.
 //! Synthesis stops early when the cancel flag is set (barge-in).
 
-pub mod espeak;
-pub mod piper;
+pub(crate) mod espeak;
+pub(crate) mod piper;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
