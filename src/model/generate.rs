@@ -28,6 +28,7 @@ use ort::value::{DynTensor, DynValue, Tensor};
 use serde::Serialize;
 
 use super::bundle::{Bundle, BundleError, DecoderIo, FloatType, IntType, TokenInput};
+use super::constrain::{ConstrainError, Constraint, ResponseFormat, Vocabulary};
 use super::prefix::{self as prefixes, HostKv, PrefixCache, PrefixLimits};
 use super::providers::{build_session, ProviderKind, ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
@@ -63,6 +64,8 @@ pub enum GenerateError {
     Params(String),
     #[error("token stream: {0}")]
     Stream(String),
+    #[error(transparent)]
+    Constrain(#[from] ConstrainError),
 }
 
 /// Per-request generation settings; defaults come from the bundle's `search` section.
@@ -87,6 +90,8 @@ pub struct GenerateParams {
     /// run, which flips near-ties on int8 MatMulNBits models (seen on SmolLM2 int8), so it is
     /// opt-in.
     pub speculation: Speculation,
+    /// Constrained decoding: the answer is held to this format (speculation is off then).
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl GenerateParams {
@@ -116,6 +121,7 @@ impl GenerateParams {
             splitter: SplitterConfig::default(),
             started: None,
             speculation: Speculation::OFF,
+            response_format: None,
         }
     }
 }
@@ -181,6 +187,10 @@ pub struct Done {
     pub reused_prefix_tokens: usize,
     /// component → provider that actually ran it.
     pub providers: BTreeMap<String, String>,
+    /// The answer parsed, when a JSON schema held it (`None` otherwise, or when the generation
+    /// was cut short before the document was complete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structured: Option<serde_json::Value>,
 }
 
 /// What a generation streams out.
@@ -1032,7 +1042,14 @@ pub fn generate(
         params.stop_strings.clone(),
         params.splitter.clone(),
     );
-    let state = RequestState::new(start, prompt.ids(), stream);
+    let constraint = match &params.response_format {
+        Some(f) => {
+            let vocab = Vocabulary::of_bundle(bundle)?;
+            Some(Constraint::new(f, &vocab)?)
+        }
+        None => None,
+    };
+    let state = RequestState::new(start, prompt.ids(), stream, constraint);
     let result = run_loop(decoder, &run, prompt, &mut embedder, state, on_event);
     drop(done_tx);
     if let Some(w) = watcher {
@@ -1114,7 +1131,9 @@ fn run_loop(
     let mut past = prompt_len;
     // Speculation needs every position's logits and a cache it can roll back: off for a moving
     // cache on a device.
-    let spec = if decoder.kv_on_device && !decoder.share_buffer {
+    // Constrained requests do not speculate: drafts would need the grammar's mask at every
+    // drafted position (and a rollback of the grammar with the cache).
+    let spec = if st.constraint.is_some() || (decoder.kv_on_device && !decoder.share_buffer) {
         Speculation::OFF
     } else {
         params.speculation
@@ -1131,11 +1150,17 @@ fn run_loop(
         loop {
             let row = &mut decoder.logits_buf[j * vocab..(j + 1) * vocab];
             apply_min_length(row, st.history.len(), params.min_length, eos);
+            if let Some(c) = &mut st.constraint {
+                c.apply(row)?;
+            }
             let (id, accepted) = match fed.get(j) {
                 Some(&d) => sampler.sample_draft(row, &st.history, d),
                 None => (sampler.sample(row, &st.history), false),
             };
             let is_eos = eos.contains(&id);
+            if let (Some(c), false) = (&mut st.constraint, is_eos) {
+                c.commit(id)?;
+            }
             let hit = st.token(id, is_eos, on_event)?;
             if is_eos {
                 break 'gen StopReason::Eos;

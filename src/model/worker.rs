@@ -401,6 +401,7 @@ fn ask(
         params.sampling.seed = seed;
     }
     params.stop_strings.extend(o.stop.iter().cloned());
+    params.response_format = o.response_format.clone();
     let system_prompt = o
         .system_prompt
         .as_deref()

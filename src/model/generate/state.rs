@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::super::constrain::Constraint;
 use super::super::stream::TextStream;
 use super::{Done, Event, GenerateError, StopReason, TokenEvent};
 
@@ -30,10 +31,17 @@ pub(super) struct RequestState {
     pub accepted_drafts: usize,
     /// Prompt tokens whose KV came from the prefix cache.
     pub reused: usize,
+    /// The format the answer is held to, advanced token by token.
+    pub constraint: Option<Constraint>,
 }
 
 impl RequestState {
-    pub fn new(start: Instant, prompt: &[u32], stream: TextStream) -> RequestState {
+    pub fn new(
+        start: Instant,
+        prompt: &[u32],
+        stream: TextStream,
+        constraint: Option<Constraint>,
+    ) -> RequestState {
         RequestState {
             start,
             prompt_len: prompt.len(),
@@ -49,6 +57,7 @@ impl RequestState {
             runs: 0,
             accepted_drafts: 0,
             reused: 0,
+            constraint,
         }
     }
 
@@ -137,6 +146,10 @@ impl RequestState {
         let last = self.last_token_at.unwrap_or_else(|| self.start.elapsed());
         let decode_secs = (last.saturating_sub(ft)).as_secs_f64();
         let (prompt_tokens, generated) = (self.prompt_len, self.generated);
+        let structured = self
+            .constraint
+            .as_ref()
+            .and_then(|c| c.format().structured(&self.text));
         let done = Done {
             prompt_tokens,
             generated_tokens: generated,
@@ -161,6 +174,7 @@ impl RequestState {
             accepted_drafts: self.accepted_drafts,
             reused_prefix_tokens: self.reused,
             providers,
+            structured,
         };
         on_event(Event::Done(done.clone()));
         done
