@@ -1064,7 +1064,8 @@ pub fn generate(
 fn keyable(ids: &[u32]) -> usize {
     ids.iter()
         .position(|&t| {
-            t == super::processor::IMAGE_TOKEN_ID || t == super::processor::AUDIO_TOKEN_ID
+            t == crate::media::processor::IMAGE_TOKEN_ID
+                || t == crate::media::processor::AUDIO_TOKEN_ID
         })
         .unwrap_or(ids.len())
 }
