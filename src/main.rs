@@ -549,10 +549,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(f) = constraint {
                 anyhow::ensure!(repeat >= 1, "need --repeat >= 1");
-                let r = gemba::bench::constrained(
-                    &rt, &model, &f, &prompt, gen_tokens, threads, repeat,
-                )
-                .with_context(|| format.describe())?;
+                let r =
+                    gemba::bench::constrained(rt, &model, &f, &prompt, gen_tokens, threads, repeat)
+                        .with_context(|| format.describe())?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
