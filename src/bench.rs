@@ -9,6 +9,9 @@
 //!
 //! It prints the ratios gemba/ORT-GenAI and gemba's overhead over the raw loop.
 
+mod constrained;
+pub use constrained::{constrained, ConstrainedBench};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -157,9 +157,13 @@ enum BenchCmd {
         /// … and/or these audio clips.
         #[arg(long = "audio", value_name = "FILE")]
         audio: Vec<PathBuf>,
-        /// The question for --image/--audio runs.
+        /// The question for --image/--audio runs (and for a constrained run).
         #[arg(long, default_value = "Give me a status report.")]
         prompt: String,
+        /// Instead: the token mask's cost — decode with this constraint against the same engine
+        /// unconstrained, forced to as many tokens, alternating round by round.
+        #[command(flatten)]
+        format: FormatArgs,
         #[arg(long)]
         json: bool,
     },
@@ -227,6 +231,8 @@ struct AskArgs {
     /// camera name of its file name (`press-2_00.jpg` → `press-2`).
     #[arg(long, value_name = "DIR", requires = "images")]
     crops: Option<PathBuf>,
+    #[command(flatten)]
+    format: FormatArgs,
     #[command(flatten)]
     providers: ProviderArgs,
     #[command(flatten)]
@@ -513,9 +519,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             images,
             audio,
             prompt,
+            format,
             json,
         }) => {
             let rt = runtime::init(cli.onnxruntime.as_deref())?;
+            let constraint = format.format()?;
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -533,6 +541,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let r = gemba::bench::report_workload(
                     rt, &model, gen_tokens, threads, repeat, !no_genai,
                 )?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    print!("{r}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(f) = constraint {
+                anyhow::ensure!(repeat >= 1, "need --repeat >= 1");
+                let r =
+                    gemba::bench::constrained(rt, &model, &f, &prompt, gen_tokens, threads, repeat)
+                        .with_context(|| format.describe())?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                 } else {
@@ -652,7 +672,46 @@ fn ask_crops(dir: &Path, images: &[PathBuf]) -> Result<gemba::report::crop::Repl
     ReplyCrops::new(dir, frames).context("--crops")
 }
 
+/// Constrained decoding: what the answer must look like (at most one of these).
+#[derive(Debug, Clone, clap::Args)]
+struct FormatArgs {
+    /// The answer is a JSON document valid under the JSON schema in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["choice", "regex"])]
+    json_schema: Option<PathBuf>,
+    /// The answer is exactly one of these (comma-separated).
+    #[arg(
+        long,
+        value_name = "A,B,C",
+        value_delimiter = ',',
+        conflicts_with = "regex"
+    )]
+    choice: Option<Vec<String>>,
+    /// The answer is a full match of this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    regex: Option<String>,
+}
+
+impl FormatArgs {
+    fn format(&self) -> Result<Option<gemba::model::constrain::ResponseFormat>> {
+        Ok(gemba::model::constrain::ResponseFormat::from_cli(
+            self.json_schema.as_deref(),
+            self.choice.clone(),
+            self.regex.clone(),
+        )?)
+    }
+
+    /// Which option gave the format, for error messages.
+    fn describe(&self) -> String {
+        match (&self.json_schema, &self.choice) {
+            (Some(p), _) => format!("--json-schema {}", p.display()),
+            (None, Some(c)) => format!("--choice {}", c.join(",")),
+            (None, None) => format!("--regex {:?}", self.regex.as_deref().unwrap_or("")),
+        }
+    }
+}
+
 fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
+    let format = a.format.format()?;
     let rt = runtime::init(ort.as_deref())?;
     let mut engine = Engine::load(rt, &a.model, &a.providers.policy())?;
     let mut params = engine.default_params();
@@ -680,6 +739,13 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     if a.speculate {
         params.speculation = gemba::model::speculate::Speculation::default();
     }
+    if let Some(f) = &format {
+        // Checked against the model's own vocabulary before the question is asked.
+        let vocab = gemba::model::constrain::Vocabulary::of_bundle(&engine.bundle)?;
+        f.check(&vocab).with_context(|| a.format.describe())?;
+    }
+    params.response_format = format.clone();
+    let constrained = format.is_some();
     let media = gemba::model::engine::MediaFiles {
         images: a.images.clone(),
         audio: a.audio.clone(),
@@ -723,7 +789,10 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
                 serde_json::to_string(&ev)
                     .map_err(std::io::Error::other)
                     .and_then(|s| writeln!(out, "{s}"))
-            } else if let Event::Sentence(s) = &ev {
+            } else if let (true, Event::Done(d)) = (constrained, &ev) {
+                // A constrained answer is printed whole (sentence breaks would change it).
+                writeln!(out, "{}", d.text)
+            } else if let (false, Event::Sentence(s)) = (constrained, &ev) {
                 writeln!(out, "{}", s.text)
             } else {
                 Ok(())

@@ -39,6 +39,7 @@ use super::metrics::Metrics;
 use super::{report_id, Api, HttpError};
 use crate::capture::{AudioClip, Frame};
 use crate::daemon::{Request as AppRequest, RequestEvent};
+use crate::model::constrain::ResponseFormat;
 use crate::model::Event;
 use crate::report::Trigger;
 
@@ -292,6 +293,10 @@ pub struct AskBody {
     /// A WAV file, base64.
     #[serde(default)]
     pub audio: Option<String>,
+    /// Constrained decoding: `{"type": "json_schema", "schema": …}`, `{"type": "choice",
+    /// "choices": […]}` or `{"type": "regex", "pattern": …}`.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// The parts of an ask once read (multipart files are bytes already).
@@ -301,6 +306,7 @@ struct AskParts {
     cameras: Vec<String>,
     image: Option<Vec<u8>>,
     audio: Option<Vec<u8>>,
+    response_format: Option<ResponseFormat>,
 }
 
 fn unprocessable(msg: impl Into<String>) -> HttpError {
@@ -372,9 +378,15 @@ async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpErro
                 ),
                 "image" => parts.image = Some(data.to_vec()),
                 "audio" => parts.audio = Some(data.to_vec()),
+                "response_format" => {
+                    parts.response_format =
+                        Some(serde_json::from_str(&as_text()?).map_err(|e| {
+                            HttpError::new(StatusCode::BAD_REQUEST, format!("response_format: {e}"))
+                        })?)
+                }
                 other => {
                     return Err(unprocessable(format!(
-                        "unknown field {other:?} (text, cameras, image, audio)"
+                        "unknown field {other:?} (text, cameras, image, audio, response_format)"
                     )))
                 }
             }
@@ -398,6 +410,7 @@ async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpErro
                 .as_deref()
                 .map(|s| b64("audio", s, max_media))
                 .transpose()?,
+            response_format: body.response_format,
         })
     } else {
         Err(HttpError::new(
@@ -496,6 +509,13 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
             ))
         }
     };
+    // A format that cannot compile (a bad schema or expression, an unsatisfiable schema) is the
+    // requester's error, named before the question takes a slot.
+    if let Some(f) = &parts.response_format {
+        f.validate().map_err(|e| {
+            HttpError::new(StatusCode::BAD_REQUEST, format!("response_format: {e}"))
+        })?;
+    }
     let text = parts.text.trim().to_string();
     if text.is_empty() {
         return Err(unprocessable("text: the question is empty"));
@@ -564,6 +584,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     // Decoding is CPU work on untrusted bytes: off the async threads, and only with an ask slot
     // held, so at most `max_asks` uploads are decoded at once (each within its pixel budget).
     let max_pixels = limits.max_image_pixels;
+    let response_format = parts.response_format.clone();
     let (image, audio) = super::blocking(move || {
         let image = parts
             .image
@@ -581,6 +602,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     r.frames = frames;
     r.audio = audio.into_iter().collect();
     r.listener = Some(ltx);
+    r.overrides.response_format = response_format;
     if app.try_submit(r).is_err() {
         inner.metrics.asks_rejected("queue_full");
         return Err(HttpError::new(

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use super::Api;
 use crate::daemon::worker::GenOverrides;
 use crate::daemon::{Request as AppRequest, RequestEvent};
+use crate::model::constrain::ResponseFormat;
 use crate::model::{Event, StopReason};
 use crate::report::Trigger;
 
@@ -188,6 +189,42 @@ struct ChatRequest {
     seed: Option<i64>,
     #[serde(default)]
     stop: Option<Stop>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    #[serde(default)]
+    response_format: Option<Value>,
+}
+
+/// OpenAI's `response_format` → the daemon's constrained decoding; a schema that cannot be
+/// compiled is a 400 naming the problem.
+fn response_format(v: Option<Value>) -> Result<Option<ResponseFormat>, OpenAiError> {
+    let bad = |m: String| OpenAiError {
+        param: Some("response_format"),
+        ..OpenAiError::bad_json(m)
+    };
+    let Some(v) = v else { return Ok(None) };
+    let format = match v.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => ResponseFormat::JsonSchema {
+            schema: json!({ "type": "object" }),
+        },
+        Some("json_schema") => ResponseFormat::JsonSchema {
+            schema: v
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .cloned()
+                .ok_or_else(|| bad("response_format.json_schema.schema is missing".into()))?,
+        },
+        other => {
+            return Err(bad(format!(
+                "response_format.type {}: expected text, json_object or json_schema",
+                other.map_or("(missing)".to_string(), |t| format!("{t:?}"))
+            )))
+        }
+    };
+    format
+        .validate()
+        .map_err(|e| bad(format!("response_format: {e}")))?;
+    Ok(Some(format))
 }
 
 /// A request checked and turned into what the daemon takes.
@@ -362,7 +399,7 @@ fn prepare(req: ChatRequest, max_new_tokens: usize) -> Result<Prepared, OpenAiEr
             // Any 64-bit seed, negative ones included, keeps its bits.
             seed: req.seed.map(|s| s as u64),
             stop,
-            response_format: None,
+            response_format: response_format(req.response_format)?,
         },
         stream: req.stream.unwrap_or(false),
         include_usage: req

@@ -85,6 +85,9 @@ pub enum Job {
 pub const NOT_LOADED: &str = "no model loaded (it was unloaded; a reload loads it again)";
 
 #[derive(Debug, Clone)]
+// An event is sent once per token through an unbounded channel and moved, never copied in bulk:
+// boxing the Done summary (timings, providers, the structured answer) would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum JobEvent {
     Event(Event),
     Failed(String),
@@ -380,6 +383,7 @@ fn ask(
         params.sampling.seed = seed;
     }
     params.stop_strings.extend(o.stop.iter().cloned());
+    params.response_format = o.response_format.clone();
     let system_prompt = o
         .system_prompt
         .as_deref()

@@ -28,13 +28,17 @@ use ort::value::{DynTensor, DynValue, Tensor};
 use serde::Serialize;
 
 use super::bundle::{Bundle, BundleError, DecoderIo, FloatType, IntType, TokenInput};
+use super::constrain::{ConstrainError, Constraint, ResponseFormat, Vocabulary};
 use super::prefix::{self as prefixes, HostKv, PrefixCache, PrefixLimits};
 use super::providers::{build_session, ProviderKind, ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
 use super::sample::{Sampler, SamplingParams};
 use super::speculate::{self, Speculation};
-use super::stream::{SentenceSplitter, SplitterConfig, TokenDecoder};
+use super::stream::{SplitterConfig, TextStream};
 use super::Sentence;
+
+mod state;
+use state::RequestState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -60,6 +64,8 @@ pub enum GenerateError {
     Params(String),
     #[error("token stream: {0}")]
     Stream(String),
+    #[error(transparent)]
+    Constrain(#[from] ConstrainError),
 }
 
 /// Per-request generation settings; defaults come from the bundle's `search` section.
@@ -84,6 +90,8 @@ pub struct GenerateParams {
     /// run, which flips near-ties on int8 MatMulNBits models (seen on SmolLM2 int8), so it is
     /// opt-in.
     pub speculation: Speculation,
+    /// Constrained decoding: the answer is held to this format (speculation is off then).
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl GenerateParams {
@@ -113,6 +121,7 @@ impl GenerateParams {
             splitter: SplitterConfig::default(),
             started: None,
             speculation: Speculation::OFF,
+            response_format: None,
         }
     }
 }
@@ -178,6 +187,10 @@ pub struct Done {
     pub reused_prefix_tokens: usize,
     /// component → provider that actually ran it.
     pub providers: BTreeMap<String, String>,
+    /// The answer parsed, when a JSON schema held it (`None` otherwise, or when the generation
+    /// was cut short before the document was complete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structured: Option<serde_json::Value>,
 }
 
 /// What a generation streams out.
@@ -912,52 +925,6 @@ fn rows_f32(
     Ok(())
 }
 
-/// Holds back text that may be the beginning of a stop string.
-#[derive(Debug, Default)]
-struct StopMatcher {
-    stops: Vec<String>,
-    pending: String,
-}
-
-impl StopMatcher {
-    /// Returns (text safe to emit now, the stop string if one completed).
-    fn push(&mut self, text: &str) -> (String, Option<String>) {
-        if self.stops.is_empty() {
-            return (text.to_string(), None);
-        }
-        self.pending.push_str(text);
-        // The earliest complete stop string wins.
-        let hit = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.pending.find(s.as_str()).map(|i| (i, s.clone())))
-            .min_by_key(|(i, _)| *i);
-        if let Some((i, s)) = hit {
-            let out = self.pending[..i].to_string();
-            self.pending.clear();
-            return (out, Some(s));
-        }
-        // Keep the longest suffix that is a proper prefix of some stop string.
-        let mut keep = 0;
-        for s in &self.stops {
-            for (k, _) in s.char_indices().skip(1) {
-                if k > keep && self.pending.ends_with(&s[..k]) {
-                    keep = k;
-                }
-            }
-        }
-        let cut = self.pending.len() - keep;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        (out, None)
-    }
-
-    fn finish(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
 /// Suppresses eos ids until the sequence reaches `min_length` (ORT-GenAI's ApplyMinLength).
 fn apply_min_length(logits: &mut [f32], seq_len: usize, min_length: usize, eos: &[u32]) {
     if seq_len < min_length {
@@ -966,6 +933,35 @@ fn apply_min_length(logits: &mut [f32], seq_len: usize, min_length: usize, eos: 
                 *l = f32::MIN;
             }
         }
+    }
+}
+
+/// What one generation runs under: its settings and the limits worked out from the bundle.
+struct Run<'a> {
+    params: &'a GenerateParams,
+    cancel: &'a CancelToken,
+    /// Set by the deadline watcher (or the loop) when time ran out.
+    deadline_hit: &'a AtomicBool,
+    extra_providers: &'a [ProviderReport],
+    /// Total tokens the sequence may reach: `max_length`, or less with `max_new_tokens`.
+    capacity: usize,
+    /// `max_length` bounded by the model's context.
+    max_length: usize,
+    eos: Vec<u32>,
+}
+
+impl Run<'_> {
+    /// component → provider that actually ran it.
+    fn providers(&self, decoder: &Decoder) -> BTreeMap<String, String> {
+        let mut providers = BTreeMap::new();
+        for r in self
+            .extra_providers
+            .iter()
+            .chain(std::iter::once(&decoder.report))
+        {
+            providers.insert(r.component.clone(), r.actual().to_string());
+        }
+        providers
     }
 }
 
@@ -1005,7 +1001,6 @@ pub fn generate(
         Some(n) => (prompt_len + n).min(max_length),
         None => max_length,
     };
-    let eos = bundle.eos_ids();
 
     // The hard deadline: a watcher terminates the running step when time is up.
     let deadline_hit = Arc::new(AtomicBool::new(false));
@@ -1022,20 +1017,31 @@ pub fn generate(
             }
         })
     });
-    let result = run_loop(
-        decoder,
-        bundle,
-        prompt,
-        &mut embedder,
+    let run = Run {
         params,
         cancel,
-        &deadline_hit,
+        deadline_hit: &deadline_hit,
         extra_providers,
-        on_event,
-        start,
         capacity,
-        &eos,
+        max_length: params
+            .max_length
+            .min(bundle.config.model.context_length as usize),
+        eos: bundle.eos_ids(),
+    };
+    let stream = TextStream::new(
+        bundle.tokenizer.decode_table(),
+        params.stop_strings.clone(),
+        params.splitter.clone(),
     );
+    let constraint = match &params.response_format {
+        Some(f) => {
+            let vocab = Vocabulary::of_bundle(bundle)?;
+            Some(Constraint::new(f, &vocab)?)
+        }
+        None => None,
+    };
+    let state = RequestState::new(start, prompt.ids(), stream, constraint);
+    let result = run_loop(decoder, &run, prompt, &mut embedder, state, on_event);
     drop(done_tx);
     if let Some(w) = watcher {
         let _ = w.join();
@@ -1044,21 +1050,26 @@ pub fn generate(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The prompt's positions whose KV depends on its ids alone: up to the first image or audio
+/// placeholder (there the embeddings come from the media).
+fn keyable(ids: &[u32]) -> usize {
+    ids.iter()
+        .position(|&t| {
+            t == crate::media::processor::IMAGE_TOKEN_ID
+                || t == crate::media::processor::AUDIO_TOKEN_ID
+        })
+        .unwrap_or(ids.len())
+}
+
 fn run_loop(
     decoder: &mut Decoder,
-    bundle: &Bundle,
+    run: &Run<'_>,
     prompt: PromptInput,
     embedder: &mut Option<&mut dyn Embedder>,
-    params: &GenerateParams,
-    cancel: &CancelToken,
-    deadline_hit: &AtomicBool,
-    extra_providers: &[ProviderReport],
+    mut st: RequestState,
     on_event: &mut dyn FnMut(Event),
-    start: Instant,
-    capacity: usize,
-    eos: &[u32],
 ) -> Result<Done, GenerateError> {
+    let (params, eos, capacity) = (run.params, run.eos.as_slice(), run.capacity);
     // The watcher (started just before) terminates a step that runs past the deadline; between
     // steps the deadline is checked here too, so it holds even when the watcher thread has not
     // been scheduled yet (a busy machine, a deadline shorter than a step).
@@ -1066,114 +1077,61 @@ fn run_loop(
     let prompt_len = prompt.ids().len();
     let mut kv = decoder.reset(capacity)?;
     let mut sampler = Sampler::new(params.sampling.clone());
-    let mut detok = TokenDecoder::with_table(bundle.tokenizer.decode_table());
-    let mut splitter = SentenceSplitter::new(params.splitter.clone());
-    let mut stops = StopMatcher {
-        stops: params.stop_strings.clone(),
-        pending: String::new(),
-    };
-    let mut history: Vec<u32> = prompt.ids().to_vec();
-    let mut warned_unknown = false;
-    let mut text = String::new();
-    let mut n_sentences = 0usize;
-    let mut first_sentence: Option<Duration> = None;
-    let mut first_token: Option<Duration> = None;
-    let mut prefill_time = Duration::ZERO;
 
     let was_terminated = |e: &GenerateError| {
-        deadline_hit.load(Ordering::SeqCst) && matches!(e, GenerateError::Run { .. })
-    };
-    let mut emit_text = |piece: &str,
-                         index: usize,
-                         at: Duration,
-                         text: &mut String,
-                         n_sentences: &mut usize,
-                         first_sentence: &mut Option<Duration>,
-                         on_event: &mut dyn FnMut(Event)| {
-        text.push_str(piece);
-        for s in splitter.push(piece, index, at) {
-            *n_sentences += 1;
-            first_sentence.get_or_insert(at);
-            on_event(Event::Sentence(s));
-        }
+        run.deadline_hit.load(Ordering::SeqCst) && matches!(e, GenerateError::Run { .. })
     };
 
     let mut step = 0usize;
-    // The prompt's positions whose KV depends on its ids alone: up to the first image or audio
-    // placeholder (there the embeddings come from the media).
-    let keyable = |ids: &[u32]| {
-        ids.iter()
-            .position(|&t| {
-                t == crate::media::processor::IMAGE_TOKEN_ID
-                    || t == crate::media::processor::AUDIO_TOKEN_ID
-            })
-            .unwrap_or(ids.len())
-    };
     // A cached prefix, then the prefill of the rest (at least the last prompt token is run: its
     // logits give the first answer token).
-    let reused =
-        decoder.restore_prefix(&mut kv, &history[..keyable(&history).min(prompt_len - 1)])?;
-    let first_logits = {
-        let r = match &prompt {
-            PromptInput::Ids(ids) => decoder.step(
-                &mut kv,
-                StepTokens::Ids(&ids[reused..]),
-                reused,
-                step,
-                false,
-            ),
-            PromptInput::Embeds { embeds, .. } if reused > 0 => {
-                let ty = match &decoder.io.token {
-                    TokenInput::Embeds { ty, .. } => *ty,
-                    TokenInput::Ids { .. } => FloatType::F32,
-                };
-                let rest = embeds_from(embeds, reused, ty)?;
-                decoder.step(&mut kv, StepTokens::Embeds(&rest), reused, step, false)
-            }
-            PromptInput::Embeds { embeds, .. } => {
-                decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step, false)
-            }
-        };
-        match r {
-            Ok(l) => l,
-            Err(e) if was_terminated(&e) => {
-                decoder.keep(kv);
-                return Ok(finish_done(
-                    start,
-                    prompt_len,
-                    0,
-                    StopReason::Deadline,
-                    String::new(),
-                    0,
-                    None,
-                    None,
-                    Duration::ZERO,
-                    start.elapsed(),
-                    (0, 0, reused),
-                    decoder,
-                    extra_providers,
-                    on_event,
-                ));
-            }
-            Err(e) => return Err(e),
+    st.reused = decoder.restore_prefix(
+        &mut kv,
+        &st.history[..keyable(&st.history).min(prompt_len - 1)],
+    )?;
+    let reused = st.reused;
+    let prefilled = match &prompt {
+        PromptInput::Ids(ids) => decoder.step(
+            &mut kv,
+            StepTokens::Ids(&ids[reused..]),
+            reused,
+            step,
+            false,
+        ),
+        PromptInput::Embeds { embeds, .. } if reused > 0 => {
+            let ty = match &decoder.io.token {
+                TokenInput::Embeds { ty, .. } => *ty,
+                TokenInput::Ids { .. } => FloatType::F32,
+            };
+            let rest = embeds_from(embeds, reused, ty)?;
+            decoder.step(&mut kv, StepTokens::Embeds(&rest), reused, step, false)
+        }
+        PromptInput::Embeds { embeds, .. } => {
+            decoder.step(&mut kv, StepTokens::Embeds(embeds), 0, step, false)
         }
     };
-    let _ = first_logits;
-    prefill_time = start.elapsed().max(prefill_time);
+    match prefilled {
+        Ok(_) => {}
+        Err(e) if was_terminated(&e) => {
+            decoder.keep(kv);
+            return Ok(st.finish(StopReason::Deadline, run.providers(decoder), on_event));
+        }
+        Err(e) => return Err(e),
+    }
+    st.prefill = st.elapsed();
     // Positions in the KV cache that hold tokens of the sequence.
     let mut past = prompt_len;
-    let mut generated = 0usize;
-    let mut last_token_at;
     // Speculation needs every position's logits and a cache it can roll back: off for a moving
     // cache on a device.
-    let spec = if decoder.kv_on_device && !decoder.share_buffer {
+    // Constrained requests do not speculate: drafts would need the grammar's mask at every
+    // drafted position (and a rollback of the grammar with the cache).
+    let spec = if st.constraint.is_some() || (decoder.kv_on_device && !decoder.share_buffer) {
         Speculation::OFF
     } else {
         params.speculation
     };
     // The drafted tokens fed after the last emitted one in the run just made.
     let mut fed: Vec<u32> = Vec::new();
-    let (mut runs, mut accepted_drafts) = (0usize, 0usize);
     let stop = 'gen: loop {
         // Sample from the logits of the run just made: one row per fed token, each checked
         // against the draft it predicts; the first mismatch (or the row after the last draft)
@@ -1183,73 +1141,38 @@ fn run_loop(
         let mut j = 0;
         loop {
             let row = &mut decoder.logits_buf[j * vocab..(j + 1) * vocab];
-            apply_min_length(row, history.len(), params.min_length, eos);
+            apply_min_length(row, st.history.len(), params.min_length, eos);
+            if let Some(c) = &mut st.constraint {
+                c.apply(row)?;
+            }
             let (id, accepted) = match fed.get(j) {
-                Some(&d) => sampler.sample_draft(row, &history, d),
-                None => (sampler.sample(row, &history), false),
+                Some(&d) => sampler.sample_draft(row, &st.history, d),
+                None => (sampler.sample(row, &st.history), false),
             };
-            history.push(id);
-            generated += 1;
-            let at = start.elapsed();
-            last_token_at = at;
-            first_token.get_or_insert(at);
             let is_eos = eos.contains(&id);
-            let piece = if is_eos {
-                String::new()
-            } else {
-                match detok.push(id) {
-                    Ok(p) => p,
-                    // Models often have more logits than the tokenizer has ids (padded
-                    // vocabularies); such a token has no text. Say so once, keep generating.
-                    Err(super::stream::StreamError::UnknownToken { id, vocab_size }) => {
-                        if !warned_unknown {
-                            log::warn!("token {id} is outside the tokenizer's {vocab_size} ids; it has no text");
-                            warned_unknown = true;
-                        }
-                        String::new()
-                    }
-                    Err(e) => return Err(GenerateError::Stream(e.to_string())),
-                }
-            };
-            let (safe, hit) = stops.push(&piece);
-            on_event(Event::Token(TokenEvent {
-                index: generated - 1,
-                id,
-                text: safe.clone(),
-                at,
-            }));
-            emit_text(
-                &safe,
-                generated - 1,
-                at,
-                &mut text,
-                &mut n_sentences,
-                &mut first_sentence,
-                on_event,
-            );
+            if let (Some(c), false) = (&mut st.constraint, is_eos) {
+                c.commit(id)?;
+            }
+            let hit = st.token(id, is_eos, on_event)?;
             if is_eos {
                 break 'gen StopReason::Eos;
             }
             if let Some(s) = hit {
                 break 'gen StopReason::StopString(s);
             }
-            if history.len() >= capacity {
-                break 'gen if history.len()
-                    >= params
-                        .max_length
-                        .min(bundle.config.model.context_length as usize)
-                {
+            if st.history.len() >= capacity {
+                break 'gen if st.history.len() >= run.max_length {
                     StopReason::MaxLength
                 } else {
                     StopReason::MaxNewTokens
                 };
             }
             if deadline_at.is_some_and(|d| Instant::now() >= d) {
-                deadline_hit.store(true, Ordering::SeqCst);
+                run.deadline_hit.store(true, Ordering::SeqCst);
                 break 'gen StopReason::Deadline;
             }
-            if cancel.is_cancelled() {
-                break 'gen if deadline_hit.load(Ordering::SeqCst) {
+            if run.cancel.is_cancelled() {
+                break 'gen if run.deadline_hit.load(Ordering::SeqCst) {
                     StopReason::Deadline
                 } else {
                     StopReason::Cancelled
@@ -1258,188 +1181,58 @@ fn run_loop(
             if !accepted {
                 break;
             }
-            accepted_drafts += 1;
+            st.accepted_drafts += 1;
             j += 1;
         }
         // The run's first token and its accepted drafts are in the cache now; the rest of the
         // drafts are rolled back.
-        if runs > 0 {
+        if st.runs > 0 {
             past += 1 + j;
             if j < fed.len() {
                 decoder.truncate(&mut kv, past)?;
             }
         }
-        let id = *history.last().expect("a token was just pushed");
+        let id = *st.history.last().expect("a token was just pushed");
         // The next run: the new token, then a draft of what may follow it (bounded by the
         // cache's capacity: the run writes history.len() + draft positions).
         fed.clear();
         fed.extend_from_slice(speculate::draft(
-            &history,
+            &st.history,
             &spec,
-            capacity.saturating_sub(history.len()),
+            capacity.saturating_sub(st.history.len()),
         ));
         step += 1;
-        runs += 1;
+        st.runs += 1;
+        let mut ids = Vec::with_capacity(1 + fed.len());
+        ids.push(id);
+        ids.extend_from_slice(&fed);
         let all_rows = !fed.is_empty();
         let r = match embedder {
             Some(emb) => {
-                let e = if fed.is_empty() {
-                    emb.embed(&[id])?
-                } else {
-                    let mut ids = Vec::with_capacity(1 + fed.len());
-                    ids.push(id);
-                    ids.extend_from_slice(&fed);
-                    emb.embed(&ids)?
-                };
-                decoder
-                    .step(&mut kv, StepTokens::Embeds(&e), past, step, all_rows)
-                    .map(|_| ())
+                let e = emb.embed(&ids)?;
+                decoder.step(&mut kv, StepTokens::Embeds(&e), past, step, all_rows)
             }
-            None if fed.is_empty() => decoder
-                .step(&mut kv, StepTokens::Ids(&[id]), past, step, false)
-                .map(|_| ()),
-            None => {
-                let mut ids = Vec::with_capacity(1 + fed.len());
-                ids.push(id);
-                ids.extend_from_slice(&fed);
-                decoder
-                    .step(&mut kv, StepTokens::Ids(&ids), past, step, true)
-                    .map(|_| ())
-            }
+            None => decoder.step(&mut kv, StepTokens::Ids(&ids), past, step, all_rows),
         };
         match r {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) if was_terminated(&e) => break 'gen StopReason::Deadline,
             Err(e) => return Err(e),
         }
     };
-    // Flush what the decoder and the stop matcher held back, then the last sentence.
-    if !matches!(stop, StopReason::StopString(_)) {
-        let mut rest = detok
-            .finish()
-            .map_err(|e| GenerateError::Stream(e.to_string()))?;
-        let (safe, _) = stops.push(&rest);
-        rest = safe + &stops.finish();
-        if !rest.is_empty() {
-            emit_text(
-                &rest,
-                generated.saturating_sub(1),
-                start.elapsed(),
-                &mut text,
-                &mut n_sentences,
-                &mut first_sentence,
-                on_event,
-            );
-        }
-    }
-    let at = start.elapsed();
-    if let Some(s) = splitter.finish(generated, at) {
-        n_sentences += 1;
-        first_sentence.get_or_insert(at);
-        on_event(Event::Sentence(s));
-    }
+    // Flush what the stream held back, then the last sentence.
+    st.flush(&stop, on_event)?;
     // The sequence so far (the positions the cache holds for certain) for the next prompt that
     // starts the same way: a follow-up question, the same system prompt or camera text.
-    let keep_len = past.min(keyable(&history));
-    decoder.save_prefix(&kv, &history[..keep_len])?;
+    let keep_len = past.min(keyable(&st.history));
+    decoder.save_prefix(&kv, &st.history[..keep_len])?;
     decoder.keep(kv);
-    Ok(finish_done(
-        start,
-        prompt_len,
-        generated,
-        stop,
-        text,
-        n_sentences,
-        first_token,
-        first_sentence,
-        prefill_time,
-        last_token_at,
-        (runs, accepted_drafts, reused),
-        decoder,
-        extra_providers,
-        on_event,
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finish_done(
-    start: Instant,
-    prompt_tokens: usize,
-    generated: usize,
-    stop: StopReason,
-    text: String,
-    sentences: usize,
-    first_token: Option<Duration>,
-    first_sentence: Option<Duration>,
-    prefill: Duration,
-    last_token_at: Duration,
-    (decoder_runs, accepted_drafts, reused_prefix_tokens): (usize, usize, usize),
-    decoder: &Decoder,
-    extra_providers: &[ProviderReport],
-    on_event: &mut dyn FnMut(Event),
-) -> Done {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let ft = first_token.unwrap_or(prefill);
-    let decode_secs = (last_token_at.saturating_sub(ft)).as_secs_f64();
-    let mut providers = BTreeMap::new();
-    for r in extra_providers
-        .iter()
-        .chain(std::iter::once(&decoder.report))
-    {
-        providers.insert(r.component.clone(), r.actual().to_string());
-    }
-    let done = Done {
-        prompt_tokens,
-        generated_tokens: generated,
-        stop,
-        text,
-        sentences,
-        time_to_first_token_ms: ms(ft),
-        time_to_first_sentence_ms: first_sentence.map(ms),
-        prefill_ms: ms(prefill),
-        prefill_tokens_per_s: if prefill.as_secs_f64() > 0.0 {
-            prompt_tokens as f64 / prefill.as_secs_f64()
-        } else {
-            0.0
-        },
-        decode_tokens_per_s: if generated > 1 && decode_secs > 0.0 {
-            (generated - 1) as f64 / decode_secs
-        } else {
-            0.0
-        },
-        total_ms: ms(start.elapsed()),
-        decoder_runs,
-        accepted_drafts,
-        reused_prefix_tokens,
-        providers,
-    };
-    on_event(Event::Done(done.clone()));
-    done
+    Ok(st.finish(stop, run.providers(decoder), on_event))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stop_matcher_holds_back_prefixes() {
-        let mut m = StopMatcher {
-            stops: vec!["<END>".into()],
-            pending: String::new(),
-        };
-        assert_eq!(m.push("Hello <E"), ("Hello ".into(), None));
-        assert_eq!(m.push("N"), ("".into(), None));
-        assert_eq!(m.push("X more"), ("<ENX more".into(), None));
-        assert_eq!(m.push(" done<EN"), (" done".into(), None));
-        assert_eq!(m.push("D>tail"), ("".into(), Some("<END>".into())));
-    }
-
-    #[test]
-    fn stop_matcher_without_stops_passes_through() {
-        let mut m = StopMatcher::default();
-        assert_eq!(m.push("abc"), ("abc".into(), None));
-        assert_eq!(m.finish(), "");
-    }
 
     #[test]
     fn min_length_suppresses_eos() {

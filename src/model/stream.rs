@@ -12,9 +12,13 @@
 //! - `split` ([`SentenceSplitter`]): sentence segmentation for speech and reports, with guards
 //!   for decimals, abbreviations, list numbers, ellipses and CJK punctuation, and a fast first
 //!   fragment.
+//! - `text` ([`TextStream`]): both of them and the stop-string matcher, as one generation uses
+//!   them.
 
 mod detok;
 mod split;
+mod text;
 
 pub use detok::{DecodeStrategy, DecodeTable, StreamError, TokenDecoder};
 pub use split::{SentenceSplitter, SplitterConfig};
+pub use text::{StopMatcher, TextStream};

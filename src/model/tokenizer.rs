@@ -107,6 +107,8 @@ pub struct TextTokenizer {
     config_path: PathBuf,
     bos_token: String,
     eos_token: String,
+    /// The token trie for constrained decoding, built on first use (model/constrain.rs).
+    constraint: std::sync::OnceLock<Arc<super::constrain::Vocabulary>>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -197,6 +199,7 @@ impl TextTokenizer {
             config_path,
             bos_token,
             eos_token,
+            constraint: std::sync::OnceLock::new(),
         };
         if let Some(t) = &tok.template {
             tok.environment(t)?;
@@ -206,6 +209,18 @@ impl TextTokenizer {
 
     pub fn inner(&self) -> &Arc<tokenizers::Tokenizer> {
         &self.inner
+    }
+
+    /// The constrained-decoding vocabulary of this tokenizer: `build` runs on first use only.
+    pub fn constraint_vocabulary(
+        &self,
+        build: impl FnOnce() -> Result<super::constrain::Vocabulary, super::constrain::ConstrainError>,
+    ) -> Result<Arc<super::constrain::Vocabulary>, super::constrain::ConstrainError> {
+        if let Some(v) = self.constraint.get() {
+            return Ok(Arc::clone(v));
+        }
+        let v = Arc::new(build()?);
+        Ok(Arc::clone(self.constraint.get_or_init(|| v)))
     }
 
     /// The per-bundle table the incremental decoder uses.
