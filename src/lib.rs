@@ -23,6 +23,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_looks;
 pub mod capture;
 pub mod config;
 pub mod conformance;

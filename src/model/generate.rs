@@ -78,11 +78,9 @@ pub struct GenerateParams {
     /// Where the clock starts for the reported timings (e.g. before pre-processing and the
     /// encoders of a multimodal prompt); default: when the decoder starts.
     pub started: Option<Instant>,
-    /// Prompt-lookup speculative decoding ([`Speculation::OFF`], the default: one decoder run per
-    /// token). Sampled output keeps its distribution. Greedy output is the same up to floating
-    /// point: a multi-token verify run computes the logits with other kernels than a one-token
-    /// run, which flips near-ties on int8 MatMulNBits models (seen on SmolLM2 int8), so it is
-    /// opt-in.
+    /// Prompt-lookup speculative decoding ([`Speculation::OFF`] here: one decoder run per token;
+    /// callers apply `auto` through `Engine::apply_speedups`, which turns it on only where
+    /// model::exact's probe finds greedy output exact). Sampled output keeps its distribution.
     pub speculation: Speculation,
 }
 
@@ -219,7 +217,7 @@ pub trait Embedder {
 
 /// The KV cache, and the binding that feeds it (one binding per generation: the cache and the
 /// logits output are bound once, only the per-token inputs change between steps).
-enum Kv {
+pub(crate) enum Kv {
     /// One buffer per tensor, bound as past and present.
     Shared {
         keys: Vec<DynTensor>,
@@ -242,14 +240,14 @@ pub struct Decoder {
     pub report: ProviderReport,
     share_buffer: bool,
     kv_alloc: Allocator,
-    kv_on_device: bool,
+    pub(crate) kv_on_device: bool,
     shared: Option<Kv>,
-    logits_buf: Vec<f32>,
+    pub(crate) logits_buf: Vec<f32>,
     run_options: Arc<RunOptions>,
     /// Prefilled sequences kept for prompts that start the same way (host KV only).
     pub prefix: PrefixCache,
     /// Which LoRA adapter is active (0: none); part of a prefix entry's key.
-    adapter_tag: usize,
+    pub(crate) adapter_tag: usize,
 }
 
 impl Decoder {
@@ -303,8 +301,7 @@ impl Decoder {
             shared: None,
             logits_buf: Vec::new(),
             run_options,
-            // Off until configured: a chunked prefill is equal to a whole one only up to floating
-            // point (seen flipping a near-tie on SmolLM2 int8).
+            // Off until configured (`Engine::apply_speedups`: auto turns it on where exact).
             prefix: PrefixCache::new(PrefixLimits {
                 max_bytes: 0,
                 ..PrefixLimits::default()
@@ -370,7 +367,7 @@ impl Decoder {
 
     /// Resets the cache for a new sequence of at most `capacity` tokens and binds what stays
     /// bound for the whole generation.
-    fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
+    pub(crate) fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
         let bind_err = |e: ort::Error| GenerateError::Run {
             step: 0,
             reason: format!("binding: {e}"),
@@ -456,7 +453,7 @@ impl Decoder {
     }
 
     /// Keeps a shared cache for the next generation (its binding is per generation).
-    fn keep(&mut self, kv: Kv) {
+    pub(crate) fn keep(&mut self, kv: Kv) {
         if let Kv::Shared {
             keys,
             values,
@@ -475,7 +472,7 @@ impl Decoder {
 
     /// One decoder run over `n` new positions after `past` cached ones. Returns the logits of the
     /// last position (as f32, in a buffer reused across steps).
-    fn step(
+    pub(crate) fn step(
         &mut self,
         kv: &mut Kv,
         tokens: StepTokens<'_>,
@@ -587,7 +584,7 @@ impl Decoder {
     /// were not all accepted. The shared buffer needs nothing (the next run's attention mask
     /// covers only `len` positions and overwrites the rest); moving pasts are sliced (host only:
     /// speculation is off for a moving cache on a device).
-    fn truncate(&mut self, kv: &mut Kv, len: usize) -> Result<(), GenerateError> {
+    pub(crate) fn truncate(&mut self, kv: &mut Kv, len: usize) -> Result<(), GenerateError> {
         let Kv::Moving {
             keys,
             values,
@@ -706,7 +703,7 @@ impl Decoder {
     }
 
     /// Keeps the KV of `ids` (the cache's first `ids.len()` positions) in the prefix cache.
-    fn save_prefix(&mut self, kv: &Kv, ids: &[u32]) -> Result<(), GenerateError> {
+    pub(crate) fn save_prefix(&mut self, kv: &Kv, ids: &[u32]) -> Result<(), GenerateError> {
         if self.kv_on_device || !self.prefix.wants(ids, self.adapter_tag) {
             return Ok(());
         }
@@ -750,7 +747,7 @@ impl Decoder {
     }
 }
 
-enum StepTokens<'a> {
+pub(crate) enum StepTokens<'a> {
     Ids(&'a [u32]),
     Embeds(&'a DynValue),
 }
@@ -1119,8 +1116,12 @@ fn run_loop(
     };
     // A cached prefix, then the prefill of the rest (at least the last prompt token is run: its
     // logits give the first answer token).
-    let reused =
-        decoder.restore_prefix(&mut kv, &history[..keyable(&history).min(prompt_len - 1)])?;
+    // At least two positions are left to prefill: ONNX Runtime's one-row kernels round
+    // differently from its multi-row ones (model::exact), and a cold prefill is multi-row.
+    let reused = decoder.restore_prefix(
+        &mut kv,
+        &history[..keyable(&history).min(prompt_len.saturating_sub(2))],
+    )?;
     let first_logits = {
         let r = match &prompt {
             PromptInput::Ids(ids) => decoder.step(
@@ -1346,12 +1347,8 @@ fn run_loop(
         first_sentence.get_or_insert(at);
         on_event(Event::Sentence(s));
     }
-    // The sequence so far (the positions the cache holds for certain) for the next prompt that
-    // starts the same way: a follow-up question, the same system prompt or camera text.
     let keep_len = past.min(keyable(&history));
-    decoder.save_prefix(&kv, &history[..keep_len])?;
-    decoder.keep(kv);
-    Ok(finish_done(
+    let done = finish_done(
         start,
         prompt_len,
         generated,
@@ -1366,7 +1363,16 @@ fn run_loop(
         decoder,
         extra_providers,
         on_event,
-    ))
+    );
+    // After `Done` (the answer's wait is over): the sequence so far for the next prompt that
+    // starts the same way — a follow-up question, the same system prompt or camera text.
+    if let Err(e) =
+        super::exact::keep_prefix(decoder, &mut kv, embedder, &history[..keep_len], prompt_len)
+    {
+        log::warn!("keeping the prefix for the next prompt: {e}");
+    }
+    decoder.keep(kv);
+    Ok(done)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -12,9 +12,11 @@
 pub mod bundle;
 pub mod constrain;
 pub mod engine;
+pub mod exact;
 pub mod genai_config;
 pub mod generate;
 pub mod jpeg;
+pub mod looks;
 pub mod multimodal;
 pub mod npz;
 pub mod prefix;
