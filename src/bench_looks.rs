@@ -17,9 +17,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::capture::Frame;
+use crate::daemon::worker::AskInput;
 use crate::model::providers::ProviderPolicy;
 use crate::model::runtime::Runtime;
-use crate::model::worker::AskInput;
 use crate::model::{CancelToken, Engine, Event};
 
 #[derive(Debug, Serialize)]
@@ -92,7 +92,7 @@ fn frames(dir: &Path) -> Result<Vec<(u32, u32, std::sync::Arc<Vec<u8>>)>> {
     files
         .iter()
         .map(|p| {
-            let img = crate::model::vision::load_image(p)?;
+            let img = crate::media::vision::load_image(p)?;
             Ok((
                 img.width as u32,
                 img.height as u32,
@@ -201,9 +201,10 @@ pub fn run(
         params.speculation = p.speculation;
         let mut b = vec![Vec::new(); cameras];
         let t0 = Instant::now();
+        let prompts: Vec<crate::model::engine::Prompt<'_>> = looks.iter().map(Into::into).collect();
         let results = crate::model::looks::ask_looks(
             &mut engine,
-            &looks,
+            &prompts,
             Some(SYSTEM),
             &params,
             &CancelToken::new(),

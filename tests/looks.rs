@@ -6,13 +6,13 @@ mod common;
 
 use common::root;
 use gemba::capture::Frame;
+use gemba::daemon::worker::AskInput;
 use gemba::model::providers::ProviderPolicy;
-use gemba::model::worker::AskInput;
 use gemba::model::{runtime, CancelToken, Engine, Event};
 
 fn look(camera: &str, file: &str, question: &str) -> AskInput {
     let img =
-        gemba::model::vision::load_image(&root().join("models/demo/frames").join(file)).unwrap();
+        gemba::media::vision::load_image(&root().join("models/demo/frames").join(file)).unwrap();
     AskInput {
         text: question.into(),
         frames: vec![Frame {
@@ -69,9 +69,10 @@ fn looks_encoded_together_answer_as_looks_one_at_a_time() {
         one_by_one.push(ids);
     }
     let mut together = vec![Vec::new(); looks.len()];
+    let prompts: Vec<gemba::model::engine::Prompt<'_>> = looks.iter().map(Into::into).collect();
     let results = gemba::model::looks::ask_looks(
         &mut engine,
-        &looks,
+        &prompts,
         system,
         &params,
         &CancelToken::new(),

@@ -13,41 +13,35 @@
 //! whose batch dimension is fixed (not `num_images`) gets one run per frame instead: the same
 //! answers, without the saving.
 //!
-//! In: looks ([`AskInput`]s with frames; text only, no audio). Out: per look, events through the
+//! In: looks ([`Prompt`]s with frames; no audio). Out: per look, events through the
 //! callback (tagged with the look's index) and a `Result<Done>`; a failing look fails alone.
 
 use std::time::{Duration, Instant};
 
 use ort::value::{DynValue, Tensor, TensorElementType};
 
-use super::engine::Engine;
+use super::engine::{Engine, Prompt, PromptImage};
 use super::generate::{generate, CancelToken, Done, Event, GenerateError, GenerateParams};
-use super::processor::{ImageSource, ProcessedInputs};
-use super::vision::{ImageBatch, ImageInput};
-use super::worker::AskInput;
-
-/// A frame the size of a common camera's, mid-grey.
-fn blank_frame() -> crate::capture::Frame {
-    let (w, h) = (640u32, 480u32);
-    crate::capture::Frame {
-        camera: "warm-up".into(),
-        seq: 0,
-        captured_at: std::time::SystemTime::now(),
-        width: w,
-        height: h,
-        rgb: std::sync::Arc::new(vec![128u8; (w * h * 3) as usize]),
-    }
-}
+use crate::media::processor::{ImageSource, ProcessedInputs};
+use crate::media::vision::{ImageBatch, ImageInput};
 
 /// Runs one look on a blank frame (a text prompt for a text bundle) and the exactness probe;
 /// returns how long it took. What it leaves in the prefix cache is dropped.
 pub fn warm_up(engine: &mut Engine) -> Result<Duration, GenerateError> {
     let t0 = Instant::now();
     engine.exactness();
-    let input = AskInput {
-        text: "What do you see?".into(),
-        frames: if engine.sees() {
-            vec![blank_frame()]
+    // A frame the size of a common camera's, mid-grey.
+    let (w, h) = (640u32, 480u32);
+    let rgb = vec![128u8; (w * h * 3) as usize];
+    let input = Prompt {
+        text: "What do you see?",
+        images: if engine.sees() {
+            vec![PromptImage {
+                camera: "warm-up",
+                width: w,
+                height: h,
+                rgb: &rgb,
+            }]
         } else {
             Vec::new()
         },
@@ -56,7 +50,7 @@ pub fn warm_up(engine: &mut Engine) -> Result<Duration, GenerateError> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
     params.max_new_tokens = Some(2);
-    engine.ask(&input, None, &params, &CancelToken::new(), &mut |_| {})?;
+    engine.ask(input, None, &params, &CancelToken::new(), &mut |_| {})?;
     engine.decoder.prefix.clear();
     Ok(t0.elapsed())
 }
@@ -97,7 +91,7 @@ fn feature_rows(v: &DynValue, from: usize, to: usize) -> Result<DynValue, Genera
 /// a look with audio, is answered through [`Engine::ask`] alone.
 pub fn ask_looks(
     engine: &mut Engine,
-    looks: &[AskInput],
+    looks: &[Prompt<'_>],
     system: Option<&str>,
     params: &GenerateParams,
     cancel: &CancelToken,
@@ -110,7 +104,11 @@ pub fn ask_looks(
         return looks
             .iter()
             .enumerate()
-            .map(|(i, l)| engine.ask(l, system, &params, cancel, &mut |ev| on_event(i, ev)))
+            .map(|(i, l)| {
+                engine.ask(l.clone(), system, &params, cancel, &mut |ev| {
+                    on_event(i, ev)
+                })
+            })
             .collect();
     }
     let features = match encode(engine, looks) {
@@ -142,7 +140,7 @@ pub fn ask_looks(
 /// Per look: its pre-processed frames and their features (`None` without frames).
 type Encoded = Vec<(Vec<ImageInput>, Option<DynValue>)>;
 
-fn encode(engine: &mut Engine, looks: &[AskInput]) -> Result<Encoded, GenerateError> {
+fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, GenerateError> {
     let batch = batches_vision(engine);
     let mm = engine.multimodal.as_mut().expect("checked: sees()");
     let settings = mm
@@ -156,7 +154,7 @@ fn encode(engine: &mut Engine, looks: &[AskInput]) -> Result<Encoded, GenerateEr
         let handles: Vec<Vec<_>> = looks
             .iter()
             .map(|l| {
-                l.frames
+                l.images
                     .iter()
                     .map(|f| {
                         s.spawn(move || {
@@ -164,8 +162,8 @@ fn encode(engine: &mut Engine, looks: &[AskInput]) -> Result<Encoded, GenerateEr
                                 .process_image(ImageSource::Rgb {
                                     width: f.width as usize,
                                     height: f.height as usize,
-                                    data: &f.rgb,
-                                    name: &f.camera,
+                                    data: f.rgb,
+                                    name: f.camera,
                                 })
                                 .map_err(|e| e.to_string())
                         })
@@ -241,7 +239,7 @@ fn encode(engine: &mut Engine, looks: &[AskInput]) -> Result<Encoded, GenerateEr
 #[allow(clippy::too_many_arguments)]
 fn answer(
     engine: &mut Engine,
-    look: &AskInput,
+    look: &Prompt<'_>,
     images: &[ImageInput],
     features: Option<DynValue>,
     system: Option<&str>,
@@ -249,8 +247,8 @@ fn answer(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Done, GenerateError> {
-    let cameras: Vec<&str> = look.frames.iter().map(|f| f.camera.as_str()).collect();
-    let content = Engine::user_content(&look.text, &cameras, 0);
+    let cameras: Vec<&str> = look.images.iter().map(|f| f.camera).collect();
+    let content = Engine::user_content(look.text, &cameras, 0);
     let rendered = engine.render(&content, system, false)?;
     let mm = engine.multimodal.as_mut().expect("checked: sees()");
     let tokens: Vec<i64> = images.iter().map(|i| i.num_img_tokens).collect();

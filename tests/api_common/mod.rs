@@ -105,6 +105,12 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let model = prepare(dir.path());
         let cfg = write_config(dir.path(), api, &model);
+        Self::spawn(dir, &cfg, api, env)
+    }
+
+    /// `gemba run --config cfg` (a config the caller wrote into `dir`); `api` is its `[api]`
+    /// section, read for the bearer token.
+    pub fn spawn(dir: tempfile::TempDir, cfg: &Path, api: &str, env: &[(&str, &str)]) -> Daemon {
         let token = api
             .lines()
             .find_map(|l| {
@@ -115,7 +121,7 @@ impl Daemon {
             .map(String::from);
         let mut child = gemba()
             .args(["run", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .args(["--listen", "127.0.0.1:0"])
             .env("GEMBA_LOG", "warn")
             .envs(env.iter().copied())

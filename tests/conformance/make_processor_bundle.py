@@ -152,9 +152,11 @@ def main():
     for name, spec in [("vision_processor.json", VISION_PROCESSOR), ("speech_processor.json", SPEECH_PROCESSOR)]:
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(spec, f, indent=2)
+    # Every id inside the vocabulary: `gemba preprocess` opens the bundle with the checks
+    # `gemba run` applies (an eos id past vocab_size is refused there).
     config = {
         "model": {
-            "type": "phi4mm", "bos_token_id": 0, "eos_token_id": [200013, 0], "pad_token_id": 0,
+            "type": "phi4mm", "bos_token_id": 0, "eos_token_id": [0], "pad_token_id": 0,
             "vocab_size": V, "context_length": 16384,
             "decoder": {"filename": "text.onnx", "session_options": {"provider_options": []},
                         "head_size": HD, "hidden_size": H, "num_attention_heads": 1, "num_hidden_layers": 1,

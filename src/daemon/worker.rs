@@ -17,19 +17,18 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::generate::{CancelToken, Done, Event, GenerateError};
-use super::providers::{ProviderPolicy, ProviderReport};
-use super::runtime::Runtime;
-use super::Engine;
-use crate::capture::{AudioClip, Frame};
+use crate::model::generate::{CancelToken, Done, Event, GenerateError};
+use crate::model::providers::{ProviderPolicy, ProviderReport};
+use crate::model::runtime::Runtime;
+use crate::model::Engine;
 use crate::systemd::Beat;
 
 /// What a question holds: text, camera frames (named as the prompt names them) and audio.
 #[derive(Debug, Clone, Default)]
 pub struct AskInput {
     pub text: String,
-    pub frames: Vec<Frame>,
-    pub audio: Vec<AudioClip>,
+    pub frames: Vec<crate::capture::Frame>,
+    pub audio: Vec<crate::capture::AudioClip>,
 }
 
 /// Per-job generation settings (the rest comes from the bundle).
@@ -41,7 +40,7 @@ pub struct AskSettings {
     /// What the requester asked for over the config's and the bundle's defaults.
     pub overrides: GenOverrides,
     /// Prompt-lookup speculative decoding (`[model] speculate`; auto: where exact).
-    pub speculate: super::exact::Switch,
+    pub speculate: crate::model::exact::Switch,
     /// KV prefix reuse (`[model] prefix_cache` in bytes, `None`: auto — where exact).
     pub prefix_cache: Option<usize>,
     pub prefix_cache_ttl: Duration,
@@ -60,7 +59,7 @@ pub struct GenOverrides {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     /// The shape the answer is held to (constrained decoding); `None` = free text.
-    pub response_format: Option<super::constrain::ResponseFormat>,
+    pub response_format: Option<crate::model::constrain::ResponseFormat>,
 }
 
 pub enum Job {
@@ -100,7 +99,7 @@ pub struct ModelInfo {
     pub bundle_hash: String,
     pub model_type: String,
     pub providers: Vec<ProviderReport>,
-    #[serde(with = "crate::model::worker::rfc3339")]
+    #[serde(with = "crate::daemon::worker::rfc3339")]
     pub loaded_at: SystemTime,
     pub load_ms: f64,
     /// The bundle's own smoke test (from its signed manifest), run after loading; `None` for a
@@ -180,7 +179,7 @@ fn load(
     let dir = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
     // The first look must not pay ONNX Runtime's first-run costs (nor the exactness probe).
-    match super::looks::warm_up(&mut engine) {
+    match crate::model::looks::warm_up(&mut engine) {
         Ok(t) => log::info!(
             "{}: warmed up in {:.0} ms",
             engine.bundle.id(),
