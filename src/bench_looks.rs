@@ -79,8 +79,11 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// A decoded frame: width, height, RGB8.
+type Decoded = (u32, u32, std::sync::Arc<Vec<u8>>);
+
 /// The bundle's frames, decoded, as camera `cam-K`'s frame sequence.
-fn frames(dir: &Path) -> Result<Vec<(u32, u32, std::sync::Arc<Vec<u8>>)>> {
+fn frames(dir: &Path) -> Result<Vec<Decoded>> {
     let fdir = dir.join("frames");
     let mut files: Vec<_> = std::fs::read_dir(&fdir)
         .with_context(|| format!("reading {}", fdir.display()))?
@@ -105,7 +108,7 @@ fn frames(dir: &Path) -> Result<Vec<(u32, u32, std::sync::Arc<Vec<u8>>)>> {
 const QUESTION: &str = "Give me a status report.";
 const SYSTEM: &str = "You watch a factory floor. Cite the camera you speak of as [cam:NAME].";
 
-fn look(camera: usize, frame: &(u32, u32, std::sync::Arc<Vec<u8>>)) -> AskInput {
+fn look(camera: usize, frame: &Decoded) -> AskInput {
     AskInput {
         text: QUESTION.into(),
         frames: vec![Frame {
@@ -179,12 +182,11 @@ pub fn run(
     );
     let (mut serial, mut together, mut later) = (Vec::new(), Vec::new(), Vec::new());
     let mut same = 0;
-    let mut next = 0usize;
     for round in 0..rounds + 1 {
+        // Every camera shows its next frame.
         let looks: Vec<AskInput> = (0..cameras)
-            .map(|c| look(c, &frames[(next + c) % frames.len()]))
+            .map(|c| look(c, &frames[(round + c) % frames.len()]))
             .collect();
-        next += 1;
         // One at a time.
         let t0 = Instant::now();
         let mut a = Vec::new();
