@@ -805,6 +805,10 @@ pub struct WorkloadBench {
     pub gemba_plain: WorkloadSpeed,
     pub ort_genai: Option<WorkloadSpeed>,
     pub accepted_drafts_per_round: usize,
+    /// Prompts whose greedy tokens were the same with speculation on as off (of `prompts`).
+    pub same_with_speculation: usize,
+    /// What `auto` does on this bundle, and why (model::exact's probe).
+    pub exactness: Vec<String>,
     pub ttft: Vec<TtftCase>,
 }
 
@@ -836,10 +840,15 @@ impl std::fmt::Display for WorkloadBench {
         }
         writeln!(
             f,
-            "speculation on / off: {:.2}× ({} drafted tokens accepted per round)",
+            "speculation on / off: {:.2}× ({} drafted tokens accepted per round; same greedy tokens on {} of {} prompts)",
             self.gemba_speculative.decode_tok_s / self.gemba_plain.decode_tok_s,
-            self.accepted_drafts_per_round
+            self.accepted_drafts_per_round,
+            self.same_with_speculation,
+            self.prompts
         )?;
+        for l in &self.exactness {
+            writeln!(f, "auto: {l}")?;
+        }
         for t in &self.ttft {
             writeln!(
                 f,
@@ -1001,6 +1010,7 @@ pub fn report_workload(
     };
     let (mut spec_runs, mut plain_runs, mut genai_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut accepted = 0;
+    let mut same_prompts = 0;
     for round in 0..repeat + 1 {
         let (mut s, mut p, mut g) = (
             WorkloadRun::default(),
@@ -1008,12 +1018,12 @@ pub fn report_workload(
             WorkloadRun::default(),
         );
         accepted = 0;
+        same_prompts = 0;
         for ids in &prompts {
             let (a, da) = engine_run(&mut engine, ids, max_new, true)?;
             let (b, db) = engine_run(&mut engine, ids, max_new, false)?;
-            if a != b {
-                bail!("speculation changed the greedy tokens of a workload prompt");
-            }
+            // Where the probe finds verify runs inexact, a near-tie may flip: counted, shown.
+            same_prompts += usize::from(a == b);
             accepted += da.accepted_drafts;
             let secs = |d: &crate::model::Done| {
                 if d.decode_tokens_per_s > 0.0 {
@@ -1073,10 +1083,10 @@ pub fn report_workload(
         let (mut same, mut reused) = (true, 0);
         for _ in 0..repeat {
             engine.decoder.prefix.clear();
-            let (c, dc) = engine_run(&mut engine, &prompt, 4, true)?;
+            let (c, dc) = engine_run(&mut engine, &prompt, 8, false)?;
             engine.decoder.prefix.clear();
-            engine_run(&mut engine, &before, max_new, true)?;
-            let (w, dw) = engine_run(&mut engine, &prompt, 4, true)?;
+            engine_run(&mut engine, &before, max_new, false)?;
+            let (w, dw) = engine_run(&mut engine, &prompt, 8, false)?;
             cold.push(dc.time_to_first_token_ms);
             warm.push(dw.time_to_first_token_ms);
             same &= c == w;
@@ -1102,6 +1112,8 @@ pub fn report_workload(
         gemba_plain: WorkloadSpeed::from_runs(&plain_runs),
         ort_genai: with_genai.then(|| WorkloadSpeed::from_runs(&genai_runs)),
         accepted_drafts_per_round: accepted,
+        same_with_speculation: same_prompts,
+        exactness: engine.exactness().lines(),
         ttft,
     })
 }

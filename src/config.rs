@@ -72,6 +72,36 @@ impl<'de> Deserialize<'de> for HumanSize {
     }
 }
 
+/// A size, or `"auto"` (the owner picks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoSize {
+    Auto,
+    Size(HumanSize),
+}
+
+impl<'de> Deserialize<'de> for AutoSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Auto(AutoWord),
+            Size(HumanSize),
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum AutoWord {
+            Auto,
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Auto(_)) => Ok(AutoSize::Auto),
+            Ok(Raw::Size(s)) => Ok(AutoSize::Size(s)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected \"auto\" or a size (bytes, or e.g. \"64MiB\")",
+            )),
+        }
+    }
+}
+
 impl Serialize for HumanSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&bytesize::ByteSize(self.0).display().iec().to_string())
@@ -188,11 +218,12 @@ pub struct RawModel {
     pub system_prompt: Option<String>,
     pub max_new_tokens: Option<usize>,
     pub deadline: Option<HumanDuration>,
-    /// Prompt-lookup speculative decoding (default false: greedy output equal only up to
-    /// floating point on quantized models).
-    pub speculate: Option<bool>,
-    /// KV of prefilled prefixes kept for prompts that start the same way (default 0 = off).
-    pub prefix_cache: Option<HumanSize>,
+    /// Prompt-lookup speculative decoding: `"auto"` (default: on where the bundle's greedy
+    /// output stays exact, see model::exact), true or false.
+    pub speculate: Option<crate::model::exact::Switch>,
+    /// KV of prefilled prefixes kept for prompts that start the same way: `"auto"` (default:
+    /// 64 MiB where reuse is exact, else off) or a size (0 = off).
+    pub prefix_cache: Option<AutoSize>,
     /// A cached prefix unused for this long is dropped (a follow-up question's window).
     pub prefix_cache_ttl: Option<HumanDuration>,
 }
@@ -291,8 +322,9 @@ pub struct ModelSettings {
     pub system_prompt: Option<String>,
     pub max_new_tokens: usize,
     pub deadline: HumanDuration,
-    pub speculate: bool,
-    pub prefix_cache: HumanSize,
+    pub speculate: crate::model::exact::Switch,
+    /// `None`: auto.
+    pub prefix_cache: Option<HumanSize>,
     pub prefix_cache_ttl: HumanDuration,
 }
 
@@ -651,13 +683,13 @@ impl Settings {
                 system_prompt: raw.model.system_prompt,
                 max_new_tokens,
                 deadline,
-                speculate: raw.model.speculate.unwrap_or(false),
-                prefix_cache: range.size(
-                    "model.prefix_cache",
-                    raw.model.prefix_cache.unwrap_or(HumanSize(0)),
-                    0,
-                    1 << 40,
-                )?,
+                speculate: raw.model.speculate.unwrap_or_default(),
+                prefix_cache: match raw.model.prefix_cache {
+                    None | Some(AutoSize::Auto) => None,
+                    Some(AutoSize::Size(n)) => {
+                        Some(range.size("model.prefix_cache", n, 0, 1 << 40)?)
+                    }
+                },
                 prefix_cache_ttl: range.duration(
                     "model.prefix_cache_ttl",
                     raw.model
@@ -856,22 +888,32 @@ fps = 2.0
     }
 
     #[test]
-    fn speculation_is_off_unless_switched_on() {
-        assert!(!load("board = \"x86-dev\"\n").unwrap().model.speculate);
-        assert!(
-            load("board = \"x86-dev\"\n[model]\nspeculate = true\n")
+    fn speculation_and_prefix_reuse_are_auto_unless_set() {
+        use crate::model::exact::Switch;
+        let m = load("board = \"x86-dev\"\n").unwrap().model;
+        assert_eq!((m.speculate, m.prefix_cache), (Switch::Auto, None));
+        let m =
+            load("board = \"x86-dev\"\n[model]\nspeculate = \"auto\"\nprefix_cache = \"auto\"\n")
                 .unwrap()
-                .model
-                .speculate
-        );
+                .model;
+        assert_eq!((m.speculate, m.prefix_cache), (Switch::Auto, None));
+        for (v, want) in [("true", Switch::On), ("false", Switch::Off)] {
+            let t = format!("board = \"x86-dev\"\n[model]\nspeculate = {v}\nprefix_cache = 0\n");
+            let m = load(&t).unwrap().model;
+            assert_eq!((m.speculate, m.prefix_cache), (want, Some(HumanSize(0))));
+        }
+        let e = load("board = \"x86-dev\"\n[model]\nprefix_cache = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix_cache") || e.contains("auto"), "{e}");
         let m = load(
             "board = \"x86-dev\"\n[model]\nprefix_cache = \"8MiB\"\nprefix_cache_ttl = \"30s\"\n",
         )
         .unwrap()
         .model;
         assert_eq!(
-            (m.prefix_cache.0, m.prefix_cache_ttl.0),
-            (8 << 20, Duration::from_secs(30))
+            (m.prefix_cache, m.prefix_cache_ttl.0),
+            (Some(HumanSize(8 << 20)), Duration::from_secs(30))
         );
         let e = load("board = \"x86-dev\"\n[model]\nspeculate = \"no\"\n")
             .unwrap_err()

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::exact::Switch;
 use crate::model::providers::ProviderPolicy;
 use crate::model::tokenizer::ChatMessage;
 use crate::model::{runtime, CancelToken, Engine, StopReason};
@@ -20,12 +21,12 @@ struct GreedyCases {
     bundle: PathBuf,
     #[serde(default)]
     share_buffer: Option<bool>,
-    /// Prompt-lookup speculation (default: off, as in the engine).
+    /// Prompt-lookup speculation: true, false (the default) or "auto" (as the daemon decides).
     #[serde(default)]
-    speculate: Option<bool>,
-    /// KV prefix reuse across the cases (default: off, as in the engine).
+    speculate: Option<Switch>,
+    /// KV prefix reuse across the cases: true, false (the default) or "auto".
     #[serde(default)]
-    prefix_cache: Option<bool>,
+    prefix_cache: Option<Switch>,
     cases: Vec<GreedyCase>,
 }
 
@@ -41,7 +42,31 @@ struct GreedyCase {
 struct GreedyOut {
     onnxruntime_version: String,
     share_buffer: bool,
+    /// What the switches came to (after `auto`).
+    speculation_on: bool,
+    prefix_cache_on: bool,
     cases: Vec<GreedyCaseOut>,
+}
+
+/// Applies the cases' switches to the engine; the speculation they came to.
+fn speedups(
+    engine: &mut Engine,
+    speculate: Option<Switch>,
+    prefix_cache: Option<Switch>,
+) -> crate::model::speculate::Speculation {
+    let bytes = match prefix_cache.unwrap_or(Switch::Off) {
+        Switch::On => Some(crate::model::exact::DEFAULT_PREFIX_BYTES),
+        Switch::Off => Some(0),
+        Switch::Auto => None,
+    };
+    let mut p = engine.default_params();
+    engine.apply_speedups(
+        &mut p,
+        speculate.unwrap_or(Switch::Off),
+        bytes,
+        std::time::Duration::from_secs(600),
+    );
+    p.speculation
 }
 
 #[derive(Serialize)]
@@ -76,23 +101,18 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
     if let Some(sb) = cases.share_buffer {
         engine.decoder.set_share_buffer(sb);
     }
-    if cases.prefix_cache == Some(true) {
-        engine
-            .decoder
-            .prefix
-            .set_limits(crate::model::prefix::PrefixLimits::default());
-    }
+    let speculation = speedups(&mut engine, cases.speculate, cases.prefix_cache);
     let mut out = GreedyOut {
         onnxruntime_version: rt.version.clone(),
         share_buffer: engine.decoder.shares_buffer(),
+        speculation_on: speculation.is_on(),
+        prefix_cache_on: engine.decoder.prefix.is_on(),
         cases: Vec::new(),
     };
     for c in cases.cases {
         let mut params = engine.default_params();
         params.sampling.do_sample = false;
-        if cases.speculate == Some(true) {
-            params.speculation = crate::model::speculate::Speculation::default();
-        }
+        params.speculation = speculation;
         if let Some(m) = c.max_length {
             params.max_length = m;
         }
@@ -179,12 +199,12 @@ pub fn tokenize(bundle_dir: &Path, prompts_file: &Path) -> Result<String> {
 #[derive(Deserialize)]
 struct MmCases {
     bundle: PathBuf,
-    /// Prompt-lookup speculation (default: off, as in the engine).
+    /// Prompt-lookup speculation: true, false (the default) or "auto".
     #[serde(default)]
-    speculate: Option<bool>,
-    /// KV prefix reuse across the cases (default: off, as in the engine).
+    speculate: Option<Switch>,
+    /// KV prefix reuse across the cases: true, false (the default) or "auto".
     #[serde(default)]
-    prefix_cache: Option<bool>,
+    prefix_cache: Option<Switch>,
     cases: Vec<MmCase>,
 }
 
@@ -240,12 +260,7 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
         &resolve(cases_file, &cases.bundle),
         &ProviderPolicy::default(),
     )?;
-    if cases.prefix_cache == Some(true) {
-        engine
-            .decoder
-            .prefix
-            .set_limits(crate::model::prefix::PrefixLimits::default());
-    }
+    let speculation = speedups(&mut engine, cases.speculate, cases.prefix_cache);
     let mut out = MmOut {
         onnxruntime_version: rt.version.clone(),
         cases: Vec::new(),
@@ -257,9 +272,7 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
             params.max_length = m;
         }
         params.max_new_tokens = c.max_new_tokens;
-        if cases.speculate == Some(true) {
-            params.speculation = crate::model::speculate::Speculation::default();
-        }
+        params.speculation = speculation;
         let media = crate::model::engine::MediaFiles {
             images: c.images.iter().map(|p| resolve(cases_file, p)).collect(),
             audio: c.audios.iter().map(|p| resolve(cases_file, p)).collect(),

@@ -166,6 +166,9 @@ pub struct Doctor {
     /// Present when a bundle was given: per component, the providers it actually registered.
     pub components: Vec<crate::model::providers::ProviderReport>,
     pub bundle_error: Option<String>,
+    /// When a bundle was given: whether speculation and prefix reuse keep its greedy output
+    /// exact (model::exact's probe), so whether `auto` turns them on, and why not.
+    pub speedups: Vec<String>,
     /// V4L2 capture nodes and what they offer.
     pub cameras: Vec<String>,
     /// Audio input devices as ALSA lists them.
@@ -219,9 +222,13 @@ pub fn examine(
     };
     let mut components = Vec::new();
     let mut bundle_error = None;
+    let mut speedups = Vec::new();
     if let (Some(dir), Ok(rt)) = (bundle, &rt) {
         match crate::model::Engine::load(rt, dir, policy) {
-            Ok(engine) => components = engine.provider_reports(),
+            Ok(mut engine) => {
+                components = engine.provider_reports();
+                speedups = engine.exactness().lines();
+            }
             Err(e) => bundle_error = Some(e.to_string()),
         }
     }
@@ -233,6 +240,7 @@ pub fn examine(
         gpu: gpu_facts(),
         components,
         bundle_error,
+        speedups,
         cameras: cameras(),
         microphones: crate::capture::mic::list_input_devices(),
     }
@@ -321,6 +329,9 @@ impl std::fmt::Display for Doctor {
             for (p, why) in &r.failures {
                 writeln!(f, "  {p} fell back: {why}")?;
             }
+        }
+        for l in &self.speedups {
+            writeln!(f, "{l}")?;
         }
         Ok(())
     }

@@ -38,6 +38,7 @@
 pub mod alerts;
 pub mod api;
 pub mod bench;
+pub mod bench_looks;
 pub mod capture;
 pub mod config;
 pub mod conformance;

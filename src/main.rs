@@ -129,6 +129,23 @@ enum BenchCmd {
     },
     /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
     Preprocess(gemba::model::preprocess::BenchPreprocessArgs),
+    /// Monitoring throughput: looks per minute with N cameras changing together (frames encoded
+    /// in one vision run) against one look at a time; the first look with and without warm-up.
+    Looks {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        cameras: usize,
+        /// Intra-op threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        #[arg(long, default_value_t = 48)]
+        max_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
     Decode {
         #[arg(long, value_name = "DIR")]
@@ -223,9 +240,13 @@ struct AskArgs {
     #[arg(long, value_parser = gemba::sys::duration::parse)]
     deadline: Option<Duration>,
     /// Prompt-lookup speculative decoding: drafts from the prompt verified in one decoder run
-    /// (faster on answers that repeat their prompt; greedy output equal up to floating point).
-    #[arg(long)]
+    /// (faster on answers that repeat their prompt). Default: on where the bundle's greedy output
+    /// stays exact (`gemba doctor --model` says), else off; this turns it on anyway.
+    #[arg(long, conflicts_with = "no_speculate")]
     speculate: bool,
+    /// No speculative decoding, whatever the bundle allows.
+    #[arg(long)]
+    no_speculate: bool,
     /// Write the region crops the reply cites (`[cam:NAME box:x0,y0,x1,y1]`) into DIR (created
     /// if missing; new names only, nothing there is overwritten). An --image answers to the
     /// camera name of its file name (`press-2_00.jpg` → `press-2`).
@@ -508,6 +529,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCmd::Looks {
+            model,
+            cameras,
+            threads,
+            repeat,
+            max_tokens,
+            json,
+        }) => {
+            let rt = runtime::init(cli.onnxruntime.as_deref())?;
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            let r = gemba::bench_looks::run(rt, &model, cameras, threads, repeat, max_tokens)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCmd::Decode {
             model,
             prompt_tokens,
@@ -736,8 +779,15 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
     params.max_new_tokens = a.max_tokens;
     params.stop_strings = a.stop.clone();
     params.deadline = a.deadline;
-    if a.speculate {
-        params.speculation = gemba::model::speculate::Speculation::default();
+    {
+        use gemba::model::exact::Switch;
+        let switch = match (a.speculate, a.no_speculate) {
+            (true, _) => Switch::On,
+            (_, true) => Switch::Off,
+            _ => Switch::Auto,
+        };
+        // One question: the prefix cache's default (auto) only matters within one process.
+        engine.apply_speedups(&mut params, switch, None, Duration::from_secs(600));
     }
     if let Some(f) = &format {
         // Checked against the model's own vocabulary before the question is asked.

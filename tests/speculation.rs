@@ -4,15 +4,14 @@
 //! text bundles (both precisions, both KV layouts: the shared buffer rolled back by its length,
 //! the moving cache sliced) and on the phi4mm demo bundle (text, image and audio prompts). Each
 //! run must also have accepted drafts, so the comparison exercises the speculative path rather
-//! than two plain runs. Not on the real model: on SmolLM2 int8 a multi-token verify run flips
-//! near-ties that one-token runs resolve the other way (15 of 40 prompts diverged from ORT-GenAI with speculation and prefix reuse on; none with prefix reuse alone), which is why
-//! speculation is opt-in (`[model] speculate`, `gemba ask --speculate`).
+//! than two plain runs. These runs force speculation on: by default (`auto`) it is on only where
+//! model::exact's probe finds a verify run's logits bit-identical to one-token runs', which ONNX
+//! Runtime 1.31 CPU gives on none of these bundles (nor on SmolLM2, tests/speedups_real.rs).
 //!
 //! KV prefix reuse: the same token ids with the prefix cache on and off, on the same bundles, for
-//! prompts sharing the chat template's start, a system prompt or a camera's text; the runs with
-//! the cache on must have reused cached tokens. Not on the real model: a follow-up question on
-//! SmolLM2 int8 answered differently after a chunked prefill (a near-tie), so reuse is opt-in
-//! (`[model] prefix_cache`).
+//! prompts sharing the chat template's start, a system prompt or a camera's text, and follow-up
+//! questions after an answer; the runs with the cache on must have reused cached tokens. With
+//! `auto`, reuse is on where the probe finds chunked prefills exact (all bundles here).
 
 mod common;
 
@@ -238,4 +237,47 @@ fn greedy_tokens_are_the_same_with_and_without_prefix_reuse_on_the_demo() {
         "prefix_cache",
     );
     assert_same_by("demo", &on, &off, 20, "reused_prefix_tokens");
+}
+
+/// `auto` on the text bundles: the probe's decision (prefix reuse on, speculation as probed),
+/// and the same greedy tokens as with both off — over prompts and follow-up questions whose
+/// start (prompt and answer) the cache holds.
+#[test]
+fn auto_speedups_keep_greedy_tokens_on_the_text_bundles_with_follow_ups() {
+    for precision in ["fp32", "int4"] {
+        let bundle = root().join("models/tiny-qwen2").join(precision);
+        let first = text_cases(&bundle, 120);
+        let answers = debug_greedy("greedy", &json!({"bundle": bundle, "cases": first}));
+        let cases = with_follow_ups(&first, answers["cases"].as_array().unwrap());
+        for share in [true, false] {
+            let spec = |auto: bool| {
+                let s = if auto { json!("auto") } else { json!(false) };
+                json!({"bundle": bundle, "share_buffer": share, "cases": cases, "speculate": s, "prefix_cache": s})
+            };
+            let on = debug_greedy("greedy", &spec(true));
+            let off = debug_greedy("greedy", &spec(false));
+            let label = format!("tiny-qwen2 {precision}, share_buffer={share}, auto");
+            assert_eq!(
+                on["prefix_cache_on"], true,
+                "{label}: the probe found chunked prefills inexact"
+            );
+            assert_eq!(off["prefix_cache_on"], false);
+            let (a, b) = (
+                on["cases"].as_array().unwrap(),
+                off["cases"].as_array().unwrap(),
+            );
+            assert_same_by(&label, a, b, 40, "reused_prefix_tokens");
+            // Follow-ups reuse their first turn's answer, not only its prompt.
+            let beyond = (0..first.len())
+                .filter(|&i| {
+                    let prompt = first[i]["input_ids"].as_array().unwrap().len() as u64;
+                    a[2 * i + 1]["reused_prefix_tokens"].as_u64().unwrap() > prompt
+                })
+                .count();
+            assert!(
+                beyond >= 10,
+                "{label}: only {beyond} follow-ups reused more than their first turn's prompt"
+            );
+        }
+    }
 }

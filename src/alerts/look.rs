@@ -59,11 +59,8 @@ fn ask_settings(s: &Settings, rule: &AlertRule) -> AskSettings {
             ..Default::default()
         },
         speculate: s.model.speculate,
-        prefix_cache: crate::model::prefix::PrefixLimits {
-            max_bytes: s.model.prefix_cache.0 as usize,
-            ttl: s.model.prefix_cache_ttl.0,
-            ..Default::default()
-        },
+        prefix_cache: s.model.prefix_cache.map(|b| b.0 as usize),
+        prefix_cache_ttl: s.model.prefix_cache_ttl.0,
     }
 }
 

@@ -39,10 +39,11 @@ pub struct AskSettings {
     pub deadline: Duration,
     /// What the requester asked for over the config's and the bundle's defaults.
     pub overrides: GenOverrides,
-    /// Prompt-lookup speculative decoding (`[model] speculate`).
-    pub speculate: bool,
-    /// KV prefix reuse (`[model] prefix_cache`, `prefix_cache_ttl`).
-    pub prefix_cache: crate::model::prefix::PrefixLimits,
+    /// Prompt-lookup speculative decoding (`[model] speculate`; auto: where exact).
+    pub speculate: crate::model::exact::Switch,
+    /// KV prefix reuse (`[model] prefix_cache` in bytes, `None`: auto — where exact).
+    pub prefix_cache: Option<usize>,
+    pub prefix_cache_ttl: Duration,
 }
 
 /// Per-request generation choices (the OpenAI-compatible API's `max_tokens`, `temperature`,
@@ -160,6 +161,15 @@ fn load(
     // Resolve `current` symlinks now: the info names the exact version that was loaded.
     let dir = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut engine = Engine::load(rt, &dir, policy).map_err(|e| e.to_string())?;
+    // The first look must not pay ONNX Runtime's first-run costs (nor the exactness probe).
+    match crate::model::looks::warm_up(&mut engine) {
+        Ok(t) => log::info!(
+            "{}: warmed up in {:.0} ms",
+            engine.bundle.id(),
+            t.as_secs_f64() * 1000.0
+        ),
+        Err(e) => log::warn!("{}: warm-up failed: {e}", engine.bundle.id()),
+    }
     // An installed bundle is identified by its signed manifest (the id and hash `gemba model
     // install` waits for), and proves itself with the manifest's smoke prompt.
     let (id, hash, smoke_ok) = match crate::update::identify(&dir) {
@@ -388,12 +398,12 @@ fn ask(
         .system_prompt
         .as_deref()
         .or(settings.system_prompt.as_deref());
-    if settings.speculate {
-        params.speculation = crate::model::speculate::Speculation::default();
-    }
-    if engine.decoder.prefix.limits != settings.prefix_cache {
-        engine.decoder.prefix.set_limits(settings.prefix_cache);
-    }
+    engine.apply_speedups(
+        &mut params,
+        settings.speculate,
+        settings.prefix_cache,
+        settings.prefix_cache_ttl,
+    );
     // Test hook: `GEMBA_TEST_TOKEN_DELAY_MS` slows each token down to a real board's pace (the
     // tiny test models decode thousands of tokens per second), so tests can show what overlaps
     // with generation.

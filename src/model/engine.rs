@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use super::bundle::{Bundle, BundleError};
+use super::exact::{self, Exactness, Switch};
 use super::generate::{
     generate, CancelToken, Decoder, Done, Event, GenerateError, GenerateParams, PromptInput,
 };
@@ -28,6 +29,8 @@ pub struct Engine {
     pub decoder: Decoder,
     /// The phi4mm front end, for multimodal bundles.
     pub multimodal: Option<Multimodal>,
+    /// Which speed-ups are exact here (measured on first use: [`Engine::exactness`]).
+    exactness: Option<Exactness>,
 }
 
 /// What the engine is asked: the text, and the frames and clips shown with it. The model's own
@@ -82,11 +85,62 @@ impl Engine {
             bundle,
             decoder,
             multimodal,
+            exactness: None,
         };
         for r in engine.provider_reports() {
             log::info!("{}", r.summary());
         }
         Ok(engine)
+    }
+
+    /// Whether speculation and prefix reuse keep greedy output exact on this bundle: probed
+    /// once (a few decoder runs), then remembered; what is off is logged with its reason.
+    pub fn exactness(&mut self) -> &Exactness {
+        if self.exactness.is_none() {
+            // Unknown: small ids, valid in any vocabulary.
+            let vocab = self.bundle.config.model.vocab_size.unwrap_or(256).max(16) as usize;
+            let embedder: Option<&mut dyn super::generate::Embedder> = self
+                .multimodal
+                .as_mut()
+                .map(|m| &mut m.embedding as &mut dyn super::generate::Embedder);
+            let e = exact::probe(&mut self.decoder, embedder, vocab).unwrap_or_else(|e| {
+                let why = format!("the exactness probe failed: {e}");
+                Exactness {
+                    speculation: Err(why.clone()),
+                    prefix_reuse: Err(why),
+                }
+            });
+            for line in e.lines() {
+                log::info!("{}: {line}", self.bundle.id());
+            }
+            self.exactness = Some(e);
+        }
+        self.exactness.as_ref().expect("set above")
+    }
+
+    /// Applies `[model] speculate` / `--speculate` and `[model] prefix_cache` (`None`: auto) to
+    /// `params` and the decoder's prefix cache; `auto` follows [`Engine::exactness`].
+    pub fn apply_speedups(
+        &mut self,
+        params: &mut GenerateParams,
+        speculate: Switch,
+        prefix_bytes: Option<usize>,
+        prefix_ttl: std::time::Duration,
+    ) {
+        let needs_probe = speculate == Switch::Auto || prefix_bytes.is_none();
+        let e = if needs_probe {
+            self.exactness().clone()
+        } else {
+            Exactness {
+                speculation: Ok(()),
+                prefix_reuse: Ok(()),
+            }
+        };
+        params.speculation = exact::speculation(speculate, &e);
+        let limits = exact::prefix_limits(prefix_bytes, prefix_ttl, &e);
+        if self.decoder.prefix.limits != limits {
+            self.decoder.prefix.set_limits(limits);
+        }
     }
 
     /// Every component's provider report.
@@ -125,7 +179,7 @@ impl Engine {
         parts.join("\n")
     }
 
-    fn render(
+    pub(crate) fn render(
         &self,
         content: &str,
         system: Option<&str>,

@@ -84,11 +84,9 @@ pub struct GenerateParams {
     /// Where the clock starts for the reported timings (e.g. before pre-processing and the
     /// encoders of a multimodal prompt); default: when the decoder starts.
     pub started: Option<Instant>,
-    /// Prompt-lookup speculative decoding ([`Speculation::OFF`], the default: one decoder run per
-    /// token). Sampled output keeps its distribution. Greedy output is the same up to floating
-    /// point: a multi-token verify run computes the logits with other kernels than a one-token
-    /// run, which flips near-ties on int8 MatMulNBits models (seen on SmolLM2 int8), so it is
-    /// opt-in.
+    /// Prompt-lookup speculative decoding ([`Speculation::OFF`] here: one decoder run per token;
+    /// callers apply `auto` through `Engine::apply_speedups`, which turns it on only where
+    /// model::exact's probe finds greedy output exact). Sampled output keeps its distribution.
     pub speculation: Speculation,
     /// Constrained decoding: the answer is held to this format (speculation is off then).
     pub response_format: Option<ResponseFormat>,
@@ -232,7 +230,7 @@ pub trait Embedder {
 
 /// The KV cache, and the binding that feeds it (one binding per generation: the cache and the
 /// logits output are bound once, only the per-token inputs change between steps).
-enum Kv {
+pub(crate) enum Kv {
     /// One buffer per tensor, bound as past and present.
     Shared {
         keys: Vec<DynTensor>,
@@ -255,14 +253,14 @@ pub struct Decoder {
     pub report: ProviderReport,
     share_buffer: bool,
     kv_alloc: Allocator,
-    kv_on_device: bool,
+    pub(crate) kv_on_device: bool,
     shared: Option<Kv>,
-    logits_buf: Vec<f32>,
+    pub(crate) logits_buf: Vec<f32>,
     run_options: Arc<RunOptions>,
     /// Prefilled sequences kept for prompts that start the same way (host KV only).
     pub prefix: PrefixCache,
     /// Which LoRA adapter is active (0: none); part of a prefix entry's key.
-    adapter_tag: usize,
+    pub(crate) adapter_tag: usize,
 }
 
 impl Decoder {
@@ -316,8 +314,7 @@ impl Decoder {
             shared: None,
             logits_buf: Vec::new(),
             run_options,
-            // Off until configured: a chunked prefill is equal to a whole one only up to floating
-            // point (seen flipping a near-tie on SmolLM2 int8).
+            // Off until configured (`Engine::apply_speedups`: auto turns it on where exact).
             prefix: PrefixCache::new(PrefixLimits {
                 max_bytes: 0,
                 ..PrefixLimits::default()
@@ -383,7 +380,7 @@ impl Decoder {
 
     /// Resets the cache for a new sequence of at most `capacity` tokens and binds what stays
     /// bound for the whole generation.
-    fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
+    pub(crate) fn reset(&mut self, capacity: usize) -> Result<Kv, GenerateError> {
         let bind_err = |e: ort::Error| GenerateError::Run {
             step: 0,
             reason: format!("binding: {e}"),
@@ -469,7 +466,7 @@ impl Decoder {
     }
 
     /// Keeps a shared cache for the next generation (its binding is per generation).
-    fn keep(&mut self, kv: Kv) {
+    pub(crate) fn keep(&mut self, kv: Kv) {
         if let Kv::Shared {
             keys,
             values,
@@ -488,7 +485,7 @@ impl Decoder {
 
     /// One decoder run over `n` new positions after `past` cached ones. Returns the logits of the
     /// last position (as f32, in a buffer reused across steps).
-    fn step(
+    pub(crate) fn step(
         &mut self,
         kv: &mut Kv,
         tokens: StepTokens<'_>,
@@ -600,7 +597,7 @@ impl Decoder {
     /// were not all accepted. The shared buffer needs nothing (the next run's attention mask
     /// covers only `len` positions and overwrites the rest); moving pasts are sliced (host only:
     /// speculation is off for a moving cache on a device).
-    fn truncate(&mut self, kv: &mut Kv, len: usize) -> Result<(), GenerateError> {
+    pub(crate) fn truncate(&mut self, kv: &mut Kv, len: usize) -> Result<(), GenerateError> {
         let Kv::Moving {
             keys,
             values,
@@ -719,7 +716,7 @@ impl Decoder {
     }
 
     /// Keeps the KV of `ids` (the cache's first `ids.len()` positions) in the prefix cache.
-    fn save_prefix(&mut self, kv: &Kv, ids: &[u32]) -> Result<(), GenerateError> {
+    pub(crate) fn save_prefix(&mut self, kv: &Kv, ids: &[u32]) -> Result<(), GenerateError> {
         if self.kv_on_device || !self.prefix.wants(ids, self.adapter_tag) {
             return Ok(());
         }
@@ -754,7 +751,7 @@ impl Decoder {
     }
 }
 
-enum StepTokens<'a> {
+pub(crate) enum StepTokens<'a> {
     Ids(&'a [u32]),
     Embeds(&'a DynValue),
 }
@@ -1085,9 +1082,11 @@ fn run_loop(
     let mut step = 0usize;
     // A cached prefix, then the prefill of the rest (at least the last prompt token is run: its
     // logits give the first answer token).
+    // At least two positions are left to prefill: ONNX Runtime's one-row kernels round
+    // differently from its multi-row ones (model::exact), and a cold prefill is multi-row.
     st.reused = decoder.restore_prefix(
         &mut kv,
-        &st.history[..keyable(&st.history).min(prompt_len - 1)],
+        &st.history[..keyable(&st.history).min(prompt_len.saturating_sub(2))],
     )?;
     let reused = st.reused;
     let prefilled = match &prompt {
@@ -1222,12 +1221,16 @@ fn run_loop(
     };
     // Flush what the stream held back, then the last sentence.
     st.flush(&stop, on_event)?;
-    // The sequence so far (the positions the cache holds for certain) for the next prompt that
-    // starts the same way: a follow-up question, the same system prompt or camera text.
     let keep_len = past.min(keyable(&st.history));
-    decoder.save_prefix(&kv, &st.history[..keep_len])?;
+    let kept: Vec<u32> = st.history[..keep_len].to_vec();
+    let done = st.finish(stop, run.providers(decoder), on_event);
+    // After `Done` (the answer's wait is over): the sequence so far for the next prompt that
+    // starts the same way — a follow-up question, the same system prompt or camera text.
+    if let Err(e) = super::exact::keep_prefix(decoder, &mut kv, embedder, &kept, prompt_len) {
+        log::warn!("keeping the prefix for the next prompt: {e}");
+    }
     decoder.keep(kv);
-    Ok(st.finish(stop, run.providers(decoder), on_event))
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@
 pub mod bundle;
 pub mod constrain;
 pub mod engine;
+pub mod exact;
 pub mod genai_config;
 pub mod generate;
+pub mod looks;
 pub mod multimodal;
 pub mod prefix;
 pub mod preprocess;

@@ -77,6 +77,14 @@ impl Component {
         })
     }
 
+    /// The fixed size of input `name`'s first (batch) dimension, if the graph fixes it.
+    pub(crate) fn fixed_batch(&self, name: &str) -> Option<i64> {
+        self.inputs
+            .get(name)
+            .and_then(|(_, shape)| shape.first().copied())
+            .filter(|&d| d > 0)
+    }
+
     fn float_dtype(&self, name: &str) -> FloatDtype {
         match self.inputs.get(name).map(|(t, _)| *t) {
             Some(TensorElementType::Float16) => FloatDtype::F16,
@@ -86,7 +94,7 @@ impl Component {
     }
 
     /// Runs with every given tensor the graph takes; returns the configured output.
-    fn run(&mut self, tensors: &[(&str, DynValue)]) -> Result<DynValue, GenerateError> {
+    pub(crate) fn run(&mut self, tensors: &[(&str, DynValue)]) -> Result<DynValue, GenerateError> {
         let name = self.report.component.clone();
         let err = |reason: String| GenerateError::Run {
             step: 0,
@@ -154,7 +162,7 @@ impl EmbeddingStage {
             .unwrap_or(TensorElementType::Float32)
     }
 
-    fn run(
+    pub(crate) fn run(
         &mut self,
         ids: &[i64],
         image: Option<DynValue>,
@@ -385,7 +393,7 @@ impl Multimodal {
     }
 
     /// The dtypes the vision/speech sessions declare for their float inputs.
-    fn dtypes(&self) -> InputDtypes {
+    pub(crate) fn dtypes(&self) -> InputDtypes {
         InputDtypes {
             pixel_values: self
                 .vision

@@ -390,3 +390,38 @@ pub fn genai(args: &[&str]) -> serde_json::Value {
         .current_dir(root());
     json_of(&run_ok(cmd))
 }
+
+/// Decode speed-up tests (tests/speculation.rs, tests/speedups_real.rs): `cases` (text cases of
+/// `gemba debug greedy`, prompt ids) each followed by a follow-up: its prompt, its greedy answer
+/// (from `answers`, a run of the same cases) and the next case's prompt — a conversation's second
+/// turn, whose start a prefix cache holds after the first.
+pub fn with_follow_ups(
+    cases: &[serde_json::Value],
+    answers: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for (i, (c, a)) in cases.iter().zip(answers).enumerate() {
+        out.push(c.clone());
+        let next = &cases[(i + 1) % cases.len()];
+        let mut ids: Vec<serde_json::Value> = c["input_ids"].as_array().unwrap().clone();
+        ids.extend(a["output_ids"].as_array().unwrap().iter().cloned());
+        ids.extend(next["input_ids"].as_array().unwrap().iter().cloned());
+        let mut f = c.clone();
+        f["name"] = serde_json::json!(format!("{}:follow-up", c["name"].as_str().unwrap()));
+        // Room for an answer after the longer prompt.
+        f["max_length"] = serde_json::json!(ids.len() + 64);
+        f["input_ids"] = serde_json::Value::Array(ids);
+        out.push(f);
+    }
+    out
+}
+
+/// `gemba debug greedy` (or `greedy-mm`) on `spec`; the whole output.
+pub fn debug_greedy(mode: &str, spec: &serde_json::Value) -> serde_json::Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cases.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let mut cmd = gemba();
+    cmd.args(["debug", mode]).arg(&file);
+    json_of(&run_ok(cmd))
+}
