@@ -20,5 +20,5 @@ mod split;
 mod text;
 
 pub use detok::{DecodeStrategy, DecodeTable, StreamError, TokenDecoder};
-pub use split::{SentenceSplitter, SplitterConfig};
+pub use split::{may_be_marker, SentenceSplitter, SplitterConfig, MAX_MARKER_BYTES};
 pub use text::{StopMatcher, TextStream};

@@ -15,9 +15,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The longest marker (between the brackets, in bytes) that counts as one; a longer bracket is
-/// text. The sentence splitter uses the same bound so it never cuts inside a marker.
-pub const MAX_MARKER_BYTES: usize = 96;
+/// The marker's bounds live with the sentence splitter (model/ may not import report/), which
+/// never cuts inside a marker; parsing them out of a finished sentence is this module's.
+pub use crate::model::stream::{may_be_marker, MAX_MARKER_BYTES};
 
 /// A sentence with its citations taken out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -144,17 +144,6 @@ pub fn cite<S: AsRef<str>>(sentence: &str, cameras: &[S]) -> Citations {
     text.push_str(rest);
     out.text = text.trim().to_string();
     out
-}
-
-/// Whether `inner` — what follows an unclosed `[` so far — may still become a marker: the
-/// splitter does not cut a sentence there. `inner` excludes the bracket.
-pub fn may_be_marker(inner: &str) -> bool {
-    if inner.len() > MAX_MARKER_BYTES || inner.contains(['\n', '[', ']']) {
-        return false;
-    }
-    let t = inner.trim_start().as_bytes();
-    let n = t.len().min(3);
-    t[..n].eq_ignore_ascii_case(&b"cam"[..n])
 }
 
 /// If `s` starts with a complete marker: what it holds, its inside and the text after it.

@@ -100,6 +100,22 @@ enum Cut {
     Forced,
 }
 
+/// The longest citation marker (between the brackets, in bytes) that counts as one; a longer
+/// bracket is text. report::cite parses markers within the same bound.
+pub const MAX_MARKER_BYTES: usize = 96;
+
+/// Whether `inner` — what follows an unclosed `[` so far — may still become a citation marker
+/// (`[cam:NAME]`, `[cam:NAME box:…]`): the splitter does not cut a sentence there. `inner`
+/// excludes the bracket.
+pub fn may_be_marker(inner: &str) -> bool {
+    if inner.len() > MAX_MARKER_BYTES || inner.contains(['\n', '[', ']']) {
+        return false;
+    }
+    let t = inner.trim_start().as_bytes();
+    let n = t.len().min(3);
+    t[..n].eq_ignore_ascii_case(&b"cam"[..n])
+}
+
 /// Turns a stream of text pieces into sentences; see the module docs for the rules.
 #[derive(Debug)]
 pub struct SentenceSplitter {
@@ -269,17 +285,17 @@ impl SentenceSplitter {
 
     /// Whether byte `i` lies inside what may still be a citation marker (`[cam:belt box:1, 2`):
     /// no cut there, so a marker always reaches one sentence whole, however the tokens fell.
-    /// Looks back at most [`MAX_MARKER_BYTES`](crate::report::cite::MAX_MARKER_BYTES).
+    /// Looks back at most [`MAX_MARKER_BYTES`].
     fn inside_marker(&self, i: usize) -> bool {
         let head = &self.buf[..i];
-        let limit = crate::report::cite::MAX_MARKER_BYTES + 2;
+        let limit = MAX_MARKER_BYTES + 2;
         match head
             .char_indices()
             .rev()
             .take(limit)
             .find(|(_, c)| *c == '[' || *c == ']')
         {
-            Some((open, '[')) => crate::report::cite::may_be_marker(&head[open + 1..]),
+            Some((open, '[')) => may_be_marker(&head[open + 1..]),
             _ => false,
         }
     }
