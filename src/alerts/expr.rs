@@ -657,7 +657,7 @@ mod tests {
         for (bad, what) in [
             (
                 "colour == \"red\"",
-                "no field colour (its fields: boxes, gauge, lamp, note, ok)",
+                "no field colour (its fields: lamp, boxes, ok, note, gauge)",
             ),
             ("lamp == \"purple\"", "never \"purple\""),
             ("lamp == 3", "a string but 3 is a number"),
