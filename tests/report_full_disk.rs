@@ -85,10 +85,13 @@ fn full_disk_evicts_old_reports_and_writing_goes_on() {
         full.len(),
         full.iter().map(|f| f.1).collect::<Vec<_>>()
     );
+    // Which write meets the full disk depends on the sizes of the pages and the index: often a
+    // report's HTML page, which the store retries itself after evicting (pages never fail a
+    // report), so not every fill reaches the caller. At least one must, and the evictions
+    // checked below (no byte budget: only a full disk evicts) show the rest.
     assert!(
-        full.len() >= 3,
-        "the disk filled only {} time(s): the test is not testing",
-        full.len()
+        !full.is_empty(),
+        "no write met a full disk: the test is not testing"
     );
 
     let kept = assert_consistent(&store);
@@ -107,6 +110,23 @@ fn full_disk_evicts_old_reports_and_writing_goes_on() {
     assert!(kept
         .iter()
         .all(|r| r.status == ReportStatus::Complete && r.segments.len() == 6));
+    // Every kept report has its page, also those whose page write met the full disk.
+    let mut pages = Vec::new();
+    let mut stack = vec![dir.join("html")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                pages.push(n.to_string());
+            }
+        }
+    }
+    for id in &kept_ids {
+        let page = format!("{}.html", id.as_str());
+        assert!(pages.contains(&page), "no page {page} among {pages:?}");
+    }
     drop(store);
 
     // A restart finds nothing to repair, and the store keeps taking reports.
