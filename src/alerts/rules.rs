@@ -217,7 +217,14 @@ pub fn validate(
                     expr::parse(&r.when).map_err(|e| bad("when", format!("{:?}: {e}", r.when)))?;
                 e.check(&schema)
                     .map_err(|e| bad("when", format!("{:?}: {e}", r.when)))?;
-                (ResponseFormat::JsonSchema { schema }, When::Expr(e))
+                // The answer in one fixed form (`{"lamp": "red"}`, as json.dumps writes it and
+                // the demo model learnt it), compiled once here so that a schema the grammar
+                // cannot take is refused by `config check`, not at the first look.
+                let format = ResponseFormat::json_schema_compact(schema);
+                format
+                    .validate()
+                    .map_err(|e| bad("schema", e.to_string()))?;
+                (format, When::Expr(e))
             }
         };
         out.push(AlertRule {
