@@ -741,3 +741,45 @@ fn a_person_is_answered_before_the_queued_looks() {
         stderr.join("\n")
     );
 }
+
+/// Alerts spoken aloud: `voice.announce_alerts = "warning"` says each raise of a rule at or above
+/// that severity through the voice output, and nothing for a rule below it. The rules' `when`
+/// holds for every answer the schema allows, so the first alert look raises both (raise_after =
+/// 1) whatever the tiny model answers.
+#[test]
+fn a_raised_alert_is_announced_through_the_voice_output() {
+    let s = setup("gemba_voice_mic", true, "announce_alerts = \"warning\"");
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    for (name, severity) in [("fence-open", "critical"), ("belt-idle", "info")] {
+        text.push_str(&format!(
+            "\n[[cameras.alerts]]\nname = \"{name}\"\nquestion = \"Is the fence open?\"\n\
+             schema = {{ type = \"object\", properties = {{ seen = {{ enum = [\"a\", \"b\"] }} }}, required = [\"seen\"] }}\n\
+             when = 'seen == \"a\" or seen == \"b\"'\nraise_after = 1\nseverity = \"{severity}\"\n"
+        ));
+    }
+    std::fs::write(&s.config, text).unwrap();
+    let feeder = Feeder::start(&s.fifo);
+    let mut d = Daemon::start(&s, 0);
+    let line = d.wait_for("voice: announcing", Duration::from_secs(120));
+    assert!(
+        line.contains("\"Critical alert on press-2: fence open.\""),
+        "{line}"
+    );
+    // Both rules were raised on that look; only the critical one was said.
+    let raised = wait_reports(&s.store(), "alert:belt-idle", 1, Duration::from_secs(60));
+    assert_eq!(raised.len(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(feeder);
+    let seen = d.stop();
+    let said: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("voice: announcing"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    // Nobody asked anything: what the WAV holds is the announcement.
+    let (rate, played) = gemba::voice::output::read_wav(&s.spoken()).unwrap();
+    let secs = played.len() as f64 / rate as f64;
+    assert!(secs > 0.8, "played {secs:.2} s");
+    let rms = (played.iter().map(|x| x * x).sum::<f32>() / played.len() as f32).sqrt();
+    assert!(rms > 0.02, "audible: rms {rms}");
+}

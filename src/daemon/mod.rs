@@ -303,6 +303,9 @@ pub async fn run_with(
         events: events.clone(),
         alerts: Arc::clone(&alerts),
     };
+    // Subscribed before the cameras start: an alert raised by the first looks, while the voice
+    // stage is still loading, is announced all the same.
+    let alert_events = alerts.subscribe();
     let mut pipeline = Some(start_pipeline(
         opened,
         Arc::clone(&looks),
@@ -338,7 +341,7 @@ pub async fn run_with(
         .transpose()?;
     let mut api_server = crate::api::serve(api, handle.clone());
 
-    let voice = match crate::voice::start(&settings, handle.clone()) {
+    let voice = match crate::voice::start(&settings, handle.clone(), alert_events) {
         Ok(Some(v)) => {
             log::info!("{}", v.summary);
             eprintln!("gemba: {}", v.summary);

@@ -44,6 +44,9 @@ pub struct RawVoice {
     /// A Piper voice: `model.onnx` with `model.onnx.json` beside it.
     pub piper_model: Option<PathBuf>,
     pub piper_speaker: Option<i64>,
+    /// Say aloud each alert raised at or above this severity (`info`, `warning`, `critical`),
+    /// or `off` (default).
+    pub announce_alerts: Option<String>,
     #[serde(default)]
     pub vad: RawVad,
 }
@@ -94,6 +97,8 @@ pub struct VoiceSettings {
     pub output_spec: String,
     pub tts: TtsSettings,
     pub vad: VadSettings,
+    /// Alerts raised at or above this severity are announced through the voice output.
+    pub announce_alerts: Option<crate::alerts::Severity>,
 }
 
 pub const DEFAULT_PROMPT: &str = "";
@@ -139,6 +144,15 @@ pub fn validate_voice(
     if prompt.contains("<|image_") || prompt.contains("<|audio_") {
         return Err(("voice.prompt".into(), "no <|image_N|> / <|audio_N|> placeholders: the engine places the frames and the question's audio itself".into()));
     }
+    let announce_alerts = match raw.announce_alerts.as_deref().unwrap_or("off") {
+        "off" | "none" => None,
+        s => Some(crate::alerts::Severity::parse(s).ok_or_else(|| {
+            (
+                "voice.announce_alerts".to_string(),
+                format!("\"{s}\" is not a severity (info, warning, critical) or off"),
+            )
+        })?),
+    };
     let output_spec = raw.output.unwrap_or_else(|| "default".into());
     let out_format = format_of("voice.output_format", raw.output_format.as_deref())?;
     let out_channels = raw.output_channels.unwrap_or(1);
@@ -272,6 +286,7 @@ pub fn validate_voice(
         output_spec,
         tts,
         vad,
+        announce_alerts,
     }))
 }
 
@@ -317,6 +332,16 @@ mod tests {
             }
         );
         assert_eq!(v.vad.end_silence.0, Duration::from_millis(600));
+        assert_eq!(v.announce_alerts, None, "announcements are opt-in");
+        let raw = |a: &str| RawVoice {
+            announce_alerts: Some(a.into()),
+            ..Default::default()
+        };
+        let v = validate_voice(raw("warning"), &[], &id).unwrap().unwrap();
+        assert_eq!(v.announce_alerts, Some(crate::alerts::Severity::Warning));
+        let (k, m) = validate_voice(raw("loud"), &[], &id).unwrap_err();
+        assert_eq!(k, "voice.announce_alerts");
+        assert!(m.contains("\"loud\" is not a severity"), "{m}");
         assert!(validate_voice(
             RawVoice {
                 enabled: Some(false),

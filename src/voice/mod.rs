@@ -59,6 +59,7 @@ pub enum VoiceError {
 pub fn start(
     settings: &crate::config::Settings,
     app: crate::daemon::AppHandle,
+    alert_events: tokio::sync::broadcast::Receiver<crate::alerts::AlertEvent>,
 ) -> Result<Option<VoiceStage>, VoiceError> {
     let Some(voice) = &settings.voice else {
         return Ok(None);
@@ -68,5 +69,5 @@ pub fn start(
         .as_ref()
         .ok_or(VoiceError::NoMicrophone)?;
     let rt = crate::model::runtime::init(settings.onnxruntime.as_deref())?;
-    stage::start(app, voice, mic, rt).map(Some)
+    stage::start(app, voice, mic, rt, alert_events).map(Some)
 }

@@ -181,6 +181,7 @@ pub fn start(
     voice: &VoiceSettings,
     mic: &MicSettings,
     rt: &'static crate::model::runtime::Runtime,
+    alert_events: tokio::sync::broadcast::Receiver<crate::alerts::AlertEvent>,
 ) -> Result<VoiceStage, VoiceError> {
     let detector: Option<Box<dyn SpeechDetector>> = match voice.trigger {
         TriggerMode::Vad => {
@@ -270,6 +271,14 @@ pub fn start(
         tts_name,
         out_desc
     );
+    if let Some(min) = voice.announce_alerts {
+        tokio::spawn(announce(
+            alert_events,
+            Arc::clone(&voice_out),
+            min,
+            stop.clone(),
+        ));
+    }
     let task = tokio::spawn(crate::stage::run(
         "voice",
         run(
@@ -291,6 +300,61 @@ pub fn start(
         stats,
         summary,
     })
+}
+
+/// What is said when an alert is raised: `Critical alert on press-1: lamp red.`
+pub(crate) fn announcement(ev: &crate::alerts::AlertEvent) -> String {
+    let word = ev.severity.word();
+    let mut severity = word[..1].to_uppercase();
+    severity.push_str(&word[1..]);
+    format!(
+        "{severity} alert on {}: {}.",
+        ev.camera,
+        ev.rule.replace(['-', '_'], " ")
+    )
+}
+
+/// Says each raised alert at or above `min` through the voice output, queued behind what is
+/// being spoken (the synthesizer takes one sentence at a time). A burst that outruns the
+/// speech loses the oldest events (the broadcast's bound); `GET /alerts` still has them.
+async fn announce(
+    mut events: tokio::sync::broadcast::Receiver<crate::alerts::AlertEvent>,
+    voice: Arc<Voice>,
+    min: crate::alerts::Severity,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                log::warn!("voice: {n} alert event(s) missed, not announced");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if ev.kind != Some("raise") || ev.severity < min {
+            continue;
+        }
+        let text = announcement(&ev);
+        log::info!("voice: announcing \"{text}\"");
+        let voice = Arc::clone(&voice);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut answer = voice.answer(None);
+            answer.on_event(&crate::model::Event::Sentence(crate::model::Sentence {
+                index: 0,
+                text,
+                token_span: (0, 0),
+                at: Duration::ZERO,
+            }));
+            answer.finish(Duration::from_secs(30))
+        })
+        .await;
+    }
 }
 
 /// The answer being generated or spoken, for barge-in.
