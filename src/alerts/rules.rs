@@ -220,7 +220,7 @@ pub fn validate(
                 // The answer in one fixed form (`{"lamp": "red"}`, as json.dumps writes it and
                 // the demo model learnt it), compiled once here so that a schema the grammar
                 // cannot take is refused by `config check`, not at the first look.
-                let format = ResponseFormat::json_schema_compact(schema);
+                let format = ResponseFormat::json_schema_compact(closed(schema));
                 format
                     .validate()
                     .map_err(|e| bad("schema", e.to_string()))?;
@@ -239,6 +239,27 @@ pub fn validate(
         });
     }
     Ok(out)
+}
+
+/// The schema with `additionalProperties = false` on every object that does not say otherwise:
+/// an alert's answer holds the rule's fields and ends there (a JSON schema's default lets the
+/// model go on writing keys of its own until it runs out of tokens).
+fn closed(mut schema: Value) -> Value {
+    fn walk(v: &mut Value) {
+        let Some(o) = v.as_object_mut() else { return };
+        if o.get("type").and_then(Value::as_str) == Some("object") {
+            o.entry("additionalProperties")
+                .or_insert(Value::Bool(false));
+        }
+        if let Some(Value::Object(props)) = o.get_mut("properties") {
+            props.values_mut().for_each(walk);
+        }
+        if let Some(items) = o.get_mut("items") {
+            walk(items);
+        }
+    }
+    walk(&mut schema);
+    schema
 }
 
 const TYPES: [&str; 7] = [
@@ -461,7 +482,13 @@ severity = "critical"
         let r = validate(0, "cam", vec![raw(LAMP)]).unwrap();
         assert_eq!(r[0].severity, Severity::Critical);
         assert_eq!((r[0].raise_after, r[0].clear_after), (2, 3));
-        assert!(matches!(r[0].format, ResponseFormat::JsonSchema { .. }));
+        let ResponseFormat::JsonSchema { schema } = &r[0].format else {
+            panic!("{:?}", r[0].format)
+        };
+        assert_eq!(
+            schema["additionalProperties"], false,
+            "the answer ends after the rule's fields: {schema}"
+        );
         assert!(r[0].judge(r#"{"lamp": "red"}"#).unwrap().0);
         assert!(!r[0].judge(r#"{"lamp": "green"}"#).unwrap().0);
         assert!(matches!(
