@@ -215,8 +215,9 @@ def main():
         return
     if not (a.work and a.out):
         ap.error("give --untrained OUT, or --work WORK --out OUT")
-    # the last decoder stage (names_stage.pt, the copy fine-tune) when it has run
-    final = next(p for p in (a.work / "names_stage.pt", a.work / "decoder_stage.pt") if p.exists())
+    # the last decoder stage that has run: structured answers, name copying, or the base decoder
+    final = next(p for p in (a.work / "structured_stage.pt", a.work / "names_stage.pt", a.work / "decoder_stage.pt")
+                 if p.exists())
     print(f"decoder from {final.name}")
     ck = torch.load(final, map_location="cpu")
     dec = Phi3Decoder(ck.get("config", DECODER))
