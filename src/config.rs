@@ -1084,7 +1084,7 @@ fn api_settings(
         "api.max_image_pixels",
         raw.max_image_pixels.unwrap_or(DEFAULT_MAX_IMAGE_PIXELS),
         1,
-        crate::model::vision::MAX_IMAGE_PIXELS as i64,
+        crate::media::vision::MAX_IMAGE_PIXELS as i64,
     )?;
     let max_media_bytes = range.size(
         "api.max_media_bytes",

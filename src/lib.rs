@@ -6,8 +6,12 @@
 //! - [`capture`]: camera sources (V4L2, replay) publishing their latest frame, microphones
 //!   (cpal, WAV replay) sending audio chunks.
 //! - [`monitor`]: when to look — per camera an interval and a change gate → `Query`.
-//! - [`model`]: bundles, ONNX Runtime sessions and providers, pre-processing, generation, the
-//!   token → sentence stream, the worker thread that owns the sessions.
+//! - [`media`]: pixels and samples the model sees — JPEG/PNG/WAV decoding (one policy), vision
+//!   and speech pre-processing, resize, tensors; no ONNX Runtime.
+//! - [`model`]: bundles, ONNX Runtime sessions and providers, generation, the token → sentence
+//!   stream; depends on [`media`] only.
+//! - [`daemon`]: `gemba run` — requests and their queue with classes, dispatch to the model
+//!   worker (the thread that owns the sessions), cameras, `status.json`, start-up and shutdown.
 //! - [`report`]: reports (frames, sentences, audio in order) and their crash-safe store,
 //!   retention, HTML pages and JSON export.
 //! - [`api`]: the local HTTP API (status, ask with a live sentence stream, reports, metrics).
@@ -21,13 +25,13 @@
 //! prints, and picks the exit code.
 
 pub mod api;
-pub mod app;
 pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod conformance;
 pub mod daemon;
 pub mod doctor;
+pub mod media;
 pub mod model;
 pub mod monitor;
 pub mod publish;

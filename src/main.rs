@@ -42,7 +42,7 @@ enum Command {
     /// Ask the model once; prints each sentence as soon as it is final.
     Ask(AskArgs),
     /// Write the input tensors a phi4mm bundle's sessions would receive to an .npz file.
-    Preprocess(gemba::model::processor::cli::PreprocessArgs),
+    Preprocess(gemba::model::preprocess::PreprocessArgs),
     /// What this machine can run, and what a bundle runs on.
     Doctor(DoctorArgs),
     /// Reports in the store: list, show, html, export.
@@ -128,7 +128,7 @@ enum BenchCmd {
         json: bool,
     },
     /// Image and audio pre-processing time, against ORT-GenAI's processor on the same inputs.
-    Preprocess(gemba::model::processor::cli::BenchPreprocessArgs),
+    Preprocess(gemba::model::preprocess::BenchPreprocessArgs),
     /// Prefill and decode tokens/s: gemba vs ORT-GenAI vs a raw pre-bound decoder loop.
     Decode {
         #[arg(long, value_name = "DIR")]
@@ -404,7 +404,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ask(a) => ask(cli.onnxruntime, a),
         Command::Preprocess(args) => {
-            gemba::model::processor::cli::run(args)?;
+            gemba::model::preprocess::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCmd::Soak {
@@ -448,18 +448,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCmd::Preprocess(args)) => {
-            gemba::model::processor::cli::run_bench(args)?;
+            gemba::model::preprocess::run_bench(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(r) => {
-            gemba::app::run(gemba::app::RunArgs {
+            let args = gemba::daemon::RunArgs {
                 config: r.config,
                 demo: r.demo,
                 data: r.data,
                 onnxruntime: cli.onnxruntime,
                 stop_after: r.stop_after,
                 listen: r.listen,
-            })?;
+            };
+            gemba::daemon::main(args, gemba::daemon::stop_signals())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCmd::Check { file }) => {

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
-use gemba::model::npz::read_npz;
-use gemba::model::processor::cli::PreprocessArgs;
-use gemba::model::tensor::{HostTensor, TensorData};
+use gemba::media::npz::read_npz;
+use gemba::media::tensor::{HostTensor, TensorData};
+use gemba::model::preprocess::PreprocessArgs;
 
 /// The committed demo bundle: the fp32 cases run on the real thing.
 const DEMO_BUNDLE: &str = "models/demo";
@@ -380,7 +380,7 @@ fn check(bundle: &Path, scratch: &Path, cases: &[Case]) -> Vec<String> {
         let args = PreprocessCommand::try_parse_from(&argv)
             .unwrap_or_else(|e| panic!("{}: {e}", c.name))
             .args;
-        gemba::model::processor::cli::run(args)
+        gemba::model::preprocess::run(args)
             .unwrap_or_else(|e| panic!("{}: gemba preprocess: {e:#}", c.name));
         let ours = read_npz(&out).unwrap();
         let (f, s) = compare(&c.name, &reference, &ours);

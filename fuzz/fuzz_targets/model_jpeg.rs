@@ -3,7 +3,7 @@
 //! hang or allocation past the pixel bound.
 #![no_main]
 
-use gemba::model::jpeg::decode_rgb;
+use gemba::media::jpeg::decode_rgb;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

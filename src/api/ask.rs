@@ -1,7 +1,7 @@
 //! `POST /ask` and `GET /ask/{id}/events`: a question in, its answer out as server-sent events.
 //!
 //! What flows through: the request body (JSON `{text, cameras?, image?, audio?}` or multipart)
-//! becomes an [`app::Request`](crate::app::Request) on the daemon's bounded queue, with the
+//! becomes an [`daemon::Request`](crate::daemon::Request) on the daemon's bounded queue, with the
 //! named cameras' latest frames and the decoded image and audio. The request's listener feeds a
 //! pump task that owns the ask's [`AskLog`]: every event, serialized once, numbered, appended.
 //!
@@ -37,8 +37,8 @@ use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
 use super::{report_id, Api, HttpError};
-use crate::app::{Request as AppRequest, RequestEvent};
 use crate::capture::{AudioClip, Frame};
+use crate::daemon::{Request as AppRequest, RequestEvent};
 use crate::model::Event;
 use crate::report::Trigger;
 
@@ -410,7 +410,7 @@ async fn read_parts(req: Request, max_media: usize) -> Result<AskParts, HttpErro
 /// A WAV file in memory → mono samples, decoded as `gemba ask --audio` decodes a file
 /// (dr_wav's scaling), keeping at most [`MAX_AUDIO_SECONDS`].
 pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
-    use crate::model::speech;
+    use crate::media::speech;
     let pcm = speech::decode_wav_within(bytes, UPLOAD_CAMERA, &|rate| {
         Some(rate as usize * MAX_AUDIO_SECONDS)
     })
@@ -434,7 +434,7 @@ pub(super) fn decode_wav(bytes: &[u8]) -> Result<AudioClip, HttpError> {
 /// The uploaded image's header, checked against `api.max_image_pixels` before anything is
 /// decoded or queued (413 over the budget, 422 when it is not a PNG or JPEG header).
 pub(super) fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), HttpError> {
-    let h = crate::model::vision::read_header(bytes, UPLOAD_CAMERA)
+    let h = crate::media::vision::read_header(bytes, UPLOAD_CAMERA)
         .map_err(|e| unprocessable(e.to_string()))?;
     let pixels = h.width as u64 * h.height as u64;
     if pixels > max_pixels {
@@ -453,7 +453,7 @@ pub(super) fn check_image_header(bytes: &[u8], max_pixels: u64) -> Result<(), Ht
 /// Decodes an uploaded PNG or JPEG with the decoder of `gemba ask --image` (JPEG with libjpeg
 /// 9's arithmetic, truncated and CMYK files refused), so the model sees the same pixels.
 pub(super) fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<Frame, HttpError> {
-    let img = crate::model::vision::decode_image_within(bytes, UPLOAD_CAMERA, max_pixels as usize)
+    let img = crate::media::vision::decode_image_within(bytes, UPLOAD_CAMERA, max_pixels as usize)
         .map_err(|e| unprocessable(e.to_string()))?;
     let side = |v: usize| u32::try_from(v).expect("sides are at most 16384");
     Ok(Frame {
@@ -510,7 +510,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
         inner.metrics.asks_rejected("unloaded");
         return Err(HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            crate::model::worker::NOT_LOADED,
+            crate::daemon::worker::NOT_LOADED,
         ));
     }
     let mut frames = Vec::new();

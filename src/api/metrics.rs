@@ -28,7 +28,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{blocking, Api, HttpError};
-use crate::app::AppHandle;
+use crate::daemon::AppHandle;
 use crate::model::Event;
 
 type Labels = Vec<(String, String)>;

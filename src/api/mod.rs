@@ -44,8 +44,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::app::AppHandle;
 use crate::config::ApiSettings;
+use crate::daemon::AppHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Where the API listens unless the config or `--listen` says otherwise.
@@ -739,7 +739,7 @@ fn model_json(app: &AppHandle) -> Value {
 
 fn write_status(app: &AppHandle) {
     let s = app.settings.lock().expect("poisoned").clone();
-    if let Err(e) = crate::app::write_status(
+    if let Err(e) = crate::daemon::status::write_status(
         &s.state_dir,
         &app.worker.info(),
         app.worker.is_loaded(),

@@ -4,7 +4,7 @@
 //! What flows in: a chat request — messages whose content is text or parts (`text`,
 //! `image_url` with a `data:` URI, `input_audio` with base64 WAV), `stream`, `max_tokens` /
 //! `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`. It becomes an
-//! [`app::Request`](crate::app::Request) with trigger `api` (so every call is also a report),
+//! [`daemon::Request`](crate::daemon::Request) with trigger `api` (so every call is also a report),
 //! with the per-request [`GenOverrides`]. What flows out: a `chat.completion`, or with
 //! `stream: true` OpenAI's server-sent chunks (`data: {chat.completion.chunk}` … `data: [DONE]`).
 //!
@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::Api;
-use crate::app::{Request as AppRequest, RequestEvent};
-use crate::model::worker::GenOverrides;
+use crate::daemon::worker::GenOverrides;
+use crate::daemon::{Request as AppRequest, RequestEvent};
 use crate::model::{Event, StopReason};
 use crate::report::Trigger;
 
@@ -432,7 +432,7 @@ async fn chat(api: Api, body: Bytes) -> Result<Response, OpenAiError> {
     let max_new = app.settings.lock().expect("poisoned").model.max_new_tokens;
     let p = prepare(req, max_new)?;
     if !app.worker.is_loaded() {
-        return Err(OpenAiError::unavailable(crate::model::worker::NOT_LOADED));
+        return Err(OpenAiError::unavailable(crate::daemon::worker::NOT_LOADED));
     }
     // Untrusted media: sizes and image headers checked against the API's budgets before
     // anything is decoded or a slot is taken (as POST /ask does).

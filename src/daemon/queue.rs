@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::app::Request;
+use super::request::Request;
 use crate::report::Trigger;
 
 /// Who is waiting, in order of precedence.

@@ -17,17 +17,45 @@ use super::generate::{
     generate, CancelToken, Decoder, Done, Event, GenerateError, GenerateParams, PromptInput,
 };
 use super::multimodal::Multimodal;
-use super::processor::{AudioSource, ImageSource};
 use super::providers::{ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
-use super::speech::Pcm;
 use super::tokenizer::{ChatMessage, TokenizerError};
+use crate::media::processor::{AudioSource, ImageSource};
+use crate::media::speech::Pcm;
 
 pub struct Engine {
     pub bundle: Bundle,
     pub decoder: Decoder,
     /// The phi4mm front end, for multimodal bundles.
     pub multimodal: Option<Multimodal>,
+}
+
+/// What the engine is asked: the text, and the frames and clips shown with it. The model's own
+/// input type (borrowed, no copies): callers convert their capture types to it (the daemon in
+/// `daemon::prompt`), so `model` never depends on capture.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt<'a> {
+    pub text: &'a str,
+    pub images: Vec<PromptImage<'a>>,
+    pub audio: Vec<PromptAudio<'a>>,
+}
+
+/// One decoded picture: `height` rows of `width` RGB8 pixels, named in the prompt by `camera`
+/// (`Camera press-2: <|image_1|>`).
+#[derive(Debug, Clone, Copy)]
+pub struct PromptImage<'a> {
+    pub camera: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub rgb: &'a [u8],
+}
+
+/// One mono clip, samples in [-1, 1]; `source` labels errors.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptAudio<'a> {
+    pub source: &'a str,
+    pub sample_rate: u32,
+    pub samples: &'a [f32],
 }
 
 /// Media given as files (the command line): decoded by the pre-processing itself, as ORT-GenAI
@@ -215,41 +243,42 @@ impl Engine {
 
     /// Answers a question: the text, and — for bundles that can see and hear — its frames and
     /// audio. A text-only bundle answers from the text alone (its provider report says so).
-    pub fn ask(
+    pub fn ask<'a>(
         &mut self,
-        input: &super::worker::AskInput,
+        input: impl Into<Prompt<'a>>,
         system: Option<&str>,
         params: &GenerateParams,
         cancel: &CancelToken,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Done, GenerateError> {
+        let input: Prompt<'a> = input.into();
         if self.multimodal.is_none() {
-            if !input.frames.is_empty() || !input.audio.is_empty() {
+            if !input.images.is_empty() || !input.audio.is_empty() {
                 log::debug!(
                     "{}: a text model; {} frame(s) and {} clip(s) are not shown to it",
                     self.bundle.id(),
-                    input.frames.len(),
+                    input.images.len(),
                     input.audio.len()
                 );
             }
             let ids = self
-                .prompt_ids(&input.text, system, false)
+                .prompt_ids(input.text, system, false)
                 .map_err(|e| GenerateError::Prompt(e.to_string()))?;
             return self.generate_ids(ids, params, cancel, on_event);
         }
         // What this bundle cannot take is left out of the prompt rather than failing the query.
-        let frames: Vec<&crate::capture::Frame> = if self.sees() {
-            input.frames.iter().collect()
+        let frames: Vec<&PromptImage<'_>> = if self.sees() {
+            input.images.iter().collect()
         } else {
             Vec::new()
         };
-        let clips: Vec<&crate::capture::AudioClip> = if self.hears() {
+        let clips: Vec<&PromptAudio<'_>> = if self.hears() {
             input.audio.iter().collect()
         } else {
             Vec::new()
         };
-        let cameras: Vec<&str> = frames.iter().map(|f| f.camera.as_str()).collect();
-        let content = Self::user_content(&input.text, &cameras, clips.len());
+        let cameras: Vec<&str> = frames.iter().map(|f| f.camera).collect();
+        let content = Self::user_content(input.text, &cameras, clips.len());
         let rendered = self.render(&content, system, false)?;
         let pcms: Vec<Pcm> = clips
             .iter()
@@ -264,8 +293,8 @@ impl Engine {
             .map(|f| ImageSource::Rgb {
                 width: f.width as usize,
                 height: f.height as usize,
-                data: &f.rgb,
-                name: &f.camera,
+                data: f.rgb,
+                name: f.camera,
             })
             .collect();
         let audio: Vec<AudioSource<'_>> = pcms
@@ -273,7 +302,7 @@ impl Engine {
             .zip(&clips)
             .map(|(p, c)| AudioSource::Pcm {
                 pcm: p,
-                name: &c.source,
+                name: c.source,
             })
             .collect();
         self.generate_multimodal(&rendered, &images, &audio, params, cancel, on_event)

@@ -1113,7 +1113,8 @@ fn run_loop(
     let keyable = |ids: &[u32]| {
         ids.iter()
             .position(|&t| {
-                t == super::processor::IMAGE_TOKEN_ID || t == super::processor::AUDIO_TOKEN_ID
+                t == crate::media::processor::IMAGE_TOKEN_ID
+                    || t == crate::media::processor::AUDIO_TOKEN_ID
             })
             .unwrap_or(ids.len())
     };

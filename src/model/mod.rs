@@ -1,9 +1,10 @@
 //! The model stage: an onnxruntime-genai bundle → ONNX Runtime sessions → generation → a stream
 //! of sentences.
 //!
-//! Multimodal pre-processing (phi4mm): [`processor`] turns a prompt with images ([`vision`],
-//! [`jpeg`], [`resample`]) and audio clips ([`speech`]) into the sessions' [`tensor`]s, exactly
-//! as ORT-GenAI's processor does; [`npz`] writes them for inspection (`gemba preprocess`).
+//! Multimodal pre-processing (phi4mm) is ONNX-Runtime-free and lives in [`crate::media`]; this
+//! module builds its processor from the bundle's parsed config and tokenizer ([`preprocess`])
+//! and feeds the tensors to the sessions ([`multimodal`]). `model` depends on `media`, `config`
+//! and `sys` only, never on capture, the daemon or anything above (`tests/layering.rs`).
 //!
 //! What flows through: a prompt (text, later images and audio) goes in; [`Event`]s come out —
 //! each token, each sentence the moment it is final, and a [`Done`] summary with the timings and
@@ -14,22 +15,15 @@ pub mod constrain;
 pub mod engine;
 pub mod genai_config;
 pub mod generate;
-pub mod jpeg;
 pub mod multimodal;
-pub mod npz;
 pub mod prefix;
-pub mod processor;
+pub mod preprocess;
 pub mod providers;
-pub mod resample;
 pub mod runtime;
 pub mod sample;
 pub mod speculate;
-pub mod speech;
 pub mod stream;
-pub mod tensor;
 pub mod tokenizer;
-pub mod vision;
-pub mod worker;
 
 #[cfg(test)]
 mod alloc_count;

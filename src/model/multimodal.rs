@@ -20,10 +20,10 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::bundle::{Bundle, BundleError};
 use super::generate::{Embedder, GenerateError};
-use super::processor::{AudioSource, ImageSource, InputDtypes, Phi4mmProcessor};
 use super::providers::{build_session, ProviderPolicy, ProviderReport};
 use super::runtime::Runtime;
-use super::tensor::{FloatDtype, HostTensor, TensorData};
+use crate::media::processor::{AudioSource, ImageSource, InputDtypes, Phi4mmProcessor};
+use crate::media::tensor::{FloatDtype, HostTensor, TensorData};
 
 /// One auxiliary session and what its graph takes.
 pub struct Component {
@@ -231,11 +231,10 @@ impl Multimodal {
         policy: &ProviderPolicy,
     ) -> Result<Multimodal, BundleError> {
         let m = &bundle.config.model;
-        let processor =
-            Phi4mmProcessor::from_bundle(&bundle.dir).map_err(|e| BundleError::Graph {
-                file: bundle.dir.join("genai_config.json"),
-                msg: format!("processor: {e}"),
-            })?;
+        let processor = super::preprocess::processor(bundle).map_err(|e| BundleError::Graph {
+            file: bundle.dir.join("genai_config.json"),
+            msg: format!("processor: {e}"),
+        })?;
         let vision = match &m.vision {
             Some(v) if !v.filename.is_empty() => Some(Component::load(
                 rt,

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 pub use config::{BrokerUrl, MqttSettings, RawMqtt};
 
-use crate::app::AppHandle;
+use crate::daemon::AppHandle;
 use crate::report::store::OutboxMessage;
 use crate::report::Store;
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::payload::{self, BoardFacts};
 use super::{MqttSettings, PublishError, PublishState};
-use crate::app::{AppHandle, Request, RequestEvent};
+use crate::daemon::{AppHandle, Request, RequestEvent};
 use crate::model::Event as ModelEvent;
 use crate::report::store::OutboxMessage;
 use crate::report::Trigger;
@@ -590,7 +590,7 @@ async fn on_ask(ctx: Arc<Ctx>, payload: Vec<u8>) {
     }
     let app = &ctx.app;
     if !app.worker.is_loaded() {
-        return fail(Some(q.id), crate::model::worker::NOT_LOADED.into()).await;
+        return fail(Some(q.id), crate::daemon::worker::NOT_LOADED.into()).await;
     }
     let mut frames = Vec::new();
     for name in &q.cameras {

@@ -1,78 +1,26 @@
 //! The installer's side of the daemon contract (module docs of [`crate::update`]): the daemon's
 //! `status.json`, telling it to reload (SIGHUP), and the health gate that waits for it.
 //!
-//! The daemon uses [`DaemonStatus`] and [`write_status`] to write its side; the installer uses
-//! [`probe`], [`reload`] and [`wait_healthy`].
+//! The file's type is the daemon's own [`DaemonStatus`] (one type for both sides); the fake
+//! daemon writes it with [`write_status`]; the installer uses [`probe`], [`reload`] and
+//! [`wait_healthy`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
-
-use serde::{Deserialize, Serialize};
 
 use super::fsutil::write_atomic;
 use super::UpdateError;
 
-pub const STATUS_FILE: &str = "status.json";
-
-/// `<state_dir>/status.json`. Unknown keys are kept (the daemon writes more than the contract).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct DaemonStatus {
-    pub pid: u32,
-    pub bundle_dir: Option<PathBuf>,
-    pub bundle_id: Option<String>,
-    pub bundle_hash: Option<String>,
-    /// RFC 3339.
-    pub loaded_at: Option<String>,
-    pub ready: bool,
-    pub smoke_ok: Option<bool>,
-    pub error: Option<String>,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl DaemonStatus {
-    fn summary(&self) -> String {
-        format!(
-            "pid {}, bundle {} ({}), ready {}, smoke_ok {}, error {}",
-            self.pid,
-            self.bundle_id.as_deref().unwrap_or("-"),
-            self.bundle_hash.as_deref().map(short).unwrap_or("-"),
-            self.ready,
-            self.smoke_ok
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "null".into()),
-            self.error.as_deref().unwrap_or("null")
-        )
-    }
-}
+pub use crate::daemon::status::{read_status, status_path, DaemonStatus, STATUS_FILE};
 
 pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
-pub fn status_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(STATUS_FILE)
-}
-
 /// Writes the daemon's status atomically (the daemon's side of the contract).
 pub fn write_status(state_dir: &Path, status: &DaemonStatus) -> Result<(), UpdateError> {
     std::fs::create_dir_all(state_dir).map_err(|e| UpdateError::io(state_dir, e))?;
-    write_atomic(
-        &status_path(state_dir),
-        &serde_json::to_vec_pretty(status).expect("status serialises"),
-    )
-}
-
-/// Reads status.json: `Ok(None)` when there is none.
-pub fn read_status(state_dir: &Path) -> Result<Option<DaemonStatus>, String> {
-    let p = status_path(state_dir);
-    match std::fs::read(&p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| format!("{}: not a daemon status: {e}", p.display())),
-    }
+    write_atomic(&status_path(state_dir), &status.to_json())
 }
 
 /// Whether `pid` is a live (not zombie) `gemba` process. The name check keeps a stale status.json

@@ -31,9 +31,9 @@ use super::speak::Voice;
 use super::tts::{Synthesizer, TtsSettings};
 use super::vad::{resolve_model, SileroVad};
 use crate::capture::{AudioClip, Frame};
+use crate::daemon::worker::{AskInput, AskSettings, Job, JobEvent, Worker};
 use crate::model::providers::ProviderPolicy;
 use crate::model::runtime::Runtime;
-use crate::model::worker::{AskInput, AskSettings, Job, JobEvent, Worker};
 use crate::model::{CancelToken, Engine, Event};
 
 #[derive(Debug, Clone, Serialize)]

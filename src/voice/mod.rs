@@ -12,7 +12,7 @@
 //!   nowhere) while the model keeps generating; the answer's audio and timings go into the report.
 //! - [`bench`]: `gemba bench voice`.
 //!
-//! In from the rest of gemba: [`crate::capture::mic`] (microphones), [`crate::app`] (requests,
+//! In from the rest of gemba: [`crate::capture::mic`] (microphones), [`crate::daemon`] (requests,
 //! listeners, reports), the ONNX Runtime. Out: requests and report follow-ups.
 
 pub mod bench;
@@ -57,7 +57,7 @@ pub enum VoiceError {
 /// it is on but cannot run (the daemon says "voice disabled: …" and carries on).
 pub fn start(
     settings: &crate::config::Settings,
-    app: crate::app::AppHandle,
+    app: crate::daemon::AppHandle,
 ) -> Result<Option<VoiceStage>, VoiceError> {
     let Some(voice) = &settings.voice else {
         return Ok(None);

@@ -31,9 +31,9 @@ use super::output::{Output, OutputTarget};
 use super::speak::{Stopper, Voice};
 use super::vad::{resolve_model, SileroVad, SpeechDetector};
 use super::VoiceError;
-use crate::app::{AppHandle, FollowUp, Request, RequestEvent};
 use crate::capture::mic::{open_microphone, open_wav_microphone, MicConfig, MicHandle, WavConfig};
 use crate::capture::AudioClip;
+use crate::daemon::{AppHandle, FollowUp, Request, RequestEvent};
 use crate::model::{CancelToken, Event};
 use crate::report::Trigger;
 

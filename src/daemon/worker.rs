@@ -17,19 +17,18 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::generate::{CancelToken, Done, Event, GenerateError};
-use super::providers::{ProviderPolicy, ProviderReport};
-use super::runtime::Runtime;
-use super::Engine;
-use crate::capture::{AudioClip, Frame};
+use crate::model::generate::{CancelToken, Done, Event, GenerateError};
+use crate::model::providers::{ProviderPolicy, ProviderReport};
+use crate::model::runtime::Runtime;
+use crate::model::Engine;
 use crate::systemd::Beat;
 
 /// What a question holds: text, camera frames (named as the prompt names them) and audio.
 #[derive(Debug, Clone, Default)]
 pub struct AskInput {
     pub text: String,
-    pub frames: Vec<Frame>,
-    pub audio: Vec<AudioClip>,
+    pub frames: Vec<crate::capture::Frame>,
+    pub audio: Vec<crate::capture::AudioClip>,
 }
 
 /// Per-job generation settings (the rest comes from the bundle).
@@ -43,7 +42,7 @@ pub struct AskSettings {
     /// Prompt-lookup speculative decoding (`[model] speculate`).
     pub speculate: bool,
     /// KV prefix reuse (`[model] prefix_cache`, `prefix_cache_ttl`).
-    pub prefix_cache: super::prefix::PrefixLimits,
+    pub prefix_cache: crate::model::prefix::PrefixLimits,
 }
 
 /// Per-request generation choices (the OpenAI-compatible API's `max_tokens`, `temperature`,
@@ -59,7 +58,7 @@ pub struct GenOverrides {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     /// The shape the answer is held to (constrained decoding); `None` = free text.
-    pub response_format: Option<super::constrain::ResponseFormat>,
+    pub response_format: Option<crate::model::constrain::ResponseFormat>,
 }
 
 pub enum Job {
@@ -99,7 +98,7 @@ pub struct ModelInfo {
     pub bundle_hash: String,
     pub model_type: String,
     pub providers: Vec<ProviderReport>,
-    #[serde(with = "crate::model::worker::rfc3339")]
+    #[serde(with = "crate::daemon::worker::rfc3339")]
     pub loaded_at: SystemTime,
     pub load_ms: f64,
     /// The bundle's own smoke test (from its signed manifest), run after loading; `None` for a
@@ -406,7 +405,7 @@ fn ask(
         .as_deref()
         .or(settings.system_prompt.as_deref());
     if settings.speculate {
-        params.speculation = super::speculate::Speculation::default();
+        params.speculation = crate::model::speculate::Speculation::default();
     }
     if engine.decoder.prefix.limits != settings.prefix_cache {
         engine.decoder.prefix.set_limits(settings.prefix_cache);

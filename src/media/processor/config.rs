@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::model::speech::{SpeechSettings, StftSettings};
-use crate::model::vision::VisionSettings;
+use crate::media::speech::{SpeechSettings, StftSettings};
+use crate::media::vision::VisionSettings;
 
 /// A processor settings file that gemba cannot use as written.
 #[derive(Debug, thiserror::Error)]

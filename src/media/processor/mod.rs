@@ -1,9 +1,9 @@
 //! The phi4mm multimodal processor: a prompt with images and audio clips → the named tensors
 //! ORT-GenAI's `PhiMultiModalProcessor` feeds the vision, speech and embedding sessions.
 //!
-//! In: a bundle directory (`genai_config.json` naming `vision_processor.json` /
-//! `speech_processor.json`, and `tokenizer.json`), a prompt, images and clips from files,
-//! encoded bytes or decoded frames. Out: [`ProcessedInputs`] — `input_ids` with each
+//! In: the bundle's parsed processor settings ([`config`]) and its tokenizer, handed over by
+//! `model::preprocess` (one parse, one tokenizer in memory); a prompt, images and clips from
+//! files, encoded bytes or decoded frames. Out: [`ProcessedInputs`] — `input_ids` with each
 //! `<|image_N|>` / `<|audio_N|>` placeholder expanded to its token count, the image and audio
 //! batches, `audio_projection_mode` — and, through [`ProcessedInputs::tensors`], the tensors by
 //! ORT-GenAI's names in the element types the sessions declare.
@@ -15,14 +15,16 @@
 //! One addition: a prompt with no placeholders at all gets `<|image_1|>\n…<|audio_1|>\n…` in
 //! front of its text, images first — the order ORT-GenAI's own phi4mm example builds.
 
-pub mod cli;
 pub mod config;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
-use super::speech::{self, AudioBatch, AudioInput, Pcm, SpeechError, SpeechProcessor};
+use super::speech::{
+    self, AudioBatch, AudioInput, Pcm, SpeechError, SpeechProcessor, SpeechSettings,
+};
 use super::tensor::{FloatDtype, HostTensor};
 use super::vision::{self, ImageBatch, ImageInput, VisionError, VisionSettings};
 pub use config::ConfigError;
@@ -165,7 +167,7 @@ impl ProcessedInputs {
 /// Pre-processing for one phi4mm bundle. Cheap to share: processing takes `&self`.
 pub struct Phi4mmProcessor {
     dir: PathBuf,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     /// The tokenizer's ids of `<|endoftext10|>` and `<|endoftext11|>` (usually 200010 and
     /// 200011; mapped to those in `input_ids` when they are not).
     placeholder_ids: [u32; 2],
@@ -184,52 +186,26 @@ impl std::fmt::Debug for Phi4mmProcessor {
 }
 
 impl Phi4mmProcessor {
-    /// Load the processor settings and tokenizer of a phi4mm bundle.
-    pub fn from_bundle(dir: &Path) -> Result<Self, ProcessorError> {
-        let bundle_err = |detail: String| ProcessorError::Bundle {
-            dir: dir.to_owned(),
-            detail,
-        };
-        let config_path = dir.join("genai_config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| bundle_err(format!("reading {}: {e}", config_path.display())))?;
-        // Only the fields this module needs; the bundle module validates the whole file.
-        let config: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| bundle_err(format!("{}: {e}", config_path.display())))?;
-        let model = &config["model"];
-        match model["type"].as_str() {
-            Some("phi4mm") => {}
-            other => {
-                return Err(bundle_err(format!(
-                    "model.type is {other:?}, expected \"phi4mm\""
-                )))
-            }
-        }
-        let file_of = |section: &str| -> Option<PathBuf> {
-            model[section]["config_filename"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(|s| dir.join(s))
-        };
-        let vision = file_of("vision")
-            .map(|p| config::parse_vision(&p))
-            .transpose()?;
-        let speech = file_of("speech")
-            .map(|p| config::parse_speech(&p).map(SpeechProcessor::new))
-            .transpose()?;
+    /// A processor from settings and a tokenizer the caller has already loaded (the model layer
+    /// passes its bundle's parsed `vision_processor.json` / `speech_processor.json` and its own
+    /// tokenizer, so nothing is read twice). `dir` names the bundle in errors.
+    ///
+    /// The tokenizer is shared, not copied, when it knows the placeholder tokens; one that does
+    /// not gets them as special tokens on a private copy, so the text around them is split
+    /// exactly as around known ones, and their ids are mapped to the model's.
+    pub fn new(
+        dir: &Path,
+        tokenizer: Arc<Tokenizer>,
+        vision: Option<VisionSettings>,
+        speech: Option<SpeechSettings>,
+    ) -> Result<Self, ProcessorError> {
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| ProcessorError::Tokenizer {
-                path: tok_path.clone(),
-                detail: e.to_string(),
-            })?;
-        // The placeholders' ids are the model's (200010 / 200011), whatever the tokenizer calls
-        // them: a tokenizer that does not know `<|endoftext10|>` gets it as a special token, so
-        // the text around it is split exactly as around a known one, and its id is mapped.
+        let mut tokenizer = tokenizer;
         let mut placeholder_ids = [0u32; 2];
         for (slot, token) in placeholder_ids.iter_mut().zip([IMAGE_TOKEN, AUDIO_TOKEN]) {
             if tokenizer.token_to_id(token).is_none() {
-                tokenizer.add_special_tokens(&[tokenizers::AddedToken::from(token, true)]);
+                Arc::make_mut(&mut tokenizer)
+                    .add_special_tokens(&[tokenizers::AddedToken::from(token, true)]);
             }
             *slot = tokenizer
                 .token_to_id(token)
@@ -243,8 +219,14 @@ impl Phi4mmProcessor {
             tokenizer,
             placeholder_ids,
             vision,
-            speech,
+            speech: speech.map(SpeechProcessor::new),
         })
+    }
+
+    /// The tokenizer the processor encodes prompts with (the caller's, unless placeholder
+    /// tokens had to be added).
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
     }
 
     /// The image settings, if the bundle has a vision component.
@@ -486,61 +468,9 @@ fn expand_ids(
 mod tests {
     use super::*;
 
-    fn bundle_with(config: &str, vision_json: Option<&str>) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("genai_config.json"), config).unwrap();
-        if let Some(v) = vision_json {
-            std::fs::write(dir.path().join("vision_processor.json"), v).unwrap();
-        }
-        dir
-    }
-
-    #[test]
-    fn bundle_errors_name_the_file_and_key() {
-        let e = Phi4mmProcessor::from_bundle(Path::new("/nonexistent/bundle"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/nonexistent/bundle/genai_config.json"), "{e}");
-
-        let dir = bundle_with(r#"{"model": {"type": "qwen2"}}"#, None);
-        let e = Phi4mmProcessor::from_bundle(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("\"qwen2\"") && e.contains("phi4mm"), "{e}");
-
-        let config = r#"{"model": {"type": "phi4mm", "vision": {"config_filename": "vision_processor.json"}}}"#;
-        let dir = bundle_with(
-            config,
-            Some(r#"{"processor": {"transforms": [], "colour": 1}}"#),
-        );
-        let e = Phi4mmProcessor::from_bundle(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("vision_processor.json") && e.contains("colour"),
-            "{e}"
-        );
-
-        // Settings fine, tokenizer missing: named.
-        let dir = bundle_with(r#"{"model": {"type": "phi4mm"}}"#, None);
-        let e = Phi4mmProcessor::from_bundle(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("tokenizer.json"), "{e}");
-    }
-
-    /// A copy of the demo bundle (settings and tokenizer) whose tokenizer does not know the
-    /// placeholder tokens; `strip` false keeps it as it is.
-    fn demo_processor(strip: bool) -> (tempfile::TempDir, Phi4mmProcessor) {
+    /// The demo bundle's processor, its tokenizer without the placeholder tokens when `strip`.
+    fn demo_processor(strip: bool) -> Phi4mmProcessor {
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
-        let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "genai_config.json",
-            "vision_processor.json",
-            "speech_processor.json",
-        ] {
-            std::fs::copy(demo.join(f), dir.path().join(f)).unwrap();
-        }
         let mut tok: serde_json::Value =
             serde_json::from_slice(&std::fs::read(demo.join("tokenizer.json")).unwrap()).unwrap();
         if strip {
@@ -552,15 +482,16 @@ mod tests {
             vocab.remove(IMAGE_TOKEN);
             vocab.remove(AUDIO_TOKEN);
         }
-        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
-        let p = Phi4mmProcessor::from_bundle(dir.path()).unwrap();
-        (dir, p)
+        let tok = Tokenizer::from_bytes(tok.to_string().as_bytes()).unwrap();
+        let vision = config::parse_vision(&demo.join("vision_processor.json")).unwrap();
+        let speech = config::parse_speech(&demo.join("speech_processor.json")).unwrap();
+        Phi4mmProcessor::new(&demo, Arc::new(tok), Some(vision), Some(speech)).unwrap()
     }
 
     #[test]
     fn a_tokenizer_without_the_placeholder_tokens_gets_the_same_ids() {
-        let (_a, known) = demo_processor(false);
-        let (_b, stripped) = demo_processor(true);
+        let known = demo_processor(false);
+        let stripped = demo_processor(true);
         assert_ne!(stripped.placeholder_ids, [IMAGE_TOKEN_ID, AUDIO_TOKEN_ID]);
         for prompt in [
             "<|user|><|image_1|>What colour is the lamp?<|audio_1|><|end|><|assistant|>",

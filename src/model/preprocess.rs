@@ -1,5 +1,9 @@
-//! `gemba preprocess` (a prompt and its media → the sessions' input tensors in an `.npz`) and
-//! the pre-processing half of `gemba bench` (time images and clips, file to tensors).
+//! A bundle's phi4mm processor ([`processor`]: built from the [`Bundle`]'s already-parsed
+//! `genai_config.json` and its tokenizer, so one tokenizer is in memory), `gemba preprocess` (a
+//! prompt and its media → the sessions' input tensors in an `.npz`) and the pre-processing half
+//! of `gemba bench` (time images and clips, file to tensors).
+//!
+//! The pre-processing itself is [`crate::media::processor`]; nothing here runs a session.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,9 +11,46 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::{AudioSource, ImageSource, InputDtypes, Phi4mmProcessor, ProcessorError};
-use crate::model::npz;
-use crate::model::tensor::FloatDtype;
+use super::bundle::Bundle;
+use crate::media::npz;
+use crate::media::processor::{
+    config, AudioSource, ImageSource, InputDtypes, Phi4mmProcessor, ProcessorError,
+};
+use crate::media::tensor::FloatDtype;
+
+/// The phi4mm processor of an opened bundle: its `vision_processor.json` /
+/// `speech_processor.json` (named by the parsed config) and the bundle's own tokenizer, shared.
+pub fn processor(bundle: &Bundle) -> Result<Phi4mmProcessor, ProcessorError> {
+    let dir = &bundle.dir;
+    let m = &bundle.config.model;
+    if m.model_type != "phi4mm" {
+        return Err(ProcessorError::Bundle {
+            dir: dir.clone(),
+            detail: format!("model.type is {:?}, expected \"phi4mm\"", m.model_type),
+        });
+    }
+    let file = |name: &str| (!name.is_empty()).then(|| dir.join(name));
+    let vision = m
+        .vision
+        .as_ref()
+        .and_then(|v| file(&v.config_filename))
+        .map(|p| config::parse_vision(&p))
+        .transpose()?;
+    let speech = m
+        .speech
+        .as_ref()
+        .and_then(|s| file(&s.config_filename))
+        .map(|p| config::parse_speech(&p))
+        .transpose()?;
+    let tokenizer = std::sync::Arc::clone(bundle.tokenizer.inner());
+    Phi4mmProcessor::new(dir, tokenizer, vision, speech)
+}
+
+/// Open the bundle at `dir` and build its processor (the command-line paths).
+fn open_processor(dir: &Path) -> anyhow::Result<Phi4mmProcessor> {
+    let bundle = Bundle::open(dir)?;
+    Ok(processor(&bundle)?)
+}
 
 /// Write the tensors a phi4mm bundle's sessions would receive for a prompt, images and audio.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,7 +78,7 @@ pub struct PreprocessArgs {
 
 /// Run `gemba preprocess`.
 pub fn run(args: PreprocessArgs) -> anyhow::Result<()> {
-    let processor = Phi4mmProcessor::from_bundle(&args.model)?;
+    let processor = open_processor(&args.model)?;
     let images: Vec<ImageSource<'_>> = args.images.iter().map(|p| ImageSource::File(p)).collect();
     let audios: Vec<AudioSource<'_>> = args.audios.iter().map(|p| AudioSource::File(p)).collect();
     let processed = processor.process(&args.prompt, &images, &audios)?;
@@ -147,7 +188,7 @@ pub struct BenchPreprocessArgs {
 
 /// Run the pre-processing benchmark; prints JSON (gemba, and the reference with ratios).
 pub fn run_bench(args: BenchPreprocessArgs) -> anyhow::Result<()> {
-    let processor = Phi4mmProcessor::from_bundle(&args.model)?;
+    let processor = open_processor(&args.model)?;
     let ours = bench_preprocess(&processor, &args.images, &args.audios, args.runs)?;
     let mut report = serde_json::json!({ "gemba": ours });
     if let Some(python) = &args.reference_python {
@@ -188,4 +229,52 @@ pub fn run_bench(args: BenchPreprocessArgs) -> anyhow::Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn the_processor_shares_the_bundles_tokenizer() {
+        let bundle = Bundle::open(&repo().join("models/demo")).unwrap();
+        let p = processor(&bundle).unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            p.tokenizer(),
+            bundle.tokenizer.inner()
+        ));
+        assert!(p.vision_settings().is_some() && p.speech().is_some());
+    }
+
+    #[test]
+    fn errors_name_the_bundle_file_and_key() {
+        let qwen = Bundle::open(&repo().join("models/tiny-qwen2/fp32")).unwrap();
+        let e = processor(&qwen).unwrap_err().to_string();
+        assert!(e.contains("phi4mm") && e.contains("tiny-qwen2/fp32"), "{e}");
+
+        // The demo bundle with an unknown key in its vision_processor.json.
+        let demo = repo().join("models/demo");
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&demo).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        std::fs::write(
+            dir.path().join("vision_processor.json"),
+            r#"{"processor": {"transforms": [], "colour": 1}}"#,
+        )
+        .unwrap();
+        let bundle = Bundle::open(dir.path()).unwrap();
+        let e = processor(&bundle).unwrap_err().to_string();
+        assert!(
+            e.contains("vision_processor.json") && e.contains("colour"),
+            "{e}"
+        );
+    }
 }
