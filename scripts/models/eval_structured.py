@@ -15,6 +15,10 @@ equals the scene's value (demo_common.structured_value).
 The constraint:
   --via guidance  ORT-GenAI's own (llguidance) through GeneratorParams.set_guidance: "json_schema"
                   with the rule's schema, or "regex" `(yes|no)` for a choice
+  --via gemba     gemba itself: `gemba ask --model BUNDLE --image FRAME --json-schema FILE | --choice
+                  yes,no PROMPT` per case (--gemba PATH, default target/debug/gemba), gemba's own
+                  pre-processing, sessions and llguidance mask; the JSON schema is sent in the compact
+                  form the alert rules use (x-guidance: ", " and ": " separators, no free whitespace)
   --via mask      the set of answer texts (JSON as json.dumps writes it, or the choices) applied
                   as a token mask on ORT-GenAI's logits: at each step only tokens that keep the
                   text a prefix of an allowed answer, and <|end|> once it is complete
@@ -77,7 +81,10 @@ def allowed_texts(fmt: dict) -> list[str]:
 
 
 class Runner:
-    def __init__(self, bundle: Path, via: str):
+    def __init__(self, bundle: Path, via: str, gemba: Path | None = None):
+        self.bundle, self.gemba, self.via = bundle, gemba, via
+        if via == "gemba":
+            return
         import onnxruntime_genai as og
         self.og, self.via = og, via
         self.model = og.Model(str(bundle))
@@ -89,6 +96,22 @@ class Runner:
         self.vocab_text = {i: t.decode([i]) for i in range(t.get_vocab_size()) if i < 200000}
         ids = {a["content"]: a["id"] for a in tj["added_tokens"]}
         self.end = ids["<|end|>"]
+
+    def answer_gemba(self, user: str, image: str, fmt: dict, td: Path) -> str:
+        import subprocess
+        cmd = [str(self.gemba), "ask", "--model", str(self.bundle), "--image", image, "--max-tokens", "24"]
+        if fmt["type"] == "choice":
+            cmd += ["--choice", ",".join(fmt["choices"])]
+        else:
+            schema = dict(fmt["schema"])
+            schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+            f = td / "schema.json"
+            f.write_text(json.dumps(schema))
+            cmd += ["--json-schema", str(f)]
+        r = subprocess.run(cmd + [user], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        return r.stdout.strip()
 
     def answer(self, prompt: str, image: str, fmt: dict) -> str:
         og = self.og
@@ -129,7 +152,8 @@ def main():
     ap.add_argument("--bundle", type=Path, default=REPO / "models/demo")
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument("--via", choices=("guidance", "mask"), default="guidance")
+    ap.add_argument("--via", choices=("guidance", "mask", "gemba"), default="guidance")
+    ap.add_argument("--gemba", type=Path, default=REPO / "target/debug/gemba", help="gemba binary (--via gemba)")
     ap.add_argument("--write-set", type=Path, help="write the held-out cases here and stop")
     ap.add_argument("--show", type=int, default=10)
     a = ap.parse_args()
@@ -137,7 +161,7 @@ def main():
         cases = make_set(a.write_set, a.scenes, a.seed)
         print(f"{len(cases)} cases on {a.scenes} scenes in {a.write_set}")
         return
-    r = Runner(a.bundle, a.via)
+    r = Runner(a.bundle, a.via, a.gemba)
     per_kind = defaultdict(lambda: [0, 0])
     fails = []
     t0 = time.time()
@@ -146,7 +170,11 @@ def main():
         for c in cases:
             # gemba's user turn: "Camera NAME: <|image_1|>\nQUESTION" (model::engine::user_content)
             spec = PromptSpec(cameras=[c["camera"]], question=c["question"], seps=("\n", "\n"))
-            text = r.answer(chat_prompt(spec), str(Path(td) / c["frame"]), c["response_format"])
+            if a.via == "gemba":
+                user = (f"Camera {c['camera']}: " if c["camera"] else "") + "<|image_1|>\n" + c["question"]
+                text = r.answer_gemba(user, str(Path(td) / c["frame"]), c["response_format"], Path(td))
+            else:
+                text = r.answer(chat_prompt(spec), str(Path(td) / c["frame"]), c["response_format"])
             try:
                 got = text if c["response_format"]["type"] == "choice" else json.loads(text)
             except json.JSONDecodeError:

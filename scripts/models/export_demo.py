@@ -216,8 +216,9 @@ def main():
     if not (a.work and a.out):
         ap.error("give --untrained OUT, or --work WORK --out OUT")
     # the last decoder stage that has run: structured answers, name copying, or the base decoder
-    final = next(p for p in (a.work / "structured_stage.pt", a.work / "names_stage.pt", a.work / "decoder_stage.pt")
-                 if p.exists())
+    final = next(p for p in (a.work / "structured3_stage.pt", a.work / "structured2_stage.pt",
+                             a.work / "structured_stage.pt",
+                             a.work / "names_stage.pt", a.work / "decoder_stage.pt") if p.exists())
     print(f"decoder from {final.name}")
     ck = torch.load(final, map_location="cpu")
     dec = Phi3Decoder(ck.get("config", DECODER))
