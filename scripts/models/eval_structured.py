@@ -3,6 +3,8 @@
 
     eval_structured.py [--bundle models/demo] [--scenes 60] [--seed 31337] [--via guidance|mask]
     eval_structured.py --write-set DIR [--scenes N]     write the cases (frames + cases.json) and stop
+    eval_structured.py --fixture DIR [--kinds lamp,...] the frames of DIR/facts.json instead (e.g. the
+                                                        alert-lamp fixture), each named after its file
 
 Scenes are rendered with a seed the training never used (training: 1234000.., validation
 1235000.., eval_demo.py: 900001/900002). Each scene is asked every alert question of
@@ -66,6 +68,29 @@ def make_set(root: Path, n: int, seed: int) -> list[dict]:
                               else {"type": "choice", "choices": fmt},
                               "expected": value, "expected_text": structured_text(value)})
     (root / "cases.json").write_text(json.dumps({"seed": seed, "scenes": n, "cases": cases}, indent=1) + "\n")
+    return cases
+
+
+def fixture_set(root: Path, kinds: list[str]) -> list[dict]:
+    """Cases from a directory of frames with a facts.json (as make_demo_scenes.py's alert-lamp
+    fixture): every frame asked the given alert questions, named after its file ("press-1_03.jpg"
+    is camera press-1) and unnamed."""
+    cases = []
+    for f in json.loads((root / "facts.json").read_text()):
+        facts = SceneFacts(f["lamp"], f["gauge"], f["boxes"])
+        name = f["file"].rsplit("_", 1)[0]
+        for kind in kinds:
+            question, fmt = STRUCTURED[kind]
+            value = structured_value(kind, facts)
+            if value is None:
+                continue
+            for named in (False, True):
+                cases.append({"id": f"{f['file']}-{kind}-{'named' if named else 'plain'}",
+                              "frame": str(root.resolve() / f["file"]), "camera": name if named else None,
+                              "facts": facts_json(facts), "kind": kind, "question": question,
+                              "response_format": {"type": "json_schema", "schema": fmt} if isinstance(fmt, dict)
+                              else {"type": "choice", "choices": fmt},
+                              "expected": value, "expected_text": structured_text(value)})
     return cases
 
 
@@ -156,6 +181,9 @@ def main():
     ap.add_argument("--gemba", type=Path, default=REPO / "target/debug/gemba", help="gemba binary (--via gemba)")
     ap.add_argument("--write-set", type=Path, help="write the held-out cases here and stop")
     ap.add_argument("--show", type=int, default=10)
+    ap.add_argument("--fixture", type=Path,
+                    help="instead of rendered scenes: the frames of DIR/facts.json (e.g. tests/fixtures/alert_lamp)")
+    ap.add_argument("--kinds", default="lamp", help="with --fixture: the alert questions to ask, comma-separated")
     a = ap.parse_args()
     if a.write_set:
         cases = make_set(a.write_set, a.scenes, a.seed)
@@ -166,7 +194,7 @@ def main():
     fails = []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as td:
-        cases = make_set(Path(td), a.scenes, a.seed)
+        cases = fixture_set(a.fixture, a.kinds.split(",")) if a.fixture else make_set(Path(td), a.scenes, a.seed)
         for c in cases:
             # gemba's user turn: "Camera NAME: <|image_1|>\nQUESTION" (model::engine::user_content)
             spec = PromptSpec(cameras=[c["camera"]], question=c["question"], seps=("\n", "\n"))
@@ -186,8 +214,8 @@ def main():
             if not ok:
                 fails.append((c["id"], c["facts"], c["expected_text"], text))
     dt = time.time() - t0
-    print(f"\n{len(cases)} structured answers on {a.scenes} held-out scenes (seed {a.seed}), constraint via {a.via}, "
-          f"{dt:.0f} s")
+    where = f"the frames of {a.fixture}" if a.fixture else f"{a.scenes} held-out scenes (seed {a.seed})"
+    print(f"\n{len(cases)} structured answers on {where}, constraint via {a.via}, {dt:.0f} s")
     for k in list(STRUCTURED) + ["unnamed", "named", "all"]:
         ok, n = per_kind[k]
         if n:

@@ -709,6 +709,14 @@ def main():
                     help="steps of the second structured pass (stage 6b) from stage 6")
     ap.add_argument("--struct3-steps", type=int, default=400,
                     help="steps of the third structured pass (stage 6c) from stage 6b")
+    # stage 6c's recipe, settable to train a variant beside it (--struct3-out) without editing the constants
+    ap.add_argument("--struct3-lr", type=float, default=5e-4, help="stage 6c's peak learning rate")
+    ap.add_argument("--struct3-share", type=float, default=0.85,
+                    help="stage 6c: share of one-frame samples asked a structured question")
+    ap.add_argument("--struct3-weight", type=float, default=4.0, help="stage 6c: loss weight of structured answers")
+    ap.add_argument("--struct3-mix-short", type=float, default=0.9, help="stage 6c: share of short batches")
+    ap.add_argument("--struct3-out", default="structured3_stage.pt",
+                    help="stage 6c's checkpoint name in WORK (another name trains a variant beside it)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -760,11 +768,11 @@ def main():
                                                          struct_weight=3.0)),
         # after 6b: held-out JSON answers 74.9 % (gauge zone 98 %, lamp 48 %, boxes 70 %, yes/no 68..87 %):
         # a third pass with still more structured samples, their answers weighted 4x, at 5e-4
-        ("structured3_stage.pt", lambda p: train_decoder(a.work, a.seed + 8, a.struct3_steps, 0.0, a.dec_batch,
-                                                         a.name_weight, 0.9, out="structured3_stage.pt",
-                                                         init="structured2_stage.pt", lr=5e-4, piece_names=0.5,
-                                                         label="structured3", structured=0.85,
-                                                         struct_weight=4.0)),
+        (a.struct3_out, lambda p: train_decoder(a.work, a.seed + 8, a.struct3_steps, 0.0, a.dec_batch,
+                                                a.name_weight, a.struct3_mix_short, out=a.struct3_out,
+                                                init="structured2_stage.pt", lr=a.struct3_lr, piece_names=0.5,
+                                                label=a.struct3_out.removesuffix("_stage.pt"),
+                                                structured=a.struct3_share, struct_weight=a.struct3_weight)),
     ]:
         p = a.work / name
         if p.exists():
