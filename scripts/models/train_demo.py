@@ -682,8 +682,9 @@ def train_decoder(work: Path, seed: int, steps: int, short_frac: float, bs: int,
             run_loss, run_acc, run_n, run_m, run_mc = 0.0, 0, 0, 0, 0
         if step % 200 == 0 or step == steps:
             torch.save({"decoder": model.dec.state_dict(), "config": model.dec.c, "vision_proj": model.vproj.state_dict(),
-                        "speech_proj": model.sproj.state_dict(), "step": step}, work / "decoder_stage.pt.tmp")
-            (work / "decoder_stage.pt.tmp").replace(work / (out if step == steps else "decoder_ckpt.pt"))
+                        "speech_proj": model.sproj.state_dict(), "step": step}, work / f"{out}.tmp")
+            # per-stage names: a variant (--struct3-out) may train beside another stage in the same WORK
+            (work / f"{out}.tmp").replace(work / (out if step == steps else out.replace("_stage.pt", "_ckpt.pt")))
 
 
 def main():
