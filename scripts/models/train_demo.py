@@ -716,6 +716,10 @@ def main():
                     help="stage 6c: share of one-frame samples asked a structured question")
     ap.add_argument("--struct3-weight", type=float, default=4.0, help="stage 6c: loss weight of structured answers")
     ap.add_argument("--struct3-mix-short", type=float, default=0.9, help="stage 6c: share of short batches")
+    ap.add_argument("--struct3-piece-names", type=float, default=0.5,
+                    help="stage 6c: share of camera names glued from random vocabulary pieces")
+    ap.add_argument("--struct3-init", default="structured2_stage.pt",
+                    help="the checkpoint in WORK stage 6c starts from")
     ap.add_argument("--struct3-out", default="structured3_stage.pt",
                     help="stage 6c's checkpoint name in WORK (another name trains a variant beside it)")
     ap.add_argument("--threads", type=int, default=2)
@@ -771,7 +775,8 @@ def main():
         # a third pass with still more structured samples, their answers weighted 4x, at 5e-4
         (a.struct3_out, lambda p: train_decoder(a.work, a.seed + 8, a.struct3_steps, 0.0, a.dec_batch,
                                                 a.name_weight, a.struct3_mix_short, out=a.struct3_out,
-                                                init="structured2_stage.pt", lr=a.struct3_lr, piece_names=0.5,
+                                                init=a.struct3_init, lr=a.struct3_lr,
+                                                piece_names=a.struct3_piece_names,
                                                 label=a.struct3_out.removesuffix("_stage.pt"),
                                                 structured=a.struct3_share, struct_weight=a.struct3_weight)),
     ]:
