@@ -170,6 +170,54 @@ def full_answer(intent: str, cameras: list[tuple[str | None, SceneFacts]]) -> st
 
 
 # ---------------------------------------------------------------------------------------------
+# Structured answers (alert rules: the lead's decisions in the alerts issue, models/demo/gemba-demo.toml)
+# ---------------------------------------------------------------------------------------------
+# gemba sends an alert rule's question as written and forces the answer's shape with a constraint
+# (a JSON schema, or the choice list yes / no). The JSON text is what `json.dumps` writes (", " and
+# ": " separators, the schema's property order, one line); the demo model learns that form, plus a
+# few compact ones ("," / ":") so that a constraint without whitespace still meets trained text.
+STRUCT_LAMP = ("green", "amber", "red", "off", "none")   # "none": no lamp in the frame
+STRUCT_ZONE = ("green", "amber", "red", "none")          # "none": no gauge in the frame
+STRUCTURED = {
+    # kind: (question, response format, answer from the facts or None when the rule does not apply)
+    "lamp": ("What colour is the status lamp?",
+             {"type": "object", "properties": {"lamp": {"enum": list(STRUCT_LAMP)}}, "required": ["lamp"]}),
+    "zone": ("Is the pressure gauge in the red zone?",
+             {"type": "object", "properties": {"zone": {"enum": list(STRUCT_ZONE)}}, "required": ["zone"]}),
+    "boxes": ("How many boxes are on the belt?",
+              {"type": "object", "properties": {"boxes": {"type": "integer", "minimum": 0, "maximum": MAX_BOXES}},
+               "required": ["boxes"]}),
+    "lamp-red": ("Is the lamp red?", ["yes", "no"]),
+    "belt-empty": ("Is the belt empty?", ["yes", "no"]),
+    "pressure-high": ("Is the pressure too high?", ["yes", "no"]),
+}
+# The prose intent of each structured question, for prompts without a constraint.
+STRUCT_INTENT = {"lamp": "lamp", "zone": "pressure", "boxes": "boxes", "lamp-red": "lamp",
+                 "belt-empty": "boxes", "pressure-high": "pressure"}
+
+
+def structured_value(kind: str, facts: SceneFacts):
+    """The right structured answer (a dict for a JSON schema, "yes"/"no" for a choice), or None
+    where the question has no answer in the schema (box count of a frame without a belt)."""
+    if kind == "lamp":
+        return {"lamp": facts.lamp or "none"}
+    if kind == "zone":
+        return {"zone": facts.gauge or "none"}
+    if kind == "boxes":
+        return None if facts.boxes is None else {"boxes": facts.boxes}
+    yes = {"lamp-red": facts.lamp == "red", "belt-empty": facts.boxes == 0,
+           "pressure-high": facts.gauge == "red"}[kind]
+    return "yes" if yes else "no"
+
+
+def structured_text(value, compact: bool = False) -> str:
+    """The answer text a constraint lets through: json.dumps form (or compact) / the choice itself."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":")) if compact else json.dumps(value)
+
+
+# ---------------------------------------------------------------------------------------------
 # Phi-4-multimodal's own pre-processing settings (ORT-extensions format, as in its test data):
 # the demo bundle's vision_processor.json / speech_processor.json, and the conformance fixture's
 # (tests/conformance/make_processor_bundle.py)

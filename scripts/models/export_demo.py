@@ -4,6 +4,7 @@
     export_demo.py --untrained OUT            random weights (same graphs, same files) - a loadable
                                               phi4mm bundle for pre-processing / plumbing tests
     export_demo.py --work WORK --out OUT      from train_demo.py's checkpoints in WORK
+                   [--decoder CKPT]           (a given decoder checkpoint in WORK, e.g. mix_demo.py's)
 
 Bundle files:
   genai_config.json       type phi4mm: vision, speech, embedding, decoder sections
@@ -200,6 +201,7 @@ def main():
     ap.add_argument("--untrained", type=Path, help="write a random-weight bundle here")
     ap.add_argument("--work", type=Path, help="train_demo.py work dir (checkpoints, tokenizer)")
     ap.add_argument("--out", type=Path, help="bundle directory (with --work)")
+    ap.add_argument("--decoder", help="decoder checkpoint in WORK to export (default: the last stage that has run)")
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -215,8 +217,10 @@ def main():
         return
     if not (a.work and a.out):
         ap.error("give --untrained OUT, or --work WORK --out OUT")
-    # the last decoder stage (names_stage.pt, the copy fine-tune) when it has run
-    final = next(p for p in (a.work / "names_stage.pt", a.work / "decoder_stage.pt") if p.exists())
+    # the last decoder stage that has run: structured answers, name copying, or the base decoder
+    final = a.work / a.decoder if a.decoder else next(
+        p for p in (a.work / "structured3_stage.pt", a.work / "structured2_stage.pt", a.work / "structured_stage.pt",
+                    a.work / "names_stage.pt", a.work / "decoder_stage.pt") if p.exists())
     print(f"decoder from {final.name}")
     ck = torch.load(final, map_location="cpu")
     dec = Phi3Decoder(ck.get("config", DECODER))
