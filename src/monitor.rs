@@ -26,6 +26,11 @@
 //! compared against the last *analysed* frame, not the previous tick, so a slow change adds up
 //! until it fires. The gate is pure: time comes in as an argument, so tests drive it with a
 //! fake clock.
+//!
+//! Around the gate, [`watch_camera`] never counts a frame already looked at as a change (so
+//! `threshold = 0` means every new frame, not every tick), and looks at each new frame while
+//! one of the camera's alert rules is pending or clearing ([`Looks::undecided`]): a rule's
+//! `raise_after` / `clear_after` count looks, which a still scene would otherwise not give.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,8 +129,15 @@ impl Default for GateConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
     First,
-    Change { mad: f32, threshold: f32 },
-    MaxInterval { since: Duration },
+    Change {
+        mad: f32,
+        threshold: f32,
+    },
+    MaxInterval {
+        since: Duration,
+    },
+    /// A new frame while an alert rule of the camera is undecided ([`Looks::undecided`]).
+    Undecided,
 }
 
 impl fmt::Display for Trigger {
@@ -143,6 +155,7 @@ impl fmt::Display for Trigger {
                 "max interval ({:.0} s since the last look)",
                 since.as_secs_f64()
             ),
+            Trigger::Undecided => f.write_str("alert rule undecided (pending or clearing)"),
         }
     }
 }
@@ -205,6 +218,12 @@ pub enum Offer {
 /// Where looks go; never blocks.
 pub trait Looks: Send + Sync {
     fn offer(&self, query: Query) -> Offer;
+    /// Whether `camera` wants a look at each new frame even when the scene did not change: an
+    /// alert rule is pending or clearing and its decision counts looks (`raise_after`,
+    /// `clear_after`), which a still scene would otherwise never give it.
+    fn undecided(&self, _camera: &str) -> bool {
+        false
+    }
 }
 
 /// A bounded channel as a sink (tests, tools).
@@ -257,6 +276,9 @@ pub async fn watch_camera(
     cancel: CancellationToken,
 ) {
     let mut gate = ChangeGate::new(watch.gate);
+    // The sequence number of the frame last looked at: an undecided rule gets each new frame
+    // once, never the same frame twice.
+    let mut last_seq: Option<u64> = None;
     let mut tick = tokio::time::interval(watch.interval);
     // A late tick is skipped, not replayed in a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -276,13 +298,23 @@ pub async fn watch_camera(
         let thumb = thumbnail(&frame);
         // tokio's clock, so paused-time tests drive it.
         let now = tokio::time::Instant::now().into_std();
-        let Some(trigger) = gate.evaluate(&thumb, now) else {
+        // A frame already looked at is no change, whatever the threshold (0 = every frame).
+        let same_frame = last_seq == Some(frame.seq);
+        let trigger = gate
+            .evaluate(&thumb, now)
+            .filter(|t| !(same_frame && matches!(t, Trigger::Change { .. })))
+            .or_else(|| {
+                (last_seq.is_some_and(|s| frame.seq > s) && queries.undecided(&frame.camera))
+                    .then_some(Trigger::Undecided)
+            });
+        let Some(trigger) = trigger else {
             MonitorStats::bump(&stats.unchanged);
             if frames.is_closed() {
                 return;
             }
             continue;
         };
+        let seq = frame.seq;
         let query = Query {
             frames: vec![frame],
             prompt: watch.prompt.clone(),
@@ -291,6 +323,7 @@ pub async fn watch_camera(
         match queries.offer(query) {
             Offer::Taken => {
                 gate.commit(thumb, now);
+                last_seq = Some(seq);
                 MonitorStats::bump(&stats.queries);
             }
             Offer::Full => MonitorStats::bump(&stats.dropped_full),
@@ -543,6 +576,92 @@ mod tests {
         assert!(
             unchanged >= 10,
             "the gate passed over only {unchanged} looks"
+        );
+    }
+
+    /// A sink whose camera has an undecided alert rule while `undecided` is set.
+    struct Undecided {
+        tx: mpsc::Sender<Query>,
+        undecided: std::sync::atomic::AtomicBool,
+    }
+
+    impl Looks for Undecided {
+        fn offer(&self, query: Query) -> Offer {
+            self.tx.offer(query)
+        }
+        fn undecided(&self, camera: &str) -> bool {
+            assert_eq!(camera, "line-1");
+            self.undecided.load(Ordering::Relaxed)
+        }
+    }
+
+    /// A still scene gets one look; while an alert rule is undecided each new frame is looked
+    /// at once (a rule's `raise_after` counts looks), and the gate's quiet returns after.
+    #[tokio::test]
+    async fn an_undecided_alert_rule_looks_at_each_new_frame_of_a_still_scene() {
+        let dir = scene_dir(6, 0); // one scene, never a change
+        let cancel = CancellationToken::new();
+        let cam = ReplayCamera::open(ReplayConfig::new(
+            "line-1",
+            dir.path().to_str().unwrap(),
+            20.0,
+        ))
+        .unwrap();
+        let camera = spawn_camera(Box::new(cam), cancel.clone()).unwrap();
+        let (tx, mut rx) = mpsc::channel(256);
+        let sink = Arc::new(Undecided {
+            tx,
+            undecided: std::sync::atomic::AtomicBool::new(false),
+        });
+        let stats = Arc::new(MonitorStats::default());
+        let watch = CameraWatch {
+            // Ticks faster than frames: a frame is seen on several ticks.
+            interval: Duration::from_millis(20),
+            gate: GateConfig {
+                threshold: 6.0,
+                max_interval: Duration::from_secs(60),
+            },
+            prompt: "Is the lamp red?".into(),
+        };
+        let monitor = tokio::spawn(run_monitor(
+            vec![(watch, camera.subscribe())],
+            sink.clone(),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let first: Vec<Query> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(first.len(), 1, "a still scene: the first look only");
+        assert_eq!(first[0].trigger, "first look");
+        sink.undecided.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        sink.undecided.store(false, Ordering::Relaxed);
+        // Let a look taken just before the switch arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let during: Vec<Query> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+        monitor.await.unwrap();
+        let after: Vec<Query> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        // 600 ms at 20 fps is about 12 new frames; generous bounds.
+        assert!(
+            (4..=14).contains(&during.len()),
+            "{} looks while undecided",
+            during.len()
+        );
+        let mut seqs = vec![first[0].frames[0].seq];
+        for q in &during {
+            assert_eq!(q.trigger, "alert rule undecided (pending or clearing)");
+            seqs.push(q.frames[0].seq);
+        }
+        assert!(
+            seqs.windows(2).all(|w| w[1] > w[0]),
+            "each frame looked at once, in order: {seqs:?}"
+        );
+        assert!(
+            after.is_empty(),
+            "looks after the rule was decided: {}",
+            after.len()
         );
     }
 

@@ -185,6 +185,17 @@ impl Alerts {
             .any(|(c, _)| c == camera)
     }
 
+    /// Whether a rule of `camera` is pending or clearing: its next decision needs more looks.
+    pub fn undecided(&self, camera: &str) -> bool {
+        self.book
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .any(|((c, _), e)| {
+                c == camera && matches!(e.machine.state, State::Pending | State::Clearing)
+            })
+    }
+
     /// A camera's rules, in name order.
     pub fn rules(&self, camera: &str) -> Vec<AlertRule> {
         self.book

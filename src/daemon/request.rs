@@ -231,6 +231,10 @@ pub(crate) struct MonitorLooks {
 }
 
 impl Looks for MonitorLooks {
+    fn undecided(&self, camera: &str) -> bool {
+        self.alerts.undecided(camera)
+    }
+
     fn offer(&self, q: Query) -> Offer {
         let camera = q
             .frames
