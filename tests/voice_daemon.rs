@@ -240,6 +240,16 @@ struct Daemon {
     seen: Vec<String>,
 }
 
+/// A test that fails before `stop` must not leave its daemon running (and busy) behind it.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Daemon {
     fn start(s: &Setup, token_delay_ms: u64) -> Daemon {
         let mut child = gemba()
@@ -303,7 +313,7 @@ impl Daemon {
             "the daemon exited with {status}; stderr:\n{}",
             self.seen.join("\n")
         );
-        self.seen
+        std::mem::take(&mut self.seen)
     }
 }
 
