@@ -275,6 +275,41 @@ fn the_board_shows_frames_states_and_the_answer_streaming() {
     // The answer came in sentence by sentence: a read showed a text that a later read continued
     // (the loop above waited for it).
     assert!(grew(&texts), "{texts:?}");
+    // States change on the page as the scene changes (the page is never reloaded: the event
+    // stream moves it): the lamp turns red, the rule is shown raised, then green again, and it
+    // leaves raised, each change one the state machine makes.
+    let mut states = vec![state.to_string()];
+    let t = std::time::Instant::now();
+    let left_raised = |s: &[String]| {
+        s.iter()
+            .position(|x| x == "raised")
+            .is_some_and(|i| s[i + 1..].iter().any(|x| x != "raised"))
+    };
+    while !left_raised(&states) {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the page's rule went through {states:?} in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let v = b.eval(READ_PAGE);
+        let p: serde_json::Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
+        let r = &p["rules"][0];
+        let s = r["state"].as_str().unwrap().to_string();
+        assert_eq!(r["cls"], format!("state-{s}"), "{r}");
+        if states.last() != Some(&s) {
+            states.push(s);
+        }
+    }
+    for w in states.windows(2) {
+        let allowed = match w[0].as_str() {
+            "ok" => ["pending"].as_slice(),
+            "pending" => &["raised", "ok"],
+            "raised" => &["clearing"],
+            "clearing" => &["ok", "raised"],
+            other => panic!("unknown state {other}"),
+        };
+        assert!(allowed.contains(&w[1].as_str()), "{states:?}");
+    }
     drop(b);
     assert!(d.stop().success());
 }
