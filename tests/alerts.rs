@@ -18,16 +18,7 @@ use std::time::Duration;
 use api_common::{Daemon, SseEvent};
 use gemba::report::{AlertMark, AlertStateRow, ReportStats, RetentionPolicy, Store, Trigger};
 
-const LAMP: &str = r#"
-[[cameras.alerts]]
-name = "lamp-red"
-question = "What colour is the status lamp?"
-schema = { type = "object", properties = { lamp = { enum = ["green", "amber", "red", "off", "none"] } }, required = ["lamp"] }
-when = 'lamp == "red"'
-raise_after = 2
-clear_after = 2
-severity = "critical"
-"#;
+use api_common::LAMP_RULE as LAMP;
 
 fn config(dir: &Path, rules: &str) -> std::path::PathBuf {
     common::write_replay_frames(&dir.join("frames"), 4);

@@ -18,17 +18,6 @@ use std::time::{Duration, Instant};
 
 use api_common::{Daemon, SseEvent};
 
-const RULE: &str = r#"
-[[cameras.alerts]]
-name = "lamp-red"
-question = "What colour is the status lamp?"
-schema = { type = "object", properties = { lamp = { enum = ["green", "amber", "red", "off", "none"] } }, required = ["lamp"] }
-when = 'lamp == "red"'
-raise_after = 2
-clear_after = 3
-severity = "critical"
-"#;
-
 /// The fixture's frames `from..to` (by index), with each frame's lamp colour.
 fn frames(dir: &Path, from: usize, to: usize) -> Vec<String> {
     let fixture = common::root().join("tests/fixtures/alert_lamp");
@@ -68,8 +57,9 @@ loop = false
 fps = 0.5
 change_threshold = 0.0
 prompt = "What colour is the status lamp?"
-{RULE}"#,
-            model = common::root().join("models/demo").display()
+{rule}"#,
+            model = common::root().join("models/demo").display(),
+            rule = api_common::LAMP_RULE.replace("clear_after = 2", "clear_after = 3"),
         ),
     )
     .unwrap();

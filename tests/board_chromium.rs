@@ -14,16 +14,7 @@ use std::time::Duration;
 
 use api_common::Daemon;
 
-const RULES: &str = r#"
-[[cameras.alerts]]
-name = "lamp-red"
-question = "What colour is the status lamp?"
-schema = { type = "object", properties = { lamp = { enum = ["green", "amber", "red", "off", "none"] } }, required = ["lamp"] }
-when = 'lamp == "red"'
-raise_after = 2
-clear_after = 2
-severity = "critical"
-"#;
+use api_common::LAMP_RULE as RULES;
 
 fn demo_config(dir: &Path, api: &str) -> std::path::PathBuf {
     let frames = dir.join("frames");

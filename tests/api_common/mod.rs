@@ -10,6 +10,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The alert rule the alert tests share: press-1's lamp is red (critical), raise and clear after
+/// two looks.
+pub const LAMP_RULE: &str = r#"
+[[cameras.alerts]]
+name = "lamp-red"
+question = "What colour is the status lamp?"
+schema = { type = "object", properties = { lamp = { enum = ["green", "amber", "red", "off", "none"] } }, required = ["lamp"] }
+when = 'lamp == "red"'
+raise_after = 2
+clear_after = 2
+severity = "critical"
+"#;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
