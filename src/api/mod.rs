@@ -807,6 +807,9 @@ fn model_json(app: &AppHandle) -> Value {
 }
 
 fn write_status(app: &AppHandle) {
+    let _w = crate::daemon::status::STATUS_WRITE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let s = app.settings.lock().expect("poisoned").clone();
     if let Err(e) = crate::daemon::status::write_status(
         &s.state_dir,

@@ -392,6 +392,9 @@ pub async fn run_with(
                 tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
                 let (h, w) = (handle.clone(), worker.clone());
                 let _ = tokio::task::spawn_blocking(move || {
+                    let _w = status::STATUS_WRITE
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     let s = h.settings.lock().expect("poisoned").clone();
                     if let Err(e) = write_status_with(
                         &s.state_dir,
@@ -487,6 +490,9 @@ pub async fn run_with(
                         *shared_settings.lock().expect("poisoned") = new;
                     }
                 }
+                let _w = status::STATUS_WRITE
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let s = shared_settings.lock().expect("poisoned").clone();
                 // Not ready if the model was unloaded (API) and the reload failed.
                 if let Err(e) = write_status(&s.state_dir, &worker.info(), worker.is_loaded(), &s.data_dir) {

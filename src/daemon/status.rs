@@ -180,6 +180,11 @@ pub fn process_usage(pid: u32) -> (u64, u64) {
     (rss, fds)
 }
 
+/// Held by whoever reads the state it writes and writes status.json, from the read to the write:
+/// the periodic writer must not read "loaded", lose the race to `POST /model/unload`'s write, and
+/// then put the stale "ready" back.
+pub static STATUS_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes status.json for the loaded bundle `info` (no counters).
 pub fn write_status(
     state_dir: &Path,
