@@ -806,6 +806,11 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
         None => None,
     };
     let mut crop_err = None;
+    let image_names: Vec<String> = a
+        .images
+        .iter()
+        .map(|p| gemba::report::crop::camera_of_file(p))
+        .collect();
     let cancel = CancelToken::new();
     let stdout = std::io::stdout();
     let mut io_err: Option<std::io::Error> = None;
@@ -836,9 +841,13 @@ fn ask(ort: Option<PathBuf>, a: AskArgs) -> Result<ExitCode> {
             }
             let mut out = stdout.lock();
             let r = if json {
-                serde_json::to_string(&ev)
-                    .map_err(std::io::Error::other)
-                    .and_then(|s| writeln!(out, "{s}"))
+                let mut v = serde_json::to_value(&ev).map_err(std::io::Error::other);
+                if let (Ok(v), Event::Sentence(s)) = (&mut v, &ev) {
+                    // The regions its markers cite, the --image files named as for --crops.
+                    v["regions"] =
+                        serde_json::json!(gemba::report::cite::cite(&s.text, &image_names).regions);
+                }
+                v.and_then(|v| writeln!(out, "{v}"))
             } else if let (true, Event::Done(d)) = (constrained, &ev) {
                 // A constrained answer is printed whole (sentence breaks would change it).
                 writeln!(out, "{}", d.text)

@@ -85,6 +85,7 @@ fn normalized(r: &Report) -> String {
             Segment::Image(i) => serde_json::json!({"kind": "image", "camera": i.camera, "width": i.width, "height": i.height}),
             Segment::Text(t) => serde_json::json!({"kind": "text", "text": t.text}),
             Segment::Audio(_) => serde_json::json!({"kind": "audio"}),
+            Segment::Region(g) => serde_json::json!({"kind": "region", "camera": g.camera, "box": g.bbox}),
         })
         .collect();
     let v = serde_json::json!({

@@ -129,3 +129,101 @@ fn pages_load_in_chromium_with_every_frame_and_sentences_in_order() {
     }
     assert!(dom.contains("<tr class=\"incomplete\""), "{dom}");
 }
+
+/// Regions in Chromium: every frame and crop loads, each crop comes right after the sentence
+/// that cites it (in citation order), and each box is drawn over its frame where it was cited
+/// (read back from the laid-out page, in thousandths of the frame as shown).
+#[test]
+fn region_crops_load_after_their_sentences_and_boxes_sit_on_the_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), RetentionPolicy::default()).unwrap();
+    let frames = [frame("press-2", 640, 360, 21), frame("belt", 320, 240, 22)];
+    let mut w = store
+        .begin(meta(
+            Trigger::Monitor {
+                camera: "press-2".into(),
+            },
+            &["press-2", "belt"],
+        ))
+        .unwrap();
+    let sentences = [
+        "[cam:press-2] The lamp [cam:press-2 box:120,80,260,400] is amber.",
+        "The pressure [cam:press-2 box:600,150,900,700] is normal.",
+        "[cam:belt] There are two boxes [cam:belt box:100,450,250,600][cam:belt box:500,430,640,600] on the belt.",
+    ];
+    for (i, s) in sentences.iter().enumerate() {
+        w.add_sentence(s, at(500 + 300 * i as u64), &frames)
+            .unwrap();
+    }
+    let id = w.finish(ReportStats::default()).unwrap();
+    let report = store.get(&id).unwrap();
+    let dom = dump_dom(&store.page_path(&id));
+
+    let imgs = img_tags(&dom);
+    assert_eq!(imgs.len(), 6, "two frames and four crops: {dom}");
+    assert!(
+        imgs.iter().all(|t| t.contains("data-loaded=\"yes\"")),
+        "{imgs:?}"
+    );
+    assert_eq!(attr_values(&dom, "data-images"), ["6 images, 0 missing"]);
+
+    // Page order: frame, sentence, its crop, sentence, its crop, frame, sentence, two crops.
+    let kinds: Vec<&str> = report.segments.iter().map(|s| s.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["image", "text", "region", "text", "region", "image", "text", "region", "region"]
+    );
+    assert_eq!(attr_values(&dom, "data-kind"), kinds);
+    let crop_alts: Vec<String> = imgs
+        .iter()
+        .filter(|t| t.contains("alt=\"Region "))
+        .map(|t| {
+            t[t.find("alt=\"").unwrap() + 5..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        crop_alts,
+        [
+            "Region 120,80,260,400 of press-2",
+            "Region 600,150,900,700 of press-2",
+            "Region 100,450,250,600 of belt",
+            "Region 500,430,640,600 of belt"
+        ],
+        "crops in the order they are cited"
+    );
+    // Each crop sits in the row of the sentence that cites it.
+    for (sentence, crop) in [
+        ("The lamp is amber.", "Region 120,80,260,400"),
+        ("The pressure is normal.", "Region 600,150,900,700"),
+        ("There are two boxes on the belt.", "Region 500,430,640,600"),
+    ] {
+        let row_start = dom[..dom.find(sentence).unwrap()]
+            .rfind("<div class=\"sentence-row\">")
+            .unwrap();
+        let row = &dom[row_start..];
+        let row = &row[..row.find("</div>\n</div>").unwrap_or(row.len())];
+        assert!(row.contains(sentence) && row.contains(crop), "{row}");
+    }
+
+    // The boxes as laid out: where the box was cited, within a pixel or two of rounding.
+    let drawn = attr_values(&dom, "data-drawn");
+    let cited = [
+        "120,80,260,400",
+        "600,150,900,700",
+        "100,450,250,600",
+        "500,430,640,600",
+    ];
+    assert_eq!(drawn.len(), 4, "{dom}");
+    for (d, c) in drawn.iter().zip(cited) {
+        let d: Vec<i64> = d.split(',').map(|v| v.parse().unwrap()).collect();
+        let c: Vec<i64> = c.split(',').map(|v| v.parse().unwrap()).collect();
+        assert!(
+            d.iter().zip(&c).all(|(a, b)| (a - b).abs() <= 5),
+            "box drawn at {d:?}, cited {c:?}"
+        );
+    }
+}

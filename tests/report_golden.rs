@@ -6,10 +6,11 @@
 mod common;
 use std::time::Duration;
 
+use gemba::report::cite::BoxK;
 use gemba::report::cli::{list_table, show_text};
 use gemba::report::{
-    export_json, html, AudioSegment, ImageSegment, MediaRef, Report, ReportId, ReportMeta,
-    ReportStats, ReportStatus, ReportSummary, Segment, TextSegment, Trigger,
+    export_json, html, AudioSegment, ImageSegment, MediaRef, RegionSegment, Report, ReportId,
+    ReportMeta, ReportStats, ReportStatus, ReportSummary, Segment, TextSegment, Trigger,
 };
 use jiff::Timestamp;
 
@@ -76,23 +77,38 @@ fn fixed_report() -> Report {
                 at: Duration::from_millis(841),
                 token_span: Some((0, 9)),
             }),
-            Segment::Image(ImageSegment {
+            Segment::Region(RegionSegment {
                 index: 3,
+                camera: "press-2".into(),
+                frame_index: 1,
+                frame_seq: 48_213,
+                bbox: BoxK {
+                    x0: 412,
+                    y0: 180,
+                    x1: 655,
+                    y1: 540,
+                },
+                width: 156,
+                height: 173,
+                media: media(3, "jpg", 6_120, 'd'),
+            }),
+            Segment::Image(ImageSegment {
+                index: 4,
                 camera: "belt".into(),
                 frame_seq: 7_730,
                 captured_at: ts("2026-11-24T10:15:29.790Z"),
                 width: 320,
                 height: 240,
-                media: media(3, "jpg", 20_950, 'c'),
+                media: media(4, "jpg", 20_950, 'c'),
             }),
             Segment::Text(TextSegment {
-                index: 4,
+                index: 5,
                 text: "An operator is <1 m> from it & the belt is stopped.".into(),
                 at: Duration::from_millis(1_630),
                 token_span: Some((9, 24)),
             }),
             Segment::Text(TextSegment {
-                index: 5,
+                index: 6,
                 text: "Close the guard before restarting.".into(),
                 at: Duration::from_millis(2_280),
                 token_span: None,

@@ -73,6 +73,7 @@ fn writes_and_reads_back_an_interleaved_report() {
             Segment::Image(i) => format!("image:{}", i.camera),
             Segment::Text(t) => format!("text:{}", t.text),
             Segment::Audio(a) => format!("audio:{}", a.transcript.as_deref().unwrap_or("")),
+            Segment::Region(g) => format!("region:{}", g.camera),
         })
         .collect();
     assert_eq!(

@@ -89,19 +89,23 @@ pub async fn board_events(State(api): State<Api>) -> Response {
             let store = store.clone();
             async move {
                 loop {
-                    let (id, ev) = match rx.recv().await {
-                        Ok(x) => x,
+                    let (id, cameras, ev) = match rx.recv().await {
+                        Ok(x) => (x.report_id, x.cameras, x.event),
                         Err(RecvError::Lagged(n)) => return Some((Ok(lagged(n)), (rx, known))),
                         Err(RecvError::Closed) => return None,
                     };
                     let (name, body) = match &ev {
-                        Event::Sentence(s) => (
-                            "sentence",
-                            json!({
-                                "index": s.index,
-                                "text": crate::report::cite::cite(&s.text, &[] as &[&str]).text,
-                            }),
-                        ),
+                        Event::Sentence(s) => {
+                            let cited = crate::report::cite::cite(&s.text, &cameras);
+                            (
+                                "sentence",
+                                json!({
+                                    "index": s.index,
+                                    "text": cited.text,
+                                    "regions": cited.regions,
+                                }),
+                            )
+                        }
                         Event::Done(_) => ("done", json!({})),
                         Event::Token(_) => continue,
                     };

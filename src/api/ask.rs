@@ -596,6 +596,7 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
     })
     .await??;
     frames.extend(image);
+    let cameras: Vec<String> = frames.iter().map(|f| f.camera.clone()).collect();
     let (ltx, mut lrx) = mpsc::unbounded_channel();
     let mut r = AppRequest::new(Trigger::Api, text);
     r.reason = "POST /ask".into();
@@ -638,7 +639,13 @@ pub async fn post_ask(State(api): State<Api>, req: Request) -> Result<Response, 
                             Event::Sentence(_) => "sentence",
                             Event::Done(_) => "done",
                         };
-                        l.push(kind, serde_json::to_string(&e).unwrap_or_default());
+                        let mut data = serde_json::to_value(&e).unwrap_or_default();
+                        if let Event::Sentence(s) = &e {
+                            // The regions its markers cite, beside the text as generated.
+                            data["regions"] =
+                                json!(crate::report::cite::cite(&s.text, &cameras).regions);
+                        }
+                        l.push(kind, data.to_string());
                     }
                 }
                 RequestEvent::Closed {

@@ -211,7 +211,7 @@ pub fn spawn_event_listener(app: &AppHandle, metrics: Arc<Metrics>) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 r = rx.recv() => match r {
-                    Ok((_, Event::Done(d))) => metrics.observe_done(&d),
+                    Ok(crate::daemon::LiveEvent { event: Event::Done(d), .. }) => metrics.observe_done(&d),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => { metrics.events_lagged.inc_by(n); }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -209,6 +209,7 @@ pub async fn media(
             })?;
         let (m, ctype) = match seg {
             Segment::Image(i) => (&i.media, "image/jpeg"),
+            Segment::Region(r) => (&r.media, "image/jpeg"),
             Segment::Audio(a) => (&a.media, "audio/wav"),
             Segment::Text(_) => {
                 return Err(HttpError::new(

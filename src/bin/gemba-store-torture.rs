@@ -154,6 +154,18 @@ fn sentence(rng: &mut Rng, cameras: &[&str]) -> String {
             ),
         ),
         2 => words.push("[cam:roof]".into()),
+        3 => {
+            // A region (its crop becomes a segment of its own), now and then a broken one.
+            let cam = cameras[rng.below(cameras.len() as u64) as usize];
+            let x0 = rng.below(900);
+            let y0 = rng.below(900);
+            let (x1, y1) = if rng.below(8) == 0 {
+                (x0, y0) // empty: dropped and counted
+            } else {
+                (x0 + 1 + rng.below(1000 - x0), y0 + 1 + rng.below(1000 - y0))
+            };
+            words.insert(1, format!("[cam:{cam} box:{x0},{y0},{x1},{y1}]"));
+        }
         _ => {}
     }
     format!("{}.", words.join(" "))
@@ -232,7 +244,12 @@ fn write_reports(a: &Args, store: &Store) -> Result<(), ReportError> {
                 token_span: Some((i as usize * 8, i as usize * 8 + 8)),
             };
             let placed = retrying(&id, || w.add_sentence(&s, t, &frames))?;
-            for a in placed.images.iter().chain(&placed.text) {
+            for a in placed
+                .images
+                .iter()
+                .chain(&placed.text)
+                .chain(&placed.crops)
+            {
                 ack(&id, a);
             }
         }

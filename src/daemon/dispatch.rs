@@ -34,7 +34,7 @@ pub(crate) struct Dispatch {
     pub(crate) stats: Arc<DaemonStats>,
     pub(crate) in_flight: InFlight,
     pub(crate) beat: Beat,
-    pub(crate) events: tokio::sync::broadcast::Sender<(String, Event)>,
+    pub(crate) events: tokio::sync::broadcast::Sender<super::request::LiveEvent>,
     pub(crate) alerts: Arc<crate::alerts::Alerts>,
 }
 
@@ -163,6 +163,7 @@ impl Dispatch {
         // The report is written on its own blocking thread, in event order.
         let (wtx, wrx) = std::sync::mpsc::channel::<JobEvent>();
         let frames = req.frames.clone();
+        let cameras: Arc<[String]> = frames.iter().map(|f| f.camera.clone()).collect();
         let audio = req.audio.clone();
         let transcript = req.audio_transcript.clone();
         let stats = Arc::clone(&self.stats);
@@ -189,7 +190,11 @@ impl Dispatch {
         while let Some(ev) = rx.recv().await {
             self.beat.alive();
             if let JobEvent::Event(e) = &ev {
-                let _ = self.events.send((report_id.clone(), e.clone()));
+                let _ = self.events.send(super::request::LiveEvent {
+                    report_id: report_id.clone(),
+                    cameras: cameras.clone(),
+                    event: e.clone(),
+                });
                 tell(RequestEvent::Event(e.clone()));
             }
             if wtx.send(ev).is_err() {
@@ -261,6 +266,7 @@ fn write_report(
                         p.images
                             .iter()
                             .chain(p.text.iter())
+                            .chain(p.crops.iter())
                             .for_each(|a| acks.ack(a));
                         cited.extend(
                             crate::report::cite::cite(

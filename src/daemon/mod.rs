@@ -49,7 +49,7 @@ use cameras::{open_cameras, start_pipeline};
 use dispatch::{Dispatch, InFlight};
 use queue::RequestQueue;
 use request::MonitorLooks;
-pub use request::{AppHandle, FollowUp, Request, RequestEvent};
+pub use request::{AppHandle, FollowUp, LiveEvent, Request, RequestEvent};
 use status::{write_status, write_status_with, DaemonStats};
 use worker::Worker;
 

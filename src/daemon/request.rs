@@ -128,11 +128,20 @@ pub struct AppHandle {
     pub cameras: Arc<Mutex<Vec<CameraHandle>>>,
     pub settings: Arc<Mutex<Settings>>,
     /// Every request's events, tagged with the report id (dashboards, metrics).
-    pub events: tokio::sync::broadcast::Sender<(String, Event)>,
+    pub events: tokio::sync::broadcast::Sender<LiveEvent>,
     /// Cancelled when the daemon stops.
     pub shutdown: CancellationToken,
     /// Alert rules and their states (src/alerts/).
     pub alerts: Arc<crate::alerts::Alerts>,
+}
+
+/// One event of a report being generated, as broadcast to live listeners.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub report_id: String,
+    /// The query's cameras: the names its `[cam:NAME box:…]` markers may cite.
+    pub cameras: Arc<[String]>,
+    pub event: Event,
 }
 
 impl AppHandle {

@@ -510,8 +510,8 @@ impl<'a> Session<'a> {
                     }
                 }
                 ev = live.recv(), if ctx.settings.sentences => match ev {
-                    Ok((report_id, ModelEvent::Sentence(s))) => {
-                        let p = payload::sentence(&report_id, &s, &ctx.settings.board_id);
+                    Ok(crate::daemon::LiveEvent { report_id, cameras, event: ModelEvent::Sentence(s) }) => {
+                        let p = payload::sentence(&report_id, &s, &cameras, &ctx.settings.board_id);
                         if self.publish(ctx.topic("sentences"), QoS::AtMostOnce, false, p.to_string(), None) {
                             ctx.state.sentences.fetch_add(1, Ordering::Relaxed);
                         }

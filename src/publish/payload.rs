@@ -10,14 +10,22 @@ pub const FORMAT: &str = "gemba-mqtt/1";
 
 /// `<prefix>/reports`: one per closed report (complete or incomplete).
 pub fn report(r: &Report, board_id: &str) -> Value {
-    let sentences: Vec<&str> = r
-        .segments
-        .iter()
-        .filter_map(|s| match s {
-            Segment::Text(t) => Some(t.text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let mut sentences: Vec<&str> = Vec::new();
+    // Each region with the sentence it follows (the one that cites it) and its crop's address.
+    let mut regions: Vec<Value> = Vec::new();
+    for s in &r.segments {
+        match s {
+            Segment::Text(t) => sentences.push(t.text.as_str()),
+            Segment::Region(g) => regions.push(json!({
+                "sentence": sentences.len().checked_sub(1),
+                "camera": g.camera,
+                "box": g.bbox,
+                "frame_seq": g.frame_seq,
+                "crop_path": format!("/reports/{}/media/{}", r.id.as_str(), g.index),
+            })),
+            _ => {}
+        }
+    }
     let (status, reason) = match &r.status {
         ReportStatus::Incomplete { reason } => ("incomplete", Some(reason.as_str())),
         s => (s.word(), None),
@@ -40,6 +48,7 @@ pub fn report(r: &Report, board_id: &str) -> Value {
         "reason": reason,
         "sentences": sentences,
         "answer": sentences.join(" "),
+        "regions": regions,
         "bundle_id": r.meta.bundle_id,
         "bundle_hash": r.meta.bundle_hash,
         "api_path": format!("/reports/{}", r.id.as_str()),
@@ -48,15 +57,23 @@ pub fn report(r: &Report, board_id: &str) -> Value {
 }
 
 /// `<prefix>/sentences`: one live sentence of an answer in progress (QoS 0, not stored).
-pub fn sentence(report_id: &str, s: &crate::model::Sentence, board_id: &str) -> Value {
+/// `cameras`: the query's cameras, the names its region markers may use.
+pub fn sentence(
+    report_id: &str,
+    s: &crate::model::Sentence,
+    cameras: &[String],
+    board_id: &str,
+) -> Value {
+    // Citation markers out, as in the report; the regions they cite beside the text.
+    let cited = crate::report::cite::cite(&s.text, cameras);
     json!({
         "format": FORMAT,
         "id": format!("{report_id}/{}", s.index),
         "board": board_id,
         "report_id": report_id,
         "index": s.index,
-        // Citation markers out, as in the report.
-        "text": crate::report::cite::cite(&s.text, &[] as &[&str]).text,
+        "text": cited.text,
+        "regions": cited.regions,
     })
 }
 
@@ -100,4 +117,109 @@ pub fn status(f: &BoardFacts, online: bool, at: jiff::Timestamp) -> Value {
         "alerts_raised": f.alerts_raised,
         "outbox": { "pending": f.outbox_pending, "dropped": f.outbox_dropped },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::cite::BoxK;
+    use crate::report::{
+        ImageSegment, MediaRef, RegionSegment, ReportId, ReportMeta, TextSegment, Trigger,
+    };
+
+    fn media(path: &str) -> MediaRef {
+        MediaRef {
+            path: path.into(),
+            bytes: 10,
+            sha256: "00".into(),
+        }
+    }
+
+    #[test]
+    fn report_carries_each_region_with_its_sentence_and_crop() {
+        let t = jiff::Timestamp::from_second(1_795_000_000).unwrap();
+        let text = |index, s: &str| {
+            Segment::Text(TextSegment {
+                index,
+                text: s.into(),
+                at: std::time::Duration::ZERO,
+                token_span: None,
+            })
+        };
+        let region = |index, x0| {
+            Segment::Region(RegionSegment {
+                index,
+                camera: "belt".into(),
+                frame_index: 0,
+                frame_seq: 9,
+                bbox: BoxK {
+                    x0,
+                    y0: 400,
+                    x1: x0 + 100,
+                    y1: 500,
+                },
+                width: 32,
+                height: 12,
+                media: media("m"),
+            })
+        };
+        let r = Report {
+            id: ReportId::parse("20261205T034253Z-cc89").unwrap(),
+            created_at: t,
+            finished_at: Some(t),
+            status: ReportStatus::Complete,
+            meta: ReportMeta {
+                trigger: Trigger::Monitor {
+                    camera: "belt".into(),
+                },
+                prompt: None,
+                cameras: vec!["belt".into()],
+                bundle_id: "demo".into(),
+                bundle_hash: "h".into(),
+                providers: Default::default(),
+            },
+            stats: None,
+            unknown_citations: 0,
+            segments: vec![
+                Segment::Image(ImageSegment {
+                    index: 0,
+                    camera: "belt".into(),
+                    frame_seq: 9,
+                    captured_at: t,
+                    width: 320,
+                    height: 120,
+                    media: media("f"),
+                }),
+                text(1, "The lamp is green."),
+                text(2, "There are two boxes on the belt."),
+                region(3, 100),
+                region(4, 600),
+            ],
+        };
+        let p = report(&r, "b1");
+        assert_eq!(p["sentences"][1], "There are two boxes on the belt.");
+        let regions = p["regions"].as_array().unwrap();
+        assert_eq!(regions.len(), 2);
+        assert_eq!(
+            regions[1],
+            json!({"sentence": 1, "camera": "belt", "box": {"x0": 600, "y0": 400, "x1": 700, "y1": 500},
+                   "frame_seq": 9, "crop_path": "/reports/20261205T034253Z-cc89/media/4"})
+        );
+    }
+
+    #[test]
+    fn live_sentence_carries_its_regions_and_clean_text() {
+        let s = crate::model::Sentence {
+            index: 2,
+            text: "The lamp [cam:press-2 box:10,20,30,40] is red [cam:roof box:1,2,3,4].".into(),
+            token_span: (0, 9),
+            at: std::time::Duration::ZERO,
+        };
+        let p = sentence("r1", &s, &["press-2".to_string()], "b1");
+        assert_eq!(p["text"], "The lamp is red.");
+        assert_eq!(
+            p["regions"],
+            json!([{"camera": "press-2", "box": {"x0": 10, "y0": 20, "x1": 30, "y1": 40}}])
+        );
+    }
 }

@@ -176,7 +176,7 @@ fn marker(s: &str) -> Option<(Marker<'_>, &str, &str)> {
 }
 
 /// `x0,y0,x1,y1` (spaces and parentheses allowed) as a box, or why not.
-fn parse_box(coords: &str) -> Result<BoxK, &'static str> {
+pub fn parse_box(coords: &str) -> Result<BoxK, &'static str> {
     let coords = coords.trim().trim_start_matches('(').trim_end_matches(')');
     let mut v = [0u16; 4];
     let mut parts = coords.split(',');

@@ -185,6 +185,10 @@ pub fn show_text(r: &Report) -> String {
                 i.height,
                 i.media.path
             ),
+            Segment::Region(g) => format!(
+                "[{}] region {} box {} of [{}], {}x{} → {}\n",
+                g.index, g.camera, g.bbox, g.frame_index, g.width, g.height, g.media.path
+            ),
             Segment::Text(t) => format!(
                 "[{}] text   +{:.2} s  {}\n",
                 t.index,

@@ -40,6 +40,15 @@ tr.incomplete td{background:#fdf0ef}
 table.reports td:not(:last-child){white-space:nowrap}
 img.thumb{display:block;height:auto;border:1px solid #ccc}
 tr.alert td{background:#fff1f0;font-weight:600}
+.frame{position:relative;display:inline-block;max-width:100%;vertical-align:top}
+.frame img{display:block}
+.frame .box{position:absolute;box-sizing:border-box;border:3px solid #e8590c;box-shadow:0 0 0 1px #fff}
+.frame .box b{position:absolute;left:-3px;top:-1.35rem;background:#e8590c;color:#fff;font-size:.75rem;padding:0 .3rem;border-radius:2px}
+.sentence-row{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-start;margin:.7rem 0}
+.sentence-row p.text{flex:1 1 20rem;margin:0}
+.crops{display:flex;flex-wrap:wrap;gap:.5rem}
+figure.region{margin:0}
+figure.region img{max-width:10rem;max-height:10rem;width:auto;height:auto;border:2px solid #e8590c}
 ";
 
 fn alert_block(
@@ -107,6 +116,15 @@ window.addEventListener('load', function () {
     if (!ok) { missing++; img.closest('figure').classList.add('missing'); }
   });
   document.body.setAttribute('data-images', imgs.length + ' images, ' + missing + ' missing');
+  // Where each region box was drawn, in thousandths of its frame as shown (a check for tests
+  // and people: it should read the box the model cited).
+  document.querySelectorAll('.frame .box').forEach(function (b) {
+    var f = b.parentElement.querySelector('img').getBoundingClientRect();
+    var r = b.getBoundingClientRect();
+    var k = function (v, o, s) { return Math.round((v - o) * 1000 / s); };
+    b.setAttribute('data-drawn', [k(r.left, f.left, f.width), k(r.top, f.top, f.height),
+      k(r.right, f.left, f.width), k(r.bottom, f.top, f.height)].join(','));
+  });
 });
 ";
 
@@ -255,8 +273,37 @@ pub fn report_page_full(
         row("Providers", esc(&list.join(", ")));
     }
     let _ = writeln!(o, "</dl>\n</header>\n<main>");
-    for s in &report.segments {
-        segment(&mut o, s, media);
+    let boxes = frame_boxes(report);
+    let mut i = 0;
+    while i < report.segments.len() {
+        // A sentence and the crops of the regions it cites (the region segments right after
+        // it) form one row: the sentence, its crops beside it.
+        let regions = report.segments[i + 1..]
+            .iter()
+            .take_while(|s| matches!(s, Segment::Region(_)))
+            .count();
+        match &report.segments[i] {
+            s @ Segment::Text(_) if regions > 0 => {
+                let _ = writeln!(o, "<div class=\"sentence-row\">");
+                segment(&mut o, s, media, &boxes);
+                crops(&mut o, &report.segments[i + 1..=i + regions], media, &boxes);
+                let _ = writeln!(o, "</div>");
+                i += 1 + regions;
+            }
+            Segment::Region(_) => {
+                // Regions of a sentence that was nothing but markers.
+                let n = report.segments[i..]
+                    .iter()
+                    .take_while(|s| matches!(s, Segment::Region(_)))
+                    .count();
+                crops(&mut o, &report.segments[i..i + n], media, &boxes);
+                i += n;
+            }
+            s => {
+                segment(&mut o, s, media, &boxes);
+                i += 1;
+            }
+        }
     }
     let _ = writeln!(o, "</main>\n<footer>");
     if let Some(st) = &report.stats {
@@ -297,13 +344,77 @@ pub fn report_page_full(
     o
 }
 
-fn segment(o: &mut String, s: &Segment, media: &dyn Fn(u32, &MediaRef) -> String) {
+/// The boxes drawn on each frame: frame segment index → (region segment index, label, box),
+/// labelled 1, 2, … per frame in the order the reply cites them.
+type FrameBoxes = std::collections::BTreeMap<u32, Vec<(u32, usize, super::cite::BoxK)>>;
+
+fn frame_boxes(report: &Report) -> FrameBoxes {
+    let mut out = FrameBoxes::new();
+    for s in &report.segments {
+        if let Segment::Region(r) = s {
+            let list = out.entry(r.frame_index).or_default();
+            let label = list.len() + 1;
+            list.push((r.index, label, r.bbox));
+        }
+    }
+    out
+}
+
+/// Where region segment `index` is drawn on its frame: its label there.
+fn box_label(boxes: &FrameBoxes, frame: u32, index: u32) -> Option<usize> {
+    boxes
+        .get(&frame)?
+        .iter()
+        .find(|(i, _, _)| *i == index)
+        .map(|(_, label, _)| *label)
+}
+
+fn crops(
+    o: &mut String,
+    regions: &[Segment],
+    media: &dyn Fn(u32, &MediaRef) -> String,
+    boxes: &FrameBoxes,
+) {
+    let _ = writeln!(o, "<div class=\"crops\">");
+    for s in regions {
+        segment(o, s, media, boxes);
+    }
+    let _ = writeln!(o, "</div>");
+}
+
+/// Thousandths as a CSS percentage.
+fn pct(k: u16) -> String {
+    format!("{:.1}%", f64::from(k) / 10.0)
+}
+
+fn segment(
+    o: &mut String,
+    s: &Segment,
+    media: &dyn Fn(u32, &MediaRef) -> String,
+    boxes: &FrameBoxes,
+) {
     match s {
         Segment::Image(img) => {
+            // The regions the reply cites on this frame, drawn over it (CSS, no script).
+            let drawn: String = boxes
+                .get(&img.index)
+                .into_iter()
+                .flatten()
+                .map(|(region, label, b)| {
+                    format!(
+                        "<span class=\"box\" data-region=\"{region}\" title=\"box {b}\" \
+                         style=\"left:{};top:{};width:{};height:{}\"><b>{label}</b></span>",
+                        pct(b.x0),
+                        pct(b.y0),
+                        pct(b.x1 - b.x0),
+                        pct(b.y1 - b.y0),
+                    )
+                })
+                .collect();
             let _ = writeln!(
                 o,
                 "<figure class=\"segment image\" data-kind=\"image\" data-index=\"{}\">\n\
-                 <img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"Frame from {} at {}\">\n\
+                 <div class=\"frame\"><img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"Frame from {} at {}\">{drawn}</div>\n\
                  <figcaption>{} · frame {} · {}</figcaption>\n</figure>",
                 img.index,
                 esc(&media(img.index, &img.media)),
@@ -314,6 +425,26 @@ fn segment(o: &mut String, s: &Segment, media: &dyn Fn(u32, &MediaRef) -> String
                 esc(&img.camera),
                 img.frame_seq,
                 when_precise(img.captured_at),
+            );
+        }
+        Segment::Region(r) => {
+            let label = box_label(boxes, r.frame_index, r.index)
+                .map(|l| format!("<b>{l}</b> · "))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "<figure class=\"segment region\" data-kind=\"region\" data-index=\"{}\" data-frame=\"{}\">\n\
+                 <img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"Region {} of {}\">\n\
+                 <figcaption>{label}{} · box {}</figcaption>\n</figure>",
+                r.index,
+                r.frame_index,
+                esc(&media(r.index, &r.media)),
+                r.width,
+                r.height,
+                r.bbox,
+                esc(&r.camera),
+                esc(&r.camera),
+                r.bbox,
             );
         }
         Segment::Text(t) => {

@@ -272,6 +272,25 @@ pub struct AudioSegment {
     pub media: MediaRef,
 }
 
+/// A region of a frame cited by the sentence just before it (`[cam:NAME box:…]`), with its
+/// crop stored as its own JPEG, cut from the same pixels as the frame segment it points at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegionSegment {
+    pub index: u32,
+    pub camera: String,
+    /// The image segment (the whole frame) the region is cut from.
+    pub frame_index: u32,
+    /// The camera's frame sequence number.
+    pub frame_seq: u64,
+    /// In thousandths of the frame's width and height.
+    #[serde(rename = "box")]
+    pub bbox: cite::BoxK,
+    /// The crop's size in pixels.
+    pub width: u32,
+    pub height: u32,
+    pub media: MediaRef,
+}
+
 /// One step of a report, in order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -279,6 +298,7 @@ pub enum Segment {
     Image(ImageSegment),
     Text(TextSegment),
     Audio(AudioSegment),
+    Region(RegionSegment),
 }
 
 impl Segment {
@@ -288,6 +308,7 @@ impl Segment {
             Segment::Image(s) => s.index,
             Segment::Text(s) => s.index,
             Segment::Audio(s) => s.index,
+            Segment::Region(s) => s.index,
         }
     }
 
@@ -296,6 +317,7 @@ impl Segment {
             Segment::Image(_) => "image",
             Segment::Text(_) => "text",
             Segment::Audio(_) => "audio",
+            Segment::Region(_) => "region",
         }
     }
 
@@ -303,6 +325,7 @@ impl Segment {
         match self {
             Segment::Image(s) => Some(&s.media),
             Segment::Audio(s) => Some(&s.media),
+            Segment::Region(s) => Some(&s.media),
             Segment::Text(_) => None,
         }
     }

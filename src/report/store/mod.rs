@@ -22,7 +22,7 @@
 //! `spawn_blocking`; `Store` is a cheap clone (`Arc`) and `Send + Sync`, a `ReportWriter` is
 //! `Send`. Writers of several reports may run at once; their writes are serialized by one lock.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,8 +50,9 @@ pub use alerts::{AlertMark, AlertStateRow};
 pub use outbox::{OutboxHook, OutboxMessage, OutboxRow, OutboxStats};
 
 /// Schema version in `PRAGMA user_version`; bump with a migration when the tables change.
-/// 2: alert states and marks ([`alerts`]).
-const SCHEMA_VERSION: i64 = 2;
+/// 2: alert states and marks ([`alerts`]). 3: region segments (kind `region`, columns `box`
+/// and `of_seq`; see [`SEGMENTS_V3`]).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE reports (
@@ -69,23 +70,7 @@ CREATE TABLE reports (
     media_bytes       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX reports_by_age ON reports (created_ms, id);
-CREATE TABLE segments (
-    report_id   TEXT NOT NULL REFERENCES reports (id) ON DELETE CASCADE,
-    seq         INTEGER NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('image', 'text', 'audio')),
-    text        TEXT,     -- sentence, or audio transcript
-    source      TEXT,     -- camera (image) or audio source
-    at_ms       REAL,     -- text: since generation started
-    token_start INTEGER,
-    token_end   INTEGER,
-    time_ms     INTEGER,  -- image captured / audio started, ms since the Unix epoch
-    frame_seq   INTEGER,
-    width       INTEGER,
-    height      INTEGER,
-    sample_rate INTEGER,
-    samples     INTEGER,
-    PRIMARY KEY (report_id, seq)
-) WITHOUT ROWID;
+-- segments: SEGMENTS_V3, created in the same transaction
 CREATE TABLE media (
     report_id TEXT NOT NULL,
     seq       INTEGER NOT NULL,
@@ -96,6 +81,34 @@ CREATE TABLE media (
     FOREIGN KEY (report_id, seq) REFERENCES segments (report_id, seq) ON DELETE CASCADE
 ) WITHOUT ROWID;
 ";
+
+/// The segments table since version 3 (created under this name, or as `segments_v3` when a
+/// version 1 or 2 index is rebuilt; see `Inner::migrate`).
+const SEGMENTS_V3: &str = "
+CREATE TABLE segments (
+    report_id   TEXT NOT NULL REFERENCES reports (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('image', 'text', 'audio', 'region')),
+    text        TEXT,     -- sentence, or audio transcript
+    source      TEXT,     -- camera (image, region) or audio source
+    at_ms       REAL,     -- text: since generation started
+    token_start INTEGER,
+    token_end   INTEGER,
+    time_ms     INTEGER,  -- image, region: captured; audio: started; ms since the Unix epoch
+    frame_seq   INTEGER,
+    width       INTEGER,  -- image: the frame; region: the crop
+    height      INTEGER,
+    sample_rate INTEGER,
+    samples     INTEGER,
+    box         TEXT,     -- region: x0,y0,x1,y1 in thousandths of the frame
+    of_seq      INTEGER,  -- region: the image segment it is cut from
+    PRIMARY KEY (report_id, seq)
+) WITHOUT ROWID;
+";
+
+/// The columns versions 1 and 2 had, copied over when the table is rebuilt for version 3.
+const SEGMENTS_V2_COLUMNS: &str = "report_id, seq, kind, text, source, at_ms, token_start, \
+    token_end, time_ms, frame_seq, width, height, sample_rate, samples";
 
 /// How many reports the index page lists (newest first). Rewritten on every finished report,
 /// so it stays small: older reports are one `gemba report list` away.
@@ -151,6 +164,9 @@ struct Inner {
     outbox_ready: bool,
     /// Messages dropped since the store was opened (evicted with their report, or over the cap).
     outbox_dropped: u64,
+    /// A version 1 or 2 index read beside the older daemon that keeps it (`open_read_only`):
+    /// its segments table has no region columns.
+    old_segments: bool,
 }
 
 /// What recovery found and fixed when the store was opened.
@@ -217,6 +233,16 @@ pub struct SentencePlacement {
     pub unknown: Vec<String>,
     /// Regions the sentence cites (well-formed, of cameras of the query), in order.
     pub regions: Vec<cite::Region>,
+    /// Their region segments (the crops), placed right after the sentence, in the same order.
+    pub crops: Vec<Ack>,
+}
+
+/// How far [`ReportWriter::add_sentence`] got with a sentence before an error.
+struct PartialSentence {
+    sentence: String,
+    placed: SentencePlacement,
+    /// The text segment is in (or there was none) and the citations are counted.
+    text_done: bool,
 }
 
 /// Reports removed by retention.
@@ -339,6 +365,7 @@ impl Store {
             return Err(ReportError::NoStore { path: dir });
         }
         inner.check_schema(version)?;
+        inner.old_segments = version < 3;
         inner.detect_outbox()?;
         inner.media_bytes = inner.sum_media_bytes()?;
         inner.html_bytes = Tree::open(&dir, false)?
@@ -382,6 +409,8 @@ impl Store {
             store: self.clone(),
             id,
             cameras_placed: HashSet::new(),
+            frames_placed: HashMap::new(),
+            partial: None,
             unknown_citations: 0,
             dropped_regions: 0,
             next: 0,
@@ -445,6 +474,11 @@ pub struct ReportWriter {
     store: Store,
     id: ReportId,
     cameras_placed: HashSet<String>,
+    /// Each camera's frame segment in this report (the last one placed), for region crops.
+    frames_placed: HashMap<String, u32>,
+    /// The sentence `add_sentence` is part way through (an error stopped it), so that calling
+    /// again with it completes it without writing any of it twice.
+    partial: Option<PartialSentence>,
     unknown_citations: u32,
     /// Region markers dropped so far (see [`ReportStats::dropped_regions`]).
     dropped_regions: u32,
@@ -476,9 +510,56 @@ impl ReportWriter {
             .lock()
             .add_media(&self.id, index, MediaKind::Jpeg, &jpeg, &row)?;
         self.next += 1;
+        self.frames_placed.insert(frame.camera.clone(), index);
         Ok(Ack {
             index,
             kind: "image",
+            media: Some(media),
+        })
+    }
+
+    /// Appends the crop of `region` (a box of `frame`, whose frame segment is `frame_index`):
+    /// cut from the frame's pixels, stored as its own JPEG.
+    pub fn add_region(
+        &mut self,
+        frame: &Frame,
+        frame_index: u32,
+        region: &cite::Region,
+    ) -> Result<Ack> {
+        self.check_open()?;
+        let index = self.next;
+        let jpeg = crate::report::crop::crop_jpeg(
+            &frame.camera,
+            &frame.rgb,
+            frame.width,
+            frame.height,
+            region.bbox,
+        )
+        .map_err(|e| ReportError::BadFrame {
+            id: self.id.clone(),
+            camera: frame.camera.clone(),
+            why: format!("cutting the region {}: {e}", region.bbox),
+        })?;
+        let (_, _, w, h) = region.bbox.pixels(frame.width, frame.height);
+        let row = SegmentRow {
+            kind: "region",
+            source: Some(frame.camera.clone()),
+            time_ms: Some(millis(frame.captured_at)),
+            frame_seq: Some(i64::try_from(frame.seq).unwrap_or(i64::MAX)),
+            width: Some(w.into()),
+            height: Some(h.into()),
+            bbox: Some(region.bbox.to_string()),
+            of_seq: Some(frame_index.into()),
+            ..SegmentRow::default()
+        };
+        let media = self
+            .store
+            .lock()
+            .add_media(&self.id, index, MediaKind::Jpeg, &jpeg, &row)?;
+        self.next += 1;
+        Ok(Ack {
+            index,
+            kind: "region",
             media: Some(media),
         })
     }
@@ -537,11 +618,13 @@ impl ReportWriter {
 
     /// Appends a streamed sentence with its citations resolved: the frame of each camera cited
     /// for the first time in this report goes in just before the sentence, the `[cam:NAME]`
-    /// markers come out of the text. `frames` are the query's frames, one per camera. Names that
-    /// match no frame are counted in the report and logged once per report and name.
+    /// markers come out of the text, and each region it cites (`[cam:NAME box:…]`) goes in right
+    /// after it as a region segment holding its crop. `frames` are the query's frames, one per
+    /// camera. Names that match no frame are counted in the report and logged once per report
+    /// and name.
     ///
-    /// After an error, calling again with the same sentence completes it: frames already placed
-    /// are not placed twice.
+    /// After an error, calling again with the same sentence completes it: nothing already
+    /// placed (frame, sentence, crop) is placed twice.
     pub fn add_sentence(
         &mut self,
         sentence: &str,
@@ -551,44 +634,85 @@ impl ReportWriter {
         self.check_open()?;
         let names: Vec<&str> = frames.iter().map(|f| f.camera.as_str()).collect();
         let cited = cite::cite(sentence, &names);
-        let mut placed = SentencePlacement {
-            unknown: cited.unknown.clone(),
-            ..Default::default()
+        let mut partial = match self.partial.take() {
+            Some(p) if p.sentence == sentence => p,
+            _ => PartialSentence {
+                sentence: sentence.to_string(),
+                placed: SentencePlacement {
+                    unknown: cited.unknown.clone(),
+                    ..Default::default()
+                },
+                text_done: false,
+            },
+        };
+        match self.place_sentence(&cited, timings, frames, &names, &mut partial) {
+            Ok(()) => Ok(partial.placed),
+            Err(e) => {
+                self.partial = Some(partial);
+                Err(e)
+            }
+        }
+    }
+
+    fn place_sentence(
+        &mut self,
+        cited: &cite::Citations,
+        timings: TextTimings,
+        frames: &[Frame],
+        names: &[&str],
+        partial: &mut PartialSentence,
+    ) -> Result<()> {
+        let frame_of = |camera: &str| {
+            frames
+                .iter()
+                .find(|f| f.camera == camera)
+                .expect("cite returns known names")
         };
         for camera in &cited.cameras {
             if self.cameras_placed.contains(camera) {
                 continue;
             }
-            let frame = frames
-                .iter()
-                .find(|f| &f.camera == camera)
-                .expect("cite returns known names");
-            placed.images.push(self.add_image(frame)?);
+            partial
+                .placed
+                .images
+                .push(self.add_image(frame_of(camera))?);
             self.cameras_placed.insert(camera.clone());
         }
-        let unknown = self.unknown_citations + cited.unknown.len() as u32;
-        if !cited.text.is_empty() {
-            placed.text = Some(self.add_text_counting(&cited.text, timings, unknown)?);
-        }
-        // Counted once the sentence is in, so a retried sentence is not counted twice.
-        self.unknown_citations = unknown;
-        for name in &cited.unknown {
-            log_unknown_camera_once(&self.id, name, &names);
-        }
-        for d in &cited.dropped {
-            if self.dropped_regions == 0 {
-                log::warn!(
-                    "report {}: region marker [{}] dropped ({}); further drops in this report \
-                     are only counted (stats.dropped_regions)",
-                    self.id,
-                    d.marker,
-                    d.reason
-                );
+        if !partial.text_done {
+            let unknown = self.unknown_citations + cited.unknown.len() as u32;
+            if !cited.text.is_empty() {
+                partial.placed.text =
+                    Some(self.add_text_counting(&cited.text, timings, unknown)?);
             }
-            self.dropped_regions += 1;
+            // Counted once the sentence is in, so a retried sentence is not counted twice.
+            self.unknown_citations = unknown;
+            partial.text_done = true;
+            for name in &cited.unknown {
+                log_unknown_camera_once(&self.id, name, names);
+            }
+            for d in &cited.dropped {
+                if self.dropped_regions == 0 {
+                    log::warn!(
+                        "report {}: region marker [{}] dropped ({}); further drops in this \
+                         report are only counted (stats.dropped_regions)",
+                        self.id,
+                        d.marker,
+                        d.reason
+                    );
+                }
+                self.dropped_regions += 1;
+            }
         }
-        placed.regions = cited.regions;
-        Ok(placed)
+        for region in &cited.regions[partial.placed.regions.len()..] {
+            let frame_index = *self
+                .frames_placed
+                .get(&region.camera)
+                .expect("a cited camera's frame is placed before its sentence");
+            let ack = self.add_region(frame_of(&region.camera), frame_index, region)?;
+            partial.placed.crops.push(ack);
+            partial.placed.regions.push(region.clone());
+        }
+        Ok(())
     }
 
     /// Region markers dropped so far in this report.
@@ -711,6 +835,10 @@ struct SegmentRow {
     height: Option<i64>,
     sample_rate: Option<i64>,
     samples: Option<i64>,
+    /// Region: `x0,y0,x1,y1`.
+    bbox: Option<String>,
+    /// Region: the frame's segment index.
+    of_seq: Option<i64>,
 }
 
 fn millis(t: std::time::SystemTime) -> i64 {
@@ -787,6 +915,7 @@ impl Inner {
             outbox_hook: None,
             outbox_ready: false,
             outbox_dropped: 0,
+            old_segments: false,
         })
     }
 
@@ -841,28 +970,76 @@ impl Inner {
     fn migrate(&mut self) -> Result<()> {
         let version = self.schema_version()?;
         self.check_schema(version)?;
-        if version < SCHEMA_VERSION {
-            let tx = self
-                .conn
-                .transaction()
-                .map_err(|source| ReportError::Index {
-                    path: self.dir.join(layout::INDEX_FILE),
-                    op: "creating the schema",
-                    source,
-                })?;
-            // 0 → everything; 1 → 2 adds the alert tables (reports untouched).
-            let batch = if version == 0 { SCHEMA } else { "" };
-            tx.execute_batch(batch)
-                .and_then(|()| tx.execute_batch(alerts::ALERT_SCHEMA))
-                .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
-                .and_then(|()| tx.commit())
-                .map_err(|source| ReportError::Index {
-                    path: self.dir.join(layout::INDEX_FILE),
-                    op: "creating the schema",
-                    source,
-                })?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
         }
-        Ok(())
+        let index = self.dir.join(layout::INDEX_FILE);
+        let err = |op: &'static str| {
+            let index = index.clone();
+            move |source| ReportError::Index {
+                path: index,
+                op,
+                source,
+            }
+        };
+        // Rebuilding `segments` (SQLite cannot change a CHECK constraint in place) drops the old
+        // table, and with foreign keys on that would first delete every media row by cascade.
+        // So they are off for the rebuild — a pragma that only takes effect outside a
+        // transaction — and the copy is checked with `foreign_key_check` before it commits.
+        let rebuild = (1..3).contains(&version);
+        if rebuild {
+            self.conn
+                .pragma_update(None, "foreign_keys", false)
+                .map_err(err("upgrading the index to version 3"))?;
+        }
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            if version == 0 {
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(SEGMENTS_V3)?;
+            }
+            if version < 2 {
+                tx.execute_batch(alerts::ALERT_SCHEMA)?;
+            }
+            if rebuild {
+                tx.execute_batch(&SEGMENTS_V3.replacen(
+                    "CREATE TABLE segments (",
+                    "CREATE TABLE segments_v3 (",
+                    1,
+                ))?;
+                tx.execute_batch(&format!(
+                    "INSERT INTO segments_v3 ({SEGMENTS_V2_COLUMNS}) \
+                     SELECT {SEGMENTS_V2_COLUMNS} FROM segments;\
+                     DROP TABLE segments;\
+                     ALTER TABLE segments_v3 RENAME TO segments;"
+                ))?;
+                let broken: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                        r.get(0)
+                    })?;
+                if broken != 0 {
+                    // Rolled back when `tx` drops: the old tables stay as they were.
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                        Some(format!(
+                            "{broken} rows would break a foreign key after the rebuild"
+                        )),
+                    ));
+                }
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()
+        })();
+        if rebuild {
+            self.conn
+                .pragma_update(None, "foreign_keys", true)
+                .map_err(err("upgrading the index to version 3"))?;
+        }
+        result.map_err(err(if version == 0 {
+            "creating the schema"
+        } else {
+            "upgrading the index to version 3"
+        }))
     }
 
     fn integrity_check(&self) -> Result<Vec<String>> {
@@ -977,12 +1154,12 @@ impl Inner {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO segments (report_id, seq, kind, text, source, at_ms, token_start, token_end,
-                                   time_ms, frame_seq, width, height, sample_rate, samples)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                   time_ms, frame_seq, width, height, sample_rate, samples, box, of_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 id.as_str(), index, row.kind, row.text, row.source, row.at_ms, row.token_start,
                 row.token_end, row.time_ms, row.frame_seq, row.width, row.height, row.sample_rate,
-                row.samples
+                row.samples, row.bbox, row.of_seq
             ],
         )?;
         if let Some(m) = media {

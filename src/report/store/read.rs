@@ -4,8 +4,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{ts, Inner, ListFilter, ReportSummary, Usage};
 use crate::report::{
-    durable, media, AudioSegment, ImageSegment, MediaRef, Report, ReportError, ReportId,
-    ReportMeta, ReportStats, ReportStatus, Result, Segment, TextSegment,
+    durable, media, AudioSegment, ImageSegment, MediaRef, RegionSegment, Report, ReportError,
+    ReportId, ReportMeta, ReportStats, ReportStatus, Result, Segment, TextSegment,
 };
 
 impl Inner {
@@ -69,14 +69,21 @@ impl Inner {
     }
 
     pub(super) fn segments(&self, id: &ReportId) -> Result<Vec<Segment>> {
+        // An index of version 1 or 2 (read beside the daemon that keeps it) has no region columns.
+        let region_columns = if self.old_segments {
+            "NULL, NULL"
+        } else {
+            "s.box, s.of_seq"
+        };
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT s.seq, s.kind, s.text, s.source, s.at_ms, s.token_start, s.token_end, s.time_ms,
-                        s.frame_seq, s.width, s.height, s.sample_rate, s.samples, m.path, m.bytes, m.sha256
+                        s.frame_seq, s.width, s.height, s.sample_rate, s.samples, m.path, m.bytes, m.sha256,
+                        {region_columns}
                  FROM segments s LEFT JOIN media m ON m.report_id = s.report_id AND m.seq = s.seq
-                 WHERE s.report_id = ?1 ORDER BY s.seq",
-            )
+                 WHERE s.report_id = ?1 ORDER BY s.seq"
+            ))
             .map_err(self.db_err("reading segments"))?;
         let mut rows = stmt
             .query([id.as_str()])
@@ -272,6 +279,21 @@ fn row_to_segment(r: &rusqlite::Row<'_>, index: u32) -> std::result::Result<Segm
                 sample_rate: rate,
                 duration: media::samples_duration(samples.max(0) as u64, rate),
                 transcript: opt(r, 2, "text")?,
+                media: media()?,
+            })
+        }
+        "region" => {
+            let raw: String = col(r, 16, "box")?;
+            let bbox = crate::report::cite::parse_box(&raw)
+                .map_err(|why| format!("box {raw:?}: {why}"))?;
+            Segment::Region(RegionSegment {
+                index,
+                camera: col(r, 3, "source")?,
+                frame_index: col(r, 17, "of_seq")?,
+                frame_seq: col::<i64>(r, 8, "frame_seq")? as u64,
+                bbox,
+                width: col(r, 9, "width")?,
+                height: col(r, 10, "height")?,
                 media: media()?,
             })
         }
