@@ -48,7 +48,7 @@ tr.alert td{background:#fff1f0;font-weight:600}
 .sentence-row p.text{flex:1 1 20rem;margin:0}
 .crops{display:flex;flex-wrap:wrap;gap:.5rem}
 figure.region{margin:0}
-figure.region img{max-width:10rem;max-height:10rem;width:auto;height:auto;border:2px solid #e8590c}
+figure.region img{height:6rem;width:auto;max-width:14rem;object-fit:contain;border:2px solid #e8590c}
 ";
 
 fn alert_block(
