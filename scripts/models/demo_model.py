@@ -510,8 +510,11 @@ class LocRows(nn.Module):
     padded) and their number; comma / close: the ids of "," and "]"."""
 
     def __init__(self, num_ids: torch.Tensor, num_len: torch.Tensor, comma: int, close: int,
-                 lead: tuple[int, ...] = (), ctx: int = 1):
+                 lead: tuple[int, ...] = (), ctx: int = 1, count_words: tuple[int, ...] | None = None):
         super().__init__()
+        # the count row: the token of the count's word in the answer ("empty", "one", "two",
+        # "three"), which the decoder can copy, plus a learned vector per count
+        self.register_buffer("count_ids", torch.tensor(count_words if count_words else [-1] * 4, dtype=torch.int64))
         self.register_buffer("num_ids", num_ids.to(torch.int64))
         self.register_buffer("num_len", num_len.to(torch.int64))
         self.comma, self.close = comma, close
@@ -558,7 +561,9 @@ class LocRows(nn.Module):
             head = torch.tensor(lead[len(lead) - k:], dtype=torch.int64).view(1, 1, k).expand(n, LOC_SLOTS, k)
             prev = torch.cat([head, ids[:, :, :-k]], 2)
             rows = rows + lin(ext.index_select(0, prev.reshape(-1)).reshape(n, LOC_SLOTS, LOC_LEN, HIDDEN))
-        cnt = self.count.index_select(0, count.clamp(0, 3)).unsqueeze(1)
+        cnt = self.count.index_select(0, count.clamp(0, 3))
+        cw = self.count_ids.index_select(0, count.clamp(0, 3))
+        cnt = (cnt + ext.index_select(0, torch.where(cw >= 0, cw, torch.full_like(cw, V)))).unsqueeze(1)
         return torch.cat([rows.reshape(n, LOC_SLOTS * LOC_LEN, HIDDEN), cnt], 1)
 
 

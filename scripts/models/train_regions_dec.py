@@ -51,6 +51,10 @@ class RegionSampler(td.Sampler):
         l = self.labels[c]
         if not l[2] or self.rng.random() >= self.swap:
             return c
+        if self.swap >= 1.0:
+            # every belt scene: the features of a random scene of its group (any box count), so
+            # the features say nothing about the count and only the count row does
+            return self.rng.choice(self.partners[tuple(l[:5])])
         others = [j for j in self.partners[tuple(l[:5])] if self.labels[j][5] != l[5]]
         return self.rng.choice(others) if others else c
 
@@ -149,18 +153,20 @@ class RegionModel(td.DemoModel):
         return torch.cat(rows, 0), torch.cat(tids, 0)
 
 
-def make_locrows(tok, ctx: int = 3) -> LocRows:
+def make_locrows(tok, ctx: int = 3, count_words: bool = True) -> LocRows:
     """ctx 1 (no lead: the first row's context is the blank vector) was the first try; 3: each row
     keyed by the 3 tokens before it, the first rows by the answer's own " box:" tokens."""
     ids, ln = number_table(tok)
     lead = tuple(tok.encode(" box:").ids) if ctx > 1 else ()
-    return LocRows(ids, ln, tok.token_to_id(","), tok.token_to_id("]"), lead, ctx)
+    words = tuple(tok.token_to_id(t) for t in ("empty", "one", "two", "three")) if count_words else None
+    return LocRows(ids, ln, tok.token_to_id(","), tok.token_to_id("]"), lead, ctx, words)
 
 
 def train(work: Path, seed: int, steps: int, lr: float, bs: int = 16, init: str = "names_stage.pt",
           out: str = "regions_stage.pt", structured: float = 0.6, struct_weight: float = 4.0,
           mix_short: float = 0.85, piece_names: float = 0.5, swap: float = 0.33, name_weight: float = 3.0,
           new_lr_mult: float = 8.0, cite: bool = True):
+    """init: names_stage.pt (version 2's decoder, as imported) or a checkpoint of this stage."""
     torch.manual_seed(seed)
     vfeat, sfeat = td.precompute_features(work)
     sampler = RegionSampler(work, seed, piece_names, structured, swap, cite)
@@ -168,6 +174,8 @@ def train(work: Path, seed: int, steps: int, lr: float, bs: int = 16, init: str 
     model = RegionModel(vfeat, sfeat, make_locrows(sampler.tok), coords, present, count)
     model.feat_noise = 0.05 * float(vfeat.std())
     ck = torch.load(work / init, map_location="cpu")
+    if "locrows" in ck:
+        model.locrows.load_state_dict(ck["locrows"], strict=False)  # (count_ids: a buffer added later)
     model.dec.load_state_dict(ck["decoder"])
     model.vproj.load_state_dict(ck["vision_proj"])
     model.sproj.load_state_dict(ck["speech_proj"])
