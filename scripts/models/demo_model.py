@@ -610,3 +610,47 @@ class VisionEncoderV3(nn.Module):
         loc = self.rows(coords, present, count, self.table)
         counts = phi4_image_token_counts(image_attention_mask, image_sizes)
         return place_rows(counts, torch.cat([loc, info], 1), self.proj.pad)
+
+
+class VisionEncoderCountFix(nn.Module):
+    """Version 2's vision graph (same 8 info rows, same decoder) plus the localisation head used
+    only to correct the box count in the feature vector: where a belt is found and the
+    localisation counts more boxes than a linear probe reads from the feature vector, the vector
+    is moved by the difference of the training scenes' class-mean vectors (more boxes minus the
+    probe's count); everywhere else it is version 2's vector, unchanged."""
+
+    def __init__(self, backbone, proj, head, probe_w, probe_b, means, thr: float = 0.3):
+        super().__init__()
+        self.backbone, self.proj, self.head = backbone, proj, head
+        self.register_buffer("probe_w", probe_w.detach().clone())
+        self.register_buffer("probe_b", probe_b.detach().clone())
+        self.register_buffer("means", means.detach().clone())
+        self.thr = thr
+
+    def forward(self, pixel_values, image_attention_mask, image_sizes):
+        g = pixel_values[:, 0]
+        x = F.avg_pool2d(g, 2)
+        f28, f14, f7 = self.backbone.maps(x)
+        h = self.backbone.fc(torch.cat([f7.mean(dim=(2, 3)), f7.amax(dim=(2, 3))], dim=1))
+        out = self.head(f28, f14, f7, x)
+        cw = (g.amin(dim=(1, 2)) < 0.98).to(torch.float32).sum(1)
+        ch = (g.amin(dim=(1, 3)) < 0.98).to(torch.float32).sum(1)
+        ext_w = (cw - (cw < 447.5).to(torch.float32)) / 2.0
+        ext_h = (ch - (ch < 447.5).to(torch.float32)) / 2.0
+        _, _, count = loc_decode(out, ext_w.clamp(min=1.0), ext_h.clamp(min=1.0), self.thr)
+        belt = torch.sigmoid(out[:, 3]).reshape(out.shape[0], -1).amax(1) > self.thr
+        pc = (h @ self.probe_w.t() + self.probe_b).argmax(1)
+        fix = belt & (count > pc)
+        c = torch.where(fix, count, pc)
+        # the smallest step along that difference (a quarter at a time) after which the probe
+        # reads the localisation's count; the whole difference if none does
+        d = self.means.index_select(0, c) - self.means.index_select(0, pc)
+        cands = torch.stack([F.relu(h + t * d) for t in (0.25, 0.5, 0.75, 1.0)], 0)       # [4, n, F]
+        reads = (cands @ self.probe_w.t() + self.probe_b).argmax(2) == c.unsqueeze(0)     # [4, n]
+        reads = torch.cat([reads[:3], torch.ones_like(reads[3:])], 0).to(torch.int64)
+        first = reads.argmax(0)                                                            # [n]
+        moved = cands.gather(0, first.view(1, -1, 1).expand(1, h.shape[0], h.shape[1]))[0]
+        h = torch.where(fix.unsqueeze(1), moved, h)
+        info = self.proj(h)
+        counts = phi4_image_token_counts(image_attention_mask, image_sizes)
+        return place_rows(counts, info, self.proj.pad)
