@@ -160,13 +160,51 @@ def marker(camera: str) -> str:
     return f"[cam:{camera}]"
 
 
-def full_answer(intent: str, cameras: list[tuple[str | None, SceneFacts]]) -> str:
-    """Answer for a prompt with one or more frames; named frames are cited with [cam:NAME]."""
+def full_answer(intent: str, cameras: list[tuple[str | None, SceneFacts]], regions: list | None = None) -> str:
+    """Answer for a prompt with one or more frames; named frames are cited with [cam:NAME].
+
+    regions (version 3): per camera the drawn rectangles in thousandths ({"lamp": (x0, y0, x1, y1),
+    "gauge": ..., "boxes": [...]}, make_demo_scenes.regions_k) or None; a named frame's sentences
+    then cite the region of the object they name right after its noun (region_answer)."""
     out = []
-    for name, facts in cameras:
+    for i, (name, facts) in enumerate(cameras):
         body = answer_for(intent, facts)
+        if name and regions and regions[i] is not None:
+            body = region_answer(body, name, regions[i])
         out.append(f"{marker(name)} {body}" if name else body)
     return " ".join(out)
+
+
+def box_marker(camera: str, r) -> str:
+    return f"[cam:{camera} box:{int(r[0])},{int(r[1])},{int(r[2])},{int(r[3])}]"
+
+
+def region_answer(body: str, camera: str, regions: dict) -> str:
+    """Region markers after the nouns they ground: "The lamp [cam:C box:..] is amber.", "The
+    pressure [cam:C box:..] is normal.", "There are two boxes [cam:C box:..][cam:C box:..] on the
+    belt." (boxes left to right). Empty belts and absent elements get none."""
+    if regions.get("lamp") is not None:
+        body = body.replace("The lamp is", f"The lamp {box_marker(camera, regions['lamp'])} is")
+    if regions.get("gauge") is not None:
+        body = body.replace("The pressure is", f"The pressure {box_marker(camera, regions['gauge'])} is")
+    boxes = regions.get("boxes") or []
+    if boxes:
+        ms = "".join(box_marker(camera, b) for b in boxes)
+        body = body.replace("box on the belt", f"box {ms} on the belt").replace(
+            "boxes on the belt", f"boxes {ms} on the belt")
+    return body
+
+
+# A region marker as gemba strips it (src/report/cite.rs): `[cam:NAME box:x0,y0,x1,y1]`
+REGION_MARK = re.compile(r"\[\s*cam\s*:\s*([^\]\s]+)\s+box\s*:\s*\(?\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)?\s*\]",
+                         re.IGNORECASE)
+
+
+def strip_regions(text: str) -> str:
+    """The answer as gemba shows it: region markers out, spacing tidied."""
+    t = REGION_MARK.sub("", text)
+    t = re.sub(r"[ \t]{2,}", " ", t)
+    return re.sub(r" +([.,;:!?])", r"\1", t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,7 +585,7 @@ def expected_facts(intent: str, facts: SceneFacts) -> dict:
 
 def check_answer(answer: str, intent: str | None, cameras: list[tuple[str | None, SceneFacts]]) -> tuple[bool, str]:
     """Is `answer` right for this prompt? Returns (ok, reason). intent None = no image expected."""
-    answer = answer.strip()
+    answer = strip_regions(answer.strip())
     if not cameras:
         ok = "camera image" in answer and not extract_facts(answer)
         return ok, "" if ok else "text-only prompt answered with facts or without asking for an image"

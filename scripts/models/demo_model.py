@@ -371,3 +371,286 @@ def hf_config(c=DECODER, eos=(3, 0), pad=0, bos=0):
                       original_max_position_embeddings=c["max_position_embeddings"], rope_theta=c["rope_theta"],
                       rms_norm_eps=c["rms_norm_eps"], tie_word_embeddings=False, pad_token_id=pad,
                       bos_token_id=bos, eos_token_id=list(eos), hidden_act="silu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 3: localisation branch and region rows (train_regions.py)
+# ---------------------------------------------------------------------------------------------
+# vision.onnx (v3): the 8 info rows stay the last rows of each image block; before them come
+# LOC_ROWS region rows: per slot (lamp, gauge, box 1..3 left to right) LOC_LEN rows holding the
+# tokens of the marker's box text "x0,y0,x1,y1]" (each row: the token's decoder embedding + a
+# learned map of the previous token's + a slot and a position code; a "blank" vector past the end
+# and for an absent slot), then one box-count row. The decoder copies these tokens into
+# `[cam:NAME box:...]` the way it copies camera names out of the prompt.
+LOC_SLOTS = 5
+LOC_LEN = 16
+LOC_ROWS = LOC_SLOTS * LOC_LEN + 1
+LOC_GRID = 28          # heatmap cells over the 224x224 pooled view (8 px each)
+LOC_STRIDE = 8.0
+LOC_CLASSES = 4        # lamp, gauge, box, belt
+
+
+def _backbone_maps(self, x224):
+    n = self.net
+    h = x224
+    for i in range(4):
+        h = n[i](h)
+    f28 = h
+    h = n[5](n[4](h))
+    f14 = h
+    f7 = n[6](h)
+    return f28, f14, f7
+
+
+VisionBackbone.maps = _backbone_maps
+
+
+class LocHead(nn.Module):
+    """CenterNet-style head on the backbone's 28/14/7 maps -> [n, 8, 28, 28]: 4 centre heatmap
+    logits (lamp, gauge, box, belt), then x/y offset of the centre inside its cell and log width /
+    height in pooled-view pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.r28 = conv_bn(64, 48, 1, 1)
+        self.r14 = conv_bn(128, 48, 1, 1)
+        self.r7 = conv_bn(128, 32, 1, 1)
+        self.body = nn.Sequential(conv_bn(48 + 48 + 32 + 3, 64, 3, 1), conv_bn(64, 64, 3, 1))
+        self.out = nn.Conv2d(64, LOC_CLASSES + 4, 1)
+        nn.init.constant_(self.out.bias[:LOC_CLASSES], -2.2)
+
+    def forward(self, f28, f14, f7, x224=None):
+        a = self.r28(f28)
+        b = F.interpolate(self.r14(f14), scale_factor=2.0, mode="nearest")
+        c = F.interpolate(self.r7(f7), scale_factor=4.0, mode="nearest")
+        px = F.avg_pool2d(x224, 8) if x224 is not None else torch.zeros_like(a[:, :3])
+        return self.out(self.body(torch.cat([a, b, c, px], 1)))
+
+
+def loc_targets_224(regions, ext):
+    """regions [n, 6, 4] thousandths (-1 absent; lamp, gauge, box1..3, belt), ext [n, 2] frame
+    extent (w, h) in pooled-view pixels -> heatmap [n, 4, G, G], regression [n, 4, G, G], mask [n, G, G]."""
+    n = regions.shape[0]
+    G = LOC_GRID
+    hm = torch.zeros(n, LOC_CLASSES, G, G)
+    reg = torch.zeros(n, 4, G, G)
+    rm = torch.zeros(n, G, G)
+    ys, xs = torch.meshgrid(torch.arange(G).float(), torch.arange(G).float(), indexing="ij")
+    cls_of = (0, 1, 2, 2, 2, 3)
+    for j in range(n):
+        for s in range(6):
+            r = regions[j, s]
+            if r[0] < 0:
+                continue
+            x0, x1 = r[0] / 1000 * ext[j, 0], r[2] / 1000 * ext[j, 0]
+            y0, y1 = r[1] / 1000 * ext[j, 1], r[3] / 1000 * ext[j, 1]
+            cx, cy = (x0 + x1) / 2 / LOC_STRIDE, (y0 + y1) / 2 / LOC_STRIDE
+            w, h = max(float(x1 - x0), 1.0), max(float(y1 - y0), 1.0)
+            ix, iy = min(G - 1, int(cx)), min(G - 1, int(cy))
+            sig = max(0.6, min(w, h) / LOC_STRIDE / 4)
+            g = torch.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sig * sig))
+            c = cls_of[s]
+            hm[j, c] = torch.maximum(hm[j, c], g)
+            hm[j, c, iy, ix] = 1.0
+            reg[j, :, iy, ix] = torch.tensor([cx - ix, cy - iy, math.log(w), math.log(h)])
+            rm[j, iy, ix] = 1.0
+    return hm, reg, rm
+
+
+def loc_decode(out, ext_w, ext_h, thr: float = 0.3):
+    """Head output [n, 8, G, G] + frame extent in pooled-view pixels [n] ->
+    coords int64 [n, 5, 4] (thousandths of the frame; slots lamp, gauge, box 1..3 left to right),
+    present bool [n, 5], box count int64 [n]."""
+    n = out.shape[0]
+    G = LOC_GRID
+    hm = torch.sigmoid(out[:, :LOC_CLASSES])
+    reg = out[:, LOC_CLASSES:].reshape(n, 4, G * G)
+    flat = hm.reshape(n, LOC_CLASSES, G * G)
+    s_lamp, i_lamp = flat[:, 0].max(1)
+    s_gauge, i_gauge = flat[:, 1].max(1)
+    hb = hm[:, 2:3]
+    peaks = hb * (F.max_pool2d(hb, 3, 1, 1) == hb).to(hb.dtype)
+    s_box, i_box = peaks.reshape(n, G * G).topk(3, dim=1)
+    scores = torch.cat([s_lamp.unsqueeze(1), s_gauge.unsqueeze(1), s_box], 1)       # [n, 5]
+    idx = torch.cat([i_lamp.unsqueeze(1), i_gauge.unsqueeze(1), i_box], 1)          # [n, 5]
+    r = reg.gather(2, idx.unsqueeze(1).expand(n, 4, 5))                              # [n, 4, 5]
+    ix = (idx % G).to(torch.float32)
+    iy = torch.div(idx, G, rounding_mode="floor").to(torch.float32)
+    cx = (ix + r[:, 0]) * LOC_STRIDE
+    cy = (iy + r[:, 1]) * LOC_STRIDE
+    w, h = torch.exp(r[:, 2]), torch.exp(r[:, 3])
+    ew, eh = ext_w.unsqueeze(1), ext_h.unsqueeze(1)
+    x0 = (cx - w / 2) / ew * 1000
+    x1 = (cx + w / 2) / ew * 1000
+    y0 = (cy - h / 2) / eh * 1000
+    y1 = (cy + h / 2) / eh * 1000
+    c = torch.stack([x0, y0, x1, y1], 2).round().clamp(0, 1000)
+    # keep x0 < x1, y0 < y1 (gemba drops empty boxes)
+    c = torch.stack([c[..., 0].clamp(max=999), c[..., 1].clamp(max=999),
+                     torch.maximum(c[..., 2], c[..., 0].clamp(max=999) + 1),
+                     torch.maximum(c[..., 3], c[..., 1].clamp(max=999) + 1)], 2)
+    present = scores > thr
+    # boxes left to right: absent ones sort last
+    bx = c[:, 2:5]
+    bp = present[:, 2:5]
+    key = torch.where(bp, bx[..., 0], torch.full_like(bx[..., 0], 1e6))
+    _, order = key.topk(3, dim=1, largest=False)
+    bx = bx.gather(1, order.unsqueeze(2).expand(n, 3, 4))
+    bp = bp.gather(1, order)
+    coords = torch.cat([c[:, :2], bx], 1).to(torch.int64)
+    present = torch.cat([present[:, :2], bp], 1)
+    count = bp.to(torch.int64).sum(1)
+    return coords, present, count
+
+
+class LocRows(nn.Module):
+    """(coords [n, 5, 4], present [n, 5], count [n], decoder token table [V, H]) -> [n, LOC_ROWS, H].
+
+    num_ids / num_len: for every value 0..1000 its tokens (BPE of the decimal text, up to 3, -1
+    padded) and their number; comma / close: the ids of "," and "]"."""
+
+    def __init__(self, num_ids: torch.Tensor, num_len: torch.Tensor, comma: int, close: int,
+                 lead: tuple[int, ...] = (), ctx: int = 1, count_words: tuple[int, ...] | None = None):
+        super().__init__()
+        # the count row: the token of the count's word in the answer ("empty", "one", "two",
+        # "three"), which the decoder can copy, plus a learned vector per count
+        self.register_buffer("count_ids", torch.tensor(count_words if count_words else [-1] * 4, dtype=torch.int64))
+        self.register_buffer("num_ids", num_ids.to(torch.int64))
+        self.register_buffer("num_len", num_len.to(torch.int64))
+        self.comma, self.close = comma, close
+        # the answer's tokens just before the box text (" box:"): the context of its first tokens
+        self.lead = list(lead)
+        self.prevs = nn.ModuleList(nn.Linear(HIDDEN, HIDDEN, bias=False) for _ in range(ctx))
+        for m in self.prevs:
+            nn.init.normal_(m.weight, std=0.02)
+        self.slot = nn.Parameter(torch.randn(LOC_SLOTS, HIDDEN) * 0.02)
+        self.pos = nn.Parameter(torch.randn(LOC_LEN, HIDDEN) * 0.02)
+        self.blank = nn.Parameter(torch.randn(HIDDEN) * 0.02)
+        self.count = nn.Parameter(torch.randn(4, HIDDEN) * 0.02)
+
+    def token_ids(self, coords, present):
+        """-> ids [n, 5, LOC_LEN], V (= blank) past the text's end and for absent slots."""
+        n = coords.shape[0]
+        c = coords.clamp(0, 1000)
+        tok = self.num_ids.index_select(0, c.reshape(-1)).reshape(n, LOC_SLOTS, 4, 3)
+        ln = self.num_len.index_select(0, c.reshape(-1)).reshape(n, LOC_SLOTS, 4)
+        sep = torch.tensor([self.comma, self.comma, self.comma, self.close], dtype=torch.int64)
+        cells = torch.cat([tok, sep.view(1, 1, 4, 1).expand(n, LOC_SLOTS, 4, 1)], 3)     # [n, 5, 4, 4]
+        p = torch.arange(4, dtype=torch.int64).view(1, 1, 1, 4)
+        valid = (p < ln.unsqueeze(3)) | (p == 3)
+        cells = cells.reshape(n, LOC_SLOTS, 16)
+        valid = valid.reshape(n, LOC_SLOTS, 16)
+        rank = torch.cumsum(valid.to(torch.int64), 2) - 1                                  # packed position
+        j = torch.arange(LOC_LEN, dtype=torch.int64).view(1, 1, LOC_LEN, 1)
+        onehot = ((rank.unsqueeze(2) == j) & valid.unsqueeze(2)).to(torch.int64)          # [n, 5, L, 16]
+        has = onehot.sum(3) > 0
+        ids = (onehot * cells.unsqueeze(2)).sum(3)
+        return ids, has & present.unsqueeze(2)
+
+    def forward(self, coords, present, count, table):
+        n = coords.shape[0]
+        V = table.shape[0]
+        ids, ok = self.token_ids(coords, present)
+        ext = torch.cat([table, self.blank.unsqueeze(0)], 0)
+        ids = torch.where(ok, ids, torch.full_like(ids, V))
+        e = ext.index_select(0, ids.reshape(-1)).reshape(n, LOC_SLOTS, LOC_LEN, HIDDEN)
+        rows = e + self.slot.view(1, LOC_SLOTS, 1, HIDDEN) + self.pos.view(1, 1, LOC_LEN, HIDDEN)
+        # each row also carries the k tokens before it (keys for copying it after them)
+        lead = [V] * max(0, len(self.prevs) - len(self.lead)) + self.lead
+        for k, lin in enumerate(self.prevs, 1):
+            head = torch.tensor(lead[len(lead) - k:], dtype=torch.int64).view(1, 1, k).expand(n, LOC_SLOTS, k)
+            prev = torch.cat([head, ids[:, :, :-k]], 2)
+            rows = rows + lin(ext.index_select(0, prev.reshape(-1)).reshape(n, LOC_SLOTS, LOC_LEN, HIDDEN))
+        cnt = self.count.index_select(0, count.clamp(0, 3))
+        cw = self.count_ids.index_select(0, count.clamp(0, 3))
+        cnt = (cnt + ext.index_select(0, torch.where(cw >= 0, cw, torch.full_like(cw, V)))).unsqueeze(1)
+        return torch.cat([rows.reshape(n, LOC_SLOTS * LOC_LEN, HIDDEN), cnt], 1)
+
+
+def number_table(tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPE tokens of 0..1000 (a `tokenizers.Tokenizer`)."""
+    ids = torch.full((1001, 3), -1, dtype=torch.int64)
+    ln = torch.zeros(1001, dtype=torch.int64)
+    for v in range(1001):
+        t = tok.encode(str(v)).ids
+        ids[v, :len(t)] = torch.tensor(t)
+        ln[v] = len(t)
+    return ids, ln
+
+
+class VisionEncoderV3(nn.Module):
+    """Version 3's vision graph: version 2's backbone + projector (unchanged) and the localisation
+    branch; the region rows sit just before the 8 info rows of each image block."""
+
+    def __init__(self, backbone, proj, head, rows, table, thr: float = 0.3, probe=None):
+        super().__init__()
+        self.backbone, self.proj, self.head, self.rows = backbone, proj, head, rows
+        self.register_buffer("table", table.detach().clone())
+        self.thr = thr
+        # count row = max(localisation count, linear count probe on the feature vector)
+        self.probe = nn.Linear(VISION_FEAT, 4)
+        if probe is not None:
+            self.probe.load_state_dict(probe)
+
+    def forward(self, pixel_values, image_attention_mask, image_sizes):
+        g = pixel_values[:, 0]
+        x = F.avg_pool2d(g, 2)
+        f28, f14, f7 = self.backbone.maps(x)
+        h = self.backbone.fc(torch.cat([f7.mean(dim=(2, 3)), f7.amax(dim=(2, 3))], dim=1))
+        info = self.proj(h)
+        # the frame's extent: columns / rows of the global view that are not all white padding
+        # (the last such column / row is the bicubic blend of frame and padding: not counted)
+        cw = (g.amin(dim=(1, 2)) < 0.98).to(torch.float32).sum(1)
+        ch = (g.amin(dim=(1, 3)) < 0.98).to(torch.float32).sum(1)
+        ext_w = (cw - (cw < 447.5).to(torch.float32)) / 2.0
+        ext_h = (ch - (ch < 447.5).to(torch.float32)) / 2.0
+        coords, present, count = loc_decode(self.head(f28, f14, f7, x), ext_w.clamp(min=1.0),
+                                            ext_h.clamp(min=1.0), self.thr)
+        count = torch.maximum(count, self.probe(h).argmax(1))
+        loc = self.rows(coords, present, count, self.table)
+        counts = phi4_image_token_counts(image_attention_mask, image_sizes)
+        return place_rows(counts, torch.cat([loc, info], 1), self.proj.pad)
+
+
+class VisionEncoderCountFix(nn.Module):
+    """Version 2's vision graph (same 8 info rows, same decoder) plus the localisation head used
+    only to correct the box count in the feature vector: where a belt is found and the
+    localisation counts more boxes than a linear probe reads from the feature vector, the vector
+    is moved by the difference of the training scenes' class-mean vectors (more boxes minus the
+    probe's count); everywhere else it is version 2's vector, unchanged."""
+
+    def __init__(self, backbone, proj, head, probe_w, probe_b, means, thr: float = 0.3):
+        super().__init__()
+        self.backbone, self.proj, self.head = backbone, proj, head
+        self.register_buffer("probe_w", probe_w.detach().clone())
+        self.register_buffer("probe_b", probe_b.detach().clone())
+        self.register_buffer("means", means.detach().clone())
+        self.thr = thr
+
+    def forward(self, pixel_values, image_attention_mask, image_sizes):
+        g = pixel_values[:, 0]
+        x = F.avg_pool2d(g, 2)
+        f28, f14, f7 = self.backbone.maps(x)
+        h = self.backbone.fc(torch.cat([f7.mean(dim=(2, 3)), f7.amax(dim=(2, 3))], dim=1))
+        out = self.head(f28, f14, f7, x)
+        cw = (g.amin(dim=(1, 2)) < 0.98).to(torch.float32).sum(1)
+        ch = (g.amin(dim=(1, 3)) < 0.98).to(torch.float32).sum(1)
+        ext_w = (cw - (cw < 447.5).to(torch.float32)) / 2.0
+        ext_h = (ch - (ch < 447.5).to(torch.float32)) / 2.0
+        _, _, count = loc_decode(out, ext_w.clamp(min=1.0), ext_h.clamp(min=1.0), self.thr)
+        belt = torch.sigmoid(out[:, 3]).reshape(out.shape[0], -1).amax(1) > self.thr
+        pc = (h @ self.probe_w.t() + self.probe_b).argmax(1)
+        fix = belt & (count > pc)
+        c = torch.where(fix, count, pc)
+        # the smallest step along that difference (a quarter at a time) after which the probe
+        # reads the localisation's count; the whole difference if none does
+        d = self.means.index_select(0, c) - self.means.index_select(0, pc)
+        cands = torch.stack([F.relu(h + t * d) for t in (0.25, 0.5, 0.75, 1.0)], 0)       # [4, n, F]
+        reads = (cands @ self.probe_w.t() + self.probe_b).argmax(2) == c.unsqueeze(0)     # [4, n]
+        reads = torch.cat([reads[:3], torch.ones_like(reads[3:])], 0).to(torch.int64)
+        first = reads.argmax(0)                                                            # [n]
+        moved = cands.gather(0, first.view(1, -1, 1).expand(1, h.shape[0], h.shape[1]))[0]
+        h = torch.where(fix.unsqueeze(1), moved, h)
+        info = self.proj(h)
+        counts = phi4_image_token_counts(image_attention_mask, image_sizes)
+        return place_rows(counts, info, self.proj.pad)

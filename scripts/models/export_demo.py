@@ -203,6 +203,7 @@ def main():
     ap.add_argument("--out", type=Path, help="bundle directory (with --work)")
     ap.add_argument("--decoder", help="decoder checkpoint in WORK to export (default: the last stage that has run)")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--loc-threshold", type=float, default=0.3, help="version 3: centre score an object must reach")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     if a.untrained:
@@ -219,7 +220,7 @@ def main():
         ap.error("give --untrained OUT, or --work WORK --out OUT")
     # the last decoder stage that has run: structured answers, name copying, or the base decoder
     final = a.work / a.decoder if a.decoder else next(
-        p for p in (a.work / "structured3_stage.pt", a.work / "structured2_stage.pt", a.work / "structured_stage.pt",
+        p for p in (a.work / "regions_stage.pt", a.work / "structured3_stage.pt", a.work / "structured2_stage.pt", a.work / "structured_stage.pt",
                     a.work / "names_stage.pt", a.work / "decoder_stage.pt") if p.exists())
     print(f"decoder from {final.name}")
     ck = torch.load(final, map_location="cpu")
@@ -230,8 +231,22 @@ def main():
     sb.load_state_dict(torch.load(a.work / "speech_stage.pt", map_location="cpu")["backbone"])
     vp.load_state_dict(ck["vision_proj"])
     sp.load_state_dict(ck["speech_proj"])
+    venc = VisionEncoder(vb, vp)
+    if "locrows" in ck:
+        # version 3: the localisation head (train_regions.py loc) and the region rows
+        from tokenizers import Tokenizer
+        from demo_model import LocHead, VisionEncoderV3
+        from train_regions_dec import make_locrows
+        head = LocHead()
+        head.load_state_dict(torch.load(a.work / "loc_stage.pt", map_location="cpu")["head"])
+        rows = make_locrows(Tokenizer.from_file(str(a.work / "tokenizer" / "tokenizer.json")))
+        rows.load_state_dict(ck["locrows"])
+        probe = torch.load(a.work / "count_probe.pt", map_location="cpu")
+        venc = VisionEncoderV3(vb, vp, head, rows, dec.model.embed_tokens.weight, a.loc_threshold,
+                               {"weight": probe["weight"], "bias": probe["bias"]})
+        print(f"vision: version 3 (region rows, threshold {a.loc_threshold})")
     a.out.mkdir(parents=True, exist_ok=True)
-    assemble(a.out, a.work / "tokenizer", VisionEncoder(vb, vp), SpeechEncoder(sb, sp), dec)
+    assemble(a.out, a.work / "tokenizer", venc, SpeechEncoder(sb, sp), dec)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,8 @@ def _draw_panel(img, rng, box, lamp: str):
             d.rectangle([bx - s, by - s, bx + s, by + s], fill=col)
     ly = py + int(ph * 0.85)
     d.rectangle([px + pw // 6, ly, px + 5 * pw // 6, ly + max(2, ph // 14)], fill=(230, 230, 220))
+    rb = r + r // 4  # the lamp: its disc with the dark bezel around it
+    return {"lamp": (cx - rb, cy - rb, cx + rb, cy + rb), "panel": (px, py, px + pw, py + ph)}
 
 
 def _draw_gauge(img, rng, box, zone: str):
@@ -175,6 +177,7 @@ def _draw_gauge(img, rng, box, zone: str):
     d.line([tail, tip], fill=rng.choice([(15, 15, 15), (25, 25, 90), (60, 10, 10)]), width=nw)
     cr = max(2, r // 9)
     d.ellipse([cx - cr, cy - cr, cx + cr, cy + cr], fill=(30, 30, 30))
+    return {"gauge": (cx - R, cy - R, cx + R, cy + R)}
 
 
 def _draw_conveyor(img, rng, box, n_boxes: int):
@@ -198,6 +201,7 @@ def _draw_conveyor(img, rng, box, n_boxes: int):
     slots = list(range(4))
     rng.shuffle(slots)
     slot_w = L / 4
+    out = {"belt": (lx - rr, ty, lx + L + rr, ty + T), "boxes": []}
     for s in sorted(slots[:n_boxes]):
         w = int(slot_w * rng.uniform(0.55, 0.85))
         h = int(w * rng.uniform(0.6, 1.1))
@@ -205,10 +209,21 @@ def _draw_conveyor(img, rng, box, n_boxes: int):
         col = _jitter((185, 135, 80), rng, 22)
         d.rectangle([bx, ty - h, bx + w, ty], fill=col, outline=tuple(int(c * 0.6) for c in col), width=max(1, w // 25))
         d.line([(bx + w // 2, ty - h), (bx + w // 2, ty)], fill=_jitter((215, 190, 140), rng, 15), width=max(1, w // 10))
+        out["boxes"].append((bx, ty - h, bx + w, ty))
+    return out
 
 
 def render_scene(rng: random.Random, facts: SceneFacts, size: tuple[int, int]) -> Image.Image:
+    return render_scene_regions(rng, facts, size)[0]
+
+
+def render_scene_regions(rng: random.Random, facts: SceneFacts, size: tuple[int, int]):
+    """render_scene, plus the rectangles it drew, in frame pixels (x0, y0, x1, y1), corners inclusive
+    as PIL draws them: "lamp" (the lamp disc with its bezel), "panel", "gauge" (the dial's housing),
+    "belt" (the conveyor between its end rollers), "boxes" (left to right). The same rng draws as
+    render_scene, so the pixels for a seed are unchanged."""
     w, h = size
+    regions = {}
     img = Image.new("RGB", (w, h))
     _draw_background(img, rng)
     present = facts.present()
@@ -230,11 +245,11 @@ def render_scene(rng: random.Random, facts: SceneFacts, size: tuple[int, int]) -
         by = rng.randint(int(h * 0.05), max(int(h * 0.05), h - bh - int(h * 0.05)))
         region = (bx, by, bx + bw, by + bh)
         if e == "lamp":
-            _draw_panel(img, rng, region, facts.lamp)
+            regions.update(_draw_panel(img, rng, region, facts.lamp))
         elif e == "gauge":
-            _draw_gauge(img, rng, region, facts.gauge)
+            regions.update(_draw_gauge(img, rng, region, facts.gauge))
         else:
-            _draw_conveyor(img, rng, region, facts.boxes)
+            regions.update(_draw_conveyor(img, rng, region, facts.boxes))
         x += cw
     # lighting: brightness, tint, a soft light gradient, noise, blur
     a = np.asarray(img).astype(np.float32)
@@ -249,7 +264,22 @@ def render_scene(rng: random.Random, facts: SceneFacts, size: tuple[int, int]) -
     img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    return img
+    return img, regions
+
+
+def regions_k(regions: dict, size: tuple[int, int]) -> dict:
+    """The rectangles of render_scene_regions in thousandths of the frame (0..1000, as gemba's
+    region markers): a pixel rectangle [x0, x1] inclusive covers [x0, x1 + 1) of the frame."""
+    w, h = size
+
+    def k(r):
+        x0, y0, x1, y1 = r
+        c = lambda v, n: max(0, min(1000, round(1000 * v / n)))
+        return (c(x0, w), c(y0, h), c(x1 + 1, w), c(y1 + 1, h))
+    out = {key: k(r) for key, r in regions.items() if key != "boxes"}
+    if "boxes" in regions:
+        out["boxes"] = [k(r) for r in regions["boxes"]]
+    return out
 
 
 def jpeg_bytes(img: Image.Image, rng: random.Random) -> bytes:
@@ -259,10 +289,16 @@ def jpeg_bytes(img: Image.Image, rng: random.Random) -> bytes:
 
 
 def make_scene(rng: random.Random, size=None) -> tuple[bytes, SceneFacts, tuple[int, int]]:
-    facts = random_facts(rng)
+    data, facts, size, _ = make_scene_regions(rng, size)
+    return data, facts, size
+
+
+def make_scene_regions(rng: random.Random, size=None, facts=None):
+    """make_scene plus the drawn rectangles in thousandths of the frame (regions_k)."""
+    facts = facts or random_facts(rng)
     size = size or rng.choice(FRAME_SIZES)
-    img = render_scene(rng, facts, size)
-    return jpeg_bytes(img, rng), facts, size
+    img, regions = render_scene_regions(rng, facts, size)
+    return jpeg_bytes(img, rng), facts, size, regions_k(regions, size)
 
 
 # ---------------------------------------------------------------------------------------------
