@@ -429,10 +429,11 @@ def make_demo_assets(seed: int) -> None:
             ("line-3", SceneFacts("green", "amber", 3), (800, 450))]
     facts_out = []
     for i, (cam, f, size) in enumerate(plan):
-        img = render_scene(rng, f, size)
+        img, regions = render_scene_regions(rng, f, size)
         name = f"{cam}_{i:02d}.jpg"
         img.save(fdir / name, format="JPEG", quality=80)
-        facts_out.append({"file": name, "camera": cam, "lamp": f.lamp, "gauge": f.gauge, "boxes": f.boxes})
+        facts_out.append({"file": name, "camera": cam, "lamp": f.lamp, "gauge": f.gauge, "boxes": f.boxes,
+                          "regions": regions_k(regions, size)})
     (fdir / "facts.json").write_text(json.dumps(facts_out, indent=1) + "\n")
     qs = [("lamp", "What colour is the lamp?"), ("pressure", "Is the pressure normal?"),
           ("boxes", "How many boxes are on the belt?"), ("status", "Give me a status report.")]
