@@ -505,17 +505,9 @@ impl ReportWriter {
             height: Some(frame.height.into()),
             ..SegmentRow::default()
         };
-        let media = self
-            .store
-            .lock()
-            .add_media(&self.id, index, MediaKind::Jpeg, &jpeg, &row)?;
-        self.next += 1;
+        let ack = self.push_media(MediaKind::Jpeg, &jpeg, &row)?;
         self.frames_placed.insert(frame.camera.clone(), index);
-        Ok(Ack {
-            index,
-            kind: "image",
-            media: Some(media),
-        })
+        Ok(ack)
     }
 
     /// Appends the crop of `region` (a box of `frame`, whose frame segment is `frame_index`):
@@ -527,7 +519,6 @@ impl ReportWriter {
         region: &cite::Region,
     ) -> Result<Ack> {
         self.check_open()?;
-        let index = self.next;
         let jpeg = crate::report::crop::crop_jpeg(
             &frame.camera,
             &frame.rgb,
@@ -552,14 +543,20 @@ impl ReportWriter {
             of_seq: Some(frame_index.into()),
             ..SegmentRow::default()
         };
+        self.push_media(MediaKind::Jpeg, &jpeg, &row)
+    }
+
+    /// Stores `bytes` as the next segment's media file, with its row, and acknowledges it.
+    fn push_media(&mut self, kind: MediaKind, bytes: &[u8], row: &SegmentRow) -> Result<Ack> {
+        let index = self.next;
         let media = self
             .store
             .lock()
-            .add_media(&self.id, index, MediaKind::Jpeg, &jpeg, &row)?;
+            .add_media(&self.id, index, kind, bytes, row)?;
         self.next += 1;
         Ok(Ack {
             index,
-            kind: "region",
+            kind: row.kind,
             media: Some(media),
         })
     }
@@ -604,16 +601,7 @@ impl ReportWriter {
             samples: Some(clip.samples.len() as i64),
             ..SegmentRow::default()
         };
-        let media = self
-            .store
-            .lock()
-            .add_media(&self.id, index, MediaKind::Wav, &wav, &row)?;
-        self.next += 1;
-        Ok(Ack {
-            index,
-            kind: "audio",
-            media: Some(media),
-        })
+        self.push_media(MediaKind::Wav, &wav, &row)
     }
 
     /// Appends a streamed sentence with its citations resolved: the frame of each camera cited
