@@ -117,7 +117,7 @@ def smoke(r: Runner, root: Path):
         ("image+audio", PromptSpec(cameras=[name], spoken=True), [img], [wav]),
     ]:
         t = time.time()
-        ans, n = r.generate(chat_prompt(spec), ims, auds, max_new=60)
+        ans, n = r.generate(chat_prompt(spec), ims, auds, max_new=240)
         print(f"{label:12s} prompt {n:5d} tokens, {time.time() - t:.2f} s: {ans!r}")
 
 

@@ -295,6 +295,7 @@ def main():
                     "is swapped for one of a scene with another box count")
     ap.add_argument("--base", type=Path, help="countfix: version 2's bundle (copied to --bundle-out)")
     ap.add_argument("--bundle-out", type=Path, help="countfix: the bundle to write")
+    ap.add_argument("--mix-short", type=float, default=0.85, help="dec: share of short (one-frame) batches")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -311,7 +312,7 @@ def main():
         count_fix(a.work, a.base, a.bundle_out)
     else:
         import train_regions_dec
-        train_regions_dec.train(a.work, a.seed, a.steps, a.lr, structured=a.structured, cite=not a.no_cite,
+        train_regions_dec.train(a.work, a.seed, a.steps, a.lr, structured=a.structured, cite=not a.no_cite, mix_short=a.mix_short,
                                 out=a.out, init=a.init, swap=a.swap)
     td.log(f"train_regions {a.cmd}: done in {(time.time() - t) / 60:.1f} min")
 
