@@ -291,13 +291,10 @@ pub fn report_page_full(
                 i += 1 + regions;
             }
             Segment::Region(_) => {
-                // Regions of a sentence that was nothing but markers.
-                let n = report.segments[i..]
-                    .iter()
-                    .take_while(|s| matches!(s, Segment::Region(_)))
-                    .count();
-                crops(&mut o, &report.segments[i..i + n], media, &boxes);
-                i += n;
+                // Regions of a sentence that was nothing but markers: this one and the
+                // `regions` right after it.
+                crops(&mut o, &report.segments[i..=i + regions], media, &boxes);
+                i += 1 + regions;
             }
             s => {
                 segment(&mut o, s, media, &boxes);
