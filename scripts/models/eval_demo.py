@@ -34,20 +34,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Runner:
-    def __init__(self, bundle: Path):
+    def __init__(self, bundle: Path, max_new: int = 480):
         import onnxruntime_genai as og
+        self.max_new = max_new
         self.og = og
         self.model = og.Model(str(bundle))
         self.proc = self.model.create_multimodal_processor()
         self.tok = og.Tokenizer(self.model)
 
-    def generate(self, prompt: str, images=None, audios=None, max_new=160) -> tuple[str, int]:
+    def generate(self, prompt: str, images=None, audios=None, max_new=None) -> tuple[str, int]:
         og = self.og
         inputs = self.proc(prompt, images=og.Images.open(*images) if images else None,
                            audios=og.Audios.open(*audios) if audios else None)
         n_prompt = int(inputs["input_ids"].shape()[1])
         params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=n_prompt + max_new)
+        params.set_search_options(do_sample=False, max_length=n_prompt + (max_new or self.max_new))
         gen = og.Generator(self.model, params)
         gen.set_inputs(inputs)
         out = []
@@ -130,8 +131,11 @@ def main():
     ap.add_argument("--typed", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--show", type=int, default=8, help="failures to print")
+    ap.add_argument("--max-new", type=int, default=480,
+                    help="answer tokens allowed (a two-camera status report with six region markers "
+                         "runs to ~300)")
     a = ap.parse_args()
-    r = Runner(a.bundle)
+    r = Runner(a.bundle, a.max_new)
     with tempfile.TemporaryDirectory() as td:
         root = a.cases
         if a.generate:

@@ -115,7 +115,7 @@ class GembaRunner:
     def ask(self, camera, frame, question, td):
         user = f"Camera {camera}: <|image_1|>\n{question}"
         cmd = [str(self.gemba), "ask", "--model", str(self.bundle), "--image", frame, "--json", "--threads", "1",
-               "--max-tokens", "200", user]
+               "--max-tokens", "480", user]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")

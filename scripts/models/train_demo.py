@@ -559,8 +559,10 @@ def marker_weights(tgt: torch.Tensor, marker_ids: tuple[set, set], w: float) -> 
     return wt
 
 
-def batch_loss(model: DemoModel, batch, answer_starts_tok, marker_ids=None, name_weight=1.0, struct_weight=1.0):
-    """batch: (n_cams or None, [(segs, asst_index)]). Returns (loss, n_tokens, n_correct)."""
+def batch_loss(model: DemoModel, batch, answer_starts_tok, marker_ids=None, name_weight=1.0, struct_weight=1.0,
+               end_weight=1.0):
+    """batch: (n_cams or None, [(segs, asst_index)]). Returns (loss, n_tokens, n_correct).
+    end_weight: the loss weight of the answer's closing <|end|> (where an answer stops)."""
     n_cams, items = batch
     assistant, end_id = answer_starts_tok
     past, offset = None, 0
@@ -603,8 +605,8 @@ def batch_loss(model: DemoModel, batch, answer_starts_tok, marker_ids=None, name
     lg = logits[m]
     hit = lg.argmax(-1) == tgt[m]
     mk = marker_weights(tgt, marker_ids, 2.0)[m] > 1 if marker_ids else torch.zeros_like(hit)
-    if (name_weight != 1.0 and marker_ids) or restricted:
-        w = torch.where(mk, name_weight, 1.0) * tw[m]
+    if (name_weight != 1.0 and marker_ids) or restricted or end_weight != 1.0:
+        w = torch.where(mk, name_weight, 1.0) * tw[m] * torch.where(tgt[m] == end_id, end_weight, 1.0)
         loss = (F.cross_entropy(lg, tgt[m], reduction="none") * w).sum() / w.sum()
     else:
         loss = F.cross_entropy(lg, tgt[m])

@@ -296,6 +296,12 @@ def main():
     ap.add_argument("--base", type=Path, help="countfix: version 2's bundle (copied to --bundle-out)")
     ap.add_argument("--bundle-out", type=Path, help="countfix: the bundle to write")
     ap.add_argument("--mix-short", type=float, default=0.85, help="dec: share of short (one-frame) batches")
+    ap.add_argument("--two-cam", type=float, default=0.28, help="dec: share of image batches with two frames")
+    ap.add_argument("--boxes", type=float, default=0.0,
+                    help="dec: share of one-frame batches of belts with two or three boxes, asked the count or the status")
+    ap.add_argument("--end-weight", type=float, default=1.0,
+                    help="dec: loss weight of the answer's closing <|end|> (region markers, weighted as "
+                         "names, otherwise outweigh where the answer stops)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -313,7 +319,8 @@ def main():
     else:
         import train_regions_dec
         train_regions_dec.train(a.work, a.seed, a.steps, a.lr, structured=a.structured, cite=not a.no_cite, mix_short=a.mix_short,
-                                out=a.out, init=a.init, swap=a.swap)
+                                out=a.out, init=a.init, swap=a.swap, two_cam=a.two_cam,
+                                boxes=a.boxes, end_weight=a.end_weight)
     td.log(f"train_regions {a.cmd}: done in {(time.time() - t) / 60:.1f} min")
 
 

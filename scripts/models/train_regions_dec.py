@@ -35,9 +35,13 @@ def slot_arrays(regions: np.ndarray):
 
 
 class RegionSampler(td.Sampler):
-    def __init__(self, work, seed, piece_names, structured, swap: float, cite: bool = True):
+    def __init__(self, work, seed, piece_names, structured, swap: float, cite: bool = True, two_cam: float = 0.28,
+                 boxes: float = 0.0):
         super().__init__(work, seed, piece_names, structured)
+        self.boxes = boxes
+        self._many = {}
         self.cite = cite
+        self.two_cam = two_cam
         self.regions = np.load(work / "scenes_train.npz")["regions"]
         self.swap = swap
         # partners for the count swap: same presence, lamp and gauge, a belt, another box count
@@ -60,7 +64,7 @@ class RegionSampler(td.Sampler):
 
     def _image_batch(self, bs, short: bool):
         rng = self.rng
-        n_cams = 1 if rng.random() < 0.72 else 2
+        n_cams = 2 if rng.random() < self.two_cam else 1
         system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.2 else None
         named = n_cams > 1 or rng.random() < 0.85
         names = [self.name() if named else None for _ in range(n_cams)]
@@ -69,7 +73,14 @@ class RegionSampler(td.Sampler):
         seps = (rng.choice([" ", "\n", "", "  "]), rng.choice(["", " ", "\n", "\n\n"]))
         first = [rng.randrange(len(self.labels)) for _ in range(n_cams - 1)]
         key = rng.choice(self.ntok_keys)
-        last = [rng.choice(self.by_ntok[key]) for _ in range(bs)]
+        pool = self.by_ntok[key]
+        # box batches: one frame with two or three boxes, asked the count or the status
+        box_batch = n_cams == 1 and rng.random() < self.boxes
+        if box_batch:
+            if key not in self._many:
+                self._many[key] = [c for c in pool if self.labels[c][2] and self.labels[c][5] >= 2]
+            pool = self._many[key] or pool
+        last = [rng.choice(pool) for _ in range(bs)]
         pad_override = [rng.randint(8, 96) for _ in range(n_cams)] if short else None
         multi_status = n_cams > 1 and rng.random() < 0.5
         first_feat = [self.feat_index(c) for c in first]
@@ -78,11 +89,11 @@ class RegionSampler(td.Sampler):
             cams = first + [s]
             feats = first_feat + [self.feat_index(s)]
             facts = [label_to_facts(self.labels[c]) for c in cams]
-            if n_cams == 1 and self.structured and rng.random() < self.structured:
+            if n_cams == 1 and not box_batch and self.structured and rng.random() < self.structured:
                 segs_i = self._structured(cams, names, system, seps, facts[0], pad_override)
                 out.append((self._with_loc(segs_i[0], cams, feats),) + tuple(segs_i[1:]))
                 continue
-            intent = "status" if multi_status else rng.choice(INTENTS)
+            intent = "status" if multi_status else rng.choice(("boxes", "status") if box_batch else INTENTS)
             spoken = rng.random() < 0.5
             clip = rng.choice(self.clips_by_intent[INTENTS.index(intent)]) if spoken else None
             q = None if spoken else rng.choice(QUESTIONS[intent])
@@ -165,11 +176,12 @@ def make_locrows(tok, ctx: int = 3, count_words: bool = True) -> LocRows:
 def train(work: Path, seed: int, steps: int, lr: float, bs: int = 16, init: str = "names_stage.pt",
           out: str = "regions_stage.pt", structured: float = 0.6, struct_weight: float = 4.0,
           mix_short: float = 0.85, piece_names: float = 0.5, swap: float = 0.33, name_weight: float = 3.0,
-          new_lr_mult: float = 8.0, cite: bool = True):
+          new_lr_mult: float = 8.0, cite: bool = True, two_cam: float = 0.28, boxes: float = 0.0,
+          end_weight: float = 1.0):
     """init: names_stage.pt (version 2's decoder, as imported) or a checkpoint of this stage."""
     torch.manual_seed(seed)
     vfeat, sfeat = td.precompute_features(work)
-    sampler = RegionSampler(work, seed, piece_names, structured, swap, cite)
+    sampler = RegionSampler(work, seed, piece_names, structured, swap, cite, two_cam, boxes)
     coords, present, count = slot_arrays(sampler.regions)
     model = RegionModel(vfeat, sfeat, make_locrows(sampler.tok), coords, present, count)
     model.feat_noise = 0.05 * float(vfeat.std())
@@ -179,7 +191,8 @@ def train(work: Path, seed: int, steps: int, lr: float, bs: int = 16, init: str 
     model.dec.load_state_dict(ck["decoder"])
     model.vproj.load_state_dict(ck["vision_proj"])
     model.sproj.load_state_dict(ck["speech_proj"])
-    td.log(f"regions: starts from {init} (step {ck.get('step')}), {steps} steps, lr {lr}")
+    td.log(f"regions: starts from {init} (step {ck.get('step')}), {steps} steps, lr {lr}, "
+           f"two cameras {two_cam}, box batches {boxes}, short {mix_short}, end weight {end_weight}, seed {seed}")
     toks = (sampler.ids["<|assistant|>"], sampler.ids["<|end|>"])
     vocab = sampler.tok.get_vocab()
     marker_ids = ({i for t, i in vocab.items() if "[" in t}, {i for t, i in vocab.items() if "]" in t})
@@ -204,7 +217,7 @@ def train(work: Path, seed: int, steps: int, lr: float, bs: int = 16, init: str 
         r = sampler.rng.random()
         short = sampler.rng.random() < mix_short
         batch = sampler.text_batch(bs) if r < 0.08 else sampler.image_batch(bs, short)
-        loss, n, c, nm, cm = td.batch_loss(model, batch, toks, marker_ids, name_weight, struct_weight)
+        loss, n, c, nm, cm = td.batch_loss(model, batch, toks, marker_ids, name_weight, struct_weight, end_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
