@@ -58,7 +58,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "board = \"x86-dev\"\ndata_dir = \"store\"\n[model]\npath = \"{}\"\nmax_new_tokens = 80\n[providers]\norder = [\"cpu\"]\n[api]\nlisten = \"127.0.0.1:0\"\n\n{cams}",
+            "board = \"x86-dev\"\ndata_dir = \"store\"\n[model]\npath = \"{}\"\nmax_new_tokens = 200\n[providers]\norder = [\"cpu\"]\n[api]\nlisten = \"127.0.0.1:0\"\n\n{cams}",
             demo.display()
         ),
     )
@@ -197,17 +197,24 @@ fn demo_daemon_writes_interleaved_reports_that_cite_frames_and_are_right() {
         check_golden(&format!("demo_daemon/{camera}.json"), &normalized(r));
     }
 
-    // In a browser: every frame loads, the sentences appear in order; the index lists them.
+    // In a browser: the frame and the crops of the regions its sentences cite all load, the
+    // sentences appear in order; the index lists them.
     for (camera, ..) in SCENES {
         let r = &reports[*camera];
         let dom = dump_dom(&store.page_path(&r.id));
         let imgs = img_tags(&dom);
-        assert_eq!(imgs.len(), 1, "{dom}");
-        assert!(
-            imgs[0].contains("data-loaded=\"yes\""),
-            "the frame did not load: {}",
-            imgs[0]
-        );
+        let crops = r
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Region(_)))
+            .count();
+        assert_eq!(imgs.len(), 1 + crops, "{dom}");
+        for img in &imgs {
+            assert!(
+                img.contains("data-loaded=\"yes\""),
+                "an image did not load: {img}"
+            );
+        }
         let mut last = 0;
         for t in texts(r) {
             let at = dom[last..].find(&t).map(|p| p + last);

@@ -15,9 +15,7 @@ use api_common::*;
 #[test]
 fn the_official_openai_client_gets_answers_and_well_formed_chunks() {
     let token = "7f3a9c0e5b2d4f6a8c1e3b5d7f9a0c2e";
-    let d = Daemon::start_with(&format!("token = \"{token}\""), |_| {
-        root().join("models/demo")
-    });
+    let d = Daemon::start_demo(&format!("token = \"{token}\""));
     let out = Command::new(common::python())
         .arg(root().join("tests/openai/client.py"))
         .arg(d.url("/v1"))

@@ -125,7 +125,7 @@ data_dir = "store"
 state_dir = "state"
 [model]
 path = "models/current"
-max_new_tokens = 40
+max_new_tokens = 120
 [providers]
 order = ["cpu"]
 [api]

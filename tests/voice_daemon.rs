@@ -182,6 +182,12 @@ fn setup_with(
         ),
     )
     .unwrap();
+    // The demo model's answers cite regions (`[cam:NAME box:…]`, ~20 tokens each).
+    let max_new_tokens = if model.ends_with("models/demo") {
+        120
+    } else {
+        40
+    };
     let config = dir.path().join("gemba.toml");
     std::fs::write(
         &config,
@@ -190,7 +196,7 @@ fn setup_with(
 data_dir = "store"
 [model]
 path = "{model}"
-max_new_tokens = 40
+max_new_tokens = {max_new_tokens}
 [providers]
 order = ["cpu"]
 # Any free port for the local API: tests run daemons side by side.

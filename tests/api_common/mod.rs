@@ -42,6 +42,11 @@ pub fn write_frames(dir: &Path) {
 /// The config the daemon tests run with: one replay camera that is captured but not
 /// monitored (so every report comes from the test), plus `api` lines under `[api]`.
 pub fn write_config(dir: &Path, api: &str, model: &Path) -> PathBuf {
+    write_config_limit(dir, api, model, 40)
+}
+
+/// [`write_config`] with `model.max_new_tokens` set to `max_new_tokens`.
+pub fn write_config_limit(dir: &Path, api: &str, model: &Path, max_new_tokens: usize) -> PathBuf {
     write_frames(&dir.join("frames"));
     let cfg = dir.join("gemba.toml");
     std::fs::write(
@@ -51,7 +56,7 @@ pub fn write_config(dir: &Path, api: &str, model: &Path) -> PathBuf {
 data_dir = "store"
 [model]
 path = "{model}"
-max_new_tokens = 40
+max_new_tokens = {max_new_tokens}
 [providers]
 order = ["cpu"]
 intra_op_threads = 1
@@ -98,6 +103,14 @@ impl Daemon {
     /// `prepare` gets the daemon's directory before start and returns the model path.
     pub fn start_with(api: &str, prepare: impl FnOnce(&Path) -> PathBuf) -> Daemon {
         Self::start_full(api, prepare, &[])
+    }
+
+    /// The demo model (models/demo), answers up to 160 tokens: its region markers
+    /// (`[cam:NAME box:…]`, ~20 tokens each) make a one-frame answer run to 60–150 tokens.
+    pub fn start_demo(api: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config_limit(dir.path(), api, &root().join("models/demo"), 160);
+        Self::spawn(dir, &cfg, api, &[])
     }
 
     /// The tiny model decoding at `ms` per token (a board's pace), so an answer's stream stays

@@ -44,7 +44,7 @@ image_question = [
         {"type": "image_url", "image_url": {"url": frame}},
     ]},
 ]
-r = client.chat.completions.create(model="demo", messages=image_question, max_tokens=60, temperature=0, top_p=1, seed=7, stop=["###"])
+r = client.chat.completions.create(model="demo", messages=image_question, max_tokens=160, temperature=0, top_p=1, seed=7, stop=["###"])
 answer = r.choices[0].message.content
 assert "lamp is red" in answer.lower(), answer
 assert "[cam:" not in answer, answer
@@ -60,7 +60,7 @@ assert "lamp is red" in r.choices[0].message.content.lower(), r.choices[0].messa
 seen["audio"] = r.choices[0].message.content
 
 # Streamed: every chunk well formed, the same answer as unstreamed (greedy).
-chunks = list(client.chat.completions.create(model="demo", messages=image_question, max_tokens=60, temperature=0,
+chunks = list(client.chat.completions.create(model="demo", messages=image_question, max_tokens=160, temperature=0,
                                              stream=True, stream_options={"include_usage": True}))
 assert len(chunks) >= 3, chunks
 ids = {c.id for c in chunks}
