@@ -24,19 +24,25 @@ use serde_json::{json, Value};
 
 const FRAME: &str = "press-2_00.jpg";
 
-/// The drawn rectangle of `object` on the demo frame `file`, in thousandths.
-fn drawn(file: &str, object: &str) -> [u16; 4] {
+/// What models/demo/frames/facts.json says of the demo frame `file` (its facts and the
+/// rectangles the renderer drew, in thousandths).
+fn frame_facts(file: &str) -> Value {
     let facts: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("models/demo/frames/facts.json")).unwrap(),
     )
     .unwrap();
-    let f = facts
+    facts
         .as_array()
         .unwrap()
         .iter()
         .find(|f| f["file"] == file)
-        .unwrap();
-    let r: Vec<u16> = f["regions"][object]
+        .unwrap_or_else(|| panic!("facts.json lists no {file}"))
+        .clone()
+}
+
+/// The drawn rectangle of `object` on the demo frame `file`, in thousandths.
+fn drawn(file: &str, object: &str) -> [u16; 4] {
+    let r: Vec<u16> = frame_facts(file)["regions"][object]
         .as_array()
         .unwrap_or_else(|| panic!("facts.json: no {object} region for {file}"))
         .iter()
@@ -253,10 +259,6 @@ fn best_pairing(cited: &[[f64; 4]], want: &[[f64; 4]]) -> f64 {
 
 #[test]
 fn the_demo_model_cites_the_region_of_each_object_it_names() {
-    let facts: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("models/demo/frames/facts.json")).unwrap(),
-    )
-    .unwrap();
     // Two of the demo's panel frames (lamp and gauge). Boxes are not asked here: on the one demo
     // frame with boxes the model names (line-3_05.jpg) it cites two of the three at IoU 0.45 and 0.43; the box
     // figure is measured on held-out scenes (README, "Region citations").
@@ -264,12 +266,7 @@ fn the_demo_model_cites_the_region_of_each_object_it_names() {
     let (d, store_dir) = start(&frames);
     let store = gemba::report::Store::open_read_only(&store_dir).unwrap();
     for (cam, file) in frames {
-        let f = facts
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["file"] == file)
-            .unwrap();
+        let f = frame_facts(file);
         let rect = |v: &Value| -> [f64; 4] {
             let r: Vec<f64> = v
                 .as_array()
