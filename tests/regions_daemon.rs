@@ -10,9 +10,10 @@
 //! - headless Chromium on the report page: every image loads, each crop follows its sentence,
 //!   each box is drawn over the frame where it was cited.
 //!
-//! The second lets the demo model answer by itself (version 3 cites regions): every sentence that
-//! names the lamp, the pressure or the boxes cites the drawn object with IoU >= 0.5, the report
-//! places each region right after its sentence, and the page's images all load in Chromium.
+//! The second lets the demo model answer by itself (version 3 cites regions) on two panel
+//! frames: every sentence that names the lamp or the pressure cites the drawn object with
+//! IoU >= 0.5, the report places each region right after its sentence, and in Chromium the
+//! page's images all load, the crops come in order and each box is drawn where it was cited.
 
 mod api_common;
 mod common;
@@ -375,5 +376,20 @@ fn the_demo_model_cites_the_region_of_each_object_it_names() {
             crop_at.windows(2).all(|w| w[0] < w[1]),
             "{cam}: crops out of order"
         );
+        // Each box is drawn over the frame where the model cited it.
+        let cited: Vec<[i64; 4]> = segs
+            .iter()
+            .filter(|s| s["kind"] == "region")
+            .map(|s| ["x0", "y0", "x1", "y1"].map(|k| s["box"][k].as_i64().unwrap()))
+            .collect();
+        let drawn_at = common::attr_values(&dom, "data-drawn");
+        assert_eq!(drawn_at.len(), cited.len(), "{cam}: {dom}");
+        for (d, b) in drawn_at.iter().zip(&cited) {
+            let d: Vec<i64> = d.split(',').map(|v| v.parse().unwrap()).collect();
+            assert!(
+                d.iter().zip(b).all(|(a, c)| (a - c).abs() <= 5),
+                "{cam}: box drawn at {d:?}, cited {b:?}"
+            );
+        }
     }
 }
