@@ -114,6 +114,29 @@ fn ask_when_ready(d: &Daemon, body: &Value) -> String {
     }
 }
 
+/// The data of an ask's `sentence` events, in order.
+fn sentence_events(d: &Daemon, id: &str) -> Vec<Value> {
+    d.events(id, None)
+        .into_iter()
+        .filter(|e| e.event == "sentence")
+        .map(|e| e.data)
+        .collect()
+}
+
+/// Each box the page draws over its frame (`data-drawn`, in thousandths) sits within 5 of the
+/// cited box, in citation order, one per cited box.
+fn assert_drawn_where_cited(dom: &str, cited: &[[i64; 4]], what: &str) {
+    let drawn_at = common::attr_values(dom, "data-drawn");
+    assert_eq!(drawn_at.len(), cited.len(), "{what}: {dom}");
+    for (d, b) in drawn_at.iter().zip(cited) {
+        let d: Vec<i64> = d.split(',').map(|v| v.parse().unwrap()).collect();
+        assert!(
+            d.iter().zip(b).all(|(a, c)| (a - c).abs() <= 5),
+            "{what}: box drawn at {d:?}, cited {b:?}"
+        );
+    }
+}
+
 #[test]
 fn a_reports_regions_are_stored_drawn_and_shown_beside_their_sentences() {
     let (d, store_dir) = start(&[("press-2", FRAME)]);
@@ -132,14 +155,9 @@ fn a_reports_regions_are_stored_drawn_and_shown_beside_their_sentences() {
     let id = ask_when_ready(&d, &body);
 
     // The live sentences: clean text, the regions beside it.
-    let events = d.events(&id, None);
-    let sentences: Vec<&Value> = events
-        .iter()
-        .filter(|e| e.event == "sentence")
-        .map(|e| &e.data)
-        .collect();
+    let sentences = sentence_events(&d, &id);
     let k = |b: [u16; 4]| json!({"x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3]});
-    assert_eq!(sentences.len(), 2, "{events:?}");
+    assert_eq!(sentences.len(), 2, "{sentences:?}");
     assert_eq!(
         sentences[0]["regions"],
         json!([{"camera": "press-2", "box": k(lamp)}])
@@ -218,15 +236,7 @@ fn a_reports_regions_are_stored_drawn_and_shown_beside_their_sentences() {
         lamp_at < lamp_crop && lamp_crop < gauge_at && gauge_at < gauge_crop,
         "each crop right after its sentence"
     );
-    let drawn_at = common::attr_values(&dom, "data-drawn");
-    assert_eq!(drawn_at.len(), 2, "{dom}");
-    for (d, b) in drawn_at.iter().zip([lamp, gauge]) {
-        let d: Vec<i64> = d.split(',').map(|v| v.parse().unwrap()).collect();
-        assert!(
-            d.iter().zip(b).all(|(a, c)| (a - i64::from(c)).abs() <= 5),
-            "box drawn at {d:?}, cited {b:?}"
-        );
-    }
+    assert_drawn_where_cited(&dom, &[lamp, gauge].map(|b| b.map(i64::from)), "press-2");
 }
 
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
@@ -281,12 +291,7 @@ fn the_demo_model_cites_the_region_of_each_object_it_names() {
             &d,
             &json!({"text": "Give me a status report.", "cameras": [cam]}),
         );
-        let events = d.events(&id, None);
-        let sentences: Vec<&Value> = events
-            .iter()
-            .filter(|e| e.event == "sentence")
-            .map(|e| &e.data)
-            .collect();
+        let sentences = sentence_events(&d, &id);
         let mut named = Vec::new();
         for s in &sentences {
             // The event's text is the sentence as generated, markers and all; the report's is clean.
@@ -382,14 +387,6 @@ fn the_demo_model_cites_the_region_of_each_object_it_names() {
             .filter(|s| s["kind"] == "region")
             .map(|s| ["x0", "y0", "x1", "y1"].map(|k| s["box"][k].as_i64().unwrap()))
             .collect();
-        let drawn_at = common::attr_values(&dom, "data-drawn");
-        assert_eq!(drawn_at.len(), cited.len(), "{cam}: {dom}");
-        for (d, b) in drawn_at.iter().zip(&cited) {
-            let d: Vec<i64> = d.split(',').map(|v| v.parse().unwrap()).collect();
-            assert!(
-                d.iter().zip(b).all(|(a, c)| (a - c).abs() <= 5),
-                "{cam}: box drawn at {d:?}, cited {b:?}"
-            );
-        }
+        assert_drawn_where_cited(&dom, &cited, cam);
     }
 }
