@@ -276,7 +276,10 @@ impl PiperVoice {
             path: model.into(),
             reason,
         };
+        // Its pool does not spin between sentences: speech is made while the decoder writes the
+        // next sentence, and spinning threads would take the decoder's cores.
         let session = Session::builder(&rt.env)
+            .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
             .and_then(|mut b| b.commit_from_file(model))
             .map_err(|e| model_err(e.to_string()))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
