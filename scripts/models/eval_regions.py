@@ -102,6 +102,10 @@ class GenaiRunner:
         from eval_demo import Runner
         self.r = Runner(bundle)
 
+    def ask_plain(self, frame, question):
+        ans, _ = self.r.generate(chat_prompt(PromptSpec(cameras=[None], question=question, seps=("\n", "\n"))), images=[frame])
+        return ans, split_sentences(ans)
+
     def ask(self, camera, frame, question, td):
         ans, _ = self.r.generate(chat_prompt(PromptSpec(cameras=[camera], question=question, seps=("\n", "\n"))),
                                  images=[frame])
@@ -113,7 +117,7 @@ class GembaRunner:
         self.bundle, self.gemba = bundle, gemba
 
     def ask(self, camera, frame, question, td):
-        user = f"Camera {camera}: <|image_1|>\n{question}"
+        user = f"Camera {camera}: <|image_1|>\n{question}" if camera else f"<|image_1|>\n{question}"
         cmd = [str(self.gemba), "ask", "--model", str(self.bundle), "--image", frame, "--json", "--threads", "1",
                "--max-tokens", "480", user]
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -137,12 +141,17 @@ def main():
     ap.add_argument("--via", choices=("genai", "gemba"), default="genai")
     ap.add_argument("--gemba", type=Path, default=REPO / "target/debug/gemba")
     ap.add_argument("--show", type=int, default=10)
+    ap.add_argument("--belts", type=int, default=0,
+                    help="instead: N belt-only scenes with 1-3 boxes (seed --seed), asked the box count typed, "
+                         "named and unnamed; the count said is scored")
     ap.add_argument("--frames", action="store_true",
                     help="instead: models/demo/frames, every question of models/demo/audio typed and spoken, "
                          "named and unnamed (check_answer), and the regions of the named typed answers")
     a = ap.parse_args()
     if a.frames:
         return frames(a)
+    if a.belts:
+        return belts(a)
     import make_demo_scenes as mds
     runner = GenaiRunner(a.bundle) if a.via == "genai" else GembaRunner(a.bundle, a.gemba)
     rng = random.Random(a.seed)
@@ -178,6 +187,55 @@ def main():
             print(f"  {k:9s} {ok:4d}/{n:<4d} {100 * ok / n:5.1f} %")
     for f in fails[: a.show]:
         print(f"  FAIL scene {f[0]} {f[1]} {f[2]}: {f[3]!r}\n       drawn {f[4]} ({f[5]})")
+
+
+COUNT_WORDS = {"one": 1, "two": 2, "three": 3}
+
+
+def said_count(answer: str):
+    """The box count an answer says: 0 for an empty belt, None when it says none."""
+    s = strip_regions(answer)
+    if re.search(r"\bbelt is empty\b", s):
+        return 0
+    m = re.search(r"\bThere (?:is|are) (one|two|three) box", s)
+    return COUNT_WORDS[m.group(1)] if m else None
+
+
+def belts(a):
+    """Belt-only scenes (make_demo_scenes with facts: no lamp, no gauge, 1-3 boxes), the kind of
+    frame belt-1_03.jpg is; each asked "How many boxes are on the belt?" unnamed and named."""
+    import make_demo_scenes as mds
+    from demo_common import SceneFacts
+    runner = GenaiRunner(a.bundle) if a.via == "genai" else GembaRunner(a.bundle, a.gemba)
+    rng = random.Random(a.seed)
+    per = defaultdict(lambda: [0, 0])
+    fails = []
+    with tempfile.TemporaryDirectory() as td:
+        for i in range(a.belts):
+            n = rng.randint(1, 3)
+            data, facts, size, reg = mds.make_scene_regions(rng, facts=SceneFacts(None, None, n))
+            name = camera_name(rng, held_out=True)
+            frame = str(Path(td) / f"b{i:03d}.jpg")
+            Path(frame).write_bytes(data)
+            for named in (False, True):
+                if named:
+                    full, _ = runner.ask(name, frame, ASK["boxes"], td)
+                else:
+                    full, _ = GenaiRunner.ask_plain(runner, frame, ASK["boxes"]) if a.via == "genai" else \
+                        runner.ask(None, frame, ASK["boxes"], td)
+                ok = said_count(full) == n
+                for k in (f"{n} box{'es' if n > 1 else ''}", "all"):
+                    per[k][0] += ok
+                    per[k][1] += 1
+                if not ok:
+                    fails.append((i, size, n, named, full))
+    print(f"\n{a.belts} belt-only scenes (seed {a.seed}), box count asked unnamed and named, via {a.via}")
+    for k in ("1 box", "2 boxes", "3 boxes", "all"):
+        ok, n = per[k]
+        if n:
+            print(f"  {k:9s} {ok:4d}/{n:<4d} {100 * ok / n:5.1f} %")
+    for f in fails[: a.show]:
+        print(f"  FAIL scene {f[0]} {f[1]} {f[2]} boxes, {'named' if f[3] else 'unnamed'}: {f[4]!r}")
 
 
 def frames(a):

@@ -229,6 +229,13 @@ def main():
     vb, vp, sb, sp = VisionBackbone(), VisionProjector(), SpeechBackbone(), SpeechProjector()
     vb.load_state_dict(torch.load(a.work / "vision_stage.pt", map_location="cpu")["backbone"])
     sb.load_state_dict(torch.load(a.work / "speech_stage.pt", map_location="cpu")["backbone"])
+    if "vision_last" in ck:
+        # train_regions.py vfc: the backbone's last two convolutions and last layer, retrained under
+        # the frozen decoder
+        vb.net[5].load_state_dict(ck["vision_last"]["conv14"])
+        vb.net[6].load_state_dict(ck["vision_last"]["conv"])
+        vb.fc.load_state_dict(ck["vision_last"]["fc"])
+        print("vision: last two convolutions and last layer from the decoder checkpoint (vfc)")
     vp.load_state_dict(ck["vision_proj"])
     sp.load_state_dict(ck["speech_proj"])
     venc = VisionEncoder(vb, vp)

@@ -450,13 +450,15 @@ class Sampler:
             out.append(self._expand(ids, cams, clip, n_cams, pad_override) + (None,))
         return n_cams, out
 
-    def _structured(self, cams, names, system, seps, facts, pad_override):
-        """An alert rule's question as written, answered in the text its constraint forces. The
-        first answer token is trained only against the tokens the constraint allows there (see
-        batch_loss), so the same question without a constraint keeps its prose answer."""
+    def _structured(self, cams, names, system, seps, facts, pad_override, kind=None):
+        """An alert rule's question as written (KIND's, else a random rule's that applies), answered
+        in the text its constraint forces. The first answer token is trained only against the
+        tokens the constraint allows there (see batch_loss), so the same question without a
+        constraint keeps its prose answer."""
         rng = self.rng
+        fixed = kind
         while True:
-            kind = rng.choice(list(STRUCTURED))
+            kind = fixed or rng.choice(list(STRUCTURED))
             value = structured_value(kind, facts)
             if value is not None:
                 break

@@ -7,6 +7,11 @@
     train_regions.py countfix --work WORK --base V2_BUNDLE --bundle-out OUT
                                                           version 3 as adopted: version 2 with the
                                                           count-correcting vision graph
+    train_regions.py belts --work WORK                    8,000 belt-only scenes for vfc
+    train_regions.py vfc  --work WORK --init CKPT --out CKPT [--boxes B] [--distill D] [--aux A]
+                                                          the vision backbone's last two convs
+                                                          and layer only, under the frozen
+                                                          decoder (box counts)
     train_regions.py dec  --work WORK [--steps 900]       decoder + projections fine-tune
                           [--no-cite] [--swap S] [--init CKPT] [--out CKPT] [--structured F]
 
@@ -210,6 +215,27 @@ def train_loc(work: Path, seed: int, epochs: int, bs: int = 32):
         torch.save({"head": head.state_dict(), "val": acc}, work / "loc_stage.pt")
 
 
+def make_belts(work: Path):
+    """8,000 belt-only scenes with 1-3 boxes (seeds 1250: 2,000; 1260, 1261: 3,000 each) ->
+    WORK/belts_train.npz, and WORK/scenes_train.npz = regions_train.npz + them (what `vfc` trains
+    on; `dec` reads regions_train.npz through scenes_train.npz, so run it before)."""
+    parts = []
+    for seed, n in ((1250, 2000), (1260, 3000), (1261, 3000)):
+        make_data(work / f"belts_{seed}.npz", n, seed, 1.0)
+        parts.append(np.load(work / f"belts_{seed}.npz"))
+    base = np.load(work / "regions_train.npz")
+    np.savez(work / "belts_train.npz", **{k: np.concatenate([p[k] for p in parts]) for k in base.files})
+    for seed in (1250, 1260, 1261):
+        (work / f"belts_{seed}.npz").unlink()
+    belts = np.load(work / "belts_train.npz")
+    out = work / "scenes_train.npz"
+    if out.is_symlink() or out.exists():
+        out.unlink()
+    np.savez(out, **{k: np.concatenate([base[k], belts[k]]) for k in base.files})
+    td.log(f"belts: {len(belts['labels'])} belt-only scenes; scenes_train.npz holds "
+           f"{len(base['labels']) + len(belts['labels'])}")
+
+
 def fit_count_probe(work: Path):
     """A linear box-count classifier on the frozen backbone's feature vector (belt scenes of
     regions_train.npz, L-BFGS, normalisation folded in) -> WORK/count_probe.pt. The count row is
@@ -278,7 +304,7 @@ def count_fix(work: Path, base: Path, out: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cmd", choices=("data", "loc", "probe", "dec", "countfix"))
+    ap.add_argument("cmd", choices=("data", "loc", "probe", "dec", "countfix", "belts", "vfc"))
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=1240)
     ap.add_argument("--scenes", type=int, default=2500)
@@ -302,6 +328,14 @@ def main():
     ap.add_argument("--end-weight", type=float, default=1.0,
                     help="dec: loss weight of the answer's closing <|end|> (region markers, weighted as "
                          "names, otherwise outweigh where the answer stops)")
+    ap.add_argument("--distill", type=float, default=1.0,
+                    help="vfc: weight of the feature vector's distance to the old one")
+    ap.add_argument("--aux", type=float, default=1.0,
+                    help="vfc: weight of the count probe's loss on belt scenes (half of them misread ones)")
+    ap.add_argument("--box-json", type=float, default=0.5,
+                    help="vfc: share of the box batches asked the alert rule's JSON box count")
+    ap.add_argument("--hard-share", type=float, default=0.5,
+                    help="vfc: share of the box batches drawn from the scenes the count probe misreads")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -316,6 +350,13 @@ def main():
         fit_count_probe(a.work)
     elif a.cmd == "countfix":
         count_fix(a.work, a.base, a.bundle_out)
+    elif a.cmd == "belts":
+        make_belts(a.work)
+    elif a.cmd == "vfc":
+        import train_regions_dec
+        train_regions_dec.train_vfc(a.work, a.seed, a.steps, a.lr, a.init, a.out, a.boxes, a.distill,
+                                    two_cam=a.two_cam, aux=a.aux, box_structured=a.box_json,
+                                    hard_share=a.hard_share)
     else:
         import train_regions_dec
         train_regions_dec.train(a.work, a.seed, a.steps, a.lr, structured=a.structured, cite=not a.no_cite, mix_short=a.mix_short,

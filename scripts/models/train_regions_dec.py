@@ -36,9 +36,15 @@ def slot_arrays(regions: np.ndarray):
 
 class RegionSampler(td.Sampler):
     def __init__(self, work, seed, piece_names, structured, swap: float, cite: bool = True, two_cam: float = 0.28,
-                 boxes: float = 0.0):
+                 boxes: float = 0.0, box_structured: float = 0.0):
         super().__init__(work, seed, piece_names, structured)
         self.boxes = boxes
+        # share of box batches asked the alert rule's JSON box count instead of in prose
+        self.box_structured = box_structured
+        # scenes whose box count is hard to read (train_vfc: misread by the count probe), and the
+        # share of box batches drawn from them where the batch's frame size has any
+        self.hard = set()
+        self.hard_share = 0.0
         self._many = {}
         self.cite = cite
         self.two_cam = two_cam
@@ -80,10 +86,14 @@ class RegionSampler(td.Sampler):
             if key not in self._many:
                 self._many[key] = [c for c in pool if self.labels[c][2] and self.labels[c][5] >= 2]
             pool = self._many[key] or pool
+            hard = [c for c in pool if c in self.hard]
+            if hard and self.hard_share > 0 and rng.random() < self.hard_share:
+                pool = hard
         last = [rng.choice(pool) for _ in range(bs)]
         pad_override = [rng.randint(8, 96) for _ in range(n_cams)] if short else None
         multi_status = n_cams > 1 and rng.random() < 0.5
         first_feat = [self.feat_index(c) for c in first]
+        box_json = box_batch and self.box_structured > 0 and rng.random() < self.box_structured
         out = []
         for s in last:
             cams = first + [s]
@@ -91,6 +101,10 @@ class RegionSampler(td.Sampler):
             facts = [label_to_facts(self.labels[c]) for c in cams]
             if n_cams == 1 and not box_batch and self.structured and rng.random() < self.structured:
                 segs_i = self._structured(cams, names, system, seps, facts[0], pad_override)
+                out.append((self._with_loc(segs_i[0], cams, feats),) + tuple(segs_i[1:]))
+                continue
+            if box_json:
+                segs_i = self._structured(cams, names, system, seps, facts[0], pad_override, kind="boxes")
                 out.append((self._with_loc(segs_i[0], cams, feats),) + tuple(segs_i[1:]))
                 continue
             intent = "status" if multi_status else rng.choice(("boxes", "status") if box_batch else INTENTS)
@@ -233,3 +247,108 @@ def train(work: Path, seed: int, steps: int, lr: float, bs: int = 16, init: str 
                         "speech_proj": model.sproj.state_dict(), "locrows": model.locrows.state_dict(),
                         "step": step}, work / f"{out}.tmp")
             (work / f"{out}.tmp").replace(work / (out if step == steps else out.replace("_stage.pt", "_ckpt.pt")))
+
+
+def train_vfc(work: Path, seed: int, steps: int, lr: float, init: str, out: str, boxes: float,
+              distill: float = 1.0, bs: int = 16, two_cam: float = 0.28, structured: float = 0.6,
+              aux: float = 1.0, box_structured: float = 0.5, hard_share: float = 0.5):
+    """train_regions.py vfc: the vision backbone's last two convolutions (making the 14x14 and the
+    7x7 maps) and its last layer (`fc`: pooled map -> feature vector) retrained under INIT's frozen
+    decoder, projections and region rows; the earlier convolutions stay frozen. The loss is:
+    - the decoder's on the region task mix (`boxes` of the one-frame batches belts of 2-3 boxes,
+      `box_structured` of those asked the alert rule's JSON count, `hard_share` of those drawn
+      from the hard scenes below);
+    - `distill` x the squared distances (each over its variance) of the new feature vector and the
+      new 14x14 and 7x7 maps (the localisation head reads them) to the old ones, on 64 random
+      scenes per step: what the decoder and the head already read stays where it was;
+    - `aux` x the count probe's (train_regions.py probe, frozen) cross-entropy on 64 belt scenes
+      per step, half of them the hard ones: those whose old feature vector the probe misreads.
+    The teacher is always version 2's backbone (WORK/vision_stage.pt); an INIT from this stage
+    goes on from its layers. -> WORK/OUT: INIT's weights plus `vision_last` (export_demo.py puts
+    it into vision.onnx)."""
+    import copy
+    import torch.nn.functional as F
+    from demo_model import VisionBackbone
+    torch.manual_seed(seed)
+    _, sfeat = td.precompute_features(work)
+    bb = VisionBackbone()
+    bb.load_state_dict(torch.load(work / "vision_stage.pt")["backbone"])
+    bb.eval()
+    views = np.load(work / "scenes_train.npz")["views"]
+
+    def pool(f7):
+        return torch.cat([f7.mean(dim=(2, 3)), f7.amax(dim=(2, 3))], 1)
+
+    with torch.no_grad():
+        # the frozen part's output: the 28x28 map through the stride-2 convolution
+        f14 = torch.cat([bb.net[4](bb.maps(td.to_input(views[i:i + 250]))[0]) for i in range(0, len(views), 250)])
+        f14_old = bb.net[5](f14)
+        f7_old = bb.net[6](f14_old)
+        teacher = bb.fc(pool(f7_old))
+    var, var7, var14 = float(teacher.var()), float(f7_old.var()), float(f14_old.var())
+    probe = torch.load(work / "count_probe.pt")
+    labels = torch.from_numpy(np.load(work / "scenes_train.npz")["labels"])
+    belt = torch.nonzero(labels[:, 2] == 1).flatten()
+    hard = belt[(teacher[belt] @ probe["weight"].T + probe["bias"]).argmax(1) != labels[belt, 5]]
+    td.log(f"vfc: {len(belt)} belt scenes, {len(hard)} of them misread by the count probe")
+    last = copy.deepcopy(torch.nn.ModuleDict({"conv14": bb.net[5], "conv": bb.net[6], "fc": bb.fc}))
+
+    def feats(x):
+        return last["fc"](pool(last["conv"](last["conv14"](x))))
+
+    last.eval()  # BatchNorm keeps its running statistics; its affine weights train
+    sampler = RegionSampler(work, seed, 0.5, structured, 0.0, True, two_cam, boxes, box_structured)
+    sampler.hard, sampler.hard_share = set(hard.tolist()), hard_share
+    coords, present, count = slot_arrays(sampler.regions)
+    model = RegionModel(teacher.clone(), sfeat, make_locrows(sampler.tok), coords, present, count)
+    ck = torch.load(work / init, map_location="cpu")
+    model.locrows.load_state_dict(ck["locrows"], strict=False)
+    model.dec.load_state_dict(ck["decoder"])
+    model.vproj.load_state_dict(ck["vision_proj"])
+    model.sproj.load_state_dict(ck["speech_proj"])
+    if "vision_last" in ck:  # a run of this stage: go on from its layers (the teacher stays version 2's)
+        for k, m in last.items():
+            m.load_state_dict(ck["vision_last"][k])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    opt = torch.optim.AdamW(last.parameters(), lr=lr, weight_decay=0.0)
+    td.log(f"vfc: last two conv blocks + fc, decoder from {init}, {len(views)} scenes, {steps} steps, lr {lr}, "
+           f"box batches {boxes} ({box_structured} of them JSON, {hard_share} hard), distill {distill}, count {aux}")
+    toks = (sampler.ids["<|assistant|>"], sampler.ids["<|end|>"])
+    vocab = sampler.tok.get_vocab()
+    marker_ids = ({i for t, i in vocab.items() if "[" in t}, {i for t, i in vocab.items() if "]" in t})
+    eta = td.Eta(steps, "vfc")
+    run = [0.0, 0.0, 0, 0.0]
+    g = torch.Generator().manual_seed(seed)
+    for step in range(1, steps + 1):
+        r = sampler.rng.random()
+        batch = sampler.text_batch(bs) if r < 0.04 else sampler.image_batch(bs, sampler.rng.random() < 0.85)
+        used = sorted({s[1] for it in batch[1] for s in it[0] if s[0] == "vinfo"})
+        vfeat = teacher.clone()
+        if used:
+            idx = torch.tensor(used)
+            vfeat[idx] = feats(f14[idx])
+        model.vfeat = vfeat
+        loss, *_ = td.batch_loss(model, batch, toks, marker_ids, 3.0, 4.0, 6.0)
+        k = torch.randint(len(views), (64,), generator=g)
+        m14 = last["conv14"](f14[k])
+        m7 = last["conv"](m14)
+        keep = (F.mse_loss(last["fc"](pool(m7)), teacher[k]) / var + F.mse_loss(m7, f7_old[k]) / var7
+                + F.mse_loss(m14, f14_old[k]) / var14)
+        bi = belt[torch.randint(len(belt), (64,), generator=g)]
+        if len(hard):
+            bi = torch.cat([bi[:32], hard[torch.randint(len(hard), (32,), generator=g)]])
+        count_loss = F.cross_entropy(feats(f14[bi]) @ probe["weight"].T + probe["bias"], labels[bi, 5])
+        opt.zero_grad()
+        (loss + distill * keep + aux * count_loss).backward()
+        opt.step()
+        run = [run[0] + loss.item(), run[1] + keep.item(), run[2] + 1, run[3] + count_loss.item()]
+        if step % 25 == 0 or step == steps:
+            eta.tick(step, f"loss {run[0] / run[2]:.4f} drift {run[1] / run[2]:.4f} count {run[3] / run[2]:.4f}",
+                     every=45.0)
+            run = [0.0, 0.0, 0, 0.0]
+    ck = dict(ck)
+    ck["vision_last"] = {k: m.state_dict() for k, m in last.items()}
+    ck["vfc_step"] = steps
+    torch.save(ck, work / out)
