@@ -5,24 +5,17 @@
 mod common;
 
 use common::root;
-use gemba::capture::Frame;
 use gemba::daemon::worker::AskInput;
 use gemba::model::providers::ProviderPolicy;
 use gemba::model::{runtime, CancelToken, Engine, Event};
 
 fn look(camera: &str, file: &str, question: &str) -> AskInput {
-    let img =
-        gemba::media::vision::load_image(&root().join("models/demo/frames").join(file)).unwrap();
     AskInput {
         text: question.into(),
-        frames: vec![Frame {
-            camera: camera.into(),
-            seq: 0,
-            captured_at: std::time::SystemTime::now(),
-            width: img.width as u32,
-            height: img.height as u32,
-            rgb: std::sync::Arc::new(img.rgb),
-        }],
+        frames: vec![common::frame_from_file(
+            camera,
+            &root().join("models/demo/frames").join(file),
+        )],
         audio: Vec::new(),
     }
 }

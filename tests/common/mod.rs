@@ -94,6 +94,20 @@ pub fn frame(camera: &str, w: u32, h: u32, seed: u64) -> Frame {
     }
 }
 
+/// A camera's frame from an image file (JPEG or PNG), decoded as gemba decodes it.
+pub fn frame_from_file(camera: &str, path: &Path) -> Frame {
+    let img = gemba::media::vision::load_image(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Frame {
+        camera: camera.into(),
+        seq: 0,
+        captured_at: SystemTime::now(),
+        width: img.width as u32,
+        height: img.height as u32,
+        rgb: Arc::new(img.rgb),
+    }
+}
+
 pub fn clip(seconds: f32, seed: u64) -> AudioClip {
     let n = (16_000.0 * seconds) as usize;
     let f = 0.02 + (seed % 50) as f32 / 1000.0;
