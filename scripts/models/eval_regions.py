@@ -102,10 +102,6 @@ class GenaiRunner:
         from eval_demo import Runner
         self.r = Runner(bundle)
 
-    def ask_plain(self, frame, question):
-        ans, _ = self.r.generate(chat_prompt(PromptSpec(cameras=[None], question=question, seps=("\n", "\n"))), images=[frame])
-        return ans, split_sentences(ans)
-
     def ask(self, camera, frame, question, td):
         ans, _ = self.r.generate(chat_prompt(PromptSpec(cameras=[camera], question=question, seps=("\n", "\n"))),
                                  images=[frame])
@@ -218,11 +214,8 @@ def belts(a):
             frame = str(Path(td) / f"b{i:03d}.jpg")
             Path(frame).write_bytes(data)
             for named in (False, True):
-                if named:
-                    full, _ = runner.ask(name, frame, ASK["boxes"], td)
-                else:
-                    full, _ = GenaiRunner.ask_plain(runner, frame, ASK["boxes"]) if a.via == "genai" else \
-                        runner.ask(None, frame, ASK["boxes"], td)
+                # camera None: the frame unnamed (both runners)
+                full, _ = runner.ask(name if named else None, frame, ASK["boxes"], td)
                 ok = said_count(full) == n
                 for k in (f"{n} box{'es' if n > 1 else ''}", "all"):
                     per[k][0] += ok

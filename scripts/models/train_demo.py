@@ -615,13 +615,16 @@ def batch_loss(model: DemoModel, batch, answer_starts_tok, marker_ids=None, name
     return loss, int(m.sum()), int(hit.sum()), int(mk.sum()), int((hit & mk).sum())
 
 
-def precompute_features(work: Path):
-    vb = VisionBackbone()
-    vb.load_state_dict(torch.load(work / "vision_stage.pt")["backbone"])
-    vb.eval()
-    views = np.load(work / "scenes_train.npz")["views"]
-    with torch.no_grad():
-        vfeat = torch.cat([vb(to_input(views[i:i + 256])) for i in range(0, len(views), 256)])
+def precompute_features(work: Path, vision: bool = True):
+    """(vision feature vectors of the training scenes or None without `vision`, speech vectors)."""
+    vfeat = None
+    if vision:
+        vb = VisionBackbone()
+        vb.load_state_dict(torch.load(work / "vision_stage.pt")["backbone"])
+        vb.eval()
+        views = np.load(work / "scenes_train.npz")["views"]
+        with torch.no_grad():
+            vfeat = torch.cat([vb(to_input(views[i:i + 256])) for i in range(0, len(views), 256)])
     sb = SpeechBackbone()
     sb.load_state_dict(torch.load(work / "speech_stage.pt")["backbone"])
     sb.eval()

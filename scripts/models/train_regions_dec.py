@@ -270,11 +270,12 @@ def train_vfc(work: Path, seed: int, steps: int, lr: float, init: str, out: str,
     import torch.nn.functional as F
     from demo_model import VisionBackbone
     torch.manual_seed(seed)
-    _, sfeat = td.precompute_features(work)
+    _, sfeat = td.precompute_features(work, vision=False)  # the vision features: computed here
     bb = VisionBackbone()
     bb.load_state_dict(torch.load(work / "vision_stage.pt")["backbone"])
     bb.eval()
-    views = np.load(work / "scenes_train.npz")["views"]
+    scenes = np.load(work / "scenes_train.npz")
+    views = scenes["views"]
 
     def pool(f7):
         return torch.cat([f7.mean(dim=(2, 3)), f7.amax(dim=(2, 3))], 1)
@@ -287,7 +288,7 @@ def train_vfc(work: Path, seed: int, steps: int, lr: float, init: str, out: str,
         teacher = bb.fc(pool(f7_old))
     var, var7, var14 = float(teacher.var()), float(f7_old.var()), float(f14_old.var())
     probe = torch.load(work / "count_probe.pt")
-    labels = torch.from_numpy(np.load(work / "scenes_train.npz")["labels"])
+    labels = torch.from_numpy(scenes["labels"])
     belt = torch.nonzero(labels[:, 2] == 1).flatten()
     hard = belt[(teacher[belt] @ probe["weight"].T + probe["bias"]).argmax(1) != labels[belt, 5]]
     td.log(f"vfc: {len(belt)} belt scenes, {len(hard)} of them misread by the count probe")
