@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::model::bundle::{Bundle, DecoderIo, IntType, TokenInput};
 use crate::model::providers::{build_session, ProviderPolicy};
 use crate::model::runtime::Runtime;
+use crate::model::speculate::Speculation;
 use crate::model::{CancelToken, Engine};
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +85,7 @@ pub fn gemba_engine(
     params.sampling.do_sample = false;
     // Plain decode, one decoder run per token and a full prefill every time: what the raw loop
     // and ORT-GenAI do (`--workload report` measures the speed-ups).
-    params.speculation = crate::model::speculate::Speculation::OFF;
+    params.speculation = Speculation::OFF;
     let limits = engine.decoder.prefix.limits;
     engine
         .decoder
@@ -802,6 +803,9 @@ pub struct WorkloadBench {
     pub prompts: usize,
     pub max_new_tokens: usize,
     pub gemba_speculative: WorkloadSpeed,
+    /// Speculation with every draft verified whole (no tuner): what the tuner is measured
+    /// against.
+    pub gemba_fixed_drafts: WorkloadSpeed,
     pub gemba_plain: WorkloadSpeed,
     pub ort_genai: Option<WorkloadSpeed>,
     pub accepted_drafts_per_round: usize,
@@ -828,6 +832,11 @@ impl std::fmt::Display for WorkloadBench {
             )
         };
         row(f, "gemba, speculation on", &self.gemba_speculative)?;
+        row(
+            f,
+            "gemba, speculation, drafts whole",
+            &self.gemba_fixed_drafts,
+        )?;
         row(f, "gemba, speculation off", &self.gemba_plain)?;
         if let Some(g) = &self.ort_genai {
             row(f, "ORT-GenAI", g)?;
@@ -845,6 +854,11 @@ impl std::fmt::Display for WorkloadBench {
             self.accepted_drafts_per_round,
             self.same_with_speculation,
             self.prompts
+        )?;
+        writeln!(
+            f,
+            "speculation, tuned draft lengths / drafts whole: {:.2}×",
+            self.gemba_speculative.decode_tok_s / self.gemba_fixed_drafts.decode_tok_s
         )?;
         for l in &self.exactness {
             writeln!(f, "auto: {l}")?;
@@ -932,16 +946,12 @@ fn engine_run(
     engine: &mut Engine,
     ids: &[u32],
     max_new: usize,
-    spec: bool,
+    spec: Speculation,
 ) -> Result<(Vec<u32>, crate::model::Done)> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
     params.max_new_tokens = Some(max_new);
-    params.speculation = if spec {
-        crate::model::speculate::Speculation::default()
-    } else {
-        crate::model::speculate::Speculation::OFF
-    };
+    params.speculation = spec;
     let mut out = Vec::new();
     let done = engine.generate_ids(ids.to_vec(), &params, &CancelToken::new(), &mut |ev| {
         if let crate::model::Event::Token(t) = ev {
@@ -991,7 +1001,7 @@ pub fn report_workload(
         for t in turns {
             messages.push(ChatMessage::user(t));
             let ids = engine.bundle.tokenizer.prompt_ids(&messages, false)?;
-            let (_, done) = engine_run(&mut engine, &ids, max_new, false)?;
+            let (_, done) = engine_run(&mut engine, &ids, max_new, Speculation::OFF)?;
             if let Some(p) = previous.take() {
                 followup = Some((p, ids.clone()));
             }
@@ -1008,11 +1018,13 @@ pub fn report_workload(
     } else {
         None
     };
-    let (mut spec_runs, mut plain_runs, mut genai_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut spec_runs, mut fixed_runs, mut plain_runs, mut genai_runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut accepted = 0;
     let mut same_prompts = 0;
     for round in 0..repeat + 1 {
-        let (mut s, mut p, mut g) = (
+        let (mut s, mut x, mut p, mut g) = (
+            WorkloadRun::default(),
             WorkloadRun::default(),
             WorkloadRun::default(),
             WorkloadRun::default(),
@@ -1020,8 +1032,13 @@ pub fn report_workload(
         accepted = 0;
         same_prompts = 0;
         for ids in &prompts {
-            let (a, da) = engine_run(&mut engine, ids, max_new, true)?;
-            let (b, db) = engine_run(&mut engine, ids, max_new, false)?;
+            let (a, da) = engine_run(&mut engine, ids, max_new, Speculation::default())?;
+            let fixed_drafts = Speculation {
+                tuned: false,
+                ..Speculation::default()
+            };
+            let (c, dc) = engine_run(&mut engine, ids, max_new, fixed_drafts)?;
+            let (b, db) = engine_run(&mut engine, ids, max_new, Speculation::OFF)?;
             // Where the probe finds verify runs inexact, a near-tie may flip: counted, shown.
             same_prompts += usize::from(a == b);
             accepted += da.accepted_drafts;
@@ -1034,6 +1051,8 @@ pub fn report_workload(
             };
             s.tokens += a.len() - 1;
             s.decode_s += secs(&da);
+            x.tokens += c.len() - 1;
+            x.decode_s += secs(&dc);
             p.tokens += b.len() - 1;
             p.decode_s += secs(&db);
             if let Some(peer) = peer.as_mut() {
@@ -1045,6 +1064,7 @@ pub fn report_workload(
         // Round 0 warms every contender up.
         if round > 0 {
             spec_runs.push(s);
+            fixed_runs.push(x);
             plain_runs.push(p);
             genai_runs.push(g);
         }
@@ -1083,10 +1103,10 @@ pub fn report_workload(
         let (mut same, mut reused) = (true, 0);
         for _ in 0..repeat {
             engine.decoder.prefix.clear();
-            let (c, dc) = engine_run(&mut engine, &prompt, 8, false)?;
+            let (c, dc) = engine_run(&mut engine, &prompt, 8, Speculation::OFF)?;
             engine.decoder.prefix.clear();
-            engine_run(&mut engine, &before, max_new, false)?;
-            let (w, dw) = engine_run(&mut engine, &prompt, 8, false)?;
+            engine_run(&mut engine, &before, max_new, Speculation::OFF)?;
+            let (w, dw) = engine_run(&mut engine, &prompt, 8, Speculation::OFF)?;
             cold.push(dc.time_to_first_token_ms);
             warm.push(dw.time_to_first_token_ms);
             same &= c == w;
@@ -1109,6 +1129,7 @@ pub fn report_workload(
         prompts: prompts.len(),
         max_new_tokens: max_new,
         gemba_speculative: WorkloadSpeed::from_runs(&spec_runs),
+        gemba_fixed_drafts: WorkloadSpeed::from_runs(&fixed_runs),
         gemba_plain: WorkloadSpeed::from_runs(&plain_runs),
         ort_genai: with_genai.then(|| WorkloadSpeed::from_runs(&genai_runs)),
         accepted_drafts_per_round: accepted,

@@ -27,6 +27,10 @@ struct GreedyCases {
     /// KV prefix reuse across the cases: true, false (the default) or "auto".
     #[serde(default)]
     prefix_cache: Option<Switch>,
+    /// Verify every draft whole (up to 8 tokens) instead of as many tokens as the tuner finds
+    /// worth it: the most multi-row runs, the same ones run after run (tests of exactness).
+    #[serde(default)]
+    fixed_drafts: bool,
     cases: Vec<GreedyCase>,
 }
 
@@ -53,6 +57,7 @@ fn speedups(
     engine: &mut Engine,
     speculate: Option<Switch>,
     prefix_cache: Option<Switch>,
+    fixed_drafts: bool,
 ) -> crate::model::speculate::Speculation {
     let bytes = match prefix_cache.unwrap_or(Switch::Off) {
         Switch::On => Some(crate::model::exact::DEFAULT_PREFIX_BYTES),
@@ -66,6 +71,7 @@ fn speedups(
         bytes,
         std::time::Duration::from_secs(600),
     );
+    p.speculation.tuned = !fixed_drafts;
     p.speculation
 }
 
@@ -101,7 +107,12 @@ pub fn greedy(ort: Option<&Path>, cases_file: &Path) -> Result<String> {
     if let Some(sb) = cases.share_buffer {
         engine.decoder.set_share_buffer(sb);
     }
-    let speculation = speedups(&mut engine, cases.speculate, cases.prefix_cache);
+    let speculation = speedups(
+        &mut engine,
+        cases.speculate,
+        cases.prefix_cache,
+        cases.fixed_drafts,
+    );
     let mut out = GreedyOut {
         onnxruntime_version: rt.version.clone(),
         share_buffer: engine.decoder.shares_buffer(),
@@ -205,6 +216,10 @@ struct MmCases {
     /// KV prefix reuse across the cases: true, false (the default) or "auto".
     #[serde(default)]
     prefix_cache: Option<Switch>,
+    /// Verify every draft whole (up to 8 tokens) instead of as many tokens as the tuner finds
+    /// worth it: the most multi-row runs, the same ones run after run (tests of exactness).
+    #[serde(default)]
+    fixed_drafts: bool,
     cases: Vec<MmCase>,
 }
 
@@ -260,7 +275,12 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
         &resolve(cases_file, &cases.bundle),
         &ProviderPolicy::default(),
     )?;
-    let speculation = speedups(&mut engine, cases.speculate, cases.prefix_cache);
+    let speculation = speedups(
+        &mut engine,
+        cases.speculate,
+        cases.prefix_cache,
+        cases.fixed_drafts,
+    );
     let mut out = MmOut {
         onnxruntime_version: rt.version.clone(),
         cases: Vec::new(),

@@ -4,7 +4,8 @@
 //! text bundles (both precisions, both KV layouts: the shared buffer rolled back by its length,
 //! the moving cache sliced) and on the phi4mm demo bundle (text, image and audio prompts). Each
 //! run must also have accepted drafts, so the comparison exercises the speculative path rather
-//! than two plain runs. These runs force speculation on: by default (`auto`) it is on only where
+//! than two plain runs. Drafts are verified whole (`fixed_drafts`: the most multi-row runs, the
+//! same in every run); the demo is also run with the tuned draft lengths the daemon uses. These runs force speculation on: by default (`auto`) it is on only where
 //! model::exact's probe finds a verify run's logits bit-identical to one-token runs', which ONNX
 //! Runtime 1.31 CPU gives on none of these bundles (nor on SmolLM2, tests/speedups_real.rs).
 //!
@@ -107,7 +108,7 @@ fn greedy_tokens_are_the_same_with_and_without_speculation_on_the_text_bundles()
         for share in [true, false] {
             let (on, off) = on_and_off(
                 "greedy",
-                json!({"bundle": bundle, "share_buffer": share, "cases": cases}),
+                json!({"bundle": bundle, "share_buffer": share, "fixed_drafts": true, "cases": cases}),
             );
             assert_same(
                 &format!("tiny-qwen2 {precision}, share_buffer={share}"),
@@ -174,8 +175,15 @@ fn greedy_tokens_are_the_same_with_and_without_speculation_on_the_demo() {
             c
         })
         .collect();
-    let (on, off) = on_and_off("greedy-mm", json!({"bundle": demo, "cases": cases}));
-    assert_same("demo", &on, &off, 20);
+    // Every draft verified whole (the most multi-row runs), then as the daemon runs it: as many
+    // drafted tokens as the tuner finds worth verifying.
+    for fixed in [true, false] {
+        let (on, off) = on_and_off(
+            "greedy-mm",
+            json!({"bundle": demo, "fixed_drafts": fixed, "cases": cases}),
+        );
+        assert_same(&format!("demo, fixed_drafts={fixed}"), &on, &off, 20);
+    }
 }
 
 #[test]

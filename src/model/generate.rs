@@ -261,6 +261,8 @@ pub struct Decoder {
     pub prefix: PrefixCache,
     /// Which LoRA adapter is active (0: none); part of a prefix entry's key.
     pub(crate) adapter_tag: usize,
+    /// How many drafted tokens a speculative run verifies, from this decoder's measured runs.
+    pub(crate) tuner: speculate::Tuner,
 }
 
 impl Decoder {
@@ -320,6 +322,7 @@ impl Decoder {
                 ..PrefixLimits::default()
             }),
             adapter_tag: 0,
+            tuner: speculate::Tuner::default(),
         })
     }
 
@@ -1131,6 +1134,8 @@ fn run_loop(
     };
     // The drafted tokens fed after the last emitted one in the run just made.
     let mut fed: Vec<u32> = Vec::new();
+    // The length of the n-gram match `fed` was drafted after.
+    let mut fed_n = 0;
     let stop = 'gen: loop {
         // Sample from the logits of the run just made: one row per fed token, each checked
         // against the draft it predicts; the first mismatch (or the row after the last draft)
@@ -1183,6 +1188,9 @@ fn run_loop(
             st.accepted_drafts += 1;
             j += 1;
         }
+        if spec.tuned {
+            decoder.tuner.record_draft(fed_n, fed.len(), j);
+        }
         // The run's first token and its accepted drafts are in the cache now; the rest of the
         // drafts are rolled back.
         if st.runs > 0 {
@@ -1193,19 +1201,24 @@ fn run_loop(
         }
         let id = *st.history.last().expect("a token was just pushed");
         // The next run: the new token, then a draft of what may follow it (bounded by the
-        // cache's capacity: the run writes history.len() + draft positions).
-        fed.clear();
-        fed.extend_from_slice(speculate::draft(
+        // cache's capacity: the run writes history.len() + draft positions), as long as the
+        // tuner finds worth verifying.
+        fed_n = speculate::draft(
             &st.history,
             &spec,
             capacity.saturating_sub(st.history.len()),
-        ));
+            &mut fed,
+        );
+        if spec.tuned {
+            fed.truncate(decoder.tuner.length(fed_n, fed.len(), spec.max_draft));
+        }
         step += 1;
         st.runs += 1;
         let mut ids = Vec::with_capacity(1 + fed.len());
         ids.push(id);
         ids.extend_from_slice(&fed);
         let all_rows = !fed.is_empty();
+        let t0 = Instant::now();
         let r = match embedder {
             Some(emb) => {
                 let e = emb.embed(&ids)?;
@@ -1213,10 +1226,16 @@ fn run_loop(
             }
             None => decoder.step(&mut kv, StepTokens::Ids(&ids), past, step, all_rows),
         };
+        let took = t0.elapsed();
         match r {
             Ok(_) => {}
             Err(e) if was_terminated(&e) => break 'gen StopReason::Deadline,
             Err(e) => return Err(e),
+        }
+        if spec.is_on() && spec.tuned {
+            decoder
+                .tuner
+                .record_run(ids.len(), took.as_secs_f64() * 1e6);
         }
     };
     // Flush what the stream held back, then the last sentence.

@@ -7,7 +7,12 @@
 //! confirms costs one decoder run for several tokens. `generate` verifies the draft in one run,
 //! keeps the accepted prefix and rolls the KV cache back over the rest.
 //!
-//! No state, no channels: a pure function of the history.
+//! How many of the drafted tokens a run verifies is [`Tuner`]'s choice: a verify run costs more
+//! per row than it saves when few drafts are accepted (on a 2-core CPU, SmolLM2 int4: one row
+//! 5.1 ms, nine rows 20.7 ms), and less when most are. The tuner measures both — the decoder's
+//! time per run by its number of rows, and how often drafts after an n-gram match of each length
+//! were accepted — and drafts the number of tokens that makes the most tokens per second,
+//! none where a one-row run does best.
 
 /// How drafts are made; `max_draft == 0` turns speculation off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +23,8 @@ pub struct Speculation {
     pub ngram_max: usize,
     /// The shortest n-gram looked up.
     pub ngram_min: usize,
+    /// Verify as many drafted tokens as [`Tuner`] finds worth it (else every draft whole).
+    pub tuned: bool,
 }
 
 impl Speculation {
@@ -26,6 +33,7 @@ impl Speculation {
         max_draft: 0,
         ngram_max: 3,
         ngram_min: 1,
+        tuned: true,
     };
 
     pub fn is_on(&self) -> bool {
@@ -34,22 +42,28 @@ impl Speculation {
 }
 
 impl Default for Speculation {
-    /// On: up to 8 drafted tokens after a 3- to 1-gram match.
+    /// On: up to 8 drafted tokens after a 3- to 1-gram match, as many as the tuner finds worth
+    /// verifying.
     fn default() -> Self {
         Speculation {
             max_draft: 8,
             ngram_max: 3,
             ngram_min: 1,
+            tuned: true,
         }
     }
 }
 
-/// The draft for `history`: the tokens that followed the latest earlier occurrence of its last
-/// n-gram (longest n first), at most `limit` of them. Empty when nothing matches.
-pub fn draft<'a>(history: &'a [u32], spec: &Speculation, limit: usize) -> &'a [u32] {
+/// The draft for `history` into `out` (cleared first): the tokens that followed the latest
+/// earlier occurrence of its last n-gram (longest n first), at most `limit` of them; returns that
+/// n (0: nothing matched, `out` empty). Where the tokens that followed run up to the end of the
+/// history — the text is repeating itself with a period shorter than the draft — the draft goes
+/// on repeating that period.
+pub fn draft(history: &[u32], spec: &Speculation, limit: usize, out: &mut Vec<u32>) -> usize {
+    out.clear();
     let limit = limit.min(spec.max_draft);
     if limit == 0 || !spec.is_on() {
-        return &[];
+        return 0;
     }
     let len = history.len();
     let lo = spec.ngram_min.max(1);
@@ -65,13 +79,146 @@ pub fn draft<'a>(history: &'a [u32], spec: &Speculation, limit: usize) -> &'a [u
             if history[s..s + n] == *tail {
                 let from = s + n;
                 let to = (from + limit).min(len);
-                if to > from {
-                    return &history[from..to];
+                out.extend_from_slice(&history[from..to]);
+                // history[s..] repeats with period len - n - s: so does the draft.
+                let period = len - n - s;
+                while out.len() < limit {
+                    let i = len + out.len() - period;
+                    let t = if i < len { history[i] } else { out[i - len] };
+                    out.push(t);
                 }
+                return n;
             }
         }
     }
-    &[]
+    0
+}
+
+/// Matched n-gram lengths the tuner keeps apart (longer ones count as the last).
+const MATCH_KINDS: usize = 3;
+
+/// Chooses how many drafted tokens a run verifies, from what earlier runs cost and accepted.
+///
+/// Model: a run of `r` rows takes `one + (r - 1) * extra`, and after a match of length n each
+/// drafted token is accepted with probability `p_n` once the ones before it were (so k drafts
+/// yield `1 + p + … + p^k` tokens on average). The tuner picks the k with the most tokens per
+/// unit of time. `one` and `extra` are moving averages of measured runs; `p_n` counts verified
+/// positions, halved as they grow so that it follows the workload.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    /// A one-row run, µs (moving average; `None` until measured).
+    one_us: Option<f64>,
+    /// Each row after the first in a multi-row run, µs.
+    extra_us: Option<f64>,
+    /// Per match kind: (drafted positions verified, accepted).
+    tried: [(f64, f64); MATCH_KINDS],
+    /// Per match kind: drafts not verified since the last one that was.
+    skipped: [u32; MATCH_KINDS],
+}
+
+/// Weight of a new measurement in the moving averages.
+const EMA: f64 = 0.1;
+/// Before any multi-row run is measured, an extra row is assumed to cost this share of a
+/// one-row run (the CPU figure above: (20.7 − 5.1) / 8 / 5.1 ≈ 0.38).
+const PRIOR_EXTRA: f64 = 0.4;
+/// Verified positions per match kind after which the counts are halved.
+const WINDOW: f64 = 256.0;
+/// Of the drafts a kind's acceptance makes not worth verifying, every this many-th still gets
+/// its first token verified: acceptance changes along a text (an answer starts repeating its
+/// prompt), and a kind that is never verified is never measured again.
+const EXPLORE: u32 = 8;
+
+impl Default for Tuner {
+    fn default() -> Self {
+        Tuner {
+            one_us: None,
+            extra_us: None,
+            // Prior: one of two drafted positions accepted.
+            tried: [(2.0, 1.0); MATCH_KINDS],
+            skipped: [0; MATCH_KINDS],
+        }
+    }
+}
+
+impl Tuner {
+    fn kind(n: usize) -> usize {
+        n.clamp(1, MATCH_KINDS) - 1
+    }
+
+    /// The acceptance probability of a drafted position after a match of length `n`.
+    pub fn acceptance(&self, n: usize) -> f64 {
+        let (t, a) = self.tried[Self::kind(n)];
+        a / t
+    }
+
+    /// A decoder run of `rows` rows took `us` microseconds.
+    pub fn record_run(&mut self, rows: usize, us: f64) {
+        if !(us.is_finite() && us > 0.0) || rows == 0 {
+            return;
+        }
+        let ema = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o + EMA * (new - o)));
+        if rows == 1 {
+            self.one_us = ema(self.one_us, us);
+        } else if let Some(one) = self.one_us {
+            let per = ((us - one) / (rows - 1) as f64).max(0.0);
+            self.extra_us = ema(self.extra_us, per);
+        }
+    }
+
+    /// `drafted` tokens after a match of length `n` were verified and the first `accepted`
+    /// of them kept.
+    pub fn record_draft(&mut self, n: usize, drafted: usize, accepted: usize) {
+        if drafted == 0 || n == 0 {
+            return;
+        }
+        let e = &mut self.tried[Self::kind(n)];
+        // Positions verified: the accepted ones and the one that was not (if any).
+        e.0 += (accepted + 1).min(drafted) as f64;
+        e.1 += accepted as f64;
+        if e.0 > WINDOW {
+            e.0 /= 2.0;
+            e.1 /= 2.0;
+        }
+    }
+
+    /// How many of `available` drafted tokens (after a match of length `n`) to verify, at
+    /// most `max`.
+    pub fn length(&mut self, n: usize, available: usize, max: usize) -> usize {
+        let limit = available.min(max);
+        if limit == 0 || n == 0 {
+            return 0;
+        }
+        let one = self.one_us.unwrap_or(1.0).max(1e-9);
+        let extra = self.extra_us.unwrap_or(one * PRIOR_EXTRA);
+        let k = best_length(self.acceptance(n), extra / one, limit);
+        let skipped = &mut self.skipped[Self::kind(n)];
+        if k > 0 {
+            *skipped = 0;
+            return k;
+        }
+        *skipped += 1;
+        if *skipped >= EXPLORE {
+            *skipped = 0;
+            return 1;
+        }
+        0
+    }
+}
+
+/// The k in 0..=limit with the most tokens per unit of time: `(1 + p + … + p^k) / (1 + k·c)`,
+/// an extra row costing `c` one-row runs.
+pub fn best_length(p: f64, c: f64, limit: usize) -> usize {
+    let (mut best, mut best_rate) = (0, 1.0);
+    let (mut tokens, mut pk) = (1.0, 1.0);
+    for k in 1..=limit {
+        pk *= p;
+        tokens += pk;
+        let rate = tokens / (1.0 + k as f64 * c);
+        if rate > best_rate {
+            (best, best_rate) = (k, rate);
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -84,30 +231,106 @@ mod tests {
             max_draft: 3,
             ngram_max: 2,
             ngram_min: 1,
+            tuned: false,
         };
         // "5 6" occurred at 1 (followed by 7 8 9) and at 6 (followed by 1 2): the latest wins.
-        let h = [4, 5, 6, 7, 8, 9, 5, 6, 1, 2, 3, 5, 6];
-        assert_eq!(draft(&h, &spec, 10), &[1, 2, 3]);
-        assert_eq!(draft(&h, &spec, 2), &[1, 2]);
+        let h = [4, 5, 6, 7, 8, 9, 5, 6, 1, 2, 3, 5, 6, 0, 0, 0, 0, 5, 6];
+        let mut out = Vec::new();
+        assert_eq!(draft(&h, &spec, 10, &mut out), 2);
+        assert_eq!(out, [0, 0, 0]);
+        assert_eq!(draft(&h, &spec, 2, &mut out), 2);
+        assert_eq!(out, [0, 0]);
         // A 1-gram fallback when no 2-gram matches.
-        let h = [1, 2, 3, 9, 2];
-        assert_eq!(draft(&h, &spec, 10), &[3, 9, 2]);
+        let h = [1, 2, 3, 4, 5, 6, 9, 2];
+        assert_eq!(draft(&h, &spec, 3, &mut out), 1);
+        assert_eq!(out, [3, 4, 5]);
         // Nothing matches: no draft.
-        assert!(draft(&[1, 2, 3, 4], &spec, 10).is_empty());
+        assert_eq!(draft(&[1, 2, 3, 4], &spec, 10, &mut out), 0);
+        assert!(out.is_empty());
         // Off.
-        assert!(draft(&[1, 2, 1, 2], &Speculation::OFF, 10).is_empty());
-        assert!(draft(&[1, 2, 1, 2], &spec, 0).is_empty());
+        assert_eq!(draft(&[1, 2, 1, 2], &Speculation::OFF, 10, &mut out), 0);
+        assert!(out.is_empty());
+        assert_eq!(draft(&[1, 2, 1, 2], &spec, 0, &mut out), 0);
+        assert!(out.is_empty());
     }
 
     #[test]
-    fn a_match_at_the_end_drafts_up_to_the_end() {
+    fn a_match_near_the_end_repeats_its_period() {
         let spec = Speculation {
             max_draft: 8,
-            ngram_max: 1,
+            ngram_max: 2,
             ngram_min: 1,
+            tuned: false,
         };
-        // The latest earlier 7 is at index 2; what follows it runs to the end.
-        assert_eq!(draft(&[7, 7, 7], &spec, 8), &[7]);
-        assert_eq!(draft(&[7, 1, 7], &spec, 8), &[1, 7]);
+        let mut out = Vec::new();
+        // The latest earlier 7 7 is at index 0: period 1.
+        assert_eq!(draft(&[7, 7, 7], &spec, 4, &mut out), 2);
+        assert_eq!(out, [7, 7, 7, 7]);
+        // 7 1 7: the 1-gram 7 matched at 0, what followed (1 7) runs to the end: period 2.
+        assert_eq!(draft(&[7, 1, 7], &spec, 5, &mut out), 1);
+        assert_eq!(out, [1, 7, 1, 7, 1]);
+        // A loop of three tokens after a prompt: the draft goes round it.
+        let h = [9, 8, 1, 2, 3, 1, 2, 3, 1, 2];
+        assert_eq!(draft(&h, &spec, 7, &mut out), 2);
+        assert_eq!(out, [3, 1, 2, 3, 1, 2, 3]);
+        // The capacity limit holds.
+        assert_eq!(draft(&h, &spec, 2, &mut out), 2);
+        assert_eq!(out, [3, 1]);
+    }
+
+    #[test]
+    fn the_best_length_weighs_acceptance_against_the_cost_of_a_row() {
+        // Free extra rows: draft as far as allowed, whatever the acceptance.
+        assert_eq!(best_length(0.3, 0.0, 8), 8);
+        // Rows as dear as whole runs: never worth it (at best break-even).
+        assert_eq!(best_length(0.99, 1.0, 8), 0);
+        // The CPU case (an extra row ≈ 0.38 of a run): few drafts when half are accepted,
+        // more when nearly all are.
+        assert_eq!(best_length(0.5, 0.38, 8), 1);
+        let sure = best_length(0.95, 0.38, 8);
+        assert!((3..=8).contains(&sure), "{sure}");
+        assert!(best_length(0.2, 0.38, 8) == 0);
+        // Never past the limit.
+        assert_eq!(best_length(0.99, 0.01, 3), 3);
+        assert_eq!(best_length(0.99, 0.01, 0), 0);
+    }
+
+    #[test]
+    fn the_tuner_learns_costs_and_acceptance_from_runs() {
+        let mut t = Tuner::default();
+        // Before anything is measured: the prior (half accepted, a row 0.4 of a run) drafts one.
+        assert_eq!(t.length(2, 8, 8), 1);
+        // Cheap rows measured: longer drafts.
+        for _ in 0..50 {
+            t.record_run(1, 5000.0);
+            t.record_run(9, 5400.0);
+        }
+        assert!(t.length(2, 8, 8) >= 4, "{}", t.length(2, 8, 8));
+        // Dear rows measured: 1-gram drafts that are always rejected stop being drafted,
+        // 3-gram drafts that are always accepted go on.
+        for _ in 0..200 {
+            t.record_run(1, 5000.0);
+            t.record_run(9, 20_000.0);
+            t.record_draft(1, 4, 0);
+            t.record_draft(3, 4, 4);
+        }
+        let lengths: Vec<usize> = (0..16).map(|_| t.length(1, 8, 8)).collect();
+        // ... but every EXPLORE-th still has one token verified.
+        let explored = lengths.iter().filter(|&&k| k == 1).count();
+        assert_eq!(
+            (explored, lengths.iter().sum::<usize>()),
+            (2, 2),
+            "{lengths:?}"
+        );
+        assert!(t.acceptance(1) < 0.05 && t.acceptance(3) > 0.95);
+        assert!(t.length(3, 8, 8) >= 3, "{}", t.length(3, 8, 8));
+        // Longer matches count with the longest kind; only what is available is drafted.
+        assert_eq!(t.acceptance(7), t.acceptance(3));
+        assert_eq!(t.length(3, 2, 8), 2);
+        // Nonsense timings are ignored.
+        let before = t.length(3, 8, 8);
+        t.record_run(9, f64::NAN);
+        t.record_run(0, 1.0);
+        assert_eq!(t.length(3, 8, 8), before);
     }
 }
