@@ -461,13 +461,16 @@ pub fn decode(
         Vec::new(),
     );
     for _ in 0..repeat {
+        settle();
         let g = gemba_engine(&mut engine, &prompt, gen, 1, 0)?;
         gp.extend(g.prefill_s);
         gd.extend(g.decode_s);
+        settle();
         let (p, d) = raw.run(&prompt, gen)?;
         rp.push(p);
         rd.push(d);
         if let Some(peer) = peer.as_mut() {
+            settle();
             let (p, d) = peer.run()?;
             op.push(p);
             od.push(d);
@@ -736,11 +739,18 @@ pub fn media(
     })
 }
 
+/// The workload's system prompt, as a plant writes one: the assistant's role, the limits that
+/// its reports check readings against, and the report's form.
+pub const PLANT_SYSTEM_PROMPT: &str = "You are the monitoring assistant of a bottling plant. Write short factual status reports. Name each camera as [cam:NAME] and repeat the readings you rely on. The limits: press-2 pressure 3.5 to 5.0 bar, temperature at most 70 C, hydraulic oil level at least 60 %, lamp green while running, amber during a tool change, red at a fault; belt-1 at most 18 boxes on the belt, belt speed 0.6 to 1.0 m/s, no box tilted; line-3 fill level 495 to 505 ml, filler valves open only while filling, an operator present while the lamp is amber. Name every reading outside its limits first, with its limit, then the rest. End each report with one line: OK, CHECK or STOP.";
+
+/// A one-sentence system prompt: the time to first token when only that is repeated.
+pub const SHORT_SYSTEM_PROMPT: &str = "You are the monitoring assistant of a bottling plant. Write short factual status reports. Name each camera as [cam:NAME] and repeat the readings you rely on.";
+
 /// Report-style prompts for `bench decode --workload report`: the demo's monitoring questions
 /// over camera readings (reports repeat their prompt's names and figures) and a two-turn
 /// conversation with a technician. Each is (system, user turns).
 pub fn report_prompts() -> Vec<(Option<&'static str>, Vec<&'static str>)> {
-    const SYSTEM: &str = "You are the monitoring assistant of a bottling plant. Write short factual status reports. Name each camera as [cam:NAME] and repeat the readings you rely on.";
+    const SYSTEM: &str = PLANT_SYSTEM_PROMPT;
     vec![
         (Some(SYSTEM), vec!["Camera press-2 readings: pressure 4.2 bar, temperature 61 C, lamp green, hydraulic oil level 78 %. Camera press-2 readings one minute earlier: pressure 4.1 bar, temperature 60 C, lamp green, hydraulic oil level 78 %. Give me a status report."]),
         (Some(SYSTEM), vec!["Camera belt-1 readings: 14 boxes on the belt, belt speed 0.8 m/s, one box tilted at position 9. Camera belt-1 readings one minute earlier: 12 boxes on the belt, belt speed 0.8 m/s. How many boxes are on the belt? Give me a status report."]),
@@ -941,6 +951,15 @@ impl GenaiIds {
     }
 }
 
+/// A pause before each contender's run: ONNX Runtime's idle intra-op threads spin for a while
+/// after a run, so a run that starts right after another session's (ORT-GenAI's in its process,
+/// the raw loop's in this one) shares the cores with that session's spinning pool. Without it,
+/// whichever contender followed another lost up to a third of its speed on the demo's 10 ms
+/// answers.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(20));
+}
+
 /// One greedy generation through the engine: (ids, Done).
 fn engine_run(
     engine: &mut Engine,
@@ -1032,12 +1051,15 @@ pub fn report_workload(
         accepted = 0;
         same_prompts = 0;
         for ids in &prompts {
+            settle();
             let (a, da) = engine_run(&mut engine, ids, max_new, Speculation::default())?;
             let fixed_drafts = Speculation {
                 tuned: false,
                 ..Speculation::default()
             };
+            settle();
             let (c, dc) = engine_run(&mut engine, ids, max_new, fixed_drafts)?;
+            settle();
             let (b, db) = engine_run(&mut engine, ids, max_new, Speculation::OFF)?;
             // Where the probe finds verify runs inexact, a near-tie may flip: counted, shown.
             same_prompts += usize::from(a == b);
@@ -1056,6 +1078,7 @@ pub fn report_workload(
             p.tokens += b.len() - 1;
             p.decode_s += secs(&db);
             if let Some(peer) = peer.as_mut() {
+                settle();
                 let (d, out) = peer.run(ids, max_new)?;
                 g.tokens += out.len().saturating_sub(1);
                 g.decode_s += d;
@@ -1078,23 +1101,24 @@ pub fn report_workload(
         .set_limits(crate::model::prefix::PrefixLimits::default());
     let mut ttft = Vec::new();
     let tok = &engine.bundle.tokenizer;
-    let first_user = |i: usize| -> Result<Vec<u32>> {
-        let (system, turns) = &report_prompts()[i];
-        let mut m = Vec::new();
-        if let Some(s) = system {
-            m.push(ChatMessage {
+    // The first user turn of prompt `i` after `system`.
+    let first_user = |i: usize, system: &str| -> Result<Vec<u32>> {
+        let m = [
+            ChatMessage {
                 role: "system".into(),
-                content: (*s).into(),
-            });
-        }
-        m.push(ChatMessage::user(turns[0]));
+                content: system.into(),
+            },
+            ChatMessage::user(report_prompts()[i].1[0]),
+        ];
         Ok(tok.prompt_ids(&m, false)?)
     };
-    let mut cases: Vec<(String, Vec<u32>, Vec<u32>)> = vec![(
-        "repeated system prompt".into(),
-        first_user(0)?,
-        first_user(1)?,
-    )];
+    let mut cases: Vec<(String, Vec<u32>, Vec<u32>)> = Vec::new();
+    for (name, system) in [
+        ("repeated system prompt", PLANT_SYSTEM_PROMPT),
+        ("repeated one-sentence system prompt", SHORT_SYSTEM_PROMPT),
+    ] {
+        cases.push((name.into(), first_user(0, system)?, first_user(1, system)?));
+    }
     if let Some((before, after)) = followup {
         cases.push(("follow-up question".into(), before, after));
     }

@@ -1136,6 +1136,8 @@ fn run_loop(
     let mut fed: Vec<u32> = Vec::new();
     // The length of the n-gram match `fed` was drafted after.
     let mut fed_n = 0;
+    // When the last decoder run started, and its rows.
+    let mut last_run: Option<(Instant, usize)> = None;
     let stop = 'gen: loop {
         // Sample from the logits of the run just made: one row per fed token, each checked
         // against the draft it predicts; the first mismatch (or the row after the last draft)
@@ -1218,7 +1220,16 @@ fn run_loop(
         ids.push(id);
         ids.extend_from_slice(&fed);
         let all_rows = !fed.is_empty();
-        let t0 = Instant::now();
+        // The tuner times whole iterations — the run, sampling its rows, emitting the tokens,
+        // drafting the next — by the number of rows: what a row really costs.
+        let now = Instant::now();
+        if let Some((t, rows)) = last_run.replace((now, ids.len())) {
+            if spec.is_on() && spec.tuned {
+                decoder
+                    .tuner
+                    .record_run(rows, now.duration_since(t).as_secs_f64() * 1e6);
+            }
+        }
         let r = match embedder {
             Some(emb) => {
                 let e = emb.embed(&ids)?;
@@ -1226,16 +1237,10 @@ fn run_loop(
             }
             None => decoder.step(&mut kv, StepTokens::Ids(&ids), past, step, all_rows),
         };
-        let took = t0.elapsed();
         match r {
             Ok(_) => {}
             Err(e) if was_terminated(&e) => break 'gen StopReason::Deadline,
             Err(e) => return Err(e),
-        }
-        if spec.is_on() && spec.tuned {
-            decoder
-                .tuner
-                .record_run(ids.len(), took.as_secs_f64() * 1e6);
         }
     };
     // Flush what the stream held back, then the last sentence.

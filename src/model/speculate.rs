@@ -9,10 +9,10 @@
 //!
 //! How many of the drafted tokens a run verifies is [`Tuner`]'s choice: a verify run costs more
 //! per row than it saves when few drafts are accepted (on a 2-core CPU, SmolLM2 int4: one row
-//! 5.1 ms, nine rows 20.7 ms), and less when most are. The tuner measures both — the decoder's
-//! time per run by its number of rows, and how often drafts after an n-gram match of each length
-//! were accepted — and drafts the number of tokens that makes the most tokens per second,
-//! none where a one-row run does best.
+//! 5.1 ms, nine rows 20.7 ms), and less when most are. The tuner measures both — the time of a
+//! decode iteration (the run, sampling its rows, emitting tokens) by its number of rows, and how
+//! often drafts after an n-gram match of each length were accepted — and drafts the number of
+//! tokens that makes the most tokens per second, none where a one-row run does best.
 
 /// How drafts are made; `max_draft == 0` turns speculation off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl Tuner {
         a / t
     }
 
-    /// A decoder run of `rows` rows took `us` microseconds.
+    /// A decode iteration whose decoder run had `rows` rows took `us` microseconds.
     pub fn record_run(&mut self, rows: usize, us: f64) {
         if !(us.is_finite() && us > 0.0) || rows == 0 {
             return;
