@@ -1041,6 +1041,11 @@ pub fn report_workload(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut accepted = 0;
     let mut same_prompts = 0;
+    // Speculation as it ran before the tuner: every draft verified whole.
+    let fixed_drafts = Speculation {
+        tuned: false,
+        ..Speculation::default()
+    };
     for round in 0..repeat + 1 {
         let (mut s, mut x, mut p, mut g) = (
             WorkloadRun::default(),
@@ -1053,10 +1058,6 @@ pub fn report_workload(
         for ids in &prompts {
             settle();
             let (a, da) = engine_run(&mut engine, ids, max_new, Speculation::default())?;
-            let fixed_drafts = Speculation {
-                tuned: false,
-                ..Speculation::default()
-            };
             settle();
             let (c, dc) = engine_run(&mut engine, ids, max_new, fixed_drafts)?;
             settle();
