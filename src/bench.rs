@@ -5,7 +5,8 @@
 //! - gemba's engine (the whole path a query takes: binding, sampler, detokenizer, splitter),
 //! - ORT-GenAI (pip `onnxruntime-genai`, through scripts/bench/genai_decode.py) — the peer,
 //! - a raw loop of decoder runs with everything pre-bound (KV buffers, masks, the next-token
-//!   tensor written in place, argmax only) — the limit of what any runtime on this session can do.
+//!   tensor written in place, argmax only) on gemba's own decoder session — the limit of what any
+//!   runtime on this session can do.
 //!
 //! It prints the ratios gemba/ORT-GenAI and gemba's overhead over the raw loop.
 
@@ -21,7 +22,7 @@ use ort::value::{DynTensor, DynValue, Tensor};
 use serde::Serialize;
 
 use crate::model::bundle::{Bundle, DecoderIo, IntType, TokenInput};
-use crate::model::providers::{build_session, ProviderPolicy};
+use crate::model::providers::ProviderPolicy;
 use crate::model::runtime::Runtime;
 use crate::model::speculate::Speculation;
 use crate::model::{CancelToken, Engine};
@@ -140,34 +141,31 @@ fn argmax(row: &[f32]) -> u32 {
 /// The limit: decoder runs with everything bound beforehand. Shared-buffer KV as the bundle says
 /// (or presents handed to the next step without copies), masks for every length made before the
 /// clock starts, the next token written into a bound tensor, argmax instead of a sampler.
+///
+/// It drives gemba's own decoder session, so that the two differ only in how they drive it. A
+/// second session of the same model in the same process is not an equal peer: on a 2-core VM the
+/// session created last decoded 4–8 % faster than one created before it, whichever loop drove
+/// which (SmolLM2 int8; swapping their creation order swapped the sign), and that difference
+/// would have been counted as gemba's overhead.
 pub struct RawLoop {
-    session: ort::session::Session,
     io: DecoderIo,
     share: bool,
 }
 
 impl RawLoop {
-    pub fn new(rt: &Runtime, bundle: &Bundle, policy: &ProviderPolicy) -> Result<RawLoop> {
-        let d = &bundle.config.model.decoder;
-        let file = bundle.file(&d.filename);
-        let (session, _) = build_session(
-            rt,
-            "decoder",
-            &file,
-            &bundle.config.decoder_session_options(),
-            "model.decoder",
-            policy,
-        )?;
-        let io = DecoderIo::from_session(&session, &bundle.config, &file)?;
+    /// A raw loop over `engine`'s decoder session.
+    pub fn new(engine: &Engine, bundle: &Bundle) -> Result<RawLoop> {
+        let file = bundle.file(&bundle.config.model.decoder.filename);
+        let io = DecoderIo::from_session(&engine.decoder.session, &bundle.config, &file)?;
         Ok(RawLoop {
-            session,
             io,
             share: bundle.config.search.past_present_share_buffer,
         })
     }
 
     /// One generation of exactly `gen` tokens; returns (prefill seconds, decode seconds).
-    pub fn run(&mut self, prompt: &[u32], gen: usize) -> Result<(f64, f64)> {
+    pub fn run(&mut self, engine: &mut Engine, prompt: &[u32], gen: usize) -> Result<(f64, f64)> {
+        let session = &mut engine.decoder.session;
         let io = &self.io;
         let TokenInput::Ids {
             name: ids_name,
@@ -200,7 +198,7 @@ impl RawLoop {
         let mut keys: Vec<DynTensor> = Vec::new();
         let mut values: Vec<DynTensor> = Vec::new();
         let mut pasts: Vec<DynValue> = Vec::new();
-        let mut b = self.session.create_binding()?;
+        let mut b = session.create_binding()?;
         for i in 0..io.layers {
             if self.share {
                 keys.push(DynTensor::new(&alloc, io.kv_type.ort(), kv_shape(total))?);
@@ -249,7 +247,7 @@ impl RawLoop {
                     b.bind_output_to_device(io.present_value[i].as_str(), &cpu)?;
                 }
             }
-            let mut out = self.session.run_binding(&b)?;
+            let mut out = session.run_binding(&b)?;
             let logits = out.remove(io.logits.as_str()).context("no logits")?;
             let mut fresh = Vec::new();
             if !self.share {
@@ -387,6 +385,8 @@ pub struct DecodeBench {
     pub gemba: Speed,
     pub raw_loop: Speed,
     pub ort_genai: Option<Speed>,
+    /// The gemba/ORT-GenAI decode ratio in each load order ([`LOAD_ORDERS`]).
+    pub by_load_order: Vec<LoadOrderRatio>,
 }
 
 impl std::fmt::Display for DecodeBench {
@@ -414,6 +414,9 @@ impl std::fmt::Display for DecodeBench {
                 self.gemba.prefill_tok_s / g.prefill_tok_s,
                 self.gemba.decode_tok_s / g.decode_tok_s
             )?;
+            for o in &self.by_load_order {
+                writeln!(f, "  decode, {}: {:.3}×", o.order, o.decode)?;
+            }
         }
         writeln!(
             f,
@@ -421,6 +424,35 @@ impl std::fmt::Display for DecodeBench {
             (self.raw_loop.prefill_tok_s / self.gemba.prefill_tok_s - 1.0) * 100.0,
             (self.raw_loop.decode_tok_s / self.gemba.decode_tok_s - 1.0) * 100.0
         )
+    }
+}
+
+/// Which contender loads its model first, alternated between the two halves of a bench that
+/// has ORT-GenAI as its peer: gemba first, then ORT-GenAI first, each half with freshly loaded
+/// models and half of the rounds.
+///
+/// On the 2-core VM the project is measured on, the contender that loaded first decoded 12–15 %
+/// slower than it would have loaded second (SmolLM2 int8 decode, `gemba bench decode`: 0.87–0.90×
+/// ORT-GenAI with gemba loading first, 1.06–1.16× with ORT-GenAI loading first; with 300 MB
+/// allocated and touched before either loaded, 1.01–1.03×). Nothing in either runtime's code
+/// changes with the order; what changes is the memory its weights land in (the VM hands back
+/// pages through a balloon with free page reporting; the first process to allocate after the
+/// previous run gets the pages its host reclaimed). Alternating the order gives each the same
+/// handicap, and the per-order ratios are printed so the effect stays visible.
+pub const LOAD_ORDERS: [&str; 2] = ["gemba loaded first", "ORT-GenAI loaded first"];
+
+/// Loads gemba's engine and starts the peer in the order `peer_first` says.
+fn load_in_order<P>(
+    peer_first: bool,
+    engine: impl FnOnce() -> Result<Engine>,
+    peer: impl FnOnce() -> Result<Option<P>>,
+) -> Result<(Engine, Option<P>)> {
+    if peer_first {
+        let p = peer()?;
+        Ok((engine()?, p))
+    } else {
+        let e = engine()?;
+        Ok((e, peer()?))
     }
 }
 
@@ -439,19 +471,7 @@ pub fn decode(
         ..Default::default()
     };
     let prompt = bench_prompt(prompt_tokens);
-    let mut engine = Engine::load(rt, dir, &policy)?;
     let bundle = Bundle::open(dir)?;
-    let mut raw = RawLoop::new(rt, &bundle, &policy)?;
-    let mut peer = if with_genai {
-        Some(GenaiPeer::start(dir, prompt_tokens, gen, threads)?)
-    } else {
-        None
-    };
-    // Warm up, then alternate single runs (gemba, raw loop, ORT-GenAI) round by round: memory
-    // bandwidth on a shared machine drifts by tens of percent over a minute, and run in blocks
-    // one contender would get the good minute and another the bad one.
-    gemba_engine(&mut engine, &prompt, gen, 0, 1)?;
-    raw.run(&prompt, gen)?;
     let (mut gp, mut gd, mut rp, mut rd, mut op, mut od) = (
         Vec::new(),
         Vec::new(),
@@ -460,23 +480,51 @@ pub fn decode(
         Vec::new(),
         Vec::new(),
     );
-    for _ in 0..repeat {
-        settle();
-        let g = gemba_engine(&mut engine, &prompt, gen, 1, 0)?;
-        gp.extend(g.prefill_s);
-        gd.extend(g.decode_s);
-        settle();
-        let (p, d) = raw.run(&prompt, gen)?;
-        rp.push(p);
-        rd.push(d);
-        if let Some(peer) = peer.as_mut() {
+    let orders: &[bool] = if with_genai { &[false, true] } else { &[false] };
+    let rounds = repeat.div_ceil(orders.len());
+    let mut by_order = Vec::new();
+    for &peer_first in orders {
+        let (mut engine, mut peer) = load_in_order(
+            peer_first,
+            || Ok(Engine::load(rt, dir, &policy)?),
+            || {
+                with_genai
+                    .then(|| GenaiPeer::start(dir, prompt_tokens, gen, threads))
+                    .transpose()
+            },
+        )?;
+        let mut raw = RawLoop::new(&engine, &bundle)?;
+        // Warm up, then alternate single runs (gemba, raw loop, ORT-GenAI) round by round: memory
+        // bandwidth on a shared machine drifts by tens of percent over a minute, and run in
+        // blocks one contender would get the good minute and another the bad one.
+        gemba_engine(&mut engine, &prompt, gen, 0, 1)?;
+        raw.run(&mut engine, &prompt, gen)?;
+        let (mut half_g, mut half_o) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
             settle();
-            let (p, d) = peer.run()?;
-            op.push(p);
-            od.push(d);
+            let g = gemba_engine(&mut engine, &prompt, gen, 1, 0)?;
+            gp.extend(g.prefill_s);
+            gd.extend(&g.decode_s);
+            half_g.extend(g.decode_s);
+            settle();
+            let (p, d) = raw.run(&mut engine, &prompt, gen)?;
+            rp.push(p);
+            rd.push(d);
+            if let Some(peer) = peer.as_mut() {
+                settle();
+                let (p, d) = peer.run()?;
+                op.push(p);
+                od.push(d);
+                half_o.push(d);
+            }
+        }
+        if with_genai {
+            by_order.push(LoadOrderRatio {
+                order: LOAD_ORDERS[usize::from(peer_first)],
+                decode: median(&half_o) / median(&half_g),
+            });
         }
     }
-    drop(peer);
     let ort_genai = with_genai.then(|| Speed::from_runs(prompt_tokens, gen, op, od));
     Ok(DecodeBench {
         bundle: dir.display().to_string(),
@@ -484,12 +532,21 @@ pub fn decode(
         prompt_tokens,
         gen_tokens: gen,
         threads,
-        repeat,
+        repeat: gd.len(),
         share_buffer: bundle.config.search.past_present_share_buffer,
         gemba: Speed::from_runs(prompt_tokens, gen, gp, gd),
         raw_loop: Speed::from_runs(prompt_tokens, gen, rp, rd),
         ort_genai,
+        by_load_order: by_order,
     })
+}
+
+/// gemba's speed over ORT-GenAI's in the rounds of one load order.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadOrderRatio {
+    pub order: &'static str,
+    /// gemba decode tokens/s over ORT-GenAI's (medians of that order's rounds).
+    pub decode: f64,
 }
 
 /// One sample of a soak run.
@@ -804,6 +861,14 @@ pub struct TtftCase {
     pub same_output: bool,
 }
 
+/// gemba's decode speed over ORT-GenAI's in the rounds of one load order.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadOrderRatio {
+    pub order: &'static str,
+    pub speculation_on: f64,
+    pub speculation_off: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct WorkloadBench {
     pub bundle: String,
@@ -818,6 +883,8 @@ pub struct WorkloadBench {
     pub gemba_fixed_drafts: WorkloadSpeed,
     pub gemba_plain: WorkloadSpeed,
     pub ort_genai: Option<WorkloadSpeed>,
+    /// gemba/ORT-GenAI in each load order ([`LOAD_ORDERS`]).
+    pub by_load_order: Vec<WorkloadOrderRatio>,
     pub accepted_drafts_per_round: usize,
     /// Prompts whose greedy tokens were the same with speculation on as off (of `prompts`).
     pub same_with_speculation: usize,
@@ -856,6 +923,13 @@ impl std::fmt::Display for WorkloadBench {
                 self.gemba_speculative.decode_tok_s / g.decode_tok_s,
                 self.gemba_plain.decode_tok_s / g.decode_tok_s
             )?;
+            for o in &self.by_load_order {
+                writeln!(
+                    f,
+                    "  {}: speculation on {:.2}×, off {:.2}×",
+                    o.order, o.speculation_on, o.speculation_off
+                )?;
+            }
         }
         writeln!(
             f,
@@ -1032,11 +1106,6 @@ pub fn report_workload(
             });
         }
     }
-    let mut peer = if with_genai {
-        Some(GenaiIds::start(dir, threads)?)
-    } else {
-        None
-    };
     let (mut spec_runs, mut fixed_runs, mut plain_runs, mut genai_runs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut accepted = 0;
@@ -1046,51 +1115,87 @@ pub fn report_workload(
         tuned: false,
         ..Speculation::default()
     };
-    for round in 0..repeat + 1 {
-        let (mut s, mut x, mut p, mut g) = (
-            WorkloadRun::default(),
-            WorkloadRun::default(),
-            WorkloadRun::default(),
-            WorkloadRun::default(),
-        );
-        accepted = 0;
-        same_prompts = 0;
-        for ids in &prompts {
-            settle();
-            let (a, da) = engine_run(&mut engine, ids, max_new, Speculation::default())?;
-            settle();
-            let (c, dc) = engine_run(&mut engine, ids, max_new, fixed_drafts)?;
-            settle();
-            let (b, db) = engine_run(&mut engine, ids, max_new, Speculation::OFF)?;
-            // Where the probe finds verify runs inexact, a near-tie may flip: counted, shown.
-            same_prompts += usize::from(a == b);
-            accepted += da.accepted_drafts;
-            let secs = |d: &crate::model::Done| {
-                if d.decode_tokens_per_s > 0.0 {
-                    (d.generated_tokens - 1) as f64 / d.decode_tokens_per_s
-                } else {
-                    0.0
-                }
-            };
-            s.tokens += a.len() - 1;
-            s.decode_s += secs(&da);
-            x.tokens += c.len() - 1;
-            x.decode_s += secs(&dc);
-            p.tokens += b.len() - 1;
-            p.decode_s += secs(&db);
-            if let Some(peer) = peer.as_mut() {
+    // The load order alternates between halves (LOAD_ORDERS); the prompts above came from the
+    // first half's engine.
+    let orders: &[bool] = if with_genai { &[false, true] } else { &[false] };
+    let rounds = repeat.div_ceil(orders.len());
+    let start_peer = || {
+        with_genai
+            .then(|| GenaiIds::start(dir, threads))
+            .transpose()
+    };
+    let mut peer = None;
+    let mut by_order = Vec::new();
+    for (half, &peer_first) in orders.iter().enumerate() {
+        if half == 0 {
+            peer = start_peer()?;
+        } else {
+            drop(peer.take());
+            drop(engine);
+            let (e, p) = load_in_order(
+                peer_first,
+                || Ok(Engine::load(rt, dir, &policy)?),
+                start_peer,
+            )?;
+            engine = e;
+            peer = p;
+            engine.decoder.prefix.set_limits(off);
+        }
+        let first = spec_runs.len();
+        for round in 0..rounds + 1 {
+            let (mut s, mut x, mut p, mut g) = (
+                WorkloadRun::default(),
+                WorkloadRun::default(),
+                WorkloadRun::default(),
+                WorkloadRun::default(),
+            );
+            accepted = 0;
+            same_prompts = 0;
+            for ids in &prompts {
                 settle();
-                let (d, out) = peer.run(ids, max_new)?;
-                g.tokens += out.len().saturating_sub(1);
-                g.decode_s += d;
+                let (a, da) = engine_run(&mut engine, ids, max_new, Speculation::default())?;
+                settle();
+                let (c, dc) = engine_run(&mut engine, ids, max_new, fixed_drafts)?;
+                settle();
+                let (b, db) = engine_run(&mut engine, ids, max_new, Speculation::OFF)?;
+                // Where the probe finds verify runs inexact, a near-tie may flip: counted, shown.
+                same_prompts += usize::from(a == b);
+                accepted += da.accepted_drafts;
+                let secs = |d: &crate::model::Done| {
+                    if d.decode_tokens_per_s > 0.0 {
+                        (d.generated_tokens - 1) as f64 / d.decode_tokens_per_s
+                    } else {
+                        0.0
+                    }
+                };
+                s.tokens += a.len() - 1;
+                s.decode_s += secs(&da);
+                x.tokens += c.len() - 1;
+                x.decode_s += secs(&dc);
+                p.tokens += b.len() - 1;
+                p.decode_s += secs(&db);
+                if let Some(peer) = peer.as_mut() {
+                    settle();
+                    let (d, out) = peer.run(ids, max_new)?;
+                    g.tokens += out.len().saturating_sub(1);
+                    g.decode_s += d;
+                }
+            }
+            // Round 0 warms every contender up.
+            if round > 0 {
+                spec_runs.push(s);
+                fixed_runs.push(x);
+                plain_runs.push(p);
+                genai_runs.push(g);
             }
         }
-        // Round 0 warms every contender up.
-        if round > 0 {
-            spec_runs.push(s);
-            fixed_runs.push(x);
-            plain_runs.push(p);
-            genai_runs.push(g);
+        if with_genai {
+            let g = WorkloadSpeed::from_runs(&genai_runs[first..]).decode_tok_s;
+            by_order.push(WorkloadOrderRatio {
+                order: LOAD_ORDERS[usize::from(peer_first)],
+                speculation_on: WorkloadSpeed::from_runs(&spec_runs[first..]).decode_tok_s / g,
+                speculation_off: WorkloadSpeed::from_runs(&plain_runs[first..]).decode_tok_s / g,
+            });
         }
     }
     drop(peer);
@@ -1150,13 +1255,14 @@ pub fn report_workload(
         bundle: dir.display().to_string(),
         onnxruntime: rt.version.clone(),
         threads,
-        repeat,
+        repeat: spec_runs.len(),
         prompts: prompts.len(),
         max_new_tokens: max_new,
         gemba_speculative: WorkloadSpeed::from_runs(&spec_runs),
         gemba_fixed_drafts: WorkloadSpeed::from_runs(&fixed_runs),
         gemba_plain: WorkloadSpeed::from_runs(&plain_runs),
         ort_genai: with_genai.then(|| WorkloadSpeed::from_runs(&genai_runs)),
+        by_load_order: by_order,
         accepted_drafts_per_round: accepted,
         same_with_speculation: same_prompts,
         exactness: engine.exactness().lines(),
