@@ -163,6 +163,8 @@ pub struct Doctor {
     pub cpu: CpuFacts,
     pub board: Option<String>,
     pub gpu: GpuFacts,
+    /// Whether the model weights go on transparent huge pages, and why not (sys::hugepages).
+    pub huge_pages: String,
     /// Present when a bundle was given: per component, the providers it actually registered.
     pub components: Vec<crate::model::providers::ProviderReport>,
     pub bundle_error: Option<String>,
@@ -238,6 +240,7 @@ pub fn examine(
         cpu: cpu_facts(),
         board: board_model(),
         gpu: gpu_facts(),
+        huge_pages: crate::sys::hugepages::describe(),
         components,
         bundle_error,
         speedups,
@@ -297,6 +300,7 @@ impl std::fmt::Display for Doctor {
                 }
             }
         }
+        writeln!(f, "memory pages: {}", self.huge_pages)?;
         if self.cameras.is_empty() {
             writeln!(f, "cameras: no V4L2 capture device")?;
         }

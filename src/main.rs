@@ -194,6 +194,9 @@ enum DebugCmd {
     Tokenize { bundle: PathBuf, prompts: PathBuf },
     /// Greedy generation from templated prompts with image/audio files (genai_mm_greedy.py's JSON).
     GreedyMm { cases: PathBuf },
+    /// The given environment variables as the programs gemba starts see them (NAME=value, or
+    /// "NAME unset"): gemba restarts itself with a glibc tunable and puts the variable back.
+    Env { names: Vec<String> },
 }
 
 #[derive(Args)]
@@ -377,6 +380,7 @@ fn keep_frame_buffers_mapped() {
 }
 
 fn main() -> ExitCode {
+    gemba::sys::hugepages::restart_with_huge_pages();
     keep_frame_buffers_mapped();
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -658,6 +662,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{}",
                 gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(DebugCmd::Env { names }) => {
+            for n in names {
+                match std::env::var_os(&n) {
+                    Some(v) => println!("{n}={}", v.to_string_lossy()),
+                    None => println!("{n} unset"),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {

@@ -1,6 +1,8 @@
 //! Infrastructure shared by the stages that own files on disk.
 //!
 //! - [`duration`]: the one duration type of configs and command lines (`"500ms"`, `"10m"`).
+//! - [`hugepages`]: gemba restarts itself once so that glibc puts the model weights on
+//!   transparent huge pages.
 //! - [`fs`]: atomic writes, directory fsyncs, the exclusive lock, sha256 of a file, a directory
 //!   walk that lists links without following them.
 //! - [`tree`]: a directory tree gemba owns, walked and cleaned through directory handles that
@@ -8,4 +10,5 @@
 
 pub mod duration;
 pub(crate) mod fs;
+pub mod hugepages;
 pub(crate) mod tree;
