@@ -142,14 +142,16 @@ prompt = "{}"
         ),
     )
     .unwrap();
-    let mut daemon = common::gemba()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("GEMBA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = Reap(
+        common::gemba()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("GEMBA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let status = || -> Option<serde_json::Value> {
         std::fs::read_to_string(state.join("status.json"))
             .ok()
@@ -193,10 +195,13 @@ prompt = "{}"
             >= 5
     });
     Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
+        .args(["-TERM", &daemon.0.id().to_string()])
         .status()
         .unwrap();
-    assert!(daemon.wait().unwrap().success(), "the daemon stops cleanly");
+    assert!(
+        daemon.0.wait().unwrap().success(),
+        "the daemon stops cleanly"
+    );
 
     let store = Store::open(
         &store_dir,
@@ -261,5 +266,18 @@ prompt = "{}"
             "report {} answers right: {text}",
             r.id
         );
+    }
+}
+
+/// The daemon, killed if the test fails before it stops it: a failed assertion must not leave a
+/// daemon running after its directory is gone (two once ran on for half an hour).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
