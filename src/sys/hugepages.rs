@@ -23,6 +23,11 @@ use std::ffi::OsString;
 const WAS: &str = "GEMBA_GLIBC_TUNABLES_WAS";
 const TUNABLE: &str = "glibc.malloc.hugetlb=1";
 
+/// The kernel's transparent huge page setting, as read from sysfs ("" where it is missing).
+fn kernel_setting() -> String {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default()
+}
+
 /// What the kernel's `transparent_hugepage/enabled` says (`always [madvise] never`): whether
 /// madvised memory can get huge pages.
 pub fn thp_mode(enabled: &str) -> Option<&str> {
@@ -48,10 +53,9 @@ pub fn active() -> bool {
 
 /// One line for `gemba doctor`: whether the weights go on huge pages, or why not.
 pub fn describe() -> String {
-    let enabled =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let enabled = kernel_setting();
     let mode = thp_mode(&enabled).unwrap_or("not built into this kernel");
-    if active() {
+    if active() && matches!(mode, "always" | "madvise") {
         format!("model weights on transparent huge pages (glibc.malloc.hugetlb; kernel: {mode})")
     } else if std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "0") {
         format!("normal pages (GEMBA_HUGE_PAGES=0; kernel: {mode})")
@@ -73,7 +77,7 @@ pub fn restart_with_huge_pages() {
         if let Some(was) = std::env::var_os(WAS) {
             // The restarted process: glibc has read its tunables; put the environment back.
             let was = was.to_string_lossy().into_owned();
-            // SAFETY (edition 2021: safe API): called before any other thread exists.
+            // No other thread exists yet, so changing the environment races with nothing.
             match was.strip_prefix('=') {
                 Some(v) => std::env::set_var("GLIBC_TUNABLES", v),
                 None => std::env::remove_var("GLIBC_TUNABLES"),
@@ -94,9 +98,7 @@ pub fn restart_with_huge_pages() {
         if std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "0") {
             return;
         }
-        let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .unwrap_or_default();
-        if !matches!(thp_mode(&enabled), Some("always" | "madvise")) {
+        if !matches!(thp_mode(&kernel_setting()), Some("always" | "madvise")) {
             return;
         }
         // The binary's own path, not /proc/self/exe: the kernel names a process after the file
