@@ -245,6 +245,9 @@ struct MmCase {
 #[derive(Serialize)]
 struct MmOut {
     onnxruntime_version: String,
+    /// What the switches came to (after `auto`).
+    speculation_on: bool,
+    prefix_cache_on: bool,
     cases: Vec<MmCaseOut>,
 }
 
@@ -283,6 +286,8 @@ pub fn greedy_multimodal(ort: Option<&Path>, cases_file: &Path) -> Result<String
     );
     let mut out = MmOut {
         onnxruntime_version: rt.version.clone(),
+        speculation_on: speculation.is_on(),
+        prefix_cache_on: engine.decoder.prefix.is_on(),
         cases: Vec::new(),
     };
     for c in cases.cases {

@@ -132,7 +132,7 @@ impl Engine {
             self.exactness().clone()
         } else {
             Exactness {
-                speculation: Ok(()),
+                speculation: Ok(exact::Agreement::Exact),
                 prefix_reuse: Ok(()),
             }
         };
