@@ -195,7 +195,7 @@ enum DebugCmd {
     /// Greedy generation from templated prompts with image/audio files (genai_mm_greedy.py's JSON).
     GreedyMm { cases: PathBuf },
     /// The given environment variables as the programs gemba starts see them (NAME=value, or
-    /// "NAME unset"): gemba restarts itself with a glibc tunable and puts the variable back.
+    /// "NAME unset").
     Env { names: Vec<String> },
 }
 
@@ -380,7 +380,6 @@ fn keep_frame_buffers_mapped() {
 }
 
 fn main() -> ExitCode {
-    gemba::sys::hugepages::restart_with_huge_pages();
     keep_frame_buffers_mapped();
     std::panic::set_hook(Box::new(|info| {
         let msg = info

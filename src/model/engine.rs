@@ -81,6 +81,24 @@ impl Engine {
             None
         };
         let decoder = Decoder::load(rt, &bundle, policy)?;
+        // The weights are in memory now: onto huge pages with them (sys::hugepages).
+        match crate::sys::hugepages::collapse_resident() {
+            Ok(c) => log::info!(
+                "{}: {} MiB of weights moved onto huge pages in {:.0} ms{}",
+                bundle.id(),
+                c.bytes >> 20,
+                c.millis,
+                if c.refused > 0 {
+                    format!(
+                        " ({} MiB refused by the kernel)",
+                        (c.refused * (2 << 20)) >> 20
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            Err(why) => log::debug!("{}: weights on normal pages: {why}", bundle.id()),
+        }
         let engine = Engine {
             bundle,
             decoder,

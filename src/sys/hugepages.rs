@@ -2,26 +2,39 @@
 //!
 //! A decode step reads every weight of the decoder once: 140–270 MB for SmolLM2-135M, in 4 KiB
 //! pages 35–70 thousand TLB entries' worth, each miss a page walk (two-level under a
-//! hypervisor). ONNX Runtime allocates its weights with `malloc`, and glibc asks the kernel for
-//! huge pages (`madvise(MADV_HUGEPAGE)` on the heap and on mapped chunks) only when its tunable
-//! `glibc.malloc.hugetlb=1` is set, and tunables are read once, when a process starts. So gemba
-//! starts itself once more (`exec` of its own file) with that tunable added to
-//! `GLIBC_TUNABLES` (the same process id, so systemd's notify protocol is undisturbed), and then
-//! puts `GLIBC_TUNABLES` back as it was, so the programs gemba starts (ORT-GenAI as a bench
-//! peer, players, scripts) see the environment they were given.
+//! hypervisor). ONNX Runtime reads a bundle's weights into heap memory it allocates with
+//! `malloc` when it builds a session (and pre-packs them there). So once an engine's sessions are
+//! built, gemba asks the kernel to move that memory onto huge pages: every 2 MiB-aligned range of
+//! the process's private, writable, anonymous memory whose 512 pages are all resident
+//! (`mincore`) gets `madvise(MADV_COLLAPSE)` (Linux 6.1 or later), which copies it into a huge
+//! page there and then. Ranges only partly used (thread stacks, a half-filled heap end) are left
+//! alone, so the resident size does not grow.
 //!
-//! On the 2-core development VM: SmolLM2 int8 decode 1.13–1.19× ORT-GenAI with it, 0.87–1.03×
-//! without (`gemba bench decode`, which alternates which one loads first; README). On bare metal
-//! a page walk is cheaper and the gain smaller.
+//! Only what is resident after loading: the buffers a run allocates later stay on normal pages.
+//! gemba first did this with glibc's `glibc.malloc.hugetlb=1` tunable (a restart of itself with
+//! it set), which madvises the whole heap; then every large temporary buffer of a run was
+//! faulted in as huge pages again, at a cost of compaction and zeroing 2 MiB at a time: the
+//! demo's vision run for four frames took 140–760 ms instead of 30–57 ms, 1.75 s of a bench's
+//! 6.2 s CPU time went to the kernel, and four looks together ran slower than one at a time.
 //!
-//! Skipped where the kernel's transparent huge pages are `never` (or not built in), where
-//! `GLIBC_TUNABLES` already names `glibc.malloc.hugetlb`, and with `GEMBA_HUGE_PAGES=0`.
+//! On the 2-core development VM: SmolLM2 int8 decode 1.04–1.17× ORT-GenAI with the weights on
+//! huge pages, 0.87–1.03× without (`gemba bench decode`, which alternates which one loads first;
+//! README); collapsing its ~220 MB takes 0.3–1.2 s at load. On bare metal a page walk is cheaper
+//! and the gain smaller.
+//!
+//! Skipped where the kernel's transparent huge pages are `never` (or not built in), and with
+//! `GEMBA_HUGE_PAGES=0`.
 
-use std::ffi::OsString;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
-/// Set in the restarted process: how `GLIBC_TUNABLES` was before (`-` unset, `=VALUE` set).
-const WAS: &str = "GEMBA_GLIBC_TUNABLES_WAS";
-const TUNABLE: &str = "glibc.malloc.hugetlb=1";
+/// A huge page.
+const HUGE: usize = 2 << 20;
+/// `MADV_COLLAPSE` (Linux 6.1, include/uapi/asm-generic/mman-common.h).
+const MADV_COLLAPSE: i32 = 25;
+
+/// Bytes moved onto huge pages so far in this process.
+static COLLAPSED: AtomicUsize = AtomicUsize::new(0);
 
 /// The kernel's transparent huge page setting, as read from sysfs ("" where it is missing).
 fn kernel_setting() -> String {
@@ -29,105 +42,139 @@ fn kernel_setting() -> String {
 }
 
 /// What the kernel's `transparent_hugepage/enabled` says (`always [madvise] never`): whether
-/// madvised memory can get huge pages.
+/// memory can get huge pages.
 pub fn thp_mode(enabled: &str) -> Option<&str> {
     let start = enabled.find('[')?;
     let end = enabled[start..].find(']')? + start;
     Some(&enabled[start + 1..end])
 }
 
-/// The `GLIBC_TUNABLES` value to restart with, or `None` where it already names the tunable.
-pub fn with_tunable(current: Option<&str>) -> Option<String> {
-    match current {
-        Some(c) if c.split(':').any(|t| t.starts_with("glibc.malloc.hugetlb")) => None,
-        Some(c) if !c.is_empty() => Some(format!("{c}:{TUNABLE}")),
-        _ => Some(TUNABLE.to_string()),
-    }
+fn opted_out() -> bool {
+    std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "0")
 }
 
-/// Whether this process runs with glibc asking for huge pages (after [`restart_with_huge_pages`]
-/// or because `GLIBC_TUNABLES` said so from the start).
-pub fn active() -> bool {
-    ACTIVE.load(std::sync::atomic::Ordering::Relaxed)
+/// What one [`collapse_resident`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Collapsed {
+    /// Bytes now on huge pages.
+    pub bytes: usize,
+    /// Fully resident 2 MiB ranges that the kernel could not collapse (no huge page free, …).
+    pub refused: usize,
+    pub millis: f64,
+}
+
+/// The 2 MiB-aligned ranges `[start, end)` inside the private, writable, anonymous mappings of a
+/// `/proc/PID/maps` text (the heap included; files, stacks and the kernel's own areas not).
+pub fn candidate_ranges(maps: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        // offset, device, inode, then the path (absent for anonymous memory).
+        let path = f.nth(3);
+        if perms != "rw-p" || path.is_some_and(|p| p != "[heap]") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        let mut s = a.div_ceil(HUGE) * HUGE;
+        while s.checked_add(HUGE).is_some_and(|e| e <= b) {
+            out.push((s, s + HUGE));
+            s += HUGE;
+        }
+    }
+    out
+}
+
+/// Moves the fully resident 2 MiB ranges of anonymous memory onto huge pages (see the module).
+/// Call after loading a model; `Err` says why nothing was done.
+pub fn collapse_resident() -> Result<Collapsed, String> {
+    if opted_out() {
+        return Err("GEMBA_HUGE_PAGES=0".into());
+    }
+    let setting = kernel_setting();
+    let mode = thp_mode(&setting).unwrap_or("not built into this kernel");
+    if !matches!(mode, "always" | "madvise") {
+        return Err(format!("kernel transparent huge pages: {mode}"));
+    }
+    collapse(mode)
+}
+
+#[cfg(target_os = "linux")]
+fn collapse(mode: &str) -> Result<Collapsed, String> {
+    let started = Instant::now();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => 4096,
+    };
+    let mut resident = vec![0u8; HUGE / page];
+    let (mut bytes, mut refused) = (0, 0);
+    for (start, _) in candidate_ranges(&maps) {
+        let addr = start as *mut libc::c_void;
+        // SAFETY: the range lies inside a mapping listed just now; mincore only reads the page
+        // tables and writes one byte per page into `resident` (HUGE / page bytes long).
+        if unsafe { libc::mincore(addr, HUGE, resident.as_mut_ptr()) } != 0
+            || resident.iter().any(|r| r & 1 == 0)
+        {
+            continue;
+        }
+        // SAFETY: MADV_COLLAPSE keeps the contents (it copies them into a huge page) and
+        // changes no permissions; a range unmapped since the maps were read fails with ENOMEM.
+        if unsafe { libc::madvise(addr, HUGE, MADV_COLLAPSE) } == 0 {
+            bytes += HUGE;
+            continue;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINVAL) if bytes == 0 => {
+                return Err(format!(
+                    "this kernel has no MADV_COLLAPSE (Linux 6.1 or later; kernel transparent \
+                     huge pages: {mode})"
+                ))
+            }
+            _ => refused += 1,
+        }
+    }
+    COLLAPSED.fetch_add(bytes, Ordering::Relaxed);
+    Ok(Collapsed {
+        bytes,
+        refused,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn collapse(_mode: &str) -> Result<Collapsed, String> {
+    Err("not Linux".into())
 }
 
 /// One line for `gemba doctor`: whether the weights go on huge pages, or why not.
 pub fn describe() -> String {
-    let enabled = kernel_setting();
-    let mode = thp_mode(&enabled).unwrap_or("not built into this kernel");
-    if active() && matches!(mode, "always" | "madvise") {
-        format!("model weights on transparent huge pages (glibc.malloc.hugetlb; kernel: {mode})")
-    } else if std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "0") {
+    let setting = kernel_setting();
+    let mode = thp_mode(&setting).unwrap_or("not built into this kernel");
+    let done = COLLAPSED.load(Ordering::Relaxed);
+    if opted_out() {
         format!("normal pages (GEMBA_HUGE_PAGES=0; kernel: {mode})")
-    } else {
+    } else if !matches!(mode, "always" | "madvise") {
         format!("normal pages (kernel transparent huge pages: {mode})")
-    }
-}
-
-static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Restarts the process with `glibc.malloc.hugetlb=1` where that helps (see the module), or
-/// restores the environment in the restarted process. Call first thing in `main`, before any
-/// thread starts; returns where no restart happens (also when `exec` fails: gemba then runs on
-/// normal pages, and says why on stderr when `RUST_LOG` is set).
-pub fn restart_with_huge_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::os::unix::process::CommandExt;
-        if let Some(was) = std::env::var_os(WAS) {
-            // The restarted process: glibc has read its tunables; put the environment back.
-            let was = was.to_string_lossy().into_owned();
-            // No other thread exists yet, so changing the environment races with nothing.
-            match was.strip_prefix('=') {
-                Some(v) => std::env::set_var("GLIBC_TUNABLES", v),
-                None => std::env::remove_var("GLIBC_TUNABLES"),
-            }
-            std::env::remove_var(WAS);
-            ACTIVE.store(true, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-        let current = std::env::var("GLIBC_TUNABLES").ok();
-        let Some(tunables) = with_tunable(current.as_deref()) else {
-            let on = current.as_deref().is_some_and(|c| {
-                c.split(':')
-                    .any(|t| matches!(t, "glibc.malloc.hugetlb=1" | "glibc.malloc.hugetlb=2"))
-            });
-            ACTIVE.store(on, std::sync::atomic::Ordering::Relaxed);
-            return;
-        };
-        if std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "0") {
-            return;
-        }
-        if !matches!(thp_mode(&kernel_setting()), Some("always" | "madvise")) {
-            return;
-        }
-        // The binary's own path, not /proc/self/exe: the kernel names a process after the file
-        // it executes, and `gemba model install` (and ps, pgrep, the journal) know gemba by
-        // that name.
-        let Ok(exe) = std::env::current_exe() else {
-            return;
-        };
-        if !exe.is_file() {
-            return; // replaced or removed since it started ("… (deleted)")
-        }
-        let args: Vec<OsString> = std::env::args_os().collect();
-        let Some((arg0, rest)) = args.split_first() else {
-            return;
-        };
-        let was = match &current {
-            Some(v) => format!("={v}"),
-            None => "-".to_string(),
-        };
-        let err = std::process::Command::new(&exe)
-            .arg0(arg0)
-            .args(rest)
-            .env("GLIBC_TUNABLES", tunables)
-            .env(WAS, was)
-            .exec();
-        // Only reached when exec failed; logging is not up yet.
-        if std::env::var_os("RUST_LOG").is_some() {
-            eprintln!("gemba: could not restart with huge pages for the weights ({err})");
-        }
+    } else if done > 0 {
+        format!(
+            "model weights on transparent huge pages ({} MiB collapsed after loading; kernel: \
+             {mode})",
+            done >> 20
+        )
+    } else {
+        format!(
+            "model weights go on transparent huge pages once a model is loaded (kernel: {mode})"
+        )
     }
 }
 
@@ -144,17 +191,38 @@ mod tests {
     }
 
     #[test]
-    fn adds_the_tunable_once() {
-        assert_eq!(with_tunable(None).as_deref(), Some(TUNABLE));
-        assert_eq!(with_tunable(Some("")).as_deref(), Some(TUNABLE));
+    fn only_anonymous_private_writable_memory_in_whole_huge_pages() {
+        let maps = "\
+55d0c8a00000-55d0c8e00000 rw-p 00000000 00:00 0                          [heap]
+7f0000100000-7f0000700000 rw-p 00000000 00:00 0 
+7f0000800000-7f0000a00000 r--p 00000000 00:00 0 
+7f0000a00000-7f0000e00000 rw-p 00001000 fd:01 1234                       /usr/lib/libonnxruntime.so
+7f0001000000-7f0001200000 rw-p 00000000 00:00 0                          [stack]
+7f0002000000-7f00021ff000 rw-p 00000000 00:00 0 
+garbage line
+";
         assert_eq!(
-            with_tunable(Some("glibc.malloc.arena_max=2")).as_deref(),
-            Some("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+            candidate_ranges(maps),
+            vec![
+                (0x55d0c8a00000, 0x55d0c8c00000),
+                (0x55d0c8c00000, 0x55d0c8e00000),
+                // 1 MiB in: the first whole huge page starts at 2 MiB.
+                (0x7f0000200000, 0x7f0000400000),
+                (0x7f0000400000, 0x7f0000600000),
+            ]
         );
-        assert_eq!(with_tunable(Some("glibc.malloc.hugetlb=0")), None);
-        assert_eq!(
-            with_tunable(Some("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2")),
-            None
-        );
+    }
+
+    #[test]
+    fn collapsing_keeps_the_contents() {
+        // 8 MiB of our own, filled: whatever the kernel does with it, the bytes stay.
+        let v: Vec<u8> = (0..8usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+        let sum: u64 = v.iter().map(|&b| b as u64).sum();
+        let r = collapse_resident();
+        assert_eq!(v.iter().map(|&b| b as u64).sum::<u64>(), sum, "{r:?}");
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i * 31 % 251) as u8));
     }
 }
