@@ -20,6 +20,7 @@ use crate::capture::Frame;
 use crate::daemon::worker::AskInput;
 use crate::model::providers::ProviderPolicy;
 use crate::model::runtime::Runtime;
+use crate::model::speculate::Speculation;
 use crate::model::{CancelToken, Engine, Event};
 
 #[derive(Debug, Serialize)]
@@ -124,10 +125,17 @@ fn look(camera: usize, frame: &Decoded) -> AskInput {
 }
 
 /// One look through `Engine::ask`: (tokens, time to first token in ms).
-fn one(engine: &mut Engine, input: &AskInput, max_new: usize) -> Result<(Vec<u32>, f64)> {
+/// One look through [`Engine::ask`], greedy, with `speculation`.
+fn one(
+    engine: &mut Engine,
+    input: &AskInput,
+    max_new: usize,
+    speculation: Speculation,
+) -> Result<(Vec<u32>, f64)> {
     let mut params = engine.default_params();
     params.sampling.do_sample = false;
     params.max_new_tokens = Some(max_new);
+    params.speculation = speculation;
     let mut ids = Vec::new();
     let done = engine.ask(
         input,
@@ -167,11 +175,11 @@ pub fn run(
         "{}: the bundle takes no images",
         dir.display()
     );
-    let (_, first_cold) = one(&mut engine, &look(0, &frames[0]), max_new)?;
+    let (_, first_cold) = one(&mut engine, &look(0, &frames[0]), max_new, Speculation::OFF)?;
     drop(engine);
     let mut engine = Engine::load(rt, dir, &policy)?;
     let warm_up = crate::model::looks::warm_up(&mut engine)?;
-    let (_, first_warmed) = one(&mut engine, &look(0, &frames[0]), max_new)?;
+    let (_, first_warmed) = one(&mut engine, &look(0, &frames[0]), max_new, Speculation::OFF)?;
     // Both ways with the same speed-ups (auto: what the daemon would use).
     let mut p = engine.default_params();
     engine.apply_speedups(
@@ -191,7 +199,7 @@ pub fn run(
         let t0 = Instant::now();
         let mut a = Vec::new();
         for l in &looks {
-            let (ids, ttft) = one(&mut engine, l, max_new)?;
+            let (ids, ttft) = one(&mut engine, l, max_new, p.speculation)?;
             later.push(ttft);
             a.push(ids);
         }
