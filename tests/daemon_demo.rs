@@ -101,14 +101,17 @@ fn demo_daemon_writes_interleaved_reports_that_cite_frames_and_are_right() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path());
     let store_dir = tmp.path().join("store");
-    let mut daemon = gemba()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("GEMBA_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut reap = Reap(
+        gemba()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("GEMBA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let daemon = &mut reap.0;
     let first_complete = |store: &Store| -> BTreeMap<String, Report> {
         let mut by_cam = BTreeMap::new();
         let mut all: Vec<Report> = store

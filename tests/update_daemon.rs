@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Reap;
 use gemba::report::{ListFilter, ReportStatus, RetentionPolicy, Store};
 use gemba::update::manifest::SmokeSpec;
 use update_support::Fleet;
@@ -266,18 +267,5 @@ prompt = "{}"
             "report {} answers right: {text}",
             r.id
         );
-    }
-}
-
-/// The daemon, killed if the test fails before it stops it: a failed assertion must not leave a
-/// daemon running after its directory is gone (two once ran on for half an hour).
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }

@@ -388,6 +388,20 @@ impl Tmpfs {
     }
 }
 
+/// A spawned daemon, killed if the test fails before it stops it: a failed assertion must not
+/// leave a daemon running after its directory is gone (two once ran on for half an hour, taking
+/// most of both cores from the tests after them).
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let target = std::ffi::CString::new(self.path.to_str().unwrap()).unwrap();
