@@ -59,6 +59,20 @@ fn weights_go_on_huge_pages_where_the_kernel_offers_them() {
     } else if !offers {
         assert!(loaded.contains("normal pages"), "{loaded}");
     }
+    if offers {
+        // The way of kernels before 6.1: marked for khugepaged.
+        let marked = doctor_line(gemba().env("GEMBA_HUGE_PAGES", "background"), Some(&demo));
+        let mib: usize = marked
+            .split("model weights marked for transparent huge pages (")
+            .nth(1)
+            .and_then(|r| r.split(" MiB").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{marked}"));
+        assert!(
+            mib >= 4 && marked.contains("GEMBA_HUGE_PAGES=background"),
+            "{marked}"
+        );
+    }
     let idle = doctor_line(gemba().env_remove("GEMBA_HUGE_PAGES"), None);
     if offers {
         assert!(

@@ -84,9 +84,14 @@ impl Engine {
         // The weights are in memory now: onto huge pages with them (sys::hugepages).
         match crate::sys::hugepages::collapse_resident() {
             Ok(c) => log::info!(
-                "{}: {} MiB of weights moved onto huge pages in {:.0} ms{}",
+                "{}: {} MiB of weights {} in {:.0} ms{}",
                 bundle.id(),
                 c.bytes >> 20,
+                match c.how {
+                    crate::sys::hugepages::How::Collapsed => "moved onto huge pages",
+                    crate::sys::hugepages::How::Advised =>
+                        "marked for huge pages (khugepaged collapses them in the background)",
+                },
                 c.millis,
                 if c.refused > 0 {
                     format!(

@@ -22,6 +22,11 @@
 //! README); collapsing its ~220 MB takes 0.3–1.2 s at load. On bare metal a page walk is cheaper
 //! and the gain smaller.
 //!
+//! Kernels before 6.1 (JetPack 6 ships 5.15) have no `MADV_COLLAPSE`: there the same ranges get
+//! `madvise(MADV_HUGEPAGE)`, and the kernel's khugepaged thread collapses them in the background
+//! (by default 16 MiB every 10 s, so SmolLM2's weights within a few minutes of loading — a
+//! daemon's case). `GEMBA_HUGE_PAGES=background` asks for that way on any kernel.
+//!
 //! Skipped where the kernel's transparent huge pages are `never` (or not built in), and with
 //! `GEMBA_HUGE_PAGES=0`.
 
@@ -33,8 +38,9 @@ const HUGE: usize = 2 << 20;
 /// `MADV_COLLAPSE` (Linux 6.1, include/uapi/asm-generic/mman-common.h).
 const MADV_COLLAPSE: i32 = 25;
 
-/// Bytes moved onto huge pages so far in this process.
-static COLLAPSED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes the last load put on huge pages, and how ([`How`] as a number: 1 collapsed, 2 advised).
+static LAST_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LAST_HOW: AtomicUsize = AtomicUsize::new(0);
 
 /// The kernel's transparent huge page setting, as read from sysfs ("" where it is missing).
 fn kernel_setting() -> String {
@@ -53,11 +59,25 @@ fn opted_out() -> bool {
     std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "0")
 }
 
+fn background_asked() -> bool {
+    std::env::var_os("GEMBA_HUGE_PAGES").is_some_and(|v| v == "background")
+}
+
+/// How the weights were put on huge pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Copied into huge pages there and then (`MADV_COLLAPSE`).
+    Collapsed,
+    /// Marked for khugepaged (`MADV_HUGEPAGE`), which collapses them in the background.
+    Advised,
+}
+
 /// What one [`collapse_resident`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Collapsed {
-    /// Bytes now on huge pages.
+    /// Bytes now on huge pages (collapsed) or marked for them (advised).
     pub bytes: usize,
+    pub how: How,
     /// Fully resident 2 MiB ranges that the kernel could not collapse (no huge page free, …).
     pub refused: usize,
     pub millis: f64,
@@ -118,6 +138,25 @@ fn collapse(mode: &str) -> Result<Collapsed, String> {
     };
     let mut resident = vec![0u8; HUGE / page];
     let (mut bytes, mut refused) = (0, 0);
+    let mut how = if background_asked() {
+        How::Advised
+    } else {
+        How::Collapsed
+    };
+    let advise = |addr: *mut libc::c_void, how: How| {
+        let advice = match how {
+            How::Collapsed => MADV_COLLAPSE,
+            How::Advised => libc::MADV_HUGEPAGE,
+        };
+        // SAFETY: MADV_COLLAPSE keeps the contents (it copies them into a huge page) and
+        // MADV_HUGEPAGE only marks the range; neither changes permissions, and a range unmapped
+        // since the maps were read fails with ENOMEM.
+        if unsafe { libc::madvise(addr, HUGE, advice) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error())
+        }
+    };
     for (start, _) in candidate_ranges(&maps) {
         let addr = start as *mut libc::c_void;
         // SAFETY: the range lies inside a mapping listed just now; mincore only reads the page
@@ -127,25 +166,33 @@ fn collapse(mode: &str) -> Result<Collapsed, String> {
         {
             continue;
         }
-        // SAFETY: MADV_COLLAPSE keeps the contents (it copies them into a huge page) and
-        // changes no permissions; a range unmapped since the maps were read fails with ENOMEM.
-        if unsafe { libc::madvise(addr, HUGE, MADV_COLLAPSE) } == 0 {
-            bytes += HUGE;
-            continue;
+        let mut r = advise(addr, how);
+        if r == Err(Some(libc::EINVAL)) && how == How::Collapsed && bytes == 0 {
+            // No MADV_COLLAPSE (Linux before 6.1): khugepaged, in the background.
+            how = How::Advised;
+            r = advise(addr, how);
         }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINVAL) if bytes == 0 => {
-                return Err(format!(
-                    "this kernel has no MADV_COLLAPSE (Linux 6.1 or later; kernel transparent \
-                     huge pages: {mode})"
-                ))
-            }
-            _ => refused += 1,
+        match r {
+            Ok(()) => bytes += HUGE,
+            Err(_) => refused += 1,
         }
     }
-    COLLAPSED.fetch_add(bytes, Ordering::Relaxed);
+    if bytes == 0 && refused > 0 {
+        return Err(format!(
+            "the kernel refused all {refused} ranges (kernel transparent huge pages: {mode})"
+        ));
+    }
+    LAST_BYTES.store(bytes, Ordering::Relaxed);
+    LAST_HOW.store(
+        match how {
+            How::Collapsed => 1,
+            How::Advised => 2,
+        },
+        Ordering::Relaxed,
+    );
     Ok(Collapsed {
         bytes,
+        how,
         refused,
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
@@ -160,15 +207,26 @@ fn collapse(_mode: &str) -> Result<Collapsed, String> {
 pub fn describe() -> String {
     let setting = kernel_setting();
     let mode = thp_mode(&setting).unwrap_or("not built into this kernel");
-    let done = COLLAPSED.load(Ordering::Relaxed);
+    let done = LAST_BYTES.load(Ordering::Relaxed);
     if opted_out() {
         format!("normal pages (GEMBA_HUGE_PAGES=0; kernel: {mode})")
     } else if !matches!(mode, "always" | "madvise") {
         format!("normal pages (kernel transparent huge pages: {mode})")
-    } else if done > 0 {
+    } else if done > 0 && LAST_HOW.load(Ordering::Relaxed) == 1 {
         format!(
             "model weights on transparent huge pages ({} MiB collapsed after loading; kernel: \
              {mode})",
+            done >> 20
+        )
+    } else if done > 0 {
+        let why = if background_asked() {
+            "GEMBA_HUGE_PAGES=background"
+        } else {
+            "this kernel has no MADV_COLLAPSE"
+        };
+        format!(
+            "model weights marked for transparent huge pages ({} MiB after loading, which \
+             khugepaged collapses in the background: {why}; kernel: {mode})",
             done >> 20
         )
     } else {
