@@ -47,31 +47,27 @@ fn weights_go_on_huge_pages_where_the_kernel_offers_them() {
     let mode = kernel_mode();
     let offers = matches!(mode.as_str(), "always" | "madvise");
     let loaded = doctor_line(gemba().env_remove("GEMBA_HUGE_PAGES"), Some(&demo));
-    if offers && kernel_release() >= (6, 1) {
-        // MiB of the demo's weights, pre-packed by ONNX Runtime, on huge pages.
-        let mib: usize = loaded
-            .split("model weights on transparent huge pages (")
+    // MiB of the demo's weights, pre-packed by ONNX Runtime, on huge pages (or marked for them).
+    let mib = |line: &str, what: &str| -> usize {
+        line.split(&format!("model weights {what} transparent huge pages ("))
             .nth(1)
             .and_then(|r| r.split(" MiB").next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{loaded}"));
-        assert!(mib >= 4, "{loaded}");
-    } else if !offers {
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    if !offers {
         assert!(loaded.contains("normal pages"), "{loaded}");
+    } else if kernel_release() >= (6, 1) {
+        assert!(mib(&loaded, "on") >= 4, "{loaded}");
+    } else {
+        assert!(mib(&loaded, "marked for") >= 4, "{loaded}");
+        assert!(loaded.contains("no MADV_COLLAPSE"), "{loaded}");
     }
     if offers {
-        // The way of kernels before 6.1: marked for khugepaged.
+        // The way of kernels before 6.1 (marked for khugepaged), asked for.
         let marked = doctor_line(gemba().env("GEMBA_HUGE_PAGES", "background"), Some(&demo));
-        let mib: usize = marked
-            .split("model weights marked for transparent huge pages (")
-            .nth(1)
-            .and_then(|r| r.split(" MiB").next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{marked}"));
-        assert!(
-            mib >= 4 && marked.contains("GEMBA_HUGE_PAGES=background"),
-            "{marked}"
-        );
+        assert!(mib(&marked, "marked for") >= 4, "{marked}");
+        assert!(marked.contains("GEMBA_HUGE_PAGES=background"), "{marked}");
     }
     let idle = doctor_line(gemba().env_remove("GEMBA_HUGE_PAGES"), None);
     if offers {
