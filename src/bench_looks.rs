@@ -124,8 +124,8 @@ fn look(camera: usize, frame: &Decoded) -> AskInput {
     }
 }
 
-/// One look through `Engine::ask`: (tokens, time to first token in ms).
-/// One look through [`Engine::ask`], greedy, with `speculation`.
+/// One look through [`Engine::ask`], greedy, with `speculation`: (tokens, time to first token
+/// in ms).
 fn one(
     engine: &mut Engine,
     input: &AskInput,

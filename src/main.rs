@@ -194,9 +194,6 @@ enum DebugCmd {
     Tokenize { bundle: PathBuf, prompts: PathBuf },
     /// Greedy generation from templated prompts with image/audio files (genai_mm_greedy.py's JSON).
     GreedyMm { cases: PathBuf },
-    /// The given environment variables as the programs gemba starts see them (NAME=value, or
-    /// "NAME unset").
-    Env { names: Vec<String> },
 }
 
 #[derive(Args)]
@@ -661,15 +658,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{}",
                 gemba::conformance::greedy_multimodal(cli.onnxruntime.as_deref(), &cases)?
             );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Debug(DebugCmd::Env { names }) => {
-            for n in names {
-                match std::env::var_os(&n) {
-                    Some(v) => println!("{n}={}", v.to_string_lossy()),
-                    None => println!("{n} unset"),
-                }
-            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCmd::Tokenize { bundle, prompts }) => {

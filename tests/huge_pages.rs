@@ -1,6 +1,5 @@
 //! gemba moves a model's weights onto transparent huge pages once it has loaded them, where the
-//! kernel offers them (sys::hugepages), says so in `gemba doctor`, and leaves the environment of
-//! the programs it starts alone.
+//! kernel offers them (sys::hugepages), and says so in `gemba doctor`.
 
 use std::process::Command;
 
@@ -78,25 +77,4 @@ fn weights_go_on_huge_pages_where_the_kernel_offers_them() {
     }
     let off = doctor_line(gemba().env("GEMBA_HUGE_PAGES", "0"), Some(&demo));
     assert!(off.contains("normal pages (GEMBA_HUGE_PAGES=0"), "{off}");
-}
-
-#[test]
-fn programs_gemba_starts_get_the_environment_it_was_given() {
-    let run = |cmd: &mut Command| {
-        let out = cmd
-            .args(["debug", "env", "GLIBC_TUNABLES"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
-    let theirs = run(gemba().env("GLIBC_TUNABLES", "glibc.malloc.arena_max=4"));
-    assert_eq!(theirs, "GLIBC_TUNABLES=glibc.malloc.arena_max=4\n");
-    let none = run(gemba().env_remove("GLIBC_TUNABLES"));
-    assert_eq!(none, "GLIBC_TUNABLES unset\n");
 }

@@ -83,25 +83,7 @@ impl Engine {
         let decoder = Decoder::load(rt, &bundle, policy)?;
         // The weights are in memory now: onto huge pages with them (sys::hugepages).
         match crate::sys::hugepages::collapse_resident() {
-            Ok(c) => log::info!(
-                "{}: {} MiB of weights {} in {:.0} ms{}",
-                bundle.id(),
-                c.bytes >> 20,
-                match c.how {
-                    crate::sys::hugepages::How::Collapsed => "moved onto huge pages",
-                    crate::sys::hugepages::How::Advised =>
-                        "marked for huge pages (khugepaged collapses them in the background)",
-                },
-                c.millis,
-                if c.refused > 0 {
-                    format!(
-                        " ({} MiB refused by the kernel)",
-                        (c.refused * (2 << 20)) >> 20
-                    )
-                } else {
-                    String::new()
-                }
-            ),
+            Ok(c) => log::info!("{}: {}", bundle.id(), c.summary()),
             Err(why) => log::debug!("{}: weights on normal pages: {why}", bundle.id()),
         }
         let engine = Engine {

@@ -30,7 +30,7 @@
 //! Skipped where the kernel's transparent huge pages are `never` (or not built in), and with
 //! `GEMBA_HUGE_PAGES=0`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// A huge page.
@@ -38,9 +38,8 @@ const HUGE: usize = 2 << 20;
 /// `MADV_COLLAPSE` (Linux 6.1, include/uapi/asm-generic/mman-common.h).
 const MADV_COLLAPSE: i32 = 25;
 
-/// Bytes the last load put on huge pages, and how ([`How`] as a number: 1 collapsed, 2 advised).
-static LAST_BYTES: AtomicUsize = AtomicUsize::new(0);
-static LAST_HOW: AtomicUsize = AtomicUsize::new(0);
+/// Bytes the last load put on huge pages, and how (for `gemba doctor`).
+static LAST: Mutex<Option<(usize, How)>> = Mutex::new(None);
 
 /// The kernel's transparent huge page setting, as read from sysfs ("" where it is missing).
 fn kernel_setting() -> String {
@@ -83,9 +82,29 @@ pub struct Collapsed {
     pub millis: f64,
 }
 
-/// The 2 MiB-aligned ranges `[start, end)` inside the private, writable, anonymous mappings of a
-/// `/proc/PID/maps` text (the heap included; files, stacks and the kernel's own areas not).
-pub fn candidate_ranges(maps: &str) -> Vec<(usize, usize)> {
+impl Collapsed {
+    /// For the log: "182 MiB of weights moved onto huge pages in 310 ms".
+    pub fn summary(&self) -> String {
+        let what = match self.how {
+            How::Collapsed => "moved onto huge pages",
+            How::Advised => "marked for huge pages (khugepaged collapses them in the background)",
+        };
+        let refused = match self.refused {
+            0 => String::new(),
+            n => format!(" ({} MiB refused by the kernel)", (n * HUGE) >> 20),
+        };
+        format!(
+            "{} MiB of weights {what} in {:.0} ms{refused}",
+            self.bytes >> 20,
+            self.millis
+        )
+    }
+}
+
+/// The starts of the 2 MiB-aligned, 2 MiB long ranges inside the private, writable, anonymous
+/// mappings of a `/proc/PID/maps` text (the heap included; files, stacks and the kernel's own
+/// areas not).
+pub fn candidate_ranges(maps: &str) -> Vec<usize> {
     let mut out = Vec::new();
     for line in maps.lines() {
         let mut f = line.split_whitespace();
@@ -105,7 +124,7 @@ pub fn candidate_ranges(maps: &str) -> Vec<(usize, usize)> {
         };
         let mut s = a.div_ceil(HUGE) * HUGE;
         while s.checked_add(HUGE).is_some_and(|e| e <= b) {
-            out.push((s, s + HUGE));
+            out.push(s);
             s += HUGE;
         }
     }
@@ -157,7 +176,7 @@ fn collapse(mode: &str) -> Result<Collapsed, String> {
             Err(std::io::Error::last_os_error().raw_os_error())
         }
     };
-    for (start, _) in candidate_ranges(&maps) {
+    for start in candidate_ranges(&maps) {
         let addr = start as *mut libc::c_void;
         // SAFETY: the range lies inside a mapping listed just now; mincore only reads the page
         // tables and writes one byte per page into `resident` (HUGE / page bytes long).
@@ -182,14 +201,7 @@ fn collapse(mode: &str) -> Result<Collapsed, String> {
             "the kernel refused all {refused} ranges (kernel transparent huge pages: {mode})"
         ));
     }
-    LAST_BYTES.store(bytes, Ordering::Relaxed);
-    LAST_HOW.store(
-        match how {
-            How::Collapsed => 1,
-            How::Advised => 2,
-        },
-        Ordering::Relaxed,
-    );
+    *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some((bytes, how));
     Ok(Collapsed {
         bytes,
         how,
@@ -207,18 +219,18 @@ fn collapse(_mode: &str) -> Result<Collapsed, String> {
 pub fn describe() -> String {
     let setting = kernel_setting();
     let mode = thp_mode(&setting).unwrap_or("not built into this kernel");
-    let done = LAST_BYTES.load(Ordering::Relaxed);
+    let last = *LAST.lock().unwrap_or_else(|e| e.into_inner());
     if opted_out() {
         format!("normal pages (GEMBA_HUGE_PAGES=0; kernel: {mode})")
     } else if !matches!(mode, "always" | "madvise") {
         format!("normal pages (kernel transparent huge pages: {mode})")
-    } else if done > 0 && LAST_HOW.load(Ordering::Relaxed) == 1 {
+    } else if let Some((bytes, How::Collapsed)) = last.filter(|l| l.0 > 0) {
         format!(
             "model weights on transparent huge pages ({} MiB collapsed after loading; kernel: \
              {mode})",
-            done >> 20
+            bytes >> 20
         )
-    } else if done > 0 {
+    } else if let Some((bytes, How::Advised)) = last.filter(|l| l.0 > 0) {
         let why = if background_asked() {
             "GEMBA_HUGE_PAGES=background"
         } else {
@@ -227,7 +239,7 @@ pub fn describe() -> String {
         format!(
             "model weights marked for transparent huge pages ({} MiB after loading, which \
              khugepaged collapses in the background: {why}; kernel: {mode})",
-            done >> 20
+            bytes >> 20
         )
     } else {
         format!(
@@ -262,11 +274,11 @@ garbage line
         assert_eq!(
             candidate_ranges(maps),
             vec![
-                (0x55d0c8a00000, 0x55d0c8c00000),
-                (0x55d0c8c00000, 0x55d0c8e00000),
+                0x55d0c8a00000,
+                0x55d0c8c00000,
                 // 1 MiB in: the first whole huge page starts at 2 MiB.
-                (0x7f0000200000, 0x7f0000400000),
-                (0x7f0000400000, 0x7f0000600000),
+                0x7f0000200000,
+                0x7f0000400000,
             ]
         );
     }
