@@ -876,7 +876,7 @@ fps = 2.0
         );
         assert!(s.providers.tensorrt.workspace_bytes.unwrap() <= 512 << 20);
         assert_eq!(s.cameras.len(), 2);
-        assert_eq!(s.cameras[0].interval.0, Duration::from_secs(30));
+        assert_eq!(s.cameras[0].interval.unwrap().0, Duration::from_secs(30));
         assert_eq!(
             s.cameras[1].source,
             CameraSource::Replay {

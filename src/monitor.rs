@@ -1,4 +1,5 @@
-//! When to look: per camera an interval, a change gate and a prompt → a [`Query`] offered to a
+//! When to look: per camera a pace (each new frame, or an interval), a change gate and a prompt →
+//! a [`Query`] offered to a
 //! [`Looks`] sink — the daemon's request queue, where it becomes a routine look (ranked below a
 //! person's question, and replacing the camera's older look still waiting).
 //!
@@ -31,6 +32,13 @@
 //! `threshold = 0` means every new frame, not every tick), and looks at each new frame while
 //! one of the camera's alert rules is pending or clearing ([`Looks::undecided`]): a rule's
 //! `raise_after` / `clear_after` count looks, which a still scene would otherwise not give.
+//!
+//! ## Pace
+//! Without an `interval` the watch wakes on each new frame, so every frame the sink has room for
+//! is judged. A timer at the frame period would not do that: its ticks and the camera's frames
+//! drift against each other, and under load one tick sees the same frame twice and the next
+//! skips one (a rule counting looks then raises a frame late). With an `interval` it wakes on a
+//! timer and judges the newest frame, skipping the ones in between.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,8 +248,8 @@ impl Looks for mpsc::Sender<Query> {
 /// How one camera is watched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CameraWatch {
-    /// How often to look at the newest frame.
-    pub interval: Duration,
+    /// How often to look at the newest frame; `None`: at each new frame.
+    pub interval: Option<Duration>,
     pub gate: GateConfig,
     pub prompt: String,
 }
@@ -249,7 +257,7 @@ pub struct CameraWatch {
 /// Counters over all watched cameras.
 #[derive(Debug, Default)]
 pub struct MonitorStats {
-    /// Ticks that had a frame to look at.
+    /// Ticks (or new frames) that had a frame to look at.
     pub looks: AtomicU64,
     /// Queries sent.
     pub queries: AtomicU64,
@@ -279,20 +287,44 @@ pub async fn watch_camera(
     // The sequence number of the frame last looked at: an undecided rule gets each new frame
     // once, never the same frame twice.
     let mut last_seq: Option<u64> = None;
-    let mut tick = tokio::time::interval(watch.interval);
-    // A late tick is skipped, not replayed in a burst.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tick = watch.interval.map(|i| {
+        let mut tick = tokio::time::interval(i);
+        // A late tick is skipped, not replayed in a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick
+    });
+    // At each new frame: a frame published before the watch subscribed is the first one.
+    let mut first = if tick.is_none() {
+        frames.latest()
+    } else {
+        None
+    };
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Some(frame) = frames.latest() else {
-            if frames.is_closed() {
-                return;
+        let frame = match tick.as_mut() {
+            Some(tick) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(frame) = frames.latest() else {
+                    if frames.is_closed() {
+                        return;
+                    }
+                    MonitorStats::bump(&stats.no_frame);
+                    continue;
+                };
+                frame
             }
-            MonitorStats::bump(&stats.no_frame);
-            continue;
+            None => match first.take() {
+                Some(frame) => frame,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    next = frames.next() => match next {
+                        Some(frame) => frame,
+                        None => return,
+                    },
+                },
+            },
         };
         MonitorStats::bump(&stats.looks);
         let thumb = thumbnail(&frame);
@@ -309,7 +341,8 @@ pub async fn watch_camera(
             });
         let Some(trigger) = trigger else {
             MonitorStats::bump(&stats.unchanged);
-            if frames.is_closed() {
+            // At each new frame, the wait for the next one sees the camera end (after its last).
+            if tick.is_some() && frames.is_closed() {
                 return;
             }
             continue;
@@ -531,7 +564,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(64);
         let stats = Arc::new(MonitorStats::default());
         let watch = CameraWatch {
-            interval: Duration::from_millis(50),
+            interval: Some(Duration::from_millis(50)),
             gate: GateConfig {
                 threshold: 6.0,
                 max_interval: Duration::from_secs(60),
@@ -579,6 +612,46 @@ mod tests {
         );
     }
 
+    /// Without an interval the watch wakes at each new frame: with `threshold = 0` every frame
+    /// of the camera is looked at exactly once, in order, none skipped, and the watch ends after
+    /// the camera's last frame.
+    #[tokio::test]
+    async fn without_an_interval_each_new_frame_is_looked_at_once() {
+        let dir = scene_dir(3, 3);
+        let mut cfg = ReplayConfig::new("line-1", dir.path().to_str().unwrap(), 10.0);
+        cfg.looped = false;
+        let cancel = CancellationToken::new();
+        let camera =
+            spawn_camera(Box::new(ReplayCamera::open(cfg).unwrap()), cancel.clone()).unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let stats = Arc::new(MonitorStats::default());
+        let watch = CameraWatch {
+            interval: None,
+            gate: GateConfig {
+                threshold: 0.0,
+                max_interval: Duration::from_secs(600),
+            },
+            prompt: "p".into(),
+        };
+        let task = tokio::spawn(watch_camera(
+            watch,
+            camera.subscribe(),
+            Arc::new(tx),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the watch outlived its camera")
+            .unwrap();
+        let seqs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|q| q.frames[0].seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "each frame once, in order");
+        assert_eq!(stats.looks.load(Ordering::Relaxed), 6);
+        assert_eq!(stats.no_frame.load(Ordering::Relaxed), 0);
+    }
+
     /// A sink whose camera has an undecided alert rule while `undecided` is set.
     struct Undecided {
         tx: mpsc::Sender<Query>,
@@ -616,7 +689,7 @@ mod tests {
         let stats = Arc::new(MonitorStats::default());
         let watch = CameraWatch {
             // Ticks faster than frames: a frame is seen on several ticks.
-            interval: Duration::from_millis(20),
+            interval: Some(Duration::from_millis(20)),
             gate: GateConfig {
                 threshold: 6.0,
                 max_interval: Duration::from_secs(60),
@@ -681,7 +754,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let stats = Arc::new(MonitorStats::default());
         let watch = CameraWatch {
-            interval: Duration::from_millis(20),
+            interval: Some(Duration::from_millis(20)),
             gate: GateConfig::default(),
             prompt: "p".into(),
         };
@@ -728,7 +801,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let stats = Arc::new(MonitorStats::default());
         let watch = CameraWatch {
-            interval: Duration::from_secs(10),
+            interval: Some(Duration::from_secs(10)),
             gate: GateConfig {
                 threshold: 6.0,
                 max_interval: Duration::from_secs(60),
@@ -763,7 +836,7 @@ mod tests {
         .unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let watch = CameraWatch {
-            interval: Duration::from_millis(20),
+            interval: Some(Duration::from_millis(20)),
             gate: GateConfig::default(),
             prompt: "p".into(),
         };

@@ -363,7 +363,7 @@ impl Collector for Pipeline {
         counter(
             &mut e,
             "monitor_looks",
-            "Monitor ticks that had a frame to look at.",
+            "Monitor wake-ups (new frames, or interval ticks) that had a frame to look at.",
             ms.looks.load(Ordering::Relaxed),
         )?;
         counter(

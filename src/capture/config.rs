@@ -34,8 +34,9 @@ pub struct RawCamera {
     pub looped: Option<bool>,
     // both
     pub fps: Option<f64>,
-    /// How often the monitor looks at the newest frame and runs the change gate (default: every
-    /// frame, so a change is seen within one frame period).
+    /// How often the monitor looks at the newest frame and runs the change gate (default: at
+    /// each new frame, so a change is seen within one frame period and no frame is skipped
+    /// while the model keeps up).
     pub interval: Option<HumanDuration>,
     /// Mean absolute difference of downscaled grey frames, in luma levels (0–255), that counts as
     /// a change (default 6).
@@ -70,7 +71,8 @@ pub struct CameraSettings {
     pub name: String,
     pub source: CameraSource,
     pub fps: f64,
-    pub interval: HumanDuration,
+    /// `None`: at each new frame.
+    pub interval: Option<HumanDuration>,
     pub change_threshold: f32,
     pub max_interval: HumanDuration,
     pub prompt: String,
@@ -169,11 +171,8 @@ pub fn validate_cameras(raw: Vec<RawCamera>, base: &Path) -> Result<Vec<CameraSe
             " (luma levels)",
         )?;
         let interval = match c.interval {
-            Some(i) => range.duration(&key("interval"), i, Duration::from_millis(10), DAY)?,
-            // Every frame (the frame period is at most 1000 s: fps ≥ 0.001).
-            None => {
-                HumanDuration(Duration::from_secs_f64(1.0 / fps).max(Duration::from_millis(10)))
-            }
+            Some(i) => Some(range.duration(&key("interval"), i, Duration::from_millis(10), DAY)?),
+            None => None,
         };
         let max_interval = range.duration(
             &key("max_interval"),

@@ -102,7 +102,7 @@ pub(crate) fn start_pipeline(
         });
         if c.monitor {
             let watch = CameraWatch {
-                interval: c.interval.0,
+                interval: c.interval.map(|i| i.0),
                 gate: GateConfig {
                     threshold: c.change_threshold,
                     max_interval: c.max_interval.0,
