@@ -890,6 +890,9 @@ pub struct WorkloadBench {
     pub same_with_speculation: usize,
     /// What `auto` does on this bundle, and why (model::exact's probe).
     pub exactness: Vec<String>,
+    /// The tuner's measured cost of a decode iteration by its rows, in one-row iterations, at
+    /// the end of the last half: (rows, cost, iterations measured).
+    pub tuner_costs: Vec<(usize, f64, u32)>,
     pub ttft: Vec<TtftCase>,
 }
 
@@ -944,6 +947,18 @@ impl std::fmt::Display for WorkloadBench {
             "speculation, tuned draft lengths / drafts whole: {:.2}×",
             self.gemba_speculative.decode_tok_s / self.gemba_fixed_drafts.decode_tok_s
         )?;
+        if !self.tuner_costs.is_empty() {
+            let costs: Vec<String> = self
+                .tuner_costs
+                .iter()
+                .map(|(rows, c, n)| format!("{rows}: {c:.2} ({n})"))
+                .collect();
+            writeln!(
+                f,
+                "tuner, a decode iteration's cost by rows, in one-row iterations (times measured): {}",
+                costs.join(", ")
+            )?;
+        }
         for l in &self.exactness {
             writeln!(f, "auto: {l}")?;
         }
@@ -1266,6 +1281,7 @@ pub fn report_workload(
         accepted_drafts_per_round: accepted,
         same_with_speculation: same_prompts,
         exactness: engine.exactness().lines(),
+        tuner_costs: engine.decoder.tuner.costs(),
         ttft,
     })
 }
