@@ -877,6 +877,16 @@ fps = 2.0
         assert!(s.providers.tensorrt.workspace_bytes.unwrap() <= 512 << 20);
         assert_eq!(s.cameras.len(), 2);
         assert_eq!(s.cameras[0].interval.unwrap().0, Duration::from_secs(30));
+        // No interval: each new frame, and the effective settings say so.
+        assert_eq!(s.cameras[1].interval, None);
+        let shown = serde_json::to_value(&s.cameras).unwrap();
+        assert_eq!(
+            (&shown[0]["interval"], &shown[1]["interval"]),
+            (
+                &serde_json::json!("30s"),
+                &serde_json::json!("each new frame")
+            )
+        );
         assert_eq!(
             s.cameras[1].source,
             CameraSource::Replay {

@@ -66,12 +66,24 @@ pub enum CameraSource {
     },
 }
 
+/// `cameras[].interval` in the effective settings: the duration, or `"each new frame"`.
+fn each_new_frame<S: serde::Serializer>(
+    v: &Option<HumanDuration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => d.serialize(s),
+        None => s.serialize_str("each new frame"),
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CameraSettings {
     pub name: String,
     pub source: CameraSource,
     pub fps: f64,
-    /// `None`: at each new frame.
+    /// `None`: at each new frame (shown as `"each new frame"`).
+    #[serde(serialize_with = "each_new_frame")]
     pub interval: Option<HumanDuration>,
     pub change_threshold: f32,
     pub max_interval: HumanDuration,
