@@ -218,29 +218,39 @@ pub struct Multimodal {
     /// The vision encoder's output for the last images it encoded, keyed by a hash of its
     /// inputs: an alert look asks each of a camera's rules on the same frame, and the frame is
     /// encoded once (the questions differ only in text). One entry; a host copy.
-    vision_cache: Option<(u64, HostTensor)>,
+    vision_cache: Option<(u128, HostTensor)>,
     /// Vision encoder runs, and prompts that reused the cached features instead.
     pub vision_runs: u64,
     pub vision_reused: u64,
 }
 
 /// A hash of the tensors `c` takes (names, shapes, contents): equal for the same images.
-fn inputs_key(c: &Component, tensors: &[(&str, HostTensor)]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+/// XXH3-128 over their bytes as they lie in memory (the key never leaves the process).
+fn inputs_key(c: &Component, tensors: &[(&str, HostTensor)]) -> u128 {
+    use bytemuck::cast_slice;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
     for (n, t) in tensors.iter().filter(|(n, _)| c.inputs.contains_key(*n)) {
-        n.hash(&mut h);
-        t.shape.hash(&mut h);
-        match &t.data {
-            TensorData::F32(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            TensorData::F16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            TensorData::BF16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            TensorData::I64(v) => v.hash(&mut h),
-            TensorData::I32(v) => v.hash(&mut h),
-            TensorData::Bool(v) => v.hash(&mut h),
+        h.update(n.as_bytes());
+        h.update(&[0xff]);
+        for d in &t.shape {
+            h.update(&(*d as u64).to_le_bytes());
         }
+        let bools: Vec<u8>;
+        let (tag, bytes): (&[u8], &[u8]) = match &t.data {
+            TensorData::F32(v) => (b"f32", cast_slice(v)),
+            TensorData::F16(v) => (b"f16", cast_slice(v)),
+            TensorData::BF16(v) => (b"bf16", cast_slice(v)),
+            TensorData::I64(v) => (b"i64", cast_slice(v)),
+            TensorData::I32(v) => (b"i32", cast_slice(v)),
+            TensorData::Bool(v) => {
+                bools = v.iter().map(|&b| u8::from(b)).collect();
+                (b"bool", &bools)
+            }
+        };
+        h.update(tag);
+        h.update(bytes);
     }
-    h.finish()
+    h.digest128()
 }
 
 /// A host copy of a float output (`None` where it cannot be read on the host).
