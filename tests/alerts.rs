@@ -375,6 +375,16 @@ fn rules_on_one_frame_encode_the_image_once_with_the_same_answers() {
     let a2 = ask(&mut e, "Is the pressure gauge in the red zone?");
     let mm = e.multimodal.as_ref().unwrap();
     assert_eq!((mm.vision_runs, mm.vision_reused), (1, 1));
+    // … and it is resized and normalised once.
+    let p = &mm.processor;
+    let counts = |p: &gemba::media::processor::Phi4mmProcessor| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            p.images_processed.load(Relaxed),
+            p.images_reused.load(Relaxed),
+        )
+    };
+    assert_eq!(counts(p), (1, 1));
     let mut fresh = load();
     assert_eq!(
         ask(&mut fresh, "Is the pressure gauge in the red zone?"),
@@ -393,5 +403,7 @@ fn rules_on_one_frame_encode_the_image_once_with_the_same_answers() {
     };
     e.ask(&input, None, &params, &CancelToken::new(), &mut |_| {})
         .unwrap();
-    assert_eq!(e.multimodal.as_ref().unwrap().vision_runs, 2);
+    let mm = e.multimodal.as_ref().unwrap();
+    assert_eq!(mm.vision_runs, 2);
+    assert_eq!(counts(&mm.processor), (2, 1));
 }

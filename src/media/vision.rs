@@ -430,7 +430,11 @@ impl ImageBatch {
     /// Stack images as the reference's `StackTensors` + `phi4-vision-aligner` do: zero-pad each
     /// image to the largest view count, then give every view whose first mask cell is 0 an
     /// all-ones mask.
-    pub fn stack(images: &[ImageInput], settings: &VisionSettings) -> ImageBatch {
+    pub fn stack<I: std::borrow::Borrow<ImageInput>>(
+        images: &[I],
+        settings: &VisionSettings,
+    ) -> ImageBatch {
+        let images: Vec<&ImageInput> = images.iter().map(|i| i.borrow()).collect();
         let base = settings.base_resolution;
         let m = settings.mask_resolution();
         let views = images.iter().map(|i| i.crops + 1).max().unwrap_or(0);

@@ -16,6 +16,7 @@
 //! In: looks ([`Prompt`]s with frames; no audio). Out: per look, events through the
 //! callback (tagged with the look's index) and a `Result<Done>`; a failing look fails alone.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ort::value::{DynValue, Tensor, TensorElementType};
@@ -138,7 +139,7 @@ pub fn ask_looks(
 }
 
 /// Per look: its pre-processed frames and their features (`None` without frames).
-type Encoded = Vec<(Vec<ImageInput>, Option<DynValue>)>;
+type Encoded = Vec<(Vec<Arc<ImageInput>>, Option<DynValue>)>;
 
 fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, GenerateError> {
     let batch = batches_vision(engine);
@@ -150,7 +151,7 @@ fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, Generate
         .ok_or_else(|| GenerateError::Prompt("the bundle has no vision settings".into()))?;
     // Pre-processing (JPEG-free: RGB frames; resize, crops, normalisation) in parallel.
     let processor = &mm.processor;
-    let per_look: Vec<Vec<Result<ImageInput, String>>> = std::thread::scope(|s| {
+    let per_look: Vec<Vec<Result<Arc<ImageInput>, String>>> = std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = looks
             .iter()
             .map(|l| {
@@ -180,7 +181,7 @@ fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, Generate
             })
             .collect()
     });
-    let mut inputs: Vec<Vec<ImageInput>> = Vec::with_capacity(looks.len());
+    let mut inputs: Vec<Vec<Arc<ImageInput>>> = Vec::with_capacity(looks.len());
     for l in per_look {
         inputs.push(
             l.into_iter()
@@ -190,7 +191,7 @@ fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, Generate
     }
     let dtypes = mm.dtypes();
     let vision = mm.vision.as_mut().expect("checked: sees()");
-    let mut run = |images: &[ImageInput]| -> Result<DynValue, GenerateError> {
+    let mut run = |images: &[Arc<ImageInput>]| -> Result<DynValue, GenerateError> {
         let p = ProcessedInputs {
             text: String::new(),
             input_ids: Vec::new(),
@@ -206,7 +207,7 @@ fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, Generate
             .map_err(|e| GenerateError::Prompt(format!("tensors: {e}")))?;
         vision.run(&values)
     };
-    let all: Vec<ImageInput> = inputs.iter().flatten().cloned().collect();
+    let all: Vec<Arc<ImageInput>> = inputs.iter().flatten().cloned().collect();
     let mut out = Vec::with_capacity(looks.len());
     if batch && !all.is_empty() {
         // One run for every frame of every look, then each look's rows.
@@ -240,7 +241,7 @@ fn encode(engine: &mut Engine, looks: &[Prompt<'_>]) -> Result<Encoded, Generate
 fn answer(
     engine: &mut Engine,
     look: &Prompt<'_>,
-    images: &[ImageInput],
+    images: &[Arc<ImageInput>],
     features: Option<DynValue>,
     system: Option<&str>,
     params: &GenerateParams,

@@ -18,6 +18,7 @@
 pub mod config;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokenizers::Tokenizer;
@@ -173,6 +174,23 @@ pub struct Phi4mmProcessor {
     placeholder_ids: [u32; 2],
     vision: Option<VisionSettings>,
     speech: Option<SpeechProcessor>,
+    /// The last decoded or encoded image pre-processed, keyed by XXH3-128 of its size and bytes:
+    /// an alert look asks each of a camera's rules on the same frame, and the frame is resized
+    /// and normalised once (12–14 ms a demo frame). A file is read again every time.
+    image_memo: std::sync::Mutex<Option<(u128, Arc<ImageInput>)>>,
+    /// Images pre-processed, and those taken from the memo instead.
+    pub images_processed: std::sync::atomic::AtomicU64,
+    pub images_reused: std::sync::atomic::AtomicU64,
+}
+
+/// The memo key of an image given as bytes: its kind, size and bytes.
+fn image_key(kind: &[u8], width: usize, height: usize, bytes: &[u8]) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(kind);
+    h.update(&(width as u64).to_le_bytes());
+    h.update(&(height as u64).to_le_bytes());
+    h.update(bytes);
+    h.digest128()
 }
 
 impl std::fmt::Debug for Phi4mmProcessor {
@@ -220,6 +238,9 @@ impl Phi4mmProcessor {
             placeholder_ids,
             vision,
             speech: speech.map(SpeechProcessor::new),
+            image_memo: std::sync::Mutex::new(None),
+            images_processed: Default::default(),
+            images_reused: Default::default(),
         })
     }
 
@@ -240,12 +261,35 @@ impl Phi4mmProcessor {
     }
 
     /// Pre-process one image.
-    pub fn process_image(&self, image: ImageSource<'_>) -> Result<ImageInput, ProcessorError> {
+    pub fn process_image(&self, image: ImageSource<'_>) -> Result<Arc<ImageInput>, ProcessorError> {
         let settings = self.vision.as_ref().ok_or_else(|| ProcessorError::Bundle {
             dir: self.dir.clone(),
             detail: "an image was given but the bundle has no vision.config_filename".into(),
         })?;
-        Ok(match image {
+        let key = match image {
+            ImageSource::File(_) => None,
+            ImageSource::Encoded { bytes, .. } => Some(image_key(b"encoded", 0, 0, bytes)),
+            ImageSource::Rgb {
+                width,
+                height,
+                data,
+                ..
+            } => Some(image_key(b"rgb", width, height, data)),
+        };
+        if let Some(k) = key {
+            let hit = self
+                .image_memo
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|(mk, _)| *mk == k)
+                .map(|(_, input)| Arc::clone(input));
+            if let Some(input) = hit {
+                self.images_reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(input);
+            }
+        }
+        let input = Arc::new(match image {
             ImageSource::File(path) => {
                 let img = vision::load_image(path)?;
                 vision::preprocess_rgb(
@@ -266,7 +310,13 @@ impl Phi4mmProcessor {
                 data,
                 name,
             } => vision::preprocess_rgb(settings, width, height, data, name)?,
-        })
+        });
+        self.images_processed.fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = key {
+            *self.image_memo.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((k, Arc::clone(&input)));
+        }
+        Ok(input)
     }
 
     /// Pre-process one audio clip.
@@ -486,6 +536,60 @@ mod tests {
         let vision = config::parse_vision(&demo.join("vision_processor.json")).unwrap();
         let speech = config::parse_speech(&demo.join("speech_processor.json")).unwrap();
         Phi4mmProcessor::new(&demo, Arc::new(tok), Some(vision), Some(speech)).unwrap()
+    }
+
+    /// The same frame twice (an alert look's rules) is pre-processed once and given back the
+    /// same; another frame, or a file, is pre-processed again.
+    #[test]
+    fn the_same_image_is_preprocessed_once() {
+        let p = demo_processor(false);
+        let (w, h) = (64usize, 48usize);
+        let mut rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        fn frame(w: usize, h: usize, data: &[u8]) -> ImageSource<'_> {
+            ImageSource::Rgb {
+                width: w,
+                height: h,
+                data,
+                name: "cam",
+            }
+        }
+        let counts = |p: &Phi4mmProcessor| {
+            (
+                p.images_processed.load(Ordering::Relaxed),
+                p.images_reused.load(Ordering::Relaxed),
+            )
+        };
+        let first = p.process_image(frame(w, h, &rgb)).unwrap();
+        let again = p.process_image(frame(w, h, &rgb)).unwrap();
+        assert_eq!(counts(&p), (1, 1));
+        assert_eq!(again, first);
+        assert_eq!(
+            demo_processor(false)
+                .process_image(frame(w, h, &rgb))
+                .unwrap(),
+            first,
+            "the memo gives what a fresh processor computes"
+        );
+        // One byte changed: pre-processed again, and it shows.
+        rgb[0] ^= 0xff;
+        let other = p.process_image(frame(w, h, &rgb)).unwrap();
+        assert_eq!(counts(&p), (2, 1));
+        assert_ne!(other.pixel_values, first.pixel_values);
+        assert!(Arc::ptr_eq(&again, &first), "shared, not copied");
+        // The same size but transposed (48x64) is another image.
+        let t = ImageSource::Rgb {
+            width: h,
+            height: w,
+            data: &rgb,
+            name: "cam",
+        };
+        p.process_image(t).unwrap();
+        assert_eq!(counts(&p), (3, 1));
+        // A file is read again each time (it may have changed).
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/frames/belt-1_03.jpg");
+        p.process_image(ImageSource::File(&file)).unwrap();
+        p.process_image(ImageSource::File(&file)).unwrap();
+        assert_eq!(counts(&p), (5, 1));
     }
 
     #[test]
