@@ -15,8 +15,9 @@
 //! tokens that makes the most tokens per second, none where a one-row run does best.
 //!
 //! A row's cost is not the same at every run length: ONNX Runtime's CPU kernels pick their
-//! blocking by the number of rows, so on SmolLM2 int8 a two-row run costs 1.11 one-row runs, a
-//! three-row run 1.43 and a four-row run 1.85 (int4 grows evenly). The tuner therefore keeps
+//! blocking by the number of rows, so on SmolLM2 int8 a decode iteration of two rows cost 1.22
+//! one-row iterations, three rows 1.75 and four rows 1.92 (`gemba bench decode --workload
+//! report` prints what the tuner measured). The tuner therefore keeps
 //! each run length's own measured cost, and only for lengths not yet measured falls back on a
 //! straight line (one row plus an average extra row) through what it has seen.
 
@@ -113,11 +114,10 @@ const MATCH_KINDS: usize = 3;
 /// counts verified positions, halved as they grow so that it follows the workload.
 #[derive(Debug, Clone)]
 pub struct Tuner {
-    /// A one-row run, µs (moving average; `None` until measured).
-    one_us: Option<f64>,
     /// Each row after the first in a multi-row run, µs (averaged over all lengths).
     extra_us: Option<f64>,
-    /// By number of rows: (moving average of a run's µs, runs measured). Index 0 unused.
+    /// By number of rows: (moving average of a run's µs, runs measured). Index 0 unused; index
+    /// 1 is the one-row run everything is priced against.
     by_rows: Vec<(f64, u32)>,
     /// Per match kind: (drafted positions verified, accepted).
     tried: [(f64, f64); MATCH_KINDS],
@@ -127,6 +127,9 @@ pub struct Tuner {
 
 /// Weight of a new measurement in the moving averages.
 const EMA: f64 = 0.1;
+/// The first this many runs of a length are averaged evenly (then the moving average, whose
+/// weight is 1 / EVEN_RUNS, takes over).
+const EVEN_RUNS: u32 = 10;
 /// Before any multi-row run is measured, an extra row is assumed to cost this share of a
 /// one-row run (the CPU figure above: (20.7 − 5.1) / 8 / 5.1 ≈ 0.38).
 const PRIOR_EXTRA: f64 = 0.4;
@@ -140,7 +143,6 @@ const EXPLORE: u32 = 8;
 impl Default for Tuner {
     fn default() -> Self {
         Tuner {
-            one_us: None,
             extra_us: None,
             by_rows: Vec::new(),
             // Prior: one of two drafted positions accepted.
@@ -166,7 +168,6 @@ impl Tuner {
         if !(us.is_finite() && us > 0.0) || rows == 0 {
             return;
         }
-        let ema = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o + EMA * (new - o)));
         if self.by_rows.len() <= rows {
             self.by_rows.resize(rows + 1, (0.0, 0));
         }
@@ -174,19 +175,25 @@ impl Tuner {
         // page fault, a thread waking) does not price the length out for long.
         let (avg, n) = &mut self.by_rows[rows];
         *n = n.saturating_add(1);
-        *avg += (us - *avg) / f64::from((*n).min((1.0 / EMA) as u32));
-        if rows == 1 {
-            self.one_us = ema(self.one_us, us);
-        } else if let Some(one) = self.one_us {
+        *avg += (us - *avg) / f64::from((*n).min(EVEN_RUNS));
+        if let (true, Some(one)) = (rows > 1, self.one_us()) {
             let per = ((us - one) / (rows - 1) as f64).max(0.0);
-            self.extra_us = ema(self.extra_us, per);
+            self.extra_us = Some(self.extra_us.map_or(per, |o| o + EMA * (per - o)));
         }
+    }
+
+    /// A one-row run, µs (`None` until measured).
+    fn one_us(&self) -> Option<f64> {
+        self.by_rows
+            .get(1)
+            .filter(|(_, n)| *n > 0)
+            .map(|&(us, _)| us)
     }
 
     /// The measured cost of each run length: (rows, cost in one-row runs, runs measured), for
     /// the lengths measured so far (the benchmark shows them).
     pub fn costs(&self) -> Vec<(usize, f64, u32)> {
-        let Some(&(one, _)) = self.by_rows.get(1).filter(|(_, n)| *n > 0) else {
+        let Some(one) = self.one_us() else {
             return Vec::new();
         };
         self.by_rows
@@ -220,11 +227,12 @@ impl Tuner {
         if limit == 0 || n == 0 {
             return 0;
         }
-        let one = self.one_us.unwrap_or(1.0).max(1e-9);
+        let measured_one = self.one_us();
+        let one = measured_one.unwrap_or(1.0).max(1e-9);
         let extra = self.extra_us.unwrap_or(one * PRIOR_EXTRA);
         // The cost of k drafts, in one-row runs: measured for the length, else the line.
         let cost = |k: usize| match self.by_rows.get(k + 1) {
-            Some(&(us, n)) if n > 0 && self.one_us.is_some() => us / one,
+            Some(&(us, n)) if n > 0 && measured_one.is_some() => us / one,
             _ => 1.0 + k as f64 * extra / one,
         };
         let k = best_length_by(self.acceptance(n), cost, limit);
@@ -360,7 +368,7 @@ mod tests {
         }
         let p = t.acceptance(2);
         assert!((0.15..0.2).contains(&p), "{p}");
-        let line = t.extra_us.unwrap() / t.one_us.unwrap();
+        let line = t.extra_us.unwrap() / t.one_us().unwrap();
         assert_eq!(best_length(p, line, 8), 0, "the line: {line}");
         assert_eq!(t.length(2, 8, 8), 1);
         let costs: Vec<(usize, String, u32)> = t
@@ -390,7 +398,7 @@ mod tests {
             }
             t.record_draft(3, 1, 0);
         }
-        let line = t.extra_us.unwrap() / t.one_us.unwrap();
+        let line = t.extra_us.unwrap() / t.one_us().unwrap();
         assert_eq!(best_length(t.acceptance(3), line, 8), 8, "the line: {line}");
         assert_eq!(t.length(3, 8, 8), 7);
     }

@@ -577,13 +577,7 @@ mod tests {
         assert_ne!(other.pixel_values, first.pixel_values);
         assert!(Arc::ptr_eq(&again, &first), "shared, not copied");
         // The same size but transposed (48x64) is another image.
-        let t = ImageSource::Rgb {
-            width: h,
-            height: w,
-            data: &rgb,
-            name: "cam",
-        };
-        p.process_image(t).unwrap();
+        p.process_image(frame(h, w, &rgb)).unwrap();
         assert_eq!(counts(&p), (3, 1));
         // A file is read again each time (it may have changed).
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/frames/belt-1_03.jpg");
